@@ -1,0 +1,109 @@
+//! The one encoding of a room message.
+//!
+//! A message is rendered to its client frame JSON exactly once, when it is
+//! published: the publisher builds a `prefix` and `suffix` around the seq,
+//! the Redis script that assigns the seq joins them, appends the frame to the
+//! room's history and (pubsub strategy) publishes it. Nodes forward the bytes
+//! to their members unchanged.
+//!
+//! Bus payload (pub/sub): `<seq> <frame JSON>`, seq in ASCII decimal and one
+//! space. History entry: stream id `<seq>-0`, field `f` = frame JSON.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// The parts of a message frame around its seq.
+#[derive(Debug, Clone)]
+pub struct FrameParts {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+#[derive(Serialize)]
+struct Head<'a> {
+    r#type: &'static str,
+    room: &'a str,
+}
+
+#[derive(Serialize)]
+struct Tail<'a> {
+    from: &'a str,
+    node: &'a str,
+    ts: u64,
+    data: &'a RawValue,
+}
+
+/// Builds the frame `{"type":"message","room":…,"seq":N,"from":…,"node":…,"ts":…,"data":…}`
+/// around a seq that is not yet known.
+pub fn frame_parts(room: &str, from: &str, node: &str, ts: u64, data: &RawValue) -> FrameParts {
+    let head = serde_json::to_string(&Head { r#type: "message", room })
+        .expect("serialising strings cannot fail");
+    let tail = serde_json::to_string(&Tail { from, node, ts, data })
+        .expect("serialising strings cannot fail");
+    // head = {"type":"message","room":"r"}  ->  {"type":"message","room":"r","seq":
+    let prefix = format!("{},\"seq\":", &head[..head.len() - 1]);
+    // tail = {"from":…}  ->  ,"from":…}
+    let suffix = format!(",{}", &tail[1..]);
+    FrameParts { prefix, suffix }
+}
+
+impl FrameParts {
+    /// The full frame for a given seq (what the Redis script builds).
+    pub fn render(&self, seq: u64) -> String {
+        format!("{}{}{}", self.prefix, seq, self.suffix)
+    }
+}
+
+/// Splits a bus payload into seq and frame.
+pub fn decode(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let space = payload.iter().position(|&b| b == b' ')?;
+    let seq = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
+    Some((seq, &payload[space + 1..]))
+}
+
+/// Encodes a bus payload (the Redis script does the same in Lua).
+pub fn encode(seq: u64, frame: &str) -> String {
+    format!("{seq} {frame}")
+}
+
+/// Parses a history stream id `<seq>-0` into its seq.
+pub fn seq_from_stream_id(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::ServerFrame;
+
+    #[test]
+    fn rendered_frame_parses_as_message() {
+        let data = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
+        let parts = frame_parts("r\"1", "u1", "node-a", 1700, &data);
+        let frame = parts.render(42);
+        let parsed: ServerFrame = serde_json::from_str(&frame).unwrap();
+        match parsed {
+            ServerFrame::Message { room, seq, from, node, ts, data } => {
+                assert_eq!(room, "r\"1");
+                assert_eq!(seq, 42);
+                assert_eq!(from, "u1");
+                assert_eq!(node, "node-a");
+                assert_eq!(ts, 1700);
+                assert_eq!(data["text"], "hi \"there\"");
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+        let payload = encode(42, &frame);
+        let (seq, body) = decode(payload.as_bytes()).unwrap();
+        assert_eq!(seq, 42);
+        assert_eq!(body, frame.as_bytes());
+    }
+
+    #[test]
+    fn bad_payloads() {
+        assert_eq!(decode(b"nospace"), None);
+        assert_eq!(decode(b"x1 {}"), None);
+        assert_eq!(seq_from_stream_id("17-0"), Some(17));
+        assert_eq!(seq_from_stream_id("junk"), None);
+    }
+}

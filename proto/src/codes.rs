@@ -1,0 +1,96 @@
+//! The closed set of error codes carried by `error` frames (and HTTP/gRPC
+//! errors), and the WebSocket close codes turnout uses.
+//!
+//! Close codes follow one rule clients can act on without knowing them all:
+//! 1000-2999 are the WebSocket standard's, 3000-3499 mean "reconnect (with
+//! backoff), resume with `since`", 3500-3999 mean "do not reconnect as is".
+
+/// Codes of `{"type":"error","code":…}` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame is not JSON, or not a JSON object.
+    BadJson,
+    /// `type` is missing or not one of the client frame types.
+    UnknownType,
+    /// A required field is missing or has the wrong type.
+    BadFrame,
+    /// A room name or user id breaks the charset/length rules.
+    BadName,
+    /// The room was not joined on this connection.
+    NotJoined,
+    /// The connection already holds the maximum number of rooms.
+    TooManyRooms,
+    /// Publishing faster than the per-connection rate.
+    RateLimited,
+    /// The room is owned by another node (sticky); see `redirect`.
+    WrongNode,
+    /// Not allowed by the token's claims.
+    Forbidden,
+    /// The node is shutting down and takes no new rooms.
+    Draining,
+    /// A dependency (Redis) failed; retry later.
+    Unavailable,
+    /// Unexpected server failure; details are in the server's log only.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::BadFrame,
+        ErrorCode::BadName,
+        ErrorCode::NotJoined,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::WrongNode,
+        ErrorCode::Forbidden,
+        ErrorCode::Draining,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadName => "bad_name",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::WrongNode => "wrong_node",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Draining => "draining",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes sent by turnout.
+pub mod close {
+    /// Normal close.
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// Policy violation (e.g. sustained abuse).
+    pub const POLICY: u16 = 1008;
+    /// A frame exceeded `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The node is restarting or draining: reconnect through the gateway.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The node is full (`max_connections`): try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The client read too slowly and its send queue filled up; reconnect and
+    /// resume with `since`.
+    pub const SLOW_CONSUMER: u16 = 3008;
+    /// Disconnected by the server API (`Disconnect`); reconnect allowed.
+    pub const DISCONNECTED: u16 = 3010;
+}

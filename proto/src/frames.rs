@@ -1,0 +1,236 @@
+//! JSON frames of the client protocol (see `docs/PROTOCOL.md`).
+//!
+//! Client frames are parsed by [`parse_client_frame`], which never panics and
+//! maps every malformed input to an [`ErrorCode`] with a message safe to show
+//! the client. Server frames are [`ServerFrame`]; `message` frames are normally
+//! rendered once by [`crate::bus`] rather than through this type.
+
+use crate::codes::ErrorCode;
+use crate::names;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A validated frame from a client.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Join { room: String, since: Option<u64> },
+    Leave { room: String },
+    Publish { room: String, data: Box<RawValue>, id: Option<String> },
+    Ping,
+}
+
+/// Longest accepted client-chosen publish `id`, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a client frame was refused: the code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError { code, message: message.into() }
+    }
+}
+
+// Every field optional so that a missing one is reported precisely rather
+// than as a generic serde error.
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    room: Option<String>,
+    since: Option<u64>,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+}
+
+/// Parses and validates one client text frame.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let raw: RawFrame = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(FrameError::new(ErrorCode::BadJson, "frame is not valid JSON"));
+        }
+        Err(e) => {
+            // Valid JSON with a wrong shape: not an object, or a field of the wrong type.
+            let msg = e.to_string();
+            let msg = msg.split(" at line").next().unwrap_or("bad frame");
+            let code = if text.trim_start().starts_with('{') {
+                ErrorCode::BadFrame
+            } else {
+                ErrorCode::BadJson
+            };
+            return Err(FrameError::new(code, format!("malformed frame: {msg}")));
+        }
+    };
+    let kind = raw
+        .kind
+        .ok_or_else(|| FrameError::new(ErrorCode::UnknownType, "missing field `type`"))?;
+    let room = |room: Option<String>| -> Result<String, FrameError> {
+        let room =
+            room.ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `room`"))?;
+        names::check_room(&room)
+            .map_err(|e| FrameError::new(ErrorCode::BadName, format!("room name {e}")))?;
+        Ok(room)
+    };
+    match kind.as_str() {
+        "join" => Ok(ClientFrame::Join { room: room(raw.room)?, since: raw.since }),
+        "leave" => Ok(ClientFrame::Leave { room: room(raw.room)? }),
+        "publish" => {
+            let room = room(raw.room)?;
+            let data = raw
+                .data
+                .ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `data`"))?;
+            if let Some(id) = &raw.id {
+                if id.len() > MAX_ID_LEN {
+                    return Err(FrameError::new(
+                        ErrorCode::BadFrame,
+                        format!("`id` must be at most {MAX_ID_LEN} bytes"),
+                    ));
+                }
+            }
+            Ok(ClientFrame::Publish { room, data, id: raw.id })
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(FrameError::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {shown:?}; expected join, leave, publish or ping"),
+            ))
+        }
+    }
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        node: String,
+        strategy: String,
+        conn: String,
+    },
+    Joined {
+        room: String,
+        seq: u64,
+        presence: Vec<String>,
+        /// Present when the join asked for `since`: whether every message
+        /// after `since` was replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Left {
+        room: String,
+    },
+    Message {
+        room: String,
+        seq: u64,
+        from: String,
+        node: String,
+        ts: u64,
+        data: serde_json::Value,
+    },
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        seq: u64,
+    },
+    Presence {
+        room: String,
+        event: String,
+        user: String,
+    },
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redirect: Option<String>,
+    },
+    Reconnect {
+        reason: String,
+    },
+    Pong,
+}
+
+impl ServerFrame {
+    /// An error frame for a refused client frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+            room: None,
+            id: None,
+            redirect: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn valid_frames() {
+        match parse_client_frame(r#"{"type":"join","room":"r1","since":41}"#).unwrap() {
+            ClientFrame::Join { room, since } => {
+                assert_eq!(room, "r1");
+                assert_eq!(since, Some(41));
+            }
+            f => panic!("{f:?}"),
+        }
+        match parse_client_frame(r#"{"type":"publish","room":"r1","data":{"a":[1,2]},"id":"c-7"}"#)
+            .unwrap()
+        {
+            ClientFrame::Publish { room, data, id } => {
+                assert_eq!(room, "r1");
+                assert_eq!(data.get(), r#"{"a":[1,2]}"#);
+                assert_eq!(id.as_deref(), Some("c-7"));
+            }
+            f => panic!("{f:?}"),
+        }
+        assert!(matches!(parse_client_frame(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+    }
+
+    #[test]
+    fn bad_frames_get_codes() {
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code("{}"), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"join","room":7}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"join","room":"a b"}"#), ErrorCode::BadName);
+        assert_eq!(code(r#"{"type":"publish","room":"r"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"join","room":"r","since":-1}"#), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let f = ServerFrame::Joined {
+            room: "r".into(),
+            seq: 3,
+            presence: vec!["u".into()],
+            recovered: None,
+        };
+        let json = f.to_json();
+        assert_eq!(json, r#"{"type":"joined","room":"r","seq":3,"presence":["u"]}"#);
+        assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), f);
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,50 @@
+//! Every Redis key and channel turnout uses. All keys of one room share the
+//! hash tag `{room}`, so they live in one slot of a Redis Cluster and one
+//! script may touch them all.
+
+/// Set of node ids that have heartbeated; entries whose heartbeat key expired
+/// are removed by routers.
+pub const NODES: &str = "turnout:nodes";
+/// Channel on which nodes announce that they joined, changed state or left,
+/// so routers refresh at once instead of at their next poll.
+pub const MEMBERSHIP_CHANNEL: &str = "turnout:membership";
+
+/// Heartbeat record of a node (JSON `NodeInfo`), with a TTL.
+pub fn node(id: &str) -> String {
+    format!("turnout:node:{id}")
+}
+
+/// Last assigned seq of a room (INCR).
+pub fn room_seq(room: &str) -> String {
+    format!("turnout:{{{room}}}:seq")
+}
+
+/// History stream of a room; entry ids are `<seq>-0`.
+pub fn room_history(room: &str) -> String {
+    format!("turnout:{{{room}}}:hist")
+}
+
+/// Pub/sub channel of a room (pubsub strategy).
+pub fn room_channel(room: &str) -> String {
+    format!("turnout:{{{room}}}:bus")
+}
+
+/// Room name from a room channel name.
+pub fn room_from_channel(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("turnout:{")?
+        .strip_suffix("}:bus")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_round_trip() {
+        let c = room_channel("r1");
+        assert_eq!(c, "turnout:{r1}:bus");
+        assert_eq!(room_from_channel(&c), Some("r1"));
+        assert_eq!(room_from_channel("turnout:membership"), None);
+    }
+}

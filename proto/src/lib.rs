@@ -1,0 +1,70 @@
+//! turnout's contracts: everything that crosses a process boundary, and no I/O.
+//!
+//! # Layout
+//! - [`v1`]: gRPC services and messages generated from `proto/turnout/v1/turnout.proto`
+//!   (`Router`, `Node`, `Gateway`), plus [`FILE_DESCRIPTOR_SET`] for reflection.
+//! - [`frames`]: the JSON frames clients and servers exchange over WebSocket.
+//! - [`codes`]: the closed set of error codes and WebSocket close codes.
+//! - [`keys`]: every Redis key and channel name.
+//! - [`bus`]: how a room message is encoded once, for the pub/sub bus and history.
+//! - [`names`]: the charset and length rules for room names and user ids.
+
+pub mod bus;
+pub mod codes;
+pub mod frames;
+pub mod keys;
+pub mod names;
+
+/// Generated gRPC code for package `turnout.v1`.
+#[allow(unreachable_pub, clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("turnout.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every turnout proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/turnout_descriptor.bin"));
+
+/// The two ways of scaling WebSockets past one server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every room has one owner node; all its members connect there.
+    Sticky,
+    /// Clients land anywhere; nodes relay room messages over Redis pub/sub.
+    Pubsub,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Sticky => "sticky",
+            Strategy::Pubsub => "pubsub",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sticky" => Ok(Strategy::Sticky),
+            "pubsub" => Ok(Strategy::Pubsub),
+            other => Err(format!("`{other}` is not a strategy; accepted values: sticky, pubsub")),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
