@@ -1,0 +1,26 @@
+//! Runtime pieces every turnout process shares.
+//!
+//! # Layout
+//! - [`settings`]: TOML file + env + flags merged into one typed, validated struct,
+//!   with errors that name the setting; listen specs with port ranges.
+//! - [`redis`]: connections to Redis (RESP3, keepalive, reconnect with backoff),
+//!   and the scripts that must be the same in every process.
+//! - [`serve`]: binding, serving HTTP + gRPC on one port, shutdown signals.
+//! - [`metrics`]: a per-process Prometheus registry and its `/metrics` handler.
+//! - [`grpc`]: health and reflection services for every gRPC port.
+
+pub mod grpc;
+pub mod metrics;
+pub mod redis;
+pub mod serve;
+pub mod settings;
+
+/// Installs the global `tracing` subscriber (`RUST_LOG`, default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// This build's version, reported in heartbeats and `/api/cluster`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,6 +36,11 @@ pub fn room_from_channel(channel: &str) -> Option<&str> {
         .strip_suffix("}:bus")
 }
 
+/// Presence of a room: hash `"<node>/<conn>"` → user id.
+pub fn room_presence(room: &str) -> String {
+    format!("turnout:{{{room}}}:presence")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,3 +53,4 @@ mod tests {
         assert_eq!(room_from_channel("turnout:membership"), None);
     }
 }
+

@@ -1,0 +1,218 @@
+//! Settings: every setting is a TOML key in the `--config` file, a flag and an
+//! environment variable; flag beats env beats file beats default.
+//!
+//! Each process declares a clap struct whose fields are all `Option`s (clap
+//! resolves flag-over-env) and a serde struct with defaults. [`load`] lays the
+//! given flags/env over the file and deserialises the result, so one error
+//! path names the bad key for every source.
+
+use serde::{Serialize, de::DeserializeOwned};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+/// A setting that could not be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("setting `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl SettingsError {
+    pub fn invalid(key: &str, message: impl Into<String>) -> Self {
+        SettingsError::Invalid { key: key.to_owned(), message: message.into() }
+    }
+}
+
+/// Checks that need more than one field or more than a type.
+pub trait Validate {
+    fn validate(&self) -> Result<(), SettingsError>;
+}
+
+/// Merges `overrides` (flags and env, already resolved by clap; `None`s are
+/// skipped) over the TOML file at `path` and deserialises into `T`.
+pub fn load<T, O>(overrides: &O, path: Option<&Path>) -> Result<T, SettingsError>
+where
+    T: DeserializeOwned + Validate,
+    O: Serialize,
+{
+    let mut merged = serde_json::Map::new();
+    if let Some(path) = path {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SettingsError::File { path: shown.clone(), message: e.to_string() })?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| SettingsError::File { path: shown.clone(), message: e.to_string() })?;
+        let value = serde_json::to_value(table)
+            .map_err(|e| SettingsError::File { path: shown, message: e.to_string() })?;
+        if let serde_json::Value::Object(map) = value {
+            merged.extend(map);
+        }
+    }
+    let over = serde_json::to_value(overrides).map_err(|e| SettingsError::invalid("?", e.to_string()))?;
+    if let serde_json::Value::Object(map) = over {
+        merged.extend(map.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    let settings: T = serde_path_to_error::deserialize(serde_json::Value::Object(merged))
+        .map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "config".to_owned() } else { key };
+            SettingsError::Invalid { key, message: e.inner().to_string() }
+        })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Where to listen: `host:port`, `host:0` (any free port) or `host:lo-hi`
+/// (the first free port of the range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub ip: IpAddr,
+    pub ports: RangeInclusive<u16>,
+}
+
+impl ListenSpec {
+    /// True when bound to a loopback address only.
+    pub fn is_loopback(&self) -> bool {
+        self.ip.is_loopback()
+    }
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not HOST:PORT, HOST:0 or HOST:LOW-HIGH (e.g. 0.0.0.0:9000-9099)");
+        let (host, ports) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = if host == "localhost" {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            host.parse().map_err(|_| bad())?
+        };
+        let ports = match ports.split_once('-') {
+            Some((lo, hi)) => {
+                let lo: u16 = lo.parse().map_err(|_| bad())?;
+                let hi: u16 = hi.parse().map_err(|_| bad())?;
+                if lo == 0 || lo > hi {
+                    return Err(format!("`{s}`: port range must be LOW-HIGH with 0 < LOW <= HIGH"));
+                }
+                lo..=hi
+            }
+            None => {
+                let p: u16 = ports.parse().map_err(|_| bad())?;
+                p..=p
+            }
+        };
+        Ok(ListenSpec { ip, ports })
+    }
+}
+
+impl std::fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = match self.ip {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        if self.ports.start() == self.ports.end() {
+            write!(f, "{ip}:{}", self.ports.start())
+        } else {
+            write!(f, "{ip}:{}-{}", self.ports.start(), self.ports.end())
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ListenSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl From<SocketAddr> for ListenSpec {
+    fn from(a: SocketAddr) -> Self {
+        ListenSpec { ip: a.ip(), ports: a.port()..=a.port() }
+    }
+}
+
+/// Checks a Redis URL early, so a typo stops the process at start.
+pub fn check_redis_url(key: &str, url: &str) -> Result<(), SettingsError> {
+    ::redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| SettingsError::invalid(key, format!("`{url}` is not a Redis URL ({e})")))
+}
+
+/// Checks that an http(s) URL parses.
+pub fn check_http_url(key: &str, url: &str) -> Result<(), SettingsError> {
+    match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => Ok(()),
+        _ => Err(SettingsError::invalid(key, format!("`{url}` is not an http:// URL"))),
+    }
+}
+
+/// Host name of this machine, for derived node ids.
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct S {
+        #[serde(default = "d_listen")]
+        listen: ListenSpec,
+        #[serde(default)]
+        n: u32,
+    }
+    fn d_listen() -> ListenSpec {
+        "0.0.0.0:1".parse().unwrap()
+    }
+    impl Validate for S {
+        fn validate(&self) -> Result<(), SettingsError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn listen_specs() {
+        let l: ListenSpec = "127.0.0.1:9000-9099".parse().unwrap();
+        assert_eq!(l.ports, 9000..=9099);
+        assert!(l.is_loopback());
+        assert_eq!(l.to_string(), "127.0.0.1:9000-9099");
+        let l: ListenSpec = "[::1]:0".parse().unwrap();
+        assert_eq!(l.ports, 0..=0);
+        assert!("127.0.0.1".parse::<ListenSpec>().is_err());
+        assert!("127.0.0.1:9-1".parse::<ListenSpec>().is_err());
+        assert!("nohost:80".parse::<ListenSpec>().is_err());
+    }
+
+    #[test]
+    fn overrides_beat_file_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("turnout-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:5\"\nn = 3\n").unwrap();
+        let s: S = load(&serde_json::json!({"n": 7, "listen": null}), Some(&file)).unwrap();
+        assert_eq!(s.n, 7);
+        assert_eq!(s.listen.ports, 5..=5);
+
+        std::fs::write(&file, "listen = \"nope\"\n").unwrap();
+        let e = load::<S, _>(&serde_json::json!({}), Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("`listen`"), "{e}");
+
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let e = load::<S, _>(&serde_json::json!({}), Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

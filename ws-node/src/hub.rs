@@ -1,0 +1,455 @@
+//! Rooms on this node: membership, ordering and local fan-out.
+//!
+//! Every room message reaches members through [`Hub::deliver`], which keeps
+//! the room's messages in seq order: a message that arrives early waits in
+//! `pending`, a duplicate is dropped, and a gap that does not close by itself
+//! within [`GAP_WAIT`] is filled from history (see `docs/DESIGN-NOTES.md`).
+//! In pubsub mode messages come from the Redis bus; in sticky mode from this
+//! node's own publishes.
+//!
+//! A joining member first buffers live messages while its `joined` reply and
+//! any replay from history are queued, then the buffer is flushed above the
+//! seq the reply announced: no gap, no duplicate at the hand-over.
+
+use crate::bus::Bus;
+use crate::metrics::NodeMetrics;
+use axum::extract::ws::{Message, Utf8Bytes};
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use turnout_common::redis::{self as store, RoomStore};
+use turnout_proto::codes::{ErrorCode, close};
+use turnout_proto::frames::ServerFrame;
+use turnout_proto::{Strategy, bus, keys, now_ms};
+
+/// How long a gap in a room's seq may stay open before history is asked.
+pub(crate) const GAP_WAIT: Duration = Duration::from_millis(25);
+
+pub(crate) type ConnId = u64;
+
+/// One client connection as the hub sees it.
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) label: String,
+    pub(crate) user: String,
+    tx: mpsc::Sender<Message>,
+    /// Cancelled when the connection must close; the writer then sends
+    /// `close_code` (0 = normal).
+    pub(crate) closed: CancellationToken,
+    close_code: AtomicU16,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, label: String, user: String, tx: mpsc::Sender<Message>) -> Self {
+        Conn { id, label, user, tx, closed: CancellationToken::new(), close_code: AtomicU16::new(0) }
+    }
+
+    /// Closes the connection with `code` (the first code set wins).
+    pub(crate) fn kill(&self, code: u16) {
+        let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.closed.cancel();
+    }
+
+    pub(crate) fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
+    }
+
+    /// Queues a frame without waiting; a full queue marks a slow consumer.
+    fn push(&self, msg: Message, metrics: &NodeMetrics) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.closed.is_cancelled() {
+                    metrics.slow_consumers.inc();
+                    tracing::debug!(conn = %self.label, "send queue full: slow consumer");
+                }
+                self.kill(close::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a control frame (joined, ack, error…).
+    pub(crate) fn send_frame(&self, frame: &ServerFrame, metrics: &NodeMetrics) -> bool {
+        self.push(Message::Text(frame.to_json().into()), metrics)
+    }
+}
+
+struct Member {
+    conn: Arc<Conn>,
+    /// Highest seq queued to this member.
+    after: u64,
+    /// While joining: live messages held back until the reply and replay are queued.
+    buffer: Option<Vec<(u64, Utf8Bytes)>>,
+}
+
+#[derive(Default)]
+struct Room {
+    members: HashMap<ConnId, Member>,
+    /// Highest seq fanned out on this node; None until the first join or message.
+    last_seq: Option<u64>,
+    /// Messages that arrived ahead of a gap.
+    pending: BTreeMap<u64, Utf8Bytes>,
+    repairing: bool,
+}
+
+/// Rooms and their members on this node.
+pub(crate) struct Hub {
+    pub(crate) node_id: String,
+    pub(crate) strategy: Strategy,
+    pub(crate) metrics: NodeMetrics,
+    store: RoomStore,
+    redis: ConnectionManager,
+    rooms: DashMap<String, Room>,
+    /// Set once at start in pubsub mode.
+    pub(crate) bus: OnceLock<Bus>,
+    send_queue: usize,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        node_id: String,
+        strategy: Strategy,
+        store: RoomStore,
+        redis: ConnectionManager,
+        metrics: NodeMetrics,
+        send_queue: usize,
+    ) -> Self {
+        Hub {
+            node_id,
+            strategy,
+            metrics,
+            store,
+            redis,
+            rooms: DashMap::new(),
+            bus: OnceLock::new(),
+            send_queue,
+        }
+    }
+
+    pub(crate) fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub(crate) fn room_names(&self) -> Vec<String> {
+        self.rooms.iter().map(|r| r.key().clone()).collect()
+    }
+
+    /// Highest seq fanned out for `room`, if the room is here.
+    pub(crate) fn last_seq(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).and_then(|r| r.last_seq)
+    }
+
+    /// Hands a room message to the room's members, in seq order.
+    pub(crate) fn deliver(self: &Arc<Self>, room: &str, seq: u64, frame: Utf8Bytes) {
+        let Some(mut r) = self.rooms.get_mut(room) else { return };
+        let last = *r.last_seq.get_or_insert(seq.saturating_sub(1));
+        if seq <= last {
+            self.metrics.duplicates_dropped.inc();
+            return;
+        }
+        if seq > last + 1 {
+            r.pending.insert(seq, frame);
+            if !r.repairing {
+                r.repairing = true;
+                let hub = self.clone();
+                let room = room.to_owned();
+                tokio::spawn(async move { hub.repair(room).await });
+            }
+            return;
+        }
+        self.fan_out(&mut r, seq, frame);
+        self.drain_pending(&mut r);
+    }
+
+    fn drain_pending(&self, r: &mut Room) {
+        while let Some(entry) = r.pending.first_entry() {
+            let next = r.last_seq.unwrap_or(0) + 1;
+            if *entry.key() < next {
+                entry.remove();
+                self.metrics.duplicates_dropped.inc();
+            } else if *entry.key() == next {
+                let frame = entry.remove();
+                self.fan_out(r, next, frame);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
+        r.last_seq = Some(seq);
+        let mut n = 0;
+        for m in r.members.values_mut() {
+            if let Some(buf) = &mut m.buffer {
+                if buf.len() < self.send_queue {
+                    buf.push((seq, frame.clone()));
+                } else {
+                    m.conn.kill(close::SLOW_CONSUMER);
+                }
+            } else if seq > m.after {
+                m.after = seq;
+                if m.conn.push(Message::Text(frame.clone()), &self.metrics) {
+                    n += 1;
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(n);
+    }
+
+    /// Fills a gap in `room` from history, or skips it when history no longer
+    /// holds the missing messages (members then see the jump in seq).
+    async fn repair(self: Arc<Self>, room: String) {
+        tokio::time::sleep(GAP_WAIT).await;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (last, first_pending) = {
+                let Some(mut r) = self.rooms.get_mut(&room) else { return };
+                match r.pending.first_key_value() {
+                    None => {
+                        r.repairing = false;
+                        return;
+                    }
+                    Some((&first, _)) => (r.last_seq.unwrap_or(0), first),
+                }
+            };
+            let want = first_pending.saturating_sub(last + 1);
+            let mut con = self.redis.clone();
+            match store::history(&mut con, &room, last, want).await {
+                Ok(slice) => {
+                    let Some(mut r) = self.rooms.get_mut(&room) else { return };
+                    for (seq, frame) in slice.messages {
+                        if seq == r.last_seq.unwrap_or(0) + 1 && seq < first_pending {
+                            self.fan_out(&mut r, seq, frame.into());
+                            self.metrics.gaps_repaired.inc();
+                        }
+                    }
+                    let now_last = r.last_seq.unwrap_or(0);
+                    if let Some((&first, _)) = r.pending.first_key_value() {
+                        if first > now_last + 1 {
+                            let lost = first - now_last - 1;
+                            self.metrics.messages_unrecoverable.inc_by(lost);
+                            tracing::warn!(room, lost, "messages missing from the bus are no longer in history");
+                            r.last_seq = Some(first - 1);
+                        }
+                    }
+                    self.drain_pending(&mut r);
+                    if r.pending.is_empty() {
+                        r.repairing = false;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(room, error = %e, "history read for gap repair failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// After the bus resubscribed a room, fetches what it may have missed.
+    pub(crate) async fn resync(self: &Arc<Self>, room: &str) {
+        let Some(last) = self.last_seq(room) else { return };
+        let mut con = self.redis.clone();
+        match store::history(&mut con, room, last, self.store.history_size.max(1)).await {
+            Ok(slice) => {
+                if slice.seq > last {
+                    self.metrics.gaps_repaired.inc_by(slice.messages.len() as u64);
+                    for (seq, frame) in slice.messages {
+                        self.deliver(room, seq, frame.into());
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room, error = %e, "history read after resubscribe failed");
+            }
+        }
+    }
+
+    /// Joins `conn` to `room`: subscribes if needed, queues `joined` and the
+    /// replay after `since`, then switches the member to live delivery.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        room: &str,
+        since: Option<u64>,
+    ) -> Result<(), ErrorCode> {
+        let already = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.members.get(&conn.id).map(|m| m.after));
+        if let Some(after) = already {
+            let presence = self.presence(room).await.unwrap_or_default();
+            conn.send_frame(
+                &ServerFrame::Joined { room: room.to_owned(), seq: after, presence, recovered: None },
+                &self.metrics,
+            );
+            return Ok(());
+        }
+        {
+            let mut r = self.rooms.entry(room.to_owned()).or_insert_with(|| {
+                self.metrics.rooms.inc();
+                Room::default()
+            });
+            r.members.insert(conn.id, Member { conn: conn.clone(), after: 0, buffer: Some(Vec::new()) });
+        }
+        if let Some(bus) = self.bus.get() {
+            if let Err(e) = bus.ensure(room).await {
+                tracing::warn!(room, error = %e, "subscribe failed");
+                self.remove_member(room, conn.id).await;
+                return Err(ErrorCode::Unavailable);
+            }
+        }
+        let mut con = self.redis.clone();
+        let (since_arg, limit) = match since {
+            Some(s) => (s, self.store.history_size),
+            None => (0, 0),
+        };
+        let read = async {
+            let slice = store::history(&mut con, room, since_arg, limit).await?;
+            let presence_key = keys::room_presence(room);
+            let (_, _, users): ((), (), Vec<String>) = redis::pipe()
+                .hset(&presence_key, format!("{}/{}", self.node_id, conn.label), &conn.user)
+                .pexpire(&presence_key, self.store.room_ttl.as_millis() as i64)
+                .hvals(&presence_key)
+                .query_async(&mut con)
+                .await?;
+            Ok::<_, redis::RedisError>((slice, users))
+        };
+        let (slice, users) = match read.await {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room, error = %e, "join failed: Redis");
+                self.remove_member(room, conn.id).await;
+                return Err(ErrorCode::Unavailable);
+            }
+        };
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            if r.last_seq.is_none() {
+                r.last_seq = Some(slice.seq);
+            }
+        }
+        let presence = dedup(users);
+        let recovered = since.map(|s| s <= slice.seq && slice.complete);
+        conn.send_frame(
+            &ServerFrame::Joined { room: room.to_owned(), seq: slice.seq, presence, recovered },
+            &self.metrics,
+        );
+        let replayed = slice.messages.len() as u64;
+        for (_, frame) in slice.messages {
+            conn.push(Message::Text(frame.into()), &self.metrics);
+        }
+        self.metrics.replayed.inc_by(replayed);
+        let Some(mut r) = self.rooms.get_mut(room) else { return Ok(()) };
+        let Some(m) = r.members.get_mut(&conn.id) else { return Ok(()) };
+        m.after = slice.seq;
+        let mut n = 0;
+        for (seq, frame) in m.buffer.take().unwrap_or_default() {
+            if seq > m.after {
+                m.after = seq;
+                if m.conn.push(Message::Text(frame), &self.metrics) {
+                    n += 1;
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(n);
+        Ok(())
+    }
+
+    /// Removes `conn` from `room`; returns whether it was a member.
+    pub(crate) async fn leave(&self, room: &str, conn: &Conn) -> bool {
+        let removed = self.remove_member(room, conn.id).await;
+        if removed {
+            let mut con = self.redis.clone();
+            let field = format!("{}/{}", self.node_id, conn.label);
+            let r: redis::RedisResult<()> = redis::cmd("HDEL")
+                .arg(keys::room_presence(room))
+                .arg(field)
+                .query_async(&mut con)
+                .await;
+            if let Err(e) = r {
+                self.metrics.redis_errors.inc();
+                tracing::debug!(room, error = %e, "presence removal failed");
+            }
+        }
+        removed
+    }
+
+    async fn remove_member(&self, room: &str, conn: ConnId) -> bool {
+        let removed = match self.rooms.get_mut(room) {
+            Some(mut r) => r.members.remove(&conn).is_some(),
+            None => false,
+        };
+        if removed && self.rooms.remove_if(room, |_, r| r.members.is_empty()).is_some() {
+            self.metrics.rooms.dec();
+            if let Some(bus) = self.bus.get() {
+                bus.release(room);
+            }
+        }
+        removed
+    }
+
+    /// Users present in `room` across the cluster.
+    pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
+        let mut con = self.redis.clone();
+        let users: Vec<String> = redis::cmd("HVALS")
+            .arg(keys::room_presence(room))
+            .query_async(&mut con)
+            .await?;
+        Ok(dedup(users))
+    }
+
+    /// Publishes into `room`; returns the message's seq.
+    pub(crate) async fn publish(
+        self: &Arc<Self>,
+        room: &str,
+        from: &str,
+        data: &RawValue,
+    ) -> Result<u64, ErrorCode> {
+        let parts = bus::frame_parts(room, from, &self.node_id, now_ms(), data);
+        let relay = self.strategy == Strategy::Pubsub;
+        let mut con = self.redis.clone();
+        let seq = store::publish(&mut con, self.store, room, &parts, relay)
+            .await
+            .map_err(|e| {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room, error = %e, "publish failed: Redis");
+                ErrorCode::Unavailable
+            })?;
+        self.metrics.published.inc();
+        if !relay {
+            self.deliver(room, seq, parts.render(seq).into());
+        }
+        Ok(seq)
+    }
+
+    /// Tells every connection to reconnect elsewhere and close with 1012.
+    pub(crate) fn drain_all(&self, conns: &DashMap<ConnId, Arc<Conn>>) {
+        let frame = ServerFrame::Reconnect { reason: "draining".into() };
+        for c in conns.iter() {
+            c.send_frame(&frame, &self.metrics);
+            c.kill(close::SERVICE_RESTART);
+        }
+    }
+}
+
+fn dedup(mut users: Vec<String>) -> Vec<String> {
+    users.sort_unstable();
+    users.dedup();
+    users
+}

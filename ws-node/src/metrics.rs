@@ -1,0 +1,54 @@
+//! The ws-node's metrics (all prefixed `turnout_`, see `docs/OPERATIONS.md`).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use turnout_common::metrics::register;
+
+#[derive(Clone)]
+pub(crate) struct NodeMetrics {
+    pub(crate) registry: Registry,
+    pub(crate) connections: IntGauge,
+    pub(crate) rooms: IntGauge,
+    pub(crate) published: IntCounter,
+    pub(crate) deliveries: IntCounter,
+    pub(crate) bus_messages: IntCounter,
+    pub(crate) push_dropped: IntCounter,
+    pub(crate) duplicates_dropped: IntCounter,
+    pub(crate) gaps_repaired: IntCounter,
+    pub(crate) messages_unrecoverable: IntCounter,
+    pub(crate) slow_consumers: IntCounter,
+    pub(crate) frame_errors: IntCounterVec,
+    pub(crate) redis_disconnects: IntCounter,
+    pub(crate) resubscribed: IntCounter,
+    pub(crate) redis_errors: IntCounter,
+    pub(crate) replayed: IntCounter,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new(node_id: &str) -> Self {
+        let registry = turnout_common::metrics::registry("ws-node", &[("node", node_id)]);
+        let c = |name: &str, help: &str| register(&registry, IntCounter::new(name, help).expect("valid metric"));
+        let g = |name: &str, help: &str| register(&registry, IntGauge::new(name, help).expect("valid metric"));
+        NodeMetrics {
+            connections: g("connections", "Open client WebSocket connections"),
+            rooms: g("rooms", "Rooms with at least one member on this node"),
+            published: c("messages_published_total", "Messages published through this node"),
+            deliveries: c("deliveries_total", "Message frames queued to clients"),
+            bus_messages: c("bus_messages_total", "Messages received from the Redis pub/sub bus"),
+            push_dropped: c("push_dropped_total", "Bus messages dropped because the push buffer was full (recovered from history)"),
+            duplicates_dropped: c("duplicates_dropped_total", "Room messages dropped as already delivered"),
+            gaps_repaired: c("gaps_repaired_total", "Missing room messages recovered from history"),
+            messages_unrecoverable: c("messages_unrecoverable_total", "Missing room messages that history no longer held"),
+            slow_consumers: c("slow_consumers_total", "Clients disconnected because their send queue was full"),
+            frame_errors: register(
+                &registry,
+                IntCounterVec::new(Opts::new("frame_errors_total", "Client frames refused, by error code"), &["code"])
+                    .expect("valid metric"),
+            ),
+            redis_disconnects: c("redis_disconnects_total", "Times the pub/sub connection to Redis dropped"),
+            resubscribed: c("resubscribed_total", "Room channels resubscribed after a reconnect"),
+            redis_errors: c("redis_errors_total", "Redis commands that failed"),
+            replayed: c("replayed_total", "Messages replayed to clients from history on join"),
+            registry,
+        }
+    }
+}

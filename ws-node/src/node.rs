@@ -1,0 +1,306 @@
+//! The ws-node process: HTTP endpoints, WebSocket upgrades, heartbeats,
+//! drain and shutdown.
+
+use crate::hub::{Conn, ConnId, Hub};
+use crate::metrics::NodeMetrics;
+use crate::settings::Settings;
+use crate::{bus, grpc, session};
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use turnout_common::redis::RoomStore;
+use turnout_proto::v1::NodeInfo;
+use turnout_proto::{keys, names, now_ms};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared by every task of one node.
+pub(crate) struct NodeState {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) settings: Settings,
+    pub(crate) conns: DashMap<ConnId, Arc<Conn>>,
+    pub(crate) info: NodeInfo,
+    draining: AtomicBool,
+    next_conn: AtomicU64,
+    limit: Arc<Semaphore>,
+    sessions: TaskTracker,
+    /// Cancelled to start a drain (signal or `Node.Drain`).
+    pub(crate) drain: CancellationToken,
+    redis: ConnectionManager,
+}
+
+impl NodeState {
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The heartbeat record as of now.
+    pub(crate) fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            connections: self.conns.len() as u64,
+            rooms: self.hub.room_count() as u64,
+            draining: self.draining(),
+            heartbeat_ms: now_ms(),
+            ..self.info.clone()
+        }
+    }
+}
+
+/// Runs a ws-node on `listener` until `shutdown` is cancelled, then drains.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        turnout_common::settings::host_name()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let node_id = settings.node_id.clone().unwrap_or_else(|| {
+        let h: String = turnout_common::settings::host_name()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        format!("{h}-{}", addr.port())
+    });
+    let url = settings
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{host}:{}/ws", addr.port()));
+    let internal_url = internal_url_of(&url);
+    let metrics = NodeMetrics::new(&node_id);
+    let client = turnout_common::redis::client(&settings.redis_url)?;
+    let redis = turnout_common::redis::commands(&client).await?;
+    let store = RoomStore { history_size: settings.history_size, room_ttl: settings.room_ttl };
+    let hub = Arc::new(Hub::new(
+        node_id.clone(),
+        settings.strategy,
+        store,
+        redis.clone(),
+        metrics.clone(),
+        settings.send_queue,
+    ));
+    // Stops background tasks after the drain completes.
+    let stop = CancellationToken::new();
+    if settings.strategy == turnout_proto::Strategy::Pubsub {
+        let b = bus::start(&client, hub.clone(), settings.bus_buffer, stop.clone()).await?;
+        let _ = hub.bus.set(b);
+    }
+    let info = NodeInfo {
+        id: node_id.clone(),
+        url: url.clone(),
+        internal_url,
+        strategy: settings.strategy.as_str().to_owned(),
+        started_ms: now_ms(),
+        version: turnout_common::VERSION.to_owned(),
+        ..Default::default()
+    };
+    let state = Arc::new(NodeState {
+        hub,
+        conns: DashMap::new(),
+        info,
+        draining: AtomicBool::new(false),
+        next_conn: AtomicU64::new(1),
+        limit: Arc::new(Semaphore::new(settings.max_connections)),
+        sessions: TaskTracker::new(),
+        drain: CancellationToken::new(),
+        redis,
+        settings,
+    });
+
+    let (health, routes) = turnout_common::grpc::base_routes();
+    health.set_serving::<turnout_proto::v1::node_server::NodeServer<grpc::NodeService>>().await;
+    let grpc_routes = routes.add_service(grpc::server(state.clone())).into_axum_router();
+    let app = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state.clone())
+        .merge(grpc_routes);
+
+    tracing::info!(node = %node_id, %addr, %url, strategy = %state.hub.strategy, "ws-node listening");
+    register(&state).await;
+    let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), stop.clone()));
+
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(turnout_common::serve::serve(listener, app, server_stop.clone()));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = state.drain.cancelled() => {}
+    }
+    drain(&state).await;
+    server_stop.cancel();
+    stop.cancel();
+    let _ = heartbeat.await;
+    deregister(&state).await;
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(r)) => r?,
+        _ => tracing::debug!("HTTP server did not stop in time"),
+    }
+    tracing::info!(node = %node_id, "ws-node stopped");
+    Ok(())
+}
+
+/// Drain: stop taking rooms, announce it, tell clients to reconnect (1012),
+/// and wait for their sessions within `drain_grace`.
+async fn drain(state: &Arc<NodeState>) {
+    state.draining.store(true, Ordering::Release);
+    let n = state.conns.len();
+    tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
+    write_heartbeat(state, true).await;
+    state.hub.drain_all(&state.conns);
+    state.sessions.close();
+    if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait()).await.is_err() {
+        tracing::warn!(left = state.conns.len(), "drain grace ran out; closing the rest");
+    }
+}
+
+fn internal_url_of(ws_url: &str) -> String {
+    let rest = ws_url
+        .strip_prefix("wss://")
+        .map(|r| ("https://", r))
+        .or_else(|| ws_url.strip_prefix("ws://").map(|r| ("http://", r)));
+    match rest {
+        Some((scheme, r)) => format!("{scheme}{}", r.split('/').next().unwrap_or(r)),
+        None => ws_url.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    user: Option<String>,
+}
+
+async fn ws_handler(
+    State(state): State<Arc<NodeState>>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; reconnect through the gateway").into_response();
+    }
+    let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let label = format!("{}-{id}", state.hub.node_id);
+    let user = match q.user {
+        Some(u) => {
+            if let Err(e) = names::check_user(&u) {
+                return (StatusCode::BAD_REQUEST, format!("user id {e}")).into_response();
+            }
+            u
+        }
+        None => format!("anon-{id}"),
+    };
+    let Ok(permit) = state.limit.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is at max_connections").into_response();
+    };
+    let max = state.settings.max_frame_bytes;
+    let queue = state.settings.send_queue;
+    let st = state.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            let (tx, rx) = mpsc::channel(queue);
+            let conn = Arc::new(Conn::new(id, label, user, tx));
+            let tracker = st.sessions.clone();
+            tracker.track_future(async move {
+                session::run(socket, st, conn, rx).await;
+                drop(permit);
+            })
+        })
+}
+
+async fn metrics_handler(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+    turnout_common::metrics::render(&state.hub.metrics.registry)
+}
+
+async fn register(state: &NodeState) {
+    write_heartbeat(state, true).await;
+}
+
+/// Writes the heartbeat record; `announce` also tells routers at once.
+async fn write_heartbeat(state: &NodeState, announce: bool) -> bool {
+    let info = state.node_info();
+    let json = serde_json::to_string(&info).expect("NodeInfo serialises");
+    let mut con = state.redis.clone();
+    let ttl = state.settings.heartbeat_ttl.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET").arg(keys::node(&info.id)).arg(json).arg("PX").arg(ttl).ignore()
+        .cmd("SADD").arg(keys::NODES).arg(&info.id).ignore();
+    if announce {
+        pipe.cmd("PUBLISH").arg(keys::MEMBERSHIP_CHANNEL).arg(&info.id).ignore();
+    }
+    match pipe.query_async::<()>(&mut con).await {
+        Ok(()) => true,
+        Err(e) => {
+            state.hub.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "heartbeat failed");
+            false
+        }
+    }
+}
+
+async fn heartbeat_loop(state: Arc<NodeState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(state.settings.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ok = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        // After an outage, announce again so routers see the node at once.
+        let was_ok = ok;
+        ok = write_heartbeat(&state, !was_ok).await;
+        if ok && !was_ok {
+            tracing::info!("heartbeat restored");
+        }
+    }
+}
+
+async fn deregister(state: &NodeState) {
+    let mut con = state.redis.clone();
+    let id = &state.info.id;
+    let r: redis::RedisResult<()> = redis::pipe()
+        .atomic()
+        .cmd("DEL").arg(keys::node(id)).ignore()
+        .cmd("SREM").arg(keys::NODES).arg(id).ignore()
+        .cmd("PUBLISH").arg(keys::MEMBERSHIP_CHANNEL).arg(id).ignore()
+        .query_async(&mut con)
+        .await;
+    match r {
+        Ok(()) => tracing::info!(node = %id, "deregistered"),
+        Err(e) => tracing::warn!(node = %id, error = %e, "deregister failed; the heartbeat will expire"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn internal_url() {
+        assert_eq!(super::internal_url_of("ws://10.0.0.1:9000/ws"), "http://10.0.0.1:9000");
+        assert_eq!(super::internal_url_of("wss://n.example:443/ws"), "https://n.example:443");
+    }
+}

@@ -1,0 +1,199 @@
+//! One client WebSocket session: the reader handles frames in order, the
+//! writer drains the bounded send queue, batching frames into one flush.
+
+use crate::hub::{Conn, Hub};
+use crate::node::NodeState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use turnout_proto::codes::{ErrorCode, close};
+use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
+
+/// Runs a session until the client leaves, the node drains or the
+/// connection is killed.
+pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn>, rx: mpsc::Receiver<Message>) {
+    let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
+    async move {
+        let hub = &state.hub;
+        state.conns.insert(conn.id, conn.clone());
+        hub.metrics.connections.inc();
+        let (sink, mut stream) = socket.split();
+        let writer = tokio::spawn(write_loop(sink, rx, conn.clone()));
+        conn.send_frame(
+            &ServerFrame::Welcome {
+                node: hub.node_id.clone(),
+                strategy: hub.strategy.as_str().to_owned(),
+                conn: conn.label.clone(),
+            },
+            &hub.metrics,
+        );
+        let mut rooms: HashSet<String> = HashSet::new();
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = conn.closed.cancelled() => break,
+            };
+            let msg = match msg {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    let code = close_code_for(&e);
+                    tracing::debug!(error = %e, code, "read error");
+                    conn.kill(code);
+                    break;
+                }
+                None => break,
+            };
+            match msg {
+                Message::Text(text) => handle_text(&state, &conn, &mut rooms, text.as_str()).await,
+                Message::Binary(_) => {
+                    reject(hub, &conn, ErrorCode::BadJson, "binary frames are not accepted; send JSON text frames");
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+        for room in rooms {
+            hub.leave(&room, &conn).await;
+        }
+        conn.closed.cancel();
+        let _ = writer.await;
+        state.conns.remove(&conn.id);
+        hub.metrics.connections.dec();
+        tracing::debug!("session closed");
+    }
+    .instrument(span)
+    .await
+}
+
+fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
+    hub.metrics.frame_errors.with_label_values(&[code.as_str()]).inc();
+    conn.send_frame(&ServerFrame::error(code, message), &hub.metrics);
+}
+
+async fn handle_text(state: &NodeState, conn: &Arc<Conn>, rooms: &mut HashSet<String>, text: &str) {
+    let hub = &state.hub;
+    let frame = match parse_client_frame(text) {
+        Ok(f) => f,
+        Err(e) => return reject(hub, conn, e.code, e.message),
+    };
+    match frame {
+        ClientFrame::Ping => {
+            conn.send_frame(&ServerFrame::Pong, &hub.metrics);
+        }
+        ClientFrame::Join { room, since } => {
+            if !rooms.contains(&room) && rooms.len() >= state.settings.max_rooms_per_conn {
+                return reject(
+                    hub,
+                    conn,
+                    ErrorCode::TooManyRooms,
+                    format!("at most {} rooms per connection", state.settings.max_rooms_per_conn),
+                );
+            }
+            if state.draining() {
+                return reject(hub, conn, ErrorCode::Draining, "node is draining; reconnect through the gateway");
+            }
+            match hub.join(conn, &room, since).await {
+                Ok(()) => {
+                    rooms.insert(room);
+                }
+                Err(code) => send_room_error(hub, conn, code, &room, None, "join failed; retry"),
+            }
+        }
+        ClientFrame::Leave { room } => {
+            if rooms.remove(&room) {
+                hub.leave(&room, conn).await;
+                conn.send_frame(&ServerFrame::Left { room }, &hub.metrics);
+            } else {
+                send_room_error(hub, conn, ErrorCode::NotJoined, &room, None, "room not joined on this connection");
+            }
+        }
+        ClientFrame::Publish { room, data, id } => {
+            if !rooms.contains(&room) {
+                return send_room_error(hub, conn, ErrorCode::NotJoined, &room, id, "join the room before publishing");
+            }
+            match hub.publish(&room, &conn.user, &data).await {
+                Ok(seq) => {
+                    conn.send_frame(&ServerFrame::Ack { id, seq }, &hub.metrics);
+                }
+                Err(code) => send_room_error(hub, conn, code, &room, id, "publish failed; retry"),
+            }
+        }
+    }
+}
+
+fn send_room_error(hub: &Hub, conn: &Conn, code: ErrorCode, room: &str, id: Option<String>, message: &str) {
+    hub.metrics.frame_errors.with_label_values(&[code.as_str()]).inc();
+    conn.send_frame(
+        &ServerFrame::Error {
+            code: code.as_str().to_owned(),
+            message: message.to_owned(),
+            room: Some(room.to_owned()),
+            id,
+            redirect: None,
+        },
+        &hub.metrics,
+    );
+}
+
+/// Maps a read error to the close code the client gets.
+fn close_code_for(e: &axum::Error) -> u16 {
+    let msg = e.to_string();
+    if msg.contains("too long") || msg.contains("too big") {
+        close::TOO_BIG
+    } else if msg.contains("UTF-8") || msg.contains("utf-8") {
+        1007
+    } else {
+        close::PROTOCOL
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    conn: Arc<Conn>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => break,
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                if sink.feed(m).await.is_err() { return; }
+                // Batch whatever else is queued into the same flush.
+                let mut n = 0;
+                while n < 256 {
+                    match rx.try_recv() {
+                        Ok(m) => { if sink.feed(m).await.is_err() { return; } n += 1; }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() { return; }
+            }
+        }
+    }
+    let code = match conn.close_code() {
+        0 => close::NORMAL,
+        c => c,
+    };
+    if code != close::SLOW_CONSUMER {
+        // Orderly close: what is queued (e.g. `reconnect`) goes out first.
+        while let Ok(m) = rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+    }
+    let reason = match code {
+        close::SLOW_CONSUMER => "slow consumer",
+        close::SERVICE_RESTART => "draining",
+        close::TOO_BIG => "frame too big",
+        _ => "",
+    };
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+        .await;
+    let _ = sink.close().await;
+}

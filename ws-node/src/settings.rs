@@ -1,0 +1,172 @@
+//! ws-node settings (see the README's settings table and `docs/CONFIG.md`).
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+use turnout_common::settings::{ListenSpec, SettingsError, Validate, check_redis_url};
+use turnout_proto::Strategy;
+
+/// Flags and environment variables; every one is optional and overrides the file.
+#[derive(Parser, Serialize, Debug, Default)]
+#[command(name = "turnout-ws-node", version, about = "turnout ws-node: holds client WebSocket sessions and rooms")]
+pub struct Cli {
+    /// TOML file with settings (keys as in the settings table).
+    #[arg(long, env = "TURNOUT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Scaling strategy: sticky or pubsub.
+    #[arg(long, env = "TURNOUT_STRATEGY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Redis URL.
+    #[arg(long, env = "TURNOUT_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Listen address: HOST:PORT, HOST:0 or HOST:LOW-HIGH (first free port).
+    #[arg(long, env = "TURNOUT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Node id (default: host name and port).
+    #[arg(long, env = "TURNOUT_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// WebSocket URL clients use to reach this node (default: from the bound address).
+    #[arg(long, env = "TURNOUT_ADVERTISE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// Heartbeat interval, e.g. 1s.
+    #[arg(long, env = "TURNOUT_HEARTBEAT_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<String>,
+    /// Heartbeat TTL: a node silent this long is dead, e.g. 3s.
+    #[arg(long, env = "TURNOUT_HEARTBEAT_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ttl: Option<String>,
+    /// Messages kept per room for recovery (0 = off).
+    #[arg(long, env = "TURNOUT_HISTORY_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<u64>,
+    /// Idle rooms' seq and history expire after this long, e.g. 24h.
+    #[arg(long, env = "TURNOUT_ROOM_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_ttl: Option<String>,
+    /// Frames queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "TURNOUT_SEND_QUEUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_queue: Option<usize>,
+    /// Largest accepted client frame, in bytes.
+    #[arg(long, env = "TURNOUT_MAX_FRAME_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+    /// Rooms one connection may join.
+    #[arg(long, env = "TURNOUT_MAX_ROOMS_PER_CONN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms_per_conn: Option<usize>,
+    /// Connections this node accepts.
+    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Time a draining node gives its clients before it exits, e.g. 10s.
+    #[arg(long, env = "TURNOUT_DRAIN_GRACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_grace: Option<String>,
+    /// Pub/sub messages buffered between the Redis reader and fan-out.
+    #[arg(long, env = "TURNOUT_BUS_BUFFER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer: Option<usize>,
+}
+
+/// The ws-node's settings after merging file, env and flags.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub strategy: Strategy,
+    pub redis_url: String,
+    pub listen: ListenSpec,
+    pub node_id: Option<String>,
+    pub advertise_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_ttl: Duration,
+    pub history_size: u64,
+    #[serde(with = "humantime_serde")]
+    pub room_ttl: Duration,
+    pub send_queue: usize,
+    pub max_frame_bytes: usize,
+    pub max_rooms_per_conn: usize,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+    pub bus_buffer: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            strategy: Strategy::Pubsub,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            listen: "0.0.0.0:9000".parse().expect("valid default"),
+            node_id: None,
+            advertise_url: None,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_ttl: Duration::from_secs(3),
+            history_size: 100,
+            room_ttl: Duration::from_secs(24 * 3600),
+            send_queue: 1024,
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_conn: 100,
+            max_connections: 20_000,
+            drain_grace: Duration::from_secs(10),
+            bus_buffer: 65_536,
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        check_redis_url("redis_url", &self.redis_url)?;
+        if self.heartbeat_interval.is_zero() {
+            return Err(SettingsError::invalid("heartbeat_interval", "must be greater than 0"));
+        }
+        if self.heartbeat_ttl < self.heartbeat_interval * 2 {
+            return Err(SettingsError::invalid(
+                "heartbeat_ttl",
+                "must be at least twice heartbeat_interval, or one late heartbeat kills the node",
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            turnout_proto::names::check_user(id)
+                .map_err(|e| SettingsError::invalid("node_id", e.to_string()))?;
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(SettingsError::invalid(
+                    "advertise_url",
+                    format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("send_queue", self.send_queue),
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_rooms_per_conn", self.max_rooms_per_conn),
+            ("max_connections", self.max_connections),
+            ("bus_buffer", self.bus_buffer),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Parses flags and env, reads the file, validates.
+    pub fn from_args() -> Result<Self, SettingsError> {
+        let cli = Cli::parse();
+        turnout_common::settings::load(&cli, cli.config.as_deref())
+    }
+}
