@@ -1,0 +1,77 @@
+//! turnout gateway: the public door of a cluster.
+//!
+//! # Layout
+//! - [`settings`]: the gateway's settings.
+//! - `cluster`: follows a router's `WatchNodes` stream (with failover between
+//!   routers) and picks the node for a new client.
+//! - `proxy`: `/ws`, forwarding the upgrade to the node and splicing bytes.
+//! - `api`: the HTTP server API, `/healthz`, `/readyz`, `/metrics`.
+//! - `grpc`: the `turnout.v1.Gateway` service on the same port.
+//! - `state`: shared state and the operations both APIs use.
+
+mod api;
+mod cluster;
+mod grpc;
+mod proxy;
+pub mod settings;
+mod state;
+
+pub use settings::Settings;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Why a gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a gateway on `listener` until `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let addr = listener.local_addr()?;
+    let id = settings
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("gateway-{}-{}", turnout_common::settings::host_name(), addr.port()));
+    let client = turnout_common::redis::client(&settings.redis_url)?;
+    let redis = turnout_common::redis::commands(&client).await?;
+    let (tx, rx) = watch::channel(Arc::new(cluster::View::default()));
+    let stop = CancellationToken::new();
+    tokio::spawn(cluster::follow(settings.routers(), tx, stop.clone()));
+    let body_limit = settings.max_body_bytes;
+    let strategy = settings.strategy;
+    let gw = Arc::new(state::Gateway::new(id.clone(), settings, rx, redis));
+
+    let (health, routes) = turnout_common::grpc::base_routes();
+    health
+        .set_serving::<turnout_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
+        .await;
+    let grpc = routes.add_service(grpc::server(gw.clone())).into_axum_router();
+    let app = Router::new()
+        .route("/ws", get(proxy::ws))
+        .route("/api/route", get(api::route))
+        .route("/api/cluster", get(api::cluster))
+        .route("/api/rooms/{room}/publish", post(api::publish))
+        .route("/api/rooms/{room}/history", get(api::history))
+        .route("/api/rooms/{room}/presence", get(api::presence))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gw)
+        .merge(grpc);
+    tracing::info!(gateway = %id, %addr, %strategy, "gateway listening");
+    let result = turnout_common::serve::serve(listener, app, shutdown).await;
+    stop.cancel();
+    tracing::info!(gateway = %id, "gateway stopped");
+    Ok(result?)
+}

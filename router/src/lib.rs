@@ -1,0 +1,98 @@
+//! turnout router: which ws-nodes are alive, and where rooms go.
+//!
+//! # Layout
+//! - [`settings`]: the router's settings.
+//! - `membership`: reads heartbeats from Redis into the live set and
+//!   publishes a snapshot whenever it changes.
+//! - `service`: the `turnout.v1.Router` gRPC service (Route, Nodes, WatchNodes).
+//! - [`run`]: the process: gRPC + `/healthz` + `/metrics` on one port.
+
+mod membership;
+mod service;
+pub mod settings;
+
+pub use settings::Settings;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use prometheus::IntGauge;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use turnout_proto::keys;
+
+/// Why a router could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a router on `listener` until `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), RouterError> {
+    let addr = listener.local_addr()?;
+    let router_id = settings
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("router-{}-{}", turnout_common::settings::host_name(), addr.port()));
+    let registry = turnout_common::metrics::registry("router", &[("router", &router_id)]);
+    let live = turnout_common::metrics::register(
+        &registry,
+        IntGauge::new("live_nodes", "ws-nodes in the live set").expect("valid metric"),
+    );
+
+    let client = turnout_common::redis::client(&settings.redis_url)?;
+    let con = turnout_common::redis::commands(&client).await?;
+    // Announcements from nodes wake the membership reader at once.
+    let changed = Arc::new(Notify::new());
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    let mut sub = turnout_common::redis::pubsub(&client, push_tx).await?;
+    sub.subscribe(keys::MEMBERSHIP_CHANNEL).await?;
+    let wake = changed.clone();
+    let stop = CancellationToken::new();
+    let stop_push = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                p = push_rx.recv() => if p.is_none() { return },
+                _ = stop_push.cancelled() => return,
+            }
+            wake.notify_one();
+        }
+    });
+
+    let first = membership::read(&mut con.clone(), settings.strategy).await?;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(membership::follow(
+        con.clone(),
+        settings.strategy,
+        settings.poll_interval,
+        changed,
+        tx,
+        live,
+        stop.clone(),
+    ));
+
+    let (health, routes) = turnout_common::grpc::base_routes();
+    health
+        .set_serving::<turnout_proto::v1::router_server::RouterServer<service::RouterService>>()
+        .await;
+    let svc = service::RouterService::new(router_id.clone(), settings.strategy, rx);
+    let grpc = routes.add_service(service::server(svc)).into_axum_router();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|State(r): State<prometheus::Registry>| async move {
+            turnout_common::metrics::render(&r)
+        }))
+        .with_state(registry)
+        .merge(grpc);
+    tracing::info!(router = %router_id, %addr, strategy = %settings.strategy, "router listening");
+    let result = turnout_common::serve::serve(listener, app, shutdown).await;
+    stop.cancel();
+    tracing::info!(router = %router_id, "router stopped");
+    Ok(result?)
+}

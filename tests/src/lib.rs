@@ -1,0 +1,456 @@
+//! Test harness: a real `redis-server` on a free port, whole turnout
+//! processes (in-process `run()` on port 0, or the built binaries), and a
+//! small WebSocket client. Every wait is a condition polled against a
+//! deadline, never a fixed sleep.
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `f` until it returns `Some`, failing after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` child process on a free port, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub async fn start() -> Result<Redis> {
+        let port = free_port();
+        let mut r = Redis { port, child: None };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new(redis_server())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed? .ci/run installs it)")?;
+        self.child = Some(child);
+        let url = self.url();
+        wait_for("redis-server to answer PING", DEADLINE, || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and starts an empty one on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn con(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn redis_server() -> String {
+    std::env::var("TURNOUT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// An in-process turnout process.
+pub struct Proc {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Proc {
+    /// Stops cleanly and waits for the process to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(DEADLINE, self.task).await;
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settings {
+    turnout_ws_node::Settings {
+        strategy,
+        redis_url: redis.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        drain_grace: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+pub async fn start_node(settings: turnout_ws_node::Settings) -> Proc {
+    let l = listener().await;
+    let addr = l.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = turnout_ws_node::run(l, settings, s).await {
+            panic!("ws-node failed: {e}");
+        }
+    });
+    Proc { addr, stop, task }
+}
+
+pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
+    let settings = turnout_router::Settings {
+        strategy,
+        redis_url: redis.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        poll_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let l = listener().await;
+    let addr = l.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = turnout_router::run(l, settings, s).await {
+            panic!("router failed: {e}");
+        }
+    });
+    Proc { addr, stop, task }
+}
+
+pub async fn start_gateway(redis: &str, strategy: Strategy, routers: &[&Proc]) -> Proc {
+    let router_url = routers.iter().map(|r| r.http()).collect::<Vec<_>>().join(",");
+    let settings = turnout_gateway::Settings {
+        strategy,
+        redis_url: redis.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        router_url,
+        ..Default::default()
+    };
+    let l = listener().await;
+    let addr = l.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = turnout_gateway::run(l, settings, s).await {
+            panic!("gateway failed: {e}");
+        }
+    });
+    Proc { addr, stop, task }
+}
+
+/// Redis + router + gateway + n ws-nodes, all in this process.
+pub struct Cluster {
+    pub redis: Redis,
+    pub router: Proc,
+    pub gateway: Proc,
+    pub nodes: Vec<Proc>,
+    pub strategy: Strategy,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, strategy: Strategy) -> Result<Cluster> {
+        Self::start_with(n, strategy, |_| {}).await
+    }
+
+    /// Like [`Cluster::start`], with a hook to adjust each node's settings.
+    pub async fn start_with(
+        n: usize,
+        strategy: Strategy,
+        tweak: impl Fn(&mut turnout_ws_node::Settings),
+    ) -> Result<Cluster> {
+        let redis = Redis::start().await?;
+        let url = redis.url();
+        let router = start_router(&url, strategy).await;
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let mut s = node_settings(&url, strategy);
+            tweak(&mut s);
+            nodes.push(start_node(s).await);
+        }
+        let gateway = start_gateway(&url, strategy, &[&router]).await;
+        let c = Cluster { redis, router, gateway, nodes, strategy };
+        c.wait_nodes(n).await?;
+        Ok(c)
+    }
+
+    /// Waits until the gateway's `/api/cluster` lists exactly `n` nodes.
+    pub async fn wait_nodes(&self, n: usize) -> Result<serde_json::Value> {
+        let url = format!("{}/api/cluster", self.gateway.http());
+        wait_for(&format!("{n} nodes in /api/cluster"), DEADLINE, || {
+            let url = url.clone();
+            async move {
+                let v = http_get_json(&url).await.ok()?.1;
+                (v["nodes"].as_array()?.len() == n).then_some(v)
+            }
+        })
+        .await
+    }
+}
+
+/// GET returning (status, JSON body).
+pub async fn http_get_json(url: &str) -> Result<(u16, serde_json::Value)> {
+    let (status, body) = http("GET", url, None, &[]).await?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+/// A minimal HTTP/1.1 client call with hyper.
+pub async fn http(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse()?;
+    let authority = uri.authority().context("url without host")?.to_string();
+    let stream = TcpStream::connect(&authority).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(b)).boxed())?,
+        None => req.body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|e| match e {}).boxed())?,
+    };
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, body))
+}
+
+/// A WebSocket test client speaking the turnout protocol.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: ServerFrame,
+    /// Frames read while waiting for another one, returned by later reads.
+    backlog: std::collections::VecDeque<ServerFrame>,
+}
+
+impl Client {
+    /// Connects and reads the `welcome` frame.
+    pub async fn connect(url: &str) -> Result<Client> {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .context("connect timed out")??;
+        let mut c = Client { ws, welcome: ServerFrame::Pong, backlog: Default::default() };
+        let w = c.recv().await?;
+        if !matches!(w, ServerFrame::Welcome { .. }) {
+            bail!("expected welcome, got {w:?}");
+        }
+        c.welcome = w;
+        Ok(c)
+    }
+
+    /// The node this client landed on.
+    pub fn node(&self) -> &str {
+        match &self.welcome {
+            ServerFrame::Welcome { node, .. } => node,
+            _ => "",
+        }
+    }
+
+    pub async fn send_json(&mut self, v: serde_json::Value) -> Result<()> {
+        self.send_text(v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: String) -> Result<()> {
+        self.ws.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> Result<()> {
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// Next server frame (skipping WebSocket control frames).
+    pub async fn recv(&mut self) -> Result<ServerFrame> {
+        if let Some(f) = self.backlog.pop_front() {
+            return Ok(f);
+        }
+        self.recv_socket().await
+    }
+
+    async fn recv_socket(&mut self) -> Result<ServerFrame> {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .context("no frame within the deadline")?
+                .context("connection closed")??;
+            match m {
+                Message::Text(t) => {
+                    return serde_json::from_str(t.as_str()).with_context(|| format!("unparsable frame {t}"));
+                }
+                Message::Close(f) => bail!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the close code.
+    pub async fn recv_close(&mut self) -> Result<(Vec<ServerFrame>, Option<u16>)> {
+        let mut frames: Vec<ServerFrame> = self.backlog.drain(..).collect();
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.ws.next()).await.context("no close within the deadline")?;
+            match m {
+                None => return Ok((frames, None)),
+                Some(Err(_)) => return Ok((frames, None)),
+                Some(Ok(Message::Close(f))) => return Ok((frames, f.map(|f| u16::from(f.code)))),
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Returns the first frame matching `pred`; frames read past on the way
+    /// stay queued, in order, for later reads.
+    pub async fn expect(&mut self, what: &str, mut pred: impl FnMut(&ServerFrame) -> bool) -> Result<ServerFrame> {
+        if let Some(i) = self.backlog.iter().position(&mut pred) {
+            return Ok(self.backlog.remove(i).expect("index in range"));
+        }
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if Instant::now() > end {
+                bail!("no {what} within the deadline");
+            }
+            let f = self.recv_socket().await.with_context(|| format!("waiting for {what}"))?;
+            if pred(&f) {
+                return Ok(f);
+            }
+            self.backlog.push_back(f);
+        }
+    }
+
+    /// Joins and waits for `joined`; returns its seq.
+    pub async fn join(&mut self, room: &str) -> Result<u64> {
+        self.send_json(serde_json::json!({"type": "join", "room": room})).await?;
+        match self.expect("joined", |f| matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })).await? {
+            ServerFrame::Joined { seq, .. } => Ok(seq),
+            other => bail!("join refused: {other:?}"),
+        }
+    }
+
+    /// Publishes and waits for the ack; returns the seq.
+    pub async fn publish(&mut self, room: &str, data: serde_json::Value, id: &str) -> Result<u64> {
+        self.send_json(serde_json::json!({"type": "publish", "room": room, "data": data, "id": id})).await?;
+        let want = id.to_owned();
+        match self
+            .expect("ack", |f| match f {
+                ServerFrame::Ack { id, .. } => id.as_deref() == Some(want.as_str()),
+                ServerFrame::Error { id, .. } => id.as_deref() == Some(want.as_str()),
+                _ => false,
+            })
+            .await?
+        {
+            ServerFrame::Ack { seq, .. } => Ok(seq),
+            other => bail!("publish refused: {other:?}"),
+        }
+    }
+
+    /// Collects `message` frames of `room` until one with `seq == last`.
+    pub async fn messages_until(&mut self, room: &str, last: u64) -> Result<Vec<u64>> {
+        let mut seqs = Vec::new();
+        loop {
+            match self.recv().await? {
+                ServerFrame::Message { room: r, seq, .. } if r == room => {
+                    seqs.push(seq);
+                    if seq >= last {
+                        return Ok(seqs);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Path of a built binary of this workspace, building it if needed.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let path = dir.join(name);
+    let package = match name {
+        "turnout-bench" => "turnout-loadtest",
+        other => other,
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Always ask cargo: it is a no-op when the binary is fresh.
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {name} failed");
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}

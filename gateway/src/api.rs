@@ -1,0 +1,164 @@
+//! The HTTP server API (`/api/*`), health and readiness.
+
+use crate::state::{ApiError, Gateway};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use turnout_proto::codes::ErrorCode;
+
+/// A JSON error body: `{"error":{"code":…,"message":…}}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+pub(crate) fn api_error(e: &ApiError) -> Response {
+    error(e.http_status(), e.code.as_str(), &e.message)
+}
+
+/// One query parameter, percent-decoded.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let query = query?;
+    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query);
+    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+fn count(gw: &Gateway, op: &str, ok: bool) {
+    gw.metrics
+        .api_requests
+        .with_label_values(&[op, if ok { "ok" } else { "error" }])
+        .inc();
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RouteQuery {
+    room: Option<String>,
+}
+
+pub(crate) async fn route(State(gw): State<Arc<Gateway>>, Query(q): Query<RouteQuery>) -> Response {
+    if let Some(room) = &q.room {
+        if let Err(e) = turnout_proto::names::check_room(room) {
+            return error(StatusCode::BAD_REQUEST, ErrorCode::BadName.as_str(), &format!("room {e}"));
+        }
+    }
+    match gw.route(q.room.as_deref()).await {
+        Ok(node) => Json(json!({"node": node.id, "url": node.url})).into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    data: Box<RawValue>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+pub(crate) async fn publish(State(gw): State<Arc<Gateway>>, Path(room): Path<String>, body: Bytes) -> Response {
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            count(&gw, "publish", false);
+            let msg = e.to_string();
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadJson.as_str(),
+                &format!("body must be {{\"data\": <json>}}: {}", msg.split(" at line").next().unwrap_or("")),
+            );
+        }
+    };
+    let result = gw.publish(&room, body.data.get().to_owned(), body.from).await;
+    count(&gw, "publish", result.is_ok());
+    match result {
+        Ok(seq) => Json(json!({"seq": seq})).into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryQuery {
+    since: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub(crate) async fn history(
+    State(gw): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, ErrorCode::BadFrame.as_str(), "since and limit must be non-negative integers");
+    };
+    let result = gw.history(&room, q.since.unwrap_or(0), q.limit.unwrap_or(100)).await;
+    count(&gw, "history", result.is_ok());
+    match result {
+        Ok(slice) => {
+            let messages: Vec<Box<RawValue>> =
+                slice.messages.into_iter().filter_map(|(_, f)| RawValue::from_string(f).ok()).collect();
+            Json(json!({"room": room, "seq": slice.seq, "complete": slice.complete, "messages": messages})).into_response()
+        }
+        Err(e) => api_error(&e),
+    }
+}
+
+pub(crate) async fn presence(State(gw): State<Arc<Gateway>>, Path(room): Path<String>) -> Response {
+    let result = gw.presence(&room).await;
+    count(&gw, "presence", result.is_ok());
+    match result {
+        Ok(users) => Json(json!({"room": room, "users": users})).into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+pub(crate) async fn cluster(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(cluster_json(&gw)).into_response()
+}
+
+/// The `/api/cluster` document.
+pub(crate) fn cluster_json(gw: &Gateway) -> serde_json::Value {
+    let view = gw.view.borrow().clone();
+    let nodes: Vec<_> = view
+        .reply
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id, "url": n.url, "strategy": n.strategy,
+                "connections": n.connections, "rooms": n.rooms,
+                "draining": n.draining, "heartbeat_age_ms": n.heartbeat_age_ms,
+                "version": n.version,
+            })
+        })
+        .collect();
+    let conflicts = gw.conflicts();
+    json!({
+        "strategy": gw.strategy().as_str(),
+        "gateway": {"id": gw.id, "strategy": gw.strategy().as_str()},
+        "router": {"id": view.reply.router_id, "url": view.router, "connected": view.connected, "strategy": view.reply.strategy},
+        "nodes": nodes,
+        "conflicts": conflicts,
+        "ready": gw.readiness().is_ok(),
+    })
+}
+
+pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.readiness() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    turnout_common::metrics::render(&gw.metrics.registry)
+}

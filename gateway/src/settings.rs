@@ -1,0 +1,107 @@
+//! Gateway settings (see the README's settings table and `docs/CONFIG.md`).
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+use turnout_common::settings::{ListenSpec, SettingsError, Validate, check_http_url, check_redis_url};
+use turnout_proto::Strategy;
+
+/// Flags and environment variables; every one is optional and overrides the file.
+#[derive(Parser, Serialize, Debug, Default)]
+#[command(name = "turnout-gateway", version, about = "turnout gateway: the public door (WebSocket, HTTP and gRPC API)")]
+pub struct Cli {
+    /// TOML file with settings (keys as in the settings table).
+    #[arg(long, env = "TURNOUT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Scaling strategy: sticky or pubsub.
+    #[arg(long, env = "TURNOUT_STRATEGY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Redis URL.
+    #[arg(long, env = "TURNOUT_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Listen address (HTTP, WebSocket and gRPC on one port).
+    #[arg(long, env = "TURNOUT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Router URL(s), comma-separated; the gateway fails over between them.
+    #[arg(long, env = "TURNOUT_ROUTER_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router_url: Option<String>,
+    /// Gateway id in logs and `/api/cluster` (default: host name and port).
+    #[arg(long, env = "TURNOUT_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Time allowed to connect to a ws-node when proxying, e.g. 2s.
+    #[arg(long, env = "TURNOUT_UPSTREAM_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout: Option<String>,
+    /// Largest accepted HTTP API request body, in bytes.
+    #[arg(long, env = "TURNOUT_MAX_BODY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The gateway's settings after merging file, env and flags.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub strategy: Strategy,
+    pub redis_url: String,
+    pub listen: ListenSpec,
+    pub router_url: String,
+    pub node_id: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            strategy: Strategy::Pubsub,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            listen: "0.0.0.0:8080".parse().expect("valid default"),
+            router_url: "http://127.0.0.1:7070".into(),
+            node_id: None,
+            upstream_timeout: Duration::from_secs(2),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Settings {
+    /// The router URLs, in failover order.
+    pub fn routers(&self) -> Vec<String> {
+        self.router_url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Parses flags and env, reads the file, validates.
+    pub fn from_args() -> Result<Self, SettingsError> {
+        let cli = Cli::parse();
+        turnout_common::settings::load(&cli, cli.config.as_deref())
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        check_redis_url("redis_url", &self.redis_url)?;
+        let routers = self.routers();
+        if routers.is_empty() {
+            return Err(SettingsError::invalid("router_url", "needs at least one http:// URL"));
+        }
+        for r in &routers {
+            check_http_url("router_url", r)?;
+        }
+        if self.listen.ports.start() != self.listen.ports.end() {
+            return Err(SettingsError::invalid("listen", "a gateway listens on one port, not a range"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(SettingsError::invalid("max_body_bytes", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}

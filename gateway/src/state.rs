@@ -1,0 +1,217 @@
+//! The gateway's shared state and the operations the HTTP and gRPC APIs share.
+
+use crate::cluster::{self, Picker, View};
+use crate::settings::Settings;
+use axum::http::StatusCode;
+use axum::response::Response;
+use dashmap::DashMap;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use turnout_common::metrics::register;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::v1::node_client::NodeClient;
+use turnout_proto::v1::{DeliverRequest, NodeInfo};
+use turnout_proto::{Strategy, names};
+
+/// Most messages one history call returns.
+pub(crate) const MAX_HISTORY_LIMIT: u64 = 1000;
+
+#[derive(Clone)]
+pub(crate) struct GatewayMetrics {
+    pub(crate) registry: Registry,
+    pub(crate) proxied: IntGauge,
+    pub(crate) proxied_bytes: IntCounterVec,
+    pub(crate) upstream_errors: IntCounter,
+    pub(crate) api_requests: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    fn new(id: &str) -> Self {
+        let registry = turnout_common::metrics::registry("gateway", &[("gateway", id)]);
+        GatewayMetrics {
+            proxied: register(&registry, IntGauge::new("proxied_connections", "WebSocket connections spliced to ws-nodes").expect("valid")),
+            proxied_bytes: register(
+                &registry,
+                IntCounterVec::new(Opts::new("proxied_bytes_total", "Bytes spliced, by direction"), &["direction"]).expect("valid"),
+            ),
+            upstream_errors: register(&registry, IntCounter::new("upstream_errors_total", "Failed attempts to reach a ws-node").expect("valid")),
+            api_requests: register(
+                &registry,
+                IntCounterVec::new(Opts::new("api_requests_total", "Server API calls, by operation and outcome"), &["op", "outcome"]).expect("valid"),
+            ),
+            registry,
+        }
+    }
+}
+
+/// An API failure: a code from the documented set, safe to show callers.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+
+    pub(crate) fn http_status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::BadJson | ErrorCode::BadFrame | ErrorCode::BadName | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited | ErrorCode::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::NotJoined | ErrorCode::WrongNode => StatusCode::CONFLICT,
+            ErrorCode::Draining | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub(crate) fn grpc_status(&self) -> tonic::Status {
+        let m = self.message.clone();
+        match self.code {
+            ErrorCode::BadJson | ErrorCode::BadFrame | ErrorCode::BadName | ErrorCode::UnknownType => tonic::Status::invalid_argument(m),
+            ErrorCode::Forbidden => tonic::Status::permission_denied(m),
+            ErrorCode::RateLimited | ErrorCode::TooManyRooms => tonic::Status::resource_exhausted(m),
+            ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Status::failed_precondition(m),
+            ErrorCode::Draining | ErrorCode::Unavailable => tonic::Status::unavailable(m),
+            ErrorCode::Internal => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// Shared by every handler of one gateway.
+pub(crate) struct Gateway {
+    pub(crate) id: String,
+    pub(crate) settings: Settings,
+    pub(crate) view: watch::Receiver<Arc<View>>,
+    pub(crate) picker: Picker,
+    pub(crate) metrics: GatewayMetrics,
+    pub(crate) redis: ConnectionManager,
+    nodes: DashMap<String, NodeClient<Channel>>,
+}
+
+impl Gateway {
+    pub(crate) fn new(id: String, settings: Settings, view: watch::Receiver<Arc<View>>, redis: ConnectionManager) -> Self {
+        Gateway {
+            metrics: GatewayMetrics::new(&id),
+            id,
+            settings,
+            view,
+            picker: Picker::default(),
+            redis,
+            nodes: DashMap::new(),
+        }
+    }
+
+    pub(crate) fn strategy(&self) -> Strategy {
+        self.settings.strategy
+    }
+
+    /// Strategy disagreements seen from here.
+    pub(crate) fn conflicts(&self) -> Vec<String> {
+        cluster::conflicts(self.strategy(), &self.view.borrow())
+    }
+
+    /// Ready: following a router, at least one node takes clients, no mismatch.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        let view = self.view.borrow().clone();
+        if !view.connected {
+            return Err("no router reachable".into());
+        }
+        if !view.reply.nodes.iter().any(|n| !n.draining) {
+            return Err("no live ws-node".into());
+        }
+        let conflicts = cluster::conflicts(self.strategy(), &view);
+        if !conflicts.is_empty() {
+            return Err(format!("strategy mismatch: {}", conflicts.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// The node a new client for `room` should use.
+    pub(crate) async fn route(&self, _room: Option<&str>) -> Result<NodeInfo, ApiError> {
+        let view = self.view.borrow().clone();
+        self.picker
+            .least_loaded(&view)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
+    }
+
+    /// Like [`Self::route`], as an HTTP response on failure.
+    pub(crate) async fn pick_node(&self, room: Option<&str>) -> Result<NodeInfo, Response> {
+        self.route(room).await.map_err(|e| crate::api::api_error(&e))
+    }
+
+    fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Channel>, ApiError> {
+        if let Some(c) = self.nodes.get(&node.internal_url) {
+            return Ok(c.clone());
+        }
+        let channel = Channel::from_shared(node.internal_url.clone())
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "node has an invalid internal URL"))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let client = NodeClient::new(channel);
+        self.nodes.insert(node.internal_url.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Publishes into `room` through a ws-node; returns the seq.
+    pub(crate) async fn publish(&self, room: &str, data_json: String, from: Option<String>) -> Result<u64, ApiError> {
+        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let from = from.filter(|f| !f.is_empty()).unwrap_or_else(|| "api".to_owned());
+        names::check_user(&from).map_err(|e| ApiError::new(ErrorCode::BadName, format!("from {e}")))?;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
+            return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
+        }
+        let node = self.route(Some(room)).await?;
+        let mut client = self.node_client(&node)?;
+        let reply = client
+            .deliver(DeliverRequest { room: room.to_owned(), data_json, from, epoch: 0 })
+            .await
+            .map_err(|s| {
+                tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
+                match s.code() {
+                    tonic::Code::InvalidArgument => ApiError::new(ErrorCode::BadFrame, s.message()),
+                    _ => ApiError::new(ErrorCode::Unavailable, "publish failed; retry"),
+                }
+            })?;
+        Ok(reply.into_inner().seq)
+    }
+
+    /// Messages of `room` after `since`.
+    pub(crate) async fn history(
+        &self,
+        room: &str,
+        since: u64,
+        limit: u64,
+    ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
+        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
+        let mut con = self.redis.clone();
+        turnout_common::redis::history(&mut con, room, since, limit).await.map_err(|e| {
+            tracing::warn!(room, error = %e, "history read failed");
+            ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
+        })
+    }
+
+    /// Users present in `room`.
+    pub(crate) async fn presence(&self, room: &str) -> Result<Vec<String>, ApiError> {
+        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let mut con = self.redis.clone();
+        let mut users: Vec<String> = redis::cmd("HVALS")
+            .arg(turnout_proto::keys::room_presence(room))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room, error = %e, "presence read failed");
+                ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
+            })?;
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+}

@@ -1,0 +1,83 @@
+//! Router settings (see the README's settings table and `docs/CONFIG.md`).
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+use turnout_common::settings::{ListenSpec, SettingsError, Validate, check_redis_url};
+use turnout_proto::Strategy;
+
+/// Flags and environment variables; every one is optional and overrides the file.
+#[derive(Parser, Serialize, Debug, Default)]
+#[command(name = "turnout-router", version, about = "turnout router: tracks live ws-nodes and places rooms")]
+pub struct Cli {
+    /// TOML file with settings (keys as in the settings table).
+    #[arg(long, env = "TURNOUT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Scaling strategy: sticky or pubsub.
+    #[arg(long, env = "TURNOUT_STRATEGY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Redis URL.
+    #[arg(long, env = "TURNOUT_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Listen address (gRPC, /healthz, /metrics).
+    #[arg(long, env = "TURNOUT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Router id in logs and answers (default: host name and port).
+    #[arg(long, env = "TURNOUT_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// How often the live set is re-read from Redis besides change announcements, e.g. 250ms.
+    #[arg(long, env = "TURNOUT_POLL_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+}
+
+/// The router's settings after merging file, env and flags.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub strategy: Strategy,
+    pub redis_url: String,
+    pub listen: ListenSpec,
+    pub node_id: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            strategy: Strategy::Pubsub,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            listen: "0.0.0.0:7070".parse().expect("valid default"),
+            node_id: None,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        check_redis_url("redis_url", &self.redis_url)?;
+        if self.poll_interval.is_zero() {
+            return Err(SettingsError::invalid("poll_interval", "must be greater than 0"));
+        }
+        if self.listen.ports.start() != self.listen.ports.end() {
+            return Err(SettingsError::invalid("listen", "a router listens on one port, not a range"));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Parses flags and env, reads the file, validates.
+    pub fn from_args() -> Result<Self, SettingsError> {
+        let cli = Cli::parse();
+        turnout_common::settings::load(&cli, cli.config.as_deref())
+    }
+}
