@@ -87,8 +87,9 @@ pub(crate) struct Picker {
 }
 
 impl Picker {
-    /// Least-loaded live, non-draining node.
-    pub(crate) fn least_loaded(&self, view: &View) -> Option<NodeInfo> {
+    /// Least-loaded live, non-draining node; `record` counts the pick
+    /// (for a new client, not for a one-off API call).
+    pub(crate) fn least_loaded(&self, view: &View, record: bool) -> Option<NodeInfo> {
         let mut recent = self.recent.lock().expect("picker lock");
         if recent.0 != view.generation {
             *recent = (view.generation, HashMap::new());
@@ -100,7 +101,9 @@ impl Picker {
             .filter(|n| !n.draining)
             .min_by_key(|n| (n.connections + recent.1.get(&n.id).copied().unwrap_or(0), n.id.clone()))?
             .clone();
-        *recent.1.entry(node.id.clone()).or_default() += 1;
+        if record {
+            *recent.1.entry(node.id.clone()).or_default() += 1;
+        }
         Some(node)
     }
 }

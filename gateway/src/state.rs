@@ -134,10 +134,14 @@ impl Gateway {
     }
 
     /// The node a new client for `room` should use.
-    pub(crate) async fn route(&self, _room: Option<&str>) -> Result<NodeInfo, ApiError> {
+    pub(crate) async fn route(&self, room: Option<&str>) -> Result<NodeInfo, ApiError> {
+        self.pick(room, true).await
+    }
+
+    async fn pick(&self, _room: Option<&str>, record: bool) -> Result<NodeInfo, ApiError> {
         let view = self.view.borrow().clone();
         self.picker
-            .least_loaded(&view)
+            .least_loaded(&view, record)
             .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
     }
 
@@ -167,7 +171,7 @@ impl Gateway {
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
         }
-        let node = self.route(Some(room)).await?;
+        let node = self.pick(Some(room), false).await?;
         let mut client = self.node_client(&node)?;
         let reply = client
             .deliver(DeliverRequest { room: room.to_owned(), data_json, from, epoch: 0 })

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Local turnout cluster as plain processes: redis-server, router, gateway and
+# ws-nodes, with logs and pid files under $RUN_DIR.
+#
+#   deploy/cluster.sh up [--strategy sticky|pubsub] [--nodes N]
+#   deploy/cluster.sh status
+#   deploy/cluster.sh stop NODE      # SIGTERM one ws-node (drain), e.g. node-2
+#   deploy/cluster.sh kill NODE      # SIGKILL one ws-node (crash)
+#   deploy/cluster.sh start NODE     # start a stopped ws-node again
+#   deploy/cluster.sh down
+#
+# Ports and paths come from the environment (defaults in brackets):
+#   REDIS_PORT [6390]  ROUTER_PORT [7070]  GATEWAY_PORT [8080]
+#   NODE_PORT_BASE [9001] (node-i listens on NODE_PORT_BASE+i-1)
+#   RUN_DIR [./run]  PROFILE [release]  BIND [127.0.0.1]
+#   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+REDIS_PORT=${REDIS_PORT:-6390}
+ROUTER_PORT=${ROUTER_PORT:-7070}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+NODE_PORT_BASE=${NODE_PORT_BASE:-9001}
+RUN_DIR=${RUN_DIR:-$here/run}
+PROFILE=${PROFILE:-release}
+BIND=${BIND:-127.0.0.1}
+STRATEGY=${TURNOUT_STRATEGY:-pubsub}
+NODES=3
+
+if [ "$PROFILE" = release ]; then bin_dir=$here/target/release; else bin_dir=$here/target/debug; fi
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_http() { # url seconds
+  local url=$1 n=$(( $2 * 10 ))
+  for _ in $(seq "$n"); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+ensure_redis_server() {
+  command -v redis-server >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing redis-server (apt-get)…"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    die "redis-server is not installed: apt-get install redis-server"
+  fi
+}
+
+ensure_curl() {
+  command -v curl >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  else
+    die "curl is not installed"
+  fi
+}
+
+start_node() { # index
+  local i=$1 port=$(( NODE_PORT_BASE + $1 - 1 ))
+  local id="node-$i"
+  pid_alive "$RUN_DIR/$id.pid" && { echo "$id already running"; return; }
+  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+    "$bin_dir/turnout-ws-node" --listen "$BIND:$port" --node-id "$id" \
+    >>"$RUN_DIR/$id.log" 2>&1 &
+  echo $! >"$RUN_DIR/$id.pid"
+  wait_http "http://127.0.0.1:$port/healthz" 20 || die "$id did not start; see $RUN_DIR/$id.log"
+  echo "$id   ws://127.0.0.1:$port/ws   (log: $RUN_DIR/$id.log)"
+}
+
+up() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --strategy) STRATEGY=$2; shift 2 ;;
+      --nodes) NODES=$2; shift 2 ;;
+      *) die "unknown option $1" ;;
+    esac
+  done
+  case $STRATEGY in sticky|pubsub) ;; *) die "--strategy must be sticky or pubsub" ;; esac
+  ensure_redis_server
+  ensure_curl
+  mkdir -p "$RUN_DIR"
+  echo "$STRATEGY" >"$RUN_DIR/strategy"
+  echo "$NODES" >"$RUN_DIR/nodes"
+  echo "building ($PROFILE)…"
+  if [ "$PROFILE" = release ]; then
+    (cd "$here" && cargo build --release --quiet --bins)
+  else
+    (cd "$here" && cargo build --quiet --bins)
+  fi
+
+  if ! pid_alive "$RUN_DIR/redis.pid"; then
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+      --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log"
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  echo "redis    redis://127.0.0.1:$REDIS_PORT"
+
+  if ! pid_alive "$RUN_DIR/router.pid"; then
+    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+      "$bin_dir/turnout-router" --listen "$BIND:$ROUTER_PORT" --node-id router-1 \
+      >>"$RUN_DIR/router.log" 2>&1 &
+    echo $! >"$RUN_DIR/router.pid"
+    wait_http "http://127.0.0.1:$ROUTER_PORT/healthz" 20 || die "router did not start; see $RUN_DIR/router.log"
+  fi
+  echo "router   http://127.0.0.1:$ROUTER_PORT"
+
+  for i in $(seq "$NODES"); do start_node "$i"; done
+
+  if ! pid_alive "$RUN_DIR/gateway.pid"; then
+    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+      TURNOUT_ROUTER_URL=http://127.0.0.1:$ROUTER_PORT \
+      "$bin_dir/turnout-gateway" --listen "$BIND:$GATEWAY_PORT" --node-id gateway-1 \
+      >>"$RUN_DIR/gateway.log" 2>&1 &
+    echo $! >"$RUN_DIR/gateway.pid"
+  fi
+  wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 20 || die "gateway not ready; see $RUN_DIR/gateway.log"
+  echo
+  echo "turnout is up ($STRATEGY, $NODES ws-nodes). Open http://127.0.0.1:$GATEWAY_PORT/"
+  echo "cluster: curl -s http://127.0.0.1:$GATEWAY_PORT/api/cluster"
+  echo "stop:    deploy/cluster.sh down"
+}
+
+status() {
+  [ -d "$RUN_DIR" ] || { echo "not running"; return; }
+  for f in "$RUN_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    if pid_alive "$f"; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: stopped"; fi
+  done
+  curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/cluster" 2>/dev/null && echo || true
+}
+
+signal_node() { # SIG name
+  local f="$RUN_DIR/$2.pid"
+  pid_alive "$f" || die "$2 is not running"
+  kill -"$1" "$(cat "$f")"
+  if [ "$1" = TERM ]; then
+    for _ in $(seq 150); do pid_alive "$f" || break; sleep 0.1; done
+  fi
+  echo "$2: sent SIG$1"
+}
+
+down() {
+  [ -d "$RUN_DIR" ] || { echo "not running"; return; }
+  for name in gateway $(cd "$RUN_DIR" && ls node-*.pid 2>/dev/null | sed 's/\.pid$//') router; do
+    f="$RUN_DIR/$name.pid"
+    if pid_alive "$f"; then kill -TERM "$(cat "$f")"; fi
+  done
+  for _ in $(seq 150); do
+    alive=0
+    for f in "$RUN_DIR"/gateway.pid "$RUN_DIR"/router.pid "$RUN_DIR"/node-*.pid; do
+      pid_alive "$f" && alive=1
+    done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  if pid_alive "$RUN_DIR/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN_DIR/redis.pid")"; fi
+  rm -f "$RUN_DIR"/*.pid
+  echo "turnout is down (logs kept in $RUN_DIR)"
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  up) up "$@" ;;
+  down) down ;;
+  status) status ;;
+  stop) signal_node TERM "${1:?node name, e.g. node-2}" ;;
+  kill) signal_node KILL "${1:?node name, e.g. node-2}" ;;
+  start)
+    n=${1:?node name, e.g. node-2}
+    [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")
+    start_node "${n#node-}" ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
