@@ -48,9 +48,17 @@ pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<
 /// history and, when `publish` is set, publishes it on the room's channel; all
 /// in one atomic step, so a message on the bus always has its seq and is
 /// already in history.
+///
+/// Sticky strategy: with `owner` set, the script first checks that the room's
+/// owner record still names this node and epoch, and returns -1 without
+/// assigning a seq when it does not (a stale owner cannot deliver).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[6] ~= '' then
+  local o = redis.call('HMGET', KEYS[3], 'node', 'epoch')
+  if o[1] ~= ARGV[6] or o[2] ~= ARGV[7] then return -1 end
+end
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
 local keep = tonumber(ARGV[3])
@@ -99,25 +107,110 @@ pub struct RoomStore {
     pub room_ttl: Duration,
 }
 
-/// Runs the publish script; returns the message's seq.
+/// Who may publish: anyone (pubsub), or only the owner at an epoch (sticky).
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    /// Relay on the room's pub/sub channel.
+    Relay,
+    /// Sticky owner: (node id, epoch); no relay.
+    Owner(&'a str, u64),
+}
+
+/// Runs the publish script; returns the message's seq, or `None` when the
+/// room's owner record no longer names this owner and epoch.
 pub async fn publish(
     con: &mut ConnectionManager,
     store: RoomStore,
     room: &str,
     parts: &bus::FrameParts,
-    relay: bool,
-) -> RedisResult<u64> {
-    let channel = if relay { keys::room_channel(room) } else { String::new() };
-    PUBLISH
+    publisher: Publisher<'_>,
+) -> RedisResult<Option<u64>> {
+    let (channel, owner, epoch) = match publisher {
+        Publisher::Relay => (keys::room_channel(room), "", String::new()),
+        Publisher::Owner(node, epoch) => (String::new(), node, epoch.to_string()),
+    };
+    let seq: i64 = PUBLISH
         .key(keys::room_seq(room))
         .key(keys::room_history(room))
+        .key(keys::room_owner(room))
         .arg(&parts.prefix)
         .arg(&parts.suffix)
         .arg(store.history_size)
         .arg(store.room_ttl.as_millis() as u64)
         .arg(channel)
+        .arg(owner)
+        .arg(epoch)
         .invoke_async(con)
-        .await
+        .await?;
+    Ok(u64::try_from(seq).ok())
+}
+
+/// Claims a room for `candidate` unless its current owner is alive (its
+/// heartbeat key exists) and not draining; either way returns the owner.
+/// Atomic, so routers and nodes racing on one room always agree; every new
+/// claim increments the room's epoch.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local owner = redis.call('HGET', KEYS[1], 'node')
+if owner then
+  local alive = redis.call('EXISTS', ARGV[4] .. owner) == 1
+    and redis.call('SISMEMBER', ARGV[5], owner) == 0
+  if alive then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {owner, tonumber(redis.call('HGET', KEYS[1], 'epoch')), 0}
+  end
+end
+if ARGV[1] == '' then return {'', 0, 0} end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', epoch)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {ARGV[1], epoch, 1}
+"#,
+    )
+});
+
+/// A room's epoch counter outlives any placement, so epochs only grow.
+pub const EPOCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The owner of a room after a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub node: String,
+    pub epoch: u64,
+    /// True when this call made the claim.
+    pub claimed: bool,
+}
+
+/// Claims `room` for `candidate` (see [`CLAIM`]); an empty candidate only
+/// reads a live owner. `pin` is how long an unused placement is kept.
+pub async fn claim(
+    con: &mut ConnectionManager,
+    room: &str,
+    candidate: &str,
+    pin: Duration,
+) -> RedisResult<Ownership> {
+    let (node, epoch, claimed): (String, u64, u8) = CLAIM
+        .key(keys::room_owner(room))
+        .key(keys::room_epoch(room))
+        .arg(candidate)
+        .arg(pin.as_millis() as u64)
+        .arg(EPOCH_TTL.as_millis() as u64)
+        .arg(keys::NODE_PREFIX)
+        .arg(keys::DRAINING)
+        .invoke_async(con)
+        .await?;
+    Ok(Ownership { node, epoch, claimed: claimed == 1 })
+}
+
+/// Reads a node's heartbeat record.
+pub async fn node_info(
+    con: &mut ConnectionManager,
+    id: &str,
+) -> RedisResult<Option<turnout_proto::v1::NodeInfo>> {
+    let raw: Option<String> = ::redis::cmd("GET").arg(keys::node(id)).query_async(con).await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
 /// A slice of a room's history.
@@ -147,8 +240,10 @@ pub async fn history(
         .invoke_async(con)
         .await?;
     let messages: Vec<(u64, String)> = seqs.into_iter().zip(frames).collect();
-    let covered = since >= seq || (oldest != 0 && oldest <= since + 1);
+    // `since` beyond the room's seq means the room's state was lost (e.g. an
+    // empty Redis): the caller cannot know what it missed.
+    let covered = since == seq || (since < seq && oldest != 0 && oldest <= since + 1);
     let last = messages.last().map(|m| m.0).unwrap_or(since);
-    let complete = covered && (since >= seq || last >= seq);
+    let complete = covered && (since == seq || last >= seq);
     Ok(HistorySlice { seq, messages, complete })
 }

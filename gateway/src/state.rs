@@ -8,13 +8,14 @@ use dashmap::DashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use turnout_common::metrics::register;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::v1::node_client::NodeClient;
-use turnout_proto::v1::{DeliverRequest, NodeInfo};
+use turnout_proto::v1::router_client::RouterClient;
+use turnout_proto::v1::{DeliverRequest, NodeInfo, RouteRequest};
 use turnout_proto::{Strategy, names};
 
 /// Most messages one history call returns.
@@ -93,10 +94,25 @@ pub(crate) struct Gateway {
     pub(crate) metrics: GatewayMetrics,
     pub(crate) redis: ConnectionManager,
     nodes: DashMap<String, NodeClient<Channel>>,
+    /// One client per router URL, in failover order.
+    routers: Vec<RouterClient<Channel>>,
+    /// Sticky: room -> owner, for [`ROUTE_CACHE_TTL`] unless the owner leaves.
+    route_cache: DashMap<String, (NodeInfo, Instant)>,
 }
+
+/// How long the gateway reuses a room's owner without asking a router.
+pub(crate) const ROUTE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Gateway {
     pub(crate) fn new(id: String, settings: Settings, view: watch::Receiver<Arc<View>>, redis: ConnectionManager) -> Self {
+        let routers = settings
+            .routers()
+            .into_iter()
+            .filter_map(|url| {
+                let ch = Channel::from_shared(url).ok()?.connect_timeout(Duration::from_secs(2)).connect_lazy();
+                Some(RouterClient::new(ch))
+            })
+            .collect();
         Gateway {
             metrics: GatewayMetrics::new(&id),
             id,
@@ -105,6 +121,8 @@ impl Gateway {
             picker: Picker::default(),
             redis,
             nodes: DashMap::new(),
+            routers,
+            route_cache: DashMap::new(),
         }
     }
 
@@ -138,11 +156,62 @@ impl Gateway {
         self.pick(room, true).await
     }
 
-    async fn pick(&self, _room: Option<&str>, record: bool) -> Result<NodeInfo, ApiError> {
-        let view = self.view.borrow().clone();
-        self.picker
-            .least_loaded(&view, record)
-            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
+    async fn pick(&self, room: Option<&str>, record: bool) -> Result<NodeInfo, ApiError> {
+        match self.strategy() {
+            Strategy::Pubsub => {
+                let view = self.view.borrow().clone();
+                self.picker
+                    .least_loaded(&view, record)
+                    .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
+            }
+            Strategy::Sticky => {
+                let room = room.ok_or_else(|| {
+                    ApiError::new(ErrorCode::BadFrame, "sticky strategy: `room` is required to find the room's node")
+                })?;
+                names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+                self.owner(room).await
+            }
+        }
+    }
+
+    /// Sticky: the owner of `room`, from the cache or a router.
+    async fn owner(&self, room: &str) -> Result<NodeInfo, ApiError> {
+        if let Some(hit) = self.route_cache.get(room) {
+            let (node, at) = hit.value();
+            let still_live = self.view.borrow().reply.nodes.iter().any(|n| n.id == node.id && !n.draining);
+            if at.elapsed() < ROUTE_CACHE_TTL && still_live {
+                return Ok(node.clone());
+            }
+        }
+        let mut last = None;
+        for router in &self.routers {
+            let mut r = router.clone();
+            match r.route(RouteRequest { room: room.to_owned() }).await {
+                Ok(reply) => {
+                    let node = reply
+                        .into_inner()
+                        .node
+                        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "router named no node"))?;
+                    self.route_cache.insert(room.to_owned(), (node.clone(), Instant::now()));
+                    if self.route_cache.len() > 100_000 {
+                        self.route_cache.retain(|_, (_, at)| at.elapsed() < ROUTE_CACHE_TTL);
+                    }
+                    return Ok(node);
+                }
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    return Err(ApiError::new(ErrorCode::BadName, s.message()));
+                }
+                Err(s) => last = Some(s),
+            }
+        }
+        let why = last.map(|s| s.message().to_owned()).unwrap_or_default();
+        tracing::warn!(room, error = %why, "no router could route the room");
+        Err(ApiError::new(ErrorCode::Unavailable, "no router could place the room; retry"))
+    }
+
+    /// Forgets a cached owner that turned out wrong.
+    pub(crate) fn forget_route(&self, room: &str) {
+        self.route_cache.remove(room);
     }
 
     /// Like [`Self::route`], as an HTTP response on failure.
@@ -171,19 +240,24 @@ impl Gateway {
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
         }
-        let node = self.pick(Some(room), false).await?;
-        let mut client = self.node_client(&node)?;
-        let reply = client
-            .deliver(DeliverRequest { room: room.to_owned(), data_json, from, epoch: 0 })
-            .await
-            .map_err(|s| {
-                tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
-                match s.code() {
-                    tonic::Code::InvalidArgument => ApiError::new(ErrorCode::BadFrame, s.message()),
-                    _ => ApiError::new(ErrorCode::Unavailable, "publish failed; retry"),
+        // Sticky: a cached owner may have lost the room; ask again once.
+        for attempt in 0..2 {
+            let node = self.pick(Some(room), false).await?;
+            let mut client = self.node_client(&node)?;
+            let req = DeliverRequest { room: room.to_owned(), data_json: data_json.clone(), from: from.clone(), epoch: 0 };
+            match client.deliver(req).await {
+                Ok(reply) => return Ok(reply.into_inner().seq),
+                Err(s) => {
+                    tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
+                    match s.code() {
+                        tonic::Code::InvalidArgument => return Err(ApiError::new(ErrorCode::BadFrame, s.message())),
+                        _ if attempt == 0 && self.strategy() == Strategy::Sticky => self.forget_route(room),
+                        _ => return Err(ApiError::new(ErrorCode::Unavailable, "publish failed; retry")),
+                    }
                 }
-            })?;
-        Ok(reply.into_inner().seq)
+            }
+        }
+        Err(ApiError::new(ErrorCode::Unavailable, "publish failed; retry"))
     }
 
     /// Messages of `room` after `since`.

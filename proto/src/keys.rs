@@ -9,9 +9,14 @@ pub const NODES: &str = "turnout:nodes";
 /// so routers refresh at once instead of at their next poll.
 pub const MEMBERSHIP_CHANNEL: &str = "turnout:membership";
 
+/// Set of node ids that are draining: alive, but owners of nothing new.
+pub const DRAINING: &str = "turnout:draining";
+/// Prefix of heartbeat keys (see [`node`]), for scripts that build them.
+pub const NODE_PREFIX: &str = "turnout:node:";
+
 /// Heartbeat record of a node (JSON `NodeInfo`), with a TTL.
 pub fn node(id: &str) -> String {
-    format!("turnout:node:{id}")
+    format!("{NODE_PREFIX}{id}")
 }
 
 /// Last assigned seq of a room (INCR).
@@ -34,6 +39,17 @@ pub fn room_from_channel(channel: &str) -> Option<&str> {
     channel
         .strip_prefix("turnout:{")?
         .strip_suffix("}:bus")
+}
+
+/// Owner of a room (sticky): hash `node`, `epoch`.
+pub fn room_owner(room: &str) -> String {
+    format!("turnout:{{{room}}}:owner")
+}
+
+/// Epoch counter of a room's ownership (sticky): incremented on every claim,
+/// it fences a node that lost the room.
+pub fn room_epoch(room: &str) -> String {
+    format!("turnout:{{{room}}}:epoch")
 }
 
 /// Presence of a room: hash `"<node>/<conn>"` → user id.

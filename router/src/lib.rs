@@ -4,10 +4,12 @@
 //! - [`settings`]: the router's settings.
 //! - `membership`: reads heartbeats from Redis into the live set and
 //!   publishes a snapshot whenever it changes.
+//! - `placement`: sticky placement (rendezvous hashing with a load bound).
 //! - `service`: the `turnout.v1.Router` gRPC service (Route, Nodes, WatchNodes).
 //! - [`run`]: the process: gRPC + `/healthz` + `/metrics` on one port.
 
 mod membership;
+mod placement;
 mod service;
 pub mod settings;
 
@@ -81,7 +83,23 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     health
         .set_serving::<turnout_proto::v1::router_server::RouterServer<service::RouterService>>()
         .await;
-    let svc = service::RouterService::new(router_id.clone(), settings.strategy, rx);
+    let metrics = service::RouterMetrics {
+        routes: turnout_common::metrics::register(
+            &registry,
+            prometheus::IntCounterVec::new(
+                prometheus::Opts::new("routes_total", "Route requests, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        ),
+        claims: turnout_common::metrics::register(
+            &registry,
+            prometheus::IntCounter::new("placements_total", "Rooms placed (claims made) by this router")
+                .expect("valid metric"),
+        ),
+    };
+    let strategy = settings.strategy;
+    let svc = service::RouterService::new(router_id.clone(), settings, rx, con.clone(), metrics);
     let grpc = routes.add_service(service::server(svc)).into_axum_router();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -90,7 +108,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         }))
         .with_state(registry)
         .merge(grpc);
-    tracing::info!(router = %router_id, %addr, strategy = %settings.strategy, "router listening");
+    tracing::info!(router = %router_id, %addr, %strategy, "router listening");
     let result = turnout_common::serve::serve(listener, app, shutdown).await;
     stop.cancel();
     tracing::info!(router = %router_id, "router stopped");

@@ -1,6 +1,11 @@
 //! `turnout.v1.Router`.
 
 use crate::membership::{Snapshot, with_ages};
+use crate::placement::{RecentClaims, choose};
+use crate::settings::Settings;
+use prometheus::{IntCounter, IntCounterVec};
+use redis::aio::ConnectionManager;
+use std::time::Duration;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -12,22 +17,75 @@ use turnout_proto::v1::{NodeInfo, NodesReply, NodesRequest, RouteReply, RouteReq
 
 pub(crate) struct RouterService {
     id: String,
-    strategy: Strategy,
+    settings: Settings,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    redis: ConnectionManager,
+    recent: RecentClaims,
+    metrics: RouterMetrics,
+}
+
+#[derive(Clone)]
+pub(crate) struct RouterMetrics {
+    pub(crate) routes: IntCounterVec,
+    pub(crate) claims: IntCounter,
 }
 
 impl RouterService {
-    pub(crate) fn new(id: String, strategy: Strategy, snapshot: watch::Receiver<Arc<Snapshot>>) -> Self {
-        RouterService { id, strategy, snapshot }
+    pub(crate) fn new(
+        id: String,
+        settings: Settings,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        redis: ConnectionManager,
+        metrics: RouterMetrics,
+    ) -> Self {
+        // Long enough for a placed room's members to join and show up in the
+        // owner's heartbeat.
+        let window = settings.poll_interval * 4 + Duration::from_secs(3);
+        RouterService { id, settings, snapshot, redis, recent: RecentClaims::new(window), metrics }
     }
 
-    fn reply(&self, snap: &Snapshot) -> NodesReply {
-        NodesReply {
-            strategy: self.strategy.as_str().to_owned(),
-            nodes: with_ages(&snap.nodes),
-            strategy_conflicts: snap.conflicts.clone(),
-            router_id: self.id.clone(),
+    fn strategy(&self) -> Strategy {
+        self.settings.strategy
+    }
+
+    /// Sticky: the room's live owner, or a new placement claimed atomically.
+    async fn place(&self, room: &str, snap: &Snapshot) -> Result<RouteReply, Status> {
+        let recent = self.recent.counts();
+        let load = |n: &NodeInfo| n.rooms + recent.get(&n.id).copied().unwrap_or(0);
+        let candidate = choose(room, &snap.nodes, &load, self.settings.load_factor)
+            .ok_or_else(|| Status::unavailable("no live ws-node"))?;
+        let mut con = self.redis.clone();
+        let owner = turnout_common::redis::claim(&mut con, room, &candidate.id, self.settings.placement_ttl)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room, error = %e, "claim failed");
+                Status::unavailable("placement store unreachable; retry")
+            })?;
+        if owner.claimed {
+            self.recent.record(&owner.node);
+            self.metrics.claims.inc();
+            tracing::debug!(room, node = %owner.node, epoch = owner.epoch, "room placed");
         }
+        let node = match snap.nodes.iter().find(|n| n.id == owner.node) {
+            Some(n) => n.clone(),
+            // Alive in Redis but not yet in this router's snapshot.
+            None => turnout_common::redis::node_info(&mut con, &owner.node)
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| Status::unavailable("room owner unknown; retry"))?,
+        };
+        Ok(RouteReply { node: Some(node), epoch: owner.epoch })
+    }
+}
+
+/// The live set as an answer; empty while membership is unknown.
+fn reply(id: &str, strategy: Strategy, snap: &Snapshot) -> NodesReply {
+    NodesReply {
+        strategy: strategy.as_str().to_owned(),
+        nodes: if snap.fresh { with_ages(&snap.nodes) } else { Vec::new() },
+        strategy_conflicts: snap.conflicts.clone(),
+        router_id: id.to_owned(),
     }
 }
 
@@ -51,13 +109,17 @@ impl Router for RouterService {
         let room = req.into_inner().room;
         turnout_proto::names::check_room(&room).map_err(|e| Status::invalid_argument(format!("room {e}")))?;
         let snap = self.snapshot.borrow().clone();
-        match self.strategy {
-            Strategy::Pubsub => {
-                let node = least_loaded(&snap.nodes).ok_or_else(|| Status::unavailable("no live ws-node"))?;
-                Ok(Response::new(RouteReply { node: Some(node.clone()), epoch: 0 }))
-            }
-            Strategy::Sticky => Err(Status::unimplemented("sticky placement is not available in this build")),
-        }
+        let result = match self.strategy() {
+            Strategy::Pubsub => least_loaded(&snap.nodes)
+                .map(|node| RouteReply { node: Some(node.clone()), epoch: 0 })
+                .ok_or_else(|| Status::unavailable("no live ws-node")),
+            Strategy::Sticky => self.place(&room, &snap).await,
+        };
+        self.metrics
+            .routes
+            .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        result.map(Response::new)
     }
 
     async fn nodes(&self, _req: Request<NodesRequest>) -> Result<Response<NodesReply>, Status> {
@@ -65,22 +127,15 @@ impl Router for RouterService {
         if !snap.fresh {
             return Err(Status::unavailable("membership unknown: Redis unreachable"));
         }
-        Ok(Response::new(self.reply(&snap)))
+        Ok(Response::new(reply(&self.id, self.strategy(), &snap)))
     }
 
     type WatchNodesStream = WatchStreamOut;
 
     async fn watch_nodes(&self, _req: Request<WatchNodesRequest>) -> Result<Response<WatchStreamOut>, Status> {
         let id = self.id.clone();
-        let strategy = self.strategy;
-        let stream = WatchStream::new(self.snapshot.clone()).map(move |snap| {
-            Ok(NodesReply {
-                strategy: strategy.as_str().to_owned(),
-                nodes: if snap.fresh { with_ages(&snap.nodes) } else { Vec::new() },
-                strategy_conflicts: snap.conflicts.clone(),
-                router_id: id.clone(),
-            })
-        });
+        let strategy = self.strategy();
+        let stream = WatchStream::new(self.snapshot.clone()).map(move |snap| Ok(reply(&id, strategy, &snap)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -35,6 +35,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_POLL_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
+    /// Sticky: no node takes more than this times the average room count.
+    #[arg(long, env = "TURNOUT_LOAD_FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_factor: Option<f64>,
+    /// Sticky: how long an unused room placement stays pinned, e.g. 10m.
+    #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement_ttl: Option<String>,
 }
 
 /// The router's settings after merging file, env and flags.
@@ -47,6 +55,9 @@ pub struct Settings {
     pub node_id: Option<String>,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    pub load_factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub placement_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +68,8 @@ impl Default for Settings {
             listen: "0.0.0.0:7070".parse().expect("valid default"),
             node_id: None,
             poll_interval: Duration::from_millis(250),
+            load_factor: 1.25,
+            placement_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -66,6 +79,12 @@ impl Validate for Settings {
         check_redis_url("redis_url", &self.redis_url)?;
         if self.poll_interval.is_zero() {
             return Err(SettingsError::invalid("poll_interval", "must be greater than 0"));
+        }
+        if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
+            return Err(SettingsError::invalid("load_factor", "must be a number >= 1.0 (e.g. 1.25)"));
+        }
+        if self.placement_ttl.is_zero() {
+            return Err(SettingsError::invalid("placement_ttl", "must be greater than 0"));
         }
         if self.listen.ports.start() != self.listen.ports.end() {
             return Err(SettingsError::invalid("listen", "a router listens on one port, not a range"));

@@ -45,7 +45,10 @@ impl Node for NodeService {
             .hub
             .publish(&req.room, &from, &data)
             .await
-            .map_err(|c| status(c, "publish failed"))?;
+            .map_err(|e| match e.redirect {
+                Some(url) => Status::failed_precondition(format!("wrong_node: room is owned by {url}")),
+                None => status(e.code, "publish failed"),
+            })?;
         Ok(Response::new(DeliverReply { seq }))
     }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use turnout_common::redis::{self as store, RoomStore};
+use turnout_common::redis::{self as store, Publisher, RoomStore};
 use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::ServerFrame;
 use turnout_proto::{Strategy, bus, keys, now_ms};
@@ -32,6 +32,20 @@ use turnout_proto::{Strategy, bus, keys, now_ms};
 pub(crate) const GAP_WAIT: Duration = Duration::from_millis(25);
 
 pub(crate) type ConnId = u64;
+
+/// A refused join or publish: the code, and where the room lives when it is
+/// owned by another node (sticky).
+#[derive(Debug, Clone)]
+pub(crate) struct RoomError {
+    pub(crate) code: ErrorCode,
+    pub(crate) redirect: Option<String>,
+}
+
+impl From<ErrorCode> for RoomError {
+    fn from(code: ErrorCode) -> Self {
+        RoomError { code, redirect: None }
+    }
+}
 
 /// One client connection as the hub sees it.
 pub(crate) struct Conn {
@@ -43,11 +57,47 @@ pub(crate) struct Conn {
     /// `close_code` (0 = normal).
     pub(crate) closed: CancellationToken,
     close_code: AtomicU16,
+    /// Rooms this connection is in; written by its session, and by the hub
+    /// when a room moves away (sticky).
+    rooms: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Conn {
     pub(crate) fn new(id: ConnId, label: String, user: String, tx: mpsc::Sender<Message>) -> Self {
-        Conn { id, label, user, tx, closed: CancellationToken::new(), close_code: AtomicU16::new(0) }
+        Conn {
+            id,
+            label,
+            user,
+            tx,
+            closed: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+            rooms: Default::default(),
+        }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn in_room(&self, room: &str) -> bool {
+        self.rooms().contains(room)
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms().len()
+    }
+
+    pub(crate) fn joined_room(&self, room: &str) {
+        self.rooms().insert(room.to_owned());
+    }
+
+    /// Forgets `room`; returns whether the connection was in it.
+    pub(crate) fn left_room(&self, room: &str) -> bool {
+        self.rooms().remove(room)
+    }
+
+    pub(crate) fn take_rooms(&self) -> Vec<String> {
+        self.rooms().drain().collect()
     }
 
     /// Closes the connection with `code` (the first code set wins).
@@ -98,6 +148,8 @@ struct Room {
     /// Messages that arrived ahead of a gap.
     pending: BTreeMap<u64, Utf8Bytes>,
     repairing: bool,
+    /// Ownership epoch this node holds the room at (sticky); 0 in pubsub.
+    epoch: u64,
 }
 
 /// Rooms and their members on this node.
@@ -111,6 +163,8 @@ pub(crate) struct Hub {
     /// Set once at start in pubsub mode.
     pub(crate) bus: OnceLock<Bus>,
     send_queue: usize,
+    /// How long an unused room placement is kept (sticky).
+    placement_ttl: Duration,
 }
 
 impl Hub {
@@ -121,6 +175,7 @@ impl Hub {
         redis: ConnectionManager,
         metrics: NodeMetrics,
         send_queue: usize,
+        placement_ttl: Duration,
     ) -> Self {
         Hub {
             node_id,
@@ -131,6 +186,7 @@ impl Hub {
             rooms: DashMap::new(),
             bus: OnceLock::new(),
             send_queue,
+            placement_ttl,
         }
     }
 
@@ -287,7 +343,11 @@ impl Hub {
         conn: &Arc<Conn>,
         room: &str,
         since: Option<u64>,
-    ) -> Result<(), ErrorCode> {
+    ) -> Result<(), RoomError> {
+        let epoch = match self.strategy {
+            Strategy::Sticky => self.own(room).await?,
+            Strategy::Pubsub => 0,
+        };
         let already = self
             .rooms
             .get(room)
@@ -300,18 +360,32 @@ impl Hub {
             );
             return Ok(());
         }
-        {
+        let stale = {
             let mut r = self.rooms.entry(room.to_owned()).or_insert_with(|| {
                 self.metrics.rooms.inc();
-                Room::default()
+                Room { epoch, ..Room::default() }
             });
+            // The room moved away and back since its members joined: they may
+            // have missed what the other owner delivered; send them to rejoin.
+            let stale = if r.epoch != epoch {
+                r.epoch = epoch;
+                r.last_seq = None;
+                r.pending.clear();
+                std::mem::take(&mut r.members).into_values().map(|m| m.conn).collect()
+            } else {
+                Vec::new()
+            };
             r.members.insert(conn.id, Member { conn: conn.clone(), after: 0, buffer: Some(Vec::new()) });
+            stale
+        };
+        if !stale.is_empty() {
+            self.tell_moved(room, stale, self.own_url().await);
         }
         if let Some(bus) = self.bus.get() {
             if let Err(e) = bus.ensure(room).await {
                 tracing::warn!(room, error = %e, "subscribe failed");
                 self.remove_member(room, conn.id).await;
-                return Err(ErrorCode::Unavailable);
+                return Err(ErrorCode::Unavailable.into());
             }
         }
         let mut con = self.redis.clone();
@@ -336,7 +410,7 @@ impl Hub {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room, error = %e, "join failed: Redis");
                 self.remove_member(room, conn.id).await;
-                return Err(ErrorCode::Unavailable);
+                return Err(ErrorCode::Unavailable.into());
             }
         };
         if let Some(mut r) = self.rooms.get_mut(room) {
@@ -420,22 +494,101 @@ impl Hub {
         room: &str,
         from: &str,
         data: &RawValue,
-    ) -> Result<u64, ErrorCode> {
+    ) -> Result<u64, RoomError> {
         let parts = bus::frame_parts(room, from, &self.node_id, now_ms(), data);
-        let relay = self.strategy == Strategy::Pubsub;
+        let publisher = match self.strategy {
+            Strategy::Pubsub => Publisher::Relay,
+            Strategy::Sticky => {
+                let epoch = match self.rooms.get(room).map(|r| r.epoch) {
+                    Some(e) => e,
+                    None => self.own(room).await?,
+                };
+                Publisher::Owner(&self.node_id, epoch)
+            }
+        };
         let mut con = self.redis.clone();
-        let seq = store::publish(&mut con, self.store, room, &parts, relay)
+        let seq = store::publish(&mut con, self.store, room, &parts, publisher)
             .await
             .map_err(|e| {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room, error = %e, "publish failed: Redis");
                 ErrorCode::Unavailable
             })?;
+        let Some(seq) = seq else {
+            // Fenced: the room was placed elsewhere. Everyone here must move.
+            self.metrics.fenced.inc();
+            let redirect = self.owner_url(room).await;
+            tracing::info!(room, ?redirect, "publish fenced: this node no longer owns the room");
+            let members = match self.rooms.remove(room) {
+                Some((_, r)) => {
+                    self.metrics.rooms.dec();
+                    r.members.into_values().map(|m| m.conn).collect()
+                }
+                None => Vec::new(),
+            };
+            self.tell_moved(room, members, redirect.clone());
+            return Err(RoomError { code: ErrorCode::WrongNode, redirect });
+        };
         self.metrics.published.inc();
-        if !relay {
+        if matches!(publisher, Publisher::Owner(..)) {
             self.deliver(room, seq, parts.render(seq).into());
         }
         Ok(seq)
+    }
+
+    /// Sticky: makes sure this node owns `room` (claiming it when it has no
+    /// live owner) and returns the epoch; otherwise `wrong_node` with the
+    /// owner's URL.
+    async fn own(&self, room: &str) -> Result<u64, RoomError> {
+        let mut con = self.redis.clone();
+        let owner = store::claim(&mut con, room, &self.node_id, self.placement_ttl)
+            .await
+            .map_err(|e| {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room, error = %e, "ownership check failed: Redis");
+                RoomError::from(ErrorCode::Unavailable)
+            })?;
+        if owner.node == self.node_id {
+            return Ok(owner.epoch);
+        }
+        let redirect = store::node_info(&mut con, &owner.node).await.ok().flatten().map(|n| n.url);
+        Err(RoomError { code: ErrorCode::WrongNode, redirect })
+    }
+
+    async fn owner_url(&self, room: &str) -> Option<String> {
+        let mut con = self.redis.clone();
+        let owner = store::claim(&mut con, room, "", self.placement_ttl).await.ok()?;
+        if owner.node.is_empty() {
+            return None;
+        }
+        store::node_info(&mut con, &owner.node).await.ok().flatten().map(|n| n.url)
+    }
+
+    async fn own_url(&self) -> Option<String> {
+        let mut con = self.redis.clone();
+        store::node_info(&mut con, &self.node_id).await.ok().flatten().map(|n| n.url)
+    }
+
+    /// Tells members of a room that moved to rejoin it at `redirect`.
+    fn tell_moved(&self, room: &str, members: Vec<Arc<Conn>>, redirect: Option<String>) {
+        for conn in members {
+            conn.send_frame(
+                &ServerFrame::Error {
+                    code: ErrorCode::WrongNode.as_str().to_owned(),
+                    message: "the room moved to another node; rejoin there with since".into(),
+                    room: Some(room.to_owned()),
+                    id: None,
+                    redirect: redirect.clone(),
+                },
+                &self.metrics,
+            );
+            conn.left_room(room);
+        }
+    }
+
+    /// Rooms with members here, to keep their placement pinned (sticky).
+    pub(crate) fn pinned_rooms(&self) -> Vec<String> {
+        self.room_names()
     }
 
     /// Tells every connection to reconnect elsewhere and close with 1012.

@@ -21,6 +21,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) resubscribed: IntCounter,
     pub(crate) redis_errors: IntCounter,
     pub(crate) replayed: IntCounter,
+    pub(crate) fenced: IntCounter,
 }
 
 impl NodeMetrics {
@@ -48,6 +49,7 @@ impl NodeMetrics {
             resubscribed: c("resubscribed_total", "Room channels resubscribed after a reconnect"),
             redis_errors: c("redis_errors_total", "Redis commands that failed"),
             replayed: c("replayed_total", "Messages replayed to clients from history on join"),
+            fenced: c("fenced_total", "Publishes refused because this node no longer owns the room (sticky)"),
             registry,
         }
     }

@@ -98,6 +98,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         redis.clone(),
         metrics.clone(),
         settings.send_queue,
+        settings.placement_ttl,
     ));
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
@@ -168,6 +169,7 @@ async fn drain(state: &Arc<NodeState>) {
     let n = state.conns.len();
     tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
     write_heartbeat(state, true).await;
+    mark_draining(state, true).await;
     state.hub.drain_all(&state.conns);
     state.sessions.close();
     if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait()).await.is_err() {
@@ -236,7 +238,44 @@ async fn metrics_handler(State(state): State<Arc<NodeState>>) -> impl IntoRespon
 }
 
 async fn register(state: &NodeState) {
+    // A node restarting under the same id is no longer draining.
+    mark_draining(state, false).await;
     write_heartbeat(state, true).await;
+}
+
+/// Draining nodes keep their heartbeat but own nothing new (sticky claims
+/// skip them); the set makes that visible to the claim script.
+async fn mark_draining(state: &NodeState, draining: bool) {
+    let mut con = state.redis.clone();
+    let cmd = if draining { "SADD" } else { "SREM" };
+    let r: redis::RedisResult<()> = redis::cmd(cmd)
+        .arg(keys::DRAINING)
+        .arg(&state.info.id)
+        .query_async(&mut con)
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "updating the draining set failed");
+    }
+}
+
+/// Keeps the placement of rooms with members here from expiring (sticky).
+async fn refresh_pins(state: &NodeState) {
+    let rooms = state.hub.pinned_rooms();
+    if rooms.is_empty() {
+        return;
+    }
+    let ttl = state.settings.placement_ttl.as_millis() as i64;
+    let mut con = state.redis.clone();
+    for chunk in rooms.chunks(512) {
+        let mut pipe = redis::pipe();
+        for room in chunk {
+            pipe.pexpire(keys::room_owner(room), ttl).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut con).await {
+            tracing::warn!(error = %e, "refreshing room placements failed");
+            return;
+        }
+    }
 }
 
 /// Writes the heartbeat record; `announce` also tells routers at once.
@@ -266,10 +305,16 @@ async fn heartbeat_loop(state: Arc<NodeState>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ok = true;
+    let pin_every = (state.settings.placement_ttl / 4).max(state.settings.heartbeat_interval);
+    let mut last_pin = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if state.hub.strategy == turnout_proto::Strategy::Sticky && last_pin.elapsed() >= pin_every {
+            last_pin = tokio::time::Instant::now();
+            refresh_pins(&state).await;
         }
         // After an outage, announce again so routers see the node at once.
         let was_ok = ok;
@@ -287,6 +332,7 @@ async fn deregister(state: &NodeState) {
         .atomic()
         .cmd("DEL").arg(keys::node(id)).ignore()
         .cmd("SREM").arg(keys::NODES).arg(id).ignore()
+        .cmd("SREM").arg(keys::DRAINING).arg(id).ignore()
         .cmd("PUBLISH").arg(keys::MEMBERSHIP_CHANNEL).arg(id).ignore()
         .query_async(&mut con)
         .await;

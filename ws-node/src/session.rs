@@ -1,11 +1,10 @@
 //! One client WebSocket session: the reader handles frames in order, the
 //! writer drains the bounded send queue, batching frames into one flush.
 
-use crate::hub::{Conn, Hub};
+use crate::hub::{Conn, Hub, RoomError};
 use crate::node::NodeState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -30,7 +29,6 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn
             },
             &hub.metrics,
         );
-        let mut rooms: HashSet<String> = HashSet::new();
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
@@ -47,7 +45,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn
                 None => break,
             };
             match msg {
-                Message::Text(text) => handle_text(&state, &conn, &mut rooms, text.as_str()).await,
+                Message::Text(text) => handle_text(&state, &conn, text.as_str()).await,
                 Message::Binary(_) => {
                     reject(hub, &conn, ErrorCode::BadJson, "binary frames are not accepted; send JSON text frames");
                 }
@@ -55,7 +53,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
-        for room in rooms {
+        for room in conn.take_rooms() {
             hub.leave(&room, &conn).await;
         }
         conn.closed.cancel();
@@ -73,7 +71,7 @@ fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
     conn.send_frame(&ServerFrame::error(code, message), &hub.metrics);
 }
 
-async fn handle_text(state: &NodeState, conn: &Arc<Conn>, rooms: &mut HashSet<String>, text: &str) {
+async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
     let hub = &state.hub;
     let frame = match parse_client_frame(text) {
         Ok(f) => f,
@@ -84,7 +82,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, rooms: &mut HashSet<St
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
         }
         ClientFrame::Join { room, since } => {
-            if !rooms.contains(&room) && rooms.len() >= state.settings.max_rooms_per_conn {
+            if !conn.in_room(&room) && conn.room_count() >= state.settings.max_rooms_per_conn {
                 return reject(
                     hub,
                     conn,
@@ -96,43 +94,47 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, rooms: &mut HashSet<St
                 return reject(hub, conn, ErrorCode::Draining, "node is draining; reconnect through the gateway");
             }
             match hub.join(conn, &room, since).await {
-                Ok(()) => {
-                    rooms.insert(room);
-                }
-                Err(code) => send_room_error(hub, conn, code, &room, None, "join failed; retry"),
+                Ok(()) => conn.joined_room(&room),
+                Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
             }
         }
         ClientFrame::Leave { room } => {
-            if rooms.remove(&room) {
+            if conn.left_room(&room) {
                 hub.leave(&room, conn).await;
                 conn.send_frame(&ServerFrame::Left { room }, &hub.metrics);
             } else {
-                send_room_error(hub, conn, ErrorCode::NotJoined, &room, None, "room not joined on this connection");
+                send_room_error(hub, conn, ErrorCode::NotJoined.into(), &room, None, "room not joined on this connection");
             }
         }
         ClientFrame::Publish { room, data, id } => {
-            if !rooms.contains(&room) {
-                return send_room_error(hub, conn, ErrorCode::NotJoined, &room, id, "join the room before publishing");
+            if !conn.in_room(&room) {
+                return send_room_error(hub, conn, ErrorCode::NotJoined.into(), &room, id, "join the room before publishing");
             }
             match hub.publish(&room, &conn.user, &data).await {
                 Ok(seq) => {
                     conn.send_frame(&ServerFrame::Ack { id, seq }, &hub.metrics);
                 }
-                Err(code) => send_room_error(hub, conn, code, &room, id, "publish failed; retry"),
+                Err(e) => send_room_error(hub, conn, e, &room, id, "publish failed; retry"),
             }
         }
     }
 }
 
-fn send_room_error(hub: &Hub, conn: &Conn, code: ErrorCode, room: &str, id: Option<String>, message: &str) {
+fn send_room_error(hub: &Hub, conn: &Conn, e: RoomError, room: &str, id: Option<String>, message: &str) {
+    let code = e.code;
     hub.metrics.frame_errors.with_label_values(&[code.as_str()]).inc();
+    let message = match code {
+        ErrorCode::WrongNode => "this room is owned by another node; connect to `redirect` and join there",
+        ErrorCode::Draining => "node is draining; reconnect through the gateway",
+        _ => message,
+    };
     conn.send_frame(
         &ServerFrame::Error {
             code: code.as_str().to_owned(),
             message: message.to_owned(),
             room: Some(room.to_owned()),
             id,
-            redirect: None,
+            redirect: e.redirect,
         },
         &hub.metrics,
     );

@@ -71,6 +71,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_DRAIN_GRACE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_grace: Option<String>,
+    /// How long an unused room placement stays pinned to its owner (sticky), e.g. 10m.
+    #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement_ttl: Option<String>,
     /// Pub/sub messages buffered between the Redis reader and fan-out.
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +103,8 @@ pub struct Settings {
     pub max_connections: usize,
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub placement_ttl: Duration,
     pub bus_buffer: usize,
 }
 
@@ -119,6 +125,7 @@ impl Default for Settings {
             max_rooms_per_conn: 100,
             max_connections: 20_000,
             drain_grace: Duration::from_secs(10),
+            placement_ttl: Duration::from_secs(600),
             bus_buffer: 65_536,
         }
     }
@@ -135,6 +142,9 @@ impl Validate for Settings {
                 "heartbeat_ttl",
                 "must be at least twice heartbeat_interval, or one late heartbeat kills the node",
             ));
+        }
+        if self.placement_ttl < self.heartbeat_ttl {
+            return Err(SettingsError::invalid("placement_ttl", "must be at least heartbeat_ttl"));
         }
         if let Some(id) = &self.node_id {
             turnout_proto::names::check_user(id)
