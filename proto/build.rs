@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("turnout_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
-        .type_attribute(".turnout.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(
+            ".turnout.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .type_attribute(".turnout.v1", "#[serde(default)]")
         .compile_fds(fds)?;
     Ok(())

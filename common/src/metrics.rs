@@ -28,11 +28,16 @@ pub fn render(registry: &Registry) -> impl IntoResponse + use<> {
     let mut buf = Vec::with_capacity(4096);
     let encoder = TextEncoder::new();
     let _ = encoder.encode(&registry.gather(), &mut buf);
-    ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], buf)
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        buf,
+    )
 }
 
 /// Registers a metric, panicking on a duplicate name (a programming error).
 pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }

@@ -4,9 +4,9 @@
 //! use TCP keepalive so a dead peer is noticed without traffic, and reconnect
 //! with exponential backoff; see `docs/OPERATIONS.md` for what is logged.
 
+use ::redis::aio::AsyncPushSender;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::io::tcp::{TcpSettings, socket2};
-use ::redis::aio::AsyncPushSender;
 use ::redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisResult, Script};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -15,11 +15,16 @@ use turnout_proto::{bus, keys};
 /// A client for `url` with RESP3 and TCP keepalive.
 pub fn client(url: &str) -> RedisResult<Client> {
     let info = url.into_connection_info()?;
-    let redis = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(2));
-    let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(keepalive);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
     Client::open(info.set_redis_settings(redis).set_tcp_settings(tcp))
 }
 
@@ -34,13 +39,17 @@ fn manager_config() -> ConnectionManagerConfig {
 
 /// A reconnecting, multiplexed connection for commands.
 pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    client.get_connection_manager_with_config(manager_config()).await
+    client
+        .get_connection_manager_with_config(manager_config())
+        .await
 }
 
 /// A reconnecting connection for pub/sub: pushes go to `push`, and
 /// subscriptions are restored by the client after a reconnect.
 pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<ConnectionManager> {
-    let config = manager_config().set_push_sender(push).set_automatic_resubscription();
+    let config = manager_config()
+        .set_push_sender(push)
+        .set_automatic_resubscription();
     client.get_connection_manager_with_config(config).await
 }
 
@@ -201,7 +210,11 @@ pub async fn claim(
         .arg(keys::DRAINING)
         .invoke_async(con)
         .await?;
-    Ok(Ownership { node, epoch, claimed: claimed == 1 })
+    Ok(Ownership {
+        node,
+        epoch,
+        claimed: claimed == 1,
+    })
 }
 
 /// Reads a node's heartbeat record.
@@ -209,7 +222,10 @@ pub async fn node_info(
     con: &mut ConnectionManager,
     id: &str,
 ) -> RedisResult<Option<turnout_proto::v1::NodeInfo>> {
-    let raw: Option<String> = ::redis::cmd("GET").arg(keys::node(id)).query_async(con).await?;
+    let raw: Option<String> = ::redis::cmd("GET")
+        .arg(keys::node(id))
+        .query_async(con)
+        .await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
@@ -245,5 +261,9 @@ pub async fn history(
     let covered = since == seq || (since < seq && oldest != 0 && oldest <= since + 1);
     let last = messages.last().map(|m| m.0).unwrap_or(since);
     let complete = covered && (since == seq || last >= seq);
-    Ok(HistorySlice { seq, messages, complete })
+    Ok(HistorySlice {
+        seq,
+        messages,
+        complete,
+    })
 }

@@ -22,7 +22,10 @@ pub enum SettingsError {
 
 impl SettingsError {
     pub fn invalid(key: &str, message: impl Into<String>) -> Self {
-        SettingsError::Invalid { key: key.to_owned(), message: message.into() }
+        SettingsError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -41,25 +44,35 @@ where
     let mut merged = serde_json::Map::new();
     if let Some(path) = path {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SettingsError::File { path: shown.clone(), message: e.to_string() })?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| SettingsError::File { path: shown.clone(), message: e.to_string() })?;
-        let value = serde_json::to_value(table)
-            .map_err(|e| SettingsError::File { path: shown, message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::File {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let value = serde_json::to_value(table).map_err(|e| SettingsError::File {
+            path: shown,
+            message: e.to_string(),
+        })?;
         if let serde_json::Value::Object(map) = value {
             merged.extend(map);
         }
     }
-    let over = serde_json::to_value(overrides).map_err(|e| SettingsError::invalid("?", e.to_string()))?;
+    let over =
+        serde_json::to_value(overrides).map_err(|e| SettingsError::invalid("?", e.to_string()))?;
     if let serde_json::Value::Object(map) = over {
         merged.extend(map.into_iter().filter(|(_, v)| !v.is_null()));
     }
-    let settings: T = serde_path_to_error::deserialize(serde_json::Value::Object(merged))
-        .map_err(|e| {
+    let settings: T =
+        serde_path_to_error::deserialize(serde_json::Value::Object(merged)).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "config".to_owned() } else { key };
-            SettingsError::Invalid { key, message: e.inner().to_string() }
+            SettingsError::Invalid {
+                key,
+                message: e.inner().to_string(),
+            }
         })?;
     settings.validate()?;
     Ok(settings)
@@ -83,7 +96,8 @@ impl ListenSpec {
 impl std::str::FromStr for ListenSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not HOST:PORT, HOST:0 or HOST:LOW-HIGH (e.g. 0.0.0.0:9000-9099)");
+        let bad =
+            || format!("`{s}` is not HOST:PORT, HOST:0 or HOST:LOW-HIGH (e.g. 0.0.0.0:9000-9099)");
         let (host, ports) = s.rsplit_once(':').ok_or_else(bad)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let ip: IpAddr = if host == "localhost" {
@@ -96,7 +110,9 @@ impl std::str::FromStr for ListenSpec {
                 let lo: u16 = lo.parse().map_err(|_| bad())?;
                 let hi: u16 = hi.parse().map_err(|_| bad())?;
                 if lo == 0 || lo > hi {
-                    return Err(format!("`{s}`: port range must be LOW-HIGH with 0 < LOW <= HIGH"));
+                    return Err(format!(
+                        "`{s}`: port range must be LOW-HIGH with 0 < LOW <= HIGH"
+                    ));
                 }
                 lo..=hi
             }
@@ -138,7 +154,10 @@ impl Serialize for ListenSpec {
 
 impl From<SocketAddr> for ListenSpec {
     fn from(a: SocketAddr) -> Self {
-        ListenSpec { ip: a.ip(), ports: a.port()..=a.port() }
+        ListenSpec {
+            ip: a.ip(),
+            ports: a.port()..=a.port(),
+        }
     }
 }
 
@@ -152,8 +171,13 @@ pub fn check_redis_url(key: &str, url: &str) -> Result<(), SettingsError> {
 /// Checks that an http(s) URL parses.
 pub fn check_http_url(key: &str, url: &str) -> Result<(), SettingsError> {
     match url.parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => Ok(()),
-        _ => Err(SettingsError::invalid(key, format!("`{url}` is not an http:// URL"))),
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+            Ok(())
+        }
+        _ => Err(SettingsError::invalid(
+            key,
+            format!("`{url}` is not an http:// URL"),
+        )),
     }
 }
 
@@ -207,11 +231,15 @@ mod tests {
         assert_eq!(s.listen.ports, 5..=5);
 
         std::fs::write(&file, "listen = \"nope\"\n").unwrap();
-        let e = load::<S, _>(&serde_json::json!({}), Some(&file)).unwrap_err().to_string();
+        let e = load::<S, _>(&serde_json::json!({}), Some(&file))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`listen`"), "{e}");
 
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
-        let e = load::<S, _>(&serde_json::json!({}), Some(&file)).unwrap_err().to_string();
+        let e = load::<S, _>(&serde_json::json!({}), Some(&file))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }

@@ -14,7 +14,11 @@ use turnout_proto::codes::ErrorCode;
 
 /// A JSON error body: `{"error":{"code":…,"message":…}}`.
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 pub(crate) fn api_error(e: &ApiError) -> Response {
@@ -49,7 +53,11 @@ pub(crate) struct RouteQuery {
 pub(crate) async fn route(State(gw): State<Arc<Gateway>>, Query(q): Query<RouteQuery>) -> Response {
     if let Some(room) = &q.room {
         if let Err(e) = turnout_proto::names::check_room(room) {
-            return error(StatusCode::BAD_REQUEST, ErrorCode::BadName.as_str(), &format!("room {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadName.as_str(),
+                &format!("room {e}"),
+            );
         }
     }
     match gw.route(q.room.as_deref()).await {
@@ -65,7 +73,11 @@ struct PublishBody {
     from: Option<String>,
 }
 
-pub(crate) async fn publish(State(gw): State<Arc<Gateway>>, Path(room): Path<String>, body: Bytes) -> Response {
+pub(crate) async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Response {
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -74,11 +86,16 @@ pub(crate) async fn publish(State(gw): State<Arc<Gateway>>, Path(room): Path<Str
             return error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadJson.as_str(),
-                &format!("body must be {{\"data\": <json>}}: {}", msg.split(" at line").next().unwrap_or("")),
+                &format!(
+                    "body must be {{\"data\": <json>}}: {}",
+                    msg.split(" at line").next().unwrap_or("")
+                ),
             );
         }
     };
-    let result = gw.publish(&room, body.data.get().to_owned(), body.from).await;
+    let result = gw
+        .publish(&room, body.data.get().to_owned(), body.from)
+        .await;
     count(&gw, "publish", result.is_ok());
     match result {
         Ok(seq) => Json(json!({"seq": seq})).into_response(),
@@ -98,14 +115,23 @@ pub(crate) async fn history(
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return error(StatusCode::BAD_REQUEST, ErrorCode::BadFrame.as_str(), "since and limit must be non-negative integers");
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadFrame.as_str(),
+            "since and limit must be non-negative integers",
+        );
     };
-    let result = gw.history(&room, q.since.unwrap_or(0), q.limit.unwrap_or(100)).await;
+    let result = gw
+        .history(&room, q.since.unwrap_or(0), q.limit.unwrap_or(100))
+        .await;
     count(&gw, "history", result.is_ok());
     match result {
         Ok(slice) => {
-            let messages: Vec<Box<RawValue>> =
-                slice.messages.into_iter().filter_map(|(_, f)| RawValue::from_string(f).ok()).collect();
+            let messages: Vec<Box<RawValue>> = slice
+                .messages
+                .into_iter()
+                .filter_map(|(_, f)| RawValue::from_string(f).ok())
+                .collect();
             Json(json!({"room": room, "seq": slice.seq, "complete": slice.complete, "messages": messages})).into_response()
         }
         Err(e) => api_error(&e),

@@ -26,7 +26,11 @@ pub(crate) struct View {
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Follows the routers, one at a time, until `stop`.
-pub(crate) async fn follow(routers: Vec<String>, tx: watch::Sender<Arc<View>>, stop: CancellationToken) {
+pub(crate) async fn follow(
+    routers: Vec<String>,
+    tx: watch::Sender<Arc<View>>,
+    stop: CancellationToken,
+) {
     let mut i = 0usize;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -44,7 +48,10 @@ pub(crate) async fn follow(routers: Vec<String>, tx: watch::Sender<Arc<View>>, s
         }
         if tx.borrow().connected {
             let cur = tx.borrow().clone();
-            let _ = tx.send(Arc::new(View { connected: false, ..(*cur).clone() }));
+            let _ = tx.send(Arc::new(View {
+                connected: false,
+                ..(*cur).clone()
+            }));
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -55,7 +62,11 @@ pub(crate) async fn follow(routers: Vec<String>, tx: watch::Sender<Arc<View>>, s
 }
 
 async fn watch_one(url: &str, tx: &watch::Sender<Arc<View>>) -> Result<(), String> {
-    let channel = router_channel(url).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+    let channel = router_channel(url)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = RouterClient::new(channel);
     let mut stream = client
         .watch_nodes(WatchNodesRequest {})
@@ -66,7 +77,12 @@ async fn watch_one(url: &str, tx: &watch::Sender<Arc<View>>) -> Result<(), Strin
     while let Some(item) = stream.next().await {
         let reply = item.map_err(|e| e.message().to_owned())?;
         let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = tx.send(Arc::new(View { connected: true, router: url.to_owned(), reply, generation }));
+        let _ = tx.send(Arc::new(View {
+            connected: true,
+            router: url.to_owned(),
+            reply,
+            generation,
+        }));
     }
     Err("stream closed".into())
 }
@@ -99,7 +115,12 @@ impl Picker {
             .nodes
             .iter()
             .filter(|n| !n.draining)
-            .min_by_key(|n| (n.connections + recent.1.get(&n.id).copied().unwrap_or(0), n.id.clone()))?
+            .min_by_key(|n| {
+                (
+                    n.connections + recent.1.get(&n.id).copied().unwrap_or(0),
+                    n.id.clone(),
+                )
+            })?
             .clone();
         if record {
             *recent.1.entry(node.id.clone()).or_default() += 1;

@@ -19,9 +19,21 @@ pub(crate) fn server(gw: Arc<Gateway>) -> GatewayServer<GatewayService> {
 /// A stored message frame as a `RoomMessage`.
 pub(crate) fn room_message(frame: &str) -> Option<RoomMessage> {
     match serde_json::from_str(frame).ok()? {
-        turnout_proto::frames::ServerFrame::Message { room, seq, from, node, ts, data } => {
-            Some(RoomMessage { room, seq, from, node, ts, data_json: data.to_string() })
-        }
+        turnout_proto::frames::ServerFrame::Message {
+            room,
+            seq,
+            from,
+            node,
+            ts,
+            data,
+        } => Some(RoomMessage {
+            room,
+            seq,
+            from,
+            node,
+            ts,
+            data_json: data.to_string(),
+        }),
         _ => None,
     }
 }
@@ -30,31 +42,59 @@ type SubscribeStream = Pin<Box<dyn Stream<Item = Result<RoomMessage, Status>> + 
 
 #[tonic::async_trait]
 impl GatewayApi for GatewayService {
-    async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
         let r = req.into_inner();
         let from = Some(r.from).filter(|f| !f.is_empty());
-        let seq = self.gw.publish(&r.room, r.data_json, from).await.map_err(|e| e.grpc_status())?;
+        let seq = self
+            .gw
+            .publish(&r.room, r.data_json, from)
+            .await
+            .map_err(|e| e.grpc_status())?;
         Ok(Response::new(PublishReply { seq }))
     }
 
-    async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryReply>, Status> {
         let r = req.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit as u64 };
-        let slice = self.gw.history(&r.room, r.since, limit).await.map_err(|e| e.grpc_status())?;
+        let slice = self
+            .gw
+            .history(&r.room, r.since, limit)
+            .await
+            .map_err(|e| e.grpc_status())?;
         Ok(Response::new(HistoryReply {
-            messages: slice.messages.iter().filter_map(|(_, f)| room_message(f)).collect(),
+            messages: slice
+                .messages
+                .iter()
+                .filter_map(|(_, f)| room_message(f))
+                .collect(),
             seq: slice.seq,
             complete: slice.complete,
             epoch: String::new(),
         }))
     }
 
-    async fn presence(&self, req: Request<PresenceRequest>) -> Result<Response<PresenceReply>, Status> {
-        let users = self.gw.presence(&req.into_inner().room).await.map_err(|e| e.grpc_status())?;
+    async fn presence(
+        &self,
+        req: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceReply>, Status> {
+        let users = self
+            .gw
+            .presence(&req.into_inner().room)
+            .await
+            .map_err(|e| e.grpc_status())?;
         Ok(Response::new(PresenceReply { users }))
     }
 
-    async fn cluster(&self, _req: Request<ClusterRequest>) -> Result<Response<ClusterReply>, Status> {
+    async fn cluster(
+        &self,
+        _req: Request<ClusterRequest>,
+    ) -> Result<Response<ClusterReply>, Status> {
         let view = self.gw.view.borrow().clone();
         Ok(Response::new(ClusterReply {
             strategy: self.gw.strategy().as_str().to_owned(),
@@ -65,11 +105,21 @@ impl GatewayApi for GatewayService {
 
     type SubscribeStream = SubscribeStream;
 
-    async fn subscribe(&self, _req: Request<SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
-        Err(Status::unimplemented("Subscribe is not available in this build"))
+    async fn subscribe(
+        &self,
+        _req: Request<SubscribeRequest>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        Err(Status::unimplemented(
+            "Subscribe is not available in this build",
+        ))
     }
 
-    async fn disconnect(&self, _req: Request<DisconnectRequest>) -> Result<Response<DisconnectReply>, Status> {
-        Err(Status::unimplemented("Disconnect is not available in this build"))
+    async fn disconnect(
+        &self,
+        _req: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectReply>, Status> {
+        Err(Status::unimplemented(
+            "Disconnect is not available in this build",
+        ))
     }
 }

@@ -36,12 +36,19 @@ pub enum GatewayError {
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
-    let id = settings
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("gateway-{}-{}", turnout_common::settings::host_name(), addr.port()));
+    let id = settings.node_id.clone().unwrap_or_else(|| {
+        format!(
+            "gateway-{}-{}",
+            turnout_common::settings::host_name(),
+            addr.port()
+        )
+    });
     let client = turnout_common::redis::client(&settings.redis_url)?;
     let redis = turnout_common::redis::commands(&client).await?;
     let (tx, rx) = watch::channel(Arc::new(cluster::View::default()));
@@ -55,7 +62,9 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     health
         .set_serving::<turnout_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
         .await;
-    let grpc = routes.add_service(grpc::server(gw.clone())).into_axum_router();
+    let grpc = routes
+        .add_service(grpc::server(gw.clone()))
+        .into_axum_router();
     let app = Router::new()
         .route("/ws", get(proxy::ws))
         .route("/api/route", get(api::route))

@@ -31,7 +31,11 @@ pub(crate) async fn ws(
     mut req: Request,
 ) -> Response {
     if !is_upgrade(&req) {
-        return crate::api::error(StatusCode::BAD_REQUEST, "bad_request", "expected a WebSocket upgrade");
+        return crate::api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected a WebSocket upgrade",
+        );
     }
     let room = crate::api::query_param(req.uri().query(), "room");
     let node = match gw.pick_node(room.as_deref()).await {
@@ -44,25 +48,41 @@ pub(crate) async fn ws(
         .nth(1)
         .map(|r| r.split('/').next().unwrap_or(r).to_owned())
     else {
-        return crate::api::error(StatusCode::BAD_GATEWAY, "unavailable", "node has no usable address");
+        return crate::api::error(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            "node has no usable address",
+        );
     };
-    let upstream = match tokio::time::timeout(gw.settings.upstream_timeout, TcpStream::connect(&authority)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            gw.metrics.upstream_errors.inc();
-            tracing::warn!(node = %node.id, %authority, "cannot reach ws-node");
-            return crate::api::error(StatusCode::BAD_GATEWAY, "unavailable", "ws-node unreachable; retry");
-        }
-    };
+    let upstream =
+        match tokio::time::timeout(gw.settings.upstream_timeout, TcpStream::connect(&authority))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                gw.metrics.upstream_errors.inc();
+                tracing::warn!(node = %node.id, %authority, "cannot reach ws-node");
+                return crate::api::error(
+                    StatusCode::BAD_GATEWAY,
+                    "unavailable",
+                    "ws-node unreachable; retry",
+                );
+            }
+        };
     let _ = upstream.set_nodelay(true);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-        Ok(v) => v,
-        Err(e) => {
-            gw.metrics.upstream_errors.inc();
-            tracing::warn!(node = %node.id, error = %e, "handshake with ws-node failed");
-            return crate::api::error(StatusCode::BAD_GATEWAY, "unavailable", "ws-node handshake failed; retry");
-        }
-    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(v) => v,
+            Err(e) => {
+                gw.metrics.upstream_errors.inc();
+                tracing::warn!(node = %node.id, error = %e, "handshake with ws-node failed");
+                return crate::api::error(
+                    StatusCode::BAD_GATEWAY,
+                    "unavailable",
+                    "ws-node handshake failed; retry",
+                );
+            }
+        };
     tokio::spawn(conn.with_upgrades());
 
     let path = match req.uri().query() {
@@ -75,7 +95,11 @@ pub(crate) async fn ws(
             up = up.header(name, value);
         }
     }
-    let forwarded = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded = match req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
@@ -89,7 +113,11 @@ pub(crate) async fn ws(
         Err(e) => {
             gw.metrics.upstream_errors.inc();
             tracing::warn!(node = %node.id, error = %e, "upgrade request to ws-node failed");
-            return crate::api::error(StatusCode::BAD_GATEWAY, "unavailable", "ws-node did not answer; retry");
+            return crate::api::error(
+                StatusCode::BAD_GATEWAY,
+                "unavailable",
+                "ws-node did not answer; retry",
+            );
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -105,7 +133,11 @@ pub(crate) async fn ws(
         let (client, node_io) = match tokio::join!(client_side, node_side) {
             (Ok(c), Ok(n)) => (c, n),
             (c, n) => {
-                tracing::debug!(client = c.is_ok(), node = n.is_ok(), "upgrade did not complete");
+                tracing::debug!(
+                    client = c.is_ok(),
+                    node = n.is_ok(),
+                    "upgrade did not complete"
+                );
                 return;
             }
         };
@@ -116,12 +148,18 @@ pub(crate) async fn ws(
         metrics.proxied.dec();
         if let Ok((up, down)) = r {
             metrics.proxied_bytes.with_label_values(&["up"]).inc_by(up);
-            metrics.proxied_bytes.with_label_values(&["down"]).inc_by(down);
+            metrics
+                .proxied_bytes
+                .with_label_values(&["down"])
+                .inc_by(down);
         }
         tracing::debug!(node = %node_id, "proxied connection closed");
     });
     let (parts, _) = resp.into_parts();
     let mut out = Response::from_parts(parts, Body::empty());
-    out.headers_mut().insert("x-turnout-node", HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static("?")));
+    out.headers_mut().insert(
+        "x-turnout-node",
+        HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static("?")),
+    );
     out.into_response()
 }

@@ -4,12 +4,18 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
-use turnout_common::settings::{ListenSpec, SettingsError, Validate, check_http_url, check_redis_url};
+use turnout_common::settings::{
+    ListenSpec, SettingsError, Validate, check_http_url, check_redis_url,
+};
 use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
 #[derive(Parser, Serialize, Debug, Default)]
-#[command(name = "turnout-gateway", version, about = "turnout gateway: the public door (WebSocket, HTTP and gRPC API)")]
+#[command(
+    name = "turnout-gateway",
+    version,
+    about = "turnout gateway: the public door (WebSocket, HTTP and gRPC API)"
+)]
 pub struct Cli {
     /// TOML file with settings (keys as in the settings table).
     #[arg(long, env = "TURNOUT_CONFIG")]
@@ -76,7 +82,11 @@ impl Default for Settings {
 impl Settings {
     /// The router URLs, in failover order.
     pub fn routers(&self) -> Vec<String> {
-        self.router_url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        self.router_url
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     /// Parses flags and env, reads the file, validates.
@@ -91,16 +101,25 @@ impl Validate for Settings {
         check_redis_url("redis_url", &self.redis_url)?;
         let routers = self.routers();
         if routers.is_empty() {
-            return Err(SettingsError::invalid("router_url", "needs at least one http:// URL"));
+            return Err(SettingsError::invalid(
+                "router_url",
+                "needs at least one http:// URL",
+            ));
         }
         for r in &routers {
             check_http_url("router_url", r)?;
         }
         if self.listen.ports.start() != self.listen.ports.end() {
-            return Err(SettingsError::invalid("listen", "a gateway listens on one port, not a range"));
+            return Err(SettingsError::invalid(
+                "listen",
+                "a gateway listens on one port, not a range",
+            ));
         }
         if self.max_body_bytes == 0 {
-            return Err(SettingsError::invalid("max_body_bytes", "must be greater than 0"));
+            return Err(SettingsError::invalid(
+                "max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

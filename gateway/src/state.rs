@@ -34,15 +34,40 @@ impl GatewayMetrics {
     fn new(id: &str) -> Self {
         let registry = turnout_common::metrics::registry("gateway", &[("gateway", id)]);
         GatewayMetrics {
-            proxied: register(&registry, IntGauge::new("proxied_connections", "WebSocket connections spliced to ws-nodes").expect("valid")),
+            proxied: register(
+                &registry,
+                IntGauge::new(
+                    "proxied_connections",
+                    "WebSocket connections spliced to ws-nodes",
+                )
+                .expect("valid"),
+            ),
             proxied_bytes: register(
                 &registry,
-                IntCounterVec::new(Opts::new("proxied_bytes_total", "Bytes spliced, by direction"), &["direction"]).expect("valid"),
+                IntCounterVec::new(
+                    Opts::new("proxied_bytes_total", "Bytes spliced, by direction"),
+                    &["direction"],
+                )
+                .expect("valid"),
             ),
-            upstream_errors: register(&registry, IntCounter::new("upstream_errors_total", "Failed attempts to reach a ws-node").expect("valid")),
+            upstream_errors: register(
+                &registry,
+                IntCounter::new(
+                    "upstream_errors_total",
+                    "Failed attempts to reach a ws-node",
+                )
+                .expect("valid"),
+            ),
             api_requests: register(
                 &registry,
-                IntCounterVec::new(Opts::new("api_requests_total", "Server API calls, by operation and outcome"), &["op", "outcome"]).expect("valid"),
+                IntCounterVec::new(
+                    Opts::new(
+                        "api_requests_total",
+                        "Server API calls, by operation and outcome",
+                    ),
+                    &["op", "outcome"],
+                )
+                .expect("valid"),
             ),
             registry,
         }
@@ -58,12 +83,18 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn http_status(&self) -> StatusCode {
         match self.code {
-            ErrorCode::BadJson | ErrorCode::BadFrame | ErrorCode::BadName | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson
+            | ErrorCode::BadFrame
+            | ErrorCode::BadName
+            | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotJoined | ErrorCode::WrongNode => StatusCode::CONFLICT,
@@ -75,9 +106,14 @@ impl ApiError {
     pub(crate) fn grpc_status(&self) -> tonic::Status {
         let m = self.message.clone();
         match self.code {
-            ErrorCode::BadJson | ErrorCode::BadFrame | ErrorCode::BadName | ErrorCode::UnknownType => tonic::Status::invalid_argument(m),
+            ErrorCode::BadJson
+            | ErrorCode::BadFrame
+            | ErrorCode::BadName
+            | ErrorCode::UnknownType => tonic::Status::invalid_argument(m),
             ErrorCode::Forbidden => tonic::Status::permission_denied(m),
-            ErrorCode::RateLimited | ErrorCode::TooManyRooms => tonic::Status::resource_exhausted(m),
+            ErrorCode::RateLimited | ErrorCode::TooManyRooms => {
+                tonic::Status::resource_exhausted(m)
+            }
             ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Status::failed_precondition(m),
             ErrorCode::Draining | ErrorCode::Unavailable => tonic::Status::unavailable(m),
             ErrorCode::Internal => tonic::Status::internal(m),
@@ -104,12 +140,20 @@ pub(crate) struct Gateway {
 pub(crate) const ROUTE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Gateway {
-    pub(crate) fn new(id: String, settings: Settings, view: watch::Receiver<Arc<View>>, redis: ConnectionManager) -> Self {
+    pub(crate) fn new(
+        id: String,
+        settings: Settings,
+        view: watch::Receiver<Arc<View>>,
+        redis: ConnectionManager,
+    ) -> Self {
         let routers = settings
             .routers()
             .into_iter()
             .filter_map(|url| {
-                let ch = Channel::from_shared(url).ok()?.connect_timeout(Duration::from_secs(2)).connect_lazy();
+                let ch = Channel::from_shared(url)
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
                 Some(RouterClient::new(ch))
             })
             .collect();
@@ -166,9 +210,13 @@ impl Gateway {
             }
             Strategy::Sticky => {
                 let room = room.ok_or_else(|| {
-                    ApiError::new(ErrorCode::BadFrame, "sticky strategy: `room` is required to find the room's node")
+                    ApiError::new(
+                        ErrorCode::BadFrame,
+                        "sticky strategy: `room` is required to find the room's node",
+                    )
                 })?;
-                names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+                names::check_room(room)
+                    .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
                 self.owner(room).await
             }
         }
@@ -178,7 +226,13 @@ impl Gateway {
     async fn owner(&self, room: &str) -> Result<NodeInfo, ApiError> {
         if let Some(hit) = self.route_cache.get(room) {
             let (node, at) = hit.value();
-            let still_live = self.view.borrow().reply.nodes.iter().any(|n| n.id == node.id && !n.draining);
+            let still_live = self
+                .view
+                .borrow()
+                .reply
+                .nodes
+                .iter()
+                .any(|n| n.id == node.id && !n.draining);
             if at.elapsed() < ROUTE_CACHE_TTL && still_live {
                 return Ok(node.clone());
             }
@@ -186,15 +240,21 @@ impl Gateway {
         let mut last = None;
         for router in &self.routers {
             let mut r = router.clone();
-            match r.route(RouteRequest { room: room.to_owned() }).await {
+            match r
+                .route(RouteRequest {
+                    room: room.to_owned(),
+                })
+                .await
+            {
                 Ok(reply) => {
-                    let node = reply
-                        .into_inner()
-                        .node
-                        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "router named no node"))?;
-                    self.route_cache.insert(room.to_owned(), (node.clone(), Instant::now()));
+                    let node = reply.into_inner().node.ok_or_else(|| {
+                        ApiError::new(ErrorCode::Unavailable, "router named no node")
+                    })?;
+                    self.route_cache
+                        .insert(room.to_owned(), (node.clone(), Instant::now()));
                     if self.route_cache.len() > 100_000 {
-                        self.route_cache.retain(|_, (_, at)| at.elapsed() < ROUTE_CACHE_TTL);
+                        self.route_cache
+                            .retain(|_, (_, at)| at.elapsed() < ROUTE_CACHE_TTL);
                     }
                     return Ok(node);
                 }
@@ -206,7 +266,10 @@ impl Gateway {
         }
         let why = last.map(|s| s.message().to_owned()).unwrap_or_default();
         tracing::warn!(room, error = %why, "no router could route the room");
-        Err(ApiError::new(ErrorCode::Unavailable, "no router could place the room; retry"))
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "no router could place the room; retry",
+        ))
     }
 
     /// Forgets a cached owner that turned out wrong.
@@ -216,7 +279,9 @@ impl Gateway {
 
     /// Like [`Self::route`], as an HTTP response on failure.
     pub(crate) async fn pick_node(&self, room: Option<&str>) -> Result<NodeInfo, Response> {
-        self.route(room).await.map_err(|e| crate::api::api_error(&e))
+        self.route(room)
+            .await
+            .map_err(|e| crate::api::api_error(&e))
     }
 
     fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Channel>, ApiError> {
@@ -233,10 +298,19 @@ impl Gateway {
     }
 
     /// Publishes into `room` through a ws-node; returns the seq.
-    pub(crate) async fn publish(&self, room: &str, data_json: String, from: Option<String>) -> Result<u64, ApiError> {
-        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
-        let from = from.filter(|f| !f.is_empty()).unwrap_or_else(|| "api".to_owned());
-        names::check_user(&from).map_err(|e| ApiError::new(ErrorCode::BadName, format!("from {e}")))?;
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        data_json: String,
+        from: Option<String>,
+    ) -> Result<u64, ApiError> {
+        names::check_room(room)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let from = from
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "api".to_owned());
+        names::check_user(&from)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("from {e}")))?;
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
         }
@@ -244,20 +318,37 @@ impl Gateway {
         for attempt in 0..2 {
             let node = self.pick(Some(room), false).await?;
             let mut client = self.node_client(&node)?;
-            let req = DeliverRequest { room: room.to_owned(), data_json: data_json.clone(), from: from.clone(), epoch: 0 };
+            let req = DeliverRequest {
+                room: room.to_owned(),
+                data_json: data_json.clone(),
+                from: from.clone(),
+                epoch: 0,
+            };
             match client.deliver(req).await {
                 Ok(reply) => return Ok(reply.into_inner().seq),
                 Err(s) => {
                     tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
                     match s.code() {
-                        tonic::Code::InvalidArgument => return Err(ApiError::new(ErrorCode::BadFrame, s.message())),
-                        _ if attempt == 0 && self.strategy() == Strategy::Sticky => self.forget_route(room),
-                        _ => return Err(ApiError::new(ErrorCode::Unavailable, "publish failed; retry")),
+                        tonic::Code::InvalidArgument => {
+                            return Err(ApiError::new(ErrorCode::BadFrame, s.message()));
+                        }
+                        _ if attempt == 0 && self.strategy() == Strategy::Sticky => {
+                            self.forget_route(room)
+                        }
+                        _ => {
+                            return Err(ApiError::new(
+                                ErrorCode::Unavailable,
+                                "publish failed; retry",
+                            ));
+                        }
                     }
                 }
             }
         }
-        Err(ApiError::new(ErrorCode::Unavailable, "publish failed; retry"))
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "publish failed; retry",
+        ))
     }
 
     /// Messages of `room` after `since`.
@@ -267,18 +358,22 @@ impl Gateway {
         since: u64,
         limit: u64,
     ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
-        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        names::check_room(room)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
         let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
         let mut con = self.redis.clone();
-        turnout_common::redis::history(&mut con, room, since, limit).await.map_err(|e| {
-            tracing::warn!(room, error = %e, "history read failed");
-            ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
-        })
+        turnout_common::redis::history(&mut con, room, since, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room, error = %e, "history read failed");
+                ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
+            })
     }
 
     /// Users present in `room`.
     pub(crate) async fn presence(&self, room: &str) -> Result<Vec<String>, ApiError> {
-        names::check_room(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        names::check_room(room)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
         let mut con = self.redis.clone();
         let mut users: Vec<String> = redis::cmd("HVALS")
             .arg(turnout_proto::keys::room_presence(room))

@@ -1,0 +1,29 @@
+//! turnout-bench: drives a turnout cluster like real clients do and measures it.
+//!
+//! # Layout
+//! - [`cli`]: subcommands and options (`run`, `report`).
+//! - `scenario`: the workloads (chat, broadcast, idle, failover) and the run loop.
+//! - `member`: one simulated client: connect, join, publish, receive, reconnect.
+//! - `stats`: latency histograms, loss/duplicate/reorder accounting, results JSON.
+//! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
+//! - `report`: the side-by-side HTML report with SVG charts.
+//! - `http`: the few HTTP calls the bench makes to the gateway.
+
+pub mod cli;
+mod http;
+mod member;
+mod report;
+mod sample;
+mod scenario;
+pub mod stats;
+
+use clap::Parser;
+
+/// Entry point of the `turnout-bench` binary.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Run(opts) => scenario::run(opts).await,
+        cli::Command::Report(opts) => report::write(&opts),
+    }
+}

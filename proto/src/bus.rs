@@ -36,10 +36,18 @@ struct Tail<'a> {
 /// Builds the frame `{"type":"message","room":…,"seq":N,"from":…,"node":…,"ts":…,"data":…}`
 /// around a seq that is not yet known.
 pub fn frame_parts(room: &str, from: &str, node: &str, ts: u64, data: &RawValue) -> FrameParts {
-    let head = serde_json::to_string(&Head { r#type: "message", room })
-        .expect("serialising strings cannot fail");
-    let tail = serde_json::to_string(&Tail { from, node, ts, data })
-        .expect("serialising strings cannot fail");
+    let head = serde_json::to_string(&Head {
+        r#type: "message",
+        room,
+    })
+    .expect("serialising strings cannot fail");
+    let tail = serde_json::to_string(&Tail {
+        from,
+        node,
+        ts,
+        data,
+    })
+    .expect("serialising strings cannot fail");
     // head = {"type":"message","room":"r"}  ->  {"type":"message","room":"r","seq":
     let prefix = format!("{},\"seq\":", &head[..head.len() - 1]);
     // tail = {"from":…}  ->  ,"from":…}
@@ -83,7 +91,14 @@ mod tests {
         let frame = parts.render(42);
         let parsed: ServerFrame = serde_json::from_str(&frame).unwrap();
         match parsed {
-            ServerFrame::Message { room, seq, from, node, ts, data } => {
+            ServerFrame::Message {
+                room,
+                seq,
+                from,
+                node,
+                ts,
+                data,
+            } => {
                 assert_eq!(room, "r\"1");
                 assert_eq!(seq, 42);
                 assert_eq!(from, "u1");

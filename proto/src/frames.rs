@@ -13,9 +13,18 @@ use serde_json::value::RawValue;
 /// A validated frame from a client.
 #[derive(Debug)]
 pub enum ClientFrame {
-    Join { room: String, since: Option<u64> },
-    Leave { room: String },
-    Publish { room: String, data: Box<RawValue>, id: Option<String> },
+    Join {
+        room: String,
+        since: Option<u64>,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        data: Box<RawValue>,
+        id: Option<String>,
+    },
     Ping,
 }
 
@@ -31,7 +40,10 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        FrameError { code, message: message.into() }
+        FrameError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -52,7 +64,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) if e.is_syntax() || e.is_eof() => {
-            return Err(FrameError::new(ErrorCode::BadJson, "frame is not valid JSON"));
+            return Err(FrameError::new(
+                ErrorCode::BadJson,
+                "frame is not valid JSON",
+            ));
         }
         Err(e) => {
             // Valid JSON with a wrong shape: not an object, or a field of the wrong type.
@@ -77,8 +92,13 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         Ok(room)
     };
     match kind.as_str() {
-        "join" => Ok(ClientFrame::Join { room: room(raw.room)?, since: raw.since }),
-        "leave" => Ok(ClientFrame::Leave { room: room(raw.room)? }),
+        "join" => Ok(ClientFrame::Join {
+            room: room(raw.room)?,
+            since: raw.since,
+        }),
+        "leave" => Ok(ClientFrame::Leave {
+            room: room(raw.room)?,
+        }),
         "publish" => {
             let room = room(raw.room)?;
             let data = raw
@@ -92,7 +112,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                     ));
                 }
             }
-            Ok(ClientFrame::Publish { room, data, id: raw.id })
+            Ok(ClientFrame::Publish {
+                room,
+                data,
+                id: raw.id,
+            })
         }
         "ping" => Ok(ClientFrame::Ping),
         other => {
@@ -204,7 +228,10 @@ mod tests {
             }
             f => panic!("{f:?}"),
         }
-        assert!(matches!(parse_client_frame(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        ));
     }
 
     #[test]
@@ -216,8 +243,14 @@ mod tests {
         assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadFrame);
         assert_eq!(code(r#"{"type":"join","room":7}"#), ErrorCode::BadFrame);
         assert_eq!(code(r#"{"type":"join","room":"a b"}"#), ErrorCode::BadName);
-        assert_eq!(code(r#"{"type":"publish","room":"r"}"#), ErrorCode::BadFrame);
-        assert_eq!(code(r#"{"type":"join","room":"r","since":-1}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"publish","room":"r"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"join","room":"r","since":-1}"#),
+            ErrorCode::BadFrame
+        );
     }
 
     #[test]
@@ -229,7 +262,10 @@ mod tests {
             recovered: None,
         };
         let json = f.to_json();
-        assert_eq!(json, r#"{"type":"joined","room":"r","seq":3,"presence":["u"]}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"joined","room":"r","seq":3,"presence":["u"]}"#
+        );
         assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), f);
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }

@@ -36,9 +36,7 @@ pub fn room_channel(room: &str) -> String {
 
 /// Room name from a room channel name.
 pub fn room_from_channel(channel: &str) -> Option<&str> {
-    channel
-        .strip_prefix("turnout:{")?
-        .strip_suffix("}:bus")
+    channel.strip_prefix("turnout:{")?.strip_suffix("}:bus")
 }
 
 /// Owner of a room (sticky): hash `node`, `epoch`.
@@ -69,4 +67,3 @@ mod tests {
         assert_eq!(room_from_channel("turnout:membership"), None);
     }
 }
-

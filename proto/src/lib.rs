@@ -56,7 +56,9 @@ impl std::str::FromStr for Strategy {
         match s {
             "sticky" => Ok(Strategy::Sticky),
             "pubsub" => Ok(Strategy::Pubsub),
-            other => Err(format!("`{other}` is not a strategy; accepted values: sticky, pubsub")),
+            other => Err(format!(
+                "`{other}` is not a strategy; accepted values: sticky, pubsub"
+            )),
         }
     }
 }

@@ -62,7 +62,10 @@ mod tests {
         assert!(check_room("chat-1.eu:general").is_ok());
         assert_eq!(check_room(""), Err(NameError::Empty));
         assert_eq!(check_room("a{b}"), Err(NameError::BadChar('{')));
-        assert_eq!(check_room(&"x".repeat(65)), Err(NameError::TooLong { max: 64 }));
+        assert_eq!(
+            check_room(&"x".repeat(65)),
+            Err(NameError::TooLong { max: 64 })
+        );
         assert_eq!(check_room("é"), Err(NameError::BadChar('é')));
     }
 }

@@ -35,12 +35,19 @@ pub enum RouterError {
 }
 
 /// Runs a router on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), RouterError> {
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), RouterError> {
     let addr = listener.local_addr()?;
-    let router_id = settings
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("router-{}-{}", turnout_common::settings::host_name(), addr.port()));
+    let router_id = settings.node_id.clone().unwrap_or_else(|| {
+        format!(
+            "router-{}-{}",
+            turnout_common::settings::host_name(),
+            addr.port()
+        )
+    });
     let registry = turnout_common::metrics::registry("router", &[("router", &router_id)]);
     let live = turnout_common::metrics::register(
         &registry,
@@ -94,8 +101,11 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         ),
         claims: turnout_common::metrics::register(
             &registry,
-            prometheus::IntCounter::new("placements_total", "Rooms placed (claims made) by this router")
-                .expect("valid metric"),
+            prometheus::IntCounter::new(
+                "placements_total",
+                "Rooms placed (claims made) by this router",
+            )
+            .expect("valid metric"),
         ),
     };
     let strategy = settings.strategy;
@@ -103,9 +113,12 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let grpc = routes.add_service(service::server(svc)).into_axum_router();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|State(r): State<prometheus::Registry>| async move {
-            turnout_common::metrics::render(&r)
-        }))
+        .route(
+            "/metrics",
+            get(|State(r): State<prometheus::Registry>| async move {
+                turnout_common::metrics::render(&r)
+            }),
+        )
         .with_state(registry)
         .merge(grpc);
     tracing::info!(router = %router_id, %addr, %strategy, "router listening");

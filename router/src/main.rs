@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = match turnout_common::serve::bind(&settings.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("turnout-router: setting `listen`: cannot bind {}: {e}", settings.listen);
+            eprintln!(
+                "turnout-router: setting `listen`: cannot bind {}: {e}",
+                settings.listen
+            );
             std::process::exit(2);
         }
     };

@@ -5,8 +5,8 @@
 //! published to watchers only when something besides heartbeat time changed.
 
 use prometheus::IntGauge;
-use redis::aio::ConnectionManager;
 use redis::Script;
+use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -56,10 +56,19 @@ impl Snapshot {
 }
 
 /// Reads the live set from Redis.
-pub(crate) async fn read(con: &mut ConnectionManager, strategy: Strategy) -> redis::RedisResult<Snapshot> {
-    let ids: Vec<String> = redis::cmd("SMEMBERS").arg(keys::NODES).query_async(con).await?;
+pub(crate) async fn read(
+    con: &mut ConnectionManager,
+    strategy: Strategy,
+) -> redis::RedisResult<Snapshot> {
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::NODES)
+        .query_async(con)
+        .await?;
     if ids.is_empty() {
-        return Ok(Snapshot { fresh: true, ..Default::default() });
+        return Ok(Snapshot {
+            fresh: true,
+            ..Default::default()
+        });
     }
     let node_keys: Vec<String> = ids.iter().map(|id| keys::node(id)).collect();
     let records: Vec<Option<String>> = redis::cmd("MGET").arg(&node_keys).query_async(con).await?;
@@ -81,9 +90,72 @@ pub(crate) async fn read(con: &mut ConnectionManager, strategy: Strategy) -> red
     let conflicts = nodes
         .iter()
         .filter(|n| n.strategy != strategy.as_str())
-        .map(|n| format!("node {} runs {}, router runs {}", n.id, n.strategy, strategy))
+        .map(|n| {
+            format!(
+                "node {} runs {}, router runs {}",
+                n.id, n.strategy, strategy
+            )
+        })
         .collect();
-    Ok(Snapshot { nodes, conflicts, fresh: true })
+    Ok(Snapshot {
+        nodes,
+        conflicts,
+        fresh: true,
+    })
+}
+
+/// Probes every node's port; a node whose port refuses connections has
+/// crashed (its process is gone), so it is removed from Redis at once instead
+/// of after its heartbeat TTL. Timeouts prove nothing (a busy node may be slow
+/// to accept) and are left to the TTL.
+async fn drop_refusing(con: &mut ConnectionManager, snap: &mut Snapshot) {
+    let probes = snap.nodes.iter().map(|n| {
+        let authority = n
+            .internal_url
+            .split("://")
+            .nth(1)
+            .map(|r| r.split('/').next().unwrap_or(r).to_owned())
+            .unwrap_or_default();
+        async move {
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(&authority),
+            )
+            .await;
+            matches!(r, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        }
+    });
+    let refused = futures_util::future::join_all(probes).await;
+    if !refused.iter().any(|r| *r) {
+        return;
+    }
+    let mut kept = Vec::with_capacity(snap.nodes.len());
+    for (node, refused) in std::mem::take(&mut snap.nodes).into_iter().zip(refused) {
+        if !refused {
+            kept.push(node);
+            continue;
+        }
+        tracing::warn!(node = %node.id, url = %node.internal_url, "node refuses connections: removed from the live set");
+        let r: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(keys::node(&node.id))
+            .ignore()
+            .cmd("SREM")
+            .arg(keys::NODES)
+            .arg(&node.id)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(keys::MEMBERSHIP_CHANNEL)
+            .arg(&node.id)
+            .ignore()
+            .query_async(con)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(node = %node.id, error = %e, "removing a dead node failed");
+        }
+    }
+    snap.nodes = kept;
 }
 
 /// Fills in `heartbeat_age_ms` for an answer.
@@ -91,7 +163,10 @@ pub(crate) fn with_ages(nodes: &[NodeInfo]) -> Vec<NodeInfo> {
     let now = now_ms();
     nodes
         .iter()
-        .map(|n| NodeInfo { heartbeat_age_ms: now.saturating_sub(n.heartbeat_ms), ..n.clone() })
+        .map(|n| NodeInfo {
+            heartbeat_age_ms: now.saturating_sub(n.heartbeat_ms),
+            ..n.clone()
+        })
         .collect()
 }
 
@@ -115,7 +190,8 @@ pub(crate) async fn follow(
             _ = stop.cancelled() => return,
         }
         match read(&mut con, strategy).await {
-            Ok(snap) => {
+            Ok(mut snap) => {
+                drop_refusing(&mut con, &mut snap).await;
                 if failing {
                     tracing::info!("membership reads from Redis work again");
                     failing = false;
@@ -140,7 +216,10 @@ pub(crate) async fn follow(
                 }
                 let prev = tx.borrow().clone();
                 if prev.fresh {
-                    let _ = tx.send(Arc::new(Snapshot { fresh: false, ..(*prev).clone() }));
+                    let _ = tx.send(Arc::new(Snapshot {
+                        fresh: false,
+                        ..(*prev).clone()
+                    }));
                 }
             }
         }
@@ -151,7 +230,9 @@ fn log_change(prev: &Snapshot, next: &Snapshot) {
     for n in &next.nodes {
         match prev.nodes.iter().find(|p| p.id == n.id) {
             None => tracing::info!(node = %n.id, url = %n.url, "node joined"),
-            Some(p) if p.draining != n.draining && n.draining => tracing::info!(node = %n.id, "node draining"),
+            Some(p) if p.draining != n.draining && n.draining => {
+                tracing::info!(node = %n.id, "node draining")
+            }
             _ => {}
         }
     }

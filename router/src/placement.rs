@@ -36,7 +36,11 @@ pub(crate) fn choose<'a>(
     ranked.sort_by_key(|n| std::cmp::Reverse(score(room, &n.id)));
     let total: u64 = ranked.iter().map(|n| load(n)).sum();
     let cap = ((load_factor * (total + 1) as f64) / ranked.len() as f64).ceil() as u64;
-    ranked.iter().copied().find(|n| load(n) < cap).or(Some(ranked[0]))
+    ranked
+        .iter()
+        .copied()
+        .find(|n| load(n) < cap)
+        .or(Some(ranked[0]))
 }
 
 /// Placements this router made recently, counted on top of the nodes'
@@ -48,7 +52,10 @@ pub(crate) struct RecentClaims {
 
 impl RecentClaims {
     pub(crate) fn new(window: Duration) -> Self {
-        RecentClaims { window, claims: Mutex::new(HashMap::new()) }
+        RecentClaims {
+            window,
+            claims: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn record(&self, node: &str) {
@@ -73,7 +80,12 @@ mod tests {
     use super::*;
 
     fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
-        ids.iter().map(|id| NodeInfo { id: (*id).into(), ..Default::default() }).collect()
+        ids.iter()
+            .map(|id| NodeInfo {
+                id: (*id).into(),
+                ..Default::default()
+            })
+            .collect()
     }
 
     #[test]

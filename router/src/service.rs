@@ -5,15 +5,17 @@ use crate::placement::{RecentClaims, choose};
 use crate::settings::Settings;
 use prometheus::{IntCounter, IntCounterVec};
 use redis::aio::ConnectionManager;
-use std::time::Duration;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 use turnout_proto::Strategy;
 use turnout_proto::v1::router_server::{Router, RouterServer};
-use turnout_proto::v1::{NodeInfo, NodesReply, NodesRequest, RouteReply, RouteRequest, WatchNodesRequest};
+use turnout_proto::v1::{
+    NodeInfo, NodesReply, NodesRequest, RouteReply, RouteRequest, WatchNodesRequest,
+};
 
 pub(crate) struct RouterService {
     id: String,
@@ -41,7 +43,14 @@ impl RouterService {
         // Long enough for a placed room's members to join and show up in the
         // owner's heartbeat.
         let window = settings.poll_interval * 4 + Duration::from_secs(3);
-        RouterService { id, settings, snapshot, redis, recent: RecentClaims::new(window), metrics }
+        RouterService {
+            id,
+            settings,
+            snapshot,
+            redis,
+            recent: RecentClaims::new(window),
+            metrics,
+        }
     }
 
     fn strategy(&self) -> Strategy {
@@ -55,12 +64,17 @@ impl RouterService {
         let candidate = choose(room, &snap.nodes, &load, self.settings.load_factor)
             .ok_or_else(|| Status::unavailable("no live ws-node"))?;
         let mut con = self.redis.clone();
-        let owner = turnout_common::redis::claim(&mut con, room, &candidate.id, self.settings.placement_ttl)
-            .await
-            .map_err(|e| {
-                tracing::warn!(room, error = %e, "claim failed");
-                Status::unavailable("placement store unreachable; retry")
-            })?;
+        let owner = turnout_common::redis::claim(
+            &mut con,
+            room,
+            &candidate.id,
+            self.settings.placement_ttl,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(room, error = %e, "claim failed");
+            Status::unavailable("placement store unreachable; retry")
+        })?;
         if owner.claimed {
             self.recent.record(&owner.node);
             self.metrics.claims.inc();
@@ -75,7 +89,10 @@ impl RouterService {
                 .flatten()
                 .ok_or_else(|| Status::unavailable("room owner unknown; retry"))?,
         };
-        Ok(RouteReply { node: Some(node), epoch: owner.epoch })
+        Ok(RouteReply {
+            node: Some(node),
+            epoch: owner.epoch,
+        })
     }
 }
 
@@ -83,7 +100,11 @@ impl RouterService {
 fn reply(id: &str, strategy: Strategy, snap: &Snapshot) -> NodesReply {
     NodesReply {
         strategy: strategy.as_str().to_owned(),
-        nodes: if snap.fresh { with_ages(&snap.nodes) } else { Vec::new() },
+        nodes: if snap.fresh {
+            with_ages(&snap.nodes)
+        } else {
+            Vec::new()
+        },
         strategy_conflicts: snap.conflicts.clone(),
         router_id: id.to_owned(),
     }
@@ -95,10 +116,11 @@ pub(crate) fn server(svc: RouterService) -> RouterServer<RouterService> {
 
 /// The live, non-draining node with the fewest connections.
 pub(crate) fn least_loaded(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
-    nodes
-        .iter()
-        .filter(|n| !n.draining)
-        .min_by(|a, b| a.connections.cmp(&b.connections).then_with(|| a.id.cmp(&b.id)))
+    nodes.iter().filter(|n| !n.draining).min_by(|a, b| {
+        a.connections
+            .cmp(&b.connections)
+            .then_with(|| a.id.cmp(&b.id))
+    })
 }
 
 type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<NodesReply, Status>> + Send>>;
@@ -107,11 +129,15 @@ type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<NodesReply, Status>> + Se
 impl Router for RouterService {
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteReply>, Status> {
         let room = req.into_inner().room;
-        turnout_proto::names::check_room(&room).map_err(|e| Status::invalid_argument(format!("room {e}")))?;
+        turnout_proto::names::check_room(&room)
+            .map_err(|e| Status::invalid_argument(format!("room {e}")))?;
         let snap = self.snapshot.borrow().clone();
         let result = match self.strategy() {
             Strategy::Pubsub => least_loaded(&snap.nodes)
-                .map(|node| RouteReply { node: Some(node.clone()), epoch: 0 })
+                .map(|node| RouteReply {
+                    node: Some(node.clone()),
+                    epoch: 0,
+                })
                 .ok_or_else(|| Status::unavailable("no live ws-node")),
             Strategy::Sticky => self.place(&room, &snap).await,
         };
@@ -132,10 +158,14 @@ impl Router for RouterService {
 
     type WatchNodesStream = WatchStreamOut;
 
-    async fn watch_nodes(&self, _req: Request<WatchNodesRequest>) -> Result<Response<WatchStreamOut>, Status> {
+    async fn watch_nodes(
+        &self,
+        _req: Request<WatchNodesRequest>,
+    ) -> Result<Response<WatchStreamOut>, Status> {
         let id = self.id.clone();
         let strategy = self.strategy();
-        let stream = WatchStream::new(self.snapshot.clone()).map(move |snap| Ok(reply(&id, strategy, &snap)));
+        let stream = WatchStream::new(self.snapshot.clone())
+            .map(move |snap| Ok(reply(&id, strategy, &snap)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

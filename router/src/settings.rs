@@ -9,7 +9,11 @@ use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
 #[derive(Parser, Serialize, Debug, Default)]
-#[command(name = "turnout-router", version, about = "turnout router: tracks live ws-nodes and places rooms")]
+#[command(
+    name = "turnout-router",
+    version,
+    about = "turnout router: tracks live ws-nodes and places rooms"
+)]
 pub struct Cli {
     /// TOML file with settings (keys as in the settings table).
     #[arg(long, env = "TURNOUT_CONFIG")]
@@ -78,16 +82,28 @@ impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         check_redis_url("redis_url", &self.redis_url)?;
         if self.poll_interval.is_zero() {
-            return Err(SettingsError::invalid("poll_interval", "must be greater than 0"));
+            return Err(SettingsError::invalid(
+                "poll_interval",
+                "must be greater than 0",
+            ));
         }
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
-            return Err(SettingsError::invalid("load_factor", "must be a number >= 1.0 (e.g. 1.25)"));
+            return Err(SettingsError::invalid(
+                "load_factor",
+                "must be a number >= 1.0 (e.g. 1.25)",
+            ));
         }
         if self.placement_ttl.is_zero() {
-            return Err(SettingsError::invalid("placement_ttl", "must be greater than 0"));
+            return Err(SettingsError::invalid(
+                "placement_ttl",
+                "must be greater than 0",
+            ));
         }
         if self.listen.ports.start() != self.listen.ports.end() {
-            return Err(SettingsError::invalid("listen", "a router listens on one port, not a range"));
+            return Err(SettingsError::invalid(
+                "listen",
+                "a router listens on one port, not a range",
+            ));
         }
         Ok(())
     }

@@ -40,7 +40,11 @@ where
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `redis-server` child process on a free port, killed on drop.
@@ -59,7 +63,16 @@ impl Redis {
 
     async fn spawn(&mut self) -> Result<()> {
         let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -71,7 +84,10 @@ impl Redis {
             async move {
                 let client = redis::Client::open(url).ok()?;
                 let mut con = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+                redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .ok()
             }
         })
         .await?;
@@ -96,7 +112,9 @@ impl Redis {
     }
 
     pub async fn con(&self) -> Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
     }
 }
 
@@ -181,7 +199,11 @@ pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
 }
 
 pub async fn start_gateway(redis: &str, strategy: Strategy, routers: &[&Proc]) -> Proc {
-    let router_url = routers.iter().map(|r| r.http()).collect::<Vec<_>>().join(",");
+    let router_url = routers
+        .iter()
+        .map(|r| r.http())
+        .collect::<Vec<_>>()
+        .join(",");
     let settings = turnout_gateway::Settings {
         strategy,
         redis_url: redis.to_owned(),
@@ -231,7 +253,13 @@ impl Cluster {
             nodes.push(start_node(s).await);
         }
         let gateway = start_gateway(&url, strategy, &[&router]).await;
-        let c = Cluster { redis, router, gateway, nodes, strategy };
+        let c = Cluster {
+            redis,
+            router,
+            gateway,
+            nodes,
+            strategy,
+        };
         c.wait_nodes(n).await?;
         Ok(c)
     }
@@ -253,7 +281,10 @@ impl Cluster {
 /// GET returning (status, JSON body).
 pub async fn http_get_json(url: &str) -> Result<(u16, serde_json::Value)> {
     let (status, body) = http("GET", url, None, &[]).await?;
-    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// A minimal HTTP/1.1 client call with hyper.
@@ -267,7 +298,8 @@ pub async fn http(
     let uri: http::Uri = url.parse()?;
     let authority = uri.authority().context("url without host")?.to_string();
     let stream = TcpStream::connect(&authority).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = http::Request::builder()
         .method(method)
@@ -280,7 +312,11 @@ pub async fn http(
         Some(b) => req
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(b)).boxed())?,
-        None => req.body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|e| match e {}).boxed())?,
+        None => req.body(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|e| match e {})
+                .boxed(),
+        )?,
     };
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
@@ -302,7 +338,11 @@ impl Client {
         let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
             .context("connect timed out")??;
-        let mut c = Client { ws, welcome: ServerFrame::Pong, backlog: Default::default() };
+        let mut c = Client {
+            ws,
+            welcome: ServerFrame::Pong,
+            backlog: Default::default(),
+        };
         let w = c.recv().await?;
         if !matches!(w, ServerFrame::Welcome { .. }) {
             bail!("expected welcome, got {w:?}");
@@ -349,7 +389,8 @@ impl Client {
                 .context("connection closed")??;
             match m {
                 Message::Text(t) => {
-                    return serde_json::from_str(t.as_str()).with_context(|| format!("unparsable frame {t}"));
+                    return serde_json::from_str(t.as_str())
+                        .with_context(|| format!("unparsable frame {t}"));
                 }
                 Message::Close(f) => bail!("closed: {f:?}"),
                 _ => continue,
@@ -361,7 +402,9 @@ impl Client {
     pub async fn recv_close(&mut self) -> Result<(Vec<ServerFrame>, Option<u16>)> {
         let mut frames: Vec<ServerFrame> = self.backlog.drain(..).collect();
         loop {
-            let m = tokio::time::timeout(DEADLINE, self.ws.next()).await.context("no close within the deadline")?;
+            let m = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .context("no close within the deadline")?;
             match m {
                 None => return Ok((frames, None)),
                 Some(Err(_)) => return Ok((frames, None)),
@@ -374,7 +417,11 @@ impl Client {
 
     /// Returns the first frame matching `pred`; frames read past on the way
     /// stay queued, in order, for later reads.
-    pub async fn expect(&mut self, what: &str, mut pred: impl FnMut(&ServerFrame) -> bool) -> Result<ServerFrame> {
+    pub async fn expect(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&ServerFrame) -> bool,
+    ) -> Result<ServerFrame> {
         if let Some(i) = self.backlog.iter().position(&mut pred) {
             return Ok(self.backlog.remove(i).expect("index in range"));
         }
@@ -383,7 +430,10 @@ impl Client {
             if Instant::now() > end {
                 bail!("no {what} within the deadline");
             }
-            let f = self.recv_socket().await.with_context(|| format!("waiting for {what}"))?;
+            let f = self
+                .recv_socket()
+                .await
+                .with_context(|| format!("waiting for {what}"))?;
             if pred(&f) {
                 return Ok(f);
             }
@@ -393,8 +443,14 @@ impl Client {
 
     /// Joins and waits for `joined`; returns its seq.
     pub async fn join(&mut self, room: &str) -> Result<u64> {
-        self.send_json(serde_json::json!({"type": "join", "room": room})).await?;
-        match self.expect("joined", |f| matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })).await? {
+        self.send_json(serde_json::json!({"type": "join", "room": room}))
+            .await?;
+        match self
+            .expect("joined", |f| {
+                matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })
+            })
+            .await?
+        {
             ServerFrame::Joined { seq, .. } => Ok(seq),
             other => bail!("join refused: {other:?}"),
         }
@@ -402,7 +458,10 @@ impl Client {
 
     /// Publishes and waits for the ack; returns the seq.
     pub async fn publish(&mut self, room: &str, data: serde_json::Value, id: &str) -> Result<u64> {
-        self.send_json(serde_json::json!({"type": "publish", "room": room, "data": data, "id": id})).await?;
+        self.send_json(
+            serde_json::json!({"type": "publish", "room": room, "data": data, "id": id}),
+        )
+        .await?;
         let want = id.to_owned();
         match self
             .expect("ack", |f| match f {
@@ -438,7 +497,11 @@ impl Client {
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
     let path = dir.join(name);
     let package = match name {
         "turnout-bench" => "turnout-loadtest",

@@ -19,7 +19,10 @@ fn run_fail(bin: &str, env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, Str
         .stdin(Stdio::null())
         .output()
         .expect("binary runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -29,22 +32,36 @@ fn bad_settings_stop_the_process_naming_the_setting() {
     let typo = dir.join("typo.toml");
     std::fs::write(&typo, "heartbeat_intervall = \"1s\"\n").unwrap();
     let bad_ttl = dir.join("ttl.toml");
-    std::fs::write(&bad_ttl, "heartbeat_interval = \"2s\"\nheartbeat_ttl = \"3s\"\n").unwrap();
+    std::fs::write(
+        &bad_ttl,
+        "heartbeat_interval = \"2s\"\nheartbeat_ttl = \"3s\"\n",
+    )
+    .unwrap();
     let typo = typo.to_str().unwrap();
     let bad_ttl = bad_ttl.to_str().unwrap();
 
     for bin in ["turnout-ws-node", "turnout-router", "turnout-gateway"] {
         let (code, err) = run_fail(bin, &[("TURNOUT_STRATEGY", "roundrobin")], &[]);
         assert_eq!(code, Some(2), "{bin}: {err}");
-        assert!(err.contains("`strategy`") && err.contains("sticky") && err.contains("pubsub"), "{bin}: {err}");
+        assert!(
+            err.contains("`strategy`") && err.contains("sticky") && err.contains("pubsub"),
+            "{bin}: {err}"
+        );
 
         let (code, err) = run_fail(bin, &[], &["--listen", "nowhere"]);
         assert_eq!(code, Some(2), "{bin}: {err}");
         assert!(err.contains("`listen`"), "{bin}: {err}");
 
-        let (code, err) = run_fail(bin, &[("TURNOUT_REDIS_URL", "http://x")], &["--redis-url", "mysql://db"]);
+        let (code, err) = run_fail(
+            bin,
+            &[("TURNOUT_REDIS_URL", "http://x")],
+            &["--redis-url", "mysql://db"],
+        );
         assert_eq!(code, Some(2), "{bin}: {err}");
-        assert!(err.contains("`redis_url`") && err.contains("mysql://db"), "flag beats env: {bin}: {err}");
+        assert!(
+            err.contains("`redis_url`") && err.contains("mysql://db"),
+            "flag beats env: {bin}: {err}"
+        );
     }
     let (code, err) = run_fail("turnout-ws-node", &[], &["--config", typo]);
     assert_eq!(code, Some(2));
@@ -52,10 +69,18 @@ fn bad_settings_stop_the_process_naming_the_setting() {
     let (code, err) = run_fail("turnout-ws-node", &[], &["--config", bad_ttl]);
     assert_eq!(code, Some(2));
     assert!(err.contains("`heartbeat_ttl`"), "{err}");
-    let (code, err) = run_fail("turnout-gateway", &[("TURNOUT_ROUTER_URL", "127.0.0.1:7070")], &[]);
+    let (code, err) = run_fail(
+        "turnout-gateway",
+        &[("TURNOUT_ROUTER_URL", "127.0.0.1:7070")],
+        &[],
+    );
     assert_eq!(code, Some(2));
     assert!(err.contains("`router_url`"), "{err}");
-    let (code, err) = run_fail("turnout-ws-node", &[("TURNOUT_HEARTBEAT_INTERVAL", "soon")], &[]);
+    let (code, err) = run_fail(
+        "turnout-ws-node",
+        &[("TURNOUT_HEARTBEAT_INTERVAL", "soon")],
+        &[],
+    );
     assert_eq!(code, Some(2));
     assert!(err.contains("`heartbeat_interval`"), "{err}");
     std::fs::remove_dir_all(dir).ok();
@@ -63,7 +88,12 @@ fn bad_settings_stop_the_process_naming_the_setting() {
 
 async fn live_ids(client: &mut RouterClient<Channel>) -> Vec<(String, String)> {
     match client.nodes(NodesRequest {}).await {
-        Ok(r) => r.into_inner().nodes.into_iter().map(|n| (n.id, n.url)).collect(),
+        Ok(r) => r
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, n.url))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -76,48 +106,96 @@ impl Drop for Killable {
     }
 }
 
+fn spawn_node(redis: &Redis, listen: &str, id: &str, ttl: &str) -> Result<Killable> {
+    Ok(Killable(
+        Command::new(binary("turnout-ws-node"))
+            .args(["--listen", listen, "--node-id", id])
+            .env("TURNOUT_REDIS_URL", redis.url())
+            .env("TURNOUT_HEARTBEAT_INTERVAL", "200ms")
+            .env("TURNOUT_HEARTBEAT_TTL", ttl)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+async fn wait_gone(client: &RouterClient<Channel>, id: &str, within: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    wait_for(&format!("{id} to leave the live set"), within, || {
+        let mut c = client.clone();
+        async move { (!live_ids(&mut c).await.iter().any(|(n, _)| n == id)).then_some(()) }
+    })
+    .await?;
+    Ok(start.elapsed())
+}
+
+async fn wait_live(client: &RouterClient<Channel>, id: &str) -> Result<String> {
+    wait_for(&format!("{id} in Router.Nodes"), DEADLINE, || {
+        let mut c = client.clone();
+        async move {
+            live_ids(&mut c)
+                .await
+                .into_iter()
+                .find(|(n, _)| n == id)
+                .map(|(_, u)| u)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_leaves_within_the_ttl_and_port_ranges_work() -> Result<()> {
+async fn dead_nodes_leave_the_live_set_and_port_ranges_work() -> Result<()> {
     let redis = Redis::start().await?;
     let router = start_router(&redis.url(), Strategy::Pubsub).await;
+    let client = RouterClient::connect(router.http()).await?;
+
     // Occupy the first port of the range: the node must take the next one.
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let first = taken.local_addr()?.port();
     let range = format!("127.0.0.1:{first}-{}", first.saturating_add(20));
-    let node = Killable(
-        Command::new(binary("turnout-ws-node"))
-            .args(["--listen", &range, "--node-id", "victim"])
-            .env("TURNOUT_REDIS_URL", redis.url())
-            .env("TURNOUT_HEARTBEAT_INTERVAL", "200ms")
-            .env("TURNOUT_HEARTBEAT_TTL", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
+    let mut crashed = spawn_node(&redis, &range, "crashed", "3s")?;
+    let url = wait_live(&client, "crashed").await?;
+    let port: u16 = url
+        .trim_end_matches("/ws")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()?;
+    assert!(
+        port > first && port <= first + 20,
+        "advertised {url}, range starts at busy {first}"
     );
-    let client = RouterClient::connect(router.http()).await?;
-    let url = wait_for("the node in Router.Nodes", DEADLINE, || {
-        let mut c = client.clone();
-        async move { live_ids(&mut c).await.into_iter().find(|(id, _)| id == "victim").map(|(_, u)| u) }
-    })
-    .await?;
-    let port: u16 = url.trim_end_matches("/ws").rsplit(':').next().unwrap().parse()?;
-    assert!(port > first && port <= first + 20, "advertised {url}, range starts at busy {first}");
-    // The node answers on the advertised port.
-    let ws = Client::connect(&url).await?;
-    drop(ws);
+    drop(Client::connect(&url).await?); // it answers on the advertised port
 
-    let mut node = node;
-    let killed = Instant::now();
-    node.0.kill()?;
-    let _ = node.0.wait();
-    wait_for("the killed node to leave", Duration::from_secs(5), || {
-        let mut c = client.clone();
-        async move { (!live_ids(&mut c).await.iter().any(|(id, _)| id == "victim")).then_some(()) }
-    })
-    .await?;
-    let gone = killed.elapsed();
-    // TTL 1 s, plus one router poll (100 ms), plus scheduling slack.
+    // SIGKILL: the port refuses connections, the router's probe sees it and
+    // the node leaves well before its 3 s heartbeat TTL.
+    crashed.0.kill()?;
+    let _ = crashed.0.wait();
+    let gone = wait_gone(&client, "crashed", Duration::from_secs(5)).await?;
+    assert!(gone < Duration::from_millis(1500), "took {gone:?}");
+
+    // SIGSTOP: the port still accepts (the kernel answers), but heartbeats
+    // stop: the node leaves within its TTL (1 s + one 100 ms poll + slack)…
+    let frozen = spawn_node(&redis, "127.0.0.1:0", "frozen", "1s")?;
+    wait_live(&client, "frozen").await?;
+    let pid = frozen.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()?
+            .success()
+    );
+    let gone = wait_gone(&client, "frozen", Duration::from_secs(5)).await?;
     assert!(gone <= Duration::from_millis(1600), "took {gone:?}");
+    // …and comes back when it runs again.
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()?
+            .success()
+    );
+    wait_live(&client, "frozen").await?;
+    drop(frozen);
     drop(taken);
     router.stop().await;
     Ok(())
@@ -127,10 +205,10 @@ async fn killed_node_leaves_within_the_ttl_and_port_ranges_work() -> Result<()> 
 async fn grpc_health_and_reflection_on_every_port() -> Result<()> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let c = Cluster::start(1, Strategy::Pubsub).await?;
     for (proc_, service) in [
@@ -141,7 +219,9 @@ async fn grpc_health_and_reflection_on_every_port() -> Result<()> {
         let channel = Channel::from_shared(proc_.http())?.connect().await?;
         let mut health = HealthClient::new(channel.clone());
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await?
             .into_inner()
             .status;
@@ -152,28 +232,46 @@ async fn grpc_health_and_reflection_on_every_port() -> Result<()> {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
-        let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+        let mut stream = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await?
+            .into_inner();
         let resp = stream.next().await.expect("a reflection answer")?;
         let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
             panic!("unexpected reflection answer");
         };
         let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
         assert!(names.iter().any(|n| n == service), "{names:?}");
-        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
     }
     // The gateway's gRPC API and HTTP share the port.
-    let mut gw = turnout_proto::v1::gateway_client::GatewayClient::connect(c.gateway.http()).await?;
-    let cluster = gw.cluster(turnout_proto::v1::ClusterRequest {}).await?.into_inner();
+    let mut gw =
+        turnout_proto::v1::gateway_client::GatewayClient::connect(c.gateway.http()).await?;
+    let cluster = gw
+        .cluster(turnout_proto::v1::ClusterRequest {})
+        .await?
+        .into_inner();
     assert_eq!(cluster.strategy, "pubsub");
     assert_eq!(cluster.nodes.len(), 1);
     let seq = gw
-        .publish(turnout_proto::v1::PublishRequest { room: "g".into(), data_json: "{\"a\":1}".into(), from: String::new() })
+        .publish(turnout_proto::v1::PublishRequest {
+            room: "g".into(),
+            data_json: "{\"a\":1}".into(),
+            from: String::new(),
+        })
         .await?
         .into_inner()
         .seq;
     assert_eq!(seq, 1);
     let err = gw
-        .publish(turnout_proto::v1::PublishRequest { room: "g".into(), data_json: "{nope".into(), from: String::new() })
+        .publish(turnout_proto::v1::PublishRequest {
+            room: "g".into(),
+            data_json: "{nope".into(),
+            from: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

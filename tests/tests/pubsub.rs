@@ -65,7 +65,11 @@ async fn api_publish_reaches_every_node_and_clients_via_gateway() -> Result<()> 
     let mut nodes: Vec<_> = clients.iter().map(|c| c.node().to_owned()).collect();
     nodes.sort();
     nodes.dedup();
-    assert_eq!(nodes.len(), 3, "least-loaded placement spreads 3 clients over 3 nodes");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "least-loaded placement spreads 3 clients over 3 nodes"
+    );
 
     let (status, body) = http(
         "POST",
@@ -75,11 +79,15 @@ async fn api_publish_reaches_every_node_and_clients_via_gateway() -> Result<()> 
     )
     .await?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let seq = serde_json::from_slice::<serde_json::Value>(&body)?["seq"].as_u64().unwrap();
+    let seq = serde_json::from_slice::<serde_json::Value>(&body)?["seq"]
+        .as_u64()
+        .unwrap();
     assert_eq!(seq, 1);
     for cl in &mut clients {
         match cl.recv().await? {
-            ServerFrame::Message { seq: s, data, from, .. } => {
+            ServerFrame::Message {
+                seq: s, data, from, ..
+            } => {
                 assert_eq!(s, seq);
                 assert_eq!(data["text"], "hello");
                 assert_eq!(from, "api");
@@ -88,7 +96,11 @@ async fn api_publish_reaches_every_node_and_clients_via_gateway() -> Result<()> 
         }
     }
     // History over HTTP has it too.
-    let (status, h) = http_get_json(&format!("{}/api/rooms/lobby/history?since=0", c.gateway.http())).await?;
+    let (status, h) = http_get_json(&format!(
+        "{}/api/rooms/lobby/history?since=0",
+        c.gateway.http()
+    ))
+    .await?;
     assert_eq!(status, 200);
     assert_eq!(h["seq"], 1);
     assert_eq!(h["messages"][0]["data"]["text"], "hello");
@@ -102,7 +114,13 @@ async fn api_publish_reaches_every_node_and_clients_via_gateway() -> Result<()> 
     .await?;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("bad_json"));
-    let (status, _) = http("POST", &format!("{}/api/rooms/bad%20room/publish", c.gateway.http()), Some(json!({"data": 1}).to_string()), &[]).await?;
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/rooms/bad%20room/publish", c.gateway.http()),
+        Some(json!({"data": 1}).to_string()),
+        &[],
+    )
+    .await?;
     assert_eq!(status, 400);
     Ok(())
 }
@@ -115,10 +133,20 @@ async fn subscribes_only_while_the_room_has_members() -> Result<()> {
     let mut a2 = Client::connect(&c.nodes[0].ws_url()).await?;
     a.join("quiet").await?;
     a2.join("quiet").await?;
-    assert_eq!(numsub(&c.redis, "quiet").await?, 1, "one subscription per node, not per client");
-    a.send_json(json!({"type": "leave", "room": "quiet"})).await?;
-    a.expect("left", |f| matches!(f, ServerFrame::Left { .. })).await?;
-    assert_eq!(numsub(&c.redis, "quiet").await?, 1, "still a member on the node");
+    assert_eq!(
+        numsub(&c.redis, "quiet").await?,
+        1,
+        "one subscription per node, not per client"
+    );
+    a.send_json(json!({"type": "leave", "room": "quiet"}))
+        .await?;
+    a.expect("left", |f| matches!(f, ServerFrame::Left { .. }))
+        .await?;
+    assert_eq!(
+        numsub(&c.redis, "quiet").await?,
+        1,
+        "still a member on the node"
+    );
     drop(a2); // the last member goes away by closing its socket
     wait_for("unsubscribe after the room emptied", DEADLINE, || async {
         (numsub(&c.redis, "quiet").await.ok()? == 0).then_some(())
@@ -141,7 +169,8 @@ async fn join_with_since_replays_the_missed_range() -> Result<()> {
         a.publish("h", json!(i), &i.to_string()).await?;
     }
     let mut b = Client::connect(&c.nodes[1].ws_url()).await?;
-    b.send_json(json!({"type": "join", "room": "h", "since": 4})).await?;
+    b.send_json(json!({"type": "join", "room": "h", "since": 4}))
+        .await?;
     match b.recv().await? {
         ServerFrame::Joined { seq, recovered, .. } => {
             assert_eq!(seq, 10);
@@ -150,7 +179,10 @@ async fn join_with_since_replays_the_missed_range() -> Result<()> {
         other => panic!("expected joined, got {other:?}"),
     }
     let seq = a.publish("h", json!("live"), "live").await?;
-    assert_eq!(b.messages_until("h", seq).await?, (5..=11).collect::<Vec<_>>());
+    assert_eq!(
+        b.messages_until("h", seq).await?,
+        (5..=11).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -190,14 +222,23 @@ async fn clean_stop_leaves_the_live_set_at_once_and_drains_clients() -> Result<(
     let started = std::time::Instant::now();
     node.stop.cancel();
     let (frames, code) = a.recv_close().await?;
-    assert!(frames.contains(&ServerFrame::Reconnect { reason: "draining".into() }), "{frames:?}");
+    assert!(
+        frames.contains(&ServerFrame::Reconnect {
+            reason: "draining".into()
+        }),
+        "{frames:?}"
+    );
     assert_eq!(code, Some(1012));
     let _ = node.task.await;
     // Well inside the 3 s TTL: the node deregistered itself.
-    wait_for("node gone from /api/cluster", Duration::from_millis(1500), || async {
-        let v = c.wait_nodes(1).await.ok()?;
-        Some(v)
-    })
+    wait_for(
+        "node gone from /api/cluster",
+        Duration::from_millis(1500),
+        || async {
+            let v = c.wait_nodes(1).await.ok()?;
+            Some(v)
+        },
+    )
     .await?;
     assert!(started.elapsed() < Duration::from_secs(3));
     Ok(())

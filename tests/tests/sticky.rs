@@ -44,12 +44,19 @@ async fn members_of_a_room_meet_on_its_owner() -> Result<()> {
     }
     // Room traffic stays on the node: no pub/sub channel is used.
     let mut con = c.redis.con().await?;
-    let channels: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").arg("turnout:{*").query_async(&mut con).await?;
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("turnout:{*")
+        .query_async(&mut con)
+        .await?;
     assert!(channels.is_empty(), "{channels:?}");
     // Without a room the gateway cannot know where to go.
     let (status, _) = http("GET", &format!("{}/api/route", c.gateway.http()), None, &[]).await?;
     assert_eq!(status, 400);
-    let err = Client::connect(&c.gateway.ws_url()).await.err().expect("refused");
+    let err = Client::connect(&c.gateway.ws_url())
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("400"), "{err}");
     // API publish lands on the owner too.
     let (status, body) = http(
@@ -82,13 +89,21 @@ async fn placement_is_bounded_and_pinned() -> Result<()> {
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
     let bound = (1.25f64 * 100.0 / 3.0).ceil() as usize;
-    assert!(counts.values().all(|&n| n <= bound), "{counts:?} over {bound}");
+    assert!(
+        counts.values().all(|&n| n <= bound),
+        "{counts:?} over {bound}"
+    );
 
     // A node joining later takes no existing room.
-    c.nodes.push(start_node(node_settings(&c.redis.url(), Strategy::Sticky)).await);
+    c.nodes
+        .push(start_node(node_settings(&c.redis.url(), Strategy::Sticky)).await);
     c.wait_nodes(4).await?;
     for (room, owner) in &owners {
-        assert_eq!(&route(&c, room).await?, owner, "{room} moved when a node joined");
+        assert_eq!(
+            &route(&c, room).await?,
+            owner,
+            "{room} moved when a node joined"
+        );
     }
     // ...but does take new ones.
     let mut new_nodes = HashSet::new();
@@ -116,7 +131,13 @@ async fn racing_routers_agree_on_one_owner() -> Result<()> {
         wait_for("3 nodes at the router", DEADLINE, || {
             let mut c = c.clone();
             async move {
-                let n = c.nodes(turnout_proto::v1::NodesRequest {}).await.ok()?.into_inner().nodes.len();
+                let n = c
+                    .nodes(turnout_proto::v1::NodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes
+                    .len();
                 (n == 3).then_some(())
             }
         })
@@ -126,7 +147,12 @@ async fn racing_routers_agree_on_one_owner() -> Result<()> {
         let mut out = Vec::new();
         for i in 0..1000 {
             let mut c = c.clone();
-            let r = c.route(RouteRequest { room: format!("race-{i}") }).await?.into_inner();
+            let r = c
+                .route(RouteRequest {
+                    room: format!("race-{i}"),
+                })
+                .await?
+                .into_inner();
             out.push((r.node.unwrap().id, r.epoch));
         }
         Ok::<_, tonic::Status>(out)
@@ -173,12 +199,21 @@ async fn a_stale_owner_cannot_deliver() -> Result<()> {
         .arg(2)
         .query_async(&mut con)
         .await?;
-    a.send_json(json!({"type": "publish", "room": "fenced", "data": 2, "id": "two"})).await?;
-    let err = a.expect("an error", |f| matches!(f, ServerFrame::Error { id: Some(_), .. })).await?;
+    a.send_json(json!({"type": "publish", "room": "fenced", "data": 2, "id": "two"}))
+        .await?;
+    let err = a
+        .expect("an error", |f| {
+            matches!(f, ServerFrame::Error { id: Some(_), .. })
+        })
+        .await?;
     match err {
         ServerFrame::Error { code, redirect, .. } => {
             assert_eq!(code, "wrong_node");
-            assert_eq!(redirect, Some(node_url(&c, &other_id).await?), "redirect to the new owner");
+            assert_eq!(
+                redirect,
+                Some(node_url(&c, &other_id).await?),
+                "redirect to the new owner"
+            );
         }
         _ => unreachable!(),
     }
@@ -189,7 +224,8 @@ async fn a_stale_owner_cannot_deliver() -> Result<()> {
     // and the connection stays usable.
     let stale_url = node_url(&c, &owner).await?;
     let mut b = Client::connect(&stale_url).await?;
-    b.send_json(json!({"type": "join", "room": "fenced"})).await?;
+    b.send_json(json!({"type": "join", "room": "fenced"}))
+        .await?;
     match b.recv().await? {
         ServerFrame::Error { code, redirect, .. } => {
             assert_eq!(code, "wrong_node");
@@ -204,7 +240,15 @@ async fn a_stale_owner_cannot_deliver() -> Result<()> {
 
 async fn node_url(c: &Cluster, id: &str) -> Result<String> {
     let (_, v) = http_get_json(&format!("{}/api/cluster", c.gateway.http())).await?;
-    let url = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["url"].as_str().unwrap().to_owned();
+    let url = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     Ok(url)
 }
 
@@ -246,7 +290,9 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     let route = |room: String| {
         let gw = gateway.http();
         async move {
-            let (s, v) = http_get_json(&format!("{gw}/api/route?room={room}")).await.ok()?;
+            let (s, v) = http_get_json(&format!("{gw}/api/route?room={room}"))
+                .await
+                .ok()?;
             (s == 200).then(|| v["node"].as_str().unwrap().to_owned())
         }
     };
@@ -268,8 +314,12 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     // The client sees its connection drop, reconnects through the gateway and resumes.
     let _ = member.recv_close().await;
     let mut back = wait_for("k0 served again", Duration::from_secs(5), || async {
-        let mut cl = Client::connect(&format!("{}?room=k0", gateway.ws_url())).await.ok()?;
-        cl.send_json(json!({"type": "join", "room": "k0", "since": last})).await.ok()?;
+        let mut cl = Client::connect(&format!("{}?room=k0", gateway.ws_url()))
+            .await
+            .ok()?;
+        cl.send_json(json!({"type": "join", "room": "k0", "since": last}))
+            .await
+            .ok()?;
         match cl.recv().await.ok()? {
             ServerFrame::Joined { .. } => Some(cl),
             _ => None,
@@ -280,7 +330,10 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     let recovered_in = killed.elapsed();
     assert_ne!(back.node(), victim);
     assert_eq!(seq, last + 1, "history and seq survive the owner");
-    assert!(recovered_in < Duration::from_secs(3), "took {recovered_in:?}");
+    assert!(
+        recovered_in < Duration::from_secs(3),
+        "took {recovered_in:?}"
+    );
     // Rooms of the surviving nodes did not move.
     for (room, owner) in &owners {
         if *owner != victim {
@@ -297,7 +350,10 @@ async fn drain_sends_reconnect_and_nobody_lands_back() -> Result<()> {
     let mut rooms_by_node: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..30 {
         let room = format!("d{i}");
-        rooms_by_node.entry(route(&c, &room).await?).or_default().push(room);
+        rooms_by_node
+            .entry(route(&c, &room).await?)
+            .or_default()
+            .push(room);
     }
     // The node to drain: the in-process node whose id owns rooms.
     let (_, v) = http_get_json(&format!("{}/api/cluster", c.gateway.http())).await?;
@@ -305,10 +361,27 @@ async fn drain_sends_reconnect_and_nobody_lands_back() -> Result<()> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_owned(), n["url"].as_str().unwrap().to_owned()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_owned(),
+                n["url"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    let idx = c.nodes.iter().position(|p| ids.iter().any(|(id, u)| rooms_by_node.contains_key(id) && *u == p.ws_url())).unwrap();
-    let drained_id = ids.iter().find(|(_, u)| *u == c.nodes[idx].ws_url()).unwrap().0.clone();
+    let idx = c
+        .nodes
+        .iter()
+        .position(|p| {
+            ids.iter()
+                .any(|(id, u)| rooms_by_node.contains_key(id) && *u == p.ws_url())
+        })
+        .unwrap();
+    let drained_id = ids
+        .iter()
+        .find(|(_, u)| *u == c.nodes[idx].ws_url())
+        .unwrap()
+        .0
+        .clone();
     let rooms = rooms_by_node[&drained_id].clone();
     let mut clients = Vec::new();
     for room in &rooms {
@@ -321,12 +394,21 @@ async fn drain_sends_reconnect_and_nobody_lands_back() -> Result<()> {
     node.stop.cancel();
     for (_, cl) in &mut clients {
         let (frames, code) = cl.recv_close().await?;
-        assert!(frames.contains(&ServerFrame::Reconnect { reason: "draining".into() }), "{frames:?}");
+        assert!(
+            frames.contains(&ServerFrame::Reconnect {
+                reason: "draining".into()
+            }),
+            "{frames:?}"
+        );
         assert_eq!(code, Some(1012));
     }
     for (room, _) in &clients {
         let mut cl = Client::connect(&gw_ws(&c, room)).await?;
-        assert_ne!(cl.node(), drained_id, "{room} landed back on the draining node");
+        assert_ne!(
+            cl.node(),
+            drained_id,
+            "{room} landed back on the draining node"
+        );
         cl.join(room).await?;
     }
     let _ = node.task.await;

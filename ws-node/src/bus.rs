@@ -71,7 +71,12 @@ pub(crate) async fn start(
     let con = turnout_common::redis::pubsub(client, sender).await?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     tokio::spawn(read_pushes(push_rx, hub.clone(), shutdown.clone()));
-    tokio::spawn(manage_subscriptions(cmd_rx, con.clone(), hub.clone(), shutdown.clone()));
+    tokio::spawn(manage_subscriptions(
+        cmd_rx,
+        con.clone(),
+        hub.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(watchdog(con, hub.metrics.clone(), shutdown));
     Ok(Bus { cmds: cmd_tx })
 }
@@ -91,7 +96,9 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                     continue;
                 };
                 hub.metrics.bus_messages.inc();
-                let Some(room) = std::str::from_utf8(&channel).ok().and_then(keys::room_from_channel)
+                let Some(room) = std::str::from_utf8(&channel)
+                    .ok()
+                    .and_then(keys::room_from_channel)
                 else {
                     continue;
                 };
@@ -111,8 +118,12 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                 tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
             }
             PushKind::Subscribe => {
-                let Some(Value::BulkString(channel)) = push.data.first() else { continue };
-                let Some(room) = std::str::from_utf8(channel).ok().and_then(keys::room_from_channel)
+                let Some(Value::BulkString(channel)) = push.data.first() else {
+                    continue;
+                };
+                let Some(room) = std::str::from_utf8(channel)
+                    .ok()
+                    .and_then(keys::room_from_channel)
                 else {
                     continue;
                 };

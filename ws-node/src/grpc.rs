@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names;
 use turnout_proto::v1::node_server::{Node, NodeServer};
-use turnout_proto::v1::{DeliverReply, DeliverRequest, DrainReply, DrainRequest, StatsReply, StatsRequest};
+use turnout_proto::v1::{
+    DeliverReply, DeliverRequest, DrainReply, DrainRequest, StatsReply, StatsRequest,
+};
 
 pub(crate) struct NodeService {
     state: Arc<NodeState>,
@@ -33,10 +35,17 @@ pub(crate) fn status(code: ErrorCode, message: &str) -> Status {
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn deliver(&self, req: Request<DeliverRequest>) -> Result<Response<DeliverReply>, Status> {
+    async fn deliver(
+        &self,
+        req: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverReply>, Status> {
         let req = req.into_inner();
         names::check_room(&req.room).map_err(|e| Status::invalid_argument(format!("room {e}")))?;
-        let from = if req.from.is_empty() { "api".to_owned() } else { req.from };
+        let from = if req.from.is_empty() {
+            "api".to_owned()
+        } else {
+            req.from
+        };
         names::check_user(&from).map_err(|e| Status::invalid_argument(format!("from {e}")))?;
         let data = RawValue::from_string(req.data_json)
             .map_err(|_| Status::invalid_argument("data_json is not valid JSON"))?;
@@ -46,7 +55,9 @@ impl Node for NodeService {
             .publish(&req.room, &from, &data)
             .await
             .map_err(|e| match e.redirect {
-                Some(url) => Status::failed_precondition(format!("wrong_node: room is owned by {url}")),
+                Some(url) => {
+                    Status::failed_precondition(format!("wrong_node: room is owned by {url}"))
+                }
                 None => status(e.code, "publish failed"),
             })?;
         Ok(Response::new(DeliverReply { seq }))

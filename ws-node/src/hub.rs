@@ -43,7 +43,10 @@ pub(crate) struct RoomError {
 
 impl From<ErrorCode> for RoomError {
     fn from(code: ErrorCode) -> Self {
-        RoomError { code, redirect: None }
+        RoomError {
+            code,
+            redirect: None,
+        }
     }
 }
 
@@ -102,7 +105,9 @@ impl Conn {
 
     /// Closes the connection with `code` (the first code set wins).
     pub(crate) fn kill(&self, code: u16) {
-        let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.closed.cancel();
     }
 
@@ -209,7 +214,9 @@ impl Hub {
 
     /// Hands a room message to the room's members, in seq order.
     pub(crate) fn deliver(self: &Arc<Self>, room: &str, seq: u64, frame: Utf8Bytes) {
-        let Some(mut r) = self.rooms.get_mut(room) else { return };
+        let Some(mut r) = self.rooms.get_mut(room) else {
+            return;
+        };
         let last = *r.last_seq.get_or_insert(seq.saturating_sub(1));
         if seq <= last {
             self.metrics.duplicates_dropped.inc();
@@ -271,7 +278,9 @@ impl Hub {
         let mut backoff = Duration::from_millis(50);
         loop {
             let (last, first_pending) = {
-                let Some(mut r) = self.rooms.get_mut(&room) else { return };
+                let Some(mut r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
                 match r.pending.first_key_value() {
                     None => {
                         r.repairing = false;
@@ -284,7 +293,9 @@ impl Hub {
             let mut con = self.redis.clone();
             match store::history(&mut con, &room, last, want).await {
                 Ok(slice) => {
-                    let Some(mut r) = self.rooms.get_mut(&room) else { return };
+                    let Some(mut r) = self.rooms.get_mut(&room) else {
+                        return;
+                    };
                     for (seq, frame) in slice.messages {
                         if seq == r.last_seq.unwrap_or(0) + 1 && seq < first_pending {
                             self.fan_out(&mut r, seq, frame.into());
@@ -296,7 +307,11 @@ impl Hub {
                         if first > now_last + 1 {
                             let lost = first - now_last - 1;
                             self.metrics.messages_unrecoverable.inc_by(lost);
-                            tracing::warn!(room, lost, "messages missing from the bus are no longer in history");
+                            tracing::warn!(
+                                room,
+                                lost,
+                                "messages missing from the bus are no longer in history"
+                            );
                             r.last_seq = Some(first - 1);
                         }
                     }
@@ -318,12 +333,16 @@ impl Hub {
 
     /// After the bus resubscribed a room, fetches what it may have missed.
     pub(crate) async fn resync(self: &Arc<Self>, room: &str) {
-        let Some(last) = self.last_seq(room) else { return };
+        let Some(last) = self.last_seq(room) else {
+            return;
+        };
         let mut con = self.redis.clone();
         match store::history(&mut con, room, last, self.store.history_size.max(1)).await {
             Ok(slice) => {
                 if slice.seq > last {
-                    self.metrics.gaps_repaired.inc_by(slice.messages.len() as u64);
+                    self.metrics
+                        .gaps_repaired
+                        .inc_by(slice.messages.len() as u64);
                     for (seq, frame) in slice.messages {
                         self.deliver(room, seq, frame.into());
                     }
@@ -355,7 +374,12 @@ impl Hub {
         if let Some(after) = already {
             let presence = self.presence(room).await.unwrap_or_default();
             conn.send_frame(
-                &ServerFrame::Joined { room: room.to_owned(), seq: after, presence, recovered: None },
+                &ServerFrame::Joined {
+                    room: room.to_owned(),
+                    seq: after,
+                    presence,
+                    recovered: None,
+                },
                 &self.metrics,
             );
             return Ok(());
@@ -363,7 +387,10 @@ impl Hub {
         let stale = {
             let mut r = self.rooms.entry(room.to_owned()).or_insert_with(|| {
                 self.metrics.rooms.inc();
-                Room { epoch, ..Room::default() }
+                Room {
+                    epoch,
+                    ..Room::default()
+                }
             });
             // The room moved away and back since its members joined: they may
             // have missed what the other owner delivered; send them to rejoin.
@@ -371,11 +398,21 @@ impl Hub {
                 r.epoch = epoch;
                 r.last_seq = None;
                 r.pending.clear();
-                std::mem::take(&mut r.members).into_values().map(|m| m.conn).collect()
+                std::mem::take(&mut r.members)
+                    .into_values()
+                    .map(|m| m.conn)
+                    .collect()
             } else {
                 Vec::new()
             };
-            r.members.insert(conn.id, Member { conn: conn.clone(), after: 0, buffer: Some(Vec::new()) });
+            r.members.insert(
+                conn.id,
+                Member {
+                    conn: conn.clone(),
+                    after: 0,
+                    buffer: Some(Vec::new()),
+                },
+            );
             stale
         };
         if !stale.is_empty() {
@@ -397,7 +434,11 @@ impl Hub {
             let slice = store::history(&mut con, room, since_arg, limit).await?;
             let presence_key = keys::room_presence(room);
             let (_, _, users): ((), (), Vec<String>) = redis::pipe()
-                .hset(&presence_key, format!("{}/{}", self.node_id, conn.label), &conn.user)
+                .hset(
+                    &presence_key,
+                    format!("{}/{}", self.node_id, conn.label),
+                    &conn.user,
+                )
                 .pexpire(&presence_key, self.store.room_ttl.as_millis() as i64)
                 .hvals(&presence_key)
                 .query_async(&mut con)
@@ -421,7 +462,12 @@ impl Hub {
         let presence = dedup(users);
         let recovered = since.map(|s| s <= slice.seq && slice.complete);
         conn.send_frame(
-            &ServerFrame::Joined { room: room.to_owned(), seq: slice.seq, presence, recovered },
+            &ServerFrame::Joined {
+                room: room.to_owned(),
+                seq: slice.seq,
+                presence,
+                recovered,
+            },
             &self.metrics,
         );
         let replayed = slice.messages.len() as u64;
@@ -429,8 +475,12 @@ impl Hub {
             conn.push(Message::Text(frame.into()), &self.metrics);
         }
         self.metrics.replayed.inc_by(replayed);
-        let Some(mut r) = self.rooms.get_mut(room) else { return Ok(()) };
-        let Some(m) = r.members.get_mut(&conn.id) else { return Ok(()) };
+        let Some(mut r) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        let Some(m) = r.members.get_mut(&conn.id) else {
+            return Ok(());
+        };
         m.after = slice.seq;
         let mut n = 0;
         for (seq, frame) in m.buffer.take().unwrap_or_default() {
@@ -469,7 +519,12 @@ impl Hub {
             Some(mut r) => r.members.remove(&conn).is_some(),
             None => false,
         };
-        if removed && self.rooms.remove_if(room, |_, r| r.members.is_empty()).is_some() {
+        if removed
+            && self
+                .rooms
+                .remove_if(room, |_, r| r.members.is_empty())
+                .is_some()
+        {
             self.metrics.rooms.dec();
             if let Some(bus) = self.bus.get() {
                 bus.release(room);
@@ -518,7 +573,11 @@ impl Hub {
             // Fenced: the room was placed elsewhere. Everyone here must move.
             self.metrics.fenced.inc();
             let redirect = self.owner_url(room).await;
-            tracing::info!(room, ?redirect, "publish fenced: this node no longer owns the room");
+            tracing::info!(
+                room,
+                ?redirect,
+                "publish fenced: this node no longer owns the room"
+            );
             let members = match self.rooms.remove(room) {
                 Some((_, r)) => {
                     self.metrics.rooms.dec();
@@ -527,7 +586,10 @@ impl Hub {
                 None => Vec::new(),
             };
             self.tell_moved(room, members, redirect.clone());
-            return Err(RoomError { code: ErrorCode::WrongNode, redirect });
+            return Err(RoomError {
+                code: ErrorCode::WrongNode,
+                redirect,
+            });
         };
         self.metrics.published.inc();
         if matches!(publisher, Publisher::Owner(..)) {
@@ -551,22 +613,39 @@ impl Hub {
         if owner.node == self.node_id {
             return Ok(owner.epoch);
         }
-        let redirect = store::node_info(&mut con, &owner.node).await.ok().flatten().map(|n| n.url);
-        Err(RoomError { code: ErrorCode::WrongNode, redirect })
+        let redirect = store::node_info(&mut con, &owner.node)
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.url);
+        Err(RoomError {
+            code: ErrorCode::WrongNode,
+            redirect,
+        })
     }
 
     async fn owner_url(&self, room: &str) -> Option<String> {
         let mut con = self.redis.clone();
-        let owner = store::claim(&mut con, room, "", self.placement_ttl).await.ok()?;
+        let owner = store::claim(&mut con, room, "", self.placement_ttl)
+            .await
+            .ok()?;
         if owner.node.is_empty() {
             return None;
         }
-        store::node_info(&mut con, &owner.node).await.ok().flatten().map(|n| n.url)
+        store::node_info(&mut con, &owner.node)
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.url)
     }
 
     async fn own_url(&self) -> Option<String> {
         let mut con = self.redis.clone();
-        store::node_info(&mut con, &self.node_id).await.ok().flatten().map(|n| n.url)
+        store::node_info(&mut con, &self.node_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.url)
     }
 
     /// Tells members of a room that moved to rejoin it at `redirect`.
@@ -593,7 +672,9 @@ impl Hub {
 
     /// Tells every connection to reconnect elsewhere and close with 1012.
     pub(crate) fn drain_all(&self, conns: &DashMap<ConnId, Arc<Conn>>) {
-        let frame = ServerFrame::Reconnect { reason: "draining".into() };
+        let frame = ServerFrame::Reconnect {
+            reason: "draining".into(),
+        };
         for c in conns.iter() {
             c.send_frame(&frame, &self.metrics);
             c.kill(close::SERVICE_RESTART);

@@ -27,29 +27,72 @@ pub(crate) struct NodeMetrics {
 impl NodeMetrics {
     pub(crate) fn new(node_id: &str) -> Self {
         let registry = turnout_common::metrics::registry("ws-node", &[("node", node_id)]);
-        let c = |name: &str, help: &str| register(&registry, IntCounter::new(name, help).expect("valid metric"));
-        let g = |name: &str, help: &str| register(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let c = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let g = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
         NodeMetrics {
             connections: g("connections", "Open client WebSocket connections"),
             rooms: g("rooms", "Rooms with at least one member on this node"),
-            published: c("messages_published_total", "Messages published through this node"),
+            published: c(
+                "messages_published_total",
+                "Messages published through this node",
+            ),
             deliveries: c("deliveries_total", "Message frames queued to clients"),
-            bus_messages: c("bus_messages_total", "Messages received from the Redis pub/sub bus"),
-            push_dropped: c("push_dropped_total", "Bus messages dropped because the push buffer was full (recovered from history)"),
-            duplicates_dropped: c("duplicates_dropped_total", "Room messages dropped as already delivered"),
-            gaps_repaired: c("gaps_repaired_total", "Missing room messages recovered from history"),
-            messages_unrecoverable: c("messages_unrecoverable_total", "Missing room messages that history no longer held"),
-            slow_consumers: c("slow_consumers_total", "Clients disconnected because their send queue was full"),
+            bus_messages: c(
+                "bus_messages_total",
+                "Messages received from the Redis pub/sub bus",
+            ),
+            push_dropped: c(
+                "push_dropped_total",
+                "Bus messages dropped because the push buffer was full (recovered from history)",
+            ),
+            duplicates_dropped: c(
+                "duplicates_dropped_total",
+                "Room messages dropped as already delivered",
+            ),
+            gaps_repaired: c(
+                "gaps_repaired_total",
+                "Missing room messages recovered from history",
+            ),
+            messages_unrecoverable: c(
+                "messages_unrecoverable_total",
+                "Missing room messages that history no longer held",
+            ),
+            slow_consumers: c(
+                "slow_consumers_total",
+                "Clients disconnected because their send queue was full",
+            ),
             frame_errors: register(
                 &registry,
-                IntCounterVec::new(Opts::new("frame_errors_total", "Client frames refused, by error code"), &["code"])
-                    .expect("valid metric"),
+                IntCounterVec::new(
+                    Opts::new("frame_errors_total", "Client frames refused, by error code"),
+                    &["code"],
+                )
+                .expect("valid metric"),
             ),
-            redis_disconnects: c("redis_disconnects_total", "Times the pub/sub connection to Redis dropped"),
-            resubscribed: c("resubscribed_total", "Room channels resubscribed after a reconnect"),
+            redis_disconnects: c(
+                "redis_disconnects_total",
+                "Times the pub/sub connection to Redis dropped",
+            ),
+            resubscribed: c(
+                "resubscribed_total",
+                "Room channels resubscribed after a reconnect",
+            ),
             redis_errors: c("redis_errors_total", "Redis commands that failed"),
-            replayed: c("replayed_total", "Messages replayed to clients from history on join"),
-            fenced: c("fenced_total", "Publishes refused because this node no longer owns the room (sticky)"),
+            replayed: c(
+                "replayed_total",
+                "Messages replayed to clients from history on join",
+            ),
+            fenced: c(
+                "fenced_total",
+                "Publishes refused because this node no longer owns the room (sticky)",
+            ),
             registry,
         }
     }

@@ -66,7 +66,11 @@ impl NodeState {
 }
 
 /// Runs a ws-node on `listener` until `shutdown` is cancelled, then drains.
-pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), NodeError> {
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         turnout_common::settings::host_name()
@@ -90,7 +94,10 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let metrics = NodeMetrics::new(&node_id);
     let client = turnout_common::redis::client(&settings.redis_url)?;
     let redis = turnout_common::redis::commands(&client).await?;
-    let store = RoomStore { history_size: settings.history_size, room_ttl: settings.room_ttl };
+    let store = RoomStore {
+        history_size: settings.history_size,
+        room_ttl: settings.room_ttl,
+    };
     let hub = Arc::new(Hub::new(
         node_id.clone(),
         settings.strategy,
@@ -129,8 +136,12 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     });
 
     let (health, routes) = turnout_common::grpc::base_routes();
-    health.set_serving::<turnout_proto::v1::node_server::NodeServer<grpc::NodeService>>().await;
-    let grpc_routes = routes.add_service(grpc::server(state.clone())).into_axum_router();
+    health
+        .set_serving::<turnout_proto::v1::node_server::NodeServer<grpc::NodeService>>()
+        .await;
+    let grpc_routes = routes
+        .add_service(grpc::server(state.clone()))
+        .into_axum_router();
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -143,7 +154,11 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), stop.clone()));
 
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(turnout_common::serve::serve(listener, app, server_stop.clone()));
+    let server = tokio::spawn(turnout_common::serve::serve(
+        listener,
+        app,
+        server_stop.clone(),
+    ));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -172,8 +187,14 @@ async fn drain(state: &Arc<NodeState>) {
     mark_draining(state, true).await;
     state.hub.drain_all(&state.conns);
     state.sessions.close();
-    if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait()).await.is_err() {
-        tracing::warn!(left = state.conns.len(), "drain grace ran out; closing the rest");
+    if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.conns.len(),
+            "drain grace ran out; closing the rest"
+        );
     }
 }
 
@@ -199,7 +220,11 @@ async fn ws_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; reconnect through the gateway").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is draining; reconnect through the gateway",
+        )
+            .into_response();
     }
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let label = format!("{}-{id}", state.hub.node_id);
@@ -213,7 +238,11 @@ async fn ws_handler(
         None => format!("anon-{id}"),
     };
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "node is at max_connections").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is at max_connections",
+        )
+            .into_response();
     };
     let max = state.settings.max_frame_bytes;
     let queue = state.settings.send_queue;
@@ -286,10 +315,21 @@ async fn write_heartbeat(state: &NodeState, announce: bool) -> bool {
     let ttl = state.settings.heartbeat_ttl.as_millis() as u64;
     let mut pipe = redis::pipe();
     pipe.atomic()
-        .cmd("SET").arg(keys::node(&info.id)).arg(json).arg("PX").arg(ttl).ignore()
-        .cmd("SADD").arg(keys::NODES).arg(&info.id).ignore();
+        .cmd("SET")
+        .arg(keys::node(&info.id))
+        .arg(json)
+        .arg("PX")
+        .arg(ttl)
+        .ignore()
+        .cmd("SADD")
+        .arg(keys::NODES)
+        .arg(&info.id)
+        .ignore();
     if announce {
-        pipe.cmd("PUBLISH").arg(keys::MEMBERSHIP_CHANNEL).arg(&info.id).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(keys::MEMBERSHIP_CHANNEL)
+            .arg(&info.id)
+            .ignore();
     }
     match pipe.query_async::<()>(&mut con).await {
         Ok(()) => true,
@@ -312,7 +352,8 @@ async fn heartbeat_loop(state: Arc<NodeState>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if state.hub.strategy == turnout_proto::Strategy::Sticky && last_pin.elapsed() >= pin_every {
+        if state.hub.strategy == turnout_proto::Strategy::Sticky && last_pin.elapsed() >= pin_every
+        {
             last_pin = tokio::time::Instant::now();
             refresh_pins(&state).await;
         }
@@ -330,15 +371,28 @@ async fn deregister(state: &NodeState) {
     let id = &state.info.id;
     let r: redis::RedisResult<()> = redis::pipe()
         .atomic()
-        .cmd("DEL").arg(keys::node(id)).ignore()
-        .cmd("SREM").arg(keys::NODES).arg(id).ignore()
-        .cmd("SREM").arg(keys::DRAINING).arg(id).ignore()
-        .cmd("PUBLISH").arg(keys::MEMBERSHIP_CHANNEL).arg(id).ignore()
+        .cmd("DEL")
+        .arg(keys::node(id))
+        .ignore()
+        .cmd("SREM")
+        .arg(keys::NODES)
+        .arg(id)
+        .ignore()
+        .cmd("SREM")
+        .arg(keys::DRAINING)
+        .arg(id)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys::MEMBERSHIP_CHANNEL)
+        .arg(id)
+        .ignore()
         .query_async(&mut con)
         .await;
     match r {
         Ok(()) => tracing::info!(node = %id, "deregistered"),
-        Err(e) => tracing::warn!(node = %id, error = %e, "deregister failed; the heartbeat will expire"),
+        Err(e) => {
+            tracing::warn!(node = %id, error = %e, "deregister failed; the heartbeat will expire")
+        }
     }
 }
 
@@ -346,7 +400,13 @@ async fn deregister(state: &NodeState) {
 mod tests {
     #[test]
     fn internal_url() {
-        assert_eq!(super::internal_url_of("ws://10.0.0.1:9000/ws"), "http://10.0.0.1:9000");
-        assert_eq!(super::internal_url_of("wss://n.example:443/ws"), "https://n.example:443");
+        assert_eq!(
+            super::internal_url_of("ws://10.0.0.1:9000/ws"),
+            "http://10.0.0.1:9000"
+        );
+        assert_eq!(
+            super::internal_url_of("wss://n.example:443/ws"),
+            "https://n.example:443"
+        );
     }
 }

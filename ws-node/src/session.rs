@@ -13,7 +13,12 @@ use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
 
 /// Runs a session until the client leaves, the node drains or the
 /// connection is killed.
-pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn>, rx: mpsc::Receiver<Message>) {
+pub(crate) async fn run(
+    socket: WebSocket,
+    state: Arc<NodeState>,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Message>,
+) {
     let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
     async move {
         let hub = &state.hub;
@@ -47,7 +52,12 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn
             match msg {
                 Message::Text(text) => handle_text(&state, &conn, text.as_str()).await,
                 Message::Binary(_) => {
-                    reject(hub, &conn, ErrorCode::BadJson, "binary frames are not accepted; send JSON text frames");
+                    reject(
+                        hub,
+                        &conn,
+                        ErrorCode::BadJson,
+                        "binary frames are not accepted; send JSON text frames",
+                    );
                 }
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}
@@ -67,7 +77,10 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn
 }
 
 fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
-    hub.metrics.frame_errors.with_label_values(&[code.as_str()]).inc();
+    hub.metrics
+        .frame_errors
+        .with_label_values(&[code.as_str()])
+        .inc();
     conn.send_frame(&ServerFrame::error(code, message), &hub.metrics);
 }
 
@@ -87,11 +100,19 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
                     hub,
                     conn,
                     ErrorCode::TooManyRooms,
-                    format!("at most {} rooms per connection", state.settings.max_rooms_per_conn),
+                    format!(
+                        "at most {} rooms per connection",
+                        state.settings.max_rooms_per_conn
+                    ),
                 );
             }
             if state.draining() {
-                return reject(hub, conn, ErrorCode::Draining, "node is draining; reconnect through the gateway");
+                return reject(
+                    hub,
+                    conn,
+                    ErrorCode::Draining,
+                    "node is draining; reconnect through the gateway",
+                );
             }
             match hub.join(conn, &room, since).await {
                 Ok(()) => conn.joined_room(&room),
@@ -103,12 +124,26 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
                 hub.leave(&room, conn).await;
                 conn.send_frame(&ServerFrame::Left { room }, &hub.metrics);
             } else {
-                send_room_error(hub, conn, ErrorCode::NotJoined.into(), &room, None, "room not joined on this connection");
+                send_room_error(
+                    hub,
+                    conn,
+                    ErrorCode::NotJoined.into(),
+                    &room,
+                    None,
+                    "room not joined on this connection",
+                );
             }
         }
         ClientFrame::Publish { room, data, id } => {
             if !conn.in_room(&room) {
-                return send_room_error(hub, conn, ErrorCode::NotJoined.into(), &room, id, "join the room before publishing");
+                return send_room_error(
+                    hub,
+                    conn,
+                    ErrorCode::NotJoined.into(),
+                    &room,
+                    id,
+                    "join the room before publishing",
+                );
             }
             match hub.publish(&room, &conn.user, &data).await {
                 Ok(seq) => {
@@ -120,11 +155,23 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
     }
 }
 
-fn send_room_error(hub: &Hub, conn: &Conn, e: RoomError, room: &str, id: Option<String>, message: &str) {
+fn send_room_error(
+    hub: &Hub,
+    conn: &Conn,
+    e: RoomError,
+    room: &str,
+    id: Option<String>,
+    message: &str,
+) {
     let code = e.code;
-    hub.metrics.frame_errors.with_label_values(&[code.as_str()]).inc();
+    hub.metrics
+        .frame_errors
+        .with_label_values(&[code.as_str()])
+        .inc();
     let message = match code {
-        ErrorCode::WrongNode => "this room is owned by another node; connect to `redirect` and join there",
+        ErrorCode::WrongNode => {
+            "this room is owned by another node; connect to `redirect` and join there"
+        }
         ErrorCode::Draining => "node is draining; reconnect through the gateway",
         _ => message,
     };
@@ -195,7 +242,10 @@ async fn write_loop(
         _ => "",
     };
     let _ = sink
-        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
         .await;
     let _ = sink.close().await;
 }

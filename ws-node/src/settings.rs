@@ -9,7 +9,11 @@ use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
 #[derive(Parser, Serialize, Debug, Default)]
-#[command(name = "turnout-ws-node", version, about = "turnout ws-node: holds client WebSocket sessions and rooms")]
+#[command(
+    name = "turnout-ws-node",
+    version,
+    about = "turnout ws-node: holds client WebSocket sessions and rooms"
+)]
 pub struct Cli {
     /// TOML file with settings (keys as in the settings table).
     #[arg(long, env = "TURNOUT_CONFIG")]
@@ -135,7 +139,10 @@ impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         check_redis_url("redis_url", &self.redis_url)?;
         if self.heartbeat_interval.is_zero() {
-            return Err(SettingsError::invalid("heartbeat_interval", "must be greater than 0"));
+            return Err(SettingsError::invalid(
+                "heartbeat_interval",
+                "must be greater than 0",
+            ));
         }
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
             return Err(SettingsError::invalid(
@@ -144,7 +151,10 @@ impl Validate for Settings {
             ));
         }
         if self.placement_ttl < self.heartbeat_ttl {
-            return Err(SettingsError::invalid("placement_ttl", "must be at least heartbeat_ttl"));
+            return Err(SettingsError::invalid(
+                "placement_ttl",
+                "must be at least heartbeat_ttl",
+            ));
         }
         if let Some(id) = &self.node_id {
             turnout_proto::names::check_user(id)

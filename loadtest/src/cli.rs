@@ -1,0 +1,126 @@
+//! Command-line interface of `turnout-bench`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "turnout-bench",
+    version,
+    about = "Load generator and side-by-side report for turnout"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one scenario against a running cluster and write its results as JSON.
+    Run(RunOpts),
+    /// Render results (JSON files from `run`) as one HTML page with SVG charts.
+    Report(ReportOpts),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// R rooms x M members, every member publishing at --rate.
+    Chat,
+    /// One room, many members, --publishers of them publishing.
+    Broadcast,
+    /// N connections that join a room and stay silent: memory per connection.
+    Idle,
+    /// Chat load, SIGKILL one ws-node mid-run: time to recovery and loss.
+    Failover,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Connect to the node `/api/route` names.
+    Direct,
+    /// Connect through the gateway's `/ws` proxy.
+    Proxy,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
+    #[arg(long, value_enum, default_value = "chat")]
+    pub scenario: Scenario,
+    /// Gateway base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    #[arg(long, value_enum, default_value = "direct")]
+    pub mode: Mode,
+    /// Rooms (chat, failover, idle).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Members per room (chat, failover), or members of the one room (broadcast).
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
+    /// Publishing members per room (default: all for chat, 5 for broadcast).
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Messages per second per publishing member.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Payload padding in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000)]
+    pub ramp: u64,
+    /// Spread client sockets over this many source addresses 127.0.0.1..N.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u8,
+    /// Idle: number of connections.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// The local cluster's run directory (pid files), to sample CPU/RSS and to kill nodes.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Redis URL to sample INFO from.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Failover: the node to SIGKILL (pid file `<run-dir>/<NODE>.pid`); default: the busiest.
+    #[arg(long)]
+    pub kill: Option<String>,
+    /// Failover: seconds into the measured window at which the node is killed.
+    #[arg(long, default_value_t = 10)]
+    pub kill_after: u64,
+    /// Idle: the node all connections go to (its id); default: the first.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Seconds to wait after publishing stops for in-flight messages.
+    #[arg(long, default_value_t = 3)]
+    pub drain: u64,
+    /// Label for the strategy in the results (default: what /api/cluster reports).
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Results file (JSON).
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportOpts {
+    /// Results files from `turnout-bench run`.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    pub out: PathBuf,
+    /// Also write each chart as its own SVG file next to the report.
+    #[arg(long)]
+    pub svg: bool,
+}

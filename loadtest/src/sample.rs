@@ -1,0 +1,116 @@
+//! Samples of the cluster's processes (/proc) and of Redis (INFO), taken at
+//! the start and end of the measured window.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Cluster processes from the local runner's pid files (`<run-dir>/<name>.pid`).
+pub(crate) fn processes(run_dir: &Path) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(run_dir) {
+        for e in dir.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "pid") {
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if let Some(pid) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    if Path::new(&format!("/proc/{pid}")).exists() {
+                        out.push((name, pid));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The pid of a named process of the local runner.
+pub(crate) fn pid_of(run_dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) a process has used.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Resident memory of a process, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Calls per command and the total, from `INFO commandstats` and `INFO stats`.
+pub(crate) async fn redis_counts(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let stats: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    let cmds: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    let total = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let mut by = BTreeMap::new();
+    for l in cmds.lines() {
+        if let Some(rest) = l.strip_prefix("cmdstat_") {
+            let (name, vals) = rest.split_once(':')?;
+            let calls = vals
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse().ok())?;
+            by.insert(name.to_owned(), calls);
+        }
+    }
+    Some((total, by))
+}
+
+/// File descriptors this process may open (soft, hard).
+pub(crate) fn fd_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    Some((*nums.first()?, *nums.get(1)?))
+}

@@ -1,0 +1,494 @@
+//! The scenarios and the run loop: ramp, warm-up, measured window, drain,
+//! accounting, results.
+
+use crate::cli::{RunOpts, Scenario};
+use crate::member::{self, MemberCfg, Outcome};
+use crate::sample;
+use crate::stats::*;
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Plan {
+    rooms: Vec<String>,
+    members: Vec<MemberCfg>,
+    publishers_per_room: usize,
+}
+
+fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
+    let padding: Arc<str> = "x".repeat(o.payload).into();
+    let every = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+    let (rooms, members_per_room, publishers) = match o.scenario {
+        Scenario::Chat | Scenario::Failover => {
+            (o.rooms, o.members, o.publishers.unwrap_or(o.members))
+        }
+        Scenario::Broadcast => (1, o.members, o.publishers.unwrap_or(5)),
+        Scenario::Idle => {
+            let rooms = (o.connections / 10).max(1);
+            (rooms, o.connections.div_ceil(rooms), 0)
+        }
+    };
+    let fixed_url = if o.scenario == Scenario::Idle {
+        let node = match &o.node {
+            Some(id) => nodes
+                .iter()
+                .find(|n| n["id"] == id.as_str())
+                .with_context(|| format!("no node {id}"))?,
+            None => nodes.first().context("no live node")?,
+        };
+        Some(node["url"].as_str().context("node without url")?.to_owned())
+    } else {
+        None
+    };
+    let tag = std::process::id();
+    let room_names: Vec<String> = (0..rooms).map(|i| format!("bench-{tag}-{i}")).collect();
+    let mut members = Vec::new();
+    let mut sender = 0u32;
+    for (ri, room) in room_names.iter().enumerate() {
+        for m in 0..members_per_room {
+            if members.len()
+                >= if o.scenario == Scenario::Idle {
+                    o.connections
+                } else {
+                    usize::MAX
+                }
+            {
+                break;
+            }
+            let ip = IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (sender % o.source_ips.max(1) as u32) as u8,
+            ));
+            members.push(MemberCfg {
+                room: room.clone(),
+                room_idx: ri,
+                sender,
+                publish_every: (m < publishers).then_some(every),
+                padding: padding.clone(),
+                mode: o.mode,
+                gateway: o.gateway.trim_end_matches('/').to_owned(),
+                source_ip: ip,
+                fixed_url: fixed_url
+                    .as_ref()
+                    .map(|u| format!("{u}?room={room}&user=b{sender}")),
+            });
+            sender += 1;
+        }
+    }
+    Ok(Plan {
+        rooms: room_names,
+        members,
+        publishers_per_room: publishers.min(members_per_room),
+    })
+}
+
+fn progress(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+async fn sleep_with(pb: &ProgressBar, shared: &Shared, phase: &str, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut last = shared.delivered.load(Ordering::Relaxed);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
+        let now = shared.delivered.load(Ordering::Relaxed);
+        pb.set_message(format!(
+            "{phase}: {}s left, {} connected, {} deliveries/s, {} reconnects",
+            end.saturating_duration_since(Instant::now()).as_secs(),
+            shared.connected.load(Ordering::Relaxed),
+            now - last,
+            shared.reconnects.load(Ordering::Relaxed)
+        ));
+        last = now;
+    }
+}
+
+pub(crate) async fn run(o: RunOpts) -> Result<()> {
+    let cluster = crate::http::get_json(&format!("{}/api/cluster", o.gateway))
+        .await
+        .context("reading /api/cluster from the gateway (is the cluster up?)")?;
+    let strategy = o
+        .strategy
+        .clone()
+        .unwrap_or_else(|| cluster["strategy"].as_str().unwrap_or("?").to_owned());
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    let plan = plan(&o, &nodes)?;
+    let n = plan.members.len() as u64;
+
+    // Each connection costs this process one file, and the gateway two when proxied.
+    if let Some((soft, hard)) = sample::fd_limits() {
+        if n + 64 > soft {
+            bail!(
+                "{n} connections need about {} open files but this process may open {soft} (hard limit {hard}); \
+                 run `ulimit -n {hard}` first, or use fewer connections",
+                n + 64
+            );
+        }
+    }
+    let total_secs = (o.warmup + o.duration + o.drain + 600) as usize;
+    let shared = Arc::new(Shared::new(total_secs));
+    let stop = CancellationToken::new();
+    let pb = progress(o.quiet);
+
+    // Idle: the node's memory before any client arrives.
+    let idle_node = plan.members.first().and_then(|m| m.fixed_url.clone());
+    let idle_pid = match (&o.run_dir, o.scenario) {
+        (Some(dir), Scenario::Idle) => {
+            let id = o.node.clone().or_else(|| {
+                nodes
+                    .first()
+                    .and_then(|n| n["id"].as_str().map(str::to_owned))
+            });
+            id.and_then(|id| sample::pid_of(dir, &id).map(|p| (id, p)))
+        }
+        _ => None,
+    };
+    let rss_before = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
+
+    // Ramp.
+    let mut tasks = Vec::with_capacity(plan.members.len());
+    let batch = (o.ramp / 100).max(1) as usize;
+    for (i, m) in plan.members.into_iter().enumerate() {
+        tasks.push(tokio::spawn(member::run(m, shared.clone(), stop.clone())));
+        if (i + 1) % batch == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pb.set_message(format!(
+                "ramp: {} of {n} connected",
+                shared.connected.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    let ramp_deadline = Instant::now() + Duration::from_secs(60 + n / o.ramp.max(1));
+    while shared.connected.load(Ordering::Relaxed) < n {
+        if Instant::now() > ramp_deadline {
+            stop.cancel();
+            bail!(
+                "only {} of {n} clients joined within the ramp deadline ({} connect errors)",
+                shared.connected.load(Ordering::Relaxed),
+                shared.connect_errors.load(Ordering::Relaxed)
+            );
+        }
+        pb.set_message(format!(
+            "ramp: {} of {n} joined",
+            shared.connected.load(Ordering::Relaxed)
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    sleep_with(&pb, &shared, "warm-up", o.warmup).await;
+    let nodes_mid = crate::http::get_json(&format!("{}/api/cluster", o.gateway))
+        .await
+        .ok()
+        .and_then(|v| v["nodes"].as_array().cloned())
+        .unwrap_or_default();
+    let procs = o
+        .run_dir
+        .as_deref()
+        .map(sample::processes)
+        .unwrap_or_default();
+    let cpu0: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
+    let redis0 = match &o.redis_url {
+        Some(u) => sample::redis_counts(u).await,
+        None => None,
+    };
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+
+    // Failover: kill one node partway through.
+    let mut killed = None;
+    let killer = if o.scenario == Scenario::Failover {
+        let dir = o
+            .run_dir
+            .clone()
+            .context("failover needs --run-dir to find the node's pid")?;
+        let victim = match &o.kill {
+            Some(v) => v.clone(),
+            None => nodes_mid
+                .iter()
+                .max_by_key(|n| n["connections"].as_u64().unwrap_or(0))
+                .and_then(|n| n["id"].as_str().map(str::to_owned))
+                .context("no node to kill")?,
+        };
+        let pid =
+            sample::pid_of(&dir, &victim).with_context(|| format!("no pid file for {victim}"))?;
+        killed = Some(victim.clone());
+        let after = Duration::from_secs(o.kill_after.min(o.duration));
+        Some(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            Instant::now()
+        }))
+    } else {
+        None
+    };
+
+    if o.scenario == Scenario::Idle {
+        // No traffic: let the node settle, then read its memory.
+        sleep_with(&pb, &shared, "idle", o.duration).await;
+    } else {
+        sleep_with(&pb, &shared, "measuring", o.duration).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    shared.measuring.store(false, Ordering::Relaxed);
+    let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
+    let rss1: Vec<Option<u64>> = procs.iter().map(|(_, p)| sample::rss_kib(*p)).collect();
+    let redis1 = match &o.redis_url {
+        Some(u) => sample::redis_counts(u).await,
+        None => None,
+    };
+    let rss_after = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
+    let measure_end = shared.started.elapsed().as_secs() as usize;
+    shared.stop_publishing.store(true, Ordering::Relaxed);
+    sleep_with(&pb, &shared, "drain", o.drain).await;
+    stop.cancel();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(o) = t.await {
+            outcomes.push(o);
+        }
+    }
+    let killed_at = match killer {
+        Some(k) => k.await.ok(),
+        None => None,
+    };
+    pb.finish_and_clear();
+
+    // Every room's last seq, from history.
+    let mut last_seq = vec![0u64; plan.rooms.len()];
+    if o.scenario != Scenario::Idle {
+        for (i, room) in plan.rooms.iter().enumerate() {
+            let v = crate::http::get_json(&format!(
+                "{}/api/rooms/{room}/history?since=0&limit=1",
+                o.gateway
+            ))
+            .await?;
+            last_seq[i] = v["seq"].as_u64().unwrap_or(0);
+        }
+    }
+    let lost: u64 = outcomes
+        .iter()
+        .map(|m| m.seen.missing(last_seq[m.room_idx]))
+        .sum();
+
+    let hist = shared.histogram();
+    let delivered = shared.delivered_measured.load(Ordering::Relaxed);
+    let processes: Vec<ProcessStats> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let cpu = match (cpu0[i], cpu1[i]) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            };
+            ProcessStats {
+                name: name.clone(),
+                cpu_seconds: cpu,
+                rss_kib: rss1[i].unwrap_or(0),
+                cpu_seconds_per_million_deliveries: if delivered > 0 {
+                    cpu * 1e6 / delivered as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let node_cpu: f64 = processes
+        .iter()
+        .filter(|p| p.name.starts_with("node"))
+        .map(|p| p.cpu_seconds)
+        .sum();
+    let redis = match (redis0, redis1) {
+        (Some((a, ba)), Some((b, bb))) => {
+            let commands = b.saturating_sub(a);
+            let by_command: BTreeMap<String, u64> = bb
+                .iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(ba.get(k).copied().unwrap_or(0))))
+                .filter(|(_, v)| *v > 0)
+                .collect();
+            RedisStats {
+                commands,
+                commands_per_sec: commands as f64 / elapsed,
+                commands_per_delivery: if delivered > 0 {
+                    commands as f64 / delivered as f64
+                } else {
+                    0.0
+                },
+                by_command,
+            }
+        }
+        _ => RedisStats::default(),
+    };
+    let failover = killed.map(|victim| {
+        let mut rec: Vec<f64> = Vec::new();
+        let mut rooms = std::collections::HashSet::new();
+        let mut affected = 0;
+        let mut not_recovered = 0;
+        for m in &outcomes {
+            if let Some(broken) = m.broken_at {
+                affected += 1;
+                rooms.insert(m.room_idx);
+                let from = killed_at.unwrap_or(broken);
+                match m.recovered_at {
+                    Some(r) => rec.push(r.saturating_duration_since(from).as_secs_f64() * 1000.0),
+                    None => not_recovered += 1,
+                }
+            }
+        }
+        rec.sort_by(|a, b| a.total_cmp(b));
+        FailoverStats {
+            killed: victim,
+            members_affected: affected,
+            rooms_affected: rooms.len() as u64,
+            recovery_ms_p50: rec.get(rec.len() / 2).copied().unwrap_or(0.0),
+            recovery_ms_max: rec.last().copied().unwrap_or(0.0),
+            not_recovered,
+        }
+    });
+    let idle = idle_node.map(|_| {
+        let (node, _) = idle_pid.clone().unwrap_or_default();
+        let (b, a) = (rss_before.unwrap_or(0), rss_after.unwrap_or(0));
+        IdleStats {
+            node,
+            connections: n,
+            rss_kib_before: b,
+            rss_kib_after: a,
+            kib_per_connection: if n > 0 {
+                a.saturating_sub(b) as f64 / n as f64
+            } else {
+                0.0
+            },
+        }
+    });
+    let result = RunResult {
+        strategy,
+        scenario: format!("{:?}", o.scenario).to_lowercase(),
+        mode: format!("{:?}", o.mode).to_lowercase(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        rooms: plan.rooms.len(),
+        members: o.members,
+        publishers_per_room: plan.publishers_per_room,
+        rate: o.rate,
+        payload: o.payload,
+        connections: n,
+        warmup_s: o.warmup,
+        duration_s: o.duration,
+        published: shared.published.load(Ordering::Relaxed),
+        publish_errors: shared.publish_errors.load(Ordering::Relaxed),
+        delivered,
+        replayed: shared.replayed.load(Ordering::Relaxed),
+        lost,
+        duplicated: shared.duplicated.load(Ordering::Relaxed),
+        reordered: shared.reordered.load(Ordering::Relaxed),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        connect_errors: shared.connect_errors.load(Ordering::Relaxed),
+        deliveries_per_sec: delivered as f64 / elapsed,
+        latency_ms: latency(&hist),
+        latency_cdf: cdf(&hist),
+        throughput: shared.per_second(0, measure_end + o.drain as usize),
+        ws_node_deliveries_per_cpu_second: if node_cpu > 0.0 {
+            delivered as f64 / node_cpu
+        } else {
+            0.0
+        },
+        processes,
+        nodes: nodes_mid
+            .iter()
+            .map(|n| NodeStats {
+                id: n["id"].as_str().unwrap_or("?").to_owned(),
+                connections: n["connections"].as_u64().unwrap_or(0),
+                rooms: n["rooms"].as_u64().unwrap_or(0),
+            })
+            .collect(),
+        redis,
+        failover,
+        idle,
+    };
+    std::fs::write(&o.out, serde_json::to_string_pretty(&result)?)?;
+    print_summary(&result);
+    eprintln!("results: {}", o.out.display());
+    Ok(())
+}
+
+fn print_summary(r: &RunResult) {
+    let l = &r.latency_ms;
+    println!(
+        "{} {} ({}): {} connections, {:.0} deliveries/s, latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; \
+         published {} (errors {}), lost {}, duplicated {}, reordered {}, replayed {}, reconnects {}",
+        r.strategy,
+        r.scenario,
+        r.mode,
+        r.connections,
+        r.deliveries_per_sec,
+        l.p50,
+        l.p99,
+        l.p999,
+        l.max,
+        r.published,
+        r.publish_errors,
+        r.lost,
+        r.duplicated,
+        r.reordered,
+        r.replayed,
+        r.reconnects
+    );
+    for p in &r.processes {
+        println!(
+            "  {:<10} cpu {:>7.2}s  {:>8.1} cpu-s/M deliveries  rss {:>7} KiB",
+            p.name, p.cpu_seconds, p.cpu_seconds_per_million_deliveries, p.rss_kib
+        );
+    }
+    if r.ws_node_deliveries_per_cpu_second > 0.0 {
+        println!(
+            "  ws-node deliveries per CPU-second: {:.0}",
+            r.ws_node_deliveries_per_cpu_second
+        );
+    }
+    if r.redis.commands > 0 {
+        println!(
+            "  redis: {:.0} commands/s, {:.3} per delivery",
+            r.redis.commands_per_sec, r.redis.commands_per_delivery
+        );
+    }
+    if let Some(f) = &r.failover {
+        println!(
+            "  failover: killed {}, {} members in {} rooms affected, recovery ms p50 {:.0} max {:.0}, not recovered {}",
+            f.killed,
+            f.members_affected,
+            f.rooms_affected,
+            f.recovery_ms_p50,
+            f.recovery_ms_max,
+            f.not_recovered
+        );
+    }
+    if let Some(i) = &r.idle {
+        println!(
+            "  idle: {} connections on {}: RSS {} -> {} KiB, {:.2} KiB per connection",
+            i.connections, i.node, i.rss_kib_before, i.rss_kib_after, i.kib_per_connection
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! What the bench measures, and the results file.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch (senders stamp messages with it; the
+/// bench and the cluster share one clock on one machine).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+const SHARDS: usize = 16;
+
+/// Counters every member task updates.
+pub(crate) struct Shared {
+    pub(crate) started: Instant,
+    /// Latencies are recorded only while set (after the warm-up).
+    pub(crate) measuring: AtomicBool,
+    /// Publishers stop when set.
+    pub(crate) stop_publishing: AtomicBool,
+    hist: Vec<Mutex<Histogram<u64>>>,
+    /// Live deliveries per second since `started`.
+    per_sec: Vec<AtomicU64>,
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) delivered_measured: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) duplicated: AtomicU64,
+    pub(crate) reordered: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) connect_errors: AtomicU64,
+    pub(crate) connected: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(seconds: usize) -> Self {
+        Shared {
+            started: Instant::now(),
+            measuring: AtomicBool::new(false),
+            stop_publishing: AtomicBool::new(false),
+            hist: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
+                })
+                .collect(),
+            per_sec: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
+            published: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            delivered_measured: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one live delivery with its end-to-end latency.
+    pub(crate) fn delivery(&self, shard: usize, latency_us: u64) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let sec = self.started.elapsed().as_secs() as usize;
+        if let Some(b) = self.per_sec.get(sec) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.measuring.load(Ordering::Relaxed) {
+            self.delivered_measured.fetch_add(1, Ordering::Relaxed);
+            let mut h = self.hist[shard % SHARDS]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let _ = h.record(latency_us.max(1));
+        }
+    }
+
+    pub(crate) fn histogram(&self) -> Histogram<u64> {
+        let mut all = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        for h in &self.hist {
+            let _ = all.add(&*h.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        all
+    }
+
+    pub(crate) fn per_second(&self, from: usize, to: usize) -> Vec<u64> {
+        self.per_sec[from.min(self.per_sec.len())..to.min(self.per_sec.len())]
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Which seqs of one room one member has seen.
+#[derive(Default)]
+pub(crate) struct Seen {
+    /// Seq of the member's first `joined`: it expects everything after.
+    pub(crate) base: Option<u64>,
+    bits: Vec<u64>,
+    /// Highest seq seen.
+    pub(crate) highest: u64,
+    /// Every seq in (base, contiguous] has been seen.
+    pub(crate) contiguous: u64,
+    pub(crate) unique: u64,
+}
+
+/// How a received seq relates to what was seen before.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    New,
+    /// New, but lower than one already seen.
+    Reordered,
+    Duplicate,
+    /// At or below the base: from before this member joined.
+    Old,
+}
+
+impl Seen {
+    pub(crate) fn set_base(&mut self, seq: u64) {
+        if self.base.is_none() {
+            self.base = Some(seq);
+            self.highest = seq;
+            self.contiguous = seq;
+        }
+    }
+
+    pub(crate) fn see(&mut self, seq: u64) -> Arrival {
+        let Some(base) = self.base else {
+            return Arrival::Old;
+        };
+        if seq <= base {
+            return Arrival::Old;
+        }
+        let i = (seq - base - 1) as usize;
+        let (w, b) = (i / 64, i % 64);
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & (1 << b) != 0 {
+            return Arrival::Duplicate;
+        }
+        self.bits[w] |= 1 << b;
+        self.unique += 1;
+        while self.contiguous < u64::MAX && self.has(self.contiguous + 1) {
+            self.contiguous += 1;
+        }
+        let reordered = seq < self.highest;
+        self.highest = self.highest.max(seq);
+        if reordered {
+            Arrival::Reordered
+        } else {
+            Arrival::New
+        }
+    }
+
+    fn has(&self, seq: u64) -> bool {
+        let Some(base) = self.base else { return false };
+        if seq <= base {
+            return true;
+        }
+        let i = (seq - base - 1) as usize;
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Messages in (base, last] this member never saw.
+    pub(crate) fn missing(&self, last: u64) -> u64 {
+        match self.base {
+            Some(base) if last > base => (last - base).saturating_sub(self.unique_upto(last)),
+            _ => 0,
+        }
+    }
+
+    fn unique_upto(&self, last: u64) -> u64 {
+        let Some(base) = self.base else { return 0 };
+        (base + 1..=last).filter(|s| self.has(*s)).count() as u64
+    }
+}
+
+/// Latency figures in milliseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub samples: u64,
+}
+
+/// One cluster process over the measured window.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ProcessStats {
+    pub name: String,
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+    pub cpu_seconds_per_million_deliveries: f64,
+}
+
+/// One node as `/api/cluster` reported it during the run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct NodeStats {
+    pub id: String,
+    pub connections: u64,
+    pub rooms: u64,
+}
+
+/// Redis over the measured window.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RedisStats {
+    pub commands: u64,
+    pub commands_per_sec: f64,
+    pub commands_per_delivery: f64,
+    /// Calls per command name.
+    pub by_command: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct FailoverStats {
+    pub killed: String,
+    /// Members whose connection the kill broke.
+    pub members_affected: u64,
+    pub rooms_affected: u64,
+    /// Kill -> first live message received again, per affected member (ms).
+    pub recovery_ms_p50: f64,
+    pub recovery_ms_max: f64,
+    /// Affected members that had not received a live message again by the end.
+    pub not_recovered: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct IdleStats {
+    pub node: String,
+    pub connections: u64,
+    pub rss_kib_before: u64,
+    pub rss_kib_after: u64,
+    pub kib_per_connection: f64,
+}
+
+/// The results file of one run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RunResult {
+    pub strategy: String,
+    pub scenario: String,
+    pub mode: String,
+    pub host: String,
+    pub cores: usize,
+    pub command: String,
+    pub rooms: usize,
+    pub members: usize,
+    pub publishers_per_room: usize,
+    pub rate: f64,
+    pub payload: usize,
+    pub connections: u64,
+    pub warmup_s: u64,
+    pub duration_s: u64,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub delivered: u64,
+    pub replayed: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub reconnects: u64,
+    pub connect_errors: u64,
+    pub deliveries_per_sec: f64,
+    pub latency_ms: Latency,
+    /// (latency ms, fraction of deliveries at or below), for CDF charts.
+    pub latency_cdf: Vec<(f64, f64)>,
+    /// Live deliveries per second over the whole run.
+    pub throughput: Vec<u64>,
+    pub processes: Vec<ProcessStats>,
+    pub ws_node_deliveries_per_cpu_second: f64,
+    pub nodes: Vec<NodeStats>,
+    pub redis: RedisStats,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleStats>,
+}
+
+pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+        samples: h.len(),
+    }
+}
+
+pub(crate) fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for q in (0..=1000)
+        .map(|i| i as f64 / 1000.0)
+        .chain([0.9995, 0.9999, 1.0])
+    {
+        out.push((h.value_at_quantile(q) as f64 / 1000.0, q));
+    }
+    out.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_counts_gaps_duplicates_and_reordering() {
+        let mut s = Seen::default();
+        assert_eq!(s.see(1), Arrival::Old);
+        s.set_base(10);
+        assert_eq!(s.see(10), Arrival::Old);
+        assert_eq!(s.see(11), Arrival::New);
+        assert_eq!(s.see(13), Arrival::New);
+        assert_eq!(s.contiguous, 11);
+        assert_eq!(s.see(12), Arrival::Reordered);
+        assert_eq!(s.contiguous, 13);
+        assert_eq!(s.see(12), Arrival::Duplicate);
+        assert_eq!(s.see(200), Arrival::New);
+        assert_eq!(s.missing(200), 200 - 10 - 4);
+        assert_eq!(s.missing(13), 0);
+    }
+}
