@@ -105,7 +105,12 @@ pub(crate) struct Picker {
 impl Picker {
     /// Least-loaded live, non-draining node; `record` counts the pick
     /// (for a new client, not for a one-off API call).
-    pub(crate) fn least_loaded(&self, view: &View, record: bool) -> Option<NodeInfo> {
+    pub(crate) fn least_loaded(
+        &self,
+        view: &View,
+        record: bool,
+        avoid: &[String],
+    ) -> Option<NodeInfo> {
         let mut recent = self.recent.lock().expect("picker lock");
         if recent.0 != view.generation {
             *recent = (view.generation, HashMap::new());
@@ -114,7 +119,7 @@ impl Picker {
             .reply
             .nodes
             .iter()
-            .filter(|n| !n.draining)
+            .filter(|n| !n.draining && !avoid.contains(&n.id))
             .min_by_key(|n| {
                 (
                     n.connections + recent.1.get(&n.id).copied().unwrap_or(0),

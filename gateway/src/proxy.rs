@@ -25,6 +25,42 @@ fn is_upgrade(req: &Request) -> bool {
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }
 
+/// Connects and speaks HTTP/1.1 to a node; None when it cannot be reached.
+async fn open_upstream(
+    gw: &Gateway,
+    node: &turnout_proto::v1::NodeInfo,
+) -> Option<(
+    String,
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+)> {
+    let authority = node
+        .internal_url
+        .split("://")
+        .nth(1)
+        .map(|r| r.split('/').next().unwrap_or(r).to_owned())?;
+    let upstream =
+        match tokio::time::timeout(gw.settings.upstream_timeout, TcpStream::connect(&authority))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                tracing::warn!(node = %node.id, %authority, "cannot reach ws-node");
+                return None;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+        Ok((sender, conn)) => {
+            tokio::spawn(conn.with_upgrades());
+            Some((authority, sender))
+        }
+        Err(e) => {
+            tracing::warn!(node = %node.id, error = %e, "handshake with ws-node failed");
+            None
+        }
+    }
+}
+
 pub(crate) async fn ws(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -38,63 +74,10 @@ pub(crate) async fn ws(
         );
     }
     let room = crate::api::query_param(req.uri().query(), "room");
-    let node = match gw.pick_node(room.as_deref()).await {
-        Ok(n) => n,
-        Err(resp) => return resp,
-    };
-    let Some(authority) = node
-        .internal_url
-        .split("://")
-        .nth(1)
-        .map(|r| r.split('/').next().unwrap_or(r).to_owned())
-    else {
-        return crate::api::error(
-            StatusCode::BAD_GATEWAY,
-            "unavailable",
-            "node has no usable address",
-        );
-    };
-    let upstream =
-        match tokio::time::timeout(gw.settings.upstream_timeout, TcpStream::connect(&authority))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                gw.metrics.upstream_errors.inc();
-                tracing::warn!(node = %node.id, %authority, "cannot reach ws-node");
-                return crate::api::error(
-                    StatusCode::BAD_GATEWAY,
-                    "unavailable",
-                    "ws-node unreachable; retry",
-                );
-            }
-        };
-    let _ = upstream.set_nodelay(true);
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-            Ok(v) => v,
-            Err(e) => {
-                gw.metrics.upstream_errors.inc();
-                tracing::warn!(node = %node.id, error = %e, "handshake with ws-node failed");
-                return crate::api::error(
-                    StatusCode::BAD_GATEWAY,
-                    "unavailable",
-                    "ws-node handshake failed; retry",
-                );
-            }
-        };
-    tokio::spawn(conn.with_upgrades());
-
     let path = match req.uri().query() {
         Some(q) => format!("/ws?{q}"),
         None => "/ws".to_owned(),
     };
-    let mut up = hyper::Request::builder().method("GET").uri(path);
-    for (name, value) in req.headers() {
-        if name != header::HOST {
-            up = up.header(name, value);
-        }
-    }
     let forwarded = match req
         .headers()
         .get("x-forwarded-for")
@@ -103,25 +86,57 @@ pub(crate) async fn ws(
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
-    let up = up
-        .header(header::HOST, authority.as_str())
-        .header("x-forwarded-for", forwarded)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("valid upstream request");
-    let mut resp = match sender.send_request(up).await {
-        Ok(r) => r,
-        Err(e) => {
-            gw.metrics.upstream_errors.inc();
-            tracing::warn!(node = %node.id, error = %e, "upgrade request to ws-node failed");
+    // A node can vanish or start draining between the router's last word and
+    // this request: then ask afresh, avoiding it, a few times.
+    let mut failed: Vec<String> = Vec::new();
+    let (node, mut resp) = loop {
+        if failed.len() >= 3 {
             return crate::api::error(
                 StatusCode::BAD_GATEWAY,
                 "unavailable",
-                "ws-node did not answer; retry",
+                "no ws-node answered; retry",
             );
+        }
+        let node = match gw.pick(room.as_deref(), true, &failed).await {
+            Ok(n) => n,
+            Err(e) => return crate::api::api_error(&e),
+        };
+        let retry = |failed: &mut Vec<String>| {
+            gw.metrics.upstream_errors.inc();
+            if let Some(r) = &room {
+                gw.forget_route(r);
+            }
+            failed.push(node.id.clone());
+        };
+        let Some((authority, mut sender)) = open_upstream(&gw, &node).await else {
+            retry(&mut failed);
+            continue;
+        };
+        let mut up = hyper::Request::builder().method("GET").uri(path.as_str());
+        for (name, value) in req.headers() {
+            if name != header::HOST && name != "x-forwarded-for" {
+                up = up.header(name, value);
+            }
+        }
+        let up = up
+            .header(header::HOST, authority.as_str())
+            .header("x-forwarded-for", forwarded.as_str())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("valid upstream request");
+        match sender.send_request(up).await {
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::debug!(node = %node.id, "node refused the upgrade (draining or full); trying another");
+                retry(&mut failed);
+            }
+            Ok(r) => break (node, r),
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "upgrade request to ws-node failed");
+                retry(&mut failed);
+            }
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The node's refusal (full, draining, bad user…) goes to the client as is.
+        // The node's refusal (bad user, bad request…) goes to the client as is.
         let (parts, body) = resp.into_parts();
         return Response::from_parts(parts, Body::new(body));
     }

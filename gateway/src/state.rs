@@ -3,7 +3,6 @@
 use crate::cluster::{self, Picker, View};
 use crate::settings::Settings;
 use axum::http::StatusCode;
-use axum::response::Response;
 use dashmap::DashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::ConnectionManager;
@@ -197,15 +196,21 @@ impl Gateway {
 
     /// The node a new client for `room` should use.
     pub(crate) async fn route(&self, room: Option<&str>) -> Result<NodeInfo, ApiError> {
-        self.pick(room, true).await
+        self.pick(room, true, &[]).await
     }
 
-    async fn pick(&self, room: Option<&str>, record: bool) -> Result<NodeInfo, ApiError> {
+    /// Picks a node; `avoid` lists nodes that just failed to answer.
+    pub(crate) async fn pick(
+        &self,
+        room: Option<&str>,
+        record: bool,
+        avoid: &[String],
+    ) -> Result<NodeInfo, ApiError> {
         match self.strategy() {
             Strategy::Pubsub => {
                 let view = self.view.borrow().clone();
                 self.picker
-                    .least_loaded(&view, record)
+                    .least_loaded(&view, record, avoid)
                     .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
             }
             Strategy::Sticky => {
@@ -277,13 +282,6 @@ impl Gateway {
         self.route_cache.remove(room);
     }
 
-    /// Like [`Self::route`], as an HTTP response on failure.
-    pub(crate) async fn pick_node(&self, room: Option<&str>) -> Result<NodeInfo, Response> {
-        self.route(room)
-            .await
-            .map_err(|e| crate::api::api_error(&e))
-    }
-
     fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Channel>, ApiError> {
         if let Some(c) = self.nodes.get(&node.internal_url) {
             return Ok(c.clone());
@@ -316,7 +314,7 @@ impl Gateway {
         }
         // Sticky: a cached owner may have lost the room; ask again once.
         for attempt in 0..2 {
-            let node = self.pick(Some(room), false).await?;
+            let node = self.pick(Some(room), false, &[]).await?;
             let mut client = self.node_client(&node)?;
             let req = DeliverRequest {
                 room: room.to_owned(),

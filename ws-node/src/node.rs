@@ -165,10 +165,12 @@ pub async fn run(
         _ = state.drain.cancelled() => {}
     }
     drain(&state).await;
-    server_stop.cancel();
+    // Leave the live set before the port closes, so nobody is sent to a
+    // closed port in between.
     stop.cancel();
     let _ = heartbeat.await;
     deregister(&state).await;
+    server_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(r)) => r?,
         _ => tracing::debug!("HTTP server did not stop in time"),
