@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the same workload on a sticky and on a pubsub cluster and writes
+# DIR/sticky.json, DIR/pubsub.json and DIR/report.html.
+#
+#   deploy/loadtest/compare.sh [--quick] [--out DIR] [-- turnout-bench run options]
+#
+# --quick: a small chat workload that finishes both runs within about 90 s.
+# Default: the design's chat workload (1,000 rooms x 10 members x 1 msg/s).
+# Options after -- go to `turnout-bench run` (e.g. -- --scenario broadcast --members 2000).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+out=$here/bench-results
+quick=0
+extra=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1; shift ;;
+    --out) out=$2; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "compare.sh: unknown option $1 (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export RUN_DIR=${RUN_DIR:-$here/run}
+export REDIS_PORT=${REDIS_PORT:-6390}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+
+if [ $quick = 1 ]; then
+  workload=(--scenario chat --rooms 200 --members 10 --rate 1 --warmup 3 --duration 15 --drain 2)
+else
+  workload=(--scenario chat --rooms 1000 --members 10 --rate 1 --warmup 10 --duration 60)
+fi
+
+(cd "$here" && cargo build --release --quiet --bins)
+bench=$here/target/release/turnout-bench
+# Each client costs a file; allow as many as the hard limit permits.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+"$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
+for strategy in sticky pubsub; do
+  echo "== $strategy"
+  "$here/deploy/cluster.sh" up --strategy "$strategy" >/dev/null
+  "$bench" run "${workload[@]}" "${extra[@]}" --quiet \
+    --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$out/$strategy.json"
+  "$here/deploy/cluster.sh" down >/dev/null
+done
+"$bench" report --svg --out "$out/report.html" "$out/sticky.json" "$out/pubsub.json"
+echo "report: $out/report.html"
