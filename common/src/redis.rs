@@ -69,9 +69,15 @@ if ARGV[6] ~= '' then
   if o[1] ~= ARGV[6] or o[2] ~= ARGV[7] then return -1 end
 end
 local seq = redis.call('INCR', KEYS[1])
+local ttl = ARGV[4]
+if seq == 1 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[4], t[1] .. string.format('%06d', tonumber(t[2])), 'PX', ttl)
+else
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
 local frame = ARGV[1] .. seq .. ARGV[2]
 local keep = tonumber(ARGV[3])
-local ttl = ARGV[4]
 if keep > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', keep, seq .. '-0', 'f', frame)
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -91,6 +97,7 @@ static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local epoch = redis.call('GET', KEYS[3]) or ''
 local oldest = 0
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
@@ -102,7 +109,7 @@ if tonumber(ARGV[2]) > 0 then
     frames[i] = e[2][2]
   end
 end
-return {seq, oldest, seqs, frames}
+return {seq, oldest, seqs, frames, epoch}
 "#,
     )
 });
@@ -142,6 +149,7 @@ pub async fn publish(
         .key(keys::room_seq(room))
         .key(keys::room_history(room))
         .key(keys::room_owner(room))
+        .key(keys::room_epoch(room))
         .arg(&parts.prefix)
         .arg(&parts.suffix)
         .arg(store.history_size)
@@ -202,7 +210,7 @@ pub async fn claim(
 ) -> RedisResult<Ownership> {
     let (node, epoch, claimed): (String, u64, u8) = CLAIM
         .key(keys::room_owner(room))
-        .key(keys::room_epoch(room))
+        .key(keys::room_claims(room))
         .arg(candidate)
         .arg(pin.as_millis() as u64)
         .arg(EPOCH_TTL.as_millis() as u64)
@@ -215,6 +223,41 @@ pub async fn claim(
         epoch,
         claimed: claimed == 1,
     })
+}
+
+/// Users present in a room: entries (`<node>/<conn>` → user) of nodes whose
+/// heartbeat has expired are removed on the way, so a crashed node's users
+/// vanish within the heartbeat TTL.
+static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local all = redis.call('HGETALL', KEYS[1])
+local users, alive = {}, {}
+for i = 1, #all, 2 do
+  local field, user = all[i], all[i + 1]
+  local node = string.match(field, '^(.*)/[^/]*$') or ''
+  local ok = alive[node]
+  if ok == nil then
+    ok = redis.call('EXISTS', ARGV[1] .. node) == 1
+    alive[node] = ok
+  end
+  if ok then users[#users + 1] = user else redis.call('HDEL', KEYS[1], field) end
+end
+return users
+"#,
+    )
+});
+
+/// Users present in `room` (sorted, each once), live nodes only.
+pub async fn presence(con: &mut ConnectionManager, room: &str) -> RedisResult<Vec<String>> {
+    let mut users: Vec<String> = PRESENCE
+        .key(keys::room_presence(room))
+        .arg(keys::NODE_PREFIX)
+        .invoke_async(con)
+        .await?;
+    users.sort_unstable();
+    users.dedup();
+    Ok(users)
 }
 
 /// Reads a node's heartbeat record.
@@ -239,6 +282,8 @@ pub struct HistorySlice {
     /// Whether every message after `since` up to `seq` is in `messages`
     /// (false when history no longer holds some, or `limit` cut the slice).
     pub complete: bool,
+    /// The room's history epoch ("" before its first message).
+    pub epoch: String,
 }
 
 /// Reads messages after `since` (at most `limit`).
@@ -248,9 +293,10 @@ pub async fn history(
     since: u64,
     limit: u64,
 ) -> RedisResult<HistorySlice> {
-    let (seq, oldest, seqs, frames): (u64, u64, Vec<u64>, Vec<String>) = HISTORY
+    let (seq, oldest, seqs, frames, epoch): (u64, u64, Vec<u64>, Vec<String>, String) = HISTORY
         .key(keys::room_seq(room))
         .key(keys::room_history(room))
+        .key(keys::room_epoch(room))
         .arg(format!("{}-0", since.saturating_add(1)))
         .arg(limit)
         .invoke_async(con)
@@ -265,5 +311,6 @@ pub async fn history(
         seq,
         messages,
         complete,
+        epoch,
     })
 }

@@ -132,7 +132,7 @@ pub(crate) async fn history(
                 .into_iter()
                 .filter_map(|(_, f)| RawValue::from_string(f).ok())
                 .collect();
-            Json(json!({"room": room, "seq": slice.seq, "complete": slice.complete, "messages": messages})).into_response()
+            Json(json!({"room": room, "seq": slice.seq, "epoch": slice.epoch, "complete": slice.complete, "messages": messages})).into_response()
         }
         Err(e) => api_error(&e),
     }

@@ -75,7 +75,7 @@ impl GatewayApi for GatewayService {
                 .collect(),
             seq: slice.seq,
             complete: slice.complete,
-            epoch: String::new(),
+            epoch: slice.epoch,
         }))
     }
 

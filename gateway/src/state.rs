@@ -373,16 +373,12 @@ impl Gateway {
         names::check_room(room)
             .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
         let mut con = self.redis.clone();
-        let mut users: Vec<String> = redis::cmd("HVALS")
-            .arg(turnout_proto::keys::room_presence(room))
-            .query_async(&mut con)
+        let users = turnout_common::redis::presence(&mut con, room)
             .await
             .map_err(|e| {
                 tracing::warn!(room, error = %e, "presence read failed");
                 ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
             })?;
-        users.sort_unstable();
-        users.dedup();
         Ok(users)
     }
 }

@@ -7,7 +7,8 @@
 //! to their members unchanged.
 //!
 //! Bus payload (pub/sub): `<seq> <frame JSON>`, seq in ASCII decimal and one
-//! space. History entry: stream id `<seq>-0`, field `f` = frame JSON.
+//! space; a presence event is `p <conn> <frame JSON>`. History entry: stream
+//! id `<seq>-0`, field `f` = frame JSON.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -62,6 +63,38 @@ impl FrameParts {
     }
 }
 
+/// A bus payload: a room message with its seq, or a presence event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Message {
+        seq: u64,
+        frame: &'a [u8],
+    },
+    /// `origin` is the connection the event is about (it is not sent to it).
+    Presence {
+        origin: &'a str,
+        frame: &'a [u8],
+    },
+}
+
+/// Encodes a presence event: `p <origin conn> <frame>`.
+pub fn encode_presence(origin: &str, frame: &str) -> String {
+    format!("p {origin} {frame}")
+}
+
+/// Decodes any bus payload.
+pub fn decode_any(payload: &[u8]) -> Option<Payload<'_>> {
+    if let Some(rest) = payload.strip_prefix(b"p ") {
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let origin = std::str::from_utf8(&rest[..space]).ok()?;
+        return Some(Payload::Presence {
+            origin,
+            frame: &rest[space + 1..],
+        });
+    }
+    decode(payload).map(|(seq, frame)| Payload::Message { seq, frame })
+}
+
 /// Splits a bus payload into seq and frame.
 pub fn decode(payload: &[u8]) -> Option<(u64, &[u8])> {
     let space = payload.iter().position(|&b| b == b' ')?;
@@ -112,6 +145,25 @@ mod tests {
         let (seq, body) = decode(payload.as_bytes()).unwrap();
         assert_eq!(seq, 42);
         assert_eq!(body, frame.as_bytes());
+    }
+
+    #[test]
+    fn presence_payloads() {
+        let p = encode_presence("n1-7", r#"{"type":"presence"}"#);
+        assert_eq!(
+            decode_any(p.as_bytes()),
+            Some(Payload::Presence {
+                origin: "n1-7",
+                frame: br#"{"type":"presence"}"#
+            })
+        );
+        assert_eq!(
+            decode_any(b"5 {}"),
+            Some(Payload::Message {
+                seq: 5,
+                frame: b"{}"
+            })
+        );
     }
 
     #[test]

@@ -80,17 +80,13 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The peer broke the protocol.
     pub const PROTOCOL: u16 = 1002;
-    /// Policy violation (e.g. sustained abuse).
-    pub const POLICY: u16 = 1008;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame exceeded `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The node is restarting or draining: reconnect through the gateway.
     pub const SERVICE_RESTART: u16 = 1012;
-    /// The node is full (`max_connections`): try again later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client read too slowly and its send queue filled up; reconnect and
     /// resume with `since`.
     pub const SLOW_CONSUMER: u16 = 3008;
-    /// Disconnected by the server API (`Disconnect`); reconnect allowed.
-    pub const DISCONNECTED: u16 = 3010;
 }

@@ -16,6 +16,8 @@ pub enum ClientFrame {
     Join {
         room: String,
         since: Option<u64>,
+        /// The room's history epoch the client's `since` belongs to.
+        epoch: Option<String>,
     },
     Leave {
         room: String,
@@ -57,6 +59,7 @@ struct RawFrame {
     since: Option<u64>,
     data: Option<Box<RawValue>>,
     id: Option<String>,
+    epoch: Option<String>,
 }
 
 /// Parses and validates one client text frame.
@@ -92,10 +95,16 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         Ok(room)
     };
     match kind.as_str() {
-        "join" => Ok(ClientFrame::Join {
-            room: room(raw.room)?,
-            since: raw.since,
-        }),
+        "join" => {
+            if raw.epoch.as_ref().is_some_and(|e| e.len() > MAX_ID_LEN) {
+                return Err(FrameError::new(ErrorCode::BadFrame, "`epoch` is too long"));
+            }
+            Ok(ClientFrame::Join {
+                room: room(raw.room)?,
+                since: raw.since,
+                epoch: raw.epoch,
+            })
+        }
         "leave" => Ok(ClientFrame::Leave {
             room: room(raw.room)?,
         }),
@@ -141,6 +150,9 @@ pub enum ServerFrame {
     Joined {
         room: String,
         seq: u64,
+        /// The room's history epoch; it changes when the room's state was lost.
+        #[serde(default)]
+        epoch: String,
         presence: Vec<String>,
         /// Present when the join asked for `since`: whether every message
         /// after `since` was replayed.
@@ -212,7 +224,7 @@ mod tests {
     #[test]
     fn valid_frames() {
         match parse_client_frame(r#"{"type":"join","room":"r1","since":41}"#).unwrap() {
-            ClientFrame::Join { room, since } => {
+            ClientFrame::Join { room, since, .. } => {
                 assert_eq!(room, "r1");
                 assert_eq!(since, Some(41));
             }
@@ -258,6 +270,7 @@ mod tests {
         let f = ServerFrame::Joined {
             room: "r".into(),
             seq: 3,
+            epoch: "e".into(),
             presence: vec!["u".into()],
             recovered: None,
         };

@@ -44,8 +44,15 @@ pub fn room_owner(room: &str) -> String {
     format!("turnout:{{{room}}}:owner")
 }
 
-/// Epoch counter of a room's ownership (sticky): incremented on every claim,
-/// it fences a node that lost the room.
+/// Claim counter of a room (sticky): incremented on every claim, its value
+/// is the ownership epoch that fences a node that lost the room.
+pub fn room_claims(room: &str) -> String {
+    format!("turnout:{{{room}}}:claims")
+}
+
+/// History epoch of a room: set when the room's seq starts at 1, so a room
+/// whose state was lost (e.g. Redis restarted empty) gets a new epoch and
+/// clients can tell "nothing missed" from "history gone".
 pub fn room_epoch(room: &str) -> String {
     format!("turnout:{{{room}}}:epoch")
 }

@@ -51,28 +51,53 @@ pub fn free_port() -> u16 {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// With persistence (append-only file, fsync always) in this folder.
+    dir: Option<PathBuf>,
 }
 
 impl Redis {
     pub async fn start() -> Result<Redis> {
         let port = free_port();
-        let mut r = Redis { port, child: None };
+        let mut r = Redis {
+            port,
+            child: None,
+            dir: None,
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    /// A server that keeps its data across restarts (AOF, fsync always).
+    pub async fn start_persistent() -> Result<Redis> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("turnout-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut r = Redis {
+            port,
+            child: None,
+            dir: Some(dir),
+        };
         r.spawn().await?;
         Ok(r)
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new(redis_server())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new(redis_server());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -121,6 +146,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -243,7 +271,16 @@ impl Cluster {
         strategy: Strategy,
         tweak: impl Fn(&mut turnout_ws_node::Settings),
     ) -> Result<Cluster> {
-        let redis = Redis::start().await?;
+        Self::start_on(Redis::start().await?, n, strategy, tweak).await
+    }
+
+    /// A cluster on a given Redis (e.g. a persistent one).
+    pub async fn start_on(
+        redis: Redis,
+        n: usize,
+        strategy: Strategy,
+        tweak: impl Fn(&mut turnout_ws_node::Settings),
+    ) -> Result<Cluster> {
         let url = redis.url();
         let router = start_router(&url, strategy).await;
         let mut nodes = Vec::new();

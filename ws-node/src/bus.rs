@@ -102,16 +102,28 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                 else {
                     continue;
                 };
-                let Some((seq, frame)) = bus::decode(&payload) else {
-                    tracing::warn!(room, "undecodable bus payload dropped");
-                    continue;
+                let (seq, start) = match bus::decode_any(&payload) {
+                    Some(bus::Payload::Message { seq, frame }) => {
+                        (Some(seq), payload.len() - frame.len())
+                    }
+                    Some(bus::Payload::Presence { origin, frame }) => {
+                        if let Ok(text) = std::str::from_utf8(frame) {
+                            hub.deliver_presence(room, origin, text.into());
+                        }
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(room, "undecodable bus payload dropped");
+                        continue;
+                    }
                 };
-                let start = payload.len() - frame.len();
                 let Ok(frame) = Utf8Bytes::try_from(Bytes::from(payload).slice(start..)) else {
                     tracing::warn!(room, "non-UTF-8 bus payload dropped");
                     continue;
                 };
-                hub.deliver(room, seq, frame);
+                if let Some(seq) = seq {
+                    hub.deliver(room, seq, frame);
+                }
             }
             PushKind::Disconnection => {
                 hub.metrics.redis_disconnects.inc();

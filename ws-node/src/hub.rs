@@ -155,6 +155,8 @@ struct Room {
     repairing: bool,
     /// Ownership epoch this node holds the room at (sticky); 0 in pubsub.
     epoch: u64,
+    /// The room's history epoch as last read from Redis.
+    history_epoch: String,
 }
 
 /// Rooms and their members on this node.
@@ -332,12 +334,30 @@ impl Hub {
     }
 
     /// After the bus resubscribed a room, fetches what it may have missed.
+    /// If the room's state in Redis was lost meanwhile (seq went back, or the
+    /// history epoch changed), members are told so with a fresh `joined`
+    /// (`recovered: false`, the new epoch) followed by the new epoch's history.
     pub(crate) async fn resync(self: &Arc<Self>, room: &str) {
         let Some(last) = self.last_seq(room) else {
             return;
         };
         let mut con = self.redis.clone();
+        let known_epoch = self
+            .rooms
+            .get(room)
+            .map(|r| r.history_epoch.clone())
+            .unwrap_or_default();
         match store::history(&mut con, room, last, self.store.history_size.max(1)).await {
+            Ok(slice)
+                if slice.seq < last || (!known_epoch.is_empty() && slice.epoch != known_epoch) =>
+            {
+                match store::history(&mut con, room, 0, self.store.history_size.max(1)).await {
+                    Ok(all) => self.reset(room, all).await,
+                    Err(e) => {
+                        tracing::warn!(room, error = %e, "history read after state loss failed")
+                    }
+                }
+            }
             Ok(slice) => {
                 if slice.seq > last {
                     self.metrics
@@ -355,6 +375,37 @@ impl Hub {
         }
     }
 
+    /// Starts the room over at the state Redis now holds.
+    async fn reset(&self, room: &str, all: store::HistorySlice) {
+        let presence = self.presence(room).await.unwrap_or_default();
+        let Some(mut r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        tracing::warn!(room, old_seq = ?r.last_seq, new_seq = all.seq, "room state was lost in Redis; members start over");
+        self.metrics.room_resets.inc();
+        r.last_seq = Some(all.seq);
+        r.pending.clear();
+        r.history_epoch = all.epoch.clone();
+        let joined = ServerFrame::Joined {
+            room: room.to_owned(),
+            seq: 0,
+            epoch: all.epoch.clone(),
+            presence,
+            recovered: Some(false),
+        };
+        for m in r.members.values_mut() {
+            if m.buffer.is_some() {
+                continue; // its own join is under way and reads the new state
+            }
+            m.conn.send_frame(&joined, &self.metrics);
+            for (_, frame) in &all.messages {
+                m.conn
+                    .push(Message::Text(frame.clone().into()), &self.metrics);
+            }
+            m.after = all.seq;
+        }
+    }
+
     /// Joins `conn` to `room`: subscribes if needed, queues `joined` and the
     /// replay after `since`, then switches the member to live delivery.
     pub(crate) async fn join(
@@ -362,21 +413,24 @@ impl Hub {
         conn: &Arc<Conn>,
         room: &str,
         since: Option<u64>,
+        client_epoch: Option<String>,
     ) -> Result<(), RoomError> {
         let epoch = match self.strategy {
             Strategy::Sticky => self.own(room).await?,
             Strategy::Pubsub => 0,
         };
-        let already = self
-            .rooms
-            .get(room)
-            .and_then(|r| r.members.get(&conn.id).map(|m| m.after));
-        if let Some(after) = already {
+        let already = self.rooms.get(room).and_then(|r| {
+            r.members
+                .get(&conn.id)
+                .map(|m| (m.after, r.history_epoch.clone()))
+        });
+        if let Some((after, epoch)) = already {
             let presence = self.presence(room).await.unwrap_or_default();
             conn.send_frame(
                 &ServerFrame::Joined {
                     room: room.to_owned(),
                     seq: after,
+                    epoch,
                     presence,
                     recovered: None,
                 },
@@ -433,16 +487,18 @@ impl Hub {
         let read = async {
             let slice = store::history(&mut con, room, since_arg, limit).await?;
             let presence_key = keys::room_presence(room);
-            let (_, _, users): ((), (), Vec<String>) = redis::pipe()
+            let _: () = redis::pipe()
                 .hset(
                     &presence_key,
                     format!("{}/{}", self.node_id, conn.label),
                     &conn.user,
                 )
+                .ignore()
                 .pexpire(&presence_key, self.store.room_ttl.as_millis() as i64)
-                .hvals(&presence_key)
+                .ignore()
                 .query_async(&mut con)
                 .await?;
+            let users = store::presence(&mut con, room).await?;
             Ok::<_, redis::RedisError>((slice, users))
         };
         let (slice, users) = match read.await {
@@ -458,20 +514,34 @@ impl Hub {
             if r.last_seq.is_none() {
                 r.last_seq = Some(slice.seq);
             }
+            if !slice.epoch.is_empty() {
+                r.history_epoch = slice.epoch.clone();
+            }
         }
-        let presence = dedup(users);
-        let recovered = since.map(|s| s <= slice.seq && slice.complete);
+        // `since` counts in the epoch the client names; another epoch means
+        // the room's history was lost since, and nothing can be replayed.
+        let same_epoch = client_epoch
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == slice.epoch);
+        let recovered = since.map(|s| same_epoch && s <= slice.seq && slice.complete);
+        let replay = if same_epoch {
+            slice.messages
+        } else {
+            Vec::new()
+        };
         conn.send_frame(
             &ServerFrame::Joined {
                 room: room.to_owned(),
                 seq: slice.seq,
-                presence,
+                epoch: slice.epoch.clone(),
+                presence: users,
                 recovered,
             },
             &self.metrics,
         );
-        let replayed = slice.messages.len() as u64;
-        for (_, frame) in slice.messages {
+        self.announce(room, "join", conn).await;
+        let replayed = replay.len() as u64;
+        for (_, frame) in replay {
             conn.push(Message::Text(frame.into()), &self.metrics);
         }
         self.metrics.replayed.inc_by(replayed);
@@ -499,6 +569,7 @@ impl Hub {
     pub(crate) async fn leave(&self, room: &str, conn: &Conn) -> bool {
         let removed = self.remove_member(room, conn.id).await;
         if removed {
+            self.announce(room, "leave", conn).await;
             let mut con = self.redis.clone();
             let field = format!("{}/{}", self.node_id, conn.label);
             let r: redis::RedisResult<()> = redis::cmd("HDEL")
@@ -536,11 +607,45 @@ impl Hub {
     /// Users present in `room` across the cluster.
     pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
         let mut con = self.redis.clone();
-        let users: Vec<String> = redis::cmd("HVALS")
-            .arg(keys::room_presence(room))
-            .query_async(&mut con)
-            .await?;
-        Ok(dedup(users))
+        store::presence(&mut con, room).await
+    }
+
+    /// Tells the room's members (on every node) that `conn`'s user joined or
+    /// left. Best effort: presence events carry no seq and are not replayed.
+    async fn announce(&self, room: &str, event: &str, conn: &Conn) {
+        let frame = ServerFrame::Presence {
+            room: room.to_owned(),
+            event: event.to_owned(),
+            user: conn.user.clone(),
+        };
+        let json = frame.to_json();
+        match self.strategy {
+            Strategy::Sticky => self.deliver_presence(room, &conn.label, json.into()),
+            Strategy::Pubsub => {
+                let mut con = self.redis.clone();
+                let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                    .arg(keys::room_channel(room))
+                    .arg(bus::encode_presence(&conn.label, &json))
+                    .query_async(&mut con)
+                    .await;
+                if let Err(e) = r {
+                    self.metrics.redis_errors.inc();
+                    tracing::debug!(room, error = %e, "presence event not published");
+                }
+            }
+        }
+    }
+
+    /// Hands a presence event to the room's live members except its subject.
+    pub(crate) fn deliver_presence(&self, room: &str, origin: &str, frame: Utf8Bytes) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        for m in r.members.values() {
+            if m.buffer.is_none() && m.conn.label != origin {
+                m.conn.push(Message::Text(frame.clone()), &self.metrics);
+            }
+        }
     }
 
     /// Publishes into `room`; returns the message's seq.
@@ -680,10 +785,4 @@ impl Hub {
             c.kill(close::SERVICE_RESTART);
         }
     }
-}
-
-fn dedup(mut users: Vec<String>) -> Vec<String> {
-    users.sort_unstable();
-    users.dedup();
-    users
 }

@@ -22,6 +22,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) redis_errors: IntCounter,
     pub(crate) replayed: IntCounter,
     pub(crate) fenced: IntCounter,
+    pub(crate) room_resets: IntCounter,
 }
 
 impl NodeMetrics {
@@ -88,6 +89,10 @@ impl NodeMetrics {
             replayed: c(
                 "replayed_total",
                 "Messages replayed to clients from history on join",
+            ),
+            room_resets: c(
+                "room_resets_total",
+                "Rooms whose state was lost in Redis and started over",
             ),
             fenced: c(
                 "fenced_total",

@@ -94,7 +94,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
         ClientFrame::Ping => {
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
         }
-        ClientFrame::Join { room, since } => {
+        ClientFrame::Join { room, since, epoch } => {
             if !conn.in_room(&room) && conn.room_count() >= state.settings.max_rooms_per_conn {
                 return reject(
                     hub,
@@ -114,7 +114,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
                     "node is draining; reconnect through the gateway",
                 );
             }
-            match hub.join(conn, &room, since).await {
+            match hub.join(conn, &room, since, epoch).await {
                 Ok(()) => conn.joined_room(&room),
                 Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
             }
@@ -193,7 +193,7 @@ fn close_code_for(e: &axum::Error) -> u16 {
     if msg.contains("too long") || msg.contains("too big") {
         close::TOO_BIG
     } else if msg.contains("UTF-8") || msg.contains("utf-8") {
-        1007
+        close::INVALID_DATA
     } else {
         close::PROTOCOL
     }

@@ -1,0 +1,397 @@
+//! History, recovery and presence: nothing that history holds is lost.
+
+use anyhow::Result;
+use serde_json::json;
+use std::time::Duration;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+use turnout_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_is_dense_under_concurrent_publishers_on_three_nodes() -> Result<()> {
+    let c = Cluster::start(3, Strategy::Pubsub).await?;
+    let mut listeners = Vec::new();
+    for node in &c.nodes {
+        let mut l = Client::connect(&node.ws_url()).await?;
+        l.join("dense").await?;
+        listeners.push(l);
+    }
+    let mut tasks = Vec::new();
+    for node in &c.nodes {
+        let url = node.ws_url();
+        tasks.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await?;
+            p.join("dense").await?;
+            let mut seqs = Vec::new();
+            for i in 0..100 {
+                seqs.push(p.publish("dense", json!(i), &format!("{i}")).await?);
+            }
+            Ok::<_, anyhow::Error>(seqs)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=300).collect::<Vec<_>>(),
+        "every publish got its own seq, no gaps"
+    );
+    for l in &mut listeners {
+        assert_eq!(
+            l.messages_until("dense", 300).await?,
+            (1..=300).collect::<Vec<_>>(),
+            "on {}",
+            l.node()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_live_meet_without_gap_or_duplicate() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+        let c = Cluster::start_with(2, strategy, |s| s.history_size = 10_000).await?;
+        let url = match strategy {
+            Strategy::Pubsub => c.nodes[0].ws_url(),
+            Strategy::Sticky => format!("{}?room=flow", c.gateway.ws_url()),
+        };
+        let mut p = Client::connect(&url).await?;
+        p.join("flow").await?;
+        let total = 1500u64;
+        let publisher = tokio::spawn(async move {
+            for i in 0..total {
+                p.publish("flow", json!(i), &i.to_string()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        // Join with since while the publisher runs at full speed.
+        let joiner_url = match strategy {
+            Strategy::Pubsub => c.nodes[1].ws_url(),
+            Strategy::Sticky => url.clone(),
+        };
+        let mut since = 0;
+        wait_for("some history", DEADLINE, || async {
+            let (_, h) = http_get_json(&format!(
+                "{}/api/rooms/flow/history?since=0&limit=1",
+                c.gateway.http()
+            ))
+            .await
+            .ok()?;
+            let seq = h["seq"].as_u64()?;
+            (seq >= 200).then_some(seq)
+        })
+        .await
+        .map(|s| since = s / 2)?;
+        let mut j = Client::connect(&joiner_url).await?;
+        j.send_json(json!({"type": "join", "room": "flow", "since": since}))
+            .await?;
+        match j
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await?
+        {
+            ServerFrame::Joined { recovered, .. } => assert_eq!(recovered, Some(true)),
+            _ => unreachable!(),
+        }
+        publisher.await??;
+        let seqs = j.messages_until("flow", total).await?;
+        assert_eq!(
+            seqs,
+            (since + 1..=total).collect::<Vec<_>>(),
+            "{strategy}: gap or duplicate at the hand-over"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_bounded_and_says_when_it_cannot_recover() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.history_size = 10).await?;
+    let mut a = Client::connect(&c.nodes[0].ws_url()).await?;
+    a.join("short").await?;
+    for i in 0..25 {
+        a.publish("short", json!(i), &i.to_string()).await?;
+    }
+    let mut con = c.redis.con().await?;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(turnout_proto::keys::room_history("short"))
+        .query_async(&mut con)
+        .await?;
+    assert_eq!(len, 10);
+    let mut b = Client::connect(&c.nodes[0].ws_url()).await?;
+    b.send_json(json!({"type": "join", "room": "short", "since": 3}))
+        .await?;
+    let epoch = match b.recv().await? {
+        ServerFrame::Joined {
+            recovered,
+            seq,
+            epoch,
+            ..
+        } => {
+            assert_eq!(seq, 25);
+            assert_eq!(recovered, Some(false), "messages 4..15 are gone");
+            assert!(!epoch.is_empty());
+            epoch
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        b.messages_until("short", 25).await?,
+        (16..=25).collect::<Vec<_>>()
+    );
+    // A client from another epoch gets nothing replayed and is told so.
+    let mut d = Client::connect(&c.nodes[0].ws_url()).await?;
+    d.send_json(json!({"type": "join", "room": "short", "since": 20, "epoch": "older"}))
+        .await?;
+    match d.recv().await? {
+        ServerFrame::Joined {
+            recovered,
+            epoch: e,
+            ..
+        } => {
+            assert_eq!(recovered, Some(false));
+            assert_eq!(e, epoch);
+        }
+        other => panic!("{other:?}"),
+    }
+    let seq = a.publish("short", json!("live"), "live").await?;
+    assert_eq!(
+        d.messages_until("short", seq).await?,
+        vec![seq],
+        "no replay across epochs"
+    );
+    // Same epoch, nothing missed: recovered.
+    let mut e = Client::connect(&c.nodes[0].ws_url()).await?;
+    e.send_json(json!({"type": "join", "room": "short", "since": seq, "epoch": epoch}))
+        .await?;
+    match e.recv().await? {
+        ServerFrame::Joined { recovered, .. } => assert_eq!(recovered, Some(true)),
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_and_every_node_resumes() -> Result<()> {
+    let redis = Redis::start_persistent().await?;
+    let mut c = Cluster::start_on(redis, 3, Strategy::Pubsub, |_| {}).await?;
+    let mut listeners = Vec::new();
+    for node in &c.nodes {
+        let mut l = Client::connect(&node.ws_url()).await?;
+        l.join("chaos").await?;
+        listeners.push(l);
+    }
+    let mut p = Client::connect(&c.nodes[0].ws_url()).await?;
+    p.join("chaos").await?;
+    let mut last = 0;
+    for i in 0..50 {
+        last = p.publish("chaos", json!(i), &format!("a{i}")).await?;
+    }
+    c.redis.restart().await?;
+    // Keep publishing: failures while Redis is down are answered as errors
+    // (never a silent drop); then publishing works again.
+    let mut ok_after = 0;
+    let mut i = 0;
+    while ok_after < 50 {
+        i += 1;
+        let id = format!("b{i}");
+        p.send_json(json!({"type": "publish", "room": "chaos", "data": i, "id": id}))
+            .await?;
+        match p
+            .expect("ack or error", |f| match f {
+                ServerFrame::Ack { id: Some(x), .. } | ServerFrame::Error { id: Some(x), .. } => {
+                    *x == id
+                }
+                _ => false,
+            })
+            .await?
+        {
+            ServerFrame::Ack { seq, .. } => {
+                assert_eq!(seq, last + 1, "seq continues after the restart");
+                last = seq;
+                ok_after += 1;
+            }
+            ServerFrame::Error { code, .. } => {
+                assert_eq!(code, "unavailable");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => unreachable!(),
+        }
+    }
+    for l in &mut listeners {
+        let seqs = l.messages_until("chaos", last).await?;
+        assert_eq!(
+            seqs,
+            (1..=last).collect::<Vec<_>>(),
+            "gap or duplicate on {}",
+            l.node()
+        );
+    }
+    // The nodes say what happened.
+    let (_, body) = http("GET", &format!("{}/metrics", c.nodes[1].http()), None, &[]).await?;
+    let text = String::from_utf8_lossy(&body);
+    let disconnects = text
+        .lines()
+        .find(|l| l.starts_with("turnout_redis_disconnects_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(disconnects >= 1.0, "disconnect counted:\n{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_tells_members_history_is_gone() -> Result<()> {
+    let mut c = Cluster::start(2, Strategy::Pubsub).await?;
+    let mut l = Client::connect(&c.nodes[1].ws_url()).await?;
+    l.join("amnesia").await?;
+    let mut p = Client::connect(&c.nodes[0].ws_url()).await?;
+    p.join("amnesia").await?;
+    for i in 0..5 {
+        p.publish("amnesia", json!(i), &i.to_string()).await?;
+    }
+    assert_eq!(
+        l.messages_until("amnesia", 5).await?,
+        (1..=5).collect::<Vec<_>>()
+    );
+    let (_, h) = http_get_json(&format!("{}/api/rooms/amnesia/history", c.gateway.http())).await?;
+    let old_epoch = h["epoch"].as_str().unwrap().to_owned();
+    assert!(!old_epoch.is_empty());
+    c.redis.restart().await?;
+    // The listener is told its position starts over, with a new epoch.
+    match l
+        .expect("a fresh joined", |f| {
+            matches!(f, ServerFrame::Joined { .. })
+        })
+        .await?
+    {
+        ServerFrame::Joined {
+            recovered, epoch, ..
+        } => {
+            assert_eq!(recovered, Some(false));
+            assert_ne!(epoch, old_epoch);
+        }
+        _ => unreachable!(),
+    }
+    // And receives what is published in the new epoch.
+    let seq = wait_for("publish after the restart", DEADLINE, || async {
+        let (s, b) = http(
+            "POST",
+            &format!("{}/api/rooms/amnesia/publish", c.gateway.http()),
+            Some(json!({"data": "new"}).to_string()),
+            &[],
+        )
+        .await
+        .ok()?;
+        (s == 200)
+            .then(|| serde_json::from_slice::<serde_json::Value>(&b).ok()?["seq"].as_u64())
+            .flatten()
+    })
+    .await?;
+    let got = l.messages_until("amnesia", seq).await?;
+    assert_eq!(got.last(), Some(&seq));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_nodes_with_events_and_dead_entries_dropped() -> Result<()> {
+    let c = Cluster::start(2, Strategy::Pubsub).await?;
+    let mut alice = Client::connect(&format!("{}?user=alice", c.nodes[0].ws_url())).await?;
+    alice.join("p").await?;
+    let mut bob = Client::connect(&format!("{}?user=bob", c.nodes[1].ws_url())).await?;
+    bob.send_json(json!({"type": "join", "room": "p"})).await?;
+    match bob.recv().await? {
+        ServerFrame::Joined { presence, .. } => assert_eq!(presence, vec!["alice", "bob"]),
+        other => panic!("{other:?}"),
+    }
+    let ev = alice
+        .expect("presence join", |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await?;
+    assert_eq!(
+        ev,
+        ServerFrame::Presence {
+            room: "p".into(),
+            event: "join".into(),
+            user: "bob".into()
+        }
+    );
+    // A crashed node's entries disappear once its heartbeat is gone.
+    let mut con = c.redis.con().await?;
+    let _: () = redis::cmd("HSET")
+        .arg(turnout_proto::keys::room_presence("p"))
+        .arg("crashed-node/crashed-node-1")
+        .arg("ghost")
+        .query_async(&mut con)
+        .await?;
+    let (_, v) = http_get_json(&format!("{}/api/rooms/p/presence", c.gateway.http())).await?;
+    assert_eq!(v["users"], json!(["alice", "bob"]));
+    let left: bool = redis::cmd("HEXISTS")
+        .arg(turnout_proto::keys::room_presence("p"))
+        .arg("crashed-node/crashed-node-1")
+        .query_async(&mut con)
+        .await?;
+    assert!(!left, "dead entry removed");
+    bob.send_json(json!({"type": "leave", "room": "p"})).await?;
+    let ev = alice
+        .expect("presence leave", |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await?;
+    assert_eq!(
+        ev,
+        ServerFrame::Presence {
+            room: "p".into(),
+            event: "leave".into(),
+            user: "bob".into()
+        }
+    );
+    let (_, v) = http_get_json(&format!("{}/api/rooms/p/presence", c.gateway.http())).await?;
+    assert_eq!(v["users"], json!(["alice"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_with_3008_and_others_are_unaffected() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.send_queue = 16).await?;
+    let url = c.nodes[0].ws_url();
+    let mut slow = Client::connect(&url).await?;
+    slow.join("firehose").await?;
+    let mut fast = Client::connect(&url).await?;
+    fast.join("firehose").await?;
+    let mut p = Client::connect(&url).await?;
+    p.join("firehose").await?;
+    // ~16 MB of messages: far beyond the socket buffers of a client that does not read.
+    let big = "x".repeat(60_000);
+    let mut last = 0;
+    for i in 0..280 {
+        p.send_json(
+            json!({"type": "publish", "room": "firehose", "data": big, "id": format!("{i}")}),
+        )
+        .await?;
+        if i % 20 == 19 {
+            // Keep the publisher's own queue drained while the fast reader keeps up.
+            last = p
+                .expect(
+                    "an ack",
+                    |f| matches!(f, ServerFrame::Ack { id: Some(x), .. } if *x == format!("{i}")),
+                )
+                .await
+                .map(|f| match f {
+                    ServerFrame::Ack { seq, .. } => seq,
+                    _ => 0,
+                })?;
+            let _ = fast.messages_until("firehose", last).await?;
+        }
+    }
+    let (_, code) = slow.recv_close().await?;
+    assert_eq!(code, Some(3008));
+    assert!(last > 0);
+    // The other member still gets everything and still answers.
+    fast.send_json(json!({"type": "ping"})).await?;
+    fast.expect("pong", |f| *f == ServerFrame::Pong).await?;
+    Ok(())
+}
