@@ -277,7 +277,7 @@ mod tests {
         let json = f.to_json();
         assert_eq!(
             json,
-            r#"{"type":"joined","room":"r","seq":3,"presence":["u"]}"#
+            r#"{"type":"joined","room":"r","seq":3,"epoch":"e","presence":["u"]}"#
         );
         assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), f);
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
