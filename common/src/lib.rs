@@ -7,8 +7,10 @@
 //!   and the scripts that must be the same in every process.
 //! - [`serve`]: binding, serving HTTP + gRPC on one port, shutdown signals.
 //! - [`metrics`]: a per-process Prometheus registry and its `/metrics` handler.
+//! - [`auth`]: client JWTs, API key, internal token, the open-mode rule.
 //! - [`grpc`]: health and reflection services for every gRPC port.
 
+pub mod auth;
 pub mod grpc;
 pub mod metrics;
 pub mod redis;

@@ -188,3 +188,42 @@ pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     turnout_common::metrics::render(&gw.metrics.registry)
 }
+
+/// Middleware: the server API needs `X-API-Key` when a key is configured.
+pub(crate) async fn require_key(
+    State(key): State<Option<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(key) = &key {
+        let given = req
+            .headers()
+            .get(turnout_common::auth::API_KEY_HEADER)
+            .map(|v| v.as_bytes());
+        if !given.is_some_and(|g| turnout_common::auth::ct_eq(g, key.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "X-API-Key missing or wrong",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// gRPC: the `Gateway` service needs metadata `x-api-key` when a key is configured.
+pub(crate) fn grpc_key_checker(
+    key: Option<String>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req: tonic::Request<()>| match &key {
+        None => Ok(req),
+        Some(key) => match req.metadata().get(turnout_common::auth::API_KEY_HEADER) {
+            Some(v) if turnout_common::auth::ct_eq(v.as_bytes(), key.as_bytes()) => Ok(req),
+            _ => Err(tonic::Status::unauthenticated("x-api-key missing or wrong")),
+        },
+    }
+}

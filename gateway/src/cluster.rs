@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use turnout_common::auth::InternalToken;
 use turnout_proto::Strategy;
 use turnout_proto::v1::router_client::RouterClient;
 use turnout_proto::v1::{NodeInfo, NodesReply, WatchNodesRequest};
@@ -28,6 +29,7 @@ static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// Follows the routers, one at a time, until `stop`.
 pub(crate) async fn follow(
     routers: Vec<String>,
+    token: InternalToken,
     tx: watch::Sender<Arc<View>>,
     stop: CancellationToken,
 ) {
@@ -40,7 +42,7 @@ pub(crate) async fn follow(
         let url = routers[i % routers.len()].clone();
         i += 1;
         let result = tokio::select! {
-            r = watch_one(&url, &tx) => r,
+            r = watch_one(&url, token.clone(), &tx) => r,
             _ = stop.cancelled() => return,
         };
         if let Err(e) = result {
@@ -61,13 +63,17 @@ pub(crate) async fn follow(
     }
 }
 
-async fn watch_one(url: &str, tx: &watch::Sender<Arc<View>>) -> Result<(), String> {
+async fn watch_one(
+    url: &str,
+    token: InternalToken,
+    tx: &watch::Sender<Arc<View>>,
+) -> Result<(), String> {
     let channel = router_channel(url)
         .map_err(|e| e.to_string())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;
-    let mut client = RouterClient::new(channel);
+    let mut client = RouterClient::with_interceptor(channel, token);
     let mut stream = client
         .watch_nodes(WatchNodesRequest {})
         .await

@@ -33,6 +33,8 @@ pub enum GatewayError {
     Redis(#[from] redis::RedisError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(#[from] turnout_common::settings::SettingsError),
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled.
@@ -49,29 +51,73 @@ pub async fn run(
             addr.port()
         )
     });
+    let auth = turnout_common::auth::ClientAuth::from_settings(
+        settings.jwt_secret.as_deref(),
+        settings.jwt_public_key.as_deref(),
+    )?;
+    let internal = turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())?;
+    let mut missing = Vec::new();
+    if auth.is_none() {
+        missing.push("jwt_secret");
+    }
+    if settings.api_key.is_none() {
+        missing.push("api_key");
+    }
+    if settings.internal_token.is_none() {
+        missing.push("internal_token");
+    }
+    turnout_common::auth::check_open_mode(
+        "gateway",
+        &turnout_common::settings::ListenSpec::from(addr),
+        settings.insecure,
+        &missing,
+    )?;
     let client = turnout_common::redis::client(&settings.redis_url)?;
     let redis = turnout_common::redis::commands(&client).await?;
     let (tx, rx) = watch::channel(Arc::new(cluster::View::default()));
     let stop = CancellationToken::new();
-    tokio::spawn(cluster::follow(settings.routers(), tx, stop.clone()));
+    tokio::spawn(cluster::follow(
+        settings.routers(),
+        internal.clone(),
+        tx,
+        stop.clone(),
+    ));
     let body_limit = settings.max_body_bytes;
     let strategy = settings.strategy;
-    let gw = Arc::new(state::Gateway::new(id.clone(), settings, rx, redis));
+    let api_key = settings.api_key.clone();
+    let gw = Arc::new(state::Gateway::new(
+        id.clone(),
+        settings,
+        rx,
+        redis,
+        internal,
+        auth,
+    ));
 
     let (health, routes) = turnout_common::grpc::base_routes();
     health
         .set_serving::<turnout_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
         .await;
     let grpc = routes
-        .add_service(grpc::server(gw.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            grpc::server(gw.clone()),
+            api::grpc_key_checker(api_key.clone()),
+        ))
         .into_axum_router();
+    // The server API needs the API key (when one is configured).
+    let rooms_api = Router::new()
+        .route("/api/rooms/{room}/publish", post(api::publish))
+        .route("/api/rooms/{room}/history", get(api::history))
+        .route("/api/rooms/{room}/presence", get(api::presence))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api_key,
+            api::require_key,
+        ));
     let app = Router::new()
         .route("/ws", get(proxy::ws))
         .route("/api/route", get(api::route))
         .route("/api/cluster", get(api::cluster))
-        .route("/api/rooms/{room}/publish", post(api::publish))
-        .route("/api/rooms/{room}/history", get(api::history))
-        .route("/api/rooms/{room}/presence", get(api::presence))
+        .merge(rooms_api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

@@ -73,6 +73,25 @@ pub(crate) async fn ws(
             "expected a WebSocket upgrade",
         );
     }
+    // Refuse bad tokens here, before any node is bothered (nodes check too).
+    if let Some(auth) = &gw.auth {
+        let token = turnout_common::auth::token_from(req.headers(), req.uri().query());
+        let verdict = match token {
+            None => Err(turnout_common::auth::AuthError::Missing),
+            Some(t) => auth.verify(&t).map(|_| ()),
+        };
+        if let Err(e) = verdict {
+            gw.metrics.auth_failures.inc();
+            return crate::api::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+        }
+    }
+    let Some(ip_slot) = IpSlot::take(&gw, peer.ip()) else {
+        return crate::api::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connections from your address",
+        );
+    };
     let room = crate::api::query_param(req.uri().query(), "room");
     let path = match req.uri().query() {
         Some(q) => format!("/ws?{q}"),
@@ -145,6 +164,7 @@ pub(crate) async fn ws(
     let metrics = gw.metrics.clone();
     let node_id = node.id.clone();
     tokio::spawn(async move {
+        let _slot = ip_slot;
         let (client, node_io) = match tokio::join!(client_side, node_side) {
             (Ok(c), Ok(n)) => (c, n),
             (c, n) => {
@@ -177,4 +197,30 @@ pub(crate) async fn ws(
         HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static("?")),
     );
     out.into_response()
+}
+
+/// One proxied connection counted against its client IP; released on drop.
+struct IpSlot {
+    gw: Arc<Gateway>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut n = gw.per_ip.entry(ip).or_insert(0);
+        if *n >= gw.settings.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { gw: gw.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.gw.per_ip.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }

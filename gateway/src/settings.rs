@@ -49,6 +49,30 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_BODY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Shared secret required on internal gRPC calls.
+    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_token: Option<String>,
+    /// Run without secrets on a non-loopback address (true/false).
+    #[arg(long, env = "TURNOUT_INSECURE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// HS256 secret for client tokens (at least 16 bytes).
+    #[arg(long, env = "TURNOUT_JWT_SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// Path of a PEM RSA public key for RS256 client tokens.
+    #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<String>,
+    /// Key required in X-API-Key on the server API (HTTP and gRPC).
+    #[arg(long, env = "TURNOUT_API_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// WebSocket connections one client IP may hold through this gateway.
+    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// The gateway's settings after merging file, env and flags.
@@ -63,6 +87,12 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
     pub max_body_bytes: usize,
+    pub internal_token: Option<String>,
+    pub insecure: bool,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    pub api_key: Option<String>,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Settings {
@@ -75,6 +105,12 @@ impl Default for Settings {
             node_id: None,
             upstream_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
+            internal_token: None,
+            insecure: false,
+            jwt_secret: None,
+            jwt_public_key: None,
+            api_key: None,
+            max_connections_per_ip: 1000,
         }
     }
 }
@@ -113,6 +149,18 @@ impl Validate for Settings {
             return Err(SettingsError::invalid(
                 "listen",
                 "a gateway listens on one port, not a range",
+            ));
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(SettingsError::invalid(
+                "api_key",
+                "must be at least 16 bytes",
+            ));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(SettingsError::invalid(
+                "max_connections_per_ip",
+                "must be greater than 0",
             ));
         }
         if self.max_body_bytes == 0 {

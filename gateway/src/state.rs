@@ -10,9 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use turnout_common::auth::{ClientAuth, InternalToken};
 use turnout_common::metrics::register;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::v1::node_client::NodeClient;
+
+/// A gRPC channel whose calls carry the internal token.
+pub(crate) type Internal = tonic::service::interceptor::InterceptedService<Channel, InternalToken>;
 use turnout_proto::v1::router_client::RouterClient;
 use turnout_proto::v1::{DeliverRequest, NodeInfo, RouteRequest};
 use turnout_proto::{Strategy, names};
@@ -26,6 +30,7 @@ pub(crate) struct GatewayMetrics {
     pub(crate) proxied: IntGauge,
     pub(crate) proxied_bytes: IntCounterVec,
     pub(crate) upstream_errors: IntCounter,
+    pub(crate) auth_failures: IntCounter,
     pub(crate) api_requests: IntCounterVec,
 }
 
@@ -46,6 +51,14 @@ impl GatewayMetrics {
                 IntCounterVec::new(
                     Opts::new("proxied_bytes_total", "Bytes spliced, by direction"),
                     &["direction"],
+                )
+                .expect("valid"),
+            ),
+            auth_failures: register(
+                &registry,
+                IntCounter::new(
+                    "auth_failures_total",
+                    "WebSocket upgrades refused for a missing or bad token",
                 )
                 .expect("valid"),
             ),
@@ -128,9 +141,14 @@ pub(crate) struct Gateway {
     pub(crate) picker: Picker,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) redis: ConnectionManager,
-    nodes: DashMap<String, NodeClient<Channel>>,
+    nodes: DashMap<String, NodeClient<Internal>>,
     /// One client per router URL, in failover order.
-    routers: Vec<RouterClient<Channel>>,
+    routers: Vec<RouterClient<Internal>>,
+    pub(crate) internal: InternalToken,
+    /// Client token verification; None runs open.
+    pub(crate) auth: Option<ClientAuth>,
+    /// Proxied connections per client IP.
+    pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
     /// Sticky: room -> owner, for [`ROUTE_CACHE_TTL`] unless the owner leaves.
     route_cache: DashMap<String, (NodeInfo, Instant)>,
 }
@@ -144,6 +162,8 @@ impl Gateway {
         settings: Settings,
         view: watch::Receiver<Arc<View>>,
         redis: ConnectionManager,
+        internal: InternalToken,
+        auth: Option<ClientAuth>,
     ) -> Self {
         let routers = settings
             .routers()
@@ -153,7 +173,7 @@ impl Gateway {
                     .ok()?
                     .connect_timeout(Duration::from_secs(2))
                     .connect_lazy();
-                Some(RouterClient::new(ch))
+                Some(RouterClient::with_interceptor(ch, internal.clone()))
             })
             .collect();
         Gateway {
@@ -166,6 +186,9 @@ impl Gateway {
             nodes: DashMap::new(),
             routers,
             route_cache: DashMap::new(),
+            internal,
+            auth,
+            per_ip: DashMap::new(),
         }
     }
 
@@ -282,7 +305,7 @@ impl Gateway {
         self.route_cache.remove(room);
     }
 
-    fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Channel>, ApiError> {
+    fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Internal>, ApiError> {
         if let Some(c) = self.nodes.get(&node.internal_url) {
             return Ok(c.clone());
         }
@@ -290,7 +313,7 @@ impl Gateway {
             .map_err(|_| ApiError::new(ErrorCode::Internal, "node has an invalid internal URL"))?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        let client = NodeClient::new(channel);
+        let client = NodeClient::with_interceptor(channel, self.internal.clone());
         self.nodes.insert(node.internal_url.clone(), client.clone());
         Ok(client)
     }

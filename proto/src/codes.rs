@@ -80,6 +80,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The peer broke the protocol.
     pub const PROTOCOL: u16 = 1002;
+    /// Sustained abuse (e.g. publishing far over the rate limit).
+    pub const POLICY: u16 = 1008;
+    /// A server bug ended the session.
+    pub const INTERNAL: u16 = 1011;
     /// A text frame was not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
     /// A frame exceeded `max_frame_bytes`.
@@ -89,4 +93,6 @@ pub mod close {
     /// The client read too slowly and its send queue filled up; reconnect and
     /// resume with `since`.
     pub const SLOW_CONSUMER: u16 = 3008;
+    /// No frame or pong within `idle_timeout`; reconnect when needed.
+    pub const IDLE: u16 = 3009;
 }

@@ -283,3 +283,112 @@ mod tests {
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 }
+
+/// Property tests over the parser: it never panics, and what it accepts is
+/// exactly what it should. `PROPTEST_CASES` sets the number of inputs.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            ".{0,80}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_owned()),
+                        Just("room".to_owned()),
+                        Just("since".to_owned()),
+                        Just("data".to_owned()),
+                        Just("id".to_owned()),
+                        Just("epoch".to_owned()),
+                        ".{0,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn frame_like() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop_oneof![
+                Just("join"),
+                Just("leave"),
+                Just("publish"),
+                Just("ping"),
+                Just("other")
+            ],
+            prop::option::of(prop_oneof!["[a-z0-9]{1,70}", ".{0,10}"]),
+            prop::option::of(any::<u64>()),
+            prop::option::of(json_value()),
+            prop::option::of(".{0,70}"),
+        )
+            .prop_map(|(t, room, since, data, id)| {
+                let mut m = serde_json::Map::new();
+                m.insert("type".into(), t.into());
+                if let Some(r) = room {
+                    m.insert("room".into(), r.into());
+                }
+                if let Some(s) = since {
+                    m.insert("since".into(), s.into());
+                }
+                if let Some(d) = data {
+                    m.insert("data".into(), d);
+                }
+                if let Some(i) = id {
+                    m.insert("id".into(), i.into());
+                }
+                serde_json::Value::Object(m)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,200}") {
+            let _ = parse_client_frame(&s);
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_text_never_panic(b in prop::collection::vec(any::<u8>(), 0..200)) {
+            let s = String::from_utf8_lossy(&b);
+            let _ = parse_client_frame(&s);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value()) {
+            let _ = parse_client_frame(&v.to_string());
+        }
+
+        #[test]
+        fn accepted_frames_are_valid(v in frame_like()) {
+            let text = v.to_string();
+            match parse_client_frame(&text) {
+                Ok(ClientFrame::Join { room, .. }) | Ok(ClientFrame::Leave { room }) => {
+                    prop_assert!(crate::names::check_room(&room).is_ok());
+                }
+                Ok(ClientFrame::Publish { room, data, id }) => {
+                    prop_assert!(crate::names::check_room(&room).is_ok());
+                    // The payload is passed through byte for byte.
+                    let sent = v.get("data").map(|d| d.to_string());
+                    prop_assert_eq!(Some(data.get().to_owned()), sent);
+                    prop_assert!(id.is_none_or(|i| i.len() <= MAX_ID_LEN));
+                }
+                Ok(ClientFrame::Ping) => prop_assert_eq!(v["type"].as_str(), Some("ping")),
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}

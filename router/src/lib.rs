@@ -32,6 +32,8 @@ pub enum RouterError {
     Redis(#[from] redis::RedisError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(#[from] turnout_common::settings::SettingsError),
 }
 
 /// Runs a router on `listener` until `shutdown` is cancelled.
@@ -41,6 +43,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
     let addr = listener.local_addr()?;
+    let internal = turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())?;
+    let missing: &[&str] = if settings.internal_token.is_none() {
+        &["internal_token"]
+    } else {
+        &[]
+    };
+    turnout_common::auth::check_open_mode(
+        "router",
+        &turnout_common::settings::ListenSpec::from(addr),
+        settings.insecure,
+        missing,
+    )?;
     let router_id = settings.node_id.clone().unwrap_or_else(|| {
         format!(
             "router-{}-{}",
@@ -110,7 +124,12 @@ pub async fn run(
     };
     let strategy = settings.strategy;
     let svc = service::RouterService::new(router_id.clone(), settings, rx, con.clone(), metrics);
-    let grpc = routes.add_service(service::server(svc)).into_axum_router();
+    let grpc = routes
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            service::server(svc),
+            internal.checker(),
+        ))
+        .into_axum_router();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

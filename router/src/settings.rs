@@ -47,6 +47,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_ttl: Option<String>,
+    /// Shared secret required on internal gRPC calls.
+    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_token: Option<String>,
+    /// Run without secrets on a non-loopback address (true/false).
+    #[arg(long, env = "TURNOUT_INSECURE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 /// The router's settings after merging file, env and flags.
@@ -62,6 +70,8 @@ pub struct Settings {
     pub load_factor: f64,
     #[serde(with = "humantime_serde")]
     pub placement_ttl: Duration,
+    pub internal_token: Option<String>,
+    pub insecure: bool,
 }
 
 impl Default for Settings {
@@ -74,6 +84,8 @@ impl Default for Settings {
             poll_interval: Duration::from_millis(250),
             load_factor: 1.25,
             placement_ttl: Duration::from_secs(600),
+            internal_token: None,
+            insecure: false,
         }
     }
 }

@@ -206,14 +206,21 @@ pub async fn start_node(settings: turnout_ws_node::Settings) -> Proc {
     Proc { addr, stop, task }
 }
 
-pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
-    let settings = turnout_router::Settings {
+pub fn router_settings(redis: &str, strategy: Strategy) -> turnout_router::Settings {
+    turnout_router::Settings {
         strategy,
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         poll_interval: Duration::from_millis(100),
         ..Default::default()
-    };
+    }
+}
+
+pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
+    start_router_with(router_settings(redis, strategy)).await
+}
+
+pub async fn start_router_with(settings: turnout_router::Settings) -> Proc {
     let l = listener().await;
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -226,19 +233,30 @@ pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
     Proc { addr, stop, task }
 }
 
-pub async fn start_gateway(redis: &str, strategy: Strategy, routers: &[&Proc]) -> Proc {
+pub fn gateway_settings(
+    redis: &str,
+    strategy: Strategy,
+    routers: &[&Proc],
+) -> turnout_gateway::Settings {
     let router_url = routers
         .iter()
         .map(|r| r.http())
         .collect::<Vec<_>>()
         .join(",");
-    let settings = turnout_gateway::Settings {
+    turnout_gateway::Settings {
         strategy,
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         router_url,
         ..Default::default()
-    };
+    }
+}
+
+pub async fn start_gateway(redis: &str, strategy: Strategy, routers: &[&Proc]) -> Proc {
+    start_gateway_with(gateway_settings(redis, strategy, routers)).await
+}
+
+pub async fn start_gateway_with(settings: turnout_gateway::Settings) -> Proc {
     let l = listener().await;
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();

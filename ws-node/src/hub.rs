@@ -63,11 +63,20 @@ pub(crate) struct Conn {
     /// Rooms this connection is in; written by its session, and by the hub
     /// when a room moves away (sticky).
     rooms: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The client's token claims, when tokens are required.
+    pub(crate) claims: Option<turnout_common::auth::Claims>,
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, label: String, user: String, tx: mpsc::Sender<Message>) -> Self {
+    pub(crate) fn new(
+        id: ConnId,
+        label: String,
+        user: String,
+        tx: mpsc::Sender<Message>,
+        claims: Option<turnout_common::auth::Claims>,
+    ) -> Self {
         Conn {
+            claims,
             id,
             label,
             user,
@@ -129,6 +138,11 @@ impl Conn {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Queues a WebSocket ping (keepalive).
+    pub(crate) fn ping(&self, metrics: &NodeMetrics) -> bool {
+        self.push(Message::Ping(bytes::Bytes::new()), metrics)
     }
 
     /// Queues a control frame (joined, ack, error…).

@@ -23,6 +23,10 @@ pub(crate) struct NodeMetrics {
     pub(crate) replayed: IntCounter,
     pub(crate) fenced: IntCounter,
     pub(crate) room_resets: IntCounter,
+    pub(crate) auth_failures: IntCounter,
+    pub(crate) rate_limited: IntCounter,
+    pub(crate) idle_closed: IntCounter,
+    pub(crate) session_panics: IntCounter,
 }
 
 impl NodeMetrics {
@@ -89,6 +93,22 @@ impl NodeMetrics {
             replayed: c(
                 "replayed_total",
                 "Messages replayed to clients from history on join",
+            ),
+            auth_failures: c(
+                "auth_failures_total",
+                "WebSocket upgrades refused for a missing or bad token",
+            ),
+            rate_limited: c(
+                "rate_limited_total",
+                "Publishes refused by the per-connection rate limit",
+            ),
+            idle_closed: c(
+                "idle_closed_total",
+                "Connections closed after idle_timeout without a frame or pong",
+            ),
+            session_panics: c(
+                "session_panics_total",
+                "Sessions ended by a bug (panic) in frame handling",
             ),
             room_resets: c(
                 "room_resets_total",

@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use turnout_common::auth::{ClientAuth, InternalToken, check_open_mode};
 use turnout_common::redis::RoomStore;
+use turnout_common::settings::ListenSpec;
 use turnout_proto::v1::NodeInfo;
 use turnout_proto::{keys, names, now_ms};
 
@@ -31,6 +33,8 @@ pub enum NodeError {
     Redis(#[from] redis::RedisError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(#[from] turnout_common::settings::SettingsError),
 }
 
 /// Shared by every task of one node.
@@ -46,6 +50,8 @@ pub(crate) struct NodeState {
     /// Cancelled to start a drain (signal or `Node.Drain`).
     pub(crate) drain: CancellationToken,
     redis: ConnectionManager,
+    /// Client token verification; None runs open.
+    auth: Option<ClientAuth>,
 }
 
 impl NodeState {
@@ -91,6 +97,24 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("ws://{host}:{}/ws", addr.port()));
     let internal_url = internal_url_of(&url);
+    let auth = ClientAuth::from_settings(
+        settings.jwt_secret.as_deref(),
+        settings.jwt_public_key.as_deref(),
+    )?;
+    let internal = InternalToken::new(settings.internal_token.as_deref())?;
+    let mut missing = Vec::new();
+    if auth.is_none() {
+        missing.push("jwt_secret");
+    }
+    if settings.internal_token.is_none() {
+        missing.push("internal_token");
+    }
+    check_open_mode(
+        "ws-node",
+        &ListenSpec::from(addr),
+        settings.insecure,
+        &missing,
+    )?;
     let metrics = NodeMetrics::new(&node_id);
     let client = turnout_common::redis::client(&settings.redis_url)?;
     let redis = turnout_common::redis::commands(&client).await?;
@@ -133,6 +157,7 @@ pub async fn run(
         drain: CancellationToken::new(),
         redis,
         settings,
+        auth,
     });
 
     let (health, routes) = turnout_common::grpc::base_routes();
@@ -140,7 +165,10 @@ pub async fn run(
         .set_serving::<turnout_proto::v1::node_server::NodeServer<grpc::NodeService>>()
         .await;
     let grpc_routes = routes
-        .add_service(grpc::server(state.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            grpc::server(state.clone()),
+            internal.checker(),
+        ))
         .into_axum_router();
     let app = Router::new()
         .route("/ws", get(ws_handler))
@@ -219,6 +247,8 @@ struct WsQuery {
 async fn ws_handler(
     State(state): State<Arc<NodeState>>,
     Query(q): Query<WsQuery>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.draining() {
@@ -228,9 +258,27 @@ async fn ws_handler(
         )
             .into_response();
     }
+    let claims = match &state.auth {
+        None => None,
+        Some(auth) => match turnout_common::auth::token_from(&headers, uri.query()) {
+            None => {
+                state.hub.metrics.auth_failures.inc();
+                let msg = turnout_common::auth::AuthError::Missing.to_string();
+                return (StatusCode::UNAUTHORIZED, msg).into_response();
+            }
+            Some(t) => match auth.verify(&t) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    state.hub.metrics.auth_failures.inc();
+                    return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+                }
+            },
+        },
+    };
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let label = format!("{}-{id}", state.hub.node_id);
-    let user = match q.user {
+    // A token's subject wins over the `user` parameter.
+    let user = match claims.as_ref().map(|c| c.sub.clone()).or(q.user) {
         Some(u) => {
             if let Err(e) = names::check_user(&u) {
                 return (StatusCode::BAD_REQUEST, format!("user id {e}")).into_response();
@@ -255,7 +303,7 @@ async fn ws_handler(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let (tx, rx) = mpsc::channel(queue);
-            let conn = Arc::new(Conn::new(id, label, user, tx));
+            let conn = Arc::new(Conn::new(id, label, user, tx, claims));
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
                 session::run(socket, st, conn, rx).await;

@@ -4,7 +4,7 @@
 use crate::hub::{Conn, Hub, RoomError};
 use crate::node::NodeState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -34,11 +34,29 @@ pub(crate) async fn run(
             },
             &hub.metrics,
         );
+        let settings = &state.settings;
+        let mut limiter = RateLimit::new(settings.max_publish_rate, settings.max_publish_burst);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        let mut last_heard = tokio::time::Instant::now();
+        let mut peer_closed = false;
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
                 _ = conn.closed.cancelled() => break,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= settings.idle_timeout {
+                        hub.metrics.idle_closed.inc();
+                        conn.kill(close::IDLE);
+                        break;
+                    }
+                    conn.ping(&hub.metrics);
+                    continue;
+                }
             };
+            last_heard = tokio::time::Instant::now();
             let msg = match msg {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
@@ -47,10 +65,29 @@ pub(crate) async fn run(
                     conn.kill(code);
                     break;
                 }
-                None => break,
+                None => {
+                    peer_closed = true;
+                    break;
+                }
             };
             match msg {
-                Message::Text(text) => handle_text(&state, &conn, text.as_str()).await,
+                Message::Text(text) => {
+                    // A bug in handling one frame ends this session, not the process.
+                    let handled = std::panic::AssertUnwindSafe(handle_text(
+                        &state,
+                        &conn,
+                        &mut limiter,
+                        text.as_str(),
+                    ))
+                    .catch_unwind()
+                    .await;
+                    if handled.is_err() {
+                        hub.metrics.session_panics.inc();
+                        tracing::error!("frame handling panicked; closing the session");
+                        conn.kill(close::INTERNAL);
+                        break;
+                    }
+                }
                 Message::Binary(_) => {
                     reject(
                         hub,
@@ -59,9 +96,25 @@ pub(crate) async fn run(
                         "binary frames are not accepted; send JSON text frames",
                     );
                 }
-                Message::Close(_) => break,
+                Message::Close(_) => {
+                    peer_closed = true;
+                    break;
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
             }
+        }
+        if !peer_closed && conn.closed.is_cancelled() {
+            // We close: finish the closing handshake by reading (and
+            // discarding) until the client's close, so the close frame is not
+            // lost to a TCP reset over unread data.
+            let drain = async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
         }
         for room in conn.take_rooms() {
             hub.leave(&room, &conn).await;
@@ -84,7 +137,50 @@ fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
     conn.send_frame(&ServerFrame::error(code, message), &hub.metrics);
 }
 
-async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
+/// A token bucket over publishes.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+    /// Publishes refused in a row; too many is abuse.
+    strikes: u32,
+}
+
+/// How long a closing session waits for the client's close frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refused publishes in a row after which the connection is closed (1008).
+const MAX_STRIKES: u32 = 100;
+
+impl RateLimit {
+    fn new(rate: f64, burst: u32) -> Self {
+        RateLimit {
+            rate,
+            burst: burst as f64,
+            tokens: burst as f64,
+            at: tokio::time::Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
+async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimit, text: &str) {
     let hub = &state.hub;
     let frame = match parse_client_frame(text) {
         Ok(f) => f,
@@ -112,6 +208,17 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
                     conn,
                     ErrorCode::Draining,
                     "node is draining; reconnect through the gateway",
+                );
+            }
+            if conn.claims.as_ref().is_some_and(|c| !c.may_join(&room)) {
+                let e = ErrorCode::Forbidden.into();
+                return send_room_error(
+                    hub,
+                    conn,
+                    e,
+                    &room,
+                    None,
+                    "your token does not allow this room",
                 );
             }
             match hub.join(conn, &room, since, epoch).await {
@@ -144,6 +251,18 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, text: &str) {
                     id,
                     "join the room before publishing",
                 );
+            }
+            if !limiter.allow() {
+                hub.metrics.rate_limited.inc();
+                if limiter.strikes >= MAX_STRIKES {
+                    tracing::info!(
+                        "closing a connection that keeps publishing over its rate limit"
+                    );
+                    conn.kill(close::POLICY);
+                    return;
+                }
+                let e = ErrorCode::RateLimited.into();
+                return send_room_error(hub, conn, e, &room, id, "publishing too fast");
             }
             match hub.publish(&room, &conn.user, &data).await {
                 Ok(seq) => {
@@ -239,6 +358,9 @@ async fn write_loop(
         close::SLOW_CONSUMER => "slow consumer",
         close::SERVICE_RESTART => "draining",
         close::TOO_BIG => "frame too big",
+        close::IDLE => "idle timeout",
+        close::POLICY => "policy violation",
+        close::INTERNAL => "internal error",
         _ => "",
     };
     let _ = sink

@@ -83,6 +83,38 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_buffer: Option<usize>,
+    /// Shared secret required on internal gRPC calls.
+    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_token: Option<String>,
+    /// Run without secrets on a non-loopback address (true/false).
+    #[arg(long, env = "TURNOUT_INSECURE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// HS256 secret for client tokens (at least 16 bytes).
+    #[arg(long, env = "TURNOUT_JWT_SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// Path of a PEM RSA public key for RS256 client tokens.
+    #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<String>,
+    /// Publishes per second one connection may sustain.
+    #[arg(long, env = "TURNOUT_MAX_PUBLISH_RATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publish_rate: Option<f64>,
+    /// Publishes one connection may send in a burst.
+    #[arg(long, env = "TURNOUT_MAX_PUBLISH_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publish_burst: Option<u32>,
+    /// How often the node pings idle clients, e.g. 20s.
+    #[arg(long, env = "TURNOUT_PING_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<String>,
+    /// A client silent this long (no frame, no pong) is closed, e.g. 60s.
+    #[arg(long, env = "TURNOUT_IDLE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 /// The ws-node's settings after merging file, env and flags.
@@ -110,6 +142,16 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub placement_ttl: Duration,
     pub bus_buffer: usize,
+    pub internal_token: Option<String>,
+    pub insecure: bool,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    pub max_publish_rate: f64,
+    pub max_publish_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -131,6 +173,14 @@ impl Default for Settings {
             drain_grace: Duration::from_secs(10),
             placement_ttl: Duration::from_secs(600),
             bus_buffer: 65_536,
+            internal_token: None,
+            insecure: false,
+            jwt_secret: None,
+            jwt_public_key: None,
+            max_publish_rate: 50.0,
+            max_publish_burst: 100,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -167,6 +217,24 @@ impl Validate for Settings {
                     format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
                 ));
             }
+        }
+        if !(self.max_publish_rate > 0.0 && self.max_publish_rate.is_finite()) {
+            return Err(SettingsError::invalid(
+                "max_publish_rate",
+                "must be a positive number",
+            ));
+        }
+        if self.max_publish_burst == 0 {
+            return Err(SettingsError::invalid(
+                "max_publish_burst",
+                "must be greater than 0",
+            ));
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return Err(SettingsError::invalid(
+                "idle_timeout",
+                "must be longer than ping_interval (and both > 0)",
+            ));
         }
         for (key, v) in [
             ("send_queue", self.send_queue),

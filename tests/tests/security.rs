@@ -1,0 +1,432 @@
+//! Authentication, limits and hostile input.
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tonic::transport::Channel;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+use turnout_tests::*;
+
+const SECRET: &str = "test-secret-0123456789abcdef";
+const API_KEY: &str = "test-api-key-0123456789";
+const INTERNAL: &str = "test-internal-token-0123";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn now() -> u64 {
+    turnout_proto::now_ms() / 1000
+}
+
+fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: serde_json::Value) -> String {
+    let pem = std::fs::read(fixture("test-rsa-private.pem")).unwrap();
+    encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// An unsigned token (`alg: none`).
+fn alg_none(claims: serde_json::Value) -> String {
+    use base64_url as b64;
+    format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims.to_string())
+    )
+}
+
+fn base64_url(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+struct Secure {
+    redis: Redis,
+    router: Proc,
+    gateway: Proc,
+    node: Proc,
+}
+
+async fn secure_cluster(tweak: impl Fn(&mut turnout_ws_node::Settings)) -> Result<Secure> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let mut rs = router_settings(&url, Strategy::Pubsub);
+    rs.internal_token = Some(INTERNAL.into());
+    let router = start_router_with(rs).await;
+    let mut ns = node_settings(&url, Strategy::Pubsub);
+    ns.jwt_secret = Some(SECRET.into());
+    ns.jwt_public_key = Some(fixture("test-rsa-public.pem"));
+    ns.internal_token = Some(INTERNAL.into());
+    tweak(&mut ns);
+    let node = start_node(ns).await;
+    let mut gs = gateway_settings(&url, Strategy::Pubsub, &[&router]);
+    gs.jwt_secret = Some(SECRET.into());
+    gs.jwt_public_key = Some(fixture("test-rsa-public.pem"));
+    gs.api_key = Some(API_KEY.into());
+    gs.internal_token = Some(INTERNAL.into());
+    gs.max_connections_per_ip = 3;
+    let gateway = start_gateway_with(gs).await;
+    let url = format!("{}/readyz", gateway.http());
+    wait_for(
+        "a ready gateway (it reaches the router with the internal token)",
+        DEADLINE,
+        || {
+            let url = url.clone();
+            async move { (http("GET", &url, None, &[]).await.ok()?.0 == 200).then_some(()) }
+        },
+    )
+    .await?;
+    Ok(Secure {
+        redis,
+        router,
+        gateway,
+        node,
+    })
+}
+
+async fn upgrade_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tokens_are_checked_at_the_gateway_and_the_node() -> Result<()> {
+    let s = secure_cluster(|_| {}).await?;
+    let good = hs256(
+        json!({"sub": "alice", "exp": now() + 60, "rooms": ["lobby", "team-*"]}),
+        SECRET,
+    );
+    let cases = [
+        ("no token", String::new()),
+        (
+            "wrong signature",
+            hs256(
+                json!({"sub": "alice", "exp": now() + 60}),
+                "another-secret-0123456789",
+            ),
+        ),
+        (
+            "expired",
+            hs256(json!({"sub": "alice", "exp": now() - 600}), SECRET),
+        ),
+        (
+            "alg none",
+            alg_none(json!({"sub": "alice", "exp": now() + 60})),
+        ),
+        ("garbage", "not.a.token".into()),
+        ("no exp", hs256(json!({"sub": "alice"}), SECRET)),
+        (
+            "bad subject",
+            hs256(json!({"sub": "a b", "exp": now() + 60}), SECRET),
+        ),
+    ];
+    for base in [s.gateway.ws_url(), s.node.ws_url()] {
+        for (what, token) in &cases {
+            let url = if token.is_empty() {
+                base.clone()
+            } else {
+                format!("{base}?token={token}")
+            };
+            assert_eq!(upgrade_status(&url).await, 401, "{what} at {base}");
+        }
+    }
+    // A good token: the subject is the user, whatever `user` says.
+    for token in [
+        good.clone(),
+        rs256(json!({"sub": "alice", "exp": now() + 60, "rooms": ["lobby", "team-*"]})),
+    ] {
+        let mut a = Client::connect(&format!(
+            "{}?user=mallory&token={token}",
+            s.gateway.ws_url()
+        ))
+        .await?;
+        a.send_json(json!({"type": "join", "room": "lobby"}))
+            .await?;
+        match a.recv().await? {
+            ServerFrame::Joined { presence, .. } => {
+                assert!(presence.contains(&"alice".to_owned()), "{presence:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        a.join("team-blue").await?;
+        // Outside the token's rooms: refused, and the connection stays.
+        a.send_json(json!({"type": "join", "room": "admin"}))
+            .await?;
+        match a.recv().await? {
+            ServerFrame::Error { code, .. } => assert_eq!(code, "forbidden"),
+            other => panic!("{other:?}"),
+        }
+        let seq = a.publish("lobby", json!("hi"), "1").await?;
+        match a
+            .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+            .await?
+        {
+            ServerFrame::Message { from, seq: got, .. } => {
+                assert_eq!(from, "alice");
+                assert_eq!(got, seq);
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Authorization: Bearer works too.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        s.node.ws_url(),
+    )?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {good}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    drop(s.redis);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_api_needs_the_key_and_internal_grpc_the_token() -> Result<()> {
+    let s = secure_cluster(|_| {}).await?;
+    let publish = format!("{}/api/rooms/r/publish", s.gateway.http());
+    let body = Some(json!({"data": 1}).to_string());
+    assert_eq!(http("POST", &publish, body.clone(), &[]).await?.0, 401);
+    assert_eq!(
+        http(
+            "POST",
+            &publish,
+            body.clone(),
+            &[("x-api-key", "wrong-key-0123456789")]
+        )
+        .await?
+        .0,
+        401
+    );
+    let (status, b) = http("POST", &publish, body, &[("x-api-key", API_KEY)]).await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    for read in ["history", "presence"] {
+        let url = format!("{}/api/rooms/r/{read}", s.gateway.http());
+        assert_eq!(http("GET", &url, None, &[]).await?.0, 401, "{read}");
+        assert_eq!(
+            http("GET", &url, None, &[("x-api-key", API_KEY)]).await?.0,
+            200,
+            "{read}"
+        );
+    }
+
+    // gRPC server API.
+    let ch = Channel::from_shared(s.gateway.http())?.connect().await?;
+    let mut gw = turnout_proto::v1::gateway_client::GatewayClient::new(ch.clone());
+    let req = || turnout_proto::v1::PresenceRequest { room: "r".into() };
+    assert_eq!(
+        gw.presence(req()).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut r = tonic::Request::new(req());
+    r.metadata_mut().insert("x-api-key", API_KEY.parse()?);
+    assert!(gw.presence(r).await.is_ok());
+
+    // Internal services.
+    let ch = Channel::from_shared(s.router.http())?.connect().await?;
+    let mut router = turnout_proto::v1::router_client::RouterClient::new(ch);
+    let err = router
+        .nodes(turnout_proto::v1::NodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut r = tonic::Request::new(turnout_proto::v1::NodesRequest {});
+    r.metadata_mut()
+        .insert("x-internal-token", INTERNAL.parse()?);
+    assert_eq!(router.nodes(r).await?.into_inner().nodes.len(), 1);
+    let ch = Channel::from_shared(s.node.http())?.connect().await?;
+    let mut node = turnout_proto::v1::node_client::NodeClient::new(ch);
+    let err = node
+        .deliver(turnout_proto::v1::DeliverRequest {
+            room: "r".into(),
+            data_json: "1".into(),
+            from: "x".into(),
+            epoch: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut r = tonic::Request::new(turnout_proto::v1::StatsRequest {});
+    r.metadata_mut()
+        .insert("x-internal-token", "wrong".parse()?);
+    assert_eq!(
+        node.stats(r).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_and_limits() -> Result<()> {
+    let s = secure_cluster(|n| {
+        n.max_frame_bytes = 4096;
+        n.max_publish_rate = 20.0;
+        n.max_publish_burst = 20;
+        n.ping_interval = Duration::from_millis(100);
+        n.idle_timeout = Duration::from_millis(400);
+    })
+    .await?;
+    let token = hs256(json!({"sub": "bob", "exp": now() + 60}), SECRET);
+    let url = format!("{}?token={token}", s.node.ws_url());
+
+    // Oversized frame: close 1009.
+    let mut a = Client::connect(&url).await?;
+    a.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000)))
+        .await?;
+    assert_eq!(a.recv_close().await?.1, Some(1009));
+
+    // Text frame that is not UTF-8: close 1007.
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    ws.send(Message::Frame(Frame::message(
+        vec![0xff, 0xfe, 0x00],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await?;
+    let mut code = None;
+    while let Some(m) = ws.next().await {
+        if let Ok(Message::Close(f)) = m {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+        if m.is_err() {
+            break;
+        }
+    }
+    assert_eq!(code, Some(1007));
+
+    // Binary frames and oversized strings get error frames; the connection stays.
+    let mut b = Client::connect(&url).await?;
+    b.send_raw(Message::Binary(vec![1, 2, 3].into())).await?;
+    assert!(matches!(b.recv().await?, ServerFrame::Error { code, .. } if code == "bad_json"));
+    b.send_text(json!({"type": "join", "room": "r".repeat(65)}).to_string())
+        .await?;
+    assert!(matches!(b.recv().await?, ServerFrame::Error { code, .. } if code == "bad_name"));
+    b.send_text(
+        json!({"type": "publish", "room": "r", "data": 1, "id": "i".repeat(65)}).to_string(),
+    )
+    .await?;
+    assert!(matches!(b.recv().await?, ServerFrame::Error { code, .. } if code == "bad_frame"));
+
+    // Flooding: refused with rate_limited, while a neighbour on the same node is served.
+    let mut flood = Client::connect(&url).await?;
+    flood.join("busy").await?;
+    let mut calm = Client::connect(&url).await?;
+    for i in 0..60 {
+        flood
+            .send_json(json!({"type": "publish", "room": "busy", "data": i, "id": i.to_string()}))
+            .await?;
+    }
+    let t = Instant::now();
+    calm.send_json(json!({"type": "ping"})).await?;
+    calm.expect("pong", |f| *f == ServerFrame::Pong).await?;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "neighbour starved: {:?}",
+        t.elapsed()
+    );
+    let limited = flood
+        .expect(
+            "a rate_limited error",
+            |f| matches!(f, ServerFrame::Error { code, .. } if code == "rate_limited"),
+        )
+        .await?;
+    assert!(matches!(limited, ServerFrame::Error { id: Some(_), .. }));
+    // Sustained abuse ends the connection (1008).
+    for i in 0..300 {
+        if flood
+            .send_json(json!({"type": "publish", "room": "busy", "data": i}))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flood.recv_close().await?.1, Some(1008));
+
+    // A client that answers nothing (not even pings) is closed after idle_timeout.
+    // Meanwhile an active client (it reads, so it answers pings) stays.
+    let (mut idle, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let silent_since = Instant::now();
+    while silent_since.elapsed() < Duration::from_millis(900) {
+        calm.send_json(json!({"type": "ping"})).await?;
+        calm.expect("pong", |f| *f == ServerFrame::Pong).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await; // pacing of the active client
+    }
+    let mut code = None;
+    while let Some(Ok(m)) = idle.next().await {
+        if let Message::Close(f) = m {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(3009));
+
+    // Connections per client IP at the gateway.
+    let gw = format!("{}?token={token}", s.gateway.ws_url());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(&gw).await?);
+    }
+    assert_eq!(upgrade_status(&gw).await, 429);
+    drop(held.pop());
+    wait_for("a freed slot", DEADLINE, || async {
+        (upgrade_status(&gw).await == 101).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[test]
+fn open_mode_only_on_loopback_or_when_insecure() {
+    for bin in ["turnout-ws-node", "turnout-router", "turnout-gateway"] {
+        let out = Command::new(binary(bin))
+            .args(["--listen", "0.0.0.0:0"])
+            .env("TURNOUT_REDIS_URL", "redis://127.0.0.1:1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} started open on 0.0.0.0");
+        assert!(
+            err.contains("internal_token") && err.contains("TURNOUT_INSECURE"),
+            "{bin}: {err}"
+        );
+    }
+}
