@@ -189,6 +189,9 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         drain_grace: Duration::from_secs(3),
+        // Tests publish as fast as they can; the limit has its own test.
+        max_publish_rate: 1e6,
+        max_publish_burst: 1_000_000,
         ..Default::default()
     }
 }
