@@ -227,3 +227,14 @@ pub(crate) fn grpc_key_checker(
         },
     }
 }
+
+/// The demo page: one self-contained file, no external assets.
+pub(crate) async fn demo_page() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../demo/index.html"),
+    )
+}

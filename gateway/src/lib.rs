@@ -118,6 +118,7 @@ pub async fn run(
         .route("/api/route", get(api::route))
         .route("/api/cluster", get(api::cluster))
         .merge(rooms_api)
+        .route("/", get(api::demo_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

@@ -1,0 +1,191 @@
+//! The demo page in a real headless Chromium, driven over WebDriver:
+//! two pages chat, the node under one of them stops, the page reconnects
+//! by itself and its history has no hole.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: chromium, chromium-driver);
+//! `.ci/run` installs them.
+
+use anyhow::{Context, Result, bail};
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use turnout_proto::Strategy;
+use turnout_tests::*;
+
+struct Driver(Child, u16);
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn driver() -> Result<Driver> {
+    let port = free_port();
+    let bin = std::env::var("TURNOUT_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+    let child = Command::new(&bin)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin} (apt-get install chromium chromium-driver)"))?;
+    let d = Driver(child, port);
+    wait_for("chromedriver", DEADLINE, || async move {
+        http("GET", &format!("http://127.0.0.1:{port}/status"), None, &[])
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await?;
+    Ok(d)
+}
+
+async fn browser(d: &Driver) -> Result<Browser> {
+    let profile = std::env::temp_dir().join(format!(
+        "turnout-chromium-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": std::env::var("TURNOUT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1100,800", format!("--user-data-dir={}", profile.display())]
+        }),
+    );
+    Ok(ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", d.1))
+        .await?)
+}
+
+async fn text_of(b: &Browser, css: &str) -> String {
+    match b.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the element's text contains `needle`; returns the text.
+async fn wait_text(b: &Browser, css: &str, needle: &str) -> Result<String> {
+    wait_for(
+        &format!("{css} to show {needle:?}"),
+        Duration::from_secs(15),
+        || async {
+            let t = text_of(b, css).await;
+            t.contains(needle).then_some(t)
+        },
+    )
+    .await
+}
+
+async fn open_and_join(b: &Browser, url: &str, user: &str, room: &str) -> Result<String> {
+    b.goto(url).await?;
+    let name = b.wait().for_element(Locator::Id("user")).await?;
+    name.clear().await?;
+    name.send_keys(user).await?;
+    let r = b.find(Locator::Id("room")).await?;
+    r.clear().await?;
+    r.send_keys(room).await?;
+    b.find(Locator::Id("join-btn")).await?.click().await?;
+    let where_ = wait_text(b, "#where", "you are on").await?;
+    wait_text(b, "#log", "joined").await?;
+    Ok(where_
+        .trim_start_matches("you are on ")
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+async fn say(b: &Browser, text: &str) -> Result<()> {
+    let input = b
+        .wait()
+        .for_element(Locator::Css("#text:not([disabled])"))
+        .await?;
+    input.send_keys(text).await?;
+    b.find(Locator::Id("send-btn")).await?.click().await?;
+    Ok(())
+}
+
+async fn scenario(strategy: Strategy) -> Result<()> {
+    let mut c = Cluster::start(2, strategy).await?;
+    let d = driver().await?;
+    let (a, b) = (browser(&d).await?, browser(&d).await?);
+    let url = format!("{}/", c.gateway.http());
+    let node_a = open_and_join(&a, &url, "ana", "demo").await?;
+    let node_b = open_and_join(&b, &url, "ben", "demo").await?;
+    match strategy {
+        Strategy::Pubsub => assert_ne!(
+            node_a, node_b,
+            "least-loaded placement puts two pages on two nodes"
+        ),
+        Strategy::Sticky => assert_eq!(node_a, node_b, "a room's members meet on its owner"),
+    }
+    wait_text(&a, "#strategy", strategy.as_str()).await?;
+    wait_text(&a, "#nodes", &node_b).await?;
+
+    say(&a, "hello from ana").await?;
+    let shown = wait_text(&b, "#messages", "hello from ana").await?;
+    assert!(shown.contains(&format!("published on {node_a}")), "{shown}");
+
+    // Stop ben's node the way the cluster runner does (SIGTERM: drain).
+    let idx = node_index(&c, &node_b).await?;
+    let node = c.nodes.remove(idx);
+    node.stop.cancel();
+    wait_text(&b, "#log", "asks everyone to reconnect").await?;
+    let moved = wait_for("ben on another node", Duration::from_secs(20), || async {
+        let w = text_of(&b, "#where").await;
+        (w.contains("you are on") && !w.contains(&node_b)).then_some(w)
+    })
+    .await?;
+    let _ = node.task.await;
+    // ana (moved too in sticky mode) says more; ben sees it, and all of it in order.
+    wait_text(&a, "#where", "you are on").await?;
+    say(&a, "after the move").await?;
+    let msgs = wait_text(&b, "#messages", "after the move").await?;
+    let first = msgs.find("hello from ana").context("first message kept")?;
+    let second = msgs.find("after the move").unwrap();
+    assert!(first < second, "{msgs}");
+    assert_eq!(
+        msgs.matches("hello from ana").count(),
+        1,
+        "no duplicate after the reconnect: {msgs}"
+    );
+    eprintln!("{strategy}: ben moved from {node_b}: {moved}");
+
+    if let Ok(dir) = std::env::var("TURNOUT_SCREENSHOTS") {
+        std::fs::write(format!("{dir}/demo-{strategy}.png"), b.screenshot().await?)?;
+    }
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
+async fn node_index(c: &Cluster, id: &str) -> Result<usize> {
+    let (_, v) = http_get_json(&format!("{}/api/cluster", c.gateway.http())).await?;
+    let url = v["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["url"].as_str())
+        .context("node in the cluster view")?
+        .to_owned();
+    match c.nodes.iter().position(|p| p.ws_url() == url) {
+        Some(i) => Ok(i),
+        None => bail!("no in-process node at {url}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_chats_and_survives_a_node_stop_pubsub() -> Result<()> {
+    scenario(Strategy::Pubsub).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_chats_and_survives_a_node_stop_sticky() -> Result<()> {
+    scenario(Strategy::Sticky).await
+}
