@@ -7,12 +7,14 @@
 #   deploy/cluster.sh stop NODE      # SIGTERM one ws-node (drain), e.g. node-2
 #   deploy/cluster.sh kill NODE      # SIGKILL one ws-node (crash)
 #   deploy/cluster.sh start NODE     # start a stopped ws-node again
+#   deploy/cluster.sh restart-redis  # SIGKILL redis-server and start it again
 #   deploy/cluster.sh down
 #
 # Ports and paths come from the environment (defaults in brackets):
 #   REDIS_PORT [6390]  ROUTER_PORT [7070]  GATEWAY_PORT [8080]
 #   NODE_PORT_BASE [9001] (node-i listens on NODE_PORT_BASE+i-1)
 #   RUN_DIR [./run]  PROFILE [release]  BIND [127.0.0.1]
+#   REDIS_PERSIST [0]: 1 keeps Redis data across restarts (AOF, fsync always)
 #   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
 set -euo pipefail
 
@@ -61,6 +63,17 @@ ensure_curl() {
   fi
 }
 
+start_redis() {
+  pid_alive "$RUN_DIR/redis.pid" && return
+  local persist=(--appendonly no)
+  if [ "${REDIS_PERSIST:-0}" = 1 ]; then
+    persist=(--appendonly yes --appendfsync always --dir "$RUN_DIR")
+  fi
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${persist[@]}" \
+    --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log"
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
 start_node() { # index
   local i=$1 port=$(( NODE_PORT_BASE + $1 - 1 ))
   local id="node-$i"
@@ -94,11 +107,7 @@ up() {
     (cd "$here" && cargo build --quiet --bins)
   fi
 
-  if ! pid_alive "$RUN_DIR/redis.pid"; then
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-      --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log"
-    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  fi
+  start_redis
   echo "redis    redis://127.0.0.1:$REDIS_PORT"
 
   if ! pid_alive "$RUN_DIR/router.pid"; then
@@ -173,6 +182,12 @@ case $cmd in
   status) status ;;
   stop) signal_node TERM "${1:?node name, e.g. node-2}" ;;
   kill) signal_node KILL "${1:?node name, e.g. node-2}" ;;
+  restart-redis)
+    pid_alive "$RUN_DIR/redis.pid" && kill -KILL "$(cat "$RUN_DIR/redis.pid")"
+    for _ in $(seq 50); do pid_alive "$RUN_DIR/redis.pid" || break; sleep 0.1; done
+    rm -f "$RUN_DIR/redis.pid"
+    start_redis
+    echo "redis restarted" ;;
   start)
     n=${1:?node name, e.g. node-2}
     [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")

@@ -98,6 +98,10 @@ pub struct RunOpts {
     /// Idle: the node all connections go to (its id); default: the first.
     #[arg(long)]
     pub node: Option<String>,
+    /// Run a shell command partway through the measured window, as
+    /// `SECONDS=COMMAND` (repeatable), e.g. `12=deploy/cluster.sh restart-redis`.
+    #[arg(long)]
+    pub chaos: Vec<String>,
     /// Seconds to wait after publishing stops for in-flight messages.
     #[arg(long, default_value_t = 3)]
     pub drain: u64,

@@ -240,6 +240,25 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None
     };
 
+    for spec in &o.chaos {
+        let (at, cmd) = spec
+            .split_once('=')
+            .context("--chaos takes SECONDS=COMMAND")?;
+        let at: u64 = at
+            .trim()
+            .parse()
+            .context("--chaos: SECONDS must be a whole number")?;
+        let cmd = cmd.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(at)).await;
+            let ok = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+                .await;
+            eprintln!("chaos at {at}s: `{cmd}`: {ok:?}");
+        });
+    }
     if o.scenario == Scenario::Idle {
         // No traffic: let the node settle, then read its memory.
         sleep_with(&pb, &shared, "idle", o.duration).await;

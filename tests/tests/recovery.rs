@@ -175,15 +175,28 @@ async fn history_is_bounded_and_says_when_it_cannot_recover() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_loses_nothing_and_every_node_resumes() -> Result<()> {
+    restart_loses_nothing(Strategy::Pubsub).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_sticky() -> Result<()> {
+    restart_loses_nothing(Strategy::Sticky).await
+}
+
+async fn restart_loses_nothing(strategy: Strategy) -> Result<()> {
     let redis = Redis::start_persistent().await?;
-    let mut c = Cluster::start_on(redis, 3, Strategy::Pubsub, |_| {}).await?;
+    let mut c = Cluster::start_on(redis, 3, strategy, |_| {}).await?;
+    let url = |i: usize| match strategy {
+        Strategy::Pubsub => c.nodes[i].ws_url(),
+        Strategy::Sticky => format!("{}?room=chaos", c.gateway.ws_url()),
+    };
     let mut listeners = Vec::new();
-    for node in &c.nodes {
-        let mut l = Client::connect(&node.ws_url()).await?;
+    for i in 0..c.nodes.len() {
+        let mut l = Client::connect(&url(i)).await?;
         l.join("chaos").await?;
         listeners.push(l);
     }
-    let mut p = Client::connect(&c.nodes[0].ws_url()).await?;
+    let mut p = Client::connect(&url(0)).await?;
     p.join("chaos").await?;
     let mut last = 0;
     for i in 0..50 {
@@ -228,6 +241,9 @@ async fn redis_restart_loses_nothing_and_every_node_resumes() -> Result<()> {
             "gap or duplicate on {}",
             l.node()
         );
+    }
+    if strategy == Strategy::Sticky {
+        return Ok(());
     }
     // The nodes say what happened.
     let (_, body) = http("GET", &format!("{}/metrics", c.nodes[1].http()), None, &[]).await?;

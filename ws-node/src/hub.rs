@@ -31,6 +31,9 @@ use turnout_proto::{Strategy, bus, keys, now_ms};
 /// How long a gap in a room's seq may stay open before history is asked.
 pub(crate) const GAP_WAIT: Duration = Duration::from_millis(25);
 
+/// Without history, how long a gap may wait for late publish replies.
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+
 pub(crate) type ConnId = u64;
 
 /// A refused join or publish: the code, and where the room lives when it is
@@ -290,9 +293,10 @@ impl Hub {
     /// Fills a gap in `room` from history, or skips it when history no longer
     /// holds the missing messages (members then see the jump in seq).
     async fn repair(self: Arc<Self>, room: String) {
-        tokio::time::sleep(GAP_WAIT).await;
+        let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
+            tokio::time::sleep(GAP_WAIT).await;
             let (last, first_pending) = {
                 let Some(mut r) = self.rooms.get_mut(&room) else {
                     return;
@@ -312,26 +316,38 @@ impl Hub {
                     let Some(mut r) = self.rooms.get_mut(&room) else {
                         return;
                     };
+                    let first_found = slice.messages.first().map(|m| m.0);
                     for (seq, frame) in slice.messages {
                         if seq == r.last_seq.unwrap_or(0) + 1 && seq < first_pending {
                             self.fan_out(&mut r, seq, frame.into());
                             self.metrics.gaps_repaired.inc();
                         }
                     }
-                    let now_last = r.last_seq.unwrap_or(0);
-                    if let Some((&first, _)) = r.pending.first_key_value() {
-                        if first > now_last + 1 {
-                            let lost = first - now_last - 1;
-                            self.metrics.messages_unrecoverable.inc_by(lost);
-                            tracing::warn!(
-                                room,
-                                lost,
-                                "messages missing from the bus are no longer in history"
-                            );
-                            r.last_seq = Some(first - 1);
-                        }
-                    }
                     self.drain_pending(&mut r);
+                    let now_last = r.last_seq.unwrap_or(0);
+                    let same_gap = now_last == last
+                        && r.pending.first_key_value().map(|(k, _)| *k) == Some(first_pending);
+                    // Only a gap that stayed exactly as read, with history
+                    // answering after it, is lost: any change means messages
+                    // were still arriving (e.g. replies delayed by a Redis
+                    // reconnect), so look again.
+                    let waiting_for_replies =
+                        self.store.history_size == 0 && started.elapsed() < REPLY_WAIT;
+                    if same_gap && !waiting_for_replies {
+                        let skip_to = first_found
+                            .filter(|&f| f < first_pending)
+                            .unwrap_or(first_pending)
+                            - 1;
+                        let lost = skip_to - now_last;
+                        self.metrics.messages_unrecoverable.inc_by(lost);
+                        tracing::warn!(
+                            room,
+                            lost,
+                            "missing messages are no longer in history; skipping them"
+                        );
+                        r.last_seq = Some(skip_to);
+                        self.drain_pending(&mut r);
+                    }
                     if r.pending.is_empty() {
                         r.repairing = false;
                         return;
