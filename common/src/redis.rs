@@ -227,12 +227,21 @@ pub async fn claim(
 
 /// Users present in a room: entries (`<node>/<conn>` → user) of nodes whose
 /// heartbeat has expired are removed on the way, so a crashed node's users
-/// vanish within the heartbeat TTL.
+/// vanish within the heartbeat TTL. A room with more than ARGV[2] entries is
+/// sampled (HRANDFIELD) instead of read whole, so joining a huge room stays
+/// cheap. Returns the entry count first, then the users.
 static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local all = redis.call('HGETALL', KEYS[1])
-local users, alive = {}, {}
+local total = redis.call('HLEN', KEYS[1])
+local limit = tonumber(ARGV[2])
+local all
+if total <= limit then
+  all = redis.call('HGETALL', KEYS[1])
+else
+  all = redis.call('HRANDFIELD', KEYS[1], limit, 'WITHVALUES')
+end
+local users, alive = {total}, {}
 for i = 1, #all, 2 do
   local field, user = all[i], all[i + 1]
   local node = string.match(field, '^(.*)/[^/]*$') or ''
@@ -248,16 +257,35 @@ return users
     )
 });
 
-/// Users present in `room` (sorted, each once), live nodes only.
-pub async fn presence(con: &mut ConnectionManager, room: &str) -> RedisResult<Vec<String>> {
-    let mut users: Vec<String> = PRESENCE
+/// Who is in a room.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Users (sorted, each once); a sample of at most `limit` entries when
+    /// the room has more.
+    pub users: Vec<String>,
+    /// Connections in the room across the cluster (before dead ones are dropped).
+    pub connections: u64,
+}
+
+/// Users present in `room`, live nodes only, reading at most `limit` entries.
+pub async fn presence(con: &mut ConnectionManager, room: &str, limit: u64) -> RedisResult<Presence> {
+    let mut raw: Vec<::redis::Value> = PRESENCE
         .key(keys::room_presence(room))
         .arg(keys::NODE_PREFIX)
+        .arg(limit.max(1))
         .invoke_async(con)
         .await?;
+    let connections = match raw.first() {
+        Some(v) => ::redis::from_redis_value_ref::<u64>(v)?,
+        None => 0,
+    };
+    let mut users = Vec::with_capacity(raw.len().saturating_sub(1));
+    for v in raw.drain(1..) {
+        users.push(::redis::from_redis_value::<String>(v)?);
+    }
     users.sort_unstable();
     users.dedup();
-    Ok(users)
+    Ok(Presence { users, connections })
 }
 
 /// Reads a node's heartbeat record.

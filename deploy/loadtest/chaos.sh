@@ -11,6 +11,7 @@ shift || true
 mkdir -p "$out"
 export REDIS_PERSIST=1
 for s in sticky pubsub; do
+  rm -rf "${RUN_DIR:-$here/run}/appendonlydir"
   "$here/deploy/loadtest/run.sh" "$s" "$out/chaos-$s.json" \
     --scenario failover --rooms 100 --members 10 --rate 2 --warmup 3 --duration 25 --kill-after 5 \
     --chaos "12=$here/deploy/cluster.sh restart-redis" "$@"

@@ -21,6 +21,9 @@ use turnout_proto::v1::router_client::RouterClient;
 use turnout_proto::v1::{DeliverRequest, NodeInfo, RouteRequest};
 use turnout_proto::{Strategy, names};
 
+/// Most users one presence call returns (a sample in larger rooms).
+pub(crate) const MAX_PRESENCE: u64 = 10_000;
+
 /// Most messages one history call returns.
 pub(crate) const MAX_HISTORY_LIMIT: u64 = 1000;
 
@@ -396,12 +399,12 @@ impl Gateway {
         names::check_room(room)
             .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
         let mut con = self.redis.clone();
-        let users = turnout_common::redis::presence(&mut con, room)
+        let users = turnout_common::redis::presence(&mut con, room, MAX_PRESENCE)
             .await
             .map_err(|e| {
                 tracing::warn!(room, error = %e, "presence read failed");
                 ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
             })?;
-        Ok(users)
+        Ok(users.users)
     }
 }

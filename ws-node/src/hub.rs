@@ -189,6 +189,8 @@ pub(crate) struct Hub {
     send_queue: usize,
     /// How long an unused room placement is kept (sticky).
     placement_ttl: Duration,
+    /// Presence lists and events stop at rooms this large.
+    presence_limit: u64,
 }
 
 impl Hub {
@@ -200,6 +202,7 @@ impl Hub {
         metrics: NodeMetrics,
         send_queue: usize,
         placement_ttl: Duration,
+        presence_limit: u64,
     ) -> Self {
         Hub {
             node_id,
@@ -211,6 +214,7 @@ impl Hub {
             bus: OnceLock::new(),
             send_queue,
             placement_ttl,
+            presence_limit,
         }
     }
 
@@ -528,7 +532,7 @@ impl Hub {
                 .ignore()
                 .query_async(&mut con)
                 .await?;
-            let users = store::presence(&mut con, room).await?;
+            let users = store::presence(&mut con, room, self.presence_limit).await?;
             Ok::<_, redis::RedisError>((slice, users))
         };
         let (slice, users) = match read.await {
@@ -564,12 +568,16 @@ impl Hub {
                 room: room.to_owned(),
                 seq: slice.seq,
                 epoch: slice.epoch.clone(),
-                presence: users,
+                presence: users.users,
                 recovered,
             },
             &self.metrics,
         );
-        self.announce(room, "join", conn).await;
+        // Presence events are for rooms people can follow; a broadcast room
+        // of thousands would turn every join into thousands of frames.
+        if users.connections <= self.presence_limit {
+            self.announce(room, "join", conn).await;
+        }
         let replayed = replay.len() as u64;
         for (_, frame) in replay {
             conn.push(Message::Text(frame.into()), &self.metrics);
@@ -599,17 +607,18 @@ impl Hub {
     pub(crate) async fn leave(&self, room: &str, conn: &Conn) -> bool {
         let removed = self.remove_member(room, conn.id).await;
         if removed {
-            self.announce(room, "leave", conn).await;
             let mut con = self.redis.clone();
+            let key = keys::room_presence(room);
             let field = format!("{}/{}", self.node_id, conn.label);
-            let r: redis::RedisResult<()> = redis::cmd("HDEL")
-                .arg(keys::room_presence(room))
-                .arg(field)
-                .query_async(&mut con)
-                .await;
-            if let Err(e) = r {
-                self.metrics.redis_errors.inc();
-                tracing::debug!(room, error = %e, "presence removal failed");
+            let r: redis::RedisResult<(u64, u64)> =
+                redis::pipe().hdel(&key, field).hlen(&key).query_async(&mut con).await;
+            match r {
+                Ok((_, left)) if left < self.presence_limit => self.announce(room, "leave", conn).await,
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::debug!(room, error = %e, "presence removal failed");
+                }
             }
         }
         removed
@@ -634,10 +643,10 @@ impl Hub {
         removed
     }
 
-    /// Users present in `room` across the cluster.
+    /// Users present in `room` across the cluster (at most `presence_limit`).
     pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
         let mut con = self.redis.clone();
-        store::presence(&mut con, room).await
+        Ok(store::presence(&mut con, room, self.presence_limit).await?.users)
     }
 
     /// Tells the room's members (on every node) that `conn`'s user joined or

@@ -130,6 +130,7 @@ pub async fn run(
         metrics.clone(),
         settings.send_queue,
         settings.placement_ttl,
+        settings.presence_limit,
     ));
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();

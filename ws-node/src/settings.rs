@@ -79,6 +79,11 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_ttl: Option<String>,
+    /// Rooms with more connections than this get no presence events, and
+    /// `joined` lists a sample of this many users.
+    #[arg(long, env = "TURNOUT_PRESENCE_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_limit: Option<u64>,
     /// Pub/sub messages buffered between the Redis reader and fan-out.
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +146,7 @@ pub struct Settings {
     pub drain_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub placement_ttl: Duration,
+    pub presence_limit: u64,
     pub bus_buffer: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
@@ -172,6 +178,7 @@ impl Default for Settings {
             max_connections: 20_000,
             drain_grace: Duration::from_secs(10),
             placement_ttl: Duration::from_secs(600),
+            presence_limit: 100,
             bus_buffer: 65_536,
             internal_token: None,
             insecure: false,
