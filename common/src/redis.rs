@@ -268,7 +268,11 @@ pub struct Presence {
 }
 
 /// Users present in `room`, live nodes only, reading at most `limit` entries.
-pub async fn presence(con: &mut ConnectionManager, room: &str, limit: u64) -> RedisResult<Presence> {
+pub async fn presence(
+    con: &mut ConnectionManager,
+    room: &str,
+    limit: u64,
+) -> RedisResult<Presence> {
     let mut raw: Vec<::redis::Value> = PRESENCE
         .key(keys::room_presence(room))
         .arg(keys::NODE_PREFIX)

@@ -89,7 +89,8 @@ pub(crate) async fn redis_counts(url: &str) -> Option<(u64, BTreeMap<String, u64
     let total = stats
         .lines()
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())?;
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     let mut by = BTreeMap::new();
     for l in cmds.lines() {
         if let Some(rest) = l.strip_prefix("cmdstat_") {

@@ -610,10 +610,15 @@ impl Hub {
             let mut con = self.redis.clone();
             let key = keys::room_presence(room);
             let field = format!("{}/{}", self.node_id, conn.label);
-            let r: redis::RedisResult<(u64, u64)> =
-                redis::pipe().hdel(&key, field).hlen(&key).query_async(&mut con).await;
+            let r: redis::RedisResult<(u64, u64)> = redis::pipe()
+                .hdel(&key, field)
+                .hlen(&key)
+                .query_async(&mut con)
+                .await;
             match r {
-                Ok((_, left)) if left < self.presence_limit => self.announce(room, "leave", conn).await,
+                Ok((_, left)) if left < self.presence_limit => {
+                    self.announce(room, "leave", conn).await
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.metrics.redis_errors.inc();
@@ -646,7 +651,9 @@ impl Hub {
     /// Users present in `room` across the cluster (at most `presence_limit`).
     pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
         let mut con = self.redis.clone();
-        Ok(store::presence(&mut con, room, self.presence_limit).await?.users)
+        Ok(store::presence(&mut con, room, self.presence_limit)
+            .await?
+            .users)
     }
 
     /// Tells the room's members (on every node) that `conn`'s user joined or
