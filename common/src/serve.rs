@@ -1,8 +1,10 @@
 //! Binding, serving and shutdown.
 
-use crate::settings::ListenSpec;
+use crate::settings::{ListenSpec, SettingsError};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,4 +67,59 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
+}
+
+/// Why a process could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+}
+
+/// The body of every binary's `main`: settings, logging, bind, run until
+/// SIGINT/SIGTERM. A settings problem exits with code 2 and a message naming
+/// the setting.
+pub async fn main<S, F, Fut>(
+    name: &str,
+    settings: Result<S, SettingsError>,
+    listen: impl Fn(&S) -> &ListenSpec,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(TcpListener, S, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), RunError>>,
+{
+    crate::init_logging();
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match bind(listen(&settings)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "{name}: setting `listen`: cannot bind {}: {e}",
+                listen(&settings)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(listener, settings, shutdown_on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Settings(e)) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,6 +11,40 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
+/// Flags and environment variables every process takes; each is optional
+/// and overrides the file. Flattened into each process's own `Cli`.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct CommonCli {
+    /// TOML file with settings (keys as in the settings table).
+    #[arg(long, env = "TURNOUT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<std::path::PathBuf>,
+    /// Scaling strategy: sticky or pubsub.
+    #[arg(long, env = "TURNOUT_STRATEGY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Redis URL.
+    #[arg(long, env = "TURNOUT_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Listen address: HOST:PORT (a ws-node also takes HOST:0 and HOST:LOW-HIGH).
+    #[arg(long, env = "TURNOUT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// This process's id (default: host name and port).
+    #[arg(long, env = "TURNOUT_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Shared secret required on internal gRPC calls.
+    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_token: Option<String>,
+    /// Run without secrets on a non-loopback address (true/false).
+    #[arg(long, env = "TURNOUT_INSECURE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+}
+
 /// A setting that could not be used; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {

@@ -26,16 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Why a gateway could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Settings(#[from] turnout_common::settings::SettingsError),
-}
+/// Why this process could not start or stopped with an error.
+pub type GatewayError = turnout_common::serve::RunError;
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled.
 pub async fn run(

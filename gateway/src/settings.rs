@@ -2,10 +2,9 @@
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
 use turnout_common::settings::{
-    ListenSpec, SettingsError, Validate, check_http_url, check_redis_url,
+    CommonCli, ListenSpec, SettingsError, Validate, check_http_url, check_redis_url,
 };
 use turnout_proto::Strategy;
 
@@ -17,30 +16,13 @@ use turnout_proto::Strategy;
     about = "turnout gateway: the public door (WebSocket, HTTP and gRPC API)"
 )]
 pub struct Cli {
-    /// TOML file with settings (keys as in the settings table).
-    #[arg(long, env = "TURNOUT_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Scaling strategy: sticky or pubsub.
-    #[arg(long, env = "TURNOUT_STRATEGY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    /// Redis URL.
-    #[arg(long, env = "TURNOUT_REDIS_URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
-    /// Listen address (HTTP, WebSocket and gRPC on one port).
-    #[arg(long, env = "TURNOUT_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonCli,
     /// Router URL(s), comma-separated; the gateway fails over between them.
     #[arg(long, env = "TURNOUT_ROUTER_URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub router_url: Option<String>,
-    /// Gateway id in logs and `/api/cluster` (default: host name and port).
-    #[arg(long, env = "TURNOUT_NODE_ID")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
     /// Time allowed to connect to a ws-node when proxying, e.g. 2s.
     #[arg(long, env = "TURNOUT_UPSTREAM_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,14 +31,6 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_BODY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
-    /// Shared secret required on internal gRPC calls.
-    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub internal_token: Option<String>,
-    /// Run without secrets on a non-loopback address (true/false).
-    #[arg(long, env = "TURNOUT_INSECURE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub insecure: Option<bool>,
     /// HS256 secret for client tokens (at least 16 bytes).
     #[arg(long, env = "TURNOUT_JWT_SECRET")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,7 +102,7 @@ impl Settings {
     /// Parses flags and env, reads the file, validates.
     pub fn from_args() -> Result<Self, SettingsError> {
         let cli = Cli::parse();
-        turnout_common::settings::load(&cli, cli.config.as_deref())
+        turnout_common::settings::load(&cli, cli.common.config.as_deref())
     }
 }
 

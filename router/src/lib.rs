@@ -25,16 +25,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use turnout_proto::keys;
 
-/// Why a router could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Settings(#[from] turnout_common::settings::SettingsError),
-}
+/// Why this process could not start or stopped with an error.
+pub type RouterError = turnout_common::serve::RunError;
 
 /// Runs a router on `listener` until `shutdown` is cancelled.
 pub async fn run(

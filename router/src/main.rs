@@ -1,26 +1,10 @@
-use turnout_router::Settings;
-
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    turnout_common::init_logging();
-    let settings = match Settings::from_args() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("turnout-router: {e}");
-            std::process::exit(2);
-        }
-    };
-    let listener = match turnout_common::serve::bind(&settings.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "turnout-router: setting `listen`: cannot bind {}: {e}",
-                settings.listen
-            );
-            std::process::exit(2);
-        }
-    };
-    let shutdown = turnout_common::serve::shutdown_on_signal();
-    turnout_router::run(listener, settings, shutdown).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    turnout_common::serve::main(
+        "turnout-router",
+        turnout_router::Settings::from_args(),
+        |s| &s.listen,
+        turnout_router::run,
+    )
+    .await
 }

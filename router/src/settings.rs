@@ -2,9 +2,8 @@
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
-use turnout_common::settings::{ListenSpec, SettingsError, Validate, check_redis_url};
+use turnout_common::settings::{CommonCli, ListenSpec, SettingsError, Validate, check_redis_url};
 use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
@@ -15,26 +14,9 @@ use turnout_proto::Strategy;
     about = "turnout router: tracks live ws-nodes and places rooms"
 )]
 pub struct Cli {
-    /// TOML file with settings (keys as in the settings table).
-    #[arg(long, env = "TURNOUT_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Scaling strategy: sticky or pubsub.
-    #[arg(long, env = "TURNOUT_STRATEGY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    /// Redis URL.
-    #[arg(long, env = "TURNOUT_REDIS_URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
-    /// Listen address (gRPC, /healthz, /metrics).
-    #[arg(long, env = "TURNOUT_LISTEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// Router id in logs and answers (default: host name and port).
-    #[arg(long, env = "TURNOUT_NODE_ID")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonCli,
     /// How often the live set is re-read from Redis besides change announcements, e.g. 250ms.
     #[arg(long, env = "TURNOUT_POLL_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,14 +29,6 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_ttl: Option<String>,
-    /// Shared secret required on internal gRPC calls.
-    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub internal_token: Option<String>,
-    /// Run without secrets on a non-loopback address (true/false).
-    #[arg(long, env = "TURNOUT_INSECURE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub insecure: Option<bool>,
 }
 
 /// The router's settings after merging file, env and flags.
@@ -125,6 +99,6 @@ impl Settings {
     /// Parses flags and env, reads the file, validates.
     pub fn from_args() -> Result<Self, SettingsError> {
         let cli = Cli::parse();
-        turnout_common::settings::load(&cli, cli.config.as_deref())
+        turnout_common::settings::load(&cli, cli.common.config.as_deref())
     }
 }

@@ -26,16 +26,8 @@ use turnout_common::settings::ListenSpec;
 use turnout_proto::v1::NodeInfo;
 use turnout_proto::{keys, names, now_ms};
 
-/// Why a node could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Settings(#[from] turnout_common::settings::SettingsError),
-}
+/// Why this process could not start or stopped with an error.
+pub type NodeError = turnout_common::serve::RunError;
 
 /// Shared by every task of one node.
 pub(crate) struct NodeState {
