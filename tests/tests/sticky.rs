@@ -304,10 +304,15 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     let mut member = Client::connect(&format!("{}?room=k0", gateway.ws_url())).await?;
     assert_eq!(member.node(), victim);
     member.join("k0").await?;
+    // A second member that will come back later than the first.
+    let mut late = Client::connect(&format!("{}?room=k0", gateway.ws_url())).await?;
+    late.join("k0").await?;
     let mut last = 0;
     for i in 0..5 {
         last = member.publish("k0", json!(i), &format!("p{i}")).await?;
     }
+    let late_seen = late.messages_until("k0", last).await?;
+    assert_eq!(late_seen, (1..=last).collect::<Vec<_>>());
 
     let killed = Instant::now();
     drop(procs.remove(&victim)); // SIGKILL
@@ -328,6 +333,20 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     .await?;
     let seq = back.publish("k0", json!("after"), "after").await?;
     let recovered_in = killed.elapsed();
+    // Published while `late` was away: it reconnects through the gateway with
+    // `since` and has every message, once, in order.
+    let mut more = seq;
+    for i in 0..5 {
+        more = back.publish("k0", json!(i), &format!("q{i}")).await?;
+    }
+    let _ = late.recv_close().await;
+    let mut late = Client::connect(&format!("{}?room=k0", gateway.ws_url())).await?;
+    late.send_json(json!({"type": "join", "room": "k0", "since": last})).await?;
+    match late.expect("joined", |f| matches!(f, ServerFrame::Joined { .. })).await? {
+        ServerFrame::Joined { recovered, .. } => assert_eq!(recovered, Some(true)),
+        _ => unreachable!(),
+    }
+    assert_eq!(late.messages_until("k0", more).await?, (last + 1..=more).collect::<Vec<_>>());
     assert_ne!(back.node(), victim);
     assert_eq!(seq, last + 1, "history and seq survive the owner");
     assert!(
