@@ -49,24 +49,64 @@ pub fn shutdown_on_signal() -> CancellationToken {
 }
 
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 (gRPC) on one listener until
-/// `shutdown` is cancelled.
+/// `shutdown` is cancelled. A client must send its request headers within
+/// `handshake_timeout` or the connection is closed (slow-loris guard).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     shutdown: CancellationToken,
+    handshake_timeout: std::time::Duration,
 ) -> io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm
-    // and delayed ACKs add up to 40 ms to a reply.
-    let listener = listener.tap_io(|tcp| {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of files or similar: say so, back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Small frames must leave at once: without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs add up to 40 ms to a reply.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+        let svc = app
+            .clone()
+            .map_request(move |req: http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Requests in flight finish; upgraded connections (WebSockets) are the
+    // process's own to close.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Why a process could not start or stopped with an error.

@@ -43,6 +43,10 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_INSECURE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+    /// Time a client has to send its request headers, e.g. 10s.
+    #[arg(long, env = "TURNOUT_HANDSHAKE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
 }
 
 /// A setting that could not be used; the message names the setting.

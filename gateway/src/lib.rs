@@ -36,6 +36,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
+    let handshake_timeout = settings.handshake_timeout;
     let id = settings.node_id.clone().unwrap_or_else(|| {
         format!(
             "gateway-{}-{}",
@@ -118,7 +119,7 @@ pub async fn run(
         .with_state(gw)
         .merge(grpc);
     tracing::info!(gateway = %id, %addr, %strategy, "gateway listening");
-    let result = turnout_common::serve::serve(listener, app, shutdown).await;
+    let result = turnout_common::serve::serve(listener, app, shutdown, handshake_timeout).await;
     stop.cancel();
     tracing::info!(gateway = %id, "gateway stopped");
     Ok(result?)

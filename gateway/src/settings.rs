@@ -63,6 +63,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub api_key: Option<String>,
@@ -81,6 +83,7 @@ impl Default for Settings {
             max_body_bytes: 64 * 1024,
             internal_token: None,
             insecure: false,
+            handshake_timeout: Duration::from_secs(10),
             jwt_secret: None,
             jwt_public_key: None,
             api_key: None,
@@ -108,6 +111,12 @@ impl Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
+        if self.handshake_timeout.is_zero() {
+            return Err(SettingsError::invalid(
+                "handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
         check_redis_url("redis_url", &self.redis_url)?;
         let routers = self.routers();
         if routers.is_empty() {

@@ -35,6 +35,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
     let addr = listener.local_addr()?;
+    let handshake_timeout = settings.handshake_timeout;
     let internal = turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())?;
     let missing: &[&str] = if settings.internal_token.is_none() {
         &["internal_token"]
@@ -133,7 +134,7 @@ pub async fn run(
         .with_state(registry)
         .merge(grpc);
     tracing::info!(router = %router_id, %addr, %strategy, "router listening");
-    let result = turnout_common::serve::serve(listener, app, shutdown).await;
+    let result = turnout_common::serve::serve(listener, app, shutdown, handshake_timeout).await;
     stop.cancel();
     tracing::info!(router = %router_id, "router stopped");
     Ok(result?)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub placement_ttl: Duration,
     pub internal_token: Option<String>,
     pub insecure: bool,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -60,12 +62,19 @@ impl Default for Settings {
             placement_ttl: Duration::from_secs(600),
             internal_token: None,
             insecure: false,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
+        if self.handshake_timeout.is_zero() {
+            return Err(SettingsError::invalid(
+                "handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
         check_redis_url("redis_url", &self.redis_url)?;
         if self.poll_interval.is_zero() {
             return Err(SettingsError::invalid(

@@ -430,3 +430,37 @@ fn open_mode_only_on_loopback_or_when_insecure() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start().await?;
+    let mut s = node_settings(&redis.url(), Strategy::Pubsub);
+    s.handshake_timeout = Duration::from_millis(300);
+    let node = start_node(s).await;
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await?;
+    // Half a request, then nothing (slow loris).
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await?;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // e.g. a 408 before the close
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after {DEADLINE:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    // A normal client is unaffected.
+    let mut c = Client::connect(&node.ws_url()).await?;
+    c.send_json(json!({"type": "ping"})).await?;
+    assert_eq!(c.recv().await?, ServerFrame::Pong);
+    Ok(())
+}

@@ -341,12 +341,19 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     }
     let _ = late.recv_close().await;
     let mut late = Client::connect(&format!("{}?room=k0", gateway.ws_url())).await?;
-    late.send_json(json!({"type": "join", "room": "k0", "since": last})).await?;
-    match late.expect("joined", |f| matches!(f, ServerFrame::Joined { .. })).await? {
+    late.send_json(json!({"type": "join", "room": "k0", "since": last}))
+        .await?;
+    match late
+        .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+        .await?
+    {
         ServerFrame::Joined { recovered, .. } => assert_eq!(recovered, Some(true)),
         _ => unreachable!(),
     }
-    assert_eq!(late.messages_until("k0", more).await?, (last + 1..=more).collect::<Vec<_>>());
+    assert_eq!(
+        late.messages_until("k0", more).await?,
+        (last + 1..=more).collect::<Vec<_>>()
+    );
     assert_ne!(back.node(), victim);
     assert_eq!(seq, last + 1, "history and seq survive the owner");
     assert!(

@@ -179,6 +179,7 @@ pub async fn run(
         listener,
         app,
         server_stop.clone(),
+        state.settings.handshake_timeout,
     ));
 
     tokio::select! {

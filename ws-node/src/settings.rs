@@ -124,6 +124,8 @@ pub struct Settings {
     pub bus_buffer: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub max_publish_rate: f64,
@@ -156,6 +158,7 @@ impl Default for Settings {
             bus_buffer: 65_536,
             internal_token: None,
             insecure: false,
+            handshake_timeout: Duration::from_secs(10),
             jwt_secret: None,
             jwt_public_key: None,
             max_publish_rate: 50.0,
@@ -168,6 +171,12 @@ impl Default for Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
+        if self.handshake_timeout.is_zero() {
+            return Err(SettingsError::invalid(
+                "handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
         check_redis_url("redis_url", &self.redis_url)?;
         if self.heartbeat_interval.is_zero() {
             return Err(SettingsError::invalid(
