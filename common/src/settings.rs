@@ -199,6 +199,14 @@ impl From<SocketAddr> for ListenSpec {
     }
 }
 
+/// Refuses a zero where a positive value is needed.
+pub fn require_nonzero(key: &str, is_zero: bool) -> Result<(), SettingsError> {
+    if is_zero {
+        return Err(SettingsError::invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
 /// Checks a Redis URL early, so a typo stops the process at start.
 pub fn check_redis_url(key: &str, url: &str) -> Result<(), SettingsError> {
     ::redis::Client::open(url)

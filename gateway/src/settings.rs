@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use turnout_common::settings::{
     CommonCli, ListenSpec, SettingsError, Validate, check_http_url, check_redis_url,
+    require_nonzero,
 };
 use turnout_proto::Strategy;
 
@@ -111,12 +112,7 @@ impl Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
-        if self.handshake_timeout.is_zero() {
-            return Err(SettingsError::invalid(
-                "handshake_timeout",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         check_redis_url("redis_url", &self.redis_url)?;
         let routers = self.routers();
         if routers.is_empty() {
@@ -140,18 +136,8 @@ impl Validate for Settings {
                 "must be at least 16 bytes",
             ));
         }
-        if self.max_connections_per_ip == 0 {
-            return Err(SettingsError::invalid(
-                "max_connections_per_ip",
-                "must be greater than 0",
-            ));
-        }
-        if self.max_body_bytes == 0 {
-            return Err(SettingsError::invalid(
-                "max_body_bytes",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
+        require_nonzero("max_body_bytes", self.max_body_bytes == 0)?;
         Ok(())
     }
 }

@@ -103,20 +103,7 @@ fn line_chart(
     let y1 = nice_max(pts.iter().map(|p| p.1).fold(0.0, f64::max));
     let px = |x: f64| PAD_L + (tx(x) - x0) / (x1 - x0) * (W - PAD_L - PAD_R);
     let py = |y: f64| H - PAD_B - y / y1 * (H - PAD_T - PAD_B);
-    // Grid and ticks.
-    for i in 0..=5 {
-        let y = y1 * i as f64 / 5.0;
-        let _ = write!(
-            out,
-            r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v}</text>
-"##,
-            x2 = W - PAD_R,
-            p = py(y),
-            tx = PAD_L - 6.0,
-            ty = py(y) + 4.0,
-            v = fmt_num(y)
-        );
-    }
+    y_grid(&mut out, y1, &py);
     let ticks: Vec<f64> = if log_x {
         (x0 as i32..=x1 as i32).map(|e| 10f64.powi(e)).collect()
     } else {
@@ -173,19 +160,7 @@ fn bar_chart(
     }
     let y1 = nice_max(max);
     let py = |y: f64| H - PAD_B - y / y1 * (H - PAD_T - PAD_B);
-    for i in 0..=5 {
-        let y = y1 * i as f64 / 5.0;
-        let _ = write!(
-            out,
-            r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v}</text>
-"##,
-            x2 = W - PAD_R,
-            p = py(y),
-            tx = PAD_L - 6.0,
-            ty = py(y) + 4.0,
-            v = fmt_num(y)
-        );
-    }
+    y_grid(&mut out, y1, &py);
     let group_w = (W - PAD_L - PAD_R) / categories.len() as f64;
     let bar_w = (group_w * 0.8) / series.len().max(1) as f64;
     for (ci, cat) in categories.iter().enumerate() {
@@ -219,6 +194,23 @@ fn bar_chart(
     );
     out.push_str("</svg>");
     out
+}
+
+/// Horizontal grid lines with their labels, 0 to `y1` in five steps.
+fn y_grid(out: &mut String, y1: f64, py: &dyn Fn(f64) -> f64) {
+    for i in 0..=5 {
+        let y = y1 * i as f64 / 5.0;
+        let _ = write!(
+            out,
+            r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v}</text>
+"##,
+            x2 = W - PAD_R,
+            p = py(y),
+            tx = PAD_L - 6.0,
+            ty = py(y) + 4.0,
+            v = fmt_num(y)
+        );
+    }
 }
 
 fn fmt_num(v: f64) -> String {

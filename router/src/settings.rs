@@ -3,7 +3,9 @@
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use turnout_common::settings::{CommonCli, ListenSpec, SettingsError, Validate, check_redis_url};
+use turnout_common::settings::{
+    CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
+};
 use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
@@ -69,31 +71,16 @@ impl Default for Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
-        if self.handshake_timeout.is_zero() {
-            return Err(SettingsError::invalid(
-                "handshake_timeout",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         check_redis_url("redis_url", &self.redis_url)?;
-        if self.poll_interval.is_zero() {
-            return Err(SettingsError::invalid(
-                "poll_interval",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("poll_interval", self.poll_interval.is_zero())?;
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
             return Err(SettingsError::invalid(
                 "load_factor",
                 "must be a number >= 1.0 (e.g. 1.25)",
             ));
         }
-        if self.placement_ttl.is_zero() {
-            return Err(SettingsError::invalid(
-                "placement_ttl",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("placement_ttl", self.placement_ttl.is_zero())?;
         if self.listen.ports.start() != self.listen.ports.end() {
             return Err(SettingsError::invalid(
                 "listen",

@@ -3,7 +3,9 @@
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use turnout_common::settings::{CommonCli, ListenSpec, SettingsError, Validate, check_redis_url};
+use turnout_common::settings::{
+    CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
+};
 use turnout_proto::Strategy;
 
 /// Flags and environment variables; every one is optional and overrides the file.
@@ -171,19 +173,9 @@ impl Default for Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
-        if self.handshake_timeout.is_zero() {
-            return Err(SettingsError::invalid(
-                "handshake_timeout",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         check_redis_url("redis_url", &self.redis_url)?;
-        if self.heartbeat_interval.is_zero() {
-            return Err(SettingsError::invalid(
-                "heartbeat_interval",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("heartbeat_interval", self.heartbeat_interval.is_zero())?;
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
             return Err(SettingsError::invalid(
                 "heartbeat_ttl",
@@ -214,12 +206,7 @@ impl Validate for Settings {
                 "must be a positive number",
             ));
         }
-        if self.max_publish_burst == 0 {
-            return Err(SettingsError::invalid(
-                "max_publish_burst",
-                "must be greater than 0",
-            ));
-        }
+        require_nonzero("max_publish_burst", self.max_publish_burst == 0)?;
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return Err(SettingsError::invalid(
                 "idle_timeout",
@@ -233,9 +220,7 @@ impl Validate for Settings {
             ("max_connections", self.max_connections),
             ("bus_buffer", self.bus_buffer),
         ] {
-            if v == 0 {
-                return Err(SettingsError::invalid(key, "must be greater than 0"));
-            }
+            require_nonzero(key, v == 0)?;
         }
         Ok(())
     }
