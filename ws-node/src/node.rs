@@ -293,7 +293,7 @@ async fn ws_handler(
     let st = state.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let (tx, rx) = mpsc::channel(queue);
