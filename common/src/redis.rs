@@ -53,10 +53,54 @@ pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<
     client.get_connection_manager_with_config(config).await
 }
 
+/// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
+/// the connection replaced) even when no room is busy; failures count in
+/// `errors` and are logged once per outage.
+pub async fn watchdog(
+    mut con: ConnectionManager,
+    errors: prometheus::IntCounter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let ping = tokio::time::timeout(
+            Duration::from_secs(3),
+            ::redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                if !healthy {
+                    tracing::info!("Redis pub/sub connection healthy again");
+                }
+                healthy = true;
+            }
+            other => {
+                if healthy {
+                    errors.inc();
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer within 3s".into(),
+                    };
+                    tracing::warn!(error = %why, "Redis pub/sub PING failed");
+                }
+                healthy = false;
+            }
+        }
+    }
+}
+
 /// Assigns the next seq of a room, appends the rendered frame to the room's
-/// history and, when `publish` is set, publishes it on the room's channel; all
-/// in one atomic step, so a message on the bus always has its seq and is
-/// already in history.
+/// history, publishes it on the room's channel (ws-nodes relay it in pubsub
+/// mode; gateways follow it for `Subscribe` and SSE in both modes) and, for a
+/// client's publish with the inbox on, appends it to the backend inbox
+/// stream; all in one atomic step, so a message on the bus always has its seq
+/// and is already in history and in the inbox.
 ///
 /// Sticky strategy: with `owner` set, the script first checks that the room's
 /// owner record still names this node and epoch, and returns -1 without
@@ -83,8 +127,10 @@ if keep > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], seq .. ' ' .. frame)
+redis.call('PUBLISH', ARGV[5], seq .. ' ' .. frame)
+if ARGV[8] ~= '0' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', ARGV[8], '*',
+    'room', ARGV[10], 'seq', seq, 'user', ARGV[9], 'message', frame)
 end
 return seq
 "#,
@@ -121,15 +167,26 @@ pub struct RoomStore {
     pub history_size: u64,
     /// Idle rooms' seq and history expire after this long.
     pub room_ttl: Duration,
+    /// Entries kept in the backend inbox stream (0 = inbox off).
+    pub inbox_size: u64,
 }
 
 /// Who may publish: anyone (pubsub), or only the owner at an epoch (sticky).
 #[derive(Debug, Clone, Copy)]
 pub enum Publisher<'a> {
-    /// Relay on the room's pub/sub channel.
+    /// Anyone; ws-nodes relay the room's channel.
     Relay,
-    /// Sticky owner: (node id, epoch); no relay.
+    /// Sticky owner: (node id, epoch).
     Owner(&'a str, u64),
+}
+
+/// Where a message comes from: clients' messages go to the backend inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A WebSocket client, by user id.
+    Client(&'a str),
+    /// The server API.
+    Api,
 }
 
 /// Runs the publish script; returns the message's seq, or `None` when the
@@ -140,23 +197,32 @@ pub async fn publish(
     room: &str,
     parts: &bus::FrameParts,
     publisher: Publisher<'_>,
+    origin: Origin<'_>,
 ) -> RedisResult<Option<u64>> {
-    let (channel, owner, epoch) = match publisher {
-        Publisher::Relay => (keys::room_channel(room), "", String::new()),
-        Publisher::Owner(node, epoch) => (String::new(), node, epoch.to_string()),
+    let (owner, epoch) = match publisher {
+        Publisher::Relay => ("", String::new()),
+        Publisher::Owner(node, epoch) => (node, epoch.to_string()),
+    };
+    let (inbox_size, user) = match origin {
+        Origin::Client(user) => (store.inbox_size, user),
+        Origin::Api => (0, ""),
     };
     let seq: i64 = PUBLISH
         .key(keys::room_seq(room))
         .key(keys::room_history(room))
         .key(keys::room_owner(room))
         .key(keys::room_epoch(room))
+        .key(keys::INBOX)
         .arg(&parts.prefix)
         .arg(&parts.suffix)
         .arg(store.history_size)
         .arg(store.room_ttl.as_millis() as u64)
-        .arg(channel)
+        .arg(keys::room_channel(room))
         .arg(owner)
         .arg(epoch)
+        .arg(inbox_size)
+        .arg(user)
+        .arg(room)
         .invoke_async(con)
         .await?;
     Ok(u64::try_from(seq).ok())

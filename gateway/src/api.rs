@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::sync::Arc;
+use tokio_stream::StreamExt;
 use turnout_proto::codes::ErrorCode;
 
 /// A JSON error body: `{"error":{"code":…,"message":…}}`.
@@ -38,7 +39,7 @@ fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn count(gw: &Gateway, op: &str, ok: bool) {
+pub(crate) fn count(gw: &Gateway, op: &str, ok: bool) {
     gw.metrics
         .api_requests
         .with_label_values(&[op, if ok { "ok" } else { "error" }])
@@ -236,5 +237,182 @@ pub(crate) async fn demo_page() -> impl IntoResponse {
             (axum::http::header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("../demo/index.html"),
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EventsQuery {
+    since: Option<u64>,
+}
+
+/// Who may read a room's stream: with the API key, or with a client token
+/// that may join the room (`?token=` or `Authorization: Bearer`), or anyone
+/// when the gateway runs open.
+fn may_stream(
+    gw: &Gateway,
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+    room: &str,
+) -> Result<(), Box<Response>> {
+    let key = gw.settings.api_key.as_deref();
+    if key.is_none() && gw.auth.is_none() {
+        return Ok(());
+    }
+    if let (Some(key), Some(given)) = (key, headers.get(turnout_common::auth::API_KEY_HEADER)) {
+        if turnout_common::auth::ct_eq(given.as_bytes(), key.as_bytes()) {
+            return Ok(());
+        }
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "X-API-Key wrong",
+        )));
+    }
+    let Some(auth) = &gw.auth else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "X-API-Key missing",
+        )));
+    };
+    let token = turnout_common::auth::token_from(headers, query)
+        .ok_or(turnout_common::auth::AuthError::Missing);
+    match token.and_then(|t| auth.verify(&t)) {
+        Ok(claims) if claims.may_join(room) => Ok(()),
+        Ok(_) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden.as_str(),
+            "the token's rooms claim does not include this room",
+        ))),
+        Err(e) => {
+            gw.metrics.auth_failures.inc();
+            Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &e.to_string(),
+            )))
+        }
+    }
+}
+
+/// `GET /api/rooms/{room}/events`: the room's messages as Server-Sent
+/// Events, `id:` = seq. Resumes after `Last-Event-ID` (or `?since=`) from
+/// history; sends a keep-alive comment every `sse_keepalive`.
+pub(crate) async fn events(
+    State(gw): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    req: axum::extract::Request,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadFrame.as_str(),
+            "since must be a non-negative integer",
+        );
+    };
+    if let Err(refused) = may_stream(&gw, req.headers(), req.uri().query(), &room) {
+        count(&gw, "events", false);
+        return *refused;
+    }
+    // A reconnecting EventSource sends the last id it saw; that wins over the URL.
+    let last_id = match req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None | Some(Ok("")) => None,
+        Some(Ok(v)) => match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadFrame.as_str(),
+                    "Last-Event-ID must be a seq (a non-negative integer)",
+                );
+            }
+        },
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadFrame.as_str(),
+                "Last-Event-ID must be a seq (a non-negative integer)",
+            );
+        }
+    };
+    let since = last_id.or(q.since).unwrap_or(0);
+    let result = gw.stream(&room, since, "sse").await;
+    count(&gw, "events", result.is_ok());
+    let rx = match result {
+        Ok(rx) => rx,
+        Err(e) => return api_error(&e),
+    };
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Ok(item) => crate::follow::sse_event(item),
+            Err(e) => axum::response::sse::Event::default()
+                .event("error")
+                .data(json!({"code": e.code.as_str(), "message": e.message}).to_string()),
+        })
+    });
+    let keepalive = axum::response::sse::KeepAlive::new()
+        .interval(gw.settings.sse_keepalive)
+        .text("keep-alive");
+    let mut response = axum::response::sse::Sse::new(stream)
+        .keep_alive(keepalive)
+        .into_response();
+    // Tell buffering reverse proxies (nginx) to pass events through at once.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
+}
+
+#[derive(Deserialize, Default)]
+struct DisconnectBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/users/{user}/disconnect`: closes the user's connections on
+/// every node (close code 3500); body `{"reason": "…"}` is optional.
+pub(crate) async fn disconnect(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: DisconnectBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DisconnectBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(_) => {
+                count(&gw, "disconnect", false);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadJson.as_str(),
+                    "body must be empty or {\"reason\": \"…\"}",
+                );
+            }
+        }
+    };
+    let result = gw
+        .disconnect(&user, body.reason.as_deref().unwrap_or(""))
+        .await;
+    count(&gw, "disconnect", result.is_ok());
+    match result {
+        Ok(n) => Json(json!({"user": user, "connections": n})).into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+/// The OpenAPI document of the HTTP API (`gateway/openapi.json`).
+pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
+
+pub(crate) async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
     )
 }

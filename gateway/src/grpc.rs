@@ -1,9 +1,10 @@
 //! `turnout.v1.Gateway`: the server API over gRPC, same semantics as HTTP.
 
+use crate::follow::Item;
 use crate::state::Gateway;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use turnout_proto::v1::gateway_server::{Gateway as GatewayApi, GatewayServer};
 use turnout_proto::v1::*;
@@ -107,19 +108,33 @@ impl GatewayApi for GatewayService {
 
     async fn subscribe(
         &self,
-        _req: Request<SubscribeRequest>,
+        req: Request<SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
-        Err(Status::unimplemented(
-            "Subscribe is not available in this build",
-        ))
+        let r = req.into_inner();
+        let result = self.gw.stream(&r.room, r.since, "grpc").await;
+        crate::api::count(&self.gw, "subscribe", result.is_ok());
+        let rx = result.map_err(|e| e.grpc_status())?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
+            Ok(Item::Message { frame, .. }) => room_message(&frame)
+                .ok_or_else(|| Status::internal("a stored message could not be decoded")),
+            // The stream cannot go on with seq starting over: the caller
+            // resubscribes (with since = 0, or after reading History).
+            Ok(Item::Reset { epoch, seq }) => Err(Status::aborted(format!(
+                "the room's state was reset in Redis (new epoch {epoch}, seq {seq}); resubscribe"
+            ))),
+            Err(e) => Err(e.grpc_status()),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn disconnect(
         &self,
-        _req: Request<DisconnectRequest>,
+        req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
-        Err(Status::unimplemented(
-            "Disconnect is not available in this build",
-        ))
+        let r = req.into_inner();
+        let result = self.gw.disconnect(&r.user, &r.reason).await;
+        crate::api::count(&self.gw, "disconnect", result.is_ok());
+        let connections = result.map_err(|e| e.grpc_status())?;
+        Ok(Response::new(DisconnectReply { connections }))
     }
 }

@@ -7,10 +7,12 @@
 //! - `proxy`: `/ws`, forwarding the upgrade to the node and splicing bytes.
 //! - `api`: the HTTP server API, `/healthz`, `/readyz`, `/metrics`.
 //! - `grpc`: the `turnout.v1.Gateway` service on the same port.
+//! - `follow`: room streams (gRPC `Subscribe`, SSE) fed from Redis.
 //! - `state`: shared state and the operations both APIs use.
 
 mod api;
 mod cluster;
+mod follow;
 mod grpc;
 mod proxy;
 pub mod settings;
@@ -25,6 +27,57 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// One HTTP route of the gateway.
+struct HttpRoute {
+    method: &'static str,
+    path: &'static str,
+    /// Behind `X-API-Key` when an API key is configured.
+    needs_key: bool,
+    handler: axum::routing::MethodRouter<Arc<state::Gateway>>,
+}
+
+/// Every HTTP route, in one table: the server is built from it and a test
+/// checks `openapi.json` against it, so the document cannot drift.
+fn http_routes() -> Vec<HttpRoute> {
+    let r = |method, path, needs_key, handler| HttpRoute {
+        method,
+        path,
+        needs_key,
+        handler,
+    };
+    vec![
+        r("get", "/ws", false, get(proxy::ws)),
+        r("get", "/api/route", false, get(api::route)),
+        r("get", "/api/cluster", false, get(api::cluster)),
+        r(
+            "post",
+            "/api/rooms/{room}/publish",
+            true,
+            post(api::publish),
+        ),
+        r("get", "/api/rooms/{room}/history", true, get(api::history)),
+        r(
+            "get",
+            "/api/rooms/{room}/presence",
+            true,
+            get(api::presence),
+        ),
+        // Own check: the API key, or a client token that may join the room.
+        r("get", "/api/rooms/{room}/events", false, get(api::events)),
+        r(
+            "post",
+            "/api/users/{user}/disconnect",
+            true,
+            post(api::disconnect),
+        ),
+        r("get", "/api/openapi.json", false, get(api::openapi)),
+        r("get", "/", false, get(api::demo_page)),
+        r("get", "/healthz", false, get(|| async { "ok" })),
+        r("get", "/readyz", false, get(api::readyz)),
+        r("get", "/metrics", false, get(api::metrics)),
+    ]
+}
 
 /// Why this process could not start or stopped with an error.
 pub type GatewayError = turnout_common::serve::RunError;
@@ -78,14 +131,26 @@ pub async fn run(
     let body_limit = settings.max_body_bytes;
     let strategy = settings.strategy;
     let api_key = settings.api_key.clone();
+    let (buffer, max_streams) = (settings.subscriber_buffer, settings.max_subscribers);
     let gw = Arc::new(state::Gateway::new(
         id.clone(),
         settings,
         rx,
-        redis,
+        redis.clone(),
         internal,
         auth,
     ));
+    // Streams end when shutdown starts, so graceful shutdown does not wait on them.
+    let follower = follow::Follower::start(
+        &client,
+        redis,
+        buffer,
+        max_streams,
+        gw.metrics.follow.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
+    let _ = gw.follower.set(follower);
 
     let (health, routes) = turnout_common::grpc::base_routes();
     health
@@ -97,24 +162,29 @@ pub async fn run(
             api::grpc_key_checker(api_key.clone()),
         ))
         .into_axum_router();
+    let (keyed, open) =
+        http_routes()
+            .into_iter()
+            .fold((Router::new(), Router::new()), |(keyed, open), r| {
+                tracing::debug!(
+                    method = r.method,
+                    path = r.path,
+                    api_key = r.needs_key,
+                    "route"
+                );
+                if r.needs_key {
+                    (keyed.route(r.path, r.handler), open)
+                } else {
+                    (keyed, open.route(r.path, r.handler))
+                }
+            });
     // The server API needs the API key (when one is configured).
-    let rooms_api = Router::new()
-        .route("/api/rooms/{room}/publish", post(api::publish))
-        .route("/api/rooms/{room}/history", get(api::history))
-        .route("/api/rooms/{room}/presence", get(api::presence))
-        .route_layer(axum::middleware::from_fn_with_state(
-            api_key,
-            api::require_key,
-        ));
-    let app = Router::new()
-        .route("/ws", get(proxy::ws))
-        .route("/api/route", get(api::route))
-        .route("/api/cluster", get(api::cluster))
-        .merge(rooms_api)
-        .route("/", get(api::demo_page))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+        api_key,
+        api::require_key,
+    ));
+    let app = open
+        .merge(keyed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
         .merge(grpc);
@@ -123,4 +193,45 @@ pub async fn run(
     stop.cancel();
     tracing::info!(gateway = %id, "gateway stopped");
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `openapi.json` documents exactly the routes the server is built from,
+    /// with the API key where the server asks for it.
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(api::OPENAPI).expect("valid JSON");
+        let mut documented = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in ops.as_object().expect("operations") {
+                let keyed = op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == 1 && s[0].get("apiKey").is_some());
+                documented.insert((method.clone(), path.clone(), keyed));
+            }
+        }
+        let served: BTreeSet<_> = http_routes()
+            .into_iter()
+            .map(|r| (r.method.to_owned(), r.path.to_owned(), r.needs_key))
+            .collect();
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "openapi.json is out of sync: undocumented {missing:?}, not served {extra:?}"
+        );
+        // Every schema reference resolves.
+        let text = api::OPENAPI;
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let name = &part[..part.find('"').expect("closing quote")];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "unresolved schema {name}"
+            );
+        }
+    }
 }

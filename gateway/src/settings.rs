@@ -48,6 +48,19 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
+    /// Room streams (SSE and gRPC `Subscribe`) this gateway serves at once.
+    #[arg(long, env = "TURNOUT_MAX_SUBSCRIBERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscribers: Option<usize>,
+    /// Live messages buffered per followed room; a stream that falls further
+    /// behind catches up from history.
+    #[arg(long, env = "TURNOUT_SUBSCRIBER_BUFFER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriber_buffer: Option<usize>,
+    /// Interval of SSE keep-alive comments, e.g. 15s.
+    #[arg(long, env = "TURNOUT_SSE_KEEPALIVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_keepalive: Option<String>,
 }
 
 /// The gateway's settings after merging file, env and flags.
@@ -70,6 +83,10 @@ pub struct Settings {
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub api_key: Option<String>,
     pub max_connections_per_ip: usize,
+    pub max_subscribers: usize,
+    pub subscriber_buffer: usize,
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for Settings {
@@ -89,6 +106,9 @@ impl Default for Settings {
             jwt_public_key: None,
             api_key: None,
             max_connections_per_ip: 1000,
+            max_subscribers: 10_000,
+            subscriber_buffer: 1024,
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -138,6 +158,9 @@ impl Validate for Settings {
         }
         require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
         require_nonzero("max_body_bytes", self.max_body_bytes == 0)?;
+        require_nonzero("max_subscribers", self.max_subscribers == 0)?;
+        require_nonzero("subscriber_buffer", self.subscriber_buffer == 0)?;
+        require_nonzero("sse_keepalive", self.sse_keepalive.is_zero())?;
         Ok(())
     }
 }

@@ -35,12 +35,48 @@ pub(crate) struct GatewayMetrics {
     pub(crate) upstream_errors: IntCounter,
     pub(crate) auth_failures: IntCounter,
     pub(crate) api_requests: IntCounterVec,
+    pub(crate) follow: crate::follow::FollowMetrics,
 }
 
 impl GatewayMetrics {
     fn new(id: &str) -> Self {
         let registry = turnout_common::metrics::registry("gateway", &[("gateway", id)]);
+        let c = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let g = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let follow = crate::follow::FollowMetrics {
+            streams: g("room_streams", "Open room streams (SSE and gRPC Subscribe)"),
+            rooms: g("followed_rooms", "Rooms this gateway follows on Redis"),
+            sent: c(
+                "stream_messages_total",
+                "Room messages sent to streams (live and caught up)",
+            ),
+            caught_up: c(
+                "stream_caught_up_total",
+                "Room messages streams read back from history (resume, gap, lag, reconnect)",
+            ),
+            resets: c(
+                "stream_resets_total",
+                "Streams told `reset` because Redis lost the room's state",
+            ),
+            push_dropped: c(
+                "push_dropped_total",
+                "Room messages dropped because the push buffer was full (recovered from history)",
+            ),
+            redis_disconnects: c(
+                "redis_disconnects_total",
+                "Times the pub/sub connection to Redis dropped",
+            ),
+            redis_errors: c("redis_errors_total", "Redis commands that failed"),
+        };
         GatewayMetrics {
+            follow,
             proxied: register(
                 &registry,
                 IntGauge::new(
@@ -154,6 +190,8 @@ pub(crate) struct Gateway {
     pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
     /// Sticky: room -> owner, for [`ROUTE_CACHE_TTL`] unless the owner leaves.
     route_cache: DashMap<String, (NodeInfo, Instant)>,
+    /// Room streams (SSE, gRPC `Subscribe`); set once at start.
+    pub(crate) follower: std::sync::OnceLock<Arc<crate::follow::Follower>>,
 }
 
 /// How long the gateway reuses a room's owner without asking a router.
@@ -192,6 +230,7 @@ impl Gateway {
             internal,
             auth,
             per_ip: DashMap::new(),
+            follower: std::sync::OnceLock::new(),
         }
     }
 
@@ -392,6 +431,66 @@ impl Gateway {
                 tracing::warn!(room, error = %e, "history read failed");
                 ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
             })
+    }
+
+    /// Starts a stream of `room`'s messages after `since` (0: live only).
+    pub(crate) async fn stream(
+        &self,
+        room: &str,
+        since: u64,
+        kind: &'static str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::follow::Item, ApiError>>, ApiError> {
+        let follower = self
+            .follower
+            .get()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "starting up; retry"))?;
+        follower.stream(room, since, kind).await
+    }
+
+    /// Closes every connection of `user` on every live node; returns how many.
+    /// Fails (and may be retried: it is idempotent) when a node did not answer.
+    pub(crate) async fn disconnect(&self, user: &str, reason: &str) -> Result<u64, ApiError> {
+        names::check_user(user)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("user {e}")))?;
+        if reason.len() > 123 {
+            return Err(ApiError::new(
+                ErrorCode::BadFrame,
+                "reason must be at most 123 bytes (the WebSocket close frame's limit)",
+            ));
+        }
+        let nodes = self.view.borrow().reply.nodes.clone();
+        let calls = nodes.iter().map(|node| async move {
+            let mut client = self.node_client(node)?;
+            let req = turnout_proto::v1::DisconnectRequest {
+                user: user.to_owned(),
+                reason: reason.to_owned(),
+            };
+            client
+                .disconnect(req)
+                .await
+                .map(|r| r.into_inner().connections)
+                .map_err(|s| {
+                    tracing::warn!(node = %node.id, error = %s.message(), "Disconnect failed");
+                    ApiError::new(ErrorCode::Unavailable, s.message())
+                })
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let mut closed = 0;
+        let mut failed = 0;
+        for r in results {
+            match r {
+                Ok(n) => closed += n,
+                Err(_) => failed += 1,
+            }
+        }
+        tracing::info!(user, closed, failed, "user disconnected");
+        if failed > 0 {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{failed} node(s) did not answer ({closed} connections closed); retry"),
+            ));
+        }
+        Ok(closed)
     }
 
     /// Users present in `room`.

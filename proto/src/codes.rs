@@ -95,4 +95,7 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 3008;
     /// No frame or pong within `idle_timeout`; reconnect when needed.
     pub const IDLE: u16 = 3009;
+    /// A backend disconnected the user (server API `Disconnect`); do not
+    /// reconnect as is.
+    pub const KICKED: u16 = 3500;
 }

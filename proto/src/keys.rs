@@ -14,6 +14,11 @@ pub const DRAINING: &str = "turnout:draining";
 /// Prefix of heartbeat keys (see [`node`]), for scripts that build them.
 pub const NODE_PREFIX: &str = "turnout:node:";
 
+/// Backend inbox: a stream of what clients publish (fields `room`, `seq`,
+/// `user`, `message`), bounded by the ws-nodes' `inbox_size`, for backends
+/// to consume with consumer groups.
+pub const INBOX: &str = "turnout:inbox";
+
 /// Heartbeat record of a node (JSON `NodeInfo`), with a TTL.
 pub fn node(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
@@ -29,7 +34,8 @@ pub fn room_history(room: &str) -> String {
     format!("turnout:{{{room}}}:hist")
 }
 
-/// Pub/sub channel of a room (pubsub strategy).
+/// Pub/sub channel of a room: ws-nodes relay it (pubsub strategy), gateways
+/// follow it for `Subscribe` and SSE (both strategies).
 pub fn room_channel(room: &str) -> String {
     format!("turnout:{{{room}}}:bus")
 }

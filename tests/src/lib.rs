@@ -382,6 +382,118 @@ pub async fn http(
     Ok((status, body))
 }
 
+/// One Server-Sent Event, or a comment line (`comment` set, e.g. keep-alives).
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+}
+
+/// An open SSE response: status, and events as they arrive.
+pub struct Sse {
+    pub status: u16,
+    pub events: tokio::sync::mpsc::Receiver<SseEvent>,
+}
+
+impl Sse {
+    /// Opens `GET url` and parses the event stream in a task.
+    pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse> {
+        use http_body_util::BodyExt;
+        let uri: http::Uri = url.parse()?;
+        let authority = uri.authority().context("url without host")?.to_string();
+        let stream = TcpStream::connect(&authority).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header("host", authority)
+            .header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+            .await?;
+        let status = resp.status().as_u16();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut body = resp.into_body();
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            let mut ev = SseEvent::default();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(nl) = buf.find('\n') {
+                    let line: String = buf.drain(..=nl).collect();
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if line.is_empty() {
+                        if tx.send(std::mem::take(&mut ev)).await.is_err() {
+                            return;
+                        }
+                    } else if let Some(c) = line.strip_prefix(':') {
+                        let comment = SseEvent {
+                            comment: Some(c.trim().to_owned()),
+                            ..Default::default()
+                        };
+                        if tx.send(comment).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "id" => ev.id = Some(value.to_owned()),
+                            "event" => ev.event = Some(value.to_owned()),
+                            "data" => {
+                                if !ev.data.is_empty() {
+                                    ev.data.push('\n');
+                                }
+                                ev.data.push_str(value)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Sse { status, events: rx })
+    }
+
+    /// The next event that is not a comment.
+    pub async fn next(&mut self) -> Result<SseEvent> {
+        loop {
+            let ev = tokio::time::timeout(DEADLINE, self.events.recv())
+                .await
+                .context("no SSE event within the deadline")?
+                .context("SSE stream ended")?;
+            if ev.comment.is_none() {
+                return Ok(ev);
+            }
+        }
+    }
+
+    /// Seqs (`id:`) of message events until one with seq `last`.
+    pub async fn seqs_until(&mut self, last: u64) -> Result<Vec<u64>> {
+        let mut seqs = Vec::new();
+        loop {
+            let ev = self.next().await?;
+            if ev.event.is_some() {
+                bail!("unexpected event {ev:?}");
+            }
+            let seq: u64 = ev.id.as_deref().context("message without id")?.parse()?;
+            seqs.push(seq);
+            if seq >= last {
+                return Ok(seqs);
+            }
+        }
+    }
+}
+
 /// A WebSocket test client speaking the turnout protocol.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -14,14 +14,12 @@
 //! the hub fetch what the room missed from history.
 
 use crate::hub::Hub;
-use crate::metrics::NodeMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use turnout_proto::{bus, keys};
@@ -77,7 +75,11 @@ pub(crate) async fn start(
         hub.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(watchdog(con, hub.metrics.clone(), shutdown));
+    tokio::spawn(turnout_common::redis::watchdog(
+        con,
+        hub.metrics.redis_errors.clone(),
+        shutdown,
+    ));
     Ok(Bus { cmds: cmd_tx })
 }
 
@@ -222,43 +224,6 @@ async fn manage_subscriptions(
                 Err(failed.clone().unwrap_or_else(|| "not subscribed".into()))
             };
             let _ = tx.send(result);
-        }
-    }
-}
-
-/// Pings the pub/sub connection so a silent failure is noticed and the
-/// connection replaced even when no room is busy.
-async fn watchdog(mut con: ConnectionManager, metrics: NodeMetrics, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut healthy = true;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let ping = tokio::time::timeout(
-            Duration::from_secs(3),
-            redis::cmd("PING").query_async::<String>(&mut con),
-        )
-        .await;
-        match ping {
-            Ok(Ok(_)) => {
-                if !healthy {
-                    tracing::info!("Redis pub/sub connection healthy again");
-                }
-                healthy = true;
-            }
-            other => {
-                if healthy {
-                    metrics.redis_errors.inc();
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer within 3s".into(),
-                    };
-                    tracing::warn!(error = %why, "Redis pub/sub PING failed");
-                }
-                healthy = false;
-            }
         }
     }
 }

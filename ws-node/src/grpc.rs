@@ -4,11 +4,13 @@ use crate::node::NodeState;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use turnout_proto::codes::ErrorCode;
+use turnout_common::redis::Origin;
+use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::names;
 use turnout_proto::v1::node_server::{Node, NodeServer};
 use turnout_proto::v1::{
-    DeliverReply, DeliverRequest, DrainReply, DrainRequest, StatsReply, StatsRequest,
+    DeliverReply, DeliverRequest, DisconnectReply, DisconnectRequest, DrainReply, DrainRequest,
+    StatsReply, StatsRequest,
 };
 
 pub(crate) struct NodeService {
@@ -52,7 +54,7 @@ impl Node for NodeService {
         let seq = self
             .state
             .hub
-            .publish(&req.room, &from, &data)
+            .publish(&req.room, &from, &data, Origin::Api)
             .await
             .map_err(|e| match e.redirect {
                 Some(url) => {
@@ -68,6 +70,30 @@ impl Node for NodeService {
         tracing::info!("drain requested over gRPC");
         self.state.drain.cancel();
         Ok(Response::new(DrainReply { connections }))
+    }
+
+    async fn disconnect(
+        &self,
+        req: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectReply>, Status> {
+        let req = req.into_inner();
+        names::check_user(&req.user).map_err(|e| Status::invalid_argument(format!("user {e}")))?;
+        let reason = if req.reason.is_empty() {
+            "disconnected by the server"
+        } else {
+            &req.reason
+        };
+        let mut connections = 0;
+        for c in self.state.conns.iter() {
+            // Connections already closing are not counted again.
+            if c.user == req.user && !c.closed.is_cancelled() {
+                c.kill_with(close::KICKED, reason);
+                connections += 1;
+            }
+        }
+        self.state.hub.metrics.kicked.inc_by(connections);
+        tracing::info!(user = %req.user, connections, "user disconnected by the server API");
+        Ok(Response::new(DisconnectReply { connections }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

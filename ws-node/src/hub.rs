@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use turnout_common::redis::{self as store, Publisher, RoomStore};
+use turnout_common::redis::{self as store, Origin, Publisher, RoomStore};
 use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::ServerFrame;
 use turnout_proto::{Strategy, bus, keys, now_ms};
@@ -63,6 +63,8 @@ pub(crate) struct Conn {
     /// `close_code` (0 = normal).
     pub(crate) closed: CancellationToken,
     close_code: AtomicU16,
+    /// Reason sent in the close frame instead of the code's default.
+    close_reason: OnceLock<String>,
     /// Rooms this connection is in; written by its session, and by the hub
     /// when a room moves away (sticky).
     rooms: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -86,6 +88,7 @@ impl Conn {
             tx,
             closed: CancellationToken::new(),
             close_code: AtomicU16::new(0),
+            close_reason: OnceLock::new(),
             rooms: Default::default(),
         }
     }
@@ -121,6 +124,21 @@ impl Conn {
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.closed.cancel();
+    }
+
+    /// Closes the connection with `code` and a reason of at most 123 bytes
+    /// (the close frame's limit).
+    pub(crate) fn kill_with(&self, code: u16, reason: &str) {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = self.close_reason.set(reason[..end].to_owned());
+        self.kill(code);
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<&str> {
+        self.close_reason.get().map(String::as_str)
     }
 
     pub(crate) fn close_code(&self) -> u16 {
@@ -695,11 +713,14 @@ impl Hub {
     }
 
     /// Publishes into `room`; returns the message's seq.
+    /// `origin` is `Client` for a client's publish (which goes to the
+    /// backend inbox too, when it is on) and `Api` for the server API's.
     pub(crate) async fn publish(
         self: &Arc<Self>,
         room: &str,
         from: &str,
         data: &RawValue,
+        origin: Origin<'_>,
     ) -> Result<u64, RoomError> {
         let parts = bus::frame_parts(room, from, &self.node_id, now_ms(), data);
         let publisher = match self.strategy {
@@ -713,7 +734,7 @@ impl Hub {
             }
         };
         let mut con = self.redis.clone();
-        let seq = store::publish(&mut con, self.store, room, &parts, publisher)
+        let seq = store::publish(&mut con, self.store, room, &parts, publisher, origin)
             .await
             .map_err(|e| {
                 self.metrics.redis_errors.inc();
@@ -743,6 +764,9 @@ impl Hub {
             });
         };
         self.metrics.published.inc();
+        if matches!(origin, Origin::Client(_)) && self.store.inbox_size > 0 {
+            self.metrics.inbox_appended.inc();
+        }
         if matches!(publisher, Publisher::Owner(..)) {
             self.deliver(room, seq, parts.render(seq).into());
         }

@@ -27,6 +27,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) rate_limited: IntCounter,
     pub(crate) idle_closed: IntCounter,
     pub(crate) session_panics: IntCounter,
+    pub(crate) kicked: IntCounter,
+    pub(crate) inbox_appended: IntCounter,
 }
 
 impl NodeMetrics {
@@ -117,6 +119,14 @@ impl NodeMetrics {
             fenced: c(
                 "fenced_total",
                 "Publishes refused because this node no longer owns the room (sticky)",
+            ),
+            kicked: c(
+                "kicked_total",
+                "Connections closed by the server API's Disconnect",
+            ),
+            inbox_appended: c(
+                "inbox_appended_total",
+                "Client publishes appended to the backend inbox stream",
             ),
             registry,
         }

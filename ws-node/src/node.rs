@@ -113,6 +113,11 @@ pub async fn run(
     let store = RoomStore {
         history_size: settings.history_size,
         room_ttl: settings.room_ttl,
+        inbox_size: if settings.inbox {
+            settings.inbox_size
+        } else {
+            0
+        },
     };
     let hub = Arc::new(Hub::new(
         node_id.clone(),

@@ -8,6 +8,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
+use turnout_common::redis::Origin;
 use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
 
@@ -264,7 +265,10 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimi
                 let e = ErrorCode::RateLimited.into();
                 return send_room_error(hub, conn, e, &room, id, "publishing too fast");
             }
-            match hub.publish(&room, &conn.user, &data).await {
+            match hub
+                .publish(&room, &conn.user, &data, Origin::Client(&conn.user))
+                .await
+            {
                 Ok(seq) => {
                     conn.send_frame(&ServerFrame::Ack { id, seq }, &hub.metrics);
                 }
@@ -361,8 +365,10 @@ async fn write_loop(
         close::IDLE => "idle timeout",
         close::POLICY => "policy violation",
         close::INTERNAL => "internal error",
+        close::KICKED => "disconnected by the server",
         _ => "",
     };
+    let reason = conn.close_reason().unwrap_or(reason).to_owned();
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
             code,

@@ -96,6 +96,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_IDLE_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Append what clients publish to the backend inbox stream `turnout:inbox` (true/false).
+    #[arg(long, env = "TURNOUT_INBOX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<bool>,
+    /// Entries the inbox stream keeps (older ones are trimmed).
+    #[arg(long, env = "TURNOUT_INBOX_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox_size: Option<u64>,
 }
 
 /// The ws-node's settings after merging file, env and flags.
@@ -136,6 +144,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    pub inbox: bool,
+    pub inbox_size: u64,
 }
 
 impl Default for Settings {
@@ -167,6 +177,8 @@ impl Default for Settings {
             max_publish_burst: 100,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            inbox: false,
+            inbox_size: 100_000,
         }
     }
 }
@@ -219,6 +231,7 @@ impl Validate for Settings {
             ("max_rooms_per_conn", self.max_rooms_per_conn),
             ("max_connections", self.max_connections),
             ("bus_buffer", self.bus_buffer),
+            ("inbox_size", self.inbox_size as usize),
         ] {
             require_nonzero(key, v == 0)?;
         }

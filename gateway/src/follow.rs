@@ -1,0 +1,499 @@
+//! Room streams for backends: gRPC `Subscribe` and SSE `/api/rooms/{room}/events`.
+//!
+//! Every message's publish script also publishes it on the room's Redis
+//! channel, in both strategies, so a gateway follows a room the same way
+//! whatever the strategy: one RESP3 pub/sub connection per gateway carries
+//! every followed room, and each room has one in-process broadcast ring
+//! (`subscriber_buffer` messages) that its streams read.
+//!
+//! A stream keeps the last seq it sent and never sends a seq twice or out of
+//! order. It starts by subscribing, then reads history after `since` (or just
+//! the room's current seq for a live-only stream), so the hand-over from
+//! history to live messages has no gap. Whatever it misses later (a jump in
+//! seq, a ring it fell behind on, a Redis reconnect) it reads back from
+//! history; what history no longer holds shows as a jump in seq. When Redis
+//! lost the room's state (its history epoch changed, or seq went backwards)
+//! the stream says `reset` and continues from the room's new first message.
+
+use crate::state::ApiError;
+use prometheus::{IntCounter, IntGauge};
+use redis::aio::ConnectionManager;
+use redis::{PushInfo, PushKind, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::{bus, keys};
+
+/// Pub/sub pushes buffered between the Redis reader and the rooms' rings.
+const PUSH_BUFFER: usize = 65_536;
+/// Items queued between a stream's task and its HTTP/gRPC response.
+const STREAM_QUEUE: usize = 64;
+/// Messages one history read returns while a stream catches up.
+const CATCH_UP_PAGE: u64 = 1000;
+
+/// What a stream hands to its response.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// A room message: its seq and the frame WebSocket clients get.
+    Message { seq: u64, frame: Arc<str> },
+    /// Redis lost the room's state: seq starts over after this.
+    Reset { epoch: String, seq: u64 },
+}
+
+#[derive(Clone)]
+enum Event {
+    Message(u64, Arc<str>),
+    /// The room's channel was (re)subscribed: read what may have been missed.
+    Resync,
+}
+
+struct Feed {
+    tx: broadcast::Sender<Event>,
+    streams: usize,
+}
+
+enum Cmd {
+    Ensure(String, oneshot::Sender<Result<(), String>>),
+    Release(String),
+}
+
+#[derive(Clone)]
+pub(crate) struct FollowMetrics {
+    pub(crate) streams: IntGauge,
+    pub(crate) rooms: IntGauge,
+    pub(crate) sent: IntCounter,
+    pub(crate) caught_up: IntCounter,
+    pub(crate) resets: IntCounter,
+    pub(crate) push_dropped: IntCounter,
+    pub(crate) redis_disconnects: IntCounter,
+    pub(crate) redis_errors: IntCounter,
+}
+
+/// Follows rooms on Redis for the streams of one gateway.
+pub(crate) struct Follower {
+    feeds: Mutex<HashMap<String, Feed>>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    redis: ConnectionManager,
+    buffer: usize,
+    max_streams: usize,
+    metrics: FollowMetrics,
+    stop: CancellationToken,
+}
+
+impl Follower {
+    /// Connects the pub/sub connection and starts its tasks.
+    pub(crate) async fn start(
+        client: &redis::Client,
+        redis: ConnectionManager,
+        buffer: usize,
+        max_streams: usize,
+        metrics: FollowMetrics,
+        stop: CancellationToken,
+    ) -> redis::RedisResult<Arc<Self>> {
+        let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
+        let dropped = metrics.push_dropped.clone();
+        let sender = move |info: PushInfo| match push_tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                dropped.inc();
+                Err(e)
+            }
+        };
+        let con = turnout_common::redis::pubsub(client, sender).await?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let follower = Arc::new(Follower {
+            feeds: Mutex::new(HashMap::new()),
+            cmds: cmd_tx,
+            redis,
+            buffer,
+            max_streams,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        });
+        tokio::spawn(follower.clone().read_pushes(push_rx));
+        tokio::spawn(follower.clone().manage_subscriptions(cmd_rx, con.clone()));
+        tokio::spawn(turnout_common::redis::watchdog(
+            con,
+            metrics.redis_errors,
+            stop,
+        ));
+        Ok(follower)
+    }
+
+    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
+        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a stream of `room`'s messages after `since` (0: live only).
+    /// `kind` names the API for logs ("sse", "grpc").
+    pub(crate) async fn stream(
+        self: &Arc<Self>,
+        room: &str,
+        since: u64,
+        kind: &'static str,
+    ) -> Result<mpsc::Receiver<Result<Item, ApiError>>, ApiError> {
+        turnout_proto::names::check_room(room)
+            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let (rx, guard) = {
+            let mut feeds = self.feeds();
+            let open: usize = feeds.values().map(|f| f.streams).sum();
+            if open >= self.max_streams {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this gateway serves max_subscribers streams already; retry later or elsewhere",
+                ));
+            }
+            let feed = feeds.entry(room.to_owned()).or_insert_with(|| {
+                self.metrics.rooms.inc();
+                Feed {
+                    tx: broadcast::channel(self.buffer).0,
+                    streams: 0,
+                }
+            });
+            feed.streams += 1;
+            self.metrics.streams.inc();
+            let guard = StreamGuard {
+                follower: self.clone(),
+                room: room.to_owned(),
+            };
+            (feed.tx.subscribe(), guard)
+        };
+        // Subscribed before history is read: nothing falls between the two.
+        let (tx, done) = oneshot::channel();
+        let _ = self.cmds.send(Cmd::Ensure(room.to_owned(), tx));
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(room, error = %e, "cannot subscribe to the room's channel");
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "cannot follow the room now; retry",
+                ));
+            }
+            Err(_) => return Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),
+        }
+        let (out, out_rx) = mpsc::channel(STREAM_QUEUE);
+        let mut state = StreamState {
+            follower: self.clone(),
+            room: room.to_owned(),
+            last: since,
+            epoch: String::new(),
+            out,
+            _guard: guard,
+        };
+        if since == 0 {
+            let slice = state.read(0, 0).await?;
+            state.last = slice.seq;
+            state.epoch = slice.epoch;
+        }
+        let span = tracing::info_span!("stream", room, kind, since);
+        tokio::spawn(
+            async move {
+                // A resumed stream first sends what history holds after
+                // `since`, then anything live.
+                if since > 0
+                    && let Err(e) = state.catch_up(u64::MAX).await
+                {
+                    let _ = state.out.send(Err(e)).await;
+                    return;
+                }
+                state.run(rx).await
+            }
+            .instrument(span),
+        );
+        Ok(out_rx)
+    }
+
+    async fn read_pushes(self: Arc<Self>, mut rx: mpsc::Receiver<PushInfo>) {
+        loop {
+            let push = tokio::select! {
+                p = rx.recv() => match p { Some(p) => p, None => return },
+                _ = self.stop.cancelled() => return,
+            };
+            match push.kind {
+                PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                        (data.next(), data.next())
+                    else {
+                        continue;
+                    };
+                    let Some(room) = std::str::from_utf8(&channel)
+                        .ok()
+                        .and_then(keys::room_from_channel)
+                    else {
+                        continue;
+                    };
+                    // Presence events carry no seq and are not streamed.
+                    let Some(bus::Payload::Message { seq, frame }) = bus::decode_any(&payload)
+                    else {
+                        continue;
+                    };
+                    let Ok(frame) = std::str::from_utf8(frame) else {
+                        continue;
+                    };
+                    self.send(room, Event::Message(seq, Arc::from(frame)));
+                }
+                PushKind::Subscribe => {
+                    if let Some(Value::BulkString(channel)) = push.data.first()
+                        && let Some(room) = std::str::from_utf8(channel)
+                            .ok()
+                            .and_then(keys::room_from_channel)
+                    {
+                        self.send(room, Event::Resync);
+                    }
+                }
+                PushKind::Disconnection => {
+                    self.metrics.redis_disconnects.inc();
+                    tracing::warn!(
+                        "Redis pub/sub connection of room streams lost; reconnecting and resubscribing"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&self, room: &str, event: Event) {
+        if let Some(feed) = self.feeds().get(room) {
+            let _ = feed.tx.send(event);
+        }
+    }
+
+    fn wanted(&self, room: &str) -> bool {
+        self.feeds().contains_key(room)
+    }
+
+    /// Applies subscribe/unsubscribe requests in order, deciding from the
+    /// current streams, so a room that empties and fills again concurrently
+    /// ends up subscribed.
+    async fn manage_subscriptions(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut con: ConnectionManager,
+    ) {
+        let mut subscribed: HashSet<String> = HashSet::new();
+        loop {
+            let first = tokio::select! {
+                c = rx.recv() => match c { Some(c) => c, None => return },
+                _ = self.stop.cancelled() => return,
+            };
+            let mut batch = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                batch.push(c);
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+            let mut mentioned = Vec::new();
+            let mut waiters = Vec::new();
+            for cmd in batch {
+                match cmd {
+                    Cmd::Ensure(room, tx) => {
+                        mentioned.push(room.clone());
+                        waiters.push((room, tx));
+                    }
+                    Cmd::Release(room) => mentioned.push(room),
+                }
+            }
+            mentioned.sort_unstable();
+            mentioned.dedup();
+            let (mut sub, mut unsub) = (Vec::new(), Vec::new());
+            for room in mentioned {
+                match (self.wanted(&room), subscribed.contains(&room)) {
+                    (true, false) => sub.push(room),
+                    (false, true) => unsub.push(room),
+                    _ => {}
+                }
+            }
+            if !unsub.is_empty() {
+                let channels: Vec<String> = unsub.iter().map(|r| keys::room_channel(r)).collect();
+                match con.unsubscribe(&channels).await {
+                    Ok(()) => unsub.iter().for_each(|r| {
+                        subscribed.remove(r);
+                    }),
+                    Err(e) => tracing::warn!(error = %e, "unsubscribe failed"),
+                }
+            }
+            let mut failed = None;
+            if !sub.is_empty() {
+                let channels: Vec<String> = sub.iter().map(|r| keys::room_channel(r)).collect();
+                match con.subscribe(&channels).await {
+                    Ok(()) => subscribed.extend(sub),
+                    Err(e) => {
+                        self.metrics.redis_errors.inc();
+                        failed = Some(e.to_string());
+                    }
+                }
+            }
+            for (room, tx) in waiters {
+                let result = if subscribed.contains(&room) || !self.wanted(&room) {
+                    Ok(())
+                } else {
+                    Err(failed.clone().unwrap_or_else(|| "not subscribed".into()))
+                };
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Releases a stream's share of its room when the stream ends.
+struct StreamGuard {
+    follower: Arc<Follower>,
+    room: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let f = &self.follower;
+        f.metrics.streams.dec();
+        let mut feeds = f.feeds();
+        if let Some(feed) = feeds.get_mut(&self.room) {
+            feed.streams -= 1;
+            if feed.streams == 0 {
+                feeds.remove(&self.room);
+                f.metrics.rooms.dec();
+                let _ = f.cmds.send(Cmd::Release(self.room.clone()));
+            }
+        }
+    }
+}
+
+/// One stream: what it sent last, and where it sends.
+struct StreamState {
+    follower: Arc<Follower>,
+    room: String,
+    last: u64,
+    epoch: String,
+    out: mpsc::Sender<Result<Item, ApiError>>,
+    _guard: StreamGuard,
+}
+
+impl StreamState {
+    async fn read(
+        &self,
+        since: u64,
+        limit: u64,
+    ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
+        let mut con = self.follower.redis.clone();
+        turnout_common::redis::history(&mut con, &self.room, since, limit)
+            .await
+            .map_err(|e| {
+                self.follower.metrics.redis_errors.inc();
+                tracing::warn!(room = %self.room, error = %e, "history read for a stream failed");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "history unavailable; resume with since",
+                )
+            })
+    }
+
+    /// Queues an item; Err when the receiver is gone.
+    async fn emit(&self, item: Item) -> Result<(), ()> {
+        if let Item::Message { .. } = item {
+            self.follower.metrics.sent.inc();
+        }
+        self.out.send(Ok(item)).await.map_err(|_| ())
+    }
+
+    /// Sends what history holds after `last`, up to `upto` (or the room's
+    /// current seq), noticing a reset of the room's state on the way.
+    async fn catch_up(&mut self, upto: u64) -> Result<(), ApiError> {
+        loop {
+            let slice = self.read(self.last, CATCH_UP_PAGE).await?;
+            let lost_state = self.last > slice.seq
+                || (!self.epoch.is_empty() && !slice.epoch.is_empty() && slice.epoch != self.epoch);
+            if lost_state {
+                self.follower.metrics.resets.inc();
+                tracing::info!(room = %self.room, last = self.last, seq = slice.seq, "room state was reset in Redis; stream starts over");
+                self.epoch = slice.epoch.clone();
+                self.last = 0;
+                let reset = Item::Reset {
+                    epoch: slice.epoch,
+                    seq: slice.seq,
+                };
+                if self.emit(reset).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.epoch.is_empty() {
+                self.epoch = slice.epoch;
+            }
+            let mut progressed = false;
+            for (seq, frame) in slice.messages {
+                if seq > self.last {
+                    self.follower.metrics.caught_up.inc();
+                    self.last = seq;
+                    progressed = true;
+                    let item = Item::Message {
+                        seq,
+                        frame: Arc::from(frame),
+                    };
+                    if self.emit(item).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !progressed || self.last >= upto.min(slice.seq) {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: broadcast::Receiver<Event>) {
+        let stop = self.follower.stop.clone();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = self.out.closed() => return,
+                e = rx.recv() => e,
+            };
+            let result = match event {
+                Ok(Event::Message(seq, frame)) => {
+                    if seq <= self.last {
+                        continue;
+                    }
+                    let mut r = Ok(());
+                    if seq > self.last + 1 {
+                        r = self.catch_up(seq - 1).await;
+                    }
+                    if r.is_ok() && seq == self.last + 1 {
+                        self.last = seq;
+                        if self.emit(Item::Message { seq, frame }).await.is_err() {
+                            return;
+                        }
+                    }
+                    r
+                }
+                Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.catch_up(u64::MAX).await
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if let Err(e) = result {
+                let _ = self.out.send(Err(e)).await;
+                return;
+            }
+            if self.out.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+/// An SSE event for an item: `id:` = seq, data = the message frame.
+pub(crate) fn sse_event(item: Item) -> axum::response::sse::Event {
+    use axum::response::sse::Event;
+    match item {
+        Item::Message { seq, frame } => Event::default().id(seq.to_string()).data(&*frame),
+        Item::Reset { epoch, seq } => Event::default()
+            .event("reset")
+            .data(serde_json::json!({"epoch": epoch, "seq": seq}).to_string()),
+    }
+}
