@@ -32,6 +32,12 @@ def main() -> int:
     from turnout.v1 import turnout_pb2 as pb
     from turnout.v1 import turnout_pb2_grpc as rpc
 
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            print(line, flush=True)
+
     metadata = [("x-api-key", args.api_key)] if args.api_key else []
     channel = grpc.insecure_channel(args.gateway)
     gw = rpc.GatewayStub(channel)
@@ -51,7 +57,7 @@ def main() -> int:
             for m in stream:
                 received.append(m.seq)
                 sender = getattr(m, "from")  # `from` is a Python keyword
-                print(f"subscribe: seq {m.seq} from {sender}: {m.data_json}")
+                say(f"subscribe: seq {m.seq} from {sender}: {m.data_json}")
                 if m.seq >= want_last:
                     break
         except grpc.RpcError as e:
@@ -67,7 +73,7 @@ def main() -> int:
         reply = gw.Publish(pb.PublishRequest(room=args.room, data_json=data, **{"from": "python"}),
                            metadata=metadata)
         seqs.append(reply.seq)
-        print(f"publish: seq {reply.seq}")
+        say(f"publish: seq {reply.seq}")
 
     history = gw.History(pb.HistoryRequest(room=args.room, since=before, limit=100), metadata=metadata)
     print(f"history: seqs {[m.seq for m in history.messages]}, complete={history.complete}")

@@ -133,7 +133,23 @@ pub(crate) async fn history(
                 .into_iter()
                 .filter_map(|(_, f)| RawValue::from_string(f).ok())
                 .collect();
-            Json(json!({"room": room, "seq": slice.seq, "epoch": slice.epoch, "complete": slice.complete, "messages": messages})).into_response()
+            // A struct, not `json!`: the stored frames go out as stored.
+            #[derive(serde::Serialize)]
+            struct History {
+                room: String,
+                seq: u64,
+                epoch: String,
+                complete: bool,
+                messages: Vec<Box<RawValue>>,
+            }
+            Json(History {
+                room,
+                seq: slice.seq,
+                epoch: slice.epoch,
+                complete: slice.complete,
+                messages,
+            })
+            .into_response()
         }
         Err(e) => api_error(&e),
     }
