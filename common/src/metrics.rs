@@ -41,3 +41,19 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Reg
         .expect("metric registered once");
     m
 }
+
+/// Registers a new counter.
+pub fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    register(
+        registry,
+        prometheus::IntCounter::new(name, help).expect("valid metric"),
+    )
+}
+
+/// Registers a new gauge.
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
+    register(
+        registry,
+        prometheus::IntGauge::new(name, help).expect("valid metric"),
+    )
+}

@@ -19,9 +19,9 @@ use crate::state::ApiError;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use turnout_proto::codes::ErrorCode;
@@ -55,11 +55,6 @@ struct Feed {
     streams: usize,
 }
 
-enum Cmd {
-    Ensure(String, oneshot::Sender<Result<(), String>>),
-    Release(String),
-}
-
 #[derive(Clone)]
 pub(crate) struct FollowMetrics {
     pub(crate) streams: IntGauge,
@@ -75,7 +70,7 @@ pub(crate) struct FollowMetrics {
 /// Follows rooms on Redis for the streams of one gateway.
 pub(crate) struct Follower {
     feeds: Mutex<HashMap<String, Feed>>,
-    cmds: mpsc::UnboundedSender<Cmd>,
+    channels: turnout_common::redis::Channels,
     redis: ConnectionManager,
     buffer: usize,
     max_streams: usize,
@@ -103,18 +98,25 @@ impl Follower {
             }
         };
         let con = turnout_common::redis::pubsub(client, sender).await?;
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let follower = Arc::new(Follower {
-            feeds: Mutex::new(HashMap::new()),
-            cmds: cmd_tx,
-            redis,
-            buffer,
-            max_streams,
-            metrics: metrics.clone(),
-            stop: stop.clone(),
+        let follower = Arc::new_cyclic(|me: &std::sync::Weak<Follower>| {
+            let me = me.clone();
+            let wanted = move |room: &str| me.upgrade().is_some_and(|f| f.wanted(room));
+            Follower {
+                feeds: Mutex::new(HashMap::new()),
+                channels: turnout_common::redis::Channels::start(
+                    con.clone(),
+                    wanted,
+                    metrics.redis_errors.clone(),
+                    stop.clone(),
+                ),
+                redis,
+                buffer,
+                max_streams,
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+            }
         });
         tokio::spawn(follower.clone().read_pushes(push_rx));
-        tokio::spawn(follower.clone().manage_subscriptions(cmd_rx, con.clone()));
         tokio::spawn(turnout_common::redis::watchdog(
             con,
             metrics.redis_errors,
@@ -162,18 +164,12 @@ impl Follower {
             (feed.tx.subscribe(), guard)
         };
         // Subscribed before history is read: nothing falls between the two.
-        let (tx, done) = oneshot::channel();
-        let _ = self.cmds.send(Cmd::Ensure(room.to_owned(), tx));
-        match done.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(room, error = %e, "cannot subscribe to the room's channel");
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "cannot follow the room now; retry",
-                ));
-            }
-            Err(_) => return Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),
+        if let Err(e) = self.channels.ensure(room).await {
+            tracing::warn!(room, error = %e, "cannot subscribe to the room's channel");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "cannot follow the room now; retry",
+            ));
         }
         let (out, out_rx) = mpsc::channel(STREAM_QUEUE);
         let mut state = StreamState {
@@ -266,79 +262,6 @@ impl Follower {
     fn wanted(&self, room: &str) -> bool {
         self.feeds().contains_key(room)
     }
-
-    /// Applies subscribe/unsubscribe requests in order, deciding from the
-    /// current streams, so a room that empties and fills again concurrently
-    /// ends up subscribed.
-    async fn manage_subscriptions(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Cmd>,
-        mut con: ConnectionManager,
-    ) {
-        let mut subscribed: HashSet<String> = HashSet::new();
-        loop {
-            let first = tokio::select! {
-                c = rx.recv() => match c { Some(c) => c, None => return },
-                _ = self.stop.cancelled() => return,
-            };
-            let mut batch = vec![first];
-            while let Ok(c) = rx.try_recv() {
-                batch.push(c);
-                if batch.len() >= 4096 {
-                    break;
-                }
-            }
-            let mut mentioned = Vec::new();
-            let mut waiters = Vec::new();
-            for cmd in batch {
-                match cmd {
-                    Cmd::Ensure(room, tx) => {
-                        mentioned.push(room.clone());
-                        waiters.push((room, tx));
-                    }
-                    Cmd::Release(room) => mentioned.push(room),
-                }
-            }
-            mentioned.sort_unstable();
-            mentioned.dedup();
-            let (mut sub, mut unsub) = (Vec::new(), Vec::new());
-            for room in mentioned {
-                match (self.wanted(&room), subscribed.contains(&room)) {
-                    (true, false) => sub.push(room),
-                    (false, true) => unsub.push(room),
-                    _ => {}
-                }
-            }
-            if !unsub.is_empty() {
-                let channels: Vec<String> = unsub.iter().map(|r| keys::room_channel(r)).collect();
-                match con.unsubscribe(&channels).await {
-                    Ok(()) => unsub.iter().for_each(|r| {
-                        subscribed.remove(r);
-                    }),
-                    Err(e) => tracing::warn!(error = %e, "unsubscribe failed"),
-                }
-            }
-            let mut failed = None;
-            if !sub.is_empty() {
-                let channels: Vec<String> = sub.iter().map(|r| keys::room_channel(r)).collect();
-                match con.subscribe(&channels).await {
-                    Ok(()) => subscribed.extend(sub),
-                    Err(e) => {
-                        self.metrics.redis_errors.inc();
-                        failed = Some(e.to_string());
-                    }
-                }
-            }
-            for (room, tx) in waiters {
-                let result = if subscribed.contains(&room) || !self.wanted(&room) {
-                    Ok(())
-                } else {
-                    Err(failed.clone().unwrap_or_else(|| "not subscribed".into()))
-                };
-                let _ = tx.send(result);
-            }
-        }
-    }
 }
 
 /// Releases a stream's share of its room when the stream ends.
@@ -357,7 +280,7 @@ impl Drop for StreamGuard {
             if feed.streams == 0 {
                 feeds.remove(&self.room);
                 f.metrics.rooms.dec();
-                let _ = f.cmds.send(Cmd::Release(self.room.clone()));
+                f.channels.release(&self.room);
             }
         }
     }

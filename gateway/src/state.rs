@@ -41,15 +41,8 @@ pub(crate) struct GatewayMetrics {
 impl GatewayMetrics {
     fn new(id: &str) -> Self {
         let registry = turnout_common::metrics::registry("gateway", &[("gateway", id)]);
-        let c = |name: &str, help: &str| {
-            register(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
-            )
-        };
-        let g = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
-        };
+        let c = |name: &str, help: &str| turnout_common::metrics::counter(&registry, name, help);
+        let g = |name: &str, help: &str| turnout_common::metrics::gauge(&registry, name, help);
         let follow = crate::follow::FollowMetrics {
             streams: g("room_streams", "Open room streams (SSE and gRPC Subscribe)"),
             rooms: g("followed_rooms", "Rooms this gateway follows on Redis"),

@@ -16,39 +16,14 @@
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnout_proto::{bus, keys};
 
-enum Cmd {
-    Ensure(String, oneshot::Sender<Result<(), String>>),
-    Release(String),
-}
-
 /// Handle the hub uses to follow membership with subscriptions.
-pub(crate) struct Bus {
-    cmds: mpsc::UnboundedSender<Cmd>,
-}
-
-impl Bus {
-    /// Returns once `room`'s channel is subscribed.
-    pub(crate) async fn ensure(&self, room: &str) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Ensure(room.to_owned(), tx))
-            .map_err(|_| "bus stopped".to_owned())?;
-        rx.await.map_err(|_| "bus stopped".to_owned())?
-    }
-
-    /// Unsubscribes `room`'s channel if the room is still empty when handled.
-    pub(crate) fn release(&self, room: &str) {
-        let _ = self.cmds.send(Cmd::Release(room.to_owned()));
-    }
-}
+pub(crate) type Bus = turnout_common::redis::Channels;
 
 /// Connects the pub/sub connection and starts the relay's tasks.
 pub(crate) async fn start(
@@ -67,20 +42,20 @@ pub(crate) async fn start(
         }
     };
     let con = turnout_common::redis::pubsub(client, sender).await?;
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     tokio::spawn(read_pushes(push_rx, hub.clone(), shutdown.clone()));
-    tokio::spawn(manage_subscriptions(
-        cmd_rx,
+    tokio::spawn(turnout_common::redis::watchdog(
         con.clone(),
-        hub.clone(),
+        hub.metrics.redis_errors.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(turnout_common::redis::watchdog(
-        con,
-        hub.metrics.redis_errors.clone(),
-        shutdown,
-    ));
-    Ok(Bus { cmds: cmd_tx })
+    let wanted = {
+        let hub = hub.clone();
+        move |room: &str| hub.has_room(room)
+    };
+    let errors = hub.metrics.redis_errors.clone();
+    Ok(turnout_common::redis::Channels::start(
+        con, wanted, errors, shutdown,
+    ))
 }
 
 async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -150,80 +125,6 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                 }
             }
             _ => {}
-        }
-    }
-}
-
-async fn manage_subscriptions(
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    mut con: ConnectionManager,
-    hub: Arc<Hub>,
-    shutdown: CancellationToken,
-) {
-    let mut subscribed: HashSet<String> = HashSet::new();
-    loop {
-        let first = tokio::select! {
-            c = rx.recv() => match c { Some(c) => c, None => return },
-            _ = shutdown.cancelled() => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut mentioned: Vec<String> = Vec::new();
-        let mut waiters: Vec<(String, oneshot::Sender<Result<(), String>>)> = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Cmd::Ensure(room, tx) => {
-                    mentioned.push(room.clone());
-                    waiters.push((room, tx));
-                }
-                Cmd::Release(room) => mentioned.push(room),
-            }
-        }
-        mentioned.sort_unstable();
-        mentioned.dedup();
-        // Decide from the hub's state now, which includes every request queued so far.
-        let (mut sub, mut unsub) = (Vec::new(), Vec::new());
-        for room in mentioned {
-            let want = hub.has_room(&room);
-            let have = subscribed.contains(&room);
-            if want && !have {
-                sub.push(room);
-            } else if !want && have {
-                unsub.push(room);
-            }
-        }
-        if !unsub.is_empty() {
-            let channels: Vec<String> = unsub.iter().map(|r| keys::room_channel(r)).collect();
-            match con.unsubscribe(&channels).await {
-                Ok(()) => unsub.iter().for_each(|r| {
-                    subscribed.remove(r);
-                }),
-                Err(e) => tracing::warn!(error = %e, rooms = unsub.len(), "unsubscribe failed"),
-            }
-        }
-        let mut failed: Option<String> = None;
-        if !sub.is_empty() {
-            let channels: Vec<String> = sub.iter().map(|r| keys::room_channel(r)).collect();
-            match con.subscribe(&channels).await {
-                Ok(()) => subscribed.extend(sub),
-                Err(e) => {
-                    hub.metrics.redis_errors.inc();
-                    failed = Some(e.to_string());
-                }
-            }
-        }
-        for (room, tx) in waiters {
-            let result = if subscribed.contains(&room) || !hub.has_room(&room) {
-                Ok(())
-            } else {
-                Err(failed.clone().unwrap_or_else(|| "not subscribed".into()))
-            };
-            let _ = tx.send(result);
         }
     }
 }

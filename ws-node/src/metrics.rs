@@ -34,15 +34,8 @@ pub(crate) struct NodeMetrics {
 impl NodeMetrics {
     pub(crate) fn new(node_id: &str) -> Self {
         let registry = turnout_common::metrics::registry("ws-node", &[("node", node_id)]);
-        let c = |name: &str, help: &str| {
-            register(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
-            )
-        };
-        let g = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
-        };
+        let c = |name: &str, help: &str| turnout_common::metrics::counter(&registry, name, help);
+        let g = |name: &str, help: &str| turnout_common::metrics::gauge(&registry, name, help);
         NodeMetrics {
             connections: g("connections", "Open client WebSocket connections"),
             rooms: g("rooms", "Rooms with at least one member on this node"),
