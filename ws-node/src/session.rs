@@ -1,5 +1,5 @@
-//! One client WebSocket session: the reader handles frames in order, the
-//! writer drains the bounded send queue, batching frames into one flush.
+//! One client WebSocket session, one task: it handles the client's frames in
+//! order and drains the bounded send queue, batching frames into one flush.
 
 use crate::hub::{Conn, Hub, RoomError};
 use crate::node::NodeState;
@@ -13,20 +13,20 @@ use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
 
 /// Runs a session until the client leaves, the node drains or the
-/// connection is killed.
+/// connection is killed. One task per connection reads the client's frames
+/// in order and writes what the hub queued, batching queued frames into one
+/// flush.
 pub(crate) async fn run(
-    socket: WebSocket,
+    mut socket: WebSocket,
     state: Arc<NodeState>,
     conn: Arc<Conn>,
-    rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Message>,
 ) {
     let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
     async move {
         let hub = &state.hub;
         state.conns.insert(conn.id, conn.clone());
         hub.metrics.connections.inc();
-        let (sink, mut stream) = socket.split();
-        let writer = tokio::spawn(write_loop(sink, rx, conn.clone()));
         conn.send_frame(
             &ServerFrame::Welcome {
                 node: hub.node_id.clone(),
@@ -43,10 +43,32 @@ pub(crate) async fn run(
         );
         let mut last_heard = tokio::time::Instant::now();
         let mut peer_closed = false;
+        let mut write_failed = false;
+        let closed = conn.closed.clone();
+        let closed = closed.cancelled();
+        tokio::pin!(closed);
         loop {
             let msg = tokio::select! {
-                m = stream.next() => m,
-                _ = conn.closed.cancelled() => break,
+                biased;
+                _ = &mut closed => break,
+                queued = rx.recv() => {
+                    let Some(first) = queued else { break };
+                    // A client that stops reading blocks the flush; it is
+                    // killed as a slow consumer when its queue fills.
+                    // What was buffered stays in the socket and goes out
+                    // before the close frame.
+                    let wrote = tokio::select! {
+                        r = write_batch(&mut socket, first, &mut rx) => r,
+                        _ = &mut closed => break,
+                    };
+                    if wrote.is_err() {
+                        write_failed = true;
+                        conn.kill(close::NORMAL);
+                        break;
+                    }
+                    continue;
+                }
+                m = socket.next() => m,
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         hub.metrics.idle_closed.inc();
@@ -104,30 +126,90 @@ pub(crate) async fn run(
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
-        if !peer_closed && conn.closed.is_cancelled() {
-            // We close: finish the closing handshake by reading (and
-            // discarding) until the client's close, so the close frame is not
-            // lost to a TCP reset over unread data.
-            let drain = async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
-        }
+        // Out of every room first, so nothing more is queued for us.
         for room in conn.take_rooms() {
             hub.leave(&room, &conn).await;
         }
         conn.closed.cancel();
-        let _ = writer.await;
+        if !write_failed {
+            close_socket(&mut socket, &mut rx, &conn, peer_closed).await;
+        }
         state.conns.remove(&conn.id);
         hub.metrics.connections.dec();
         tracing::debug!("session closed");
     }
     .instrument(span)
     .await
+}
+
+/// Writes `first` and whatever else is queued (up to 256 frames), then
+/// flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), axum::Error> {
+    socket.feed(first).await?;
+    for _ in 0..256 {
+        match rx.try_recv() {
+            Ok(m) => socket.feed(m).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}
+
+/// Ends the connection: what is queued goes out first (unless the client is
+/// a slow consumer), then the close frame with the connection's code; when
+/// we closed first, reads until the client's close (at most [`CLOSE_WAIT`]),
+/// so the close frame is not lost to a TCP reset over unread data.
+async fn close_socket(
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Message>,
+    conn: &Conn,
+    peer_closed: bool,
+) {
+    let code = match conn.close_code() {
+        0 => close::NORMAL,
+        c => c,
+    };
+    let finish = async {
+        if code != close::SLOW_CONSUMER {
+            while let Ok(m) = rx.try_recv() {
+                socket.feed(m).await?;
+            }
+        }
+        let reason = match code {
+            close::SLOW_CONSUMER => "slow consumer",
+            close::SERVICE_RESTART => "draining",
+            close::TOO_BIG => "frame too big",
+            close::IDLE => "idle timeout",
+            close::POLICY => "policy violation",
+            close::INTERNAL => "internal error",
+            close::KICKED => "disconnected by the server",
+            _ => "",
+        };
+        let reason = conn.close_reason().unwrap_or(reason).to_owned();
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await
+    };
+    if tokio::time::timeout(WRITE_WAIT, finish).await.is_err() {
+        return;
+    }
+    if !peer_closed {
+        let drain = async {
+            while let Some(Ok(m)) = socket.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+    }
 }
 
 fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
@@ -147,6 +229,10 @@ struct RateLimit {
     /// Publishes refused in a row; too many is abuse.
     strikes: u32,
 }
+
+/// How long a closing session may take to write what is left and its close
+/// frame to a client that reads slowly.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a closing session waits for the client's close frame.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -322,58 +408,3 @@ fn close_code_for(e: &axum::Error) -> u16 {
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    conn: Arc<Conn>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.closed.cancelled() => break,
-            m = rx.recv() => {
-                let Some(m) = m else { break };
-                if sink.feed(m).await.is_err() { return; }
-                // Batch whatever else is queued into the same flush.
-                let mut n = 0;
-                while n < 256 {
-                    match rx.try_recv() {
-                        Ok(m) => { if sink.feed(m).await.is_err() { return; } n += 1; }
-                        Err(_) => break,
-                    }
-                }
-                if sink.flush().await.is_err() { return; }
-            }
-        }
-    }
-    let code = match conn.close_code() {
-        0 => close::NORMAL,
-        c => c,
-    };
-    if code != close::SLOW_CONSUMER {
-        // Orderly close: what is queued (e.g. `reconnect`) goes out first.
-        while let Ok(m) = rx.try_recv() {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-        }
-    }
-    let reason = match code {
-        close::SLOW_CONSUMER => "slow consumer",
-        close::SERVICE_RESTART => "draining",
-        close::TOO_BIG => "frame too big",
-        close::IDLE => "idle timeout",
-        close::POLICY => "policy violation",
-        close::INTERNAL => "internal error",
-        close::KICKED => "disconnected by the server",
-        _ => "",
-    };
-    let reason = conn.close_reason().unwrap_or(reason).to_owned();
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = sink.close().await;
-}
