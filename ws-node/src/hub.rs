@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnout_common::redis::{self as store, Origin, Publisher, RoomStore};
 use turnout_proto::codes::{ErrorCode, close};
@@ -58,7 +57,7 @@ pub(crate) struct Conn {
     pub(crate) id: ConnId,
     pub(crate) label: String,
     pub(crate) user: String,
-    tx: mpsc::Sender<Message>,
+    queue: SendQueue,
     /// Cancelled when the connection must close; the writer then sends
     /// `close_code` (0 = normal).
     pub(crate) closed: CancellationToken,
@@ -77,7 +76,7 @@ impl Conn {
         id: ConnId,
         label: String,
         user: String,
-        tx: mpsc::Sender<Message>,
+        send_queue: usize,
         claims: Option<turnout_common::auth::Claims>,
     ) -> Self {
         Conn {
@@ -85,7 +84,7 @@ impl Conn {
             id,
             label,
             user,
-            tx,
+            queue: SendQueue::new(send_queue),
             closed: CancellationToken::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
@@ -147,18 +146,31 @@ impl Conn {
 
     /// Queues a frame without waiting; a full queue marks a slow consumer.
     fn push(&self, msg: Message, metrics: &NodeMetrics) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.closed.is_cancelled() {
-                    metrics.slow_consumers.inc();
-                    tracing::debug!(conn = %self.label, "send queue full: slow consumer");
-                }
-                self.kill(close::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.closed.is_cancelled() {
+            return false;
         }
+        if self.queue.push(msg) {
+            return true;
+        }
+        metrics.slow_consumers.inc();
+        tracing::debug!(conn = %self.label, "send queue full: slow consumer");
+        self.kill(close::SLOW_CONSUMER);
+        false
+    }
+
+    /// Waits until frames are queued, then moves up to `max` of them to `out`.
+    pub(crate) async fn queued(&self, out: &mut Vec<Message>, max: usize) {
+        loop {
+            if self.queue.drain_into(out, max) {
+                return;
+            }
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// Moves what is queued (up to `max` frames) to `out` without waiting.
+    pub(crate) fn take_queued(&self, out: &mut Vec<Message>, max: usize) {
+        self.queue.drain_into(out, max);
     }
 
     /// Queues a WebSocket ping (keepalive).
@@ -169,6 +181,60 @@ impl Conn {
     /// Queues a control frame (joined, ack, error…).
     pub(crate) fn send_frame(&self, frame: &ServerFrame, metrics: &NodeMetrics) -> bool {
         self.push(Message::Text(frame.to_json().into()), metrics)
+    }
+}
+
+/// A connection's bounded queue of outgoing frames. Unlike a channel it
+/// holds no memory while empty, which is most of the time for most
+/// connections.
+struct SendQueue {
+    frames: std::sync::Mutex<std::collections::VecDeque<Message>>,
+    ready: tokio::sync::Notify,
+    cap: usize,
+}
+
+impl SendQueue {
+    fn new(cap: usize) -> Self {
+        SendQueue {
+            frames: Default::default(),
+            ready: tokio::sync::Notify::new(),
+            cap,
+        }
+    }
+
+    fn frames(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Message>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// False when the queue is full.
+    fn push(&self, msg: Message) -> bool {
+        let mut q = self.frames();
+        if q.len() >= self.cap {
+            return false;
+        }
+        let was_empty = q.is_empty();
+        q.push_back(msg);
+        drop(q);
+        if was_empty {
+            // Stores a permit when the session is not waiting yet.
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Moves up to `max` frames to `out`; false when there were none.
+    fn drain_into(&self, out: &mut Vec<Message>, max: usize) -> bool {
+        let mut q = self.frames();
+        if q.is_empty() {
+            return false;
+        }
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+        if q.is_empty() && q.capacity() > 64 {
+            // Give back what a burst took.
+            *q = Default::default();
+        }
+        true
     }
 }
 

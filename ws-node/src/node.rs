@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use turnout_common::auth::{ClientAuth, InternalToken, check_open_mode};
@@ -301,11 +301,12 @@ async fn ws_handler(
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let (tx, rx) = mpsc::channel(queue);
-            let conn = Arc::new(Conn::new(id, label, user, tx, claims));
+            let conn = Arc::new(Conn::new(id, label, user, queue, claims));
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
-                session::run(socket, st, conn, rx).await;
+                let session = session::run(socket, st, conn);
+                tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
+                session.await;
                 drop(permit);
             })
         })

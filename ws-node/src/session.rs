@@ -6,7 +6,6 @@ use crate::node::NodeState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use turnout_common::redis::Origin;
 use turnout_proto::codes::{ErrorCode, close};
@@ -16,12 +15,7 @@ use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
 /// connection is killed. One task per connection reads the client's frames
 /// in order and writes what the hub queued, batching queued frames into one
 /// flush.
-pub(crate) async fn run(
-    mut socket: WebSocket,
-    state: Arc<NodeState>,
-    conn: Arc<Conn>,
-    mut rx: mpsc::Receiver<Message>,
-) {
+pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn>) {
     let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
     async move {
         let hub = &state.hub;
@@ -44,6 +38,7 @@ pub(crate) async fn run(
         let mut last_heard = tokio::time::Instant::now();
         let mut peer_closed = false;
         let mut write_failed = false;
+        let mut batch = Vec::new();
         let closed = conn.closed.clone();
         let closed = closed.cancelled();
         tokio::pin!(closed);
@@ -51,14 +46,13 @@ pub(crate) async fn run(
             let msg = tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                queued = rx.recv() => {
-                    let Some(first) = queued else { break };
+                _ = conn.queued(&mut batch, MAX_BATCH) => {
                     // A client that stops reading blocks the flush; it is
                     // killed as a slow consumer when its queue fills.
                     // What was buffered stays in the socket and goes out
                     // before the close frame.
                     let wrote = tokio::select! {
-                        r = write_batch(&mut socket, first, &mut rx) => r,
+                        r = write_batch(&mut socket, &mut batch) => r,
                         _ = &mut closed => break,
                     };
                     if wrote.is_err() {
@@ -96,12 +90,14 @@ pub(crate) async fn run(
             match msg {
                 Message::Text(text) => {
                     // A bug in handling one frame ends this session, not the process.
-                    let handled = std::panic::AssertUnwindSafe(handle_text(
+                    // Boxed: a frame's handling (Redis calls) takes memory
+                    // only while it runs, not in every idle session.
+                    let handled = std::panic::AssertUnwindSafe(Box::pin(handle_text(
                         &state,
                         &conn,
                         &mut limiter,
                         text.as_str(),
-                    ))
+                    )))
                     .catch_unwind()
                     .await;
                     if handled.is_err() {
@@ -128,11 +124,11 @@ pub(crate) async fn run(
         }
         // Out of every room first, so nothing more is queued for us.
         for room in conn.take_rooms() {
-            hub.leave(&room, &conn).await;
+            Box::pin(hub.leave(&room, &conn)).await;
         }
         conn.closed.cancel();
         if !write_failed {
-            close_socket(&mut socket, &mut rx, &conn, peer_closed).await;
+            Box::pin(close_socket(&mut socket, &conn, peer_closed)).await;
         }
         state.conns.remove(&conn.id);
         hub.metrics.connections.dec();
@@ -142,19 +138,17 @@ pub(crate) async fn run(
     .await
 }
 
-/// Writes `first` and whatever else is queued (up to 256 frames), then
-/// flushes once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Message,
-    rx: &mut mpsc::Receiver<Message>,
-) -> Result<(), axum::Error> {
-    socket.feed(first).await?;
-    for _ in 0..256 {
-        match rx.try_recv() {
-            Ok(m) => socket.feed(m).await?,
-            Err(_) => break,
-        }
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 256;
+
+/// Writes a batch of queued frames and flushes once; leaves `batch` empty
+/// (keeping a small allocation for the next one).
+async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Message>) -> Result<(), axum::Error> {
+    for m in batch.drain(..) {
+        socket.feed(m).await?;
+    }
+    if batch.capacity() > 16 {
+        *batch = Vec::new();
     }
     socket.flush().await
 }
@@ -163,19 +157,16 @@ async fn write_batch(
 /// a slow consumer), then the close frame with the connection's code; when
 /// we closed first, reads until the client's close (at most [`CLOSE_WAIT`]),
 /// so the close frame is not lost to a TCP reset over unread data.
-async fn close_socket(
-    socket: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Message>,
-    conn: &Conn,
-    peer_closed: bool,
-) {
+async fn close_socket(socket: &mut WebSocket, conn: &Conn, peer_closed: bool) {
     let code = match conn.close_code() {
         0 => close::NORMAL,
         c => c,
     };
     let finish = async {
         if code != close::SLOW_CONSUMER {
-            while let Ok(m) = rx.try_recv() {
+            let mut rest = Vec::new();
+            conn.take_queued(&mut rest, usize::MAX);
+            for m in rest {
                 socket.feed(m).await?;
             }
         }
@@ -407,4 +398,3 @@ fn close_code_for(e: &axum::Error) -> u16 {
         close::PROTOCOL
     }
 }
-
