@@ -114,6 +114,16 @@ pub struct RunOpts {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Worker processes to spread the clients over (0: as many as the
+    /// open-files limit needs, usually 1).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Internal: run as worker I of --workers (started by the bench itself).
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+    /// Internal: room-name tag shared by a parent and its workers.
+    #[arg(long, hide = true)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: subcommands and options (`run`, `report`).
 //! - `scenario`: the workloads (chat, broadcast, idle, failover) and the run loop.
+//! - `load`: clients in this process or spread over worker processes.
 //! - `member`: one simulated client: connect, join, publish, receive, reconnect.
 //! - `stats`: latency histograms, loss/duplicate/reorder accounting, results JSON.
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
@@ -11,6 +12,7 @@
 
 pub mod cli;
 mod http;
+mod load;
 mod member;
 mod report;
 mod sample;

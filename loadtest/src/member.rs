@@ -123,6 +123,10 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
     let mut counted = false;
     let mut n: u64 = 0;
     let mut first = true;
+    // Pinned once: a fresh `cancelled()` per wake-up would register with the
+    // token again on every message.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     while !stop.is_cancelled() {
         let ws = match target(&cfg, redirect.take()).await {
             Ok(url) => connect(&cfg, &url).await,
@@ -135,7 +139,7 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                 let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
-                    _ = stop.cancelled() => break,
+                    _ = &mut stopped => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
@@ -164,7 +168,8 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => {
+                biased;
+                _ = &mut stopped => {
                     let _ = ws.close(None).await;
                     return out;
                 }

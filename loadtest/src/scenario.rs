@@ -2,7 +2,8 @@
 //! accounting, results.
 
 use crate::cli::{RunOpts, Scenario};
-use crate::member::{self, MemberCfg, Outcome};
+use crate::load::{Load, Partial, Progress, Workers};
+use crate::member::MemberCfg;
 use crate::sample;
 use crate::stats::*;
 use anyhow::{Context, Result, bail};
@@ -12,7 +13,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 struct Plan {
     rooms: Vec<String>,
@@ -45,7 +45,10 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
     } else {
         None
     };
-    let tag = std::process::id();
+    let tag = o
+        .tag
+        .clone()
+        .unwrap_or_else(|| std::process::id().to_string());
     let room_names: Vec<String> = (0..rooms).map(|i| format!("bench-{tag}-{i}")).collect();
     let mut members = Vec::new();
     let mut sender = 0u32;
@@ -102,21 +105,97 @@ fn progress(quiet: bool) -> ProgressBar {
     pb
 }
 
-async fn sleep_with(pb: &ProgressBar, shared: &Shared, phase: &str, secs: u64) {
+/// The clients, in this process or in workers.
+enum Driver {
+    Local(Load),
+    Workers(Workers),
+}
+
+impl Driver {
+    /// Progress, after waiting about `wait`.
+    async fn progress(&mut self, wait: Duration) -> Result<Progress> {
+        match self {
+            Driver::Local(l) => {
+                tokio::time::sleep(wait).await;
+                let s = &l.shared;
+                Ok(Progress {
+                    delivered: s.delivered.load(Ordering::Relaxed),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    reconnects: s.reconnects.load(Ordering::Relaxed),
+                })
+            }
+            Driver::Workers(w) => w.progress(wait).await,
+        }
+    }
+
+    async fn measure(&mut self) -> Result<()> {
+        match self {
+            Driver::Local(l) => l.measure(true),
+            Driver::Workers(w) => w.tell("measure").await?,
+        }
+        Ok(())
+    }
+
+    /// Measuring ends and publishers stop.
+    async fn stop(&mut self) -> Result<()> {
+        match self {
+            Driver::Local(l) => {
+                l.measure(false);
+                l.stop_publishing();
+            }
+            Driver::Workers(w) => w.tell("stop").await?,
+        }
+        Ok(())
+    }
+
+    async fn finish(self, last_seq: &[u64]) -> Result<Partial> {
+        match self {
+            Driver::Local(l) => l.finish(last_seq).await,
+            Driver::Workers(w) => w.finish(last_seq).await,
+        }
+    }
+
+    fn cancel(&self) {
+        if let Driver::Local(l) = self {
+            l.cancel();
+        }
+    }
+}
+
+async fn sleep_with(pb: &ProgressBar, driver: &mut Driver, phase: &str, secs: u64) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(secs);
-    let mut last = shared.delivered.load(Ordering::Relaxed);
+    let mut last = driver.progress(Duration::ZERO).await?.delivered;
     while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
-        let now = shared.delivered.load(Ordering::Relaxed);
+        let p = driver
+            .progress(Duration::from_secs(1).min(end - Instant::now()))
+            .await?;
         pb.set_message(format!(
             "{phase}: {}s left, {} connected, {} deliveries/s, {} reconnects",
             end.saturating_duration_since(Instant::now()).as_secs(),
-            shared.connected.load(Ordering::Relaxed),
-            now - last,
-            shared.reconnects.load(Ordering::Relaxed)
+            p.connected,
+            p.delivered - last,
+            p.reconnects
         ));
-        last = now;
+        last = p.delivered;
     }
+    Ok(())
+}
+
+/// The run's own options, for its workers (minus what they are given apart).
+fn worker_args() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(2);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--workers" | "--out" => {
+                args.next();
+            }
+            "--quiet" => {}
+            _ if a.starts_with("--workers=") || a.starts_with("--out=") => {}
+            _ => out.push(a),
+        }
+    }
+    out
 }
 
 pub(crate) async fn run(o: RunOpts) -> Result<()> {
@@ -130,20 +209,39 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
     let plan = plan(&o, &nodes)?;
     let n = plan.members.len() as u64;
+    let total_secs = (o.warmup + o.duration + o.drain + 600) as usize;
 
-    // Each connection costs this process one file, and the gateway two when proxied.
-    if let Some((soft, hard)) = sample::fd_limits() {
-        if n + 64 > soft {
+    if let Some(index) = o.worker {
+        // A worker: every `workers`-th client, driven by the parent.
+        let workers = o.workers.max(1);
+        let mine: Vec<_> = plan
+            .members
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % workers == index)
+            .map(|(_, m)| m)
+            .collect();
+        return crate::load::work(mine, (o.ramp / workers as u64).max(1), total_secs).await;
+    }
+
+    // Each connection costs its process one file (and the gateway two when
+    // proxied); past what one process may open, clients go to workers.
+    let limits = sample::fd_limits();
+    let workers = match (o.workers, limits) {
+        (0, Some((soft, _))) => (n + 64).div_ceil(soft.saturating_sub(64).max(1)) as usize,
+        (0, None) => 1,
+        (w, _) => w,
+    };
+    if let Some((soft, hard)) = limits {
+        let per_process = n.div_ceil(workers as u64) + 64;
+        if per_process > soft {
             bail!(
-                "{n} connections need about {} open files but this process may open {soft} (hard limit {hard}); \
-                 run `ulimit -n {hard}` first, or use fewer connections",
-                n + 64
+                "{n} connections over {workers} process(es) need about {per_process} open files each \
+                 but a process may open {soft} (hard limit {hard}); run `ulimit -n {hard}` first, \
+                 or use more --workers"
             );
         }
     }
-    let total_secs = (o.warmup + o.duration + o.drain + 600) as usize;
-    let shared = Arc::new(Shared::new(total_secs));
-    let stop = CancellationToken::new();
     let pb = progress(o.quiet);
 
     // Idle: the node's memory before any client arrives.
@@ -162,36 +260,46 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     let rss_before = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
 
     // Ramp.
-    let mut tasks = Vec::with_capacity(plan.members.len());
-    let batch = (o.ramp / 100).max(1) as usize;
-    for (i, m) in plan.members.into_iter().enumerate() {
-        tasks.push(tokio::spawn(member::run(m, shared.clone(), stop.clone())));
-        if (i + 1) % batch == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            pb.set_message(format!(
-                "ramp: {} of {n} connected",
-                shared.connected.load(Ordering::Relaxed)
-            ));
-        }
-    }
+    let started = Instant::now();
+    let mut driver = if workers > 1 {
+        pb.set_message(format!("starting {workers} worker processes"));
+        let tag = o.tag.clone().unwrap_or_else(|| {
+            plan.rooms
+                .first()
+                .and_then(|r| r.split('-').nth(1))
+                .unwrap_or("0")
+                .to_owned()
+        });
+        Driver::Workers(Workers::spawn(workers, &worker_args(), &tag)?)
+    } else {
+        Driver::Local(
+            Load::start(plan.members, o.ramp, total_secs, |c| {
+                pb.set_message(format!("ramp: {c} of {n} connected"))
+            })
+            .await,
+        )
+    };
     let ramp_deadline = Instant::now() + Duration::from_secs(60 + n / o.ramp.max(1));
-    while shared.connected.load(Ordering::Relaxed) < n {
+    loop {
+        let p = driver.progress(Duration::from_millis(100)).await?;
+        let joined = match &driver {
+            Driver::Local(_) => p.connected >= n,
+            Driver::Workers(w) => w.all_joined(),
+        };
+        if joined {
+            break;
+        }
         if Instant::now() > ramp_deadline {
-            stop.cancel();
+            driver.cancel();
             bail!(
-                "only {} of {n} clients joined within the ramp deadline ({} connect errors)",
-                shared.connected.load(Ordering::Relaxed),
-                shared.connect_errors.load(Ordering::Relaxed)
+                "only {} of {n} clients joined within the ramp deadline",
+                p.connected
             );
         }
-        pb.set_message(format!(
-            "ramp: {} of {n} joined",
-            shared.connected.load(Ordering::Relaxed)
-        ));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        pb.set_message(format!("ramp: {} of {n} joined", p.connected));
     }
 
-    sleep_with(&pb, &shared, "warm-up", o.warmup).await;
+    sleep_with(&pb, &mut driver, "warm-up", o.warmup).await?;
     let nodes_mid = crate::http::get_json(&format!("{}/api/cluster", o.gateway))
         .await
         .ok()
@@ -208,7 +316,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None => None,
     };
     let t0 = Instant::now();
-    shared.measuring.store(true, Ordering::Relaxed);
+    driver.measure().await?;
 
     // Failover: kill one node partway through.
     let mut killed = None;
@@ -234,7 +342,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status();
-            Instant::now()
+            now_us() / 1000
         }))
     } else {
         None
@@ -261,12 +369,12 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     }
     if o.scenario == Scenario::Idle {
         // No traffic: let the node settle, then read its memory.
-        sleep_with(&pb, &shared, "idle", o.duration).await;
+        sleep_with(&pb, &mut driver, "idle", o.duration).await?;
     } else {
-        sleep_with(&pb, &shared, "measuring", o.duration).await;
+        sleep_with(&pb, &mut driver, "measuring", o.duration).await?;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    shared.measuring.store(false, Ordering::Relaxed);
+    driver.stop().await?;
     let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
     let rss1: Vec<Option<u64>> = procs.iter().map(|(_, p)| sample::rss_kib(*p)).collect();
     let redis1 = match &o.redis_url {
@@ -274,21 +382,12 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None => None,
     };
     let rss_after = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
-    let measure_end = shared.started.elapsed().as_secs() as usize;
-    shared.stop_publishing.store(true, Ordering::Relaxed);
-    sleep_with(&pb, &shared, "drain", o.drain).await;
-    stop.cancel();
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        if let Ok(o) = t.await {
-            outcomes.push(o);
-        }
-    }
+    let measure_end = started.elapsed().as_secs() as usize;
+    sleep_with(&pb, &mut driver, "drain", o.drain).await?;
     let killed_at = match killer {
         Some(k) => k.await.ok(),
         None => None,
     };
-    pb.finish_and_clear();
 
     // Every room's last seq, from history.
     let mut last_seq = vec![0u64; plan.rooms.len()];
@@ -302,13 +401,13 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             last_seq[i] = v["seq"].as_u64().unwrap_or(0);
         }
     }
-    let lost: u64 = outcomes
-        .iter()
-        .map(|m| m.seen.missing(last_seq[m.room_idx]))
-        .sum();
+    pb.set_message("collecting results");
+    let totals = driver.finish(&last_seq).await?;
+    pb.finish_and_clear();
+    let lost = totals.lost;
 
-    let hist = shared.histogram();
-    let delivered = shared.delivered_measured.load(Ordering::Relaxed);
+    let hist = totals.histogram()?;
+    let delivered = totals.delivered_measured;
     let processes: Vec<ProcessStats> = procs
         .iter()
         .enumerate()
@@ -358,23 +457,19 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     let failover = killed.map(|victim| {
         let mut rec: Vec<f64> = Vec::new();
         let mut rooms = std::collections::HashSet::new();
-        let mut affected = 0;
         let mut not_recovered = 0;
-        for m in &outcomes {
-            if let Some(broken) = m.broken_at {
-                affected += 1;
-                rooms.insert(m.room_idx);
-                let from = killed_at.unwrap_or(broken);
-                match m.recovered_at {
-                    Some(r) => rec.push(r.saturating_duration_since(from).as_secs_f64() * 1000.0),
-                    None => not_recovered += 1,
-                }
+        for (room, broken, recovered) in &totals.broken {
+            rooms.insert(*room);
+            let from = killed_at.unwrap_or(*broken);
+            match recovered {
+                Some(r) => rec.push(r.saturating_sub(from) as f64),
+                None => not_recovered += 1,
             }
         }
         rec.sort_by(|a, b| a.total_cmp(b));
         FailoverStats {
             killed: victim,
-            members_affected: affected,
+            members_affected: totals.broken.len() as u64,
             rooms_affected: rooms.len() as u64,
             recovery_ms_p50: rec.get(rec.len() / 2).copied().unwrap_or(0.0),
             recovery_ms_max: rec.last().copied().unwrap_or(0.0),
@@ -414,21 +509,27 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         rate: o.rate,
         payload: o.payload,
         connections: n,
+        workers,
         warmup_s: o.warmup,
         duration_s: o.duration,
-        published: shared.published.load(Ordering::Relaxed),
-        publish_errors: shared.publish_errors.load(Ordering::Relaxed),
+        published: totals.published,
+        publish_errors: totals.publish_errors,
         delivered,
-        replayed: shared.replayed.load(Ordering::Relaxed),
+        replayed: totals.replayed,
         lost,
-        duplicated: shared.duplicated.load(Ordering::Relaxed),
-        reordered: shared.reordered.load(Ordering::Relaxed),
-        reconnects: shared.reconnects.load(Ordering::Relaxed),
-        connect_errors: shared.connect_errors.load(Ordering::Relaxed),
+        duplicated: totals.duplicated,
+        reordered: totals.reordered,
+        reconnects: totals.reconnects,
+        connect_errors: totals.connect_errors,
         deliveries_per_sec: delivered as f64 / elapsed,
         latency_ms: latency(&hist),
         latency_cdf: cdf(&hist),
-        throughput: shared.per_second(0, measure_end + o.drain as usize),
+        throughput: totals
+            .per_sec
+            .iter()
+            .copied()
+            .take(measure_end + o.drain as usize)
+            .collect(),
         ws_node_deliveries_per_cpu_second: if node_cpu > 0.0 {
             delivered as f64 / node_cpu
         } else {

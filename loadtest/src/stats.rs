@@ -259,6 +259,9 @@ pub struct RunResult {
     pub rate: f64,
     pub payload: usize,
     pub connections: u64,
+    /// Bench processes the clients ran in.
+    #[serde(default)]
+    pub workers: usize,
     pub warmup_s: u64,
     pub duration_s: u64,
     pub published: u64,
