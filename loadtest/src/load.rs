@@ -265,6 +265,11 @@ impl Workers {
         Ok(sum)
     }
 
+    /// Process ids of the workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.workers.iter().filter_map(|w| w.child.id()).collect()
+    }
+
     pub(crate) fn all_joined(&self) -> bool {
         self.workers.iter().all(|w| w.joined)
     }

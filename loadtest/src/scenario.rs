@@ -315,6 +315,18 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         Some(u) => sample::redis_counts(u).await,
         None => None,
     };
+    // The bench's own CPU (this process and its workers) competes with the cluster's.
+    let bench_pids: Vec<u32> = match &driver {
+        Driver::Local(_) => vec![std::process::id()],
+        Driver::Workers(w) => w.pids(),
+    };
+    let bench_cpu = || -> f64 {
+        bench_pids
+            .iter()
+            .filter_map(|p| sample::cpu_seconds(*p))
+            .sum()
+    };
+    let bench_cpu0 = bench_cpu();
     let t0 = Instant::now();
     driver.measure().await?;
 
@@ -374,6 +386,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         sleep_with(&pb, &mut driver, "measuring", o.duration).await?;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    let bench_cpu_seconds = bench_cpu() - bench_cpu0;
     driver.stop().await?;
     let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
     let rss1: Vec<Option<u64>> = procs.iter().map(|(_, p)| sample::rss_kib(*p)).collect();
@@ -510,6 +523,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         payload: o.payload,
         connections: n,
         workers,
+        bench_cpu_seconds,
         warmup_s: o.warmup,
         duration_s: o.duration,
         published: totals.published,
@@ -575,6 +589,10 @@ fn print_summary(r: &RunResult) {
         r.reordered,
         r.replayed,
         r.reconnects
+    );
+    println!(
+        "  bench      cpu {:>7.2}s  ({} process(es))",
+        r.bench_cpu_seconds, r.workers
     );
     for p in &r.processes {
         println!(

@@ -262,6 +262,9 @@ pub struct RunResult {
     /// Bench processes the clients ran in.
     #[serde(default)]
     pub workers: usize,
+    /// CPU seconds the bench itself used over the measured window.
+    #[serde(default)]
+    pub bench_cpu_seconds: f64,
     pub warmup_s: u64,
     pub duration_s: u64,
     pub published: u64,

@@ -86,7 +86,7 @@ impl Node for NodeService {
         let mut connections = 0;
         for c in self.state.conns.iter() {
             // Connections already closing are not counted again.
-            if c.user == req.user && !c.closed.is_cancelled() {
+            if c.user == req.user && !c.is_closed() {
                 c.kill_with(close::KICKED, reason);
                 connections += 1;
             }

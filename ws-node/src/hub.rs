@@ -140,13 +140,19 @@ impl Conn {
         self.close_reason.get().map(String::as_str)
     }
 
+    /// Whether the connection was told to close (an atomic load; cheaper
+    /// than asking the cancellation token on every delivery).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.close_code.load(Ordering::Acquire) != 0
+    }
+
     pub(crate) fn close_code(&self) -> u16 {
         self.close_code.load(Ordering::Acquire)
     }
 
     /// Queues a frame without waiting; a full queue marks a slow consumer.
     fn push(&self, msg: Message, metrics: &NodeMetrics) -> bool {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return false;
         }
         if self.queue.push(msg) {

@@ -126,7 +126,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<
         for room in conn.take_rooms() {
             Box::pin(hub.leave(&room, &conn)).await;
         }
-        conn.closed.cancel();
+        conn.kill(close::NORMAL);
         if !write_failed {
             Box::pin(close_socket(&mut socket, &conn, peer_closed)).await;
         }
