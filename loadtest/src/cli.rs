@@ -78,7 +78,8 @@ pub struct RunOpts {
     #[arg(long, default_value_t = 2000)]
     pub ramp: u64,
     /// Spread client sockets over this many source addresses 127.0.0.1..N.
-    #[arg(long, default_value_t = 1)]
+    /// (0: one per 15,000 clients, so large runs do not run out of ports).
+    #[arg(long, default_value_t = 0)]
     pub source_ips: u8,
     /// Idle: number of connections.
     #[arg(long, default_value_t = 1000)]
@@ -102,7 +103,8 @@ pub struct RunOpts {
     /// `SECONDS=COMMAND` (repeatable), e.g. `12=deploy/cluster.sh restart-redis`.
     #[arg(long)]
     pub chaos: Vec<String>,
-    /// Seconds to wait after publishing stops for in-flight messages.
+    /// Seconds to wait after publishing stops for in-flight messages (then
+    /// also until deliveries stop, at most 60 s more).
     #[arg(long, default_value_t = 3)]
     pub drain: u64,
     /// Label for the strategy in the results (default: what /api/cluster reports).

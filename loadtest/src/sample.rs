@@ -74,8 +74,16 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Calls per command and the total, from `INFO commandstats` and `INFO stats`.
 pub(crate) async fn redis_counts(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
+    // A saturated Redis may answer INFO slowly: wait for it rather than
+    // leave the run without Redis figures.
     let client = redis::Client::open(url).ok()?;
-    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .ok()?;
     let stats: String = redis::cmd("INFO")
         .arg("stats")
         .query_async(&mut con)

@@ -50,6 +50,14 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
         .clone()
         .unwrap_or_else(|| std::process::id().to_string());
     let room_names: Vec<String> = (0..rooms).map(|i| format!("bench-{tag}-{i}")).collect();
+    let total = match o.scenario {
+        Scenario::Idle => o.connections,
+        _ => rooms * members_per_room,
+    };
+    let source_ips = match o.source_ips {
+        0 => total.div_ceil(15_000).clamp(1, 250) as u32,
+        n => n as u32,
+    };
     let mut members = Vec::new();
     let mut sender = 0u32;
     for (ri, room) in room_names.iter().enumerate() {
@@ -67,7 +75,7 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
                 127,
                 0,
                 0,
-                1 + (sender % o.source_ips.max(1) as u32) as u8,
+                1 + (sender % source_ips) as u8,
             ));
             members.push(MemberCfg {
                 room: room.clone(),
@@ -396,7 +404,18 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     };
     let rss_after = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
     let measure_end = started.elapsed().as_secs() as usize;
+    // Drain: at least --drain seconds, then until deliveries stop (at most a
+    // minute), so a message that is late under load is not counted as lost.
     sleep_with(&pb, &mut driver, "drain", o.drain).await?;
+    let mut last = driver.progress(Duration::ZERO).await?.delivered;
+    for _ in 0..60 {
+        let now = driver.progress(Duration::from_secs(1)).await?.delivered;
+        if now == last {
+            break;
+        }
+        pb.set_message(format!("drain: {} deliveries in the last second", now - last));
+        last = now;
+    }
     let killed_at = match killer {
         Some(k) => k.await.ok(),
         None => None,
