@@ -141,8 +141,8 @@ impl Follower {
             .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
         let (rx, guard) = {
             let mut feeds = self.feeds();
-            let open: usize = feeds.values().map(|f| f.streams).sum();
-            if open >= self.max_streams {
+            // The gauge moves only under this lock, so it is the exact count.
+            if self.metrics.streams.get() >= self.max_streams as i64 {
                 return Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "this gateway serves max_subscribers streams already; retry later or elsewhere",
@@ -273,8 +273,8 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let f = &self.follower;
-        f.metrics.streams.dec();
         let mut feeds = f.feeds();
+        f.metrics.streams.dec();
         if let Some(feed) = feeds.get_mut(&self.room) {
             feed.streams -= 1;
             if feed.streams == 0 {

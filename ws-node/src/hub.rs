@@ -190,9 +190,9 @@ impl Conn {
     }
 }
 
-/// A connection's bounded queue of outgoing frames. Unlike a channel it
-/// holds no memory while empty, which is most of the time for most
-/// connections.
+/// A connection's bounded queue of outgoing frames. Unlike a channel, which
+/// allocates a block of slots up front, it allocates nothing until the first
+/// frame, keeps only a few slots while idle and gives back what a burst took.
 struct SendQueue {
     frames: std::sync::Mutex<std::collections::VecDeque<Message>>,
     ready: tokio::sync::Notify,
