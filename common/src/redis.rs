@@ -339,12 +339,16 @@ pub async fn presence(
     room: &str,
     limit: u64,
 ) -> RedisResult<Presence> {
-    let mut raw: Vec<::redis::Value> = PRESENCE
+    let raw: Vec<::redis::Value> = PRESENCE
         .key(keys::room_presence(room))
         .arg(keys::NODE_PREFIX)
         .arg(limit.max(1))
         .invoke_async(con)
         .await?;
+    presence_from(raw)
+}
+
+fn presence_from(mut raw: Vec<::redis::Value>) -> RedisResult<Presence> {
     let connections = match raw.first() {
         Some(v) => ::redis::from_redis_value_ref::<u64>(v)?,
         None => 0,
@@ -391,7 +395,7 @@ pub async fn history(
     since: u64,
     limit: u64,
 ) -> RedisResult<HistorySlice> {
-    let (seq, oldest, seqs, frames, epoch): (u64, u64, Vec<u64>, Vec<String>, String) = HISTORY
+    let raw: HistoryRaw = HISTORY
         .key(keys::room_seq(room))
         .key(keys::room_history(room))
         .key(keys::room_epoch(room))
@@ -399,18 +403,81 @@ pub async fn history(
         .arg(limit)
         .invoke_async(con)
         .await?;
+    Ok(slice_from(since, raw))
+}
+
+/// What the HISTORY script returns: seq, oldest kept, seqs, frames, epoch.
+type HistoryRaw = (u64, u64, Vec<u64>, Vec<String>, String);
+
+fn slice_from(since: u64, raw: HistoryRaw) -> HistorySlice {
+    let (seq, oldest, seqs, frames, epoch) = raw;
     let messages: Vec<(u64, String)> = seqs.into_iter().zip(frames).collect();
     // `since` beyond the room's seq means the room's state was lost (e.g. an
     // empty Redis): the caller cannot know what it missed.
     let covered = since == seq || (since < seq && oldest != 0 && oldest <= since + 1);
     let last = messages.last().map(|m| m.0).unwrap_or(since);
     let complete = covered && (since == seq || last >= seq);
-    Ok(HistorySlice {
+    HistorySlice {
         seq,
         messages,
         complete,
         epoch,
-    })
+    }
+}
+
+/// A member joining a room: reads the room's history after `since` (at most
+/// `limit`), records the member's presence entry (`field` → `user`, kept for
+/// `ttl`) and reads who is there (at most `presence_limit`), in one round
+/// trip. Scripts Redis lost (a restart) are loaded again once.
+#[allow(clippy::too_many_arguments)]
+pub async fn join_reads(
+    con: &mut ConnectionManager,
+    room: &str,
+    since: u64,
+    limit: u64,
+    field: &str,
+    user: &str,
+    ttl: Duration,
+    presence_limit: u64,
+) -> RedisResult<(HistorySlice, Presence)> {
+    let presence_key = keys::room_presence(room);
+    let mut history = HISTORY.prepare_invoke();
+    history
+        .key(keys::room_seq(room))
+        .key(keys::room_history(room))
+        .key(keys::room_epoch(room))
+        .arg(format!("{}-0", since.saturating_add(1)))
+        .arg(limit);
+    let mut presence = PRESENCE.prepare_invoke();
+    presence
+        .key(&presence_key)
+        .arg(keys::NODE_PREFIX)
+        .arg(presence_limit.max(1));
+    let mut retried = false;
+    loop {
+        let result: RedisResult<(HistoryRaw, Vec<::redis::Value>)> = ::redis::pipe()
+            .invoke_script(&history)
+            .hset(&presence_key, field, user)
+            .ignore()
+            .pexpire(&presence_key, ttl.as_millis() as i64)
+            .ignore()
+            .invoke_script(&presence)
+            .query_async(con)
+            .await;
+        match result {
+            Ok((raw, users)) => return Ok((slice_from(since, raw), presence_from(users)?)),
+            Err(e)
+                if !retried
+                    && e.kind()
+                        == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+            {
+                retried = true;
+                HISTORY.load_async(con).await?;
+                PRESENCE.load_async(con).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 enum ChannelCmd {

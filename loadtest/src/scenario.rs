@@ -71,12 +71,7 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
             {
                 break;
             }
-            let ip = IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                1 + (sender % source_ips) as u8,
-            ));
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (sender % source_ips) as u8));
             members.push(MemberCfg {
                 room: room.clone(),
                 room_idx: ri,
@@ -413,7 +408,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         if now == last {
             break;
         }
-        pb.set_message(format!("drain: {} deliveries in the last second", now - last));
+        pb.set_message(format!(
+            "drain: {} deliveries in the last second",
+            now - last
+        ));
         last = now;
     }
     let killed_at = match killer {

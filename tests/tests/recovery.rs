@@ -411,3 +411,37 @@ async fn a_slow_consumer_is_closed_with_3008_and_others_are_unaffected() -> Resu
     fast.expect("pong", |f| *f == ServerFrame::Pong).await?;
     Ok(())
 }
+
+/// A join reads history and presence in one pipelined round trip; when Redis
+/// lost its script cache (a restart, `SCRIPT FLUSH`), the scripts are loaded
+/// again and the join still succeeds.
+#[tokio::test]
+async fn join_survives_a_flushed_script_cache() -> Result<()> {
+    let c = Cluster::start(1, Strategy::Pubsub).await?;
+    let mut a = Client::connect(&format!("{}?user=a", c.nodes[0].ws_url())).await?;
+    a.join("cache").await?;
+    a.publish("cache", json!(1), "p1").await?;
+    let mut con = c.redis.con().await?;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await?;
+    let mut b = Client::connect(&format!("{}?user=b", c.nodes[0].ws_url())).await?;
+    b.send_json(json!({"type": "join", "room": "cache", "since": 0}))
+        .await?;
+    match b
+        .expect("joined", |f| {
+            matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })
+        })
+        .await?
+    {
+        ServerFrame::Joined { seq, presence, .. } => {
+            assert_eq!(seq, 1);
+            assert_eq!(presence, vec!["a".to_owned(), "b".to_owned()]);
+        }
+        other => panic!("join refused after SCRIPT FLUSH: {other:?}"),
+    }
+    // The replay after since=0 came with it.
+    assert_eq!(b.messages_until("cache", 1).await?, vec![1]);
+    Ok(())
+}

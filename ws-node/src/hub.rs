@@ -608,23 +608,18 @@ impl Hub {
             Some(s) => (s, self.store.history_size),
             None => (0, 0),
         };
-        let read = async {
-            let slice = store::history(&mut con, room, since_arg, limit).await?;
-            let presence_key = keys::room_presence(room);
-            let _: () = redis::pipe()
-                .hset(
-                    &presence_key,
-                    format!("{}/{}", self.node_id, conn.label),
-                    &conn.user,
-                )
-                .ignore()
-                .pexpire(&presence_key, self.store.room_ttl.as_millis() as i64)
-                .ignore()
-                .query_async(&mut con)
-                .await?;
-            let users = store::presence(&mut con, room, self.presence_limit).await?;
-            Ok::<_, redis::RedisError>((slice, users))
-        };
+        // History, presence entry and presence list: one round trip.
+        let field = format!("{}/{}", self.node_id, conn.label);
+        let read = store::join_reads(
+            &mut con,
+            room,
+            since_arg,
+            limit,
+            &field,
+            &conn.user,
+            self.store.room_ttl,
+            self.presence_limit,
+        );
         let (slice, users) = match read.await {
             Ok(v) => v,
             Err(e) => {
