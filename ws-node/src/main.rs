@@ -1,3 +1,8 @@
+// mimalloc: about 7 % more deliveries per CPU-second than glibc's malloc in
+// the chat benchmark, for ~10 MB more baseline RSS (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     turnout_common::serve::main(
