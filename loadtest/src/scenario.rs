@@ -230,8 +230,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     // Each connection costs its process one file (and the gateway two when
     // proxied); past what one process may open, clients go to workers.
     let limits = sample::fd_limits();
+    // Workers are counted from the hard limit: a low soft limit is a setting
+    // to raise (the error below says how), not a reason for more processes.
     let workers = match (o.workers, limits) {
-        (0, Some((soft, _))) => (n + 64).div_ceil(soft.saturating_sub(64).max(1)) as usize,
+        (0, Some((_, hard))) => (n + 64).div_ceil(hard.saturating_sub(64).max(1)) as usize,
         (0, None) => 1,
         (w, _) => w,
     };

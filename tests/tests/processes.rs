@@ -277,3 +277,71 @@ async fn grpc_health_and_reflection_on_every_port() -> Result<()> {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     Ok(())
 }
+
+/// The bench, as users run it: `turnout-bench run` with two worker
+/// processes against a cluster, then `report`. The merged results must
+/// account for every client and every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_with_worker_processes_and_reports() -> Result<()> {
+    let c = Cluster::start(2, Strategy::Pubsub).await?;
+    let dir = std::env::temp_dir().join(format!("turnout-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("run.json");
+    let bench = binary("turnout-bench");
+    let status = tokio::process::Command::new(&bench)
+        .args([
+            "run",
+            "--quiet",
+            "--scenario",
+            "chat",
+            "--rooms",
+            "6",
+            "--members",
+            "5",
+        ])
+        .args([
+            "--rate",
+            "4",
+            "--warmup",
+            "1",
+            "--duration",
+            "3",
+            "--drain",
+            "1",
+        ])
+        .args(["--workers", "2", "--gateway", &c.gateway.http()])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    assert!(status.success(), "turnout-bench run failed: {status}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    assert_eq!(r["workers"], 2);
+    assert_eq!(r["connections"], 30);
+    assert_eq!(r["strategy"], "pubsub");
+    for field in ["lost", "duplicated", "reordered", "publish_errors"] {
+        assert_eq!(r[field], 0, "{field}: {r}");
+    }
+    // 30 members publishing 4/s for 3 s, each message to 5 members: the
+    // merged histogram holds the deliveries of both workers.
+    let delivered = r["delivered"].as_u64().unwrap_or(0);
+    assert!(delivered > 1000, "delivered {delivered}");
+    assert_eq!(r["latency_ms"]["samples"].as_u64(), Some(delivered));
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0);
+
+    let html = dir.join("report.html");
+    let status = tokio::process::Command::new(&bench)
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&html)
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    assert!(status.success());
+    let page = std::fs::read_to_string(&html)?;
+    assert!(page.contains("<svg"), "report without charts");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
