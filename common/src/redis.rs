@@ -53,6 +53,29 @@ pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<
     client.get_connection_manager_with_config(config).await
 }
 
+/// A pub/sub connection whose pushes go into a bounded buffer of `buffer`
+/// messages: a full buffer drops the push (the client library would
+/// otherwise drop it silently) and counts it in `dropped`, so the reader can
+/// repair the gap from history instead of stalling the connection.
+pub async fn pubsub_bounded(
+    client: &Client,
+    buffer: usize,
+    dropped: prometheus::IntCounter,
+) -> RedisResult<(
+    ConnectionManager,
+    tokio::sync::mpsc::Receiver<::redis::PushInfo>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<::redis::PushInfo>(buffer);
+    let sender = move |info: ::redis::PushInfo| match tx.try_send(info) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            dropped.inc();
+            Err(e)
+        }
+    };
+    Ok((pubsub(client, sender).await?, rx))
+}
+
 /// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
 /// the connection replaced) even when no room is busy; failures count in
 /// `errors` and are logged once per outage.

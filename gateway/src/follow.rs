@@ -88,16 +88,12 @@ impl Follower {
         metrics: FollowMetrics,
         stop: CancellationToken,
     ) -> redis::RedisResult<Arc<Self>> {
-        let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
-        let dropped = metrics.push_dropped.clone();
-        let sender = move |info: PushInfo| match push_tx.try_send(info) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                dropped.inc();
-                Err(e)
-            }
-        };
-        let con = turnout_common::redis::pubsub(client, sender).await?;
+        let (con, push_rx) = turnout_common::redis::pubsub_bounded(
+            client,
+            PUSH_BUFFER,
+            metrics.push_dropped.clone(),
+        )
+        .await?;
         let follower = Arc::new_cyclic(|me: &std::sync::Weak<Follower>| {
             let me = me.clone();
             let wanted = move |room: &str| me.upgrade().is_some_and(|f| f.wanted(room));

@@ -32,16 +32,9 @@ pub(crate) async fn start(
     buffer: usize,
     shutdown: CancellationToken,
 ) -> redis::RedisResult<Bus> {
-    let (push_tx, push_rx) = mpsc::channel::<PushInfo>(buffer);
-    let dropped = hub.metrics.push_dropped.clone();
-    let sender = move |info: PushInfo| match push_tx.try_send(info) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            dropped.inc();
-            Err(e)
-        }
-    };
-    let con = turnout_common::redis::pubsub(client, sender).await?;
+    let (con, push_rx) =
+        turnout_common::redis::pubsub_bounded(client, buffer, hub.metrics.push_dropped.clone())
+            .await?;
     tokio::spawn(read_pushes(push_rx, hub.clone(), shutdown.clone()));
     tokio::spawn(turnout_common::redis::watchdog(
         con.clone(),
