@@ -76,6 +76,46 @@ pub async fn pubsub_bounded(
     Ok((pubsub(client, sender).await?, rx))
 }
 
+/// A push of a pub/sub connection on room channels, decoded the same way
+/// for every reader (the ws-node relay, the gateway's room streams).
+pub enum RoomPush {
+    /// A message on a channel: (channel name, payload).
+    Message(Vec<u8>, Vec<u8>),
+    /// A channel was subscribed (again, after a reconnect).
+    Subscribed(Vec<u8>),
+    /// The connection dropped; the client reconnects and resubscribes.
+    Disconnected,
+}
+
+impl RoomPush {
+    /// None for pushes readers ignore (unsubscribe confirmations, malformed).
+    pub fn decode(push: ::redis::PushInfo) -> Option<RoomPush> {
+        use ::redis::{PushKind, Value};
+        let mut data = push.data.into_iter();
+        match push.kind {
+            PushKind::Message => match (data.next(), data.next()) {
+                (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
+                    Some(RoomPush::Message(channel, payload))
+                }
+                _ => None,
+            },
+            PushKind::Subscribe => match data.next() {
+                Some(Value::BulkString(channel)) => Some(RoomPush::Subscribed(channel)),
+                _ => None,
+            },
+            PushKind::Disconnection => Some(RoomPush::Disconnected),
+            _ => None,
+        }
+    }
+}
+
+/// The room of a room channel's name.
+pub fn channel_room(channel: &[u8]) -> Option<&str> {
+    std::str::from_utf8(channel)
+        .ok()
+        .and_then(keys::room_from_channel)
+}
+
 /// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
 /// the connection replaced) even when no room is busy; failures count in
 /// `errors` and are logged once per outage.

@@ -17,15 +17,16 @@
 
 use crate::state::ApiError;
 use prometheus::{IntCounter, IntGauge};
+use redis::PushInfo;
 use redis::aio::ConnectionManager;
-use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use turnout_common::redis::{RoomPush, channel_room};
+use turnout_proto::bus;
 use turnout_proto::codes::ErrorCode;
-use turnout_proto::{bus, keys};
 
 /// Pub/sub pushes buffered between the Redis reader and the rooms' rings.
 const PUSH_BUFFER: usize = 65_536;
@@ -205,18 +206,9 @@ impl Follower {
                 p = rx.recv() => match p { Some(p) => p, None => return },
                 _ = self.stop.cancelled() => return,
             };
-            match push.kind {
-                PushKind::Message => {
-                    let mut data = push.data.into_iter();
-                    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                        (data.next(), data.next())
-                    else {
-                        continue;
-                    };
-                    let Some(room) = std::str::from_utf8(&channel)
-                        .ok()
-                        .and_then(keys::room_from_channel)
-                    else {
+            match RoomPush::decode(push) {
+                Some(RoomPush::Message(channel, payload)) => {
+                    let Some(room) = channel_room(&channel) else {
                         continue;
                     };
                     // Presence events carry no seq and are not streamed.
@@ -229,22 +221,18 @@ impl Follower {
                     };
                     self.send(room, Event::Message(seq, Arc::from(frame)));
                 }
-                PushKind::Subscribe => {
-                    if let Some(Value::BulkString(channel)) = push.data.first()
-                        && let Some(room) = std::str::from_utf8(channel)
-                            .ok()
-                            .and_then(keys::room_from_channel)
-                    {
+                Some(RoomPush::Subscribed(channel)) => {
+                    if let Some(room) = channel_room(&channel) {
                         self.send(room, Event::Resync);
                     }
                 }
-                PushKind::Disconnection => {
+                Some(RoomPush::Disconnected) => {
                     self.metrics.redis_disconnects.inc();
                     tracing::warn!(
                         "Redis pub/sub connection of room streams lost; reconnecting and resubscribing"
                     );
                 }
-                _ => {}
+                None => {}
             }
         }
     }

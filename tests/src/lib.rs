@@ -345,18 +345,25 @@ pub async fn http_get_json(url: &str) -> Result<(u16, serde_json::Value)> {
     ))
 }
 
-/// A minimal HTTP/1.1 client call with hyper.
-pub async fn http(
+/// An HTTP/1.1 connection to `url`'s host, and a request to its path with
+/// `method`, `host` and `headers` set.
+async fn http1<B>(
     method: &str,
     url: &str,
-    body: Option<String>,
     headers: &[(&str, &str)],
-) -> Result<(u16, Vec<u8>)> {
-    use http_body_util::BodyExt;
+) -> Result<(
+    hyper::client::conn::http1::SendRequest<B>,
+    http::request::Builder,
+)>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let uri: http::Uri = url.parse()?;
     let authority = uri.authority().context("url without host")?.to_string();
     let stream = TcpStream::connect(&authority).await?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = http::Request::builder()
@@ -366,6 +373,18 @@ pub async fn http(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
+    Ok((sender, req))
+}
+
+/// A minimal HTTP/1.1 client call with hyper.
+pub async fn http(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let (mut sender, req) = http1(method, url, headers).await?;
     let req = match body {
         Some(b) => req
             .header("content-type", "application/json")
@@ -401,19 +420,8 @@ impl Sse {
     /// Opens `GET url` and parses the event stream in a task.
     pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse> {
         use http_body_util::BodyExt;
-        let uri: http::Uri = url.parse()?;
-        let authority = uri.authority().context("url without host")?.to_string();
-        let stream = TcpStream::connect(&authority).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let mut req = http::Request::builder()
-            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            .header("host", authority)
-            .header("accept", "text/event-stream");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
+        let (mut sender, req) = http1("GET", url, headers).await?;
+        let req = req.header("accept", "text/event-stream");
         let resp = sender
             .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
             .await?;

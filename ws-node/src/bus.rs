@@ -16,11 +16,12 @@
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use redis::{PushInfo, PushKind, Value};
+use redis::PushInfo;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use turnout_proto::{bus, keys};
+use turnout_common::redis::{RoomPush, channel_room};
+use turnout_proto::bus;
 
 /// Handle the hub uses to follow membership with subscriptions.
 pub(crate) type Bus = turnout_common::redis::Channels;
@@ -57,19 +58,10 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
             p = rx.recv() => match p { Some(p) => p, None => return },
             _ = shutdown.cancelled() => return,
         };
-        match push.kind {
-            PushKind::Message => {
-                let mut data = push.data.into_iter();
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (data.next(), data.next())
-                else {
-                    continue;
-                };
+        match RoomPush::decode(push) {
+            Some(RoomPush::Message(channel, payload)) => {
                 hub.metrics.bus_messages.inc();
-                let Some(room) = std::str::from_utf8(&channel)
-                    .ok()
-                    .and_then(keys::room_from_channel)
-                else {
+                let Some(room) = channel_room(&channel) else {
                     continue;
                 };
                 let (seq, start) = match bus::decode_any(&payload) {
@@ -95,18 +87,12 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                     hub.deliver(room, seq, frame);
                 }
             }
-            PushKind::Disconnection => {
+            Some(RoomPush::Disconnected) => {
                 hub.metrics.redis_disconnects.inc();
                 tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
             }
-            PushKind::Subscribe => {
-                let Some(Value::BulkString(channel)) = push.data.first() else {
-                    continue;
-                };
-                let Some(room) = std::str::from_utf8(channel)
-                    .ok()
-                    .and_then(keys::room_from_channel)
-                else {
+            Some(RoomPush::Subscribed(channel)) => {
+                let Some(room) = channel_room(&channel) else {
                     continue;
                 };
                 if hub.last_seq(room).is_some() {
@@ -117,7 +103,7 @@ async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: 
                     tokio::spawn(async move { hub.resync(&room).await });
                 }
             }
-            _ => {}
+            None => {}
         }
     }
 }
