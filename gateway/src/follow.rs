@@ -270,6 +270,9 @@ impl Drop for StreamGuard {
     }
 }
 
+/// How long a stream keeps retrying a failed history read before it ends.
+const READ_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One stream: what it sent last, and where it sends.
 struct StreamState {
     follower: Arc<Follower>,
@@ -286,17 +289,28 @@ impl StreamState {
         since: u64,
         limit: u64,
     ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
-        let mut con = self.follower.redis.clone();
-        turnout_common::redis::history(&mut con, &self.room, since, limit)
-            .await
-            .map_err(|e| {
-                self.follower.metrics.redis_errors.inc();
-                tracing::warn!(room = %self.room, error = %e, "history read for a stream failed");
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "history unavailable; resume with since",
-                )
-            })
+        // Right after Redis comes back, the command connection may still
+        // hold the broken socket: retry before ending the stream.
+        let started = tokio::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let mut con = self.follower.redis.clone();
+            match turnout_common::redis::history(&mut con, &self.room, since, limit).await {
+                Ok(slice) => return Ok(slice),
+                Err(e) => {
+                    self.follower.metrics.redis_errors.inc();
+                    tracing::warn!(room = %self.room, error = %e, "history read for a stream failed");
+                    if started.elapsed() + backoff > READ_RETRY {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "history unavailable; resume with since",
+                        ));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Queues an item; Err when the receiver is gone.

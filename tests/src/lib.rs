@@ -671,6 +671,22 @@ impl Client {
     }
 }
 
+/// The value of a counter or gauge on a process's `/metrics`, its first
+/// series (0 when it is not there yet).
+pub async fn metric(p: &Proc, name: &str) -> Result<f64> {
+    let (_, body) = http("GET", &format!("{}/metrics", p.http()), None, &[]).await?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0))
+}
+
 /// Path of a built binary of this workspace, building it if needed.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

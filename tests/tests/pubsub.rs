@@ -247,3 +247,66 @@ async fn clean_stop_leaves_the_live_set_at_once_and_drains_clients() -> Result<(
     assert!(started.elapsed() < Duration::from_secs(3));
     Ok(())
 }
+
+/// Several relay workers (each room's messages on one of them) and both
+/// fan-out paths: small rooms written to sockets in place, a room larger
+/// than the in-place limit (64 local members) through the members' queues.
+/// Every member sees its rooms' messages exactly once, in order, while
+/// publishers on both nodes publish into all rooms at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_workers_and_both_fan_out_paths_keep_rooms_in_order() -> Result<()> {
+    let c = Cluster::start_with(2, Strategy::Pubsub, |s| s.relay_workers = 3).await?;
+    let rooms: Vec<String> = (0..6).map(|i| format!("rw-{i}")).collect();
+    // Readers: one per node per small room, and 70 members of the big room
+    // (rooms[0], published into from node 0).
+    let mut readers = Vec::new();
+    for room in &rooms[1..] {
+        for node in &c.nodes {
+            let mut cl = Client::connect(&node.ws_url()).await?;
+            cl.join(room).await?;
+            readers.push((room.clone(), cl));
+        }
+    }
+    for i in 0..70 {
+        // 68 on the publisher's node: above the in-place limit there.
+        let mut cl = Client::connect(&c.nodes[usize::from(i >= 68)].ws_url()).await?;
+        cl.join(&rooms[0]).await?;
+        readers.push((rooms[0].clone(), cl));
+    }
+    let n = 40u64;
+    let mut publishers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let url = c.nodes[i % 2].ws_url();
+        let room = room.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await?;
+            p.join(&room).await?;
+            let mut last = 0;
+            for k in 0..n {
+                last = p.publish(&room, json!({"k": k}), &format!("p-{k}")).await?;
+            }
+            anyhow::Ok(last)
+        }));
+    }
+    for p in publishers {
+        assert_eq!(p.await??, n);
+    }
+    for (room, cl) in &mut readers {
+        let seqs = cl.messages_until(room, n).await?;
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{room} on {}", cl.node());
+    }
+    // Both paths ran: small rooms' messages written in place, and every one
+    // of the big room's 40 × 69 on node 0 queued.
+    for (i, node) in c.nodes.iter().enumerate() {
+        let in_place = metric(node, "turnout_deliveries_in_place_total").await?;
+        let sent = metric(node, "turnout_deliveries_total").await?;
+        assert!(in_place > 0.0, "messages written in place on node {i}");
+        if i == 0 {
+            assert!(
+                sent - in_place >= 69.0 * 40.0,
+                "big room queued: {sent} - {in_place}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -246,15 +246,8 @@ async fn restart_loses_nothing(strategy: Strategy) -> Result<()> {
         return Ok(());
     }
     // The nodes say what happened.
-    let (_, body) = http("GET", &format!("{}/metrics", c.nodes[1].http()), None, &[]).await?;
-    let text = String::from_utf8_lossy(&body);
-    let disconnects = text
-        .lines()
-        .find(|l| l.starts_with("turnout_redis_disconnects_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(disconnects >= 1.0, "disconnect counted:\n{text}");
+    let disconnects = metric(&c.nodes[1], "turnout_redis_disconnects_total").await?;
+    assert!(disconnects >= 1.0, "disconnect counted: {disconnects}");
     Ok(())
 }
 

@@ -13,13 +13,15 @@
 
 use crate::bus::Bus;
 use crate::metrics::NodeMetrics;
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
 use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use turnout_common::redis::{self as store, Origin, Publisher, RoomStore};
@@ -32,6 +34,11 @@ pub(crate) const GAP_WAIT: Duration = Duration::from_millis(25);
 
 /// Without history, how long a gap may wait for late publish replies.
 const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// Rooms up to this many local members are fanned out by writing to each
+/// idle member's socket in place; larger rooms queue every frame and let
+/// the members' sessions write in parallel (docs/DESIGN-NOTES.md).
+const DIRECT_FAN_OUT: usize = 64;
 
 pub(crate) type ConnId = u64;
 
@@ -58,6 +65,7 @@ pub(crate) struct Conn {
     pub(crate) label: String,
     pub(crate) user: String,
     queue: SendQueue,
+    socket: Socket,
     /// Cancelled when the connection must close; the writer then sends
     /// `close_code` (0 = normal).
     pub(crate) closed: CancellationToken,
@@ -78,6 +86,7 @@ impl Conn {
         user: String,
         send_queue: usize,
         claims: Option<turnout_common::auth::Claims>,
+        socket: WebSocket,
     ) -> Self {
         Conn {
             claims,
@@ -85,6 +94,7 @@ impl Conn {
             label,
             user,
             queue: SendQueue::new(send_queue),
+            socket: Socket::new(socket),
             closed: CancellationToken::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
@@ -150,33 +160,136 @@ impl Conn {
         self.close_code.load(Ordering::Acquire)
     }
 
-    /// Queues a frame without waiting; a full queue marks a slow consumer.
+    /// Sends a frame without waiting: written to the socket in place when
+    /// nothing is queued or being written (see [`Conn::try_write`]), queued
+    /// for the session otherwise. A full queue marks a slow consumer.
     fn push(&self, msg: Message, metrics: &NodeMetrics) -> bool {
+        self.push_as(msg, metrics, true) != Sent::Dropped
+    }
+
+    /// [`Conn::push`], but with `direct` false the frame is always queued.
+    fn push_as(&self, msg: Message, metrics: &NodeMetrics, direct: bool) -> Sent {
         if self.is_closed() {
-            return false;
+            return Sent::Dropped;
         }
+        let msg = if direct {
+            match self.try_write(msg) {
+                Ok(true) => return Sent::InPlace,
+                Ok(false) => return Sent::Dropped,
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
         if self.queue.push(msg) {
-            return true;
+            return Sent::Queued;
         }
         metrics.slow_consumers.inc();
         tracing::debug!(conn = %self.label, "send queue full: slow consumer");
         self.kill(close::SLOW_CONSUMER);
+        Sent::Dropped
+    }
+
+    /// Writes `msg` to the socket in place when the session is not writing
+    /// and nothing is queued, so frames stay in order. What the socket
+    /// cannot take at once stays in the WebSocket's buffer and the session
+    /// flushes it. `Err` gives the frame back to be queued; `Ok(false)`:
+    /// the socket failed and the connection is closing.
+    fn try_write(&self, msg: Message) -> Result<bool, Message> {
+        let Ok(_writing) = self.socket.writing.try_lock() else {
+            return Err(msg);
+        };
+        if !self.queue.is_empty() {
+            return Err(msg);
+        }
+        let mut ws = self.socket.ws();
+        let Some(ws) = ws.as_mut() else {
+            return Ok(false);
+        };
+        // The session polls with its own waker whenever it writes; what is
+        // left unwritten here is handed to it below.
+        let mut cx = Context::from_waker(Waker::noop());
+        match ws.poll_ready_unpin(&mut cx) {
+            Poll::Pending => return Err(msg),
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Ok(self.write_failed()),
+        }
+        if ws.start_send_unpin(msg).is_err() {
+            return Ok(self.write_failed());
+        }
+        match ws.poll_flush_unpin(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Ok(self.write_failed()),
+            Poll::Pending => {
+                self.socket.unflushed.store(true, Ordering::Release);
+                self.queue.ready.notify_one();
+            }
+        }
+        Ok(true)
+    }
+
+    fn write_failed(&self) -> bool {
+        self.kill(close::NORMAL);
         false
     }
 
-    /// Waits until frames are queued, then moves up to `max` of them to `out`.
-    pub(crate) async fn queued(&self, out: &mut Vec<Message>, max: usize) {
+    /// Waits until the session has something to write: queued frames, or
+    /// bytes a direct write left in the WebSocket's buffer.
+    pub(crate) async fn queued(&self) {
         loop {
-            if self.queue.drain_into(out, max) {
+            if !self.queue.is_empty() || self.socket.unflushed.load(Ordering::Acquire) {
                 return;
             }
             self.queue.ready.notified().await;
         }
     }
 
-    /// Moves what is queued (up to `max` frames) to `out` without waiting.
-    pub(crate) fn take_queued(&self, out: &mut Vec<Message>, max: usize) {
-        self.queue.drain_into(out, max);
+    /// Writes what is queued, at most `max` frames per flush (all of it
+    /// when `all`), holding the write turn so no direct write comes between.
+    /// `batch` is scratch space, left empty.
+    pub(crate) async fn write_queued(
+        &self,
+        batch: &mut Vec<Message>,
+        max: usize,
+        all: bool,
+    ) -> Result<(), axum::Error> {
+        let _writing = self.socket.writing.lock().await;
+        loop {
+            self.socket.unflushed.store(false, Ordering::Release);
+            self.queue.drain_into(batch, max);
+            for m in batch.drain(..) {
+                self.socket.feed(m).await?;
+            }
+            self.socket.flush().await?;
+            if batch.capacity() > 16 {
+                *batch = Vec::new();
+            }
+            if !all || self.queue.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes one frame after everything queued or buffered before it.
+    pub(crate) async fn send_now(&self, msg: Message) -> Result<(), axum::Error> {
+        let _writing = self.socket.writing.lock().await;
+        self.socket.feed(msg).await?;
+        self.socket.flush().await
+    }
+
+    /// The client's next frame; `None` once the stream ended.
+    pub(crate) async fn next_frame(&self) -> Option<Result<Message, axum::Error>> {
+        std::future::poll_fn(|cx| match self.socket.ws().as_mut() {
+            Some(ws) => ws.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        })
+        .await
+    }
+
+    /// Drops the socket (closing the TCP connection) and anything queued.
+    pub(crate) fn release_socket(&self) {
+        self.socket.ws().take();
+        self.queue.clear();
     }
 
     /// Queues a WebSocket ping (keepalive).
@@ -188,6 +301,65 @@ impl Conn {
     pub(crate) fn send_frame(&self, frame: &ServerFrame, metrics: &NodeMetrics) -> bool {
         self.push(Message::Text(frame.to_json().into()), metrics)
     }
+}
+
+/// What became of a frame given to [`Conn::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    InPlace,
+    Queued,
+    /// The connection is closing.
+    Dropped,
+}
+
+/// The client's WebSocket, shared by its session (reads, queued writes) and
+/// by direct writes from whoever fans a frame out.
+struct Socket {
+    /// Locked for the length of one poll, never across an await.
+    ws: std::sync::Mutex<Option<WebSocket>>,
+    /// The write turn: held by the session for a whole write (which may
+    /// wait for a slow client), taken with `try_lock` by a direct write.
+    writing: tokio::sync::Mutex<()>,
+    /// A direct write left bytes in the WebSocket's buffer.
+    unflushed: AtomicBool,
+}
+
+impl Socket {
+    fn new(ws: WebSocket) -> Self {
+        Socket {
+            ws: std::sync::Mutex::new(Some(ws)),
+            writing: tokio::sync::Mutex::new(()),
+            unflushed: AtomicBool::new(false),
+        }
+    }
+
+    fn ws(&self) -> std::sync::MutexGuard<'_, Option<WebSocket>> {
+        self.ws.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn feed(&self, msg: Message) -> Result<(), axum::Error> {
+        std::future::poll_fn(|cx| match self.ws().as_mut() {
+            Some(ws) => ws.poll_ready_unpin(cx),
+            None => Poll::Ready(Err(released())),
+        })
+        .await?;
+        match self.ws().as_mut() {
+            Some(ws) => ws.start_send_unpin(msg),
+            None => Err(released()),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), axum::Error> {
+        std::future::poll_fn(|cx| match self.ws().as_mut() {
+            Some(ws) => ws.poll_flush_unpin(cx),
+            None => Poll::Ready(Err(released())),
+        })
+        .await
+    }
+}
+
+fn released() -> axum::Error {
+    axum::Error::new(std::io::Error::from(std::io::ErrorKind::NotConnected))
 }
 
 /// A connection's bounded queue of outgoing frames. Unlike a channel, which
@@ -226,6 +398,14 @@ impl SendQueue {
             self.ready.notify_one();
         }
         true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames().is_empty()
+    }
+
+    fn clear(&self) {
+        *self.frames() = Default::default();
     }
 
     /// Moves up to `max` frames to `out`; false when there were none.
@@ -366,7 +546,8 @@ impl Hub {
 
     fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
         r.last_seq = Some(seq);
-        let mut n = 0;
+        let direct = r.members.len() <= DIRECT_FAN_OUT;
+        let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {
             if let Some(buf) = &mut m.buffer {
                 if buf.len() < self.send_queue {
@@ -376,12 +557,18 @@ impl Hub {
                 }
             } else if seq > m.after {
                 m.after = seq;
-                if m.conn.push(Message::Text(frame.clone()), &self.metrics) {
-                    n += 1;
+                match m
+                    .conn
+                    .push_as(Message::Text(frame.clone()), &self.metrics, direct)
+                {
+                    Sent::InPlace => (n, in_place) = (n + 1, in_place + 1),
+                    Sent::Queued => n += 1,
+                    Sent::Dropped => {}
                 }
             }
         }
         self.metrics.deliveries.inc_by(n);
+        self.metrics.deliveries_in_place.inc_by(in_place);
     }
 
     /// Fills a gap in `room` from history, or skips it when history no longer
@@ -675,16 +862,19 @@ impl Hub {
             return Ok(());
         };
         m.after = slice.seq;
-        let mut n = 0;
+        let (mut n, mut in_place) = (0, 0);
         for (seq, frame) in m.buffer.take().unwrap_or_default() {
             if seq > m.after {
                 m.after = seq;
-                if m.conn.push(Message::Text(frame), &self.metrics) {
-                    n += 1;
+                match m.conn.push_as(Message::Text(frame), &self.metrics, true) {
+                    Sent::InPlace => (n, in_place) = (n + 1, in_place + 1),
+                    Sent::Queued => n += 1,
+                    Sent::Dropped => {}
                 }
             }
         }
         self.metrics.deliveries.inc_by(n);
+        self.metrics.deliveries_in_place.inc_by(in_place);
         Ok(())
     }
 

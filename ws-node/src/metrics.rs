@@ -10,6 +10,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) rooms: IntGauge,
     pub(crate) published: IntCounter,
     pub(crate) deliveries: IntCounter,
+    pub(crate) deliveries_in_place: IntCounter,
     pub(crate) bus_messages: IntCounter,
     pub(crate) push_dropped: IntCounter,
     pub(crate) duplicates_dropped: IntCounter,
@@ -43,7 +44,11 @@ impl NodeMetrics {
                 "messages_published_total",
                 "Messages published through this node",
             ),
-            deliveries: c("deliveries_total", "Message frames queued to clients"),
+            deliveries: c("deliveries_total", "Message frames sent to clients"),
+            deliveries_in_place: c(
+                "deliveries_in_place_total",
+                "Message frames written to an idle client's socket without queueing",
+            ),
             bus_messages: c(
                 "bus_messages_total",
                 "Messages received from the Redis pub/sub bus",

@@ -132,7 +132,18 @@ pub async fn run(
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
     if settings.strategy == turnout_proto::Strategy::Pubsub {
-        let b = bus::start(&client, hub.clone(), settings.bus_buffer, stop.clone()).await?;
+        let workers = match settings.relay_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)),
+            n => n,
+        };
+        let b = bus::start(
+            &client,
+            hub.clone(),
+            settings.bus_buffer,
+            workers.max(1),
+            stop.clone(),
+        )
+        .await?;
         let _ = hub.bus.set(b);
     }
     let info = NodeInfo {
@@ -301,10 +312,10 @@ async fn ws_handler(
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let conn = Arc::new(Conn::new(id, label, user, queue, claims));
+            let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
-                let session = session::run(socket, st, conn);
+                let session = session::run(st, conn);
                 tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
                 session.await;
                 drop(permit);

@@ -3,8 +3,8 @@
 
 use crate::hub::{Conn, Hub, RoomError};
 use crate::node::NodeState;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::FutureExt;
 use std::sync::Arc;
 use tracing::Instrument;
 use turnout_common::redis::Origin;
@@ -14,8 +14,9 @@ use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
 /// Runs a session until the client leaves, the node drains or the
 /// connection is killed. One task per connection reads the client's frames
 /// in order and writes what the hub queued, batching queued frames into one
-/// flush.
-pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<Conn>) {
+/// flush; frames for an idle connection are written in place by whoever
+/// sends them (`Conn::push`).
+pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
     let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
     async move {
         let hub = &state.hub;
@@ -46,13 +47,13 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<
             let msg = tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                _ = conn.queued(&mut batch, MAX_BATCH) => {
+                _ = conn.queued() => {
                     // A client that stops reading blocks the flush; it is
                     // killed as a slow consumer when its queue fills.
                     // What was buffered stays in the socket and goes out
                     // before the close frame.
                     let wrote = tokio::select! {
-                        r = write_batch(&mut socket, &mut batch) => r,
+                        r = conn.write_queued(&mut batch, MAX_BATCH, false) => r,
                         _ = &mut closed => break,
                     };
                     if wrote.is_err() {
@@ -62,7 +63,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<
                     }
                     continue;
                 }
-                m = socket.next() => m,
+                m = conn.next_frame() => m,
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         hub.metrics.idle_closed.inc();
@@ -128,8 +129,9 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<
         }
         conn.kill(close::NORMAL);
         if !write_failed {
-            Box::pin(close_socket(&mut socket, &conn, peer_closed)).await;
+            Box::pin(close_socket(&conn, peer_closed)).await;
         }
+        conn.release_socket();
         state.conns.remove(&conn.id);
         hub.metrics.connections.dec();
         tracing::debug!("session closed");
@@ -141,34 +143,18 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<NodeState>, conn: Arc<
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 256;
 
-/// Writes a batch of queued frames and flushes once; leaves `batch` empty
-/// (keeping a small allocation for the next one).
-async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Message>) -> Result<(), axum::Error> {
-    for m in batch.drain(..) {
-        socket.feed(m).await?;
-    }
-    if batch.capacity() > 16 {
-        *batch = Vec::new();
-    }
-    socket.flush().await
-}
-
 /// Ends the connection: what is queued goes out first (unless the client is
 /// a slow consumer), then the close frame with the connection's code; when
 /// we closed first, reads until the client's close (at most [`CLOSE_WAIT`]),
 /// so the close frame is not lost to a TCP reset over unread data.
-async fn close_socket(socket: &mut WebSocket, conn: &Conn, peer_closed: bool) {
+async fn close_socket(conn: &Conn, peer_closed: bool) {
     let code = match conn.close_code() {
         0 => close::NORMAL,
         c => c,
     };
     let finish = async {
         if code != close::SLOW_CONSUMER {
-            let mut rest = Vec::new();
-            conn.take_queued(&mut rest, usize::MAX);
-            for m in rest {
-                socket.feed(m).await?;
-            }
+            conn.write_queued(&mut Vec::new(), MAX_BATCH, true).await?;
         }
         let reason = match code {
             close::SLOW_CONSUMER => "slow consumer",
@@ -181,19 +167,18 @@ async fn close_socket(socket: &mut WebSocket, conn: &Conn, peer_closed: bool) {
             _ => "",
         };
         let reason = conn.close_reason().unwrap_or(reason).to_owned();
-        socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await
+        conn.send_now(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await
     };
     if tokio::time::timeout(WRITE_WAIT, finish).await.is_err() {
         return;
     }
     if !peer_closed {
         let drain = async {
-            while let Some(Ok(m)) = socket.next().await {
+            while let Some(Ok(m)) = conn.next_frame().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
