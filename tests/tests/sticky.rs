@@ -441,3 +441,53 @@ async fn drain_sends_reconnect_and_nobody_lands_back() -> Result<()> {
     c.wait_nodes(2).await?;
     Ok(())
 }
+
+/// Both fan-out paths on the owner: small rooms' messages written to the
+/// members' sockets in place, a room over the in-place limit (64 members)
+/// through their send queues. Every member sees its room's messages exactly
+/// once, in order, while every room is published into at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_fan_out_paths_keep_rooms_in_order() -> Result<()> {
+    let c = Cluster::start(1, Strategy::Sticky).await?;
+    let url = c.nodes[0].ws_url();
+    let rooms: Vec<String> = (0..6).map(|i| format!("fan-{i}")).collect();
+    let mut readers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let members = if i == 0 { 70 } else { 2 };
+        for _ in 0..members {
+            let mut cl = Client::connect(&url).await?;
+            cl.join(room).await?;
+            readers.push((room.clone(), cl));
+        }
+    }
+    let n = 40u64;
+    let mut publishers = Vec::new();
+    for room in rooms.clone() {
+        let url = url.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await?;
+            p.join(&room).await?;
+            let mut last = 0;
+            for k in 0..n {
+                last = p.publish(&room, json!({"k": k}), &format!("p-{k}")).await?;
+            }
+            anyhow::Ok(last)
+        }));
+    }
+    for p in publishers {
+        assert_eq!(p.await??, n);
+    }
+    for (room, cl) in &mut readers {
+        let seqs = cl.messages_until(room, n).await?;
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{room}");
+    }
+    let in_place = metric(&c.nodes[0], "turnout_deliveries_in_place_total").await?;
+    let sent = metric(&c.nodes[0], "turnout_deliveries_total").await?;
+    assert!(in_place > 0.0, "messages written in place");
+    // The big room's 40 messages to 71 members (readers and publisher) queued.
+    assert!(
+        sent - in_place >= 71.0 * 40.0,
+        "big room queued: {sent} - {in_place}"
+    );
+    Ok(())
+}

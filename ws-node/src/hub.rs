@@ -35,7 +35,7 @@ pub(crate) const GAP_WAIT: Duration = Duration::from_millis(25);
 /// Without history, how long a gap may wait for late publish replies.
 const REPLY_WAIT: Duration = Duration::from_secs(5);
 
-/// Rooms up to this many local members are fanned out by writing to each
+/// Sticky: rooms up to this many members are fanned out by writing to each
 /// idle member's socket in place; larger rooms queue every frame and let
 /// the members' sessions write in parallel (docs/DESIGN-NOTES.md).
 const DIRECT_FAN_OUT: usize = 64;
@@ -546,7 +546,9 @@ impl Hub {
 
     fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
         r.last_seq = Some(seq);
-        let direct = r.members.len() <= DIRECT_FAN_OUT;
+        // In pubsub mode fan-out runs on the one task that reads the bus:
+        // it only queues, so it never falls behind Redis.
+        let direct = self.strategy == Strategy::Sticky && r.members.len() <= DIRECT_FAN_OUT;
         let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {
             if let Some(buf) = &mut m.buffer {

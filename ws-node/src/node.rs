@@ -132,18 +132,7 @@ pub async fn run(
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
     if settings.strategy == turnout_proto::Strategy::Pubsub {
-        let workers = match settings.relay_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)),
-            n => n,
-        };
-        let b = bus::start(
-            &client,
-            hub.clone(),
-            settings.bus_buffer,
-            workers.max(1),
-            stop.clone(),
-        )
-        .await?;
+        let b = bus::start(&client, hub.clone(), settings.bus_buffer, stop.clone()).await?;
         let _ = hub.bus.set(b);
     }
     let info = NodeInfo {

@@ -72,11 +72,6 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_buffer: Option<usize>,
-    /// Tasks fanning pub/sub messages out to local members (0 = one per
-    /// core, less one for the Redis reader).
-    #[arg(long, env = "TURNOUT_RELAY_WORKERS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub relay_workers: Option<usize>,
     /// HS256 secret for client tokens (at least 16 bytes).
     #[arg(long, env = "TURNOUT_JWT_SECRET")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +132,6 @@ pub struct Settings {
     pub placement_ttl: Duration,
     pub presence_limit: u64,
     pub bus_buffer: usize,
-    pub relay_workers: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
     #[serde(with = "humantime_serde")]
@@ -174,7 +168,6 @@ impl Default for Settings {
             placement_ttl: Duration::from_secs(600),
             presence_limit: 100,
             bus_buffer: 65_536,
-            relay_workers: 0,
             internal_token: None,
             insecure: false,
             handshake_timeout: Duration::from_secs(10),
