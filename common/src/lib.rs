@@ -4,15 +4,20 @@
 //! - [`settings`]: TOML file + env + flags merged into one typed, validated struct,
 //!   with errors that name the setting; listen specs with port ranges.
 //! - [`redis`]: connections to Redis (RESP3, keepalive, reconnect with backoff),
-//!   and the scripts that must be the same in every process.
+//!   the Lua scripts every process runs the same way, room operations, the
+//!   room-push reader and channel subscriptions.
+//! - [`recovery`]: the recovery cursor every reader of a room keeps.
+//! - [`backoff`]: exponential backoff with jitter for retry loops.
 //! - [`serve`]: binding, serving HTTP + gRPC on one port, shutdown signals.
 //! - [`metrics`]: a per-process Prometheus registry and its `/metrics` handler.
 //! - [`auth`]: client JWTs, API key, internal token, the open-mode rule.
 //! - [`grpc`]: health and reflection services for every gRPC port.
 
 pub mod auth;
+pub mod backoff;
 pub mod grpc;
 pub mod metrics;
+pub mod recovery;
 pub mod redis;
 pub mod serve;
 pub mod settings;

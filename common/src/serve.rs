@@ -109,6 +109,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// The demo page: one self-contained file, no external assets. Served by
+/// the gateway, and by a `local` ws-node (a complete single-server chat).
+pub async fn demo_page() -> impl axum::response::IntoResponse {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../assets/demo.html"),
+    )
+}
+
 /// Why a process could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -1,6 +1,6 @@
 //! The HTTP server API (`/api/*`), health and readiness.
 
-use crate::state::{ApiError, Gateway};
+use crate::state::{ApiError, Gateway, room_name, user_id};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -13,17 +13,8 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use turnout_proto::codes::ErrorCode;
 
-/// A JSON error body: `{"error":{"code":…,"message":…}}`.
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
-pub(crate) fn api_error(e: &ApiError) -> Response {
-    error(e.http_status(), e.code.as_str(), &e.message)
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
 }
 
 /// One query parameter, percent-decoded.
@@ -46,25 +37,24 @@ pub(crate) fn count(gw: &Gateway, op: &str, ok: bool) {
         .inc();
 }
 
+/// Counts the outcome of an API call under `op` and passes it on.
+fn counted<T>(gw: &Gateway, op: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    count(gw, op, r.is_ok());
+    r
+}
+
 #[derive(Deserialize)]
 pub(crate) struct RouteQuery {
     room: Option<String>,
 }
 
-pub(crate) async fn route(State(gw): State<Arc<Gateway>>, Query(q): Query<RouteQuery>) -> Response {
-    if let Some(room) = &q.room {
-        if let Err(e) = turnout_proto::names::check_room(room) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadName.as_str(),
-                &format!("room {e}"),
-            );
-        }
-    }
-    match gw.route(q.room.as_deref()).await {
-        Ok(node) => Json(json!({"node": node.id, "url": node.url})).into_response(),
-        Err(e) => api_error(&e),
-    }
+pub(crate) async fn route(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<RouteQuery>,
+) -> Result<Response, ApiError> {
+    let room = q.room.map(room_name).transpose()?;
+    let node = gw.route(room.as_ref()).await?;
+    Ok(Json(json!({"node": node.id, "url": node.url})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -78,30 +68,26 @@ pub(crate) async fn publish(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
     body: Bytes,
-) -> Response {
-    let body: PublishBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            count(&gw, "publish", false);
+) -> Result<Response, ApiError> {
+    let result = async {
+        let room = room_name(room)?;
+        let body: PublishBody = serde_json::from_slice(&body).map_err(|e| {
             let msg = e.to_string();
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadJson.as_str(),
-                &format!(
-                    "body must be {{\"data\": <json>}}: {}",
-                    msg.split(" at line").next().unwrap_or("")
-                ),
-            );
-        }
+            let msg = msg.split(" at line").next().unwrap_or("");
+            bad(
+                ErrorCode::BadJson,
+                format!("body must be {{\"data\": <json>}}: {msg}"),
+            )
+        })?;
+        let from = body
+            .from
+            .filter(|f| !f.is_empty())
+            .map(|f| user_id(f, "from"))
+            .transpose()?;
+        gw.publish(&room, body.data.get().to_owned(), from).await
     };
-    let result = gw
-        .publish(&room, body.data.get().to_owned(), body.from)
-        .await;
-    count(&gw, "publish", result.is_ok());
-    match result {
-        Ok(seq) => Json(json!({"seq": seq})).into_response(),
-        Err(e) => api_error(&e),
-    }
+    let seq = counted(&gw, "publish", result.await)?;
+    Ok(Json(json!({"seq": seq})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -114,54 +100,56 @@ pub(crate) async fn history(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadFrame.as_str(),
-            "since and limit must be non-negative integers",
-        );
+) -> Result<Response, ApiError> {
+    let result = async {
+        let room = room_name(room)?;
+        let Ok(Query(q)) = q else {
+            return Err(bad(
+                ErrorCode::BadFrame,
+                "since and limit must be non-negative integers",
+            ));
+        };
+        let slice = gw
+            .history(&room, q.since.unwrap_or(0), q.limit.unwrap_or(100))
+            .await?;
+        Ok((room, slice))
     };
-    let result = gw
-        .history(&room, q.since.unwrap_or(0), q.limit.unwrap_or(100))
-        .await;
-    count(&gw, "history", result.is_ok());
-    match result {
-        Ok(slice) => {
-            let messages: Vec<Box<RawValue>> = slice
-                .messages
-                .into_iter()
-                .filter_map(|(_, f)| RawValue::from_string(f).ok())
-                .collect();
-            // A struct, not `json!`: the stored frames go out as stored.
-            #[derive(serde::Serialize)]
-            struct History {
-                room: String,
-                seq: u64,
-                epoch: String,
-                complete: bool,
-                messages: Vec<Box<RawValue>>,
-            }
-            Json(History {
-                room,
-                seq: slice.seq,
-                epoch: slice.epoch,
-                complete: slice.complete,
-                messages,
-            })
-            .into_response()
-        }
-        Err(e) => api_error(&e),
+    let (room, slice) = counted(&gw, "history", result.await)?;
+    let messages: Vec<Box<RawValue>> = slice
+        .messages
+        .into_iter()
+        .filter_map(|(_, f)| RawValue::from_string(f).ok())
+        .collect();
+    // A struct, not `json!`: the stored frames go out as stored.
+    #[derive(serde::Serialize)]
+    struct History {
+        room: String,
+        seq: u64,
+        epoch: String,
+        complete: bool,
+        messages: Vec<Box<RawValue>>,
     }
+    Ok(Json(History {
+        room: room.into_string(),
+        seq: slice.seq,
+        epoch: slice.epoch,
+        complete: slice.complete,
+        messages,
+    })
+    .into_response())
 }
 
-pub(crate) async fn presence(State(gw): State<Arc<Gateway>>, Path(room): Path<String>) -> Response {
-    let result = gw.presence(&room).await;
-    count(&gw, "presence", result.is_ok());
-    match result {
-        Ok(users) => Json(json!({"room": room, "users": users})).into_response(),
-        Err(e) => api_error(&e),
-    }
+pub(crate) async fn presence(
+    State(gw): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        let room = room_name(room)?;
+        let users = gw.presence(&room).await?;
+        Ok((room, users))
+    };
+    let (room, users) = counted(&gw, "presence", result.await)?;
+    Ok(Json(json!({"room": room, "users": users})).into_response())
 }
 
 pub(crate) async fn cluster(State(gw): State<Arc<Gateway>>) -> Response {
@@ -218,11 +206,7 @@ pub(crate) async fn require_key(
             .get(turnout_common::auth::API_KEY_HEADER)
             .map(|v| v.as_bytes());
         if !given.is_some_and(|g| turnout_common::auth::ct_eq(g, key.as_bytes())) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "X-API-Key missing or wrong",
-            );
+            return bad(ErrorCode::Unauthorized, "X-API-Key missing or wrong").into_response();
         }
     }
     next.run(req).await
@@ -245,17 +229,6 @@ pub(crate) fn grpc_key_checker(
     }
 }
 
-/// The demo page: one self-contained file, no external assets.
-pub(crate) async fn demo_page() -> impl IntoResponse {
-    (
-        [
-            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (axum::http::header::CACHE_CONTROL, "no-cache"),
-        ],
-        include_str!("../demo/index.html"),
-    )
-}
-
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {
     since: Option<u64>,
@@ -269,7 +242,7 @@ fn may_stream(
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
     room: &str,
-) -> Result<(), Box<Response>> {
+) -> Result<(), ApiError> {
     let key = gw.settings.api_key.as_deref();
     if key.is_none() && gw.auth.is_none() {
         return Ok(());
@@ -278,35 +251,22 @@ fn may_stream(
         if turnout_common::auth::ct_eq(given.as_bytes(), key.as_bytes()) {
             return Ok(());
         }
-        return Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "X-API-Key wrong",
-        )));
+        return Err(bad(ErrorCode::Unauthorized, "X-API-Key wrong"));
     }
     let Some(auth) = &gw.auth else {
-        return Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "X-API-Key missing",
-        )));
+        return Err(bad(ErrorCode::Unauthorized, "X-API-Key missing"));
     };
     let token = turnout_common::auth::token_from(headers, query)
         .ok_or(turnout_common::auth::AuthError::Missing);
     match token.and_then(|t| auth.verify(&t)) {
         Ok(claims) if claims.may_join(room) => Ok(()),
-        Ok(_) => Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden.as_str(),
+        Ok(_) => Err(bad(
+            ErrorCode::Forbidden,
             "the token's rooms claim does not include this room",
-        ))),
+        )),
         Err(e) => {
             gw.metrics.auth_failures.inc();
-            Err(Box::new(error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                &e.to_string(),
-            )))
+            Err(bad(ErrorCode::Unauthorized, e.to_string()))
         }
     }
 }
@@ -318,51 +278,31 @@ pub(crate) async fn events(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-    req: axum::extract::Request,
-) -> Response {
-    let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadFrame.as_str(),
-            "since must be a non-negative integer",
-        );
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let result = async {
+        let room = room_name(room)?;
+        let Ok(Query(q)) = q else {
+            return Err(bad(
+                ErrorCode::BadFrame,
+                "since must be a non-negative integer",
+            ));
+        };
+        may_stream(&gw, &headers, uri.query(), &room)?;
+        // A reconnecting EventSource sends the last id it saw; that wins over the URL.
+        let last_id = match headers
+            .get("last-event-id")
+            .map(|v| v.to_str().map(str::trim))
+        {
+            None | Some(Ok("")) => None,
+            Some(Ok(v)) => Some(v.parse::<u64>().map_err(|_| bad_last_id())?),
+            Some(Err(_)) => return Err(bad_last_id()),
+        };
+        let since = last_id.or(q.since).unwrap_or(0);
+        gw.stream(&room, since, "sse").await
     };
-    if let Err(refused) = may_stream(&gw, req.headers(), req.uri().query(), &room) {
-        count(&gw, "events", false);
-        return *refused;
-    }
-    // A reconnecting EventSource sends the last id it saw; that wins over the URL.
-    let last_id = match req
-        .headers()
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::trim))
-    {
-        None | Some(Ok("")) => None,
-        Some(Ok(v)) => match v.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadFrame.as_str(),
-                    "Last-Event-ID must be a seq (a non-negative integer)",
-                );
-            }
-        },
-        Some(Err(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadFrame.as_str(),
-                "Last-Event-ID must be a seq (a non-negative integer)",
-            );
-        }
-    };
-    let since = last_id.or(q.since).unwrap_or(0);
-    let result = gw.stream(&room, since, "sse").await;
-    count(&gw, "events", result.is_ok());
-    let rx = match result {
-        Ok(rx) => rx,
-        Err(e) => return api_error(&e),
-    };
+    let rx = counted(&gw, "events", result.await)?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
         Ok::<_, std::convert::Infallible>(match item {
             Ok(item) => crate::follow::sse_event(item),
@@ -382,7 +322,14 @@ pub(crate) async fn events(
         "x-accel-buffering",
         axum::http::HeaderValue::from_static("no"),
     );
-    response
+    Ok(response)
+}
+
+fn bad_last_id() -> ApiError {
+    bad(
+        ErrorCode::BadFrame,
+        "Last-Event-ID must be a seq (a non-negative integer)",
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -397,30 +344,26 @@ pub(crate) async fn disconnect(
     State(gw): State<Arc<Gateway>>,
     Path(user): Path<String>,
     body: Bytes,
-) -> Response {
-    let body: DisconnectBody = if body.iter().all(u8::is_ascii_whitespace) {
-        DisconnectBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(_) => {
-                count(&gw, "disconnect", false);
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadJson.as_str(),
+) -> Result<Response, ApiError> {
+    let result = async {
+        let user = user_id(user, "user")?;
+        let body: DisconnectBody = if body.iter().all(u8::is_ascii_whitespace) {
+            DisconnectBody::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|_| {
+                bad(
+                    ErrorCode::BadJson,
                     "body must be empty or {\"reason\": \"…\"}",
-                );
-            }
-        }
+                )
+            })?
+        };
+        let n = gw
+            .disconnect(&user, body.reason.as_deref().unwrap_or(""))
+            .await?;
+        Ok((user, n))
     };
-    let result = gw
-        .disconnect(&user, body.reason.as_deref().unwrap_or(""))
-        .await;
-    count(&gw, "disconnect", result.is_ok());
-    match result {
-        Ok(n) => Json(json!({"user": user, "connections": n})).into_response(),
-        Err(e) => api_error(&e),
-    }
+    let (user, n) = counted(&gw, "disconnect", result.await)?;
+    Ok(Json(json!({"user": user, "connections": n})).into_response())
 }
 
 /// The OpenAPI document of the HTTP API (`gateway/openapi.json`).

@@ -16,17 +16,18 @@
 //! the stream says `reset` and continues from the room's new first message.
 
 use crate::state::ApiError;
+use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use redis::PushInfo;
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use turnout_common::redis::{RoomPush, channel_room};
-use turnout_proto::bus;
+use turnout_common::recovery::{Cursor, Step};
+use turnout_common::redis::{HistorySlice, RoomPushes};
 use turnout_proto::codes::ErrorCode;
+use turnout_proto::names::RoomName;
 
 /// Pub/sub pushes buffered between the Redis reader and the rooms' rings.
 const PUSH_BUFFER: usize = 65_536;
@@ -113,7 +114,11 @@ impl Follower {
                 stop: stop.clone(),
             }
         });
-        tokio::spawn(follower.clone().read_pushes(push_rx));
+        tokio::spawn(turnout_common::redis::read_room_pushes(
+            push_rx,
+            follower.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(turnout_common::redis::watchdog(
             con,
             metrics.redis_errors,
@@ -130,12 +135,11 @@ impl Follower {
     /// `kind` names the API for logs ("sse", "grpc").
     pub(crate) async fn stream(
         self: &Arc<Self>,
-        room: &str,
+        room: &RoomName,
         since: u64,
         kind: &'static str,
     ) -> Result<mpsc::Receiver<Result<Item, ApiError>>, ApiError> {
-        turnout_proto::names::check_room(room)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
+        let room = room.as_str();
         let (rx, guard) = {
             let mut feeds = self.feeds();
             // The gauge moves only under this lock, so it is the exact count.
@@ -172,15 +176,17 @@ impl Follower {
         let mut state = StreamState {
             follower: self.clone(),
             room: room.to_owned(),
-            last: since,
-            epoch: String::new(),
+            cursor: Cursor::new(since, ""),
             out,
             _guard: guard,
         };
+        // Live only: start at the room's seq. Either way the room's epoch
+        // is known from the first read, so a loss of its state shows.
+        let slice = state.read(0, 0).await?;
         if since == 0 {
-            let slice = state.read(0, 0).await?;
-            state.last = slice.seq;
-            state.epoch = slice.epoch;
+            state.cursor = Cursor::new(slice.seq, slice.epoch);
+        } else if slice.seq >= since {
+            state.cursor.learn_epoch(&slice);
         }
         let span = tracing::info_span!("stream", room, kind, since);
         tokio::spawn(
@@ -200,43 +206,6 @@ impl Follower {
         Ok(out_rx)
     }
 
-    async fn read_pushes(self: Arc<Self>, mut rx: mpsc::Receiver<PushInfo>) {
-        loop {
-            let push = tokio::select! {
-                p = rx.recv() => match p { Some(p) => p, None => return },
-                _ = self.stop.cancelled() => return,
-            };
-            match RoomPush::decode(push) {
-                Some(RoomPush::Message(channel, payload)) => {
-                    let Some(room) = channel_room(&channel) else {
-                        continue;
-                    };
-                    // Presence events carry no seq and are not streamed.
-                    let Some(bus::Payload::Message { seq, frame }) = bus::decode_any(&payload)
-                    else {
-                        continue;
-                    };
-                    let Ok(frame) = std::str::from_utf8(frame) else {
-                        continue;
-                    };
-                    self.send(room, Event::Message(seq, Arc::from(frame)));
-                }
-                Some(RoomPush::Subscribed(channel)) => {
-                    if let Some(room) = channel_room(&channel) {
-                        self.send(room, Event::Resync);
-                    }
-                }
-                Some(RoomPush::Disconnected) => {
-                    self.metrics.redis_disconnects.inc();
-                    tracing::warn!(
-                        "Redis pub/sub connection of room streams lost; reconnecting and resubscribing"
-                    );
-                }
-                None => {}
-            }
-        }
-    }
-
     fn send(&self, room: &str, event: Event) {
         if let Some(feed) = self.feeds().get(room) {
             let _ = feed.tx.send(event);
@@ -245,6 +214,27 @@ impl Follower {
 
     fn wanted(&self, room: &str) -> bool {
         self.feeds().contains_key(room)
+    }
+}
+
+impl RoomPushes for Follower {
+    fn message(&self, room: &str, seq: u64, frame: Bytes) {
+        if let Ok(frame) = std::str::from_utf8(&frame) {
+            self.send(room, Event::Message(seq, Arc::from(frame)));
+        }
+    }
+
+    // Presence events carry no seq and are not streamed.
+
+    fn subscribed(&self, room: &str) {
+        self.send(room, Event::Resync);
+    }
+
+    fn disconnected(&self) {
+        self.metrics.redis_disconnects.inc();
+        tracing::warn!(
+            "Redis pub/sub connection of room streams lost; reconnecting and resubscribing"
+        );
     }
 }
 
@@ -277,40 +267,32 @@ const READ_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 struct StreamState {
     follower: Arc<Follower>,
     room: String,
-    last: u64,
-    epoch: String,
+    cursor: Cursor,
     out: mpsc::Sender<Result<Item, ApiError>>,
     _guard: StreamGuard,
 }
 
 impl StreamState {
-    async fn read(
-        &self,
-        since: u64,
-        limit: u64,
-    ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
-        // Right after Redis comes back, the command connection may still
-        // hold the broken socket: retry before ending the stream.
-        let started = tokio::time::Instant::now();
-        let mut backoff = std::time::Duration::from_millis(50);
-        loop {
-            let mut con = self.follower.redis.clone();
-            match turnout_common::redis::history(&mut con, &self.room, since, limit).await {
-                Ok(slice) => return Ok(slice),
-                Err(e) => {
-                    self.follower.metrics.redis_errors.inc();
-                    tracing::warn!(room = %self.room, error = %e, "history read for a stream failed");
-                    if started.elapsed() + backoff > READ_RETRY {
-                        return Err(ApiError::new(
-                            ErrorCode::Unavailable,
-                            "history unavailable; resume with since",
-                        ));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                }
-            }
-        }
+    async fn read(&self, since: u64, limit: u64) -> Result<HistorySlice, ApiError> {
+        let metrics = &self.follower.metrics;
+        turnout_common::recovery::read_history(
+            &self.follower.redis,
+            &self.room,
+            since,
+            limit,
+            READ_RETRY,
+            |e| {
+                metrics.redis_errors.inc();
+                tracing::warn!(room = %self.room, error = %e, "history read for a stream failed");
+            },
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "history unavailable; resume with since",
+            )
+        })
     }
 
     /// Queues an item; Err when the receiver is gone.
@@ -321,18 +303,16 @@ impl StreamState {
         self.out.send(Ok(item)).await.map_err(|_| ())
     }
 
-    /// Sends what history holds after `last`, up to `upto` (or the room's
-    /// current seq), noticing a reset of the room's state on the way.
+    /// Sends what history holds after the last seq sent, up to `upto` (or
+    /// the room's current seq), noticing a reset of the room's state on the
+    /// way.
     async fn catch_up(&mut self, upto: u64) -> Result<(), ApiError> {
         loop {
-            let slice = self.read(self.last, CATCH_UP_PAGE).await?;
-            let lost_state = self.last > slice.seq
-                || (!self.epoch.is_empty() && !slice.epoch.is_empty() && slice.epoch != self.epoch);
-            if lost_state {
+            let slice = self.read(self.cursor.last(), CATCH_UP_PAGE).await?;
+            if self.cursor.lost_state(&slice) {
                 self.follower.metrics.resets.inc();
-                tracing::info!(room = %self.room, last = self.last, seq = slice.seq, "room state was reset in Redis; stream starts over");
-                self.epoch = slice.epoch.clone();
-                self.last = 0;
+                tracing::info!(room = %self.room, last = self.cursor.last(), seq = slice.seq, "room state was reset in Redis; stream starts over");
+                self.cursor.reset(0, slice.epoch.clone());
                 let reset = Item::Reset {
                     epoch: slice.epoch,
                     seq: slice.seq,
@@ -342,14 +322,12 @@ impl StreamState {
                 }
                 continue;
             }
-            if self.epoch.is_empty() {
-                self.epoch = slice.epoch;
-            }
+            self.cursor.learn_epoch(&slice);
             let mut progressed = false;
             for (seq, frame) in slice.messages {
-                if seq > self.last {
+                if self.cursor.classify(seq) != Step::Duplicate {
                     self.follower.metrics.caught_up.inc();
-                    self.last = seq;
+                    self.cursor.advance(seq);
                     progressed = true;
                     let item = Item::Message {
                         seq,
@@ -360,7 +338,7 @@ impl StreamState {
                     }
                 }
             }
-            if !progressed || self.last >= upto.min(slice.seq) {
+            if !progressed || self.cursor.last() >= upto.min(slice.seq) {
                 return Ok(());
             }
         }
@@ -377,15 +355,17 @@ impl StreamState {
             };
             let result = match event {
                 Ok(Event::Message(seq, frame)) => {
-                    if seq <= self.last {
-                        continue;
-                    }
                     let mut r = Ok(());
-                    if seq > self.last + 1 {
-                        r = self.catch_up(seq - 1).await;
+                    if let Step::Gap { to, .. } = self.cursor.classify(seq) {
+                        r = self.catch_up(to).await;
+                        // What history could not fill (or does not keep)
+                        // is gone: the jump in seq shows it; go on live.
+                        if r.is_ok() && self.cursor.classify(seq) != Step::Duplicate {
+                            self.cursor.advance(to);
+                        }
                     }
-                    if r.is_ok() && seq == self.last + 1 {
-                        self.last = seq;
+                    if r.is_ok() && self.cursor.classify(seq) == Step::Next {
+                        self.cursor.advance(seq);
                         if self.emit(Item::Message { seq, frame }).await.is_err() {
                             return;
                         }

@@ -1,7 +1,7 @@
 //! `turnout.v1.Gateway`: the server API over gRPC, same semantics as HTTP.
 
 use crate::follow::Item;
-use crate::state::Gateway;
+use crate::state::{Gateway, room_name, user_id};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
@@ -17,27 +17,7 @@ pub(crate) fn server(gw: Arc<Gateway>) -> GatewayServer<GatewayService> {
     GatewayServer::new(GatewayService { gw })
 }
 
-/// A stored message frame as a `RoomMessage`.
-pub(crate) fn room_message(frame: &str) -> Option<RoomMessage> {
-    match serde_json::from_str(frame).ok()? {
-        turnout_proto::frames::ServerFrame::Message {
-            room,
-            seq,
-            from,
-            node,
-            ts,
-            data,
-        } => Some(RoomMessage {
-            room,
-            seq,
-            from,
-            node,
-            ts,
-            data_json: data.to_string(),
-        }),
-        _ => None,
-    }
-}
+pub(crate) use turnout_proto::bus::room_message;
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<RoomMessage, Status>> + Send>>;
 
@@ -48,12 +28,12 @@ impl GatewayApi for GatewayService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let r = req.into_inner();
-        let from = Some(r.from).filter(|f| !f.is_empty());
-        let seq = self
-            .gw
-            .publish(&r.room, r.data_json, from)
-            .await
-            .map_err(|e| e.grpc_status())?;
+        let room = room_name(r.room)?;
+        let from = Some(r.from)
+            .filter(|f| !f.is_empty())
+            .map(|f| user_id(f, "from"))
+            .transpose()?;
+        let seq = self.gw.publish(&room, r.data_json, from).await?;
         Ok(Response::new(PublishReply { seq }))
     }
 
@@ -63,11 +43,7 @@ impl GatewayApi for GatewayService {
     ) -> Result<Response<HistoryReply>, Status> {
         let r = req.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit as u64 };
-        let slice = self
-            .gw
-            .history(&r.room, r.since, limit)
-            .await
-            .map_err(|e| e.grpc_status())?;
+        let slice = self.gw.history(&room_name(r.room)?, r.since, limit).await?;
         Ok(Response::new(HistoryReply {
             messages: slice
                 .messages
@@ -84,11 +60,8 @@ impl GatewayApi for GatewayService {
         &self,
         req: Request<PresenceRequest>,
     ) -> Result<Response<PresenceReply>, Status> {
-        let users = self
-            .gw
-            .presence(&req.into_inner().room)
-            .await
-            .map_err(|e| e.grpc_status())?;
+        let room = room_name(req.into_inner().room)?;
+        let users = self.gw.presence(&room).await?;
         Ok(Response::new(PresenceReply { users }))
     }
 
@@ -111,9 +84,12 @@ impl GatewayApi for GatewayService {
         req: Request<SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
         let r = req.into_inner();
-        let result = self.gw.stream(&r.room, r.since, "grpc").await;
+        let result = match room_name(r.room) {
+            Ok(room) => self.gw.stream(&room, r.since, "grpc").await,
+            Err(e) => Err(e),
+        };
         crate::api::count(&self.gw, "subscribe", result.is_ok());
-        let rx = result.map_err(|e| e.grpc_status())?;
+        let rx = result?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
             Ok(Item::Message { frame, .. }) => room_message(&frame)
                 .ok_or_else(|| Status::internal("a stored message could not be decoded")),
@@ -122,7 +98,7 @@ impl GatewayApi for GatewayService {
             Ok(Item::Reset { epoch, seq }) => Err(Status::aborted(format!(
                 "the room's state was reset in Redis (new epoch {epoch}, seq {seq}); resubscribe"
             ))),
-            Err(e) => Err(e.grpc_status()),
+            Err(e) => Err(e.into()),
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -132,9 +108,12 @@ impl GatewayApi for GatewayService {
         req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
         let r = req.into_inner();
-        let result = self.gw.disconnect(&r.user, &r.reason).await;
+        let result = match user_id(r.user, "user") {
+            Ok(user) => self.gw.disconnect(&user, &r.reason).await,
+            Err(e) => Err(e),
+        };
         crate::api::count(&self.gw, "disconnect", result.is_ok());
-        let connections = result.map_err(|e| e.grpc_status())?;
+        let connections = result?;
         Ok(Response::new(DisconnectReply { connections }))
     }
 }

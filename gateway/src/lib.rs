@@ -8,7 +8,9 @@
 //! - `api`: the HTTP server API, `/healthz`, `/readyz`, `/metrics`.
 //! - `grpc`: the `turnout.v1.Gateway` service on the same port.
 //! - `follow`: room streams (gRPC `Subscribe`, SSE) fed from Redis.
-//! - `state`: shared state and the operations both APIs use.
+//! - `state`: shared state, the API error, and the operations both APIs use.
+//! - `strategy`: what differs between the strategies: where a client goes,
+//!   where the server API finds a room.
 
 mod api;
 mod cluster;
@@ -17,6 +19,7 @@ mod grpc;
 mod proxy;
 pub mod settings;
 mod state;
+mod strategy;
 
 pub use settings::Settings;
 
@@ -72,7 +75,7 @@ fn http_routes() -> Vec<HttpRoute> {
             post(api::disconnect),
         ),
         r("get", "/api/openapi.json", false, get(api::openapi)),
-        r("get", "/", false, get(api::demo_page)),
+        r("get", "/", false, get(turnout_common::serve::demo_page)),
         r("get", "/healthz", false, get(|| async { "ok" })),
         r("get", "/readyz", false, get(api::readyz)),
         r("get", "/metrics", false, get(api::metrics)),

@@ -4,7 +4,7 @@
 //! upgrade request to the chosen node, relays the node's answer (101 or an
 //! error) and then copies bytes both ways until either side closes.
 
-use crate::state::Gateway;
+use crate::state::{ApiError, Gateway, room_name};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use turnout_proto::codes::ErrorCode;
 
 fn is_upgrade(req: &Request) -> bool {
     let has = |name: header::HeaderName, token: &str| {
@@ -67,11 +68,8 @@ pub(crate) async fn ws(
     mut req: Request,
 ) -> Response {
     if !is_upgrade(&req) {
-        return crate::api::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected a WebSocket upgrade",
-        );
+        return ApiError::new(ErrorCode::BadRequest, "expected a WebSocket upgrade")
+            .into_response();
     }
     // Refuse bad tokens here, before any node is bothered (nodes check too).
     if let Some(auth) = &gw.auth {
@@ -82,17 +80,21 @@ pub(crate) async fn ws(
         };
         if let Err(e) = verdict {
             gw.metrics.auth_failures.inc();
-            return crate::api::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
     }
     let Some(ip_slot) = IpSlot::take(&gw, peer.ip()) else {
-        return crate::api::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+        return ApiError::new(
+            ErrorCode::RateLimited,
             "too many connections from your address",
-        );
+        )
+        .into_response();
     };
-    let room = crate::api::query_param(req.uri().query(), "room");
+    let room = match crate::api::query_param(req.uri().query(), "room").map(room_name) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => return e.into_response(),
+    };
     let path = match req.uri().query() {
         Some(q) => format!("/ws?{q}"),
         None => "/ws".to_owned(),
@@ -110,15 +112,12 @@ pub(crate) async fn ws(
     let mut failed: Vec<String> = Vec::new();
     let (node, mut resp) = loop {
         if failed.len() >= 3 {
-            return crate::api::error(
-                StatusCode::BAD_GATEWAY,
-                "unavailable",
-                "no ws-node answered; retry",
-            );
+            let e = ApiError::new(ErrorCode::Unavailable, "no ws-node answered; retry");
+            return (StatusCode::BAD_GATEWAY, e).into_response();
         }
-        let node = match gw.pick(room.as_deref(), true, &failed).await {
+        let node = match gw.pick(room.as_ref(), true, &failed).await {
             Ok(n) => n,
-            Err(e) => return crate::api::api_error(&e),
+            Err(e) => return e.into_response(),
         };
         let retry = |failed: &mut Vec<String>| {
             gw.metrics.upstream_errors.inc();

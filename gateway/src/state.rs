@@ -3,6 +3,7 @@
 use crate::cluster::{self, Picker, View};
 use crate::settings::Settings;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::ConnectionManager;
@@ -17,9 +18,10 @@ use turnout_proto::v1::node_client::NodeClient;
 
 /// A gRPC channel whose calls carry the internal token.
 pub(crate) type Internal = tonic::service::interceptor::InterceptedService<Channel, InternalToken>;
+use turnout_proto::Strategy;
+use turnout_proto::names::{RoomName, UserId};
+use turnout_proto::v1::NodeInfo;
 use turnout_proto::v1::router_client::RouterClient;
-use turnout_proto::v1::{DeliverRequest, NodeInfo, RouteRequest};
-use turnout_proto::{Strategy, names};
 
 /// Most users one presence call returns (a sample in larger rooms).
 pub(crate) const MAX_PRESENCE: u64 = 10_000;
@@ -119,6 +121,8 @@ impl GatewayMetrics {
 }
 
 /// An API failure: a code from the documented set, safe to show callers.
+/// It knows its HTTP status and gRPC code ([`ErrorCode`]), so every handler
+/// returns it as is.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
@@ -132,37 +136,33 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
 
-    pub(crate) fn http_status(&self) -> StatusCode {
-        match self.code {
-            ErrorCode::BadJson
-            | ErrorCode::BadFrame
-            | ErrorCode::BadName
-            | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited | ErrorCode::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::NotJoined | ErrorCode::WrongNode => StatusCode::CONFLICT,
-            ErrorCode::Draining | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+impl IntoResponse for ApiError {
+    /// A JSON error body: `{"error":{"code":…,"message":…}}`.
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        (status, axum::Json(body)).into_response()
     }
+}
 
-    pub(crate) fn grpc_status(&self) -> tonic::Status {
-        let m = self.message.clone();
-        match self.code {
-            ErrorCode::BadJson
-            | ErrorCode::BadFrame
-            | ErrorCode::BadName
-            | ErrorCode::UnknownType => tonic::Status::invalid_argument(m),
-            ErrorCode::Forbidden => tonic::Status::permission_denied(m),
-            ErrorCode::RateLimited | ErrorCode::TooManyRooms => {
-                tonic::Status::resource_exhausted(m)
-            }
-            ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Status::failed_precondition(m),
-            ErrorCode::Draining | ErrorCode::Unavailable => tonic::Status::unavailable(m),
-            ErrorCode::Internal => tonic::Status::internal(m),
-        }
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        e.code.status(e.message)
     }
+}
+
+/// A room name from outside, checked once.
+pub(crate) fn room_name(room: impl Into<String>) -> Result<RoomName, ApiError> {
+    RoomName::parse(room).map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))
+}
+
+/// A user id from outside, checked once; `what` names the field.
+pub(crate) fn user_id(user: impl Into<String>, what: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user).map_err(|e| ApiError::new(ErrorCode::BadName, format!("{what} {e}")))
 }
 
 /// Shared by every handler of one gateway.
@@ -175,14 +175,14 @@ pub(crate) struct Gateway {
     pub(crate) redis: ConnectionManager,
     nodes: DashMap<String, NodeClient<Internal>>,
     /// One client per router URL, in failover order.
-    routers: Vec<RouterClient<Internal>>,
+    pub(crate) routers: Vec<RouterClient<Internal>>,
     pub(crate) internal: InternalToken,
     /// Client token verification; None runs open.
     pub(crate) auth: Option<ClientAuth>,
     /// Proxied connections per client IP.
     pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
     /// Sticky: room -> owner, for [`ROUTE_CACHE_TTL`] unless the owner leaves.
-    route_cache: DashMap<String, (NodeInfo, Instant)>,
+    pub(crate) route_cache: DashMap<String, (NodeInfo, Instant)>,
     /// Room streams (SSE, gRPC `Subscribe`); set once at start.
     pub(crate) follower: std::sync::OnceLock<Arc<crate::follow::Follower>>,
 }
@@ -252,95 +252,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// The node a new client for `room` should use.
-    pub(crate) async fn route(&self, room: Option<&str>) -> Result<NodeInfo, ApiError> {
-        self.pick(room, true, &[]).await
-    }
-
-    /// Picks a node; `avoid` lists nodes that just failed to answer.
-    pub(crate) async fn pick(
-        &self,
-        room: Option<&str>,
-        record: bool,
-        avoid: &[String],
-    ) -> Result<NodeInfo, ApiError> {
-        match self.strategy() {
-            Strategy::Pubsub => {
-                let view = self.view.borrow().clone();
-                self.picker
-                    .least_loaded(&view, record, avoid)
-                    .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no live ws-node"))
-            }
-            Strategy::Sticky => {
-                let room = room.ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::BadFrame,
-                        "sticky strategy: `room` is required to find the room's node",
-                    )
-                })?;
-                names::check_room(room)
-                    .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
-                self.owner(room).await
-            }
-        }
-    }
-
-    /// Sticky: the owner of `room`, from the cache or a router.
-    async fn owner(&self, room: &str) -> Result<NodeInfo, ApiError> {
-        if let Some(hit) = self.route_cache.get(room) {
-            let (node, at) = hit.value();
-            let still_live = self
-                .view
-                .borrow()
-                .reply
-                .nodes
-                .iter()
-                .any(|n| n.id == node.id && !n.draining);
-            if at.elapsed() < ROUTE_CACHE_TTL && still_live {
-                return Ok(node.clone());
-            }
-        }
-        let mut last = None;
-        for router in &self.routers {
-            let mut r = router.clone();
-            match r
-                .route(RouteRequest {
-                    room: room.to_owned(),
-                })
-                .await
-            {
-                Ok(reply) => {
-                    let node = reply.into_inner().node.ok_or_else(|| {
-                        ApiError::new(ErrorCode::Unavailable, "router named no node")
-                    })?;
-                    self.route_cache
-                        .insert(room.to_owned(), (node.clone(), Instant::now()));
-                    if self.route_cache.len() > 100_000 {
-                        self.route_cache
-                            .retain(|_, (_, at)| at.elapsed() < ROUTE_CACHE_TTL);
-                    }
-                    return Ok(node);
-                }
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    return Err(ApiError::new(ErrorCode::BadName, s.message()));
-                }
-                Err(s) => last = Some(s),
-            }
-        }
-        let why = last.map(|s| s.message().to_owned()).unwrap_or_default();
-        tracing::warn!(room, error = %why, "no router could route the room");
-        Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "no router could place the room; retry",
-        ))
-    }
-
-    /// Forgets a cached owner that turned out wrong.
-    pub(crate) fn forget_route(&self, room: &str) {
-        self.route_cache.remove(room);
-    }
-
-    fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Internal>, ApiError> {
+    pub(crate) fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Internal>, ApiError> {
         if let Some(c) = self.nodes.get(&node.internal_url) {
             return Ok(c.clone());
         }
@@ -353,98 +265,9 @@ impl Gateway {
         Ok(client)
     }
 
-    /// Publishes into `room` through a ws-node; returns the seq.
-    pub(crate) async fn publish(
-        &self,
-        room: &str,
-        data_json: String,
-        from: Option<String>,
-    ) -> Result<u64, ApiError> {
-        names::check_room(room)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
-        let from = from
-            .filter(|f| !f.is_empty())
-            .unwrap_or_else(|| "api".to_owned());
-        names::check_user(&from)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("from {e}")))?;
-        if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
-            return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
-        }
-        // Sticky: a cached owner may have lost the room; ask again once.
-        for attempt in 0..2 {
-            let node = self.pick(Some(room), false, &[]).await?;
-            let mut client = self.node_client(&node)?;
-            let req = DeliverRequest {
-                room: room.to_owned(),
-                data_json: data_json.clone(),
-                from: from.clone(),
-                epoch: 0,
-            };
-            match client.deliver(req).await {
-                Ok(reply) => return Ok(reply.into_inner().seq),
-                Err(s) => {
-                    tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
-                    match s.code() {
-                        tonic::Code::InvalidArgument => {
-                            return Err(ApiError::new(ErrorCode::BadFrame, s.message()));
-                        }
-                        _ if attempt == 0 && self.strategy() == Strategy::Sticky => {
-                            self.forget_route(room)
-                        }
-                        _ => {
-                            return Err(ApiError::new(
-                                ErrorCode::Unavailable,
-                                "publish failed; retry",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "publish failed; retry",
-        ))
-    }
-
-    /// Messages of `room` after `since`.
-    pub(crate) async fn history(
-        &self,
-        room: &str,
-        since: u64,
-        limit: u64,
-    ) -> Result<turnout_common::redis::HistorySlice, ApiError> {
-        names::check_room(room)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
-        let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
-        let mut con = self.redis.clone();
-        turnout_common::redis::history(&mut con, room, since, limit)
-            .await
-            .map_err(|e| {
-                tracing::warn!(room, error = %e, "history read failed");
-                ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
-            })
-    }
-
-    /// Starts a stream of `room`'s messages after `since` (0: live only).
-    pub(crate) async fn stream(
-        &self,
-        room: &str,
-        since: u64,
-        kind: &'static str,
-    ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::follow::Item, ApiError>>, ApiError> {
-        let follower = self
-            .follower
-            .get()
-            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "starting up; retry"))?;
-        follower.stream(room, since, kind).await
-    }
-
     /// Closes every connection of `user` on every live node; returns how many.
     /// Fails (and may be retried: it is idempotent) when a node did not answer.
-    pub(crate) async fn disconnect(&self, user: &str, reason: &str) -> Result<u64, ApiError> {
-        names::check_user(user)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("user {e}")))?;
+    pub(crate) async fn disconnect(&self, user: &UserId, reason: &str) -> Result<u64, ApiError> {
         if reason.len() > 123 {
             return Err(ApiError::new(
                 ErrorCode::BadFrame,
@@ -455,7 +278,7 @@ impl Gateway {
         let calls = nodes.iter().map(|node| async move {
             let mut client = self.node_client(node)?;
             let req = turnout_proto::v1::DisconnectRequest {
-                user: user.to_owned(),
+                user: user.to_string(),
                 reason: reason.to_owned(),
             };
             client
@@ -476,7 +299,7 @@ impl Gateway {
                 Err(_) => failed += 1,
             }
         }
-        tracing::info!(user, closed, failed, "user disconnected");
+        tracing::info!(%user, closed, failed, "user disconnected");
         if failed > 0 {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -484,19 +307,5 @@ impl Gateway {
             ));
         }
         Ok(closed)
-    }
-
-    /// Users present in `room`.
-    pub(crate) async fn presence(&self, room: &str) -> Result<Vec<String>, ApiError> {
-        names::check_room(room)
-            .map_err(|e| ApiError::new(ErrorCode::BadName, format!("room {e}")))?;
-        let mut con = self.redis.clone();
-        let users = turnout_common::redis::presence(&mut con, room, MAX_PRESENCE)
-            .await
-            .map_err(|e| {
-                tracing::warn!(room, error = %e, "presence read failed");
-                ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
-            })?;
-        Ok(users.users)
     }
 }

@@ -107,6 +107,35 @@ pub fn encode(seq: u64, frame: &str) -> String {
     format!("{seq} {frame}")
 }
 
+/// A stored message frame as a gRPC `RoomMessage`.
+pub fn room_message(frame: &str) -> Option<crate::v1::RoomMessage> {
+    match serde_json::from_str(frame).ok()? {
+        crate::frames::ServerFrame::Message {
+            room,
+            seq,
+            from,
+            node,
+            ts,
+            data,
+        } => Some(crate::v1::RoomMessage {
+            room,
+            seq,
+            from,
+            node,
+            ts,
+            data_json: data.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// A gRPC `RoomMessage` as the frame clients get (the inverse of
+/// [`room_message`]).
+pub fn message_frame(m: &crate::v1::RoomMessage) -> Option<String> {
+    let data = RawValue::from_string(m.data_json.clone()).ok()?;
+    Some(frame_parts(&m.room, &m.from, &m.node, m.ts, &data).render(m.seq))
+}
+
 /// Parses a history stream id `<seq>-0` into its seq.
 pub fn seq_from_stream_id(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
@@ -145,6 +174,19 @@ mod tests {
         let (seq, body) = decode(payload.as_bytes()).unwrap();
         assert_eq!(seq, 42);
         assert_eq!(body, frame.as_bytes());
+    }
+
+    #[test]
+    fn room_messages_round_trip() {
+        let data = RawValue::from_string(r#"{"k":[1,"x"]}"#.into()).unwrap();
+        let frame = frame_parts("r", "u", "n", 7, &data).render(3);
+        let m = room_message(&frame).unwrap();
+        assert_eq!(
+            (m.seq, m.ts, m.data_json.as_str()),
+            (3, 7, r#"{"k":[1,"x"]}"#)
+        );
+        assert_eq!(message_frame(&m).unwrap(), frame);
+        assert!(room_message(r#"{"type":"pong"}"#).is_none());
     }
 
     #[test]

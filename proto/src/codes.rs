@@ -32,10 +32,14 @@ pub enum ErrorCode {
     Unavailable,
     /// Unexpected server failure; details are in the server's log only.
     Internal,
+    /// Server API and upgrades only: the API key or client token is missing or wrong.
+    Unauthorized,
+    /// Server API and upgrades only: the HTTP request is not what the endpoint takes.
+    BadRequest,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadFrame,
@@ -48,6 +52,8 @@ impl ErrorCode {
         ErrorCode::Draining,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,7 +70,54 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadRequest => "bad_request",
         }
+    }
+
+    /// The HTTP status the server API answers this code with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadJson
+            | ErrorCode::BadFrame
+            | ErrorCode::BadName
+            | ErrorCode::UnknownType
+            | ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotJoined | ErrorCode::WrongNode => 409,
+            ErrorCode::RateLimited | ErrorCode::TooManyRooms => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Draining | ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// The gRPC status code for this code.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::BadJson
+            | ErrorCode::BadFrame
+            | ErrorCode::BadName
+            | ErrorCode::UnknownType
+            | ErrorCode::BadRequest => tonic::Code::InvalidArgument,
+            ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorCode::Forbidden => tonic::Code::PermissionDenied,
+            ErrorCode::RateLimited | ErrorCode::TooManyRooms => tonic::Code::ResourceExhausted,
+            ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Code::FailedPrecondition,
+            ErrorCode::Draining | ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// A gRPC status with this code and `message`.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), message)
+    }
+}
+
+impl From<crate::names::NameError> for ErrorCode {
+    fn from(_: crate::names::NameError) -> Self {
+        ErrorCode::BadName
     }
 }
 

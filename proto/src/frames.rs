@@ -6,7 +6,7 @@
 //! rendered once by [`crate::bus`] rather than through this type.
 
 use crate::codes::ErrorCode;
-use crate::names;
+use crate::names::RoomName;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -14,16 +14,16 @@ use serde_json::value::RawValue;
 #[derive(Debug)]
 pub enum ClientFrame {
     Join {
-        room: String,
+        room: RoomName,
         since: Option<u64>,
         /// The room's history epoch the client's `since` belongs to.
         epoch: Option<String>,
     },
     Leave {
-        room: String,
+        room: RoomName,
     },
     Publish {
-        room: String,
+        room: RoomName,
         data: Box<RawValue>,
         id: Option<String>,
     },
@@ -87,12 +87,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let kind = raw
         .kind
         .ok_or_else(|| FrameError::new(ErrorCode::UnknownType, "missing field `type`"))?;
-    let room = |room: Option<String>| -> Result<String, FrameError> {
+    let room = |room: Option<String>| -> Result<RoomName, FrameError> {
         let room =
             room.ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `room`"))?;
-        names::check_room(&room)
-            .map_err(|e| FrameError::new(ErrorCode::BadName, format!("room name {e}")))?;
-        Ok(room)
+        RoomName::parse(room)
+            .map_err(|e| FrameError::new(ErrorCode::BadName, format!("room name {e}")))
     };
     match kind.as_str() {
         "join" => {

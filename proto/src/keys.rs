@@ -19,6 +19,16 @@ pub const NODE_PREFIX: &str = "turnout:node:";
 /// to consume with consumer groups.
 pub const INBOX: &str = "turnout:inbox";
 
+/// Prefix of nodes' control channels (see [`node_control`]).
+pub const CONTROL_PREFIX: &str = "turnout:control:";
+
+/// A node's control channel: claims that take a room from the node say so
+/// here (`moved <room> <epoch> <new owner>`), so the old owner moves the
+/// room's members at once.
+pub fn node_control(id: &str) -> String {
+    format!("{CONTROL_PREFIX}{id}")
+}
+
 /// Heartbeat record of a node (JSON `NodeInfo`), with a TTL.
 pub fn node(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
@@ -63,9 +73,16 @@ pub fn room_epoch(room: &str) -> String {
     format!("turnout:{{{room}}}:epoch")
 }
 
-/// Presence of a room: hash `"<node>/<conn>"` → user id.
+/// Presence of a room: hash `"<holder>/<conn>"` → user id, where a holder
+/// is one node process (`<node>/<incarnation>`).
 pub fn room_presence(room: &str) -> String {
     format!("turnout:{{{room}}}:presence")
+}
+
+/// Presence leases of a room: hash holder → lease end (ms, Redis clock),
+/// renewed by each node with members in the room while it lives.
+pub fn room_holders(room: &str) -> String {
+    format!("turnout:{{{room}}}:holders")
 }
 
 #[cfg(test)]

@@ -25,10 +25,14 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/turnout_descriptor.bin"));
 
-/// The two ways of scaling WebSockets past one server.
+/// The two ways of scaling WebSockets past one server, and the baseline
+/// they fix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
+    /// Servers that share nothing: each serves only its own clients, with
+    /// room state in its own memory (the single-server baseline).
+    Local,
     /// Every room has one owner node; all its members connect there.
     Sticky,
     /// Clients land anywhere; nodes relay room messages over Redis pub/sub.
@@ -38,6 +42,7 @@ pub enum Strategy {
 impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
+            Strategy::Local => "local",
             Strategy::Sticky => "sticky",
             Strategy::Pubsub => "pubsub",
         }
@@ -54,10 +59,11 @@ impl std::str::FromStr for Strategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "local" => Ok(Strategy::Local),
             "sticky" => Ok(Strategy::Sticky),
             "pubsub" => Ok(Strategy::Pubsub),
             other => Err(format!(
-                "`{other}` is not a strategy; accepted values: sticky, pubsub"
+                "`{other}` is not a strategy; accepted values: sticky, pubsub, local"
             )),
         }
     }

@@ -1,5 +1,10 @@
 //! Room names and user ids: a documented charset and length, so they can be
 //! used in Redis keys (no `{`/`}` to break hash tags), URLs and logs as they are.
+//!
+//! [`RoomName`] and [`UserId`] are the validated forms: every edge (client
+//! frames, HTTP paths, gRPC requests, settings) parses outside input into
+//! them once, and everything behind the edge takes the newtype, so an
+//! unchecked name cannot reach a key or a log line.
 
 /// Longest accepted room name, in bytes.
 pub const MAX_ROOM_LEN: usize = 64;
@@ -27,6 +32,8 @@ impl std::fmt::Display for NameError {
     }
 }
 
+impl std::error::Error for NameError {}
+
 fn check(s: &str, max: usize) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
@@ -53,6 +60,102 @@ pub fn check_user(s: &str) -> Result<(), NameError> {
     check(s, MAX_USER_LEN)
 }
 
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $check:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `s` against the charset and length rules.
+            pub fn parse(s: impl Into<String>) -> Result<Self, NameError> {
+                let s = s.into();
+                $check(&s)?;
+                Ok($name(s))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                $name::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                $name::parse(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A validated room name (see [`check_room`]).
+    RoomName,
+    check_room
+);
+
+name_type!(
+    /// A validated user id (see [`check_user`]); node ids follow the same rule.
+    UserId,
+    check_user
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +170,17 @@ mod tests {
             Err(NameError::TooLong { max: 64 })
         );
         assert_eq!(check_room("é"), Err(NameError::BadChar('é')));
+    }
+
+    #[test]
+    fn newtypes_parse_once() {
+        let r = RoomName::parse("lobby").unwrap();
+        assert_eq!(&*r, "lobby");
+        assert_eq!(r, "lobby");
+        assert!(RoomName::parse("a b").is_err());
+        let u: UserId = serde_json::from_str("\"alice\"").unwrap();
+        assert_eq!(u.as_str(), "alice");
+        assert!(serde_json::from_str::<UserId>("\"{x}\"").is_err());
+        assert_eq!(serde_json::to_string(&u).unwrap(), "\"alice\"");
     }
 }

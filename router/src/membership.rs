@@ -5,27 +5,13 @@
 //! published to watchers only when something besides heartbeat time changed.
 
 use prometheus::IntGauge;
-use redis::Script;
 use redis::aio::ConnectionManager;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use turnout_proto::v1::NodeInfo;
 use turnout_proto::{Strategy, keys, now_ms};
-
-/// Removes an id from the node set only if its heartbeat is still absent,
-/// so a node that heartbeats concurrently is never dropped.
-static FORGET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.call('SREM', KEYS[1], ARGV[1])
-end
-return 0
-"#,
-    )
-});
 
 /// One reading of the live set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,10 +63,7 @@ pub(crate) async fn read(
         match record.and_then(|r| serde_json::from_str::<NodeInfo>(&r).ok()) {
             Some(info) => nodes.push(info),
             None => {
-                let _: i64 = FORGET
-                    .key(keys::NODES)
-                    .key(keys::node(id))
-                    .arg(id)
+                let _: i64 = turnout_common::redis::scripts::forget(id)
                     .invoke_async(con)
                     .await?;
             }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
+use turnout_common::redis::Liveness;
 use turnout_proto::Strategy;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::names::RoomName;
 use turnout_proto::v1::router_server::{Router, RouterServer};
 use turnout_proto::v1::{
     NodeInfo, NodesReply, NodesRequest, RouteReply, RouteRequest, WatchNodesRequest,
@@ -58,27 +61,35 @@ impl RouterService {
     }
 
     /// Sticky: the room's live owner, or a new placement claimed atomically.
-    async fn place(&self, room: &str, snap: &Snapshot) -> Result<RouteReply, Status> {
+    async fn place(&self, room: &RoomName, snap: &Snapshot) -> Result<RouteReply, Status> {
         let recent = self.recent.counts();
         let load = |n: &NodeInfo| n.rooms + recent.get(&n.id).copied().unwrap_or(0);
         let candidate = choose(room, &snap.nodes, &load, self.settings.load_factor)
             .ok_or_else(|| Status::unavailable("no live ws-node"))?;
         let mut con = self.redis.clone();
-        let owner = turnout_common::redis::claim(
+        // The owner stays while this router sees it alive and taking rooms.
+        let live: Vec<String> = snap
+            .nodes
+            .iter()
+            .filter(|n| !n.draining)
+            .map(|n| n.id.clone())
+            .collect();
+        let owner = turnout_common::redis::rooms::claim(
             &mut con,
             room,
             &candidate.id,
             self.settings.placement_ttl,
+            Liveness::Live(&live),
         )
         .await
         .map_err(|e| {
-            tracing::warn!(room, error = %e, "claim failed");
+            tracing::warn!(room = %room, error = %e, "claim failed");
             Status::unavailable("placement store unreachable; retry")
         })?;
         if owner.claimed {
             self.recent.record(&owner.node);
             self.metrics.claims.inc();
-            tracing::debug!(room, node = %owner.node, epoch = owner.epoch, "room placed");
+            tracing::debug!(room = %room, node = %owner.node, epoch = owner.epoch, "room placed");
         }
         let node = match snap.nodes.iter().find(|n| n.id == owner.node) {
             Some(n) => n.clone(),
@@ -128,12 +139,13 @@ type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<NodesReply, Status>> + Se
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteReply>, Status> {
-        let room = req.into_inner().room;
-        turnout_proto::names::check_room(&room)
-            .map_err(|e| Status::invalid_argument(format!("room {e}")))?;
+        let room = RoomName::parse(req.into_inner().room)
+            .map_err(|e| ErrorCode::BadName.status(format!("room {e}")))?;
         let snap = self.snapshot.borrow().clone();
+        // The one place where the strategies differ here: sticky places the
+        // room on an owner; the others send a client to the least-loaded node.
         let result = match self.strategy() {
-            Strategy::Pubsub => least_loaded(&snap.nodes)
+            Strategy::Pubsub | Strategy::Local => least_loaded(&snap.nodes)
                 .map(|node| RouteReply {
                     node: Some(node.clone()),
                     epoch: 0,

@@ -1,109 +1,116 @@
-//! The Redis pub/sub relay (pubsub strategy).
+//! The node's pub/sub connection to Redis: room channels (pubsub strategy)
+//! and the node's control channel (sticky: notices of rooms taken over).
 //!
-//! One RESP3 connection carries every room subscription. Its pushes go into a
-//! bounded buffer (`bus_buffer`) read by one task that decodes each message
-//! once and hands it to the hub; nothing on this path waits for a client, so
-//! a slow client can never make Redis drop the node's subscription. A full
-//! buffer drops the push and counts it; the room's next message exposes the
-//! gap and the hub fills it from history.
-//!
-//! Subscriptions follow membership: one task applies subscribe/unsubscribe
-//! requests in order, in batches, and decides from the hub's current state, so
-//! a room that empties and fills again concurrently ends up subscribed.
-//! After a reconnect the client library resubscribes; each confirmation makes
-//! the hub fetch what the room missed from history.
+//! One RESP3 connection carries every subscription. Its pushes go into a
+//! bounded buffer (`bus_buffer`) read by one task (`read_room_pushes`) that
+//! decodes each message once and hands it to the hub; nothing on this path
+//! waits for a client, so a slow client can never make Redis drop the
+//! node's subscription. A full buffer drops the push and counts it; the
+//! room's next message exposes the gap and the hub fills it from history.
+//! After a reconnect the client library resubscribes; each confirmation
+//! makes the hub fetch what the room missed from history.
 
 use crate::hub::Hub;
+use crate::metrics::NodeMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use redis::PushInfo;
-use std::sync::Arc;
+use redis::aio::ConnectionManager;
+use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use turnout_common::redis::{RoomPush, channel_room};
-use turnout_proto::bus;
+use turnout_common::redis::{Channels, RoomPushes};
 
-/// Handle the hub uses to follow membership with subscriptions.
-pub(crate) type Bus = turnout_common::redis::Channels;
-
-/// Connects the pub/sub connection and starts the relay's tasks.
-pub(crate) async fn start(
-    client: &redis::Client,
-    hub: Arc<Hub>,
-    buffer: usize,
-    shutdown: CancellationToken,
-) -> redis::RedisResult<Bus> {
-    let (con, push_rx) =
-        turnout_common::redis::pubsub_bounded(client, buffer, hub.metrics.push_dropped.clone())
-            .await?;
-    tokio::spawn(read_pushes(push_rx, hub.clone(), shutdown.clone()));
-    tokio::spawn(turnout_common::redis::watchdog(
-        con.clone(),
-        hub.metrics.redis_errors.clone(),
-        shutdown.clone(),
-    ));
-    let wanted = {
-        let hub = hub.clone();
-        move |room: &str| hub.has_room(room)
-    };
-    let errors = hub.metrics.redis_errors.clone();
-    Ok(turnout_common::redis::Channels::start(
-        con, wanted, errors, shutdown,
-    ))
+/// The connection, before the hub that reads it exists.
+pub(crate) struct Bus {
+    con: ConnectionManager,
+    rx: mpsc::Receiver<redis::PushInfo>,
 }
 
-async fn read_pushes(mut rx: mpsc::Receiver<PushInfo>, hub: Arc<Hub>, shutdown: CancellationToken) {
-    loop {
-        let push = tokio::select! {
-            p = rx.recv() => match p { Some(p) => p, None => return },
-            _ = shutdown.cancelled() => return,
-        };
-        match RoomPush::decode(push) {
-            Some(RoomPush::Message(channel, payload)) => {
-                hub.metrics.bus_messages.inc();
-                let Some(room) = channel_room(&channel) else {
-                    continue;
-                };
-                let (seq, start) = match bus::decode_any(&payload) {
-                    Some(bus::Payload::Message { seq, frame }) => {
-                        (Some(seq), payload.len() - frame.len())
-                    }
-                    Some(bus::Payload::Presence { origin, frame }) => {
-                        if let Ok(text) = std::str::from_utf8(frame) {
-                            hub.deliver_presence(room, origin, text.into());
-                        }
-                        continue;
-                    }
-                    None => {
-                        tracing::warn!(room, "undecodable bus payload dropped");
-                        continue;
-                    }
-                };
-                let Ok(frame) = Utf8Bytes::try_from(Bytes::from(payload).slice(start..)) else {
-                    tracing::warn!(room, "non-UTF-8 bus payload dropped");
-                    continue;
-                };
-                if let Some(seq) = seq {
-                    hub.deliver(room, seq, frame);
-                }
-            }
-            Some(RoomPush::Disconnected) => {
-                hub.metrics.redis_disconnects.inc();
-                tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
-            }
-            Some(RoomPush::Subscribed(channel)) => {
-                let Some(room) = channel_room(&channel) else {
-                    continue;
-                };
-                if hub.last_seq(room).is_some() {
-                    // Known room subscribed again: a reconnect. Catch up from history.
-                    hub.metrics.resubscribed.inc();
-                    let hub = hub.clone();
-                    let room = room.to_owned();
-                    tokio::spawn(async move { hub.resync(&room).await });
-                }
-            }
-            None => {}
+/// Connects the pub/sub connection and subscribes to `control`, this
+/// node's control channel.
+pub(crate) async fn connect(
+    client: &redis::Client,
+    buffer: usize,
+    metrics: &NodeMetrics,
+    control: &str,
+) -> redis::RedisResult<Bus> {
+    let (mut con, rx) =
+        turnout_common::redis::pubsub_bounded(client, buffer, metrics.push_dropped.clone()).await?;
+    con.subscribe(control).await?;
+    Ok(Bus { con, rx })
+}
+
+impl Bus {
+    /// Room-channel subscriptions that follow the hub's rooms.
+    pub(crate) fn channels(
+        &self,
+        hub: Weak<Hub>,
+        metrics: &NodeMetrics,
+        stop: CancellationToken,
+    ) -> Channels {
+        let wanted = move |room: &str| hub.upgrade().is_some_and(|h| h.has_room(room));
+        Channels::start(self.con.clone(), wanted, metrics.redis_errors.clone(), stop)
+    }
+
+    /// Starts reading pushes into `hub`, and the connection's watchdog.
+    pub(crate) fn start(self, hub: Arc<Hub>, stop: CancellationToken) {
+        tokio::spawn(turnout_common::redis::watchdog(
+            self.con,
+            hub.metrics.redis_errors.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(turnout_common::redis::read_room_pushes(
+            self.rx,
+            Arc::new(Relay(hub)),
+            stop,
+        ));
+    }
+}
+
+struct Relay(Arc<Hub>);
+
+impl RoomPushes for Relay {
+    fn message(&self, room: &str, seq: u64, frame: Bytes) {
+        self.0.metrics.bus_messages.inc();
+        match Utf8Bytes::try_from(frame) {
+            Ok(frame) => self.0.deliver(room, seq, frame),
+            Err(_) => tracing::warn!(room, "non-UTF-8 bus payload dropped"),
         }
+    }
+
+    fn presence(&self, room: &str, origin: &str, frame: Bytes) {
+        self.0.metrics.bus_messages.inc();
+        if let Ok(frame) = Utf8Bytes::try_from(frame) {
+            self.0.deliver_presence(room, origin, frame);
+        }
+    }
+
+    fn other(&self, channel: &str, payload: Bytes) {
+        // `moved <room> <epoch> <new owner>` on this node's control channel.
+        let text = String::from_utf8_lossy(&payload);
+        let mut parts = text.split(' ');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("moved"), Some(room), Some(epoch), Some(owner)) => {
+                if let Ok(epoch) = epoch.parse() {
+                    crate::strategy::sticky::Sticky::moved(&self.0, room, epoch, owner);
+                }
+            }
+            _ => tracing::debug!(channel, "unknown control message ignored"),
+        }
+    }
+
+    fn subscribed(&self, room: &str) {
+        if self.0.last_seq(room).is_some() {
+            // Known room subscribed again: a reconnect. Catch up from history.
+            self.0.metrics.resubscribed.inc();
+            let hub = self.0.clone();
+            let room = room.to_owned();
+            tokio::spawn(async move { hub.resync(&room).await });
+        }
+    }
+
+    fn disconnected(&self) {
+        self.0.metrics.redis_disconnects.inc();
+        tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
     }
 }

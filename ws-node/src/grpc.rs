@@ -6,12 +6,19 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use turnout_common::redis::Origin;
 use turnout_proto::codes::{ErrorCode, close};
-use turnout_proto::names;
+use turnout_proto::names::{RoomName, UserId};
 use turnout_proto::v1::node_server::{Node, NodeServer};
 use turnout_proto::v1::{
     DeliverReply, DeliverRequest, DisconnectReply, DisconnectRequest, DrainReply, DrainRequest,
-    StatsReply, StatsRequest,
+    HistoryReply, HistoryRequest, PresenceReply, PresenceRequest, StatsReply, StatsRequest,
 };
+
+/// Most messages one `History` call returns.
+const MAX_HISTORY_LIMIT: u64 = 1000;
+
+fn room_arg(room: String) -> Result<RoomName, Status> {
+    RoomName::parse(room).map_err(|e| ErrorCode::BadName.status(format!("room {e}")))
+}
 
 pub(crate) struct NodeService {
     state: Arc<NodeState>,
@@ -21,20 +28,6 @@ pub(crate) fn server(state: Arc<NodeState>) -> NodeServer<NodeService> {
     NodeServer::new(NodeService { state })
 }
 
-/// Maps a turnout error code to a gRPC status.
-pub(crate) fn status(code: ErrorCode, message: &str) -> Status {
-    match code {
-        ErrorCode::BadJson | ErrorCode::BadFrame | ErrorCode::BadName | ErrorCode::UnknownType => {
-            Status::invalid_argument(message)
-        }
-        ErrorCode::Forbidden => Status::permission_denied(message),
-        ErrorCode::RateLimited | ErrorCode::TooManyRooms => Status::resource_exhausted(message),
-        ErrorCode::WrongNode | ErrorCode::NotJoined => Status::failed_precondition(message),
-        ErrorCode::Draining | ErrorCode::Unavailable => Status::unavailable(message),
-        ErrorCode::Internal => Status::internal(message),
-    }
-}
-
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn deliver(
@@ -42,25 +35,24 @@ impl Node for NodeService {
         req: Request<DeliverRequest>,
     ) -> Result<Response<DeliverReply>, Status> {
         let req = req.into_inner();
-        names::check_room(&req.room).map_err(|e| Status::invalid_argument(format!("room {e}")))?;
+        let room = room_arg(req.room)?;
         let from = if req.from.is_empty() {
             "api".to_owned()
         } else {
             req.from
         };
-        names::check_user(&from).map_err(|e| Status::invalid_argument(format!("from {e}")))?;
+        let from =
+            UserId::parse(from).map_err(|e| ErrorCode::BadName.status(format!("from {e}")))?;
         let data = RawValue::from_string(req.data_json)
             .map_err(|_| Status::invalid_argument("data_json is not valid JSON"))?;
         let seq = self
             .state
             .hub
-            .publish(&req.room, &from, &data, Origin::Api)
+            .publish(&room, &from, &data, Origin::Api)
             .await
             .map_err(|e| match e.redirect {
-                Some(url) => {
-                    Status::failed_precondition(format!("wrong_node: room is owned by {url}"))
-                }
-                None => status(e.code, "publish failed"),
+                Some(url) => e.code.status(format!("wrong_node: room is owned by {url}")),
+                None => e.code.status("publish failed"),
             })?;
         Ok(Response::new(DeliverReply { seq }))
     }
@@ -77,7 +69,8 @@ impl Node for NodeService {
         req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
         let req = req.into_inner();
-        names::check_user(&req.user).map_err(|e| Status::invalid_argument(format!("user {e}")))?;
+        let user =
+            UserId::parse(req.user).map_err(|e| ErrorCode::BadName.status(format!("user {e}")))?;
         let reason = if req.reason.is_empty() {
             "disconnected by the server"
         } else {
@@ -86,14 +79,55 @@ impl Node for NodeService {
         let mut connections = 0;
         for c in self.state.conns.iter() {
             // Connections already closing are not counted again.
-            if c.user == req.user && !c.is_closed() {
+            if c.user == user && !c.is_closed() {
                 c.kill_with(close::KICKED, reason);
                 connections += 1;
             }
         }
         self.state.hub.metrics.kicked.inc_by(connections);
-        tracing::info!(user = %req.user, connections, "user disconnected by the server API");
+        tracing::info!(%user, connections, "user disconnected by the server API");
         Ok(Response::new(DisconnectReply { connections }))
+    }
+
+    /// The node's own copy of a room's history (what strategy `local` has).
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryReply>, Status> {
+        let req = req.into_inner();
+        let room = room_arg(req.room)?;
+        let limit = (req.limit as u64).clamp(1, MAX_HISTORY_LIMIT);
+        let slice = self
+            .state
+            .hub
+            .store
+            .history(&room, req.since, limit)
+            .await
+            .map_err(|_| ErrorCode::Unavailable.status("history unavailable; retry"))?;
+        Ok(Response::new(HistoryReply {
+            messages: slice
+                .messages
+                .iter()
+                .filter_map(|(_, f)| turnout_proto::bus::room_message(f))
+                .collect(),
+            seq: slice.seq,
+            complete: slice.complete,
+            epoch: slice.epoch,
+        }))
+    }
+
+    async fn presence(
+        &self,
+        req: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceReply>, Status> {
+        let room = room_arg(req.into_inner().room)?;
+        let users = self
+            .state
+            .hub
+            .presence(&room)
+            .await
+            .map_err(|_| ErrorCode::Unavailable.status("presence unavailable; retry"))?;
+        Ok(Response::new(PresenceReply { users }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

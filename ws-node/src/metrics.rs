@@ -30,6 +30,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) session_panics: IntCounter,
     pub(crate) kicked: IntCounter,
     pub(crate) inbox_appended: IntCounter,
+    pub(crate) presence_reasserted: IntCounter,
 }
 
 impl NodeMetrics {
@@ -125,6 +126,10 @@ impl NodeMetrics {
             inbox_appended: c(
                 "inbox_appended_total",
                 "Client publishes appended to the backend inbox stream",
+            ),
+            presence_reasserted: c(
+                "presence_reasserted_total",
+                "Rooms whose presence entries this node wrote again after its lease lapsed",
             ),
             registry,
         }

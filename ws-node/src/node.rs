@@ -1,30 +1,33 @@
 //! The ws-node process: HTTP endpoints, WebSocket upgrades, heartbeats,
 //! drain and shutdown.
 
-use crate::hub::{Conn, ConnId, Hub};
+use crate::conn::{Conn, ConnId};
+use crate::hub::Hub;
 use crate::metrics::NodeMetrics;
 use crate::settings::Settings;
-use crate::{bus, grpc, session};
+use crate::store::{MemoryStore, RedisStore, Store};
+use crate::strategy::{Strategy, local, pubsub, sticky};
+use crate::{bus, grpc, heartbeat, session};
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use turnout_common::auth::{ClientAuth, InternalToken, check_open_mode};
-use turnout_common::redis::RoomStore;
+use turnout_common::redis::{Con, RoomConfig};
 use turnout_common::settings::ListenSpec;
+use turnout_proto::names::UserId;
 use turnout_proto::v1::NodeInfo;
-use turnout_proto::{keys, names, now_ms};
+use turnout_proto::{keys, now_ms};
 
 /// Why this process could not start or stopped with an error.
 pub type NodeError = turnout_common::serve::RunError;
@@ -41,7 +44,9 @@ pub(crate) struct NodeState {
     sessions: TaskTracker,
     /// Cancelled to start a drain (signal or `Node.Drain`).
     pub(crate) drain: CancellationToken,
-    redis: ConnectionManager,
+    /// Membership commands (heartbeats); unset while a `local` node serves
+    /// without Redis.
+    pub(crate) redis: OnceLock<Con>,
     /// Client token verification; None runs open.
     auth: Option<ClientAuth>,
 }
@@ -109,8 +114,7 @@ pub async fn run(
     )?;
     let metrics = NodeMetrics::new(&node_id);
     let client = turnout_common::redis::client(&settings.redis_url)?;
-    let redis = turnout_common::redis::commands(&client).await?;
-    let store = RoomStore {
+    let cfg = RoomConfig {
         history_size: settings.history_size,
         room_ttl: settings.room_ttl,
         inbox_size: if settings.inbox {
@@ -119,27 +123,75 @@ pub async fn run(
             0
         },
     };
-    let hub = Arc::new(Hub::new(
-        node_id.clone(),
-        settings.strategy,
-        store,
-        redis.clone(),
-        metrics.clone(),
-        settings.send_queue,
-        settings.placement_ttl,
-        settings.presence_limit,
-    ));
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
-    if settings.strategy == turnout_proto::Strategy::Pubsub {
-        let b = bus::start(&client, hub.clone(), settings.bus_buffer, stop.clone()).await?;
-        let _ = hub.bus.set(b);
-    }
+    let redis = OnceLock::new();
+    let hub = match settings.strategy {
+        turnout_proto::Strategy::Local => {
+            // Room state stays in memory; Redis only lets a router and a
+            // gateway find this node, and is not needed to serve.
+            match heartbeat::try_connect(&client).await {
+                Some(con) => {
+                    let _ = redis.set(con);
+                }
+                None => tracing::warn!(
+                    redis = %settings.redis_url,
+                    "Redis is not reachable: serving alone (strategy local needs no Redis; \
+                     the node joins a cluster's live set once Redis answers)"
+                ),
+            }
+            Arc::new(Hub::new(
+                node_id.clone(),
+                metrics.clone(),
+                Strategy::Local(local::Local),
+                Store::Memory(MemoryStore::new(cfg)),
+                settings.send_queue,
+                settings.presence_limit,
+            ))
+        }
+        kind => {
+            let con = turnout_common::redis::commands(&client).await?;
+            let _ = redis.set(con.clone());
+            let bus = bus::connect(
+                &client,
+                settings.bus_buffer,
+                &metrics,
+                &keys::node_control(&node_id),
+            )
+            .await?;
+            let store = Store::Redis(RedisStore {
+                con,
+                cfg,
+                holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
+                lease: settings.presence_ttl,
+            });
+            let hub = Arc::new_cyclic(|weak| {
+                let strategy = match kind {
+                    turnout_proto::Strategy::Sticky => Strategy::Sticky(sticky::Sticky {
+                        pin: settings.placement_ttl,
+                    }),
+                    _ => Strategy::Pubsub(pubsub::Pubsub {
+                        channels: bus.channels(weak.clone(), &metrics, stop.clone()),
+                    }),
+                };
+                Hub::new(
+                    node_id.clone(),
+                    metrics.clone(),
+                    strategy,
+                    store,
+                    settings.send_queue,
+                    settings.presence_limit,
+                )
+            });
+            bus.start(hub.clone(), stop.clone());
+            hub
+        }
+    };
     let info = NodeInfo {
         id: node_id.clone(),
         url: url.clone(),
         internal_url,
-        strategy: settings.strategy.as_str().to_owned(),
+        strategy: hub.strategy.kind().as_str().to_owned(),
         started_ms: now_ms(),
         version: turnout_common::VERSION.to_owned(),
         ..Default::default()
@@ -157,6 +209,13 @@ pub async fn run(
         settings,
         auth,
     });
+    if state.redis.get().is_none() {
+        tokio::spawn(heartbeat::connect_later(
+            state.clone(),
+            client,
+            stop.clone(),
+        ));
+    }
 
     let (health, routes) = turnout_common::grpc::base_routes();
     health
@@ -168,16 +227,21 @@ pub async fn run(
             internal.checker(),
         ))
         .into_axum_router();
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
-        .with_state(state.clone())
-        .merge(grpc_routes);
+        .route("/api/cluster", get(cluster_handler));
+    if state.hub.strategy.kind() == turnout_proto::Strategy::Local {
+        // One local node is a complete single-server chat.
+        app = app.route("/", get(turnout_common::serve::demo_page));
+    }
+    let app = app.with_state(state.clone()).merge(grpc_routes);
 
-    tracing::info!(node = %node_id, %addr, %url, strategy = %state.hub.strategy, "ws-node listening");
-    register(&state).await;
-    let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), stop.clone()));
+    let strategy = state.hub.strategy.kind();
+    tracing::info!(node = %node_id, %addr, %url, %strategy, "ws-node listening");
+    heartbeat::register(&state).await;
+    let heartbeat = tokio::spawn(heartbeat::run(state.clone(), stop.clone()));
 
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(turnout_common::serve::serve(
@@ -196,7 +260,7 @@ pub async fn run(
     // closed port in between.
     stop.cancel();
     let _ = heartbeat.await;
-    deregister(&state).await;
+    heartbeat::deregister(&state).await;
     server_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(r)) => r?,
@@ -212,8 +276,8 @@ async fn drain(state: &Arc<NodeState>) {
     state.draining.store(true, Ordering::Release);
     let n = state.conns.len();
     tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
-    write_heartbeat(state, true).await;
-    mark_draining(state, true).await;
+    heartbeat::write(state, true).await;
+    heartbeat::mark_draining(state, true).await;
     state.hub.drain_all(&state.conns);
     state.sessions.close();
     if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())
@@ -278,13 +342,11 @@ async fn ws_handler(
     let label = format!("{}-{id}", state.hub.node_id);
     // A token's subject wins over the `user` parameter.
     let user = match claims.as_ref().map(|c| c.sub.clone()).or(q.user) {
-        Some(u) => {
-            if let Err(e) = names::check_user(&u) {
-                return (StatusCode::BAD_REQUEST, format!("user id {e}")).into_response();
-            }
-            u
-        }
-        None => format!("anon-{id}"),
+        Some(u) => match UserId::parse(u) {
+            Ok(u) => u,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("user id {e}")).into_response(),
+        },
+        None => UserId::parse(format!("anon-{id}")).expect("a valid generated user id"),
     };
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
         return (
@@ -316,134 +378,20 @@ async fn metrics_handler(State(state): State<Arc<NodeState>>) -> impl IntoRespon
     turnout_common::metrics::render(&state.hub.metrics.registry)
 }
 
-async fn register(state: &NodeState) {
-    // A node restarting under the same id is no longer draining.
-    mark_draining(state, false).await;
-    write_heartbeat(state, true).await;
-}
-
-/// Draining nodes keep their heartbeat but own nothing new (sticky claims
-/// skip them); the set makes that visible to the claim script.
-async fn mark_draining(state: &NodeState, draining: bool) {
-    let mut con = state.redis.clone();
-    let cmd = if draining { "SADD" } else { "SREM" };
-    let r: redis::RedisResult<()> = redis::cmd(cmd)
-        .arg(keys::DRAINING)
-        .arg(&state.info.id)
-        .query_async(&mut con)
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "updating the draining set failed");
-    }
-}
-
-/// Keeps the placement of rooms with members here from expiring (sticky).
-async fn refresh_pins(state: &NodeState) {
-    let rooms = state.hub.pinned_rooms();
-    if rooms.is_empty() {
-        return;
-    }
-    let ttl = state.settings.placement_ttl.as_millis() as i64;
-    let mut con = state.redis.clone();
-    for chunk in rooms.chunks(512) {
-        let mut pipe = redis::pipe();
-        for room in chunk {
-            pipe.pexpire(keys::room_owner(room), ttl).ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut con).await {
-            tracing::warn!(error = %e, "refreshing room placements failed");
-            return;
-        }
-    }
-}
-
-/// Writes the heartbeat record; `announce` also tells routers at once.
-async fn write_heartbeat(state: &NodeState, announce: bool) -> bool {
-    let info = state.node_info();
-    let json = serde_json::to_string(&info).expect("NodeInfo serialises");
-    let mut con = state.redis.clone();
-    let ttl = state.settings.heartbeat_ttl.as_millis() as u64;
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("SET")
-        .arg(keys::node(&info.id))
-        .arg(json)
-        .arg("PX")
-        .arg(ttl)
-        .ignore()
-        .cmd("SADD")
-        .arg(keys::NODES)
-        .arg(&info.id)
-        .ignore();
-    if announce {
-        pipe.cmd("PUBLISH")
-            .arg(keys::MEMBERSHIP_CHANNEL)
-            .arg(&info.id)
-            .ignore();
-    }
-    match pipe.query_async::<()>(&mut con).await {
-        Ok(()) => true,
-        Err(e) => {
-            state.hub.metrics.redis_errors.inc();
-            tracing::warn!(error = %e, "heartbeat failed");
-            false
-        }
-    }
-}
-
-async fn heartbeat_loop(state: Arc<NodeState>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(state.settings.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ok = true;
-    let pin_every = (state.settings.placement_ttl / 4).max(state.settings.heartbeat_interval);
-    let mut last_pin = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if state.hub.strategy == turnout_proto::Strategy::Sticky && last_pin.elapsed() >= pin_every
-        {
-            last_pin = tokio::time::Instant::now();
-            refresh_pins(&state).await;
-        }
-        // After an outage, announce again so routers see the node at once.
-        let was_ok = ok;
-        ok = write_heartbeat(&state, !was_ok).await;
-        if ok && !was_ok {
-            tracing::info!("heartbeat restored");
-        }
-    }
-}
-
-async fn deregister(state: &NodeState) {
-    let mut con = state.redis.clone();
-    let id = &state.info.id;
-    let r: redis::RedisResult<()> = redis::pipe()
-        .atomic()
-        .cmd("DEL")
-        .arg(keys::node(id))
-        .ignore()
-        .cmd("SREM")
-        .arg(keys::NODES)
-        .arg(id)
-        .ignore()
-        .cmd("SREM")
-        .arg(keys::DRAINING)
-        .arg(id)
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(keys::MEMBERSHIP_CHANNEL)
-        .arg(id)
-        .ignore()
-        .query_async(&mut con)
-        .await;
-    match r {
-        Ok(()) => tracing::info!(node = %id, "deregistered"),
-        Err(e) => {
-            tracing::warn!(node = %id, error = %e, "deregister failed; the heartbeat will expire")
-        }
-    }
+/// `GET /api/cluster` on a node: the node as it sees itself (the demo
+/// page's cluster panel, when a local node serves it alone).
+async fn cluster_handler(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+    let n = state.node_info();
+    axum::Json(serde_json::json!({
+        "strategy": n.strategy,
+        "nodes": [{
+            "id": n.id, "url": n.url, "strategy": n.strategy,
+            "connections": n.connections, "rooms": n.rooms,
+            "draining": n.draining, "heartbeat_age_ms": 0, "version": n.version,
+        }],
+        "conflicts": [],
+        "redis": state.redis.get().is_some(),
+    }))
 }
 
 #[cfg(test)]

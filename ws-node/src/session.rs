@@ -1,7 +1,8 @@
 //! One client WebSocket session, one task: it handles the client's frames in
 //! order and drains the bounded send queue, batching frames into one flush.
 
-use crate::hub::{Conn, Hub, RoomError};
+use crate::conn::Conn;
+use crate::hub::{Hub, RoomError};
 use crate::node::NodeState;
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::FutureExt;
@@ -25,7 +26,7 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
         conn.send_frame(
             &ServerFrame::Welcome {
                 node: hub.node_id.clone(),
-                strategy: hub.strategy.as_str().to_owned(),
+                strategy: hub.strategy.kind().as_str().to_owned(),
                 conn: conn.label.clone(),
             },
             &hub.metrics,
@@ -292,7 +293,12 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimi
         ClientFrame::Leave { room } => {
             if conn.left_room(&room) {
                 hub.leave(&room, conn).await;
-                conn.send_frame(&ServerFrame::Left { room }, &hub.metrics);
+                conn.send_frame(
+                    &ServerFrame::Left {
+                        room: room.into_string(),
+                    },
+                    &hub.metrics,
+                );
             } else {
                 send_room_error(
                     hub,

@@ -68,6 +68,12 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PRESENCE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_limit: Option<u64>,
+    /// How long a node's presence entries outlive its last renewal (renewed
+    /// every third of it), e.g. 15s: a crashed node's users leave presence
+    /// within this.
+    #[arg(long, env = "TURNOUT_PRESENCE_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_ttl: Option<String>,
     /// Pub/sub messages buffered between the Redis reader and fan-out.
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +137,8 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub placement_ttl: Duration,
     pub presence_limit: u64,
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     pub bus_buffer: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
@@ -167,6 +175,7 @@ impl Default for Settings {
             drain_grace: Duration::from_secs(10),
             placement_ttl: Duration::from_secs(600),
             presence_limit: 100,
+            presence_ttl: Duration::from_secs(15),
             bus_buffer: 65_536,
             internal_token: None,
             insecure: false,
@@ -197,6 +206,12 @@ impl Validate for Settings {
         if self.placement_ttl < self.heartbeat_ttl {
             return Err(SettingsError::invalid(
                 "placement_ttl",
+                "must be at least heartbeat_ttl",
+            ));
+        }
+        if self.presence_ttl < self.heartbeat_ttl {
+            return Err(SettingsError::invalid(
+                "presence_ttl",
                 "must be at least heartbeat_ttl",
             ));
         }

@@ -1,0 +1,122 @@
+//! Room-channel subscriptions that follow what their owner wants.
+
+use super::Con;
+use turnout_proto::keys;
+
+enum ChannelCmd {
+    Ensure(String, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Release(String),
+}
+
+/// Keeps the room-channel subscriptions of one pub/sub connection in line
+/// with what its owner wants (`wanted(room)`): one task applies requests in
+/// order and in batches, and decides from `wanted` at the time it handles
+/// them, so a room that empties and fills again concurrently always ends up
+/// subscribed.
+pub struct Channels {
+    cmds: tokio::sync::mpsc::UnboundedSender<ChannelCmd>,
+}
+
+impl Channels {
+    /// Starts the task; it stops with `stop`. Failed commands count in `errors`.
+    pub fn start(
+        con: Con,
+        wanted: impl Fn(&str) -> bool + Send + Sync + 'static,
+        errors: prometheus::IntCounter,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Channels {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(manage_channels(rx, con, wanted, errors, stop));
+        Channels { cmds: tx }
+    }
+
+    /// Returns once `room`'s channel is subscribed (or no longer wanted).
+    pub async fn ensure(&self, room: &str) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds
+            .send(ChannelCmd::Ensure(room.to_owned(), tx))
+            .map_err(|_| "pub/sub stopped".to_owned())?;
+        rx.await.map_err(|_| "pub/sub stopped".to_owned())?
+    }
+
+    /// Unsubscribes `room`'s channel if it is still unwanted when handled.
+    pub fn release(&self, room: &str) {
+        let _ = self.cmds.send(ChannelCmd::Release(room.to_owned()));
+    }
+}
+
+async fn manage_channels(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ChannelCmd>,
+    mut con: Con,
+    wanted: impl Fn(&str) -> bool,
+    errors: prometheus::IntCounter,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut subscribed: std::collections::HashSet<String> = Default::default();
+    loop {
+        let first = tokio::select! {
+            c = rx.recv() => match c { Some(c) => c, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut mentioned = Vec::new();
+        let mut waiters = Vec::new();
+        for cmd in batch {
+            match cmd {
+                ChannelCmd::Ensure(room, tx) => {
+                    mentioned.push(room.clone());
+                    waiters.push((room, tx));
+                }
+                ChannelCmd::Release(room) => mentioned.push(room),
+            }
+        }
+        mentioned.sort_unstable();
+        mentioned.dedup();
+        // Decide from the owner's state now, which includes every request queued so far.
+        let (mut sub, mut unsub) = (Vec::new(), Vec::new());
+        for room in mentioned {
+            match (wanted(&room), subscribed.contains(&room)) {
+                (true, false) => sub.push(room),
+                (false, true) => unsub.push(room),
+                _ => {}
+            }
+        }
+        if !unsub.is_empty() {
+            let channels: Vec<String> = unsub.iter().map(|r| keys::room_channel(r)).collect();
+            match con.unsubscribe(&channels).await {
+                Ok(()) => unsub.iter().for_each(|r| {
+                    subscribed.remove(r);
+                }),
+                Err(e) => {
+                    errors.inc();
+                    tracing::warn!(error = %e, rooms = unsub.len(), "unsubscribe failed");
+                }
+            }
+        }
+        let mut failed: Option<String> = None;
+        if !sub.is_empty() {
+            let channels: Vec<String> = sub.iter().map(|r| keys::room_channel(r)).collect();
+            match con.subscribe(&channels).await {
+                Ok(()) => subscribed.extend(sub),
+                Err(e) => {
+                    errors.inc();
+                    failed = Some(e.to_string());
+                }
+            }
+        }
+        for (room, tx) in waiters {
+            let result = if subscribed.contains(&room) || !wanted(&room) {
+                Ok(())
+            } else {
+                Err(failed.clone().unwrap_or_else(|| "not subscribed".into()))
+            };
+            let _ = tx.send(result);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+-- Sticky placement: makes `candidate` the owner of a room unless its
+-- current owner is alive, and returns the owner: {node, epoch, claimed}.
+-- Liveness is the caller's to tell (heartbeats live in other slots of a
+-- Redis Cluster): with policy 'live', ARGV[7..] are the nodes the caller
+-- sees alive and taking rooms; with 'gone', ARGV[7..] are nodes it knows
+-- are dead or draining. Every new claim increments the room's epoch, which
+-- fences the old owner's publishes, and tells the old owner on its control
+-- channel. Atomic, so routers and nodes racing on one room always agree.
+-- An empty candidate only reads the owner.
+local owner_key  = KEYS[1]   -- turnout:{room}:owner
+local claims_key = KEYS[2]   -- turnout:{room}:claims
+local candidate  = ARGV[1]
+local pin        = ARGV[2]   -- placement_ttl, ms
+local epoch_ttl  = ARGV[3]   -- how long the epoch counter outlives placements, ms
+local room       = ARGV[4]
+local control    = ARGV[5]   -- prefix of nodes' control channels
+local policy     = ARGV[6]   -- 'live' or 'gone'
+
+local o = redis.call('HMGET', owner_key, 'node', 'epoch')
+local owner = o[1]
+if owner then
+  local listed = false
+  for i = 7, #ARGV do
+    if ARGV[i] == owner then listed = true break end
+  end
+  local alive = (policy == 'live') == listed
+  if alive or candidate == '' or candidate == owner then
+    if candidate ~= '' then redis.call('PEXPIRE', owner_key, pin) end
+    return {owner, tonumber(o[2]), 0}
+  end
+end
+if candidate == '' then return {'', 0, 0} end
+local epoch = redis.call('INCR', claims_key)
+redis.call('PEXPIRE', claims_key, epoch_ttl)
+redis.call('HSET', owner_key, 'node', candidate, 'epoch', epoch)
+redis.call('PEXPIRE', owner_key, pin)
+if owner then
+  redis.call('PUBLISH', control .. owner, 'moved ' .. room .. ' ' .. epoch .. ' ' .. candidate)
+end
+return {candidate, epoch, 1}

@@ -1,0 +1,23 @@
+-- Reads a room's current seq, its history epoch, the seq of its oldest kept
+-- message, and up to `limit` messages from `from` on, atomically.
+-- Returns {seq, oldest, seqs, frames, epoch}.
+local seq_key   = KEYS[1]   -- turnout:{room}:seq
+local hist_key  = KEYS[2]   -- turnout:{room}:hist
+local epoch_key = KEYS[3]   -- turnout:{room}:epoch
+local from      = ARGV[1]   -- first stream id to return, `<seq>-0`
+local limit     = tonumber(ARGV[2])
+
+local seq = tonumber(redis.call('GET', seq_key) or '0')
+local epoch = redis.call('GET', epoch_key) or ''
+local oldest = 0
+local first = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', 1)
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local seqs, frames = {}, {}
+if limit > 0 then
+  local entries = redis.call('XRANGE', hist_key, from, '+', 'COUNT', limit)
+  for i, e in ipairs(entries) do
+    seqs[i] = tonumber(string.match(e[1], '^(%d+)'))
+    frames[i] = e[2][2]
+  end
+end
+return {seq, oldest, seqs, frames, epoch}

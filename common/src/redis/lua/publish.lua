@@ -1,0 +1,54 @@
+-- Assigns the next seq of a room, appends the rendered frame to the room's
+-- history, publishes it on the room's channel and, for a client's message
+-- with the inbox on, appends it to the backend inbox: one atomic step, so a
+-- message on the bus always has its seq and is already in history and in
+-- the inbox. Returns the seq, or -1 when `owner` is set and the room's
+-- owner record no longer names that node at that epoch (a stale sticky
+-- owner cannot deliver).
+local seq_key     = KEYS[1]   -- turnout:{room}:seq
+local hist_key    = KEYS[2]   -- turnout:{room}:hist
+local owner_key   = KEYS[3]   -- turnout:{room}:owner
+local epoch_key   = KEYS[4]   -- turnout:{room}:epoch
+local inbox_key   = KEYS[5]   -- turnout:inbox
+local prefix      = ARGV[1]   -- the frame up to its seq
+local suffix      = ARGV[2]   -- the frame after its seq
+local keep        = tonumber(ARGV[3])  -- history_size; 0 = no history
+local ttl         = ARGV[4]   -- room_ttl, ms
+local channel     = ARGV[5]   -- the room's channel
+local owner       = ARGV[6]   -- sticky: the publishing owner; '' = anyone
+local owner_epoch = ARGV[7]
+local inbox_size  = ARGV[8]   -- '0' = not to the inbox
+local user        = ARGV[9]
+local room        = ARGV[10]
+
+if owner ~= '' then
+  local o = redis.call('HMGET', owner_key, 'node', 'epoch')
+  if o[1] ~= owner or o[2] ~= owner_epoch then return -1 end
+end
+local seq = redis.call('INCR', seq_key)
+if seq == 1 and keep > 0 then
+  -- The counter was lost (evicted) while history survived: go on after the
+  -- last kept message, or XADD below would refuse every id from now on.
+  local last = redis.call('XREVRANGE', hist_key, '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1
+    redis.call('SET', seq_key, seq)
+  end
+end
+-- A new epoch when the room starts over, or when its epoch was lost.
+if seq == 1 or redis.call('PEXPIRE', epoch_key, ttl) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', epoch_key, t[1] .. string.format('%06d', tonumber(t[2])), 'PX', ttl)
+end
+local frame = prefix .. seq .. suffix
+if keep > 0 then
+  redis.call('XADD', hist_key, 'MAXLEN', keep, seq .. '-0', 'f', frame)
+  redis.call('PEXPIRE', hist_key, ttl)
+end
+redis.call('PEXPIRE', seq_key, ttl)
+redis.call('PUBLISH', channel, seq .. ' ' .. frame)
+if inbox_size ~= '0' then
+  redis.call('XADD', inbox_key, 'MAXLEN', inbox_size, '*',
+    'room', room, 'seq', seq, 'user', user, 'message', frame)
+end
+return seq

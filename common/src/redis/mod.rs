@@ -1,0 +1,149 @@
+//! Redis: connections, the scripts every process must run the same way, and
+//! room state on top of them.
+//!
+//! Connections speak RESP3 (pub/sub pushes share the connection machinery),
+//! use TCP keepalive so a dead peer is noticed without traffic, and reconnect
+//! with exponential backoff; see `docs/OPERATIONS.md` for what is logged.
+//!
+//! - [`scripts`]: the Lua scripts (`lua/*.lua`) and one builder per script.
+//! - [`rooms`]: room operations: publish, history, join, presence, claims.
+//! - [`push`]: the one reader of room-channel pushes.
+//! - [`channels`]: subscriptions that follow what their owner wants.
+
+pub mod channels;
+pub mod push;
+pub mod rooms;
+pub mod scripts;
+
+pub use channels::Channels;
+pub use push::{RoomPushes, read_room_pushes};
+pub use rooms::{HistorySlice, Origin, Ownership, Presence, Publisher, RoomConfig};
+pub use scripts::Liveness;
+
+use ::redis::aio::AsyncPushSender;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::io::tcp::{TcpSettings, socket2};
+use ::redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisResult};
+use std::time::Duration;
+use turnout_proto::keys;
+
+/// The connection every command goes through.
+pub type Con = ConnectionManager;
+
+/// A client for `url` with RESP3 and TCP keepalive.
+pub fn client(url: &str) -> RedisResult<Client> {
+    let info = url.into_connection_info()?;
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2));
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    Client::open(info.set_redis_settings(redis).set_tcp_settings(tcp))
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(usize::MAX)
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+}
+
+/// A reconnecting, multiplexed connection for commands.
+pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
+    client
+        .get_connection_manager_with_config(manager_config())
+        .await
+}
+
+/// A reconnecting connection for pub/sub: pushes go to `push`, and
+/// subscriptions are restored by the client after a reconnect.
+pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<ConnectionManager> {
+    let config = manager_config()
+        .set_push_sender(push)
+        .set_automatic_resubscription();
+    client.get_connection_manager_with_config(config).await
+}
+
+/// A pub/sub connection whose pushes go into a bounded buffer of `buffer`
+/// messages: a full buffer drops the push (the client library would
+/// otherwise drop it silently) and counts it in `dropped`, so the reader can
+/// repair the gap from history instead of stalling the connection.
+pub async fn pubsub_bounded(
+    client: &Client,
+    buffer: usize,
+    dropped: prometheus::IntCounter,
+) -> RedisResult<(
+    ConnectionManager,
+    tokio::sync::mpsc::Receiver<::redis::PushInfo>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<::redis::PushInfo>(buffer);
+    let sender = move |info: ::redis::PushInfo| match tx.try_send(info) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            dropped.inc();
+            Err(e)
+        }
+    };
+    Ok((pubsub(client, sender).await?, rx))
+}
+
+/// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
+/// the connection replaced) even when no room is busy; failures count in
+/// `errors` and are logged once per outage.
+pub async fn watchdog(
+    mut con: ConnectionManager,
+    errors: prometheus::IntCounter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let ping = tokio::time::timeout(
+            Duration::from_secs(3),
+            ::redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                if !healthy {
+                    tracing::info!("Redis pub/sub connection healthy again");
+                }
+                healthy = true;
+            }
+            other => {
+                if healthy {
+                    errors.inc();
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer within 3s".into(),
+                    };
+                    tracing::warn!(error = %why, "Redis pub/sub PING failed");
+                }
+                healthy = false;
+            }
+        }
+    }
+}
+
+/// Reads a node's heartbeat record.
+pub async fn node_info(
+    con: &mut Con,
+    id: &str,
+) -> RedisResult<Option<turnout_proto::v1::NodeInfo>> {
+    let raw: Option<String> = ::redis::cmd("GET")
+        .arg(keys::node(id))
+        .query_async(con)
+        .await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}

@@ -1,0 +1,324 @@
+//! Room state in Redis: publish, history, presence, placement. Every
+//! operation here is one round trip and touches the keys of one room only.
+
+use super::Con;
+use super::scripts::{self, Entry, Liveness, PublishArgs, RenewArgs};
+use ::redis::{RedisResult, Value};
+use std::time::Duration;
+use turnout_proto::{bus, keys};
+
+/// How rooms are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomConfig {
+    /// Messages kept per room (0 = no history).
+    pub history_size: u64,
+    /// Idle rooms' seq, history and presence expire after this long.
+    pub room_ttl: Duration,
+    /// Entries kept in the backend inbox stream (0 = inbox off).
+    pub inbox_size: u64,
+}
+
+/// Who may publish: anyone (pubsub), or only the owner at an epoch (sticky).
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    /// Anyone; ws-nodes relay the room's channel.
+    Relay,
+    /// Sticky owner: (node id, epoch).
+    Owner(&'a str, u64),
+}
+
+/// Where a message comes from: clients' messages go to the backend inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A WebSocket client, by user id.
+    Client(&'a str),
+    /// The server API.
+    Api,
+}
+
+/// Runs the publish script; returns the message's seq, or `None` when the
+/// room's owner record no longer names this owner and epoch.
+pub async fn publish(
+    con: &mut Con,
+    cfg: RoomConfig,
+    room: &str,
+    parts: &bus::FrameParts,
+    publisher: Publisher<'_>,
+    origin: Origin<'_>,
+) -> RedisResult<Option<u64>> {
+    let args = PublishArgs {
+        room,
+        prefix: &parts.prefix,
+        suffix: &parts.suffix,
+        history_size: cfg.history_size,
+        room_ttl: cfg.room_ttl,
+        owner: match publisher {
+            Publisher::Relay => None,
+            Publisher::Owner(node, epoch) => Some((node, epoch)),
+        },
+        inbox: match origin {
+            Origin::Client(user) if cfg.inbox_size > 0 => Some((cfg.inbox_size, user)),
+            _ => None,
+        },
+    };
+    let seq: i64 = scripts::publish(&args).invoke_async(con).await?;
+    Ok(u64::try_from(seq).ok())
+}
+
+/// A slice of a room's history.
+#[derive(Debug, Clone, Default)]
+pub struct HistorySlice {
+    /// The room's latest seq when read.
+    pub seq: u64,
+    /// Messages after `since`, in order: (seq, frame JSON).
+    pub messages: Vec<(u64, String)>,
+    /// Whether every message after `since` up to `seq` is in `messages`
+    /// (false when history no longer holds some, or `limit` cut the slice).
+    pub complete: bool,
+    /// The room's history epoch ("" before its first message).
+    pub epoch: String,
+}
+
+/// What the history script returns: seq, oldest kept, seqs, frames, epoch.
+type HistoryRaw = (u64, u64, Vec<u64>, Vec<String>, String);
+
+impl HistorySlice {
+    /// Builds a slice after `since` from the room's seq, the seq of its
+    /// oldest kept message (0: none) and the messages read.
+    pub fn new(
+        since: u64,
+        seq: u64,
+        oldest: u64,
+        messages: Vec<(u64, String)>,
+        epoch: String,
+    ) -> Self {
+        // `since` beyond the room's seq means the room's state was lost (e.g.
+        // an empty Redis): the caller cannot know what it missed.
+        let covered = since == seq || (since < seq && oldest != 0 && oldest <= since + 1);
+        let last = messages.last().map(|m| m.0).unwrap_or(since);
+        let complete = covered && (since == seq || last >= seq);
+        HistorySlice {
+            seq,
+            messages,
+            complete,
+            epoch,
+        }
+    }
+
+    fn from_raw(since: u64, raw: HistoryRaw) -> Self {
+        let (seq, oldest, seqs, frames, epoch) = raw;
+        HistorySlice::new(
+            since,
+            seq,
+            oldest,
+            seqs.into_iter().zip(frames).collect(),
+            epoch,
+        )
+    }
+}
+
+/// Reads messages after `since` (at most `limit`).
+pub async fn history(
+    con: &mut Con,
+    room: &str,
+    since: u64,
+    limit: u64,
+) -> RedisResult<HistorySlice> {
+    let raw: HistoryRaw = scripts::history(room, since, limit)
+        .invoke_async(con)
+        .await?;
+    Ok(HistorySlice::from_raw(since, raw))
+}
+
+/// Who is in a room.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Users (sorted, each once); a sample of at most `limit` entries when
+    /// the room has more.
+    pub users: Vec<String>,
+    /// Connections in the room across the cluster (before dead ones are dropped).
+    pub connections: u64,
+}
+
+impl Presence {
+    fn from_raw(mut raw: Vec<Value>) -> RedisResult<Presence> {
+        let connections = match raw.first() {
+            Some(v) => ::redis::from_redis_value_ref::<u64>(v)?,
+            None => 0,
+        };
+        let mut users = Vec::with_capacity(raw.len().saturating_sub(1));
+        for v in raw.drain(1..) {
+            users.push(::redis::from_redis_value::<String>(v)?);
+        }
+        users.sort_unstable();
+        users.dedup();
+        Ok(Presence { users, connections })
+    }
+}
+
+/// Users present in `room` (live holders only), reading at most `limit` entries.
+pub async fn presence(con: &mut Con, room: &str, limit: u64) -> RedisResult<Presence> {
+    let raw: Vec<Value> = scripts::presence(room, limit, None)
+        .invoke_async(con)
+        .await?;
+    Presence::from_raw(raw)
+}
+
+/// A member joining a room: reads the room's history after `since` (at most
+/// `limit`), adds the member's presence entry and reads who is there (at
+/// most `presence_limit`), in one round trip.
+pub async fn join(
+    con: &mut Con,
+    room: &str,
+    since: u64,
+    limit: u64,
+    entry: &Entry<'_>,
+    presence_limit: u64,
+) -> RedisResult<(HistorySlice, Presence)> {
+    let history = scripts::history(room, since, limit);
+    let presence = scripts::presence(room, presence_limit, Some(entry));
+    let mut pipe = ::redis::pipe();
+    pipe.invoke_script(&history).invoke_script(&presence);
+    let (raw, users): (HistoryRaw, Vec<Value>) = query_scripts(con, &pipe).await?;
+    Ok((
+        HistorySlice::from_raw(since, raw),
+        Presence::from_raw(users)?,
+    ))
+}
+
+/// Runs a pipeline of scripts; when Redis lost its script cache (a restart,
+/// `SCRIPT FLUSH`), loads every script and runs it once more.
+async fn query_scripts<T: ::redis::FromRedisValue>(
+    con: &mut Con,
+    pipe: &::redis::Pipeline,
+) -> RedisResult<T> {
+    match pipe.query_async(con).await {
+        Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+            for s in scripts::all() {
+                s.load_async(con).await?;
+            }
+            pipe.query_async(con).await
+        }
+        other => other,
+    }
+}
+
+/// Removes a member's presence entry; `last_here` also drops this node's
+/// lease on the room (it has no members left in it). Returns how many
+/// entries the room still has.
+pub async fn leave(
+    con: &mut Con,
+    room: &str,
+    field: &str,
+    holder: &str,
+    last_here: bool,
+) -> RedisResult<u64> {
+    let key = keys::room_presence(room);
+    let mut pipe = ::redis::pipe();
+    pipe.hdel(&key, field).ignore();
+    if last_here {
+        pipe.hdel(keys::room_holders(room), holder).ignore();
+    }
+    pipe.hlen(&key);
+    let (left,): (u64,) = pipe.query_async(con).await?;
+    Ok(left)
+}
+
+/// Writes presence entries again (after `renew` found the lease lapsed).
+pub async fn reassert(
+    con: &mut Con,
+    room: &str,
+    entries: &[(String, String)],
+    room_ttl: Duration,
+) -> RedisResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let key = keys::room_presence(room);
+    let mut pipe = ::redis::pipe();
+    pipe.hset_multiple(&key, entries)
+        .ignore()
+        .pexpire(&key, room_ttl.as_millis() as i64)
+        .ignore();
+    pipe.query_async(con).await
+}
+
+/// What `renew` found for one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// The lease had lapsed and the node's entries may be gone: write them again.
+    pub lost: bool,
+    /// False when the owner record no longer names this node at its epoch.
+    pub owned: bool,
+}
+
+/// Renews this node's presence leases (and, sticky, checks ownership) for
+/// many rooms, pipelined in chunks; one result per room, in order.
+pub async fn renew(con: &mut Con, rooms: &[RenewArgs<'_>]) -> RedisResult<Vec<Renewed>> {
+    let mut out = Vec::with_capacity(rooms.len());
+    for chunk in rooms.chunks(256) {
+        let invs: Vec<_> = chunk.iter().map(scripts::renew).collect();
+        let mut pipe = ::redis::pipe();
+        for inv in &invs {
+            pipe.invoke_script(inv);
+        }
+        let replies: Vec<(u8, u8)> = query_scripts(con, &pipe).await?;
+        out.extend(replies.into_iter().map(|(lost, owned)| Renewed {
+            lost: lost == 1,
+            owned: owned == 1,
+        }));
+    }
+    Ok(out)
+}
+
+/// The owner of a room after a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub node: String,
+    pub epoch: u64,
+    /// True when this call made the claim.
+    pub claimed: bool,
+}
+
+/// Claims `room` for `candidate` unless its owner is alive by `liveness`;
+/// an empty candidate only reads the owner. `pin` is how long an unused
+/// placement is kept.
+pub async fn claim(
+    con: &mut Con,
+    room: &str,
+    candidate: &str,
+    pin: Duration,
+    liveness: Liveness<'_>,
+) -> RedisResult<Ownership> {
+    let (node, epoch, claimed): (String, u64, u8) = scripts::claim(room, candidate, pin, liveness)
+        .invoke_async(con)
+        .await?;
+    Ok(Ownership {
+        node,
+        epoch,
+        claimed: claimed == 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HistorySlice;
+
+    fn m(seqs: &[u64]) -> Vec<(u64, String)> {
+        seqs.iter().map(|s| (*s, String::new())).collect()
+    }
+
+    #[test]
+    fn completeness() {
+        // Everything after 3 up to 5 is there.
+        assert!(HistorySlice::new(3, 5, 1, m(&[4, 5]), "e".into()).complete);
+        // Nothing missed.
+        assert!(HistorySlice::new(5, 5, 1, m(&[]), "e".into()).complete);
+        // Trimmed: the oldest kept is 5, so 4 is gone.
+        assert!(!HistorySlice::new(3, 6, 5, m(&[5, 6]), "e".into()).complete);
+        // The limit cut the slice.
+        assert!(!HistorySlice::new(0, 9, 1, m(&[1, 2]), "e".into()).complete);
+        // The room's state was lost: the client is ahead of the room.
+        assert!(!HistorySlice::new(7, 2, 1, m(&[]), "e".into()).complete);
+    }
+}

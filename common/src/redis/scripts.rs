@@ -1,0 +1,196 @@
+//! The Lua scripts (`lua/*.lua`) and one builder per script.
+//!
+//! Each script opens with named locals for its KEYS and ARGV; the builder
+//! here is the only place that knows their order. Every key a script
+//! touches is passed in KEYS, and the keys of one script share one hash
+//! tag (`{room}`), so each runs on one shard of a Redis Cluster.
+
+use ::redis::{Script, ScriptInvocation};
+use std::sync::LazyLock;
+use std::time::Duration;
+use turnout_proto::keys;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub(crate) static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
+    };
+}
+
+script!(PUBLISH, "publish.lua");
+script!(HISTORY, "history.lua");
+script!(PRESENCE, "presence.lua");
+script!(RENEW, "renew.lua");
+script!(CLAIM, "claim.lua");
+script!(FORGET, "forget.lua");
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Arguments of `publish.lua`.
+pub struct PublishArgs<'a> {
+    pub room: &'a str,
+    /// The frame before and after its seq.
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+    pub history_size: u64,
+    pub room_ttl: Duration,
+    /// Sticky: only this (node, epoch) may publish.
+    pub owner: Option<(&'a str, u64)>,
+    /// Into the backend inbox: (entries kept, publishing user).
+    pub inbox: Option<(u64, &'a str)>,
+}
+
+pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
+    let (owner, epoch) = match a.owner {
+        Some((node, epoch)) => (node, epoch.to_string()),
+        None => ("", String::new()),
+    };
+    let (inbox_size, user) = a.inbox.unwrap_or((0, ""));
+    let mut inv = PUBLISH.prepare_invoke();
+    inv.key(keys::room_seq(a.room))
+        .key(keys::room_history(a.room))
+        .key(keys::room_owner(a.room))
+        .key(keys::room_epoch(a.room))
+        .key(keys::INBOX)
+        .arg(a.prefix)
+        .arg(a.suffix)
+        .arg(a.history_size)
+        .arg(ms(a.room_ttl))
+        .arg(keys::room_channel(a.room))
+        .arg(owner)
+        .arg(epoch)
+        .arg(inbox_size)
+        .arg(user)
+        .arg(a.room);
+    inv
+}
+
+/// `history.lua`: up to `limit` messages after `since`.
+pub fn history(room: &str, since: u64, limit: u64) -> ScriptInvocation<'static> {
+    let mut inv = HISTORY.prepare_invoke();
+    inv.key(keys::room_seq(room))
+        .key(keys::room_history(room))
+        .key(keys::room_epoch(room))
+        .arg(format!("{}-0", since.saturating_add(1)))
+        .arg(limit);
+    inv
+}
+
+/// A presence entry a node adds: `<holder>/<conn>` → user.
+pub struct Entry<'a> {
+    /// The node process (`<node>/<incarnation>`).
+    pub holder: &'a str,
+    pub conn: &'a str,
+    pub user: &'a str,
+    /// How long the holder's lease lasts without renewal.
+    pub lease: Duration,
+    pub room_ttl: Duration,
+}
+
+impl Entry<'_> {
+    pub fn field(&self) -> String {
+        format!("{}/{}", self.holder, self.conn)
+    }
+}
+
+/// `presence.lua`: the room's users (at most `limit` entries read), after
+/// adding `add` when given.
+pub fn presence(room: &str, limit: u64, add: Option<&Entry<'_>>) -> ScriptInvocation<'static> {
+    let mut inv = PRESENCE.prepare_invoke();
+    inv.key(keys::room_presence(room))
+        .key(keys::room_holders(room))
+        .arg(limit.max(1));
+    match add {
+        Some(e) => inv
+            .arg(e.field())
+            .arg(e.user)
+            .arg(e.holder)
+            .arg(ms(e.lease))
+            .arg(ms(e.room_ttl)),
+        None => inv.arg("").arg("").arg("").arg(0).arg(0),
+    };
+    inv
+}
+
+/// Arguments of `renew.lua`.
+pub struct RenewArgs<'a> {
+    pub room: &'a str,
+    pub holder: &'a str,
+    pub lease: Duration,
+    pub room_ttl: Duration,
+    /// Sticky: the (node, epoch) this node owns the room at.
+    pub owner: Option<(&'a str, u64)>,
+    pub pin: Duration,
+}
+
+pub fn renew(a: &RenewArgs<'_>) -> ScriptInvocation<'static> {
+    let (owner, epoch) = match a.owner {
+        Some((node, epoch)) => (node, epoch.to_string()),
+        None => ("", String::new()),
+    };
+    let mut inv = RENEW.prepare_invoke();
+    inv.key(keys::room_presence(a.room))
+        .key(keys::room_holders(a.room))
+        .key(keys::room_owner(a.room))
+        .arg(a.holder)
+        .arg(ms(a.lease))
+        .arg(ms(a.room_ttl))
+        .arg(owner)
+        .arg(epoch)
+        .arg(ms(a.pin));
+    inv
+}
+
+/// What a claimer knows of other nodes' liveness.
+#[derive(Debug, Clone, Copy)]
+pub enum Liveness<'a> {
+    /// The nodes alive and taking rooms (a router's live set).
+    Live(&'a [String]),
+    /// Nodes known to be dead or draining (the rest count as alive).
+    Gone(&'a [String]),
+}
+
+/// A room's epoch counter outlives any placement, so epochs only grow.
+pub const EPOCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `claim.lua`: `candidate` takes `room` unless its owner is alive by
+/// `liveness`; an empty candidate only reads the owner.
+pub fn claim(
+    room: &str,
+    candidate: &str,
+    pin: Duration,
+    liveness: Liveness<'_>,
+) -> ScriptInvocation<'static> {
+    let (policy, ids) = match liveness {
+        Liveness::Live(ids) => ("live", ids),
+        Liveness::Gone(ids) => ("gone", ids),
+    };
+    let mut inv = CLAIM.prepare_invoke();
+    inv.key(keys::room_owner(room))
+        .key(keys::room_claims(room))
+        .arg(candidate)
+        .arg(ms(pin))
+        .arg(ms(EPOCH_TTL))
+        .arg(room)
+        .arg(keys::CONTROL_PREFIX)
+        .arg(policy);
+    for id in ids {
+        inv.arg(id.as_str());
+    }
+    inv
+}
+
+/// `forget.lua`: drops `id` from the node set if its heartbeat is gone.
+pub fn forget(id: &str) -> ScriptInvocation<'static> {
+    let mut inv = FORGET.prepare_invoke();
+    inv.key(keys::NODES).key(keys::node(id)).arg(id);
+    inv
+}
+
+/// Every script, for loading them again after Redis lost its script cache
+/// (scripts sent in a pipeline are not reloaded by the client library).
+pub(crate) fn all() -> [&'static Script; 6] {
+    [&PUBLISH, &HISTORY, &PRESENCE, &RENEW, &CLAIM, &FORGET]
+}

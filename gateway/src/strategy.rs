@@ -1,0 +1,276 @@
+//! What differs between the strategies at the gateway, in one place:
+//! where a new client goes, and where the server API finds a room.
+//!
+//! | | new client | publish | history, presence, streams |
+//! | --- | --- | --- | --- |
+//! | sticky | the room's owner (router) | the owner (`Node.Deliver`) | Redis |
+//! | pubsub | least-loaded node | any node | Redis |
+//! | local | least-loaded node | the room's home node | the home node (no streams) |
+//!
+//! In `local` every node has its own copy of each room; the server API
+//! speaks to one of them, the room's home node (rendezvous hash over the
+//! live nodes), so publishing and reading agree with each other.
+
+use crate::follow::Item;
+use crate::state::{ApiError, Gateway, MAX_HISTORY_LIMIT, MAX_PRESENCE, ROUTE_CACHE_TTL};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use turnout_common::redis::HistorySlice;
+use turnout_proto::Strategy;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::names::{RoomName, UserId};
+use turnout_proto::v1::{DeliverRequest, HistoryRequest, NodeInfo, PresenceRequest, RouteRequest};
+
+fn no_node() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "no live ws-node")
+}
+
+impl Gateway {
+    /// The node a new client for `room` should use.
+    pub(crate) async fn route(&self, room: Option<&RoomName>) -> Result<NodeInfo, ApiError> {
+        self.pick(room, true, &[]).await
+    }
+
+    /// Picks a node for a client; `avoid` lists nodes that just failed to
+    /// answer; `record` counts the pick against the node's load.
+    pub(crate) async fn pick(
+        &self,
+        room: Option<&RoomName>,
+        record: bool,
+        avoid: &[String],
+    ) -> Result<NodeInfo, ApiError> {
+        match self.strategy() {
+            Strategy::Pubsub | Strategy::Local => {
+                let view = self.view.borrow().clone();
+                self.picker
+                    .least_loaded(&view, record, avoid)
+                    .ok_or_else(no_node)
+            }
+            Strategy::Sticky => {
+                let room = room.ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::BadFrame,
+                        "sticky strategy: `room` is required to find the room's node",
+                    )
+                })?;
+                self.owner(room).await
+            }
+        }
+    }
+
+    /// The node the server API uses for `room`.
+    async fn api_node(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
+        match self.strategy() {
+            Strategy::Sticky => self.owner(room).await,
+            Strategy::Pubsub => self.pick(Some(room), false, &[]).await,
+            Strategy::Local => {
+                let view = self.view.borrow().clone();
+                let live: Vec<&NodeInfo> =
+                    view.reply.nodes.iter().filter(|n| !n.draining).collect();
+                live.into_iter()
+                    .max_by_key(|n| home_score(room, &n.id))
+                    .cloned()
+                    .ok_or_else(no_node)
+            }
+        }
+    }
+
+    /// Sticky: the owner of `room`, from the cache or a router.
+    async fn owner(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
+        if let Some(hit) = self.route_cache.get(room.as_str()) {
+            let (node, at) = hit.value();
+            let still_live = self
+                .view
+                .borrow()
+                .reply
+                .nodes
+                .iter()
+                .any(|n| n.id == node.id && !n.draining);
+            if at.elapsed() < ROUTE_CACHE_TTL && still_live {
+                return Ok(node.clone());
+            }
+        }
+        let mut last = None;
+        for router in &self.routers {
+            let mut r = router.clone();
+            match r
+                .route(RouteRequest {
+                    room: room.to_string(),
+                })
+                .await
+            {
+                Ok(reply) => {
+                    let node = reply.into_inner().node.ok_or_else(|| {
+                        ApiError::new(ErrorCode::Unavailable, "router named no node")
+                    })?;
+                    self.route_cache
+                        .insert(room.to_string(), (node.clone(), Instant::now()));
+                    if self.route_cache.len() > 100_000 {
+                        self.route_cache
+                            .retain(|_, (_, at)| at.elapsed() < ROUTE_CACHE_TTL);
+                    }
+                    return Ok(node);
+                }
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    return Err(ApiError::new(ErrorCode::BadName, s.message()));
+                }
+                Err(s) => last = Some(s),
+            }
+        }
+        let why = last.map(|s| s.message().to_owned()).unwrap_or_default();
+        tracing::warn!(room = %room, error = %why, "no router could route the room");
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "no router could place the room; retry",
+        ))
+    }
+
+    /// Forgets a cached owner that turned out wrong.
+    pub(crate) fn forget_route(&self, room: &str) {
+        self.route_cache.remove(room);
+    }
+
+    /// Publishes into `room` through a ws-node; returns the seq.
+    pub(crate) async fn publish(
+        &self,
+        room: &RoomName,
+        data_json: String,
+        from: Option<UserId>,
+    ) -> Result<u64, ApiError> {
+        let from = from
+            .map(UserId::into_string)
+            .unwrap_or_else(|| "api".to_owned());
+        if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
+            return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
+        }
+        // Sticky: a cached owner may have lost the room; ask again once.
+        let attempts = if self.strategy() == Strategy::Sticky {
+            2
+        } else {
+            1
+        };
+        for attempt in 1..=attempts {
+            let node = self.api_node(room).await?;
+            let mut client = self.node_client(&node)?;
+            let req = DeliverRequest {
+                room: room.to_string(),
+                data_json: data_json.clone(),
+                from: from.clone(),
+                epoch: 0,
+            };
+            match client.deliver(req).await {
+                Ok(reply) => return Ok(reply.into_inner().seq),
+                Err(s) => {
+                    tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
+                    if s.code() == tonic::Code::InvalidArgument {
+                        return Err(ApiError::new(ErrorCode::BadFrame, s.message()));
+                    }
+                    if attempt < attempts {
+                        self.forget_route(room);
+                    }
+                }
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "publish failed; retry",
+        ))
+    }
+
+    /// Messages of `room` after `since`.
+    pub(crate) async fn history(
+        &self,
+        room: &RoomName,
+        since: u64,
+        limit: u64,
+    ) -> Result<HistorySlice, ApiError> {
+        let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
+        if self.strategy() == Strategy::Local {
+            let node = self.api_node(room).await?;
+            let req = HistoryRequest {
+                room: room.to_string(),
+                since,
+                limit: limit as u32,
+            };
+            let reply = self
+                .node_client(&node)?
+                .history(req)
+                .await
+                .map_err(|s| node_failed(&node, "History", &s))?
+                .into_inner();
+            let messages = reply
+                .messages
+                .iter()
+                .filter_map(|m| Some((m.seq, turnout_proto::bus::message_frame(m)?)))
+                .collect();
+            return Ok(HistorySlice {
+                seq: reply.seq,
+                messages,
+                complete: reply.complete,
+                epoch: reply.epoch,
+            });
+        }
+        let mut con = self.redis.clone();
+        turnout_common::redis::rooms::history(&mut con, room, since, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room = %room, error = %e, "history read failed");
+                ApiError::new(ErrorCode::Unavailable, "history unavailable; retry")
+            })
+    }
+
+    /// Users present in `room`.
+    pub(crate) async fn presence(&self, room: &RoomName) -> Result<Vec<String>, ApiError> {
+        if self.strategy() == Strategy::Local {
+            let node = self.api_node(room).await?;
+            let req = PresenceRequest {
+                room: room.to_string(),
+            };
+            let reply = self
+                .node_client(&node)?
+                .presence(req)
+                .await
+                .map_err(|s| node_failed(&node, "Presence", &s))?;
+            return Ok(reply.into_inner().users);
+        }
+        let mut con = self.redis.clone();
+        let users = turnout_common::redis::rooms::presence(&mut con, room, MAX_PRESENCE)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room = %room, error = %e, "presence read failed");
+                ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
+            })?;
+        Ok(users.users)
+    }
+
+    /// Starts a stream of `room`'s messages after `since` (0: live only).
+    pub(crate) async fn stream(
+        &self,
+        room: &RoomName,
+        since: u64,
+        kind: &'static str,
+    ) -> Result<mpsc::Receiver<Result<Item, ApiError>>, ApiError> {
+        if self.strategy() == Strategy::Local {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "room streams follow a room on the shared bus; strategy local has none",
+            ));
+        }
+        let follower = self
+            .follower
+            .get()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "starting up; retry"))?;
+        follower.stream(room, since, kind).await
+    }
+}
+
+fn node_failed(node: &NodeInfo, call: &str, s: &tonic::Status) -> ApiError {
+    tracing::warn!(node = %node.id, error = %s.message(), "{call} failed");
+    ApiError::new(ErrorCode::Unavailable, format!("{call} failed; retry"))
+}
+
+/// Rendezvous score of `node` for `room`: the live node with the highest
+/// is the room's home node.
+fn home_score(room: &str, node: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("{room}\0{node}").as_bytes())
+}

@@ -1,0 +1,212 @@
+//! Joining and leaving a room on this node.
+//!
+//! A joining member is added to the room in a buffering state *before* the
+//! node subscribes (pubsub) and reads the room's seq and history, so
+//! anything published after that read is caught in the buffer. The node then
+//! queues `joined` (with the seq it read), the replay after `since`, and
+//! finally the buffered messages above that seq, and switches the member to
+//! live delivery under the room's lock: no gap, no duplicate at the
+//! hand-over.
+
+use crate::conn::{Conn, ConnId, Sent};
+use crate::hub::{Hub, Member, Room, RoomError};
+use axum::extract::ws::Message;
+use std::sync::Arc;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::frames::ServerFrame;
+use turnout_proto::names::RoomName;
+
+impl Hub {
+    /// Joins `conn` to `room`: admits the room, registers the member,
+    /// queues `joined` and the replay after `since`, then switches the
+    /// member to live delivery.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        room: &RoomName,
+        since: Option<u64>,
+        client_epoch: Option<String>,
+    ) -> Result<(), RoomError> {
+        let epoch = self.strategy.admit(self, room).await?;
+        let already = self.rooms.get(room.as_str()).and_then(|r| {
+            r.members
+                .get(&conn.id)
+                .map(|m| (m.after, r.seq.cursor().epoch().to_owned()))
+        });
+        if let Some((after, epoch)) = already {
+            let presence = self.presence(room).await.unwrap_or_default();
+            conn.send_frame(
+                &ServerFrame::Joined {
+                    room: room.to_string(),
+                    seq: after,
+                    epoch,
+                    presence,
+                    recovered: None,
+                },
+                &self.metrics,
+            );
+            return Ok(());
+        }
+        let stale = self.add_member(room, conn, epoch);
+        if !stale.is_empty() {
+            let here = crate::strategy::sticky::node_url(self, &self.node_id).await;
+            self.tell_moved(room, &stale, here);
+            let n = stale.len();
+            for (i, c) in stale.iter().enumerate() {
+                self.forget_presence(room, c, i + 1 == n).await;
+            }
+        }
+        if let Err(e) = self.strategy.open(room).await {
+            self.remove_member(room, conn.id);
+            return Err(e);
+        }
+        let (since_arg, limit) = match since {
+            Some(s) => (s, self.store.config().history_size),
+            None => (0, 0),
+        };
+        let read = self.store.join(
+            room,
+            since_arg,
+            limit,
+            &conn.label,
+            &conn.user,
+            self.presence_limit,
+        );
+        let (slice, users) = match read.await {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room = %room, error = %e, "join failed: Redis");
+                self.remove_member(room, conn.id);
+                return Err(ErrorCode::Unavailable.into());
+            }
+        };
+        if let Some(mut r) = self.rooms.get_mut(room.as_str()) {
+            r.seq.start_at(slice.seq, &slice.epoch);
+        }
+        // `since` counts in the epoch the client names; another epoch means
+        // the room's history was lost since, and nothing can be replayed.
+        let same_epoch = client_epoch
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == slice.epoch);
+        let recovered = since.map(|s| same_epoch && s <= slice.seq && slice.complete);
+        let replay = if same_epoch {
+            slice.messages
+        } else {
+            Vec::new()
+        };
+        conn.send_frame(
+            &ServerFrame::Joined {
+                room: room.to_string(),
+                seq: slice.seq,
+                epoch: slice.epoch.clone(),
+                presence: users.users,
+                recovered,
+            },
+            &self.metrics,
+        );
+        // Presence events are for rooms people can follow; a broadcast room
+        // of thousands would turn every join into thousands of frames.
+        if users.connections <= self.presence_limit {
+            self.announce(room, "join", conn).await;
+        }
+        let replayed = replay.len() as u64;
+        for (_, frame) in replay {
+            conn.push(Message::Text(frame.into()), &self.metrics);
+        }
+        self.metrics.replayed.inc_by(replayed);
+        self.go_live(room, conn, slice.seq);
+        Ok(())
+    }
+
+    /// Registers `conn` in `room` as buffering. A room that moved away and
+    /// back since its members joined (another ownership epoch) starts over:
+    /// its members may have missed what the other owner delivered, so they
+    /// are returned, to be sent to rejoin.
+    fn add_member(&self, room: &RoomName, conn: &Arc<Conn>, epoch: u64) -> Vec<Arc<Conn>> {
+        let mut r = self.rooms.entry(room.to_string()).or_insert_with(|| {
+            self.metrics.rooms.inc();
+            Room {
+                epoch,
+                ..Room::default()
+            }
+        });
+        let stale = if r.epoch != epoch {
+            r.epoch = epoch;
+            r.seq.reset(None);
+            std::mem::take(&mut r.members)
+                .into_values()
+                .map(|m| m.conn)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        r.members.insert(
+            conn.id,
+            Member {
+                conn: conn.clone(),
+                after: 0,
+                buffer: Some(Vec::new()),
+            },
+        );
+        stale
+    }
+
+    /// Flushes what the joining member's buffer caught above `seq` and
+    /// switches it to live delivery.
+    fn go_live(&self, room: &str, conn: &Arc<Conn>, seq: u64) {
+        let Some(mut r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(m) = r.members.get_mut(&conn.id) else {
+            return;
+        };
+        m.after = seq;
+        let (mut n, mut in_place) = (0, 0);
+        for (seq, frame) in m.buffer.take().unwrap_or_default() {
+            if seq > m.after {
+                m.after = seq;
+                match m.conn.push_as(Message::Text(frame), &self.metrics, true) {
+                    Sent::InPlace => (n, in_place) = (n + 1, in_place + 1),
+                    Sent::Queued => n += 1,
+                    Sent::Dropped => {}
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(n);
+        self.metrics.deliveries_in_place.inc_by(in_place);
+    }
+
+    /// Removes `conn` from `room`; returns whether it was a member.
+    pub(crate) async fn leave(&self, room: &str, conn: &Conn) -> bool {
+        let Some(last_here) = self.remove_member(room, conn.id) else {
+            return false;
+        };
+        let left = self.forget_presence(room, conn, last_here).await;
+        if left.is_some_and(|n| n < self.presence_limit) {
+            self.announce(room, "leave", conn).await;
+        }
+        true
+    }
+
+    /// Takes `conn` out of `room`'s members; None when it was not one,
+    /// otherwise whether it was the last one here (the room is then gone).
+    pub(crate) fn remove_member(&self, room: &str, conn: ConnId) -> Option<bool> {
+        let removed = match self.rooms.get_mut(room) {
+            Some(mut r) => r.members.remove(&conn).is_some(),
+            None => false,
+        };
+        if !removed {
+            return None;
+        }
+        let emptied = self
+            .rooms
+            .remove_if(room, |_, r| r.members.is_empty())
+            .is_some();
+        if emptied {
+            self.metrics.rooms.dec();
+            self.strategy.close(room);
+        }
+        Some(emptied)
+    }
+}

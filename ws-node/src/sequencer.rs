@@ -1,0 +1,309 @@
+//! One room's sequencer on a node: the state machine that puts the room's
+//! messages in seq order before fan-out. No tokio, no Redis: the hub feeds
+//! it messages as they arrive and history as it reads it, and fans out
+//! what it hands back.
+//!
+//! The next seq is handed back at once, an early one is held, a duplicate is
+//! dropped. A gap that stays open asks the hub (once) to repair it: the hub
+//! reads the missing range from history and [`Sequencer::fill`]s it in, or,
+//! when history no longer holds it, [`Sequencer::give_up`] skips it.
+
+use std::collections::BTreeMap;
+use turnout_common::recovery::{Cursor, Step};
+
+/// What became of an offered message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer<F> {
+    /// The next seq: deliver it now, then whatever [`Sequencer::next_ready`] gives.
+    Now(F),
+    /// Already delivered.
+    Duplicate,
+    /// Held until the gap before it closes; `repair`: start repairing it.
+    Held { repair: bool },
+}
+
+/// Messages a repair hands back, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Filled<F> {
+    pub(crate) ready: Vec<(u64, F)>,
+    /// How many of them came from history.
+    pub(crate) from_history: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sequencer<F> {
+    cursor: Cursor,
+    /// False until the first join's read or the first message sets the start.
+    started: bool,
+    /// Messages that arrived ahead of a gap.
+    pending: BTreeMap<u64, F>,
+    repairing: bool,
+}
+
+impl<F> Default for Sequencer<F> {
+    fn default() -> Self {
+        Sequencer {
+            cursor: Cursor::default(),
+            started: false,
+            pending: BTreeMap::new(),
+            repairing: false,
+        }
+    }
+}
+
+impl<F> Sequencer<F> {
+    /// The last seq delivered; None before the start is known.
+    pub(crate) fn last(&self) -> Option<u64> {
+        self.started.then(|| self.cursor.last())
+    }
+
+    pub(crate) fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Sets the start from a join's read of the room, unless messages
+    /// already set it; learns the room's history epoch.
+    pub(crate) fn start_at(&mut self, seq: u64, epoch: &str) {
+        if !self.started {
+            self.started = true;
+            self.cursor = Cursor::new(seq, epoch);
+        } else if !epoch.is_empty() && self.cursor.epoch().is_empty() {
+            self.cursor = Cursor::new(self.cursor.last(), epoch);
+        }
+    }
+
+    /// Starts over at `seq` in `epoch` (the room's state was lost in Redis),
+    /// or forgets everything (`None`: the room moved away and back).
+    pub(crate) fn reset(&mut self, to: Option<(u64, &str)>) {
+        self.pending.clear();
+        match to {
+            Some((seq, epoch)) => {
+                self.started = true;
+                self.cursor.reset(seq, epoch);
+            }
+            None => {
+                self.started = false;
+                self.cursor = Cursor::default();
+            }
+        }
+    }
+
+    pub(crate) fn offer(&mut self, seq: u64, frame: F) -> Offer<F> {
+        if !self.started {
+            self.started = true;
+            self.cursor = Cursor::new(seq.saturating_sub(1), self.cursor.epoch().to_owned());
+        }
+        match self.cursor.classify(seq) {
+            Step::Duplicate => Offer::Duplicate,
+            Step::Next => {
+                self.cursor.advance(seq);
+                Offer::Now(frame)
+            }
+            Step::Gap { .. } => {
+                self.pending.insert(seq, frame);
+                let repair = !self.repairing;
+                self.repairing = true;
+                Offer::Held { repair }
+            }
+        }
+    }
+
+    /// The next held message that is now in order, if any.
+    pub(crate) fn next_ready(&mut self) -> Option<(u64, F)> {
+        while let Some(entry) = self.pending.first_entry() {
+            match self.cursor.classify(*entry.key()) {
+                // Not reachable through offer/fill/give_up, which never
+                // move the cursor past a held seq; dropped all the same.
+                Step::Duplicate => {
+                    entry.remove();
+                }
+                Step::Next => {
+                    let (seq, frame) = entry.remove_entry();
+                    self.cursor.advance(seq);
+                    return Some((seq, frame));
+                }
+                Step::Gap { .. } => return None,
+            }
+        }
+        None
+    }
+
+    /// The open gap as (last delivered, first held); None ends a repair.
+    pub(crate) fn gap(&mut self) -> Option<(u64, u64)> {
+        match self.pending.first_key_value() {
+            Some((&first, _)) => Some((self.cursor.last(), first)),
+            None => {
+                self.repairing = false;
+                None
+            }
+        }
+    }
+
+    /// Fills the gap before `first_pending` with messages read from history,
+    /// then releases what was held behind it.
+    pub(crate) fn fill(
+        &mut self,
+        found: impl IntoIterator<Item = (u64, F)>,
+        first_pending: u64,
+    ) -> Filled<F> {
+        let mut ready = Vec::new();
+        for (seq, frame) in found {
+            if seq == self.cursor.last() + 1 && seq < first_pending {
+                self.cursor.advance(seq);
+                ready.push((seq, frame));
+            }
+        }
+        let from_history = ready.len() as u64;
+        while let Some(m) = self.next_ready() {
+            ready.push(m);
+        }
+        Filled {
+            ready,
+            from_history,
+        }
+    }
+
+    /// Skips a gap history could not fill, if it is still exactly the gap
+    /// that was read (`last`, `first_pending`): anything else means messages
+    /// were still arriving. `first_found` is the first seq history held
+    /// after `last`. Returns how many messages were lost and what is
+    /// released behind them.
+    pub(crate) fn give_up(
+        &mut self,
+        last: u64,
+        first_pending: u64,
+        first_found: Option<u64>,
+    ) -> Option<(u64, Vec<(u64, F)>)> {
+        let same_gap = self.cursor.last() == last
+            && self.pending.first_key_value().map(|(k, _)| *k) == Some(first_pending);
+        if !same_gap {
+            return None;
+        }
+        let skip_to = first_found
+            .filter(|&f| f < first_pending)
+            .unwrap_or(first_pending)
+            - 1;
+        let lost = skip_to - last;
+        self.cursor.advance(skip_to);
+        let mut ready = Vec::new();
+        while let Some(m) = self.next_ready() {
+            ready.push(m);
+        }
+        Some((lost, ready))
+    }
+
+    /// Whether nothing is held (a repair may end).
+    pub(crate) fn settled(&mut self) -> bool {
+        if self.pending.is_empty() {
+            self.repairing = false;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(v: &[(u64, &'static str)]) -> Vec<u64> {
+        v.iter().map(|m| m.0).collect()
+    }
+
+    #[test]
+    fn in_order_and_duplicates() {
+        let mut s = Sequencer::default();
+        s.start_at(3, "e");
+        assert_eq!(s.offer(4, "a"), Offer::Now("a"));
+        assert_eq!(s.offer(4, "a"), Offer::Duplicate);
+        assert_eq!(s.offer(2, "old"), Offer::Duplicate);
+        assert_eq!(s.last(), Some(4));
+        assert_eq!(s.cursor().epoch(), "e");
+    }
+
+    #[test]
+    fn first_message_sets_the_start() {
+        let mut s = Sequencer::default();
+        assert_eq!(s.last(), None);
+        assert_eq!(s.offer(10, "x"), Offer::Now("x"));
+        // A join's read that comes after does not move it back.
+        s.start_at(8, "e");
+        assert_eq!(s.last(), Some(10));
+        assert_eq!(s.cursor().epoch(), "e");
+    }
+
+    #[test]
+    fn early_messages_wait_and_ask_for_one_repair() {
+        let mut s = Sequencer::default();
+        s.start_at(0, "");
+        assert_eq!(s.offer(3, "c"), Offer::Held { repair: true });
+        assert_eq!(s.offer(4, "d"), Offer::Held { repair: false });
+        assert_eq!(s.gap(), Some((0, 3)));
+        // The missing ones arrive late, out of order.
+        assert_eq!(s.offer(2, "b"), Offer::Held { repair: false });
+        assert_eq!(s.offer(1, "a"), Offer::Now("a"));
+        let mut out = Vec::new();
+        while let Some(m) = s.next_ready() {
+            out.push(m);
+        }
+        assert_eq!(seqs(&out), vec![2, 3, 4]);
+        assert!(s.settled());
+        assert_eq!(s.gap(), None);
+        // A new gap asks for a new repair.
+        assert_eq!(s.offer(6, "f"), Offer::Held { repair: true });
+    }
+
+    #[test]
+    fn history_fills_a_gap() {
+        let mut s = Sequencer::default();
+        s.start_at(1, "");
+        s.offer(4, "d");
+        s.offer(5, "e");
+        let (last, first) = s.gap().unwrap();
+        assert_eq!((last, first), (1, 4));
+        let f = s.fill([(2, "b"), (3, "c"), (4, "dup")], first);
+        assert_eq!(seqs(&f.ready), vec![2, 3, 4, 5]);
+        assert_eq!(f.from_history, 2);
+        assert_eq!(f.ready[2].1, "d", "the held message, not history's copy");
+        assert!(s.settled());
+    }
+
+    #[test]
+    fn an_unfillable_gap_is_skipped_only_if_unchanged() {
+        let mut s = Sequencer::default();
+        s.start_at(1, "");
+        s.offer(5, "e");
+        s.offer(6, "f");
+        // History holds only 4 of 2..=4.
+        assert_eq!(s.give_up(0, 5, Some(4)), None, "another gap than was read");
+        let f = s.fill([(4, "d")], 5);
+        assert!(f.ready.is_empty(), "4 cannot go before 2 and 3");
+        let (lost, ready) = s.give_up(1, 5, Some(4)).unwrap();
+        assert_eq!(lost, 2, "2 and 3 are gone");
+        assert!(ready.is_empty(), "4 is next, not 5");
+        assert_eq!(s.last(), Some(3));
+        let f = s.fill([(4, "d")], 5);
+        assert_eq!(seqs(&f.ready), vec![4, 5, 6]);
+        // Nothing in history after the gap at all: skip to the held one.
+        s.offer(9, "i");
+        let (lost, ready) = s.give_up(6, 9, None).unwrap();
+        assert_eq!((lost, seqs(&ready)), (2, vec![9]));
+    }
+
+    #[test]
+    fn reset_starts_over() {
+        let mut s = Sequencer::default();
+        s.start_at(0, "e1");
+        s.offer(2, "b");
+        // Redis lost the room: the held message belongs to the old epoch.
+        s.reset(Some((5, "e2")));
+        assert_eq!(s.next_ready(), None);
+        assert_eq!((s.last(), s.cursor().epoch()), (Some(5), "e2"));
+        assert_eq!(s.offer(6, "f"), Offer::Now("f"));
+        // Moved away and back: the start is unknown again.
+        s.reset(None);
+        assert_eq!(s.last(), None);
+        assert_eq!(s.offer(40, "x"), Offer::Now("x"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Where a node keeps room state: seq, history and presence. Redis for the
+//! strategies that share rooms between nodes (sticky, pubsub); the node's
+//! own memory for `local`, which shares nothing.
+
+mod memory;
+
+pub(crate) use memory::MemoryStore;
+
+use redis::RedisResult;
+use std::time::Duration;
+use turnout_common::redis::scripts::{Entry, RenewArgs};
+use turnout_common::redis::{Con, HistorySlice, Origin, Presence, Publisher, RoomConfig, rooms};
+use turnout_proto::bus::FrameParts;
+
+pub(crate) enum Store {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+/// Room state in Redis, as one node process writes it.
+pub(crate) struct RedisStore {
+    pub(crate) con: Con,
+    pub(crate) cfg: RoomConfig,
+    /// This process in presence entries: `<node>/<incarnation>`.
+    pub(crate) holder: String,
+    /// How long this node's presence entries outlive its last renewal.
+    pub(crate) lease: Duration,
+}
+
+impl RedisStore {
+    fn entry<'a>(&'a self, conn: &'a str, user: &'a str) -> Entry<'a> {
+        Entry {
+            holder: &self.holder,
+            conn,
+            user,
+            lease: self.lease,
+            room_ttl: self.cfg.room_ttl,
+        }
+    }
+
+    /// Renews this node's leases on `rooms` (and checks ownership, sticky).
+    pub(crate) async fn renew(
+        &self,
+        rooms: &[(String, Option<(&str, u64)>)],
+        pin: Duration,
+    ) -> RedisResult<Vec<rooms::Renewed>> {
+        let args: Vec<RenewArgs<'_>> = rooms
+            .iter()
+            .map(|(room, owner)| RenewArgs {
+                room,
+                holder: &self.holder,
+                lease: self.lease,
+                room_ttl: self.cfg.room_ttl,
+                owner: *owner,
+                pin,
+            })
+            .collect();
+        rooms::renew(&mut self.con.clone(), &args).await
+    }
+
+    /// Writes presence entries (`conn` → user) of one room again.
+    pub(crate) async fn reassert(
+        &self,
+        room: &str,
+        members: &[(String, String)],
+    ) -> RedisResult<()> {
+        let entries: Vec<(String, String)> = members
+            .iter()
+            .map(|(conn, user)| (self.entry(conn, user).field(), user.clone()))
+            .collect();
+        rooms::reassert(&mut self.con.clone(), room, &entries, self.cfg.room_ttl).await
+    }
+}
+
+impl Store {
+    pub(crate) fn config(&self) -> RoomConfig {
+        match self {
+            Store::Redis(r) => r.cfg,
+            Store::Memory(m) => m.cfg,
+        }
+    }
+
+    pub(crate) fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            Store::Redis(r) => Some(r),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// Assigns the message its seq and keeps it; None: fenced (sticky).
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        parts: &FrameParts,
+        publisher: Publisher<'_>,
+        origin: Origin<'_>,
+    ) -> RedisResult<Option<u64>> {
+        match self {
+            Store::Redis(r) => {
+                rooms::publish(&mut r.con.clone(), r.cfg, room, parts, publisher, origin).await
+            }
+            Store::Memory(m) => Ok(Some(m.publish(room, parts))),
+        }
+    }
+
+    pub(crate) async fn history(
+        &self,
+        room: &str,
+        since: u64,
+        limit: u64,
+    ) -> RedisResult<HistorySlice> {
+        match self {
+            Store::Redis(r) => rooms::history(&mut r.con.clone(), room, since, limit).await,
+            Store::Memory(m) => Ok(m.history(room, since, limit)),
+        }
+    }
+
+    /// Reads history after `since` (at most `limit`), adds the member's
+    /// presence entry and reads who is there, in one step.
+    pub(crate) async fn join(
+        &self,
+        room: &str,
+        since: u64,
+        limit: u64,
+        conn: &str,
+        user: &str,
+        presence_limit: u64,
+    ) -> RedisResult<(HistorySlice, Presence)> {
+        match self {
+            Store::Redis(r) => {
+                let entry = r.entry(conn, user);
+                rooms::join(
+                    &mut r.con.clone(),
+                    room,
+                    since,
+                    limit,
+                    &entry,
+                    presence_limit,
+                )
+                .await
+            }
+            Store::Memory(m) => Ok(m.join(room, since, limit, conn, user, presence_limit)),
+        }
+    }
+
+    pub(crate) async fn presence(&self, room: &str, limit: u64) -> RedisResult<Presence> {
+        match self {
+            Store::Redis(r) => rooms::presence(&mut r.con.clone(), room, limit).await,
+            Store::Memory(m) => Ok(m.presence(room, limit)),
+        }
+    }
+
+    /// Removes a member's presence entry; `last_here`: the node has no
+    /// members left in the room. Returns the room's remaining entries.
+    pub(crate) async fn leave(&self, room: &str, conn: &str, last_here: bool) -> RedisResult<u64> {
+        match self {
+            Store::Redis(r) => {
+                let field = r.entry(conn, "").field();
+                rooms::leave(&mut r.con.clone(), room, &field, &r.holder, last_here).await
+            }
+            Store::Memory(m) => Ok(m.leave(room, conn)),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `sticky`: every room has one owner node, and all its members connect
+//! there, so a message never leaves the node it was published on.
+//!
+//! Ownership is a claim in Redis (`claim.lua`) with an epoch that grows
+//! with every claim. The owner's publishes are fenced by it: the publish
+//! script refuses an owner whose record no longer names it at its epoch.
+//! A node that loses a room learns it three ways, and moves the room's
+//! members at once (`wrong_node` with `redirect`): from the claim itself (a
+//! notice on its control channel), from its periodic check of its rooms'
+//! owner records (`renew.lua`), and from a refused publish.
+
+use crate::hub::{Hub, RoomError};
+use std::sync::Arc;
+use std::time::Duration;
+use turnout_common::redis::{Liveness, Origin, Publisher, rooms};
+use turnout_proto::bus::FrameParts;
+use turnout_proto::codes::ErrorCode;
+use turnout_proto::keys;
+use turnout_proto::names::RoomName;
+
+pub(crate) struct Sticky {
+    /// How long an unused placement stays pinned to its owner.
+    pub(crate) pin: Duration,
+}
+
+fn unavailable(hub: &Hub, room: &str, e: &redis::RedisError, what: &str) -> RoomError {
+    hub.metrics.redis_errors.inc();
+    tracing::warn!(room, error = %e, "{what} failed: Redis");
+    RoomError::from(ErrorCode::Unavailable)
+}
+
+impl Sticky {
+    /// Makes sure this node owns `room` (claiming it when it has no live
+    /// owner) and returns the epoch; otherwise `wrong_node` with the
+    /// owner's URL.
+    pub(crate) async fn own(&self, hub: &Hub, room: &RoomName) -> Result<u64, RoomError> {
+        let Some(redis) = hub.store.redis() else {
+            return Err(ErrorCode::Internal.into());
+        };
+        let mut con = redis.con.clone();
+        let me = hub.node_id.as_str();
+        let mut owner = rooms::claim(&mut con, room, me, self.pin, Liveness::Gone(&[]))
+            .await
+            .map_err(|e| unavailable(hub, room, &e, "ownership check"))?;
+        if owner.node != me && !alive(&mut con, &owner.node).await.unwrap_or(true) {
+            // The owner is dead or draining: take the room over.
+            let gone = [owner.node.clone()];
+            owner = rooms::claim(&mut con, room, me, self.pin, Liveness::Gone(&gone))
+                .await
+                .map_err(|e| unavailable(hub, room, &e, "claim"))?;
+        }
+        if owner.node == me {
+            return Ok(owner.epoch);
+        }
+        Err(RoomError {
+            code: ErrorCode::WrongNode,
+            redirect: node_url(hub, &owner.node).await,
+        })
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        hub: &Arc<Hub>,
+        room: &RoomName,
+        parts: &FrameParts,
+        origin: Origin<'_>,
+    ) -> Result<u64, RoomError> {
+        let epoch = match hub.room_epoch(room) {
+            Some(e) => e,
+            None => self.own(hub, room).await?,
+        };
+        let owner = Publisher::Owner(&hub.node_id, epoch);
+        match hub.store_publish(room, parts, owner, origin).await? {
+            Some(seq) => {
+                hub.deliver(room, seq, parts.render(seq).into());
+                Ok(seq)
+            }
+            None => {
+                // Fenced: the room was placed elsewhere. Everyone here must move.
+                hub.metrics.fenced.inc();
+                let redirect = owner_url(hub, room).await;
+                tracing::info!(room = %room, ?redirect, "publish fenced: this node no longer owns the room");
+                hub.evict(room, Some(epoch), redirect.clone()).await;
+                Err(RoomError {
+                    code: ErrorCode::WrongNode,
+                    redirect,
+                })
+            }
+        }
+    }
+
+    /// A claim took `room` from this node at `epoch` (a notice on its
+    /// control channel): move the room's members to the new owner.
+    pub(crate) fn moved(hub: &Arc<Hub>, room: &str, epoch: u64, owner: &str) {
+        let Some(held) = hub.room_epoch(room) else {
+            return;
+        };
+        if held >= epoch {
+            return; // claimed back meanwhile
+        }
+        let hub = hub.clone();
+        let (room, owner) = (room.to_owned(), owner.to_owned());
+        tokio::spawn(async move {
+            let redirect = node_url(&hub, &owner).await;
+            tracing::info!(room, new_owner = %owner, epoch, "room taken over by another node; moving its members");
+            hub.metrics.fenced.inc();
+            hub.evict(&room, Some(held), redirect).await;
+        });
+    }
+
+    /// The periodic check found that this node no longer owns `room` at
+    /// `epoch`: move its members to whoever owns it now.
+    pub(crate) async fn lost(hub: &Arc<Hub>, room: &str, epoch: u64) {
+        let redirect = owner_url(hub, room).await;
+        tracing::info!(
+            room,
+            ?redirect,
+            epoch,
+            "owner record no longer names this node; moving the room's members"
+        );
+        hub.metrics.fenced.inc();
+        hub.evict(room, Some(epoch), redirect).await;
+    }
+}
+
+/// A node's liveness as a node claiming a room sees it: its heartbeat
+/// record exists and it is not draining.
+async fn alive(con: &mut turnout_common::redis::Con, node: &str) -> redis::RedisResult<bool> {
+    let (exists, draining): (bool, bool) = redis::pipe()
+        .exists(keys::node(node))
+        .sismember(keys::DRAINING, node)
+        .query_async(con)
+        .await?;
+    Ok(exists && !draining)
+}
+
+/// The URL of `room`'s current owner, if it has one.
+async fn owner_url(hub: &Hub, room: &str) -> Option<String> {
+    let redis = hub.store.redis()?;
+    let owner = rooms::claim(
+        &mut redis.con.clone(),
+        room,
+        "",
+        Duration::ZERO,
+        Liveness::Gone(&[]),
+    )
+    .await
+    .ok()?;
+    if owner.node.is_empty() {
+        return None;
+    }
+    node_url(hub, &owner.node).await
+}
+
+/// A node's advertised URL, from its heartbeat record.
+pub(crate) async fn node_url(hub: &Hub, node: &str) -> Option<String> {
+    let redis = hub.store.redis()?;
+    turnout_common::redis::node_info(&mut redis.con.clone(), node)
+        .await
+        .ok()
+        .flatten()
+        .map(|n| n.url)
+}
