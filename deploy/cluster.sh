@@ -2,7 +2,7 @@
 # Local turnout cluster as plain processes: redis-server, router, gateway and
 # ws-nodes, with logs and pid files under $RUN_DIR.
 #
-#   deploy/cluster.sh up [--strategy sticky|pubsub] [--nodes N]
+#   deploy/cluster.sh up [--strategy sticky|pubsub|local] [--nodes N]
 #   deploy/cluster.sh status
 #   deploy/cluster.sh stop NODE      # SIGTERM one ws-node (drain), e.g. node-2
 #   deploy/cluster.sh kill NODE      # SIGKILL one ws-node (crash)
@@ -94,7 +94,7 @@ up() {
       *) die "unknown option $1" ;;
     esac
   done
-  case $STRATEGY in sticky|pubsub) ;; *) die "--strategy must be sticky or pubsub" ;; esac
+  case $STRATEGY in sticky|pubsub|local) ;; *) die "--strategy must be sticky, pubsub or local" ;; esac
   ensure_redis_server
   ensure_curl
   mkdir -p "$RUN_DIR"
@@ -131,6 +131,9 @@ up() {
   wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 20 || die "gateway not ready; see $RUN_DIR/gateway.log"
   echo
   echo "turnout is up ($STRATEGY, $NODES ws-nodes). Open http://127.0.0.1:$GATEWAY_PORT/"
+  if [ "$STRATEGY" = local ]; then
+    echo "local: the nodes share nothing; open two pages: members on different nodes do not see each other"
+  fi
   echo "cluster: curl -s http://127.0.0.1:$GATEWAY_PORT/api/cluster"
   echo "stop:    deploy/cluster.sh down"
 }

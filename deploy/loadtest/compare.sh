@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs the same workload on a sticky and on a pubsub cluster and writes
-# DIR/sticky.json, DIR/pubsub.json and DIR/report.html.
+# Runs the same workload on a local, a sticky and a pubsub cluster and writes
+# DIR/local.json, DIR/sticky.json, DIR/pubsub.json and DIR/report.html.
+# local is the baseline: servers that share nothing, so the report shows
+# what it fails to deliver to members on other servers.
 #
 #   deploy/loadtest/compare.sh [--quick] [--out DIR] [-- turnout-bench run options]
 #
-# --quick: a small chat workload that finishes both runs within about 90 s.
+# --quick: a small chat workload that finishes the three runs within about 2 minutes.
+# STRATEGIES="sticky pubsub" (the environment) picks fewer.
 # Default: the design's chat workload (1,000 rooms x 10 members x 1 msg/s).
 # Options after -- go to `turnout-bench run` (e.g. -- --scenario broadcast --members 2000).
 set -euo pipefail
@@ -38,7 +41,8 @@ bench=$here/target/release/turnout-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 "$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
-for strategy in sticky pubsub; do
+strategies=${STRATEGIES:-local sticky pubsub}
+for strategy in $strategies; do
   echo "== $strategy"
   "$here/deploy/cluster.sh" up --strategy "$strategy" >/dev/null
   "$bench" run "${workload[@]}" "${extra[@]}" --quiet \
@@ -46,5 +50,7 @@ for strategy in sticky pubsub; do
     --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$out/$strategy.json"
   "$here/deploy/cluster.sh" down >/dev/null
 done
-"$bench" report --svg --out "$out/report.html" "$out/sticky.json" "$out/pubsub.json"
+results=()
+for strategy in $strategies; do results+=("$out/$strategy.json"); done
+"$bench" report --svg --out "$out/report.html" "${results[@]}"
 echo "report: $out/report.html"

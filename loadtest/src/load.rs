@@ -7,9 +7,10 @@
 //! - worker → parent: `joined`, then `p <delivered> <connected> <reconnects>`
 //!   every second, and at the end `result <Partial as JSON>`;
 //! - parent → worker: `measure`, `stop` (measuring ends, publishers stop),
-//!   `finish <last seq per room as JSON>`.
+//!   `finish`.
 
 use crate::member::{self, MemberCfg, Outcome};
+use crate::stats::MemberSummary;
 use crate::stats::{Shared, now_us};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
@@ -29,7 +30,6 @@ pub(crate) struct Partial {
     pub(crate) publish_errors: u64,
     pub(crate) delivered_measured: u64,
     pub(crate) replayed: u64,
-    pub(crate) lost: u64,
     pub(crate) duplicated: u64,
     pub(crate) reordered: u64,
     pub(crate) reconnects: u64,
@@ -41,6 +41,8 @@ pub(crate) struct Partial {
     /// Members whose connection broke: (room index, broken at, first live
     /// message after, as Unix ms).
     pub(crate) broken: Vec<(usize, u64, Option<u64>)>,
+    /// What each member saw, for counting what it missed.
+    pub(crate) members: Vec<MemberSummary>,
 }
 
 impl Partial {
@@ -49,7 +51,6 @@ impl Partial {
         self.publish_errors += other.publish_errors;
         self.delivered_measured += other.delivered_measured;
         self.replayed += other.replayed;
-        self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
         self.reconnects += other.reconnects;
@@ -64,6 +65,7 @@ impl Partial {
         h.add(other.histogram()?).context("merging histograms")?;
         self.histogram = encode(&h)?;
         self.broken.extend(other.broken);
+        self.members.extend(other.members);
         Ok(())
     }
 
@@ -137,9 +139,8 @@ impl Load {
         self.stop.cancel();
     }
 
-    /// Stops every client and accounts: `last_seq[room]` is each room's
-    /// final seq, for counting what members never got.
-    pub(crate) async fn finish(self, last_seq: &[u64]) -> Result<Partial> {
+    /// Stops every client and accounts.
+    pub(crate) async fn finish(self) -> Result<Partial> {
         self.stop.cancel();
         let mut outcomes = Vec::with_capacity(self.tasks.len());
         for t in self.tasks {
@@ -148,13 +149,18 @@ impl Load {
             }
         }
         let s = &self.shared;
-        let lost = outcomes
+        let members = outcomes
             .iter()
-            .map(|m| {
-                m.seen
-                    .missing(last_seq.get(m.room_idx).copied().unwrap_or(0))
+            .map(|m| MemberSummary {
+                room: m.room_idx,
+                node: m.node.clone(),
+                base: m.seen.base,
+                unique: m.seen.unique,
+                highest: m.seen.highest,
+                acked: m.acked,
+                max_ack: m.max_ack,
             })
-            .sum();
+            .collect();
         let broken = outcomes
             .iter()
             .filter_map(|m| {
@@ -167,7 +173,6 @@ impl Load {
             publish_errors: s.publish_errors.load(Ordering::Relaxed),
             delivered_measured: s.delivered_measured.load(Ordering::Relaxed),
             replayed: s.replayed.load(Ordering::Relaxed),
-            lost,
             duplicated: s.duplicated.load(Ordering::Relaxed),
             reordered: s.reordered.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
@@ -175,6 +180,7 @@ impl Load {
             per_sec: s.per_second(0, usize::MAX),
             histogram: encode(&s.histogram())?,
             broken,
+            members,
         })
     }
 }
@@ -284,9 +290,8 @@ impl Workers {
     }
 
     /// Tells workers to finish and adds up their results.
-    pub(crate) async fn finish(mut self, last_seq: &[u64]) -> Result<Partial> {
-        self.tell(&format!("finish {}", serde_json::to_string(last_seq)?))
-            .await?;
+    pub(crate) async fn finish(mut self) -> Result<Partial> {
+        self.tell("finish").await?;
         let mut total = Partial::default();
         for (i, mut w) in self.workers.into_iter().enumerate() {
             let mut result = None;
@@ -341,9 +346,8 @@ pub(crate) async fn work(members: Vec<MemberCfg>, ramp: u64, seconds: usize) -> 
                         load.measure(false);
                         load.stop_publishing();
                     }
-                    ("finish", seqs) => {
-                        let last: Vec<u64> = serde_json::from_str(seqs)?;
-                        let partial = load.finish(&last).await?;
+                    ("finish", _) => {
+                        let partial = load.finish().await?;
                         let line = format!("result {}\n", serde_json::to_string(&partial)?);
                         out.write_all(line.as_bytes()).await?;
                         out.flush().await?;

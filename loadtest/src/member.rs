@@ -35,6 +35,11 @@ pub(crate) struct MemberCfg {
 pub(crate) struct Outcome {
     pub(crate) room_idx: usize,
     pub(crate) seen: Seen,
+    /// The node the member was on last (from `welcome`).
+    pub(crate) node: String,
+    /// Its publishes acked, and the highest seq an ack gave.
+    pub(crate) acked: u64,
+    pub(crate) max_ack: u64,
     /// First time the connection broke while the run was on.
     pub(crate) broken_at: Option<Instant>,
     /// First live message received after reconnecting.
@@ -50,6 +55,10 @@ struct Frame<'a> {
     #[serde(borrow)]
     code: Option<&'a str>,
     redirect: Option<String>,
+    #[serde(borrow)]
+    node: Option<&'a str>,
+    #[serde(borrow)]
+    strategy: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +122,9 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
     let mut out = Outcome {
         room_idx: cfg.room_idx,
         seen: Seen::default(),
+        node: String::new(),
+        acked: 0,
+        max_ack: 0,
         broken_at: None,
         recovered_at: None,
     };
@@ -225,7 +237,22 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                                 shared.connected.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        "ack" => { shared.published.fetch_add(1, Ordering::Relaxed); }
+                        "ack" => {
+                            shared.published.fetch_add(1, Ordering::Relaxed);
+                            out.acked += 1;
+                            out.max_ack = out.max_ack.max(f.seq.unwrap_or(0));
+                        }
+                        "welcome" => {
+                            let node = f.node.unwrap_or("");
+                            // Local servers number rooms on their own: on
+                            // another node the member starts counting again.
+                            if f.strategy == Some("local") && !out.node.is_empty() && out.node != node {
+                                out.seen = Seen::default();
+                                out.acked = 0;
+                                out.max_ack = 0;
+                            }
+                            out.node = node.to_owned();
+                        }
                         "error" => {
                             if f.code == Some("wrong_node") && f.redirect.is_some() {
                                 redirect = f.redirect.map(|u| format!("{u}?room={}&user=b{}", cfg.room, cfg.sender));

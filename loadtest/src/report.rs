@@ -353,7 +353,7 @@ fn charts(runs: &[RunResult]) -> Vec<(&'static str, String)> {
 fn table(runs: &[RunResult]) -> String {
     let mut t = String::from(
         "<table><tr><th>run</th><th>connections</th><th>deliveries/s</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th>\
-         <th>lost</th><th>dup</th><th>reordered</th><th>publish errors</th><th>ws-node deliveries/CPU-s</th><th>Redis cmds/delivery</th><th>failover recovery (p50 / max ms)</th></tr>",
+         <th>lost</th><th>not delivered: other server (local)</th><th>dup</th><th>reordered</th><th>publish errors</th><th>ws-node deliveries/CPU-s</th><th>Redis cmds/delivery</th><th>failover recovery (p50 / max ms)</th></tr>",
     );
     for r in runs {
         let l = &r.latency_ms;
@@ -362,9 +362,18 @@ fn table(runs: &[RunResult]) -> String {
             .as_ref()
             .map(|f| format!("{:.0} / {:.0}", f.recovery_ms_p50, f.recovery_ms_max))
             .unwrap_or_else(|| "—".into());
+        let undelivered = if r.strategy == "local" {
+            format!(
+                "{} ({:.1} %)",
+                r.undelivered_cross_node,
+                100.0 * r.undelivered_share
+            )
+        } else {
+            "—".into()
+        };
         let _ = write!(
             t,
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.3}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.3}</td><td>{}</td></tr>",
             esc(&label(r)),
             r.connections,
             r.deliveries_per_sec,
@@ -373,6 +382,7 @@ fn table(runs: &[RunResult]) -> String {
             l.p999,
             l.max,
             r.lost,
+            undelivered,
             r.duplicated,
             r.reordered,
             r.publish_errors,

@@ -151,10 +151,10 @@ impl Driver {
         Ok(())
     }
 
-    async fn finish(self, last_seq: &[u64]) -> Result<Partial> {
+    async fn finish(self) -> Result<Partial> {
         match self {
-            Driver::Local(l) => l.finish(last_seq).await,
-            Driver::Workers(w) => w.finish(last_seq).await,
+            Driver::Local(l) => l.finish().await,
+            Driver::Workers(w) => w.finish().await,
         }
     }
 
@@ -421,9 +421,11 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None => None,
     };
 
-    // Every room's last seq, from history.
+    // Every room's last seq, from history (local servers number each room
+    // on their own: the tally reads that from what members saw).
+    let local = strategy == "local";
     let mut last_seq = vec![0u64; plan.rooms.len()];
-    if o.scenario != Scenario::Idle {
+    if o.scenario != Scenario::Idle && !local {
         for (i, room) in plan.rooms.iter().enumerate() {
             let v = crate::http::get_json(&format!(
                 "{}/api/rooms/{room}/history?since=0&limit=1",
@@ -434,9 +436,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         }
     }
     pb.set_message("collecting results");
-    let totals = driver.finish(&last_seq).await?;
+    let totals = driver.finish().await?;
     pb.finish_and_clear();
-    let lost = totals.lost;
+    let tally = crate::stats::tally(&totals.members, (!local).then_some(&last_seq[..]));
+    let lost = tally.lost;
 
     let hist = totals.histogram()?;
     let delivered = totals.delivered_measured;
@@ -550,6 +553,9 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         delivered,
         replayed: totals.replayed,
         lost,
+        undelivered_cross_node: tally.cross_node,
+        undelivered_share: tally.cross_node as f64
+            / (tally.cross_node + tally.same_node).max(1) as f64,
         duplicated: totals.duplicated,
         reordered: totals.reordered,
         reconnects: totals.reconnects,
@@ -609,6 +615,14 @@ fn print_summary(r: &RunResult) {
         r.replayed,
         r.reconnects
     );
+    if r.undelivered_cross_node > 0 {
+        println!(
+            "  local: {} deliveries never happened: publisher and member on different servers \
+             ({:.1} % of what a shared cluster delivers)",
+            r.undelivered_cross_node,
+            100.0 * r.undelivered_share
+        );
+    }
     println!(
         "  bench      cpu {:>7.2}s  ({} process(es))",
         r.bench_cpu_seconds, r.workers

@@ -168,18 +168,86 @@ impl Seen {
             .get(i / 64)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+}
 
-    /// Messages in (base, last] this member never saw.
+/// What one member saw, all the accounting needs of it: its messages are
+/// (base, last] of its room, and it saw `unique` distinct ones of them.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub(crate) struct MemberSummary {
+    pub(crate) room: usize,
+    /// The node it was on last.
+    pub(crate) node: String,
+    pub(crate) base: Option<u64>,
+    pub(crate) unique: u64,
+    pub(crate) highest: u64,
+    pub(crate) acked: u64,
+    pub(crate) max_ack: u64,
+}
+
+impl MemberSummary {
+    /// Messages in (base, last] this member never saw (`last` at least
+    /// every seq it saw).
     pub(crate) fn missing(&self, last: u64) -> u64 {
         match self.base {
-            Some(base) if last > base => (last - base).saturating_sub(self.unique_upto(last)),
+            Some(base) if last > base => (last - base).saturating_sub(self.unique),
             _ => 0,
         }
     }
+}
 
-    fn unique_upto(&self, last: u64) -> u64 {
-        let Some(base) = self.base else { return 0 };
-        (base + 1..=last).filter(|s| self.has(*s)).count() as u64
+/// What members missed: `lost` counts messages of their own room's
+/// numbering they never got; `cross_node` (strategy local) counts
+/// deliveries that never happened because the publisher was on another
+/// server, as a shared cluster would have made them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) lost: u64,
+    pub(crate) cross_node: u64,
+    /// Strategy local: the deliveries that publisher and member on one
+    /// server made (expected), beside `cross_node`.
+    pub(crate) same_node: u64,
+}
+
+/// Tallies `members`. `last_seq[room]` is each room's final seq; `None`
+/// (strategy local) means each node numbers a room on its own, so the last
+/// seq is per room and node, from what its members saw and were acked.
+pub(crate) fn tally(members: &[MemberSummary], last_seq: Option<&[u64]>) -> Tally {
+    use std::collections::HashMap;
+    let Some(last_seq) = last_seq else {
+        let mut last: HashMap<(usize, &str), u64> = HashMap::new();
+        let mut here: HashMap<(usize, &str), (u64, u64)> = HashMap::new();
+        let mut room_members: HashMap<usize, u64> = HashMap::new();
+        for m in members {
+            let key = (m.room, m.node.as_str());
+            let l = last.entry(key).or_default();
+            *l = (*l).max(m.max_ack).max(m.highest);
+            let h = here.entry(key).or_default();
+            h.0 += 1;
+            h.1 += m.acked;
+            *room_members.entry(m.room).or_default() += 1;
+        }
+        let lost = members
+            .iter()
+            .map(|m| m.missing(last[&(m.room, m.node.as_str())]))
+            .sum();
+        let cross_node = here
+            .iter()
+            .map(|(&(room, _), &(n, published))| published * (room_members[&room] - n))
+            .sum();
+        let same_node = here.values().map(|&(n, published)| published * n).sum();
+        return Tally {
+            lost,
+            cross_node,
+            same_node,
+        };
+    };
+    let lost = members
+        .iter()
+        .map(|m| m.missing(last_seq.get(m.room).copied().unwrap_or(0)))
+        .sum();
+    Tally {
+        lost,
+        ..Tally::default()
     }
 }
 
@@ -276,6 +344,14 @@ pub struct RunResult {
     pub reordered: u64,
     pub reconnects: u64,
     pub connect_errors: u64,
+    /// Strategy local: deliveries that did not happen because publisher and
+    /// member were on different servers (what sticky and pubsub fix).
+    #[serde(default)]
+    pub undelivered_cross_node: u64,
+    /// Strategy local: the share of a shared cluster's deliveries that did
+    /// not happen (`undelivered_cross_node` over all it would make).
+    #[serde(default)]
+    pub undelivered_share: f64,
     pub deliveries_per_sec: f64,
     pub latency_ms: Latency,
     /// (latency ms, fraction of deliveries at or below), for CDF charts.
@@ -337,7 +413,61 @@ mod tests {
         assert_eq!(s.contiguous, 13);
         assert_eq!(s.see(12), Arrival::Duplicate);
         assert_eq!(s.see(200), Arrival::New);
-        assert_eq!(s.missing(200), 200 - 10 - 4);
-        assert_eq!(s.missing(13), 0);
+        let m = MemberSummary {
+            base: s.base,
+            unique: s.unique,
+            ..Default::default()
+        };
+        assert_eq!(m.missing(200), 200 - 10 - 4);
+        assert_eq!(m.missing(5), 0);
+    }
+
+    fn member(
+        room: usize,
+        node: &str,
+        base: u64,
+        unique: u64,
+        acked: u64,
+        max_ack: u64,
+    ) -> MemberSummary {
+        MemberSummary {
+            room,
+            node: node.into(),
+            base: Some(base),
+            unique,
+            highest: base + unique,
+            acked,
+            max_ack,
+        }
+    }
+
+    #[test]
+    fn tally_shared_and_local() {
+        // Shared numbering: room 0 ends at seq 10.
+        let ms = [member(0, "a", 0, 10, 5, 9), member(0, "b", 0, 8, 5, 10)];
+        assert_eq!(
+            tally(&ms, Some(&[10])),
+            Tally {
+                lost: 2,
+                ..Tally::default()
+            }
+        );
+        // Local: each node numbers room 0 itself. On a: 3 members, 6
+        // published; on b: 1 member, 2 published, and it missed one.
+        let ms = [
+            member(0, "a", 0, 6, 4, 6),
+            member(0, "a", 0, 6, 2, 5),
+            member(0, "a", 0, 6, 0, 0),
+            member(0, "b", 0, 1, 2, 2),
+        ];
+        // a's 6 messages never reach b's member; b's 2 never reach a's 3.
+        assert_eq!(
+            tally(&ms, None),
+            Tally {
+                lost: 1,
+                cross_node: 6 + 2 * 3,
+                same_node: 6 * 3 + 2,
+            }
+        );
     }
 }

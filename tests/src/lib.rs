@@ -67,6 +67,18 @@ impl Redis {
         Ok(r)
     }
 
+    /// A server on a given port (e.g. one a process was told to use before
+    /// Redis was there).
+    pub async fn start_at(port: u16) -> Result<Redis> {
+        let mut r = Redis {
+            port,
+            child: None,
+            dir: None,
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
     /// A server that keeps its data across restarts (AOF, fsync always).
     pub async fn start_persistent() -> Result<Redis> {
         let port = free_port();

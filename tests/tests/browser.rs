@@ -180,6 +180,37 @@ async fn node_index(c: &Cluster, id: &str) -> Result<usize> {
     }
 }
 
+/// Two local servers behind the gateway: the pages land on different
+/// ones, and neither sees what the other says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_local_servers_share_nothing() -> Result<()> {
+    let c = Cluster::start(2, Strategy::Local).await?;
+    let d = driver().await?;
+    let (a, b) = (browser(&d).await?, browser(&d).await?);
+    let url = format!("{}/", c.gateway.http());
+    let node_a = open_and_join(&a, &url, "ana", "demo").await?;
+    let node_b = open_and_join(&b, &url, "ben", "demo").await?;
+    assert_ne!(
+        node_a, node_b,
+        "least-loaded placement puts two pages on two nodes"
+    );
+    wait_text(&a, "#strategy", "local").await?;
+    wait_text(&a, "#hint", "share nothing").await?;
+    say(&a, "hello from ana").await?;
+    wait_text(&a, "#messages", "hello from ana").await?;
+    say(&b, "hello from ben").await?;
+    let seen_by_ben = wait_text(&b, "#messages", "hello from ben").await?;
+    assert!(!seen_by_ben.contains("hello from ana"), "{seen_by_ben}");
+    let seen_by_ana = text_of(&a, "#messages").await;
+    assert!(!seen_by_ana.contains("hello from ben"), "{seen_by_ana}");
+    if let Ok(dir) = std::env::var("TURNOUT_SCREENSHOTS") {
+        std::fs::write(format!("{dir}/demo-local.png"), b.screenshot().await?)?;
+    }
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_chats_and_survives_a_node_stop_pubsub() -> Result<()> {
     scenario(Strategy::Pubsub).await

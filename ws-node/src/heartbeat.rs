@@ -166,10 +166,15 @@ pub(crate) async fn connect_later(
     }
 }
 
-/// One connection attempt, given up after a few seconds.
+/// One connection attempt, given up after a few seconds: a probe first (a
+/// refused connection answers at once), then the reconnecting connection.
 pub(crate) async fn try_connect(client: &redis::Client) -> Option<Con> {
-    let attempt = turnout_common::redis::commands(client);
-    match tokio::time::timeout(std::time::Duration::from_secs(3), attempt).await {
+    let wait = std::time::Duration::from_secs(3);
+    let probe = tokio::time::timeout(wait, client.get_multiplexed_async_connection()).await;
+    if !matches!(probe, Ok(Ok(_))) {
+        return None;
+    }
+    match tokio::time::timeout(wait, turnout_common::redis::commands(client)).await {
         Ok(Ok(con)) => Some(con),
         _ => None,
     }

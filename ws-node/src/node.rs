@@ -5,9 +5,7 @@ use crate::conn::{Conn, ConnId};
 use crate::hub::Hub;
 use crate::metrics::NodeMetrics;
 use crate::settings::Settings;
-use crate::store::{MemoryStore, RedisStore, Store};
-use crate::strategy::{Strategy, local, pubsub, sticky};
-use crate::{bus, grpc, heartbeat, session};
+use crate::{grpc, heartbeat, session};
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
@@ -26,8 +24,8 @@ use turnout_common::auth::{ClientAuth, InternalToken, check_open_mode};
 use turnout_common::redis::{Con, RoomConfig};
 use turnout_common::settings::ListenSpec;
 use turnout_proto::names::UserId;
+use turnout_proto::now_ms;
 use turnout_proto::v1::NodeInfo;
-use turnout_proto::{keys, now_ms};
 
 /// Why this process could not start or stopped with an error.
 pub type NodeError = turnout_common::serve::RunError;
@@ -125,68 +123,12 @@ pub async fn run(
     };
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
+    let (hub, con) =
+        crate::strategy::start(&settings, &node_id, &metrics, &client, cfg, &stop).await?;
     let redis = OnceLock::new();
-    let hub = match settings.strategy {
-        turnout_proto::Strategy::Local => {
-            // Room state stays in memory; Redis only lets a router and a
-            // gateway find this node, and is not needed to serve.
-            match heartbeat::try_connect(&client).await {
-                Some(con) => {
-                    let _ = redis.set(con);
-                }
-                None => tracing::warn!(
-                    redis = %settings.redis_url,
-                    "Redis is not reachable: serving alone (strategy local needs no Redis; \
-                     the node joins a cluster's live set once Redis answers)"
-                ),
-            }
-            Arc::new(Hub::new(
-                node_id.clone(),
-                metrics.clone(),
-                Strategy::Local(local::Local),
-                Store::Memory(MemoryStore::new(cfg)),
-                settings.send_queue,
-                settings.presence_limit,
-            ))
-        }
-        kind => {
-            let con = turnout_common::redis::commands(&client).await?;
-            let _ = redis.set(con.clone());
-            let bus = bus::connect(
-                &client,
-                settings.bus_buffer,
-                &metrics,
-                &keys::node_control(&node_id),
-            )
-            .await?;
-            let store = Store::Redis(RedisStore {
-                con,
-                cfg,
-                holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
-                lease: settings.presence_ttl,
-            });
-            let hub = Arc::new_cyclic(|weak| {
-                let strategy = match kind {
-                    turnout_proto::Strategy::Sticky => Strategy::Sticky(sticky::Sticky {
-                        pin: settings.placement_ttl,
-                    }),
-                    _ => Strategy::Pubsub(pubsub::Pubsub {
-                        channels: bus.channels(weak.clone(), &metrics, stop.clone()),
-                    }),
-                };
-                Hub::new(
-                    node_id.clone(),
-                    metrics.clone(),
-                    strategy,
-                    store,
-                    settings.send_queue,
-                    settings.presence_limit,
-                )
-            });
-            bus.start(hub.clone(), stop.clone());
-            hub
-        }
-    };
+    if let Some(con) = con {
+        let _ = redis.set(con);
+    }
     let info = NodeInfo {
         id: node_id.clone(),
         url: url.clone(),
@@ -232,8 +174,7 @@ pub async fn run(
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
         .route("/api/cluster", get(cluster_handler));
-    if state.hub.strategy.kind() == turnout_proto::Strategy::Local {
-        // One local node is a complete single-server chat.
+    if state.hub.strategy.serves_demo_page() {
         app = app.route("/", get(turnout_common::serve::demo_page));
     }
     let app = app.with_state(state.clone()).merge(grpc_routes);

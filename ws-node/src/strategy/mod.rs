@@ -15,8 +15,12 @@ pub(crate) mod pubsub;
 pub(crate) mod sticky;
 
 use crate::hub::{Hub, RoomError};
+use crate::metrics::NodeMetrics;
+use crate::settings::Settings;
+use crate::store::{MemoryStore, RedisStore, Store};
 use std::sync::Arc;
-use turnout_common::redis::Origin;
+use tokio_util::sync::CancellationToken;
+use turnout_common::redis::{Con, Origin, RoomConfig};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::names::RoomName;
 
@@ -29,6 +33,66 @@ pub(crate) enum Strategy {
     Local(local::Local),
     Sticky(sticky::Sticky),
     Pubsub(pubsub::Pubsub),
+}
+
+/// Builds the node's hub for `settings.strategy`: the strategy, its store
+/// and (sticky, pubsub) the node's pub/sub connection. Also returns the
+/// connection for membership commands, when Redis is reachable.
+pub(crate) async fn start(
+    settings: &Settings,
+    node_id: &str,
+    metrics: &NodeMetrics,
+    client: &redis::Client,
+    cfg: RoomConfig,
+    stop: &CancellationToken,
+) -> Result<(Arc<Hub>, Option<Con>), redis::RedisError> {
+    let hub = |strategy, store| {
+        Hub::new(
+            node_id.to_owned(),
+            metrics.clone(),
+            strategy,
+            store,
+            settings.send_queue,
+            settings.presence_limit,
+        )
+    };
+    let kind = settings.strategy;
+    if kind == turnout_proto::Strategy::Local {
+        // Room state stays in memory; Redis only lets a router and a gateway
+        // find this node, and is not needed to serve.
+        let con = crate::heartbeat::try_connect(client).await;
+        if con.is_none() {
+            tracing::warn!(
+                redis = %settings.redis_url,
+                "Redis is not reachable: serving alone (strategy local needs no Redis; \
+                 the node joins a cluster's live set once Redis answers)"
+            );
+        }
+        let store = Store::Memory(MemoryStore::new(cfg));
+        return Ok((Arc::new(hub(Strategy::Local(local::Local), store)), con));
+    }
+    let con = turnout_common::redis::commands(client).await?;
+    let control = turnout_proto::keys::node_control(node_id);
+    let bus = crate::bus::connect(client, settings.bus_buffer, metrics, &control).await?;
+    let store = Store::Redis(RedisStore {
+        con: con.clone(),
+        cfg,
+        holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
+        lease: settings.presence_ttl,
+    });
+    let hub = Arc::new_cyclic(|weak| {
+        let strategy = match kind {
+            turnout_proto::Strategy::Sticky => Strategy::Sticky(sticky::Sticky {
+                pin: settings.placement_ttl,
+            }),
+            _ => Strategy::Pubsub(pubsub::Pubsub {
+                channels: bus.channels(weak.clone(), metrics, stop.clone()),
+            }),
+        };
+        hub(strategy, store)
+    });
+    bus.start(hub.clone(), stop.clone());
+    Ok((hub, Some(con)))
 }
 
 impl Strategy {
@@ -99,6 +163,12 @@ impl Strategy {
                 hub.deliver_presence(room, origin, frame.into())
             }
         }
+    }
+
+    /// One local node is a complete single-server chat: it serves the demo
+    /// page itself.
+    pub(crate) fn serves_demo_page(&self) -> bool {
+        matches!(self, Strategy::Local(_))
     }
 
     /// Sticky: the ownership this node must keep checking and pinning.
