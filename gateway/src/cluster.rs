@@ -34,7 +34,8 @@ pub(crate) async fn follow(
     stop: CancellationToken,
 ) {
     let mut i = 0usize;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        turnout_common::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         if stop.is_cancelled() {
             return;
@@ -49,6 +50,8 @@ pub(crate) async fn follow(
             tracing::warn!(router = %url, error = %e, "router stream ended; trying the next router");
         }
         if tx.borrow().connected {
+            // It was working: try again soon.
+            backoff.reset();
             let cur = tx.borrow().clone();
             let _ = tx.send(Arc::new(View {
                 connected: false,
@@ -56,10 +59,9 @@ pub(crate) async fn follow(
             }));
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = backoff.wait() => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -4,10 +4,12 @@
 //! - [`v1`]: gRPC services and messages generated from `proto/turnout/v1/turnout.proto`
 //!   (`Router`, `Node`, `Gateway`), plus [`FILE_DESCRIPTOR_SET`] for reflection.
 //! - [`frames`]: the JSON frames clients and servers exchange over WebSocket.
-//! - [`codes`]: the closed set of error codes and WebSocket close codes.
+//! - [`codes`]: the closed set of error codes (each with its HTTP status and
+//!   gRPC code) and WebSocket close codes.
 //! - [`keys`]: every Redis key and channel name.
 //! - [`bus`]: how a room message is encoded once, for the pub/sub bus and history.
-//! - [`names`]: the charset and length rules for room names and user ids.
+//! - [`names`]: the charset and length rules for room names and user ids, and
+//!   the validated [`names::RoomName`] and [`names::UserId`] every edge parses into.
 
 pub mod bus;
 pub mod codes;
