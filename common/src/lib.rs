@@ -11,12 +11,15 @@
 //! - [`serve`]: binding, serving HTTP + gRPC on one port, shutdown signals.
 //! - [`metrics`]: a per-process Prometheus registry and its `/metrics` handler.
 //! - [`auth`]: client JWTs, API key, internal token, the open-mode rule.
+//! - [`readiness`]: what a process waits for, for `/readyz` and its log, and
+//!   the app it serves while it starts.
 //! - [`grpc`]: health and reflection services for every gRPC port.
 
 pub mod auth;
 pub mod backoff;
 pub mod grpc;
 pub mod metrics;
+pub mod readiness;
 pub mod recovery;
 pub mod redis;
 pub mod serve;

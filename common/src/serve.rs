@@ -51,9 +51,11 @@ pub fn shutdown_on_signal() -> CancellationToken {
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 (gRPC) on one listener until
 /// `shutdown` is cancelled. A client must send its request headers within
 /// `handshake_timeout` or the connection is closed (slow-loris guard).
+/// Each request goes to the app `apps` holds when it arrives, so a process
+/// serves its start-up app (health, readiness) until its real one is built.
 pub async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    apps: tokio::sync::watch::Receiver<axum::Router>,
     shutdown: CancellationToken,
     handshake_timeout: std::time::Duration,
 ) -> io::Result<()> {
@@ -86,13 +88,13 @@ pub async fn serve(
         // Small frames must leave at once: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add up to 40 ms to a reply.
         let _ = tcp.set_nodelay(true);
-        let svc = app
-            .clone()
-            .map_request(move |req: http::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
+        let apps = apps.clone();
+        let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let app = apps.borrow().clone();
+            app.oneshot(req)
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
@@ -119,6 +121,17 @@ pub async fn demo_page() -> impl axum::response::IntoResponse {
         ],
         include_str!("../assets/demo.html"),
     )
+}
+
+/// Serves one fixed app (see [`serve`]).
+pub async fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    handshake_timeout: std::time::Duration,
+) -> io::Result<()> {
+    let (_keep, apps) = tokio::sync::watch::channel(app);
+    serve(listener, apps, shutdown, handshake_timeout).await
 }
 
 /// Why a process could not start or stopped with an error.

@@ -22,6 +22,8 @@ pub(crate) struct View {
     pub(crate) reply: NodesReply,
     /// Changes with every reply, so per-snapshot state can be reset.
     pub(crate) generation: u64,
+    /// Why the last router could not be followed.
+    pub(crate) router_error: Option<String>,
 }
 
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -46,15 +48,19 @@ pub(crate) async fn follow(
             r = watch_one(&url, token.clone(), &tx) => r,
             _ = stop.cancelled() => return,
         };
-        if let Err(e) = result {
-            tracing::warn!(router = %url, error = %e, "router stream ended; trying the next router");
-        }
-        if tx.borrow().connected {
+        let error = result.err().unwrap_or_else(|| "stream closed".into());
+        let error = format!("{url}: {error}");
+        let cur = tx.borrow().clone();
+        if cur.connected {
             // It was working: try again soon.
             backoff.reset();
-            let cur = tx.borrow().clone();
+        }
+        // Said once per distinct reply, not at every retry.
+        if cur.connected || cur.router_error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(%error, "router not followed; trying the next router");
             let _ = tx.send(Arc::new(View {
                 connected: false,
+                router_error: Some(error),
                 ..(*cur).clone()
             }));
         }
@@ -90,6 +96,7 @@ async fn watch_one(
             router: url.to_owned(),
             reply,
             generation,
+            router_error: None,
         }));
     }
     Err("stream closed".into())

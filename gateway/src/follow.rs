@@ -88,6 +88,7 @@ impl Follower {
         buffer: usize,
         max_streams: usize,
         metrics: FollowMetrics,
+        readiness: turnout_common::readiness::Readiness,
         stop: CancellationToken,
     ) -> redis::RedisResult<Arc<Self>> {
         let (con, push_rx) = turnout_common::redis::pubsub_bounded(
@@ -122,6 +123,7 @@ impl Follower {
         tokio::spawn(turnout_common::redis::watchdog(
             con,
             metrics.redis_errors,
+            readiness,
             stop,
         ));
         Ok(follower)

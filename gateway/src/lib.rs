@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use turnout_common::readiness::{Readiness, startup_app};
 
 /// One HTTP route of the gateway.
 struct HttpRoute {
@@ -122,7 +123,27 @@ pub async fn run(
         &missing,
     )?;
     let client = turnout_common::redis::client(&settings.redis_url)?;
-    let redis = turnout_common::redis::commands(&client).await?;
+    // Health and readiness answer from the first moment, while the gateway
+    // waits for Redis.
+    let readiness = Readiness::default();
+    let (apps, apps_rx) = watch::channel(startup_app(readiness.clone()));
+    let server = tokio::spawn(turnout_common::serve::serve(
+        listener,
+        apps_rx,
+        shutdown.clone(),
+        handshake_timeout,
+    ));
+    let connected = turnout_common::redis::commands_patiently(
+        &client,
+        &settings.redis_url,
+        &readiness,
+        &shutdown,
+    )
+    .await;
+    let Some(redis) = connected else {
+        let _ = server.await;
+        return Ok(());
+    };
     let (tx, rx) = watch::channel(Arc::new(cluster::View::default()));
     let stop = CancellationToken::new();
     tokio::spawn(cluster::follow(
@@ -142,6 +163,7 @@ pub async fn run(
         redis.clone(),
         internal,
         auth,
+        readiness.clone(),
     ));
     // Streams end when shutdown starts, so graceful shutdown does not wait on them.
     let follower = follow::Follower::start(
@@ -150,6 +172,7 @@ pub async fn run(
         buffer,
         max_streams,
         gw.metrics.follow.clone(),
+        readiness,
         shutdown.child_token(),
     )
     .await?;
@@ -191,8 +214,9 @@ pub async fn run(
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
         .merge(grpc);
-    tracing::info!(gateway = %id, %addr, %strategy, "gateway listening");
-    let result = turnout_common::serve::serve(listener, app, shutdown, handshake_timeout).await;
+    let _ = apps.send(app);
+    tracing::info!(gateway = %id, %addr, %strategy, "gateway serving");
+    let result = server.await.map_err(std::io::Error::other)?;
     stop.cancel();
     tracing::info!(gateway = %id, "gateway stopped");
     Ok(result?)

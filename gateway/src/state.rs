@@ -185,6 +185,8 @@ pub(crate) struct Gateway {
     pub(crate) route_cache: DashMap<String, (NodeInfo, Instant)>,
     /// Room streams (SSE, gRPC `Subscribe`); set once at start.
     pub(crate) follower: std::sync::OnceLock<Arc<crate::follow::Follower>>,
+    /// What the gateway waits for besides the router (Redis).
+    pub(crate) readiness: turnout_common::readiness::Readiness,
 }
 
 /// How long the gateway reuses a room's owner without asking a router.
@@ -198,6 +200,7 @@ impl Gateway {
         redis: ConnectionManager,
         internal: InternalToken,
         auth: Option<ClientAuth>,
+        readiness: turnout_common::readiness::Readiness,
     ) -> Self {
         let routers = settings
             .routers()
@@ -224,6 +227,7 @@ impl Gateway {
             auth,
             per_ip: DashMap::new(),
             follower: std::sync::OnceLock::new(),
+            readiness,
         }
     }
 
@@ -236,11 +240,16 @@ impl Gateway {
         cluster::conflicts(self.strategy(), &self.view.borrow())
     }
 
-    /// Ready: following a router, at least one node takes clients, no mismatch.
+    /// Ready: Redis answers, following a router, at least one node takes
+    /// clients, no mismatch.
     pub(crate) fn readiness(&self) -> Result<(), String> {
+        self.readiness.check()?;
         let view = self.view.borrow().clone();
         if !view.connected {
-            return Err("no router reachable".into());
+            return Err(match &view.router_error {
+                Some(e) => format!("no router reachable: {e}"),
+                None => "no router reachable".into(),
+            });
         }
         if !view.reply.nodes.iter().any(|n| !n.draining) {
             return Err("no live ws-node".into());

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use turnout_common::readiness::{Readiness, startup_app};
 use turnout_proto::keys;
 
 /// Why this process could not start or stopped with an error.
@@ -62,7 +63,27 @@ pub async fn run(
     );
 
     let client = turnout_common::redis::client(&settings.redis_url)?;
-    let con = turnout_common::redis::commands(&client).await?;
+    // Health and readiness answer from the first moment, while the router
+    // waits for Redis.
+    let readiness = Readiness::default();
+    let (apps, apps_rx) = watch::channel(startup_app(readiness.clone()));
+    let server = tokio::spawn(turnout_common::serve::serve(
+        listener,
+        apps_rx,
+        shutdown.clone(),
+        handshake_timeout,
+    ));
+    let connected = turnout_common::redis::commands_patiently(
+        &client,
+        &settings.redis_url,
+        &readiness,
+        &shutdown,
+    )
+    .await;
+    let Some(con) = connected else {
+        let _ = server.await;
+        return Ok(());
+    };
     // Announcements from nodes wake the membership reader at once.
     let changed = Arc::new(Notify::new());
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
@@ -81,7 +102,10 @@ pub async fn run(
         }
     });
 
-    let first = membership::read(&mut con.clone(), settings.strategy).await?;
+    // The follower reads again at once if this first read fails.
+    let first = membership::read(&mut con.clone(), settings.strategy)
+        .await
+        .unwrap_or_default();
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(membership::follow(
         con.clone(),
@@ -90,6 +114,7 @@ pub async fn run(
         changed,
         tx,
         live,
+        readiness.clone(),
         stop.clone(),
     ));
 
@@ -116,6 +141,22 @@ pub async fn run(
         ),
     };
     let strategy = settings.strategy;
+    let ready = {
+        let (readiness, snapshot) = (readiness.clone(), rx.clone());
+        move || {
+            let (readiness, fresh) = (readiness.clone(), snapshot.borrow().fresh);
+            async move {
+                match readiness.check() {
+                    Ok(()) if fresh => (axum::http::StatusCode::OK, "ready".to_owned()),
+                    Ok(()) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "membership not read yet".to_owned(),
+                    ),
+                    Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }
+        }
+    };
     let svc = service::RouterService::new(router_id.clone(), settings, rx, con.clone(), metrics);
     let grpc = routes
         .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -125,6 +166,7 @@ pub async fn run(
         .into_axum_router();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .route(
             "/metrics",
             get(|State(r): State<prometheus::Registry>| async move {
@@ -133,8 +175,9 @@ pub async fn run(
         )
         .with_state(registry)
         .merge(grpc);
-    tracing::info!(router = %router_id, %addr, %strategy, "router listening");
-    let result = turnout_common::serve::serve(listener, app, shutdown, handshake_timeout).await;
+    let _ = apps.send(app);
+    tracing::info!(router = %router_id, %addr, %strategy, "router serving");
+    let result = server.await.map_err(std::io::Error::other)?;
     stop.cancel();
     tracing::info!(router = %router_id, "router stopped");
     Ok(result?)

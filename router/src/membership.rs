@@ -18,6 +18,9 @@ use turnout_proto::{Strategy, keys, now_ms};
 pub(crate) struct Snapshot {
     /// Live nodes ordered by id.
     pub(crate) nodes: Vec<NodeInfo>,
+    /// Each node's heartbeat record as read, by id (a dead node is removed
+    /// only if its record is still this one).
+    pub(crate) records: std::collections::HashMap<String, String>,
     /// Strategy disagreements, e.g. `node n2 runs sticky`.
     pub(crate) conflicts: Vec<String>,
     /// False until the first successful read, and after Redis failures.
@@ -59,9 +62,13 @@ pub(crate) async fn read(
     let node_keys: Vec<String> = ids.iter().map(|id| keys::node(id)).collect();
     let records: Vec<Option<String>> = redis::cmd("MGET").arg(&node_keys).query_async(con).await?;
     let mut nodes = Vec::with_capacity(ids.len());
+    let mut raw = std::collections::HashMap::new();
     for (id, record) in ids.iter().zip(records) {
-        match record.and_then(|r| serde_json::from_str::<NodeInfo>(&r).ok()) {
-            Some(info) => nodes.push(info),
+        match record.and_then(|r| Some((serde_json::from_str::<NodeInfo>(&r).ok()?, r))) {
+            Some((info, r)) => {
+                raw.insert(info.id.clone(), r);
+                nodes.push(info)
+            }
             None => {
                 let _: i64 = turnout_common::redis::scripts::forget(id)
                     .invoke_async(con)
@@ -82,16 +89,26 @@ pub(crate) async fn read(
         .collect();
     Ok(Snapshot {
         nodes,
+        records: raw,
         conflicts,
         fresh: true,
     })
 }
 
-/// Probes every node's port; a node whose port refuses connections has
-/// crashed (its process is gone), so it is removed from Redis at once instead
-/// of after its heartbeat TTL. Timeouts prove nothing (a busy node may be slow
-/// to accept) and are left to the TTL.
-async fn drop_refusing(con: &mut ConnectionManager, snap: &mut Snapshot) {
+/// Refused probes in a row after which a node counts as crashed.
+const REFUSALS_TO_DROP: u32 = 2;
+
+/// Probes every node's port; a node whose port refuses connections
+/// [`REFUSALS_TO_DROP`] times in a row has crashed (its process is gone), so
+/// it is removed from Redis at once instead of after its heartbeat TTL, but
+/// only if its heartbeat record is still the one read (`drop_node.lua`): a
+/// node that heartbeated meanwhile stays. Timeouts prove nothing (a busy or
+/// paused node may be slow to accept) and are left to the TTL.
+async fn drop_refusing(
+    con: &mut ConnectionManager,
+    snap: &mut Snapshot,
+    refusals: &mut std::collections::HashMap<String, u32>,
+) {
     let probes = snap.nodes.iter().map(|n| {
         let authority = n
             .internal_url
@@ -109,33 +126,40 @@ async fn drop_refusing(con: &mut ConnectionManager, snap: &mut Snapshot) {
         }
     });
     let refused = futures_util::future::join_all(probes).await;
-    if !refused.iter().any(|r| *r) {
-        return;
-    }
+    refusals.retain(|id, _| snap.nodes.iter().any(|n| &n.id == id));
     let mut kept = Vec::with_capacity(snap.nodes.len());
     for (node, refused) in std::mem::take(&mut snap.nodes).into_iter().zip(refused) {
         if !refused {
+            refusals.remove(&node.id);
             kept.push(node);
             continue;
         }
-        tracing::warn!(node = %node.id, url = %node.internal_url, "node refuses connections: removed from the live set");
-        let r: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .cmd("DEL")
-            .arg(keys::node(&node.id))
-            .ignore()
-            .cmd("SREM")
-            .arg(keys::NODES)
-            .arg(&node.id)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(keys::MEMBERSHIP_CHANNEL)
-            .arg(&node.id)
-            .ignore()
-            .query_async(con)
+        let n = refusals.entry(node.id.clone()).or_default();
+        *n += 1;
+        if *n < REFUSALS_TO_DROP {
+            kept.push(node);
+            continue;
+        }
+        let Some(record) = snap.records.get(&node.id) else {
+            kept.push(node);
+            continue;
+        };
+        let r: redis::RedisResult<u8> = turnout_common::redis::scripts::drop_node(&node.id, record)
+            .invoke_async(con)
             .await;
-        if let Err(e) = r {
-            tracing::warn!(node = %node.id, error = %e, "removing a dead node failed");
+        match r {
+            Ok(1) => {
+                refusals.remove(&node.id);
+                tracing::warn!(node = %node.id, url = %node.internal_url, "node refuses connections: removed from the live set");
+            }
+            Ok(_) => {
+                tracing::info!(node = %node.id, "node refused connections but heartbeated since: kept");
+                kept.push(node);
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "removing a dead node failed");
+                kept.push(node);
+            }
         }
     }
     snap.nodes = kept;
@@ -161,11 +185,13 @@ pub(crate) async fn follow(
     changed: Arc<Notify>,
     tx: watch::Sender<Arc<Snapshot>>,
     live: IntGauge,
+    readiness: turnout_common::readiness::Readiness,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut refusals = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -174,7 +200,8 @@ pub(crate) async fn follow(
         }
         match read(&mut con, strategy).await {
             Ok(mut snap) => {
-                drop_refusing(&mut con, &mut snap).await;
+                drop_refusing(&mut con, &mut snap, &mut refusals).await;
+                readiness.ok("redis");
                 if failing {
                     tracing::info!("membership reads from Redis work again");
                     failing = false;
@@ -193,8 +220,8 @@ pub(crate) async fn follow(
                 }
             }
             Err(e) => {
+                readiness.waiting_for("redis", format!("reading membership from Redis: {e}"));
                 if !failing {
-                    tracing::warn!(error = %e, "reading membership from Redis failed");
                     failing = true;
                 }
                 let prev = tx.borrow().clone();

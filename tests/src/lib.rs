@@ -176,6 +176,22 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Waits until the process serves its real app, not just the start-up
+    /// one (which answers everything but `/healthz` with 503).
+    pub async fn serving(self) -> Proc {
+        let url = format!("{}/metrics", self.http());
+        wait_for("the process to serve", DEADLINE, || {
+            let url = url.clone();
+            async move {
+                let (status, _) = http("GET", &url, None, &[]).await.ok()?;
+                (status == 200).then_some(())
+            }
+        })
+        .await
+        .expect("process serving");
+        self
+    }
+
     /// Stops cleanly and waits for the process to finish.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -208,8 +224,16 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
     }
 }
 
+/// Starts a ws-node and waits until it serves.
 pub async fn start_node(settings: turnout_ws_node::Settings) -> Proc {
-    let l = listener().await;
+    spawn_node(settings).serving().await
+}
+
+/// Starts a ws-node without waiting (it may still wait for Redis).
+pub fn spawn_node(settings: turnout_ws_node::Settings) -> Proc {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let l = tokio::net::TcpListener::from_std(l).unwrap();
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -236,6 +260,11 @@ pub async fn start_router(redis: &str, strategy: Strategy) -> Proc {
 }
 
 pub async fn start_router_with(settings: turnout_router::Settings) -> Proc {
+    spawn_router(settings).await.serving().await
+}
+
+/// Starts a router without waiting (it may still wait for Redis).
+pub async fn spawn_router(settings: turnout_router::Settings) -> Proc {
     let l = listener().await;
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -272,6 +301,11 @@ pub async fn start_gateway(redis: &str, strategy: Strategy, routers: &[&Proc]) -
 }
 
 pub async fn start_gateway_with(settings: turnout_gateway::Settings) -> Proc {
+    spawn_gateway(settings).await.serving().await
+}
+
+/// Starts a gateway without waiting (it may still wait for Redis).
+pub async fn spawn_gateway(settings: turnout_gateway::Settings) -> Proc {
     let l = listener().await;
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();

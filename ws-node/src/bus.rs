@@ -53,10 +53,16 @@ impl Bus {
     }
 
     /// Starts reading pushes into `hub`, and the connection's watchdog.
-    pub(crate) fn start(self, hub: Arc<Hub>, stop: CancellationToken) {
+    pub(crate) fn start(
+        self,
+        hub: Arc<Hub>,
+        readiness: turnout_common::readiness::Readiness,
+        stop: CancellationToken,
+    ) {
         tokio::spawn(turnout_common::redis::watchdog(
             self.con,
             hub.metrics.redis_errors.clone(),
+            readiness,
             stop.clone(),
         ));
         tokio::spawn(turnout_common::redis::read_room_pushes(

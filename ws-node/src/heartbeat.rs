@@ -6,13 +6,16 @@
 use crate::node::NodeState;
 use crate::store::Store;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use turnout_common::redis::Con;
 use turnout_proto::keys;
 
 /// Announces the node: no longer draining (a node restarting under the
 /// same id), heartbeat written and told to routers at once.
-pub(crate) async fn register(state: &NodeState) {
+pub(crate) async fn register(state: &Arc<NodeState>) {
     mark_draining(state, false).await;
     write(state, true).await;
 }
@@ -34,11 +37,55 @@ pub(crate) async fn mark_draining(state: &NodeState, draining: bool) {
     }
 }
 
+/// The node's lease on its membership, on its own monotonic clock: it
+/// runs from the moment the last heartbeat Redis acknowledged was sent, for
+/// `heartbeat_ttl`. Past that, routers may have counted the node dead and
+/// given its rooms to others (sticky), and its presence lease may have run
+/// out: whatever the node holds must be checked before it is trusted.
+pub(crate) struct Lease {
+    origin: Instant,
+    /// Send time of the last acknowledged heartbeat, ms after `origin`.
+    acked: AtomicU64,
+    lapsed: AtomicBool,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            origin: Instant::now(),
+            acked: AtomicU64::new(0),
+            lapsed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Lease {
+    fn age(&self) -> Duration {
+        let acked = Duration::from_millis(self.acked.load(Ordering::Acquire));
+        self.origin.elapsed().saturating_sub(acked)
+    }
+
+    /// A heartbeat sent at `sent` was acknowledged; true when the lease had
+    /// run out before it (a pause the watchdog did not see).
+    fn renewed(&self, sent: Instant, ttl: Duration) -> bool {
+        let ran_out = self.age() >= ttl;
+        let at = sent.saturating_duration_since(self.origin).as_millis() as u64;
+        self.acked.fetch_max(at, Ordering::AcqRel);
+        ran_out
+    }
+
+    /// Whether the lease may have run out and is not verified again.
+    pub(crate) fn lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Acquire)
+    }
+}
+
 /// Writes the heartbeat record; `announce` also tells routers at once.
-pub(crate) async fn write(state: &NodeState, announce: bool) -> bool {
+pub(crate) async fn write(state: &Arc<NodeState>, announce: bool) -> bool {
     let Some(mut con) = state.redis.get().cloned() else {
         return false;
     };
+    let sent = Instant::now();
     let info = state.node_info();
     let json = serde_json::to_string(&info).expect("NodeInfo serialises");
     let ttl = state.settings.heartbeat_ttl.as_millis() as u64;
@@ -61,13 +108,106 @@ pub(crate) async fn write(state: &NodeState, announce: bool) -> bool {
             .ignore();
     }
     match pipe.query_async::<()>(&mut con).await {
-        Ok(()) => true,
+        Ok(()) => {
+            state.readiness.ok("redis");
+            let ran_out = state.lease.renewed(sent, state.settings.heartbeat_ttl);
+            // A local node holds nothing in Redis a lapse could take away.
+            if ran_out && state.hub.store.redis().is_some() {
+                lapsed(
+                    state,
+                    "the heartbeat before this one was acknowledged too long ago",
+                );
+            }
+            true
+        }
         Err(e) => {
             state.hub.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "heartbeat failed");
+            state
+                .readiness
+                .waiting_for("redis", format!("heartbeat not acknowledged: {e}"));
             false
         }
     }
+}
+
+/// Watches the lease every quarter heartbeat interval: the moment it may
+/// have run out (Redis unreachable, or the process was paused), the node
+/// checks what it holds.
+pub(crate) async fn watch_lease(state: Arc<NodeState>, stop: CancellationToken) {
+    let every = (state.settings.heartbeat_interval / 4).min(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if state.hub.store.redis().is_none() {
+            return; // local: nothing in Redis to lose
+        }
+        if state.draining() {
+            continue;
+        }
+        let age = state.lease.age();
+        if age >= state.settings.heartbeat_ttl && !state.lease.lapsed() {
+            lapsed(&state, &format!("no heartbeat acknowledged for {age:?}"));
+        }
+    }
+}
+
+/// The lease may have run out: count it, stop taking clients, and check
+/// what the node holds (once per lapse).
+fn lapsed(state: &Arc<NodeState>, why: &str) {
+    if state.lease.lapsed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    state.hub.metrics.lease_lapses.inc();
+    tracing::warn!("membership lease may have lapsed ({why}); checking what this node still holds");
+    state
+        .readiness
+        .waiting_for("lease", format!("membership lease may have lapsed: {why}"));
+    tokio::spawn(verify(state.clone()));
+}
+
+/// After a lapse: asks Redis what this node still holds (sticky: which of
+/// its rooms it still owns; all: presence written again where its lease ran
+/// out). Rooms taken over meanwhile have their members moved to the new
+/// owner. When Redis does not answer within a heartbeat TTL, a sticky node
+/// cannot know which rooms are still its own: it sends every client away to
+/// reconnect through the gateway, where a live owner takes them.
+async fn verify(state: Arc<NodeState>) {
+    let ttl = state.settings.heartbeat_ttl;
+    let deadline = Instant::now() + ttl;
+    let mut backoff =
+        turnout_common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut sent_away = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let renewed =
+            tokio::time::timeout(left.max(Duration::from_millis(100)), state.hub.renew()).await;
+        if matches!(renewed, Ok(true)) && state.lease.age() < ttl {
+            break;
+        }
+        if matches!(renewed, Ok(true)) {
+            // Redis answers; the heartbeat is on its way: wait for it.
+        } else if !sent_away && Instant::now() >= deadline && state.hub.strategy.sticky().is_some()
+        {
+            sent_away = true;
+            tracing::warn!(
+                connections = state.conns.len(),
+                "Redis does not answer: sending every client away (reconnect through the gateway)"
+            );
+            state.hub.send_away(&state.conns, "lease_lost");
+        }
+        if state.draining() {
+            return;
+        }
+        backoff.wait().await;
+    }
+    state.lease.lapsed.store(false, Ordering::Release);
+    state.readiness.ok("lease");
+    tracing::info!("membership lease holds again; what this node holds was checked");
 }
 
 /// Heartbeats every `heartbeat_interval` until `stop`; every
@@ -87,7 +227,9 @@ pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
         if last_renew.elapsed() >= renew_every {
             last_renew = tokio::time::Instant::now();
             match &state.hub.store {
-                Store::Redis(_) => state.hub.renew().await,
+                Store::Redis(_) => {
+                    state.hub.renew().await;
+                }
                 Store::Memory(m) => {
                     let n = m.sweep();
                     if n > 0 {
@@ -109,7 +251,7 @@ pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
 }
 
 /// Leaves the live set at once (a clean stop).
-pub(crate) async fn deregister(state: &NodeState) {
+pub(crate) async fn deregister(state: &Arc<NodeState>) {
     let Some(mut con) = state.redis.get().cloned() else {
         return;
     };

@@ -364,10 +364,11 @@ impl Hub {
         }
     }
 
-    /// Tells every connection to reconnect elsewhere and close with 1012.
-    pub(crate) fn drain_all(&self, conns: &DashMap<ConnId, Arc<Conn>>) {
+    /// Tells every connection to reconnect elsewhere (`reason`: draining,
+    /// lease_lost) and closes it with 1012.
+    pub(crate) fn send_away(&self, conns: &DashMap<ConnId, Arc<Conn>>, reason: &str) {
         let frame = ServerFrame::Reconnect {
-            reason: "draining".into(),
+            reason: reason.into(),
         };
         for c in conns.iter() {
             c.send_frame(&frame, &self.metrics);

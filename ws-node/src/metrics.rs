@@ -31,6 +31,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) kicked: IntCounter,
     pub(crate) inbox_appended: IntCounter,
     pub(crate) presence_reasserted: IntCounter,
+    pub(crate) lease_lapses: IntCounter,
 }
 
 impl NodeMetrics {
@@ -130,6 +131,10 @@ impl NodeMetrics {
             presence_reasserted: c(
                 "presence_reasserted_total",
                 "Rooms whose presence entries this node wrote again after its lease lapsed",
+            ),
+            lease_lapses: c(
+                "lease_lapses_total",
+                "Times this node's membership lease may have run out (paused, or Redis unreachable)",
             ),
             registry,
         }

@@ -18,9 +18,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use turnout_common::auth::{ClientAuth, InternalToken, check_open_mode};
+use turnout_common::readiness::{Readiness, startup_app};
 use turnout_common::redis::{Con, RoomConfig};
 use turnout_common::settings::ListenSpec;
 use turnout_proto::names::UserId;
@@ -47,6 +49,10 @@ pub(crate) struct NodeState {
     pub(crate) redis: OnceLock<Con>,
     /// Client token verification; None runs open.
     auth: Option<ClientAuth>,
+    /// This node's lease on its membership: when it may have lapsed.
+    pub(crate) lease: heartbeat::Lease,
+    /// What the node waits for (`/readyz`).
+    pub(crate) readiness: Readiness,
 }
 
 impl NodeState {
@@ -112,6 +118,17 @@ pub async fn run(
     )?;
     let metrics = NodeMetrics::new(&node_id);
     let client = turnout_common::redis::client(&settings.redis_url)?;
+    // Health and readiness answer from the first moment, while the node
+    // waits for what it needs.
+    let readiness = Readiness::default();
+    let (apps, apps_rx) = watch::channel(startup_app(readiness.clone()));
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(turnout_common::serve::serve(
+        listener,
+        apps_rx,
+        server_stop.clone(),
+        settings.handshake_timeout,
+    ));
     let cfg = RoomConfig {
         history_size: settings.history_size,
         room_ttl: settings.room_ttl,
@@ -123,8 +140,18 @@ pub async fn run(
     };
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
-    let (hub, con) =
-        crate::strategy::start(&settings, &node_id, &metrics, &client, cfg, &stop).await?;
+    let started = crate::strategy::start(
+        &settings, &node_id, &metrics, &client, cfg, &readiness, &stop,
+    );
+    let started = tokio::select! {
+        s = started => s?,
+        _ = shutdown.cancelled() => None,
+    };
+    let Some((hub, con)) = started else {
+        server_stop.cancel();
+        let _ = server.await;
+        return Ok(());
+    };
     let redis = OnceLock::new();
     if let Some(con) = con {
         let _ = redis.set(con);
@@ -150,6 +177,8 @@ pub async fn run(
         redis,
         settings,
         auth,
+        lease: heartbeat::Lease::default(),
+        readiness,
     });
     if state.redis.get().is_none() {
         tokio::spawn(heartbeat::connect_later(
@@ -172,6 +201,7 @@ pub async fn run(
     let mut app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
         .route("/metrics", get(metrics_handler))
         .route("/api/cluster", get(cluster_handler));
     if state.hub.strategy.serves_demo_page() {
@@ -180,17 +210,11 @@ pub async fn run(
     let app = app.with_state(state.clone()).merge(grpc_routes);
 
     let strategy = state.hub.strategy.kind();
-    tracing::info!(node = %node_id, %addr, %url, %strategy, "ws-node listening");
     heartbeat::register(&state).await;
     let heartbeat = tokio::spawn(heartbeat::run(state.clone(), stop.clone()));
-
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(turnout_common::serve::serve(
-        listener,
-        app,
-        server_stop.clone(),
-        state.settings.handshake_timeout,
-    ));
+    tokio::spawn(heartbeat::watch_lease(state.clone(), stop.clone()));
+    let _ = apps.send(app);
+    tracing::info!(node = %node_id, %addr, %url, %strategy, "ws-node serving");
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -219,7 +243,7 @@ async fn drain(state: &Arc<NodeState>) {
     tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
     heartbeat::write(state, true).await;
     heartbeat::mark_draining(state, true).await;
-    state.hub.drain_all(&state.conns);
+    state.hub.send_away(&state.conns, "draining");
     state.sessions.close();
     if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())
         .await
@@ -259,6 +283,13 @@ async fn ws_handler(
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "node is draining; reconnect through the gateway",
+        )
+            .into_response();
+    }
+    if state.lease.lapsed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node lost contact with Redis; reconnect through the gateway",
         )
             .into_response();
     }
@@ -317,6 +348,19 @@ async fn ws_handler(
 
 async fn metrics_handler(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     turnout_common::metrics::render(&state.hub.metrics.registry)
+}
+
+/// `GET /readyz`: the node takes clients (Redis answers, its lease holds,
+/// it is not draining), or what it waits for.
+async fn readyz_handler(State(state): State<Arc<NodeState>>) -> Response {
+    let mut why = state.readiness.check().err();
+    if state.draining() {
+        why = Some("draining".into());
+    }
+    match why {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 /// `GET /api/cluster` on a node: the node as it sees itself (the demo

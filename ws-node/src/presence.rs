@@ -104,14 +104,15 @@ impl Hub {
     /// and, sticky, checks each room's owner record (keeping the placement
     /// pinned). Rooms whose lease had lapsed get their members written
     /// again; rooms this node no longer owns have their members moved.
-    pub(crate) async fn renew(self: &Arc<Self>) {
+    /// False when Redis did not answer.
+    pub(crate) async fn renew(self: &Arc<Self>) -> bool {
         let Some(redis) = self.store.redis() else {
-            return;
+            return true;
         };
         let sticky = self.strategy.sticky();
         let rooms = self.room_epochs();
         if rooms.is_empty() {
-            return;
+            return true;
         }
         let args: Vec<(String, Option<(&str, u64)>)> = rooms
             .iter()
@@ -126,7 +127,7 @@ impl Hub {
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "renewing presence leases failed");
-                return;
+                return false;
             }
         };
         for ((room, epoch), renewed) in rooms.iter().zip(results) {
@@ -155,5 +156,6 @@ impl Hub {
                 }
             }
         }
+        true
     }
 }

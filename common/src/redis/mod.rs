@@ -40,9 +40,13 @@ pub fn client(url: &str) -> RedisResult<Client> {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(2));
+    // A peer that vanishes (a cut cable, a blackholed route) is noticed by
+    // keepalive when the connection is idle, and by the user timeout when
+    // data is in flight, which keepalive does not cover.
     let tcp = TcpSettings::default()
         .set_nodelay(true)
-        .set_keepalive(keepalive);
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(10));
     Client::open(info.set_redis_settings(redis).set_tcp_settings(tcp))
 }
 
@@ -53,6 +57,66 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_number_of_retries(usize::MAX)
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
+}
+
+/// `url` with any password replaced, for logs and messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{}{shown}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One attempt to reach Redis, given up after `wait`: a plain connection
+/// first (a refusal or a wrong password answers at once, where the
+/// reconnecting connection would retry silently), then the reconnecting one.
+pub async fn try_commands(client: &Client, wait: Duration) -> RedisResult<ConnectionManager> {
+    let timed_out =
+        || ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    match tokio::time::timeout(wait, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(timed_out()),
+    }
+    match tokio::time::timeout(wait, commands(client)).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// Connects to Redis, however long it takes: each failure is told to
+/// `readiness` (and so logged once and shown by `/readyz`) with the reply
+/// Redis gave, and retried with backoff. None when `stop` comes first.
+pub async fn commands_patiently(
+    client: &Client,
+    url: &str,
+    readiness: &crate::readiness::Readiness,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<ConnectionManager> {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match try_commands(client, Duration::from_secs(3)).await {
+            Ok(con) => {
+                readiness.ok("redis");
+                return Some(con);
+            }
+            Err(e) => readiness.waiting_for("redis", format!("Redis at {}: {e}", redacted(url))),
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = stop.cancelled() => return None,
+        }
+    }
 }
 
 /// A reconnecting, multiplexed connection for commands.
@@ -96,10 +160,11 @@ pub async fn pubsub_bounded(
 
 /// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
 /// the connection replaced) even when no room is busy; failures count in
-/// `errors` and are logged once per outage.
+/// `errors` and go to `readiness` as part `redis pub/sub`.
 pub async fn watchdog(
     mut con: ConnectionManager,
     errors: prometheus::IntCounter,
+    readiness: crate::readiness::Readiness,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -120,16 +185,17 @@ pub async fn watchdog(
                     tracing::info!("Redis pub/sub connection healthy again");
                 }
                 healthy = true;
+                readiness.ok("redis pub/sub");
             }
             other => {
                 if healthy {
                     errors.inc();
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer within 3s".into(),
-                    };
-                    tracing::warn!(error = %why, "Redis pub/sub PING failed");
                 }
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer to PING within 3s".into(),
+                };
+                readiness.waiting_for("redis pub/sub", why);
                 healthy = false;
             }
         }
@@ -146,4 +212,18 @@ pub async fn node_info(
         .query_async(con)
         .await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::redacted("redis://u:secret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
+        assert_eq!(super::redacted("rediss://:secret@h:1"), "rediss://:***@h:1");
+        assert_eq!(super::redacted("redis://secret@h"), "redis://***@h");
+        assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
+    }
 }

@@ -23,6 +23,7 @@ script!(PRESENCE, "presence.lua");
 script!(RENEW, "renew.lua");
 script!(CLAIM, "claim.lua");
 script!(FORGET, "forget.lua");
+script!(DROP_NODE, "drop_node.lua");
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -189,8 +190,21 @@ pub fn forget(id: &str) -> ScriptInvocation<'static> {
     inv
 }
 
+/// `drop_node.lua`: removes node `id` if its heartbeat record is still `record`.
+pub fn drop_node(id: &str, record: &str) -> ScriptInvocation<'static> {
+    let mut inv = DROP_NODE.prepare_invoke();
+    inv.key(keys::node(id))
+        .key(keys::NODES)
+        .arg(record)
+        .arg(id)
+        .arg(keys::MEMBERSHIP_CHANNEL);
+    inv
+}
+
 /// Every script, for loading them again after Redis lost its script cache
 /// (scripts sent in a pipeline are not reloaded by the client library).
-pub(crate) fn all() -> [&'static Script; 6] {
-    [&PUBLISH, &HISTORY, &PRESENCE, &RENEW, &CLAIM, &FORGET]
+pub(crate) fn all() -> [&'static Script; 7] {
+    [
+        &PUBLISH, &HISTORY, &PRESENCE, &RENEW, &CLAIM, &FORGET, &DROP_NODE,
+    ]
 }

@@ -44,8 +44,9 @@ pub(crate) async fn start(
     metrics: &NodeMetrics,
     client: &redis::Client,
     cfg: RoomConfig,
+    readiness: &turnout_common::readiness::Readiness,
     stop: &CancellationToken,
-) -> Result<(Arc<Hub>, Option<Con>), redis::RedisError> {
+) -> Result<Option<(Arc<Hub>, Option<Con>)>, redis::RedisError> {
     let hub = |strategy, store| {
         Hub::new(
             node_id.to_owned(),
@@ -69,11 +70,19 @@ pub(crate) async fn start(
             );
         }
         let store = Store::Memory(MemoryStore::new(cfg));
-        return Ok((Arc::new(hub(Strategy::Local(local::Local), store)), con));
+        return Ok(Some((
+            Arc::new(hub(Strategy::Local(local::Local), store)),
+            con,
+        )));
     }
-    let con = turnout_common::redis::commands(client).await?;
+    let url = &settings.redis_url;
+    let Some(con) = turnout_common::redis::commands_patiently(client, url, readiness, stop).await
+    else {
+        return Ok(None);
+    };
     let control = turnout_proto::keys::node_control(node_id);
     let bus = crate::bus::connect(client, settings.bus_buffer, metrics, &control).await?;
+    let bus_readiness = readiness.clone();
     let store = Store::Redis(RedisStore {
         con: con.clone(),
         cfg,
@@ -91,8 +100,8 @@ pub(crate) async fn start(
         };
         hub(strategy, store)
     });
-    bus.start(hub.clone(), stop.clone());
-    Ok((hub, Some(con)))
+    bus.start(hub.clone(), bus_readiness, stop.clone());
+    Ok(Some((hub, Some(con))))
 }
 
 impl Strategy {
