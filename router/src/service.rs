@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
-use turnout_common::redis::Liveness;
 use turnout_proto::Strategy;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;
@@ -67,19 +66,19 @@ impl RouterService {
         let candidate = choose(room, &snap.nodes, &load, self.settings.load_factor)
             .ok_or_else(|| Status::unavailable("no live ws-node"))?;
         let mut con = self.redis.clone();
-        // The owner stays while this router sees it alive and taking rooms.
+        // An owner this router does not see alive is checked in Redis first.
         let live: Vec<String> = snap
             .nodes
             .iter()
             .filter(|n| !n.draining)
             .map(|n| n.id.clone())
             .collect();
-        let owner = turnout_common::redis::rooms::claim(
+        let owner = turnout_common::redis::rooms::place(
             &mut con,
             room,
             &candidate.id,
             self.settings.placement_ttl,
-            Liveness::Live(&live),
+            &live,
         )
         .await
         .map_err(|e| {

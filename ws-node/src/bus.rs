@@ -98,7 +98,8 @@ impl RoomPushes for Relay {
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("moved"), Some(room), Some(epoch), Some(owner)) => {
                 if let Ok(epoch) = epoch.parse() {
-                    crate::strategy::sticky::Sticky::moved(&self.0, room, epoch, owner);
+                    let how = crate::strategy::sticky::Lost::ClaimedAt(epoch);
+                    crate::strategy::sticky::Sticky::lost(&self.0, room, how, Some(owner));
                 }
             }
             _ => tracing::debug!(channel, "unknown control message ignored"),

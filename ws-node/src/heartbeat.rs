@@ -219,6 +219,9 @@ pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
     let mut ok = true;
     let renew_every = (settings.presence_ttl / 3).max(settings.heartbeat_interval);
     let mut last_renew = tokio::time::Instant::now();
+    // Renewal runs beside the heartbeat, never delaying it: a slow renewal
+    // (many rooms, a room to move) must not let the node's own lease lapse.
+    let renewing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -228,7 +231,13 @@ pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
             last_renew = tokio::time::Instant::now();
             match &state.hub.store {
                 Store::Redis(_) => {
-                    state.hub.renew().await;
+                    if !renewing.swap(true, Ordering::AcqRel) {
+                        let (hub, renewing) = (state.hub.clone(), renewing.clone());
+                        tokio::spawn(async move {
+                            hub.renew().await;
+                            renewing.store(false, Ordering::Release);
+                        });
+                    }
                 }
                 Store::Memory(m) => {
                     let n = m.sweep();

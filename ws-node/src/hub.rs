@@ -88,6 +88,13 @@ impl Hub {
         self.rooms.iter().map(|r| r.key().clone()).collect()
     }
 
+    /// Whether `conn` is a member of `room` here.
+    pub(crate) fn is_member(&self, room: &str, conn: &Conn) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains_key(&conn.id))
+    }
+
     /// Highest seq fanned out for `room`, if the room is here.
     pub(crate) fn last_seq(&self, room: &str) -> Option<u64> {
         self.rooms.get(room).and_then(|r| r.seq.last())
@@ -330,7 +337,12 @@ impl Hub {
     /// Sends every member of `room` away to rejoin at `redirect` (the room
     /// moved to another node), if this node still holds it at `epoch`;
     /// their presence entries go with them.
-    pub(crate) async fn evict(&self, room: &str, epoch: Option<u64>, redirect: Option<String>) {
+    pub(crate) async fn evict(
+        self: &Arc<Self>,
+        room: &str,
+        epoch: Option<u64>,
+        redirect: Option<String>,
+    ) {
         let removed = self
             .rooms
             .remove_if(room, |_, r| epoch.is_none_or(|e| r.epoch == e));
@@ -341,10 +353,7 @@ impl Hub {
         self.strategy.close(room);
         let members: Vec<Arc<Conn>> = r.members.into_values().map(|m| m.conn).collect();
         self.tell_moved(room, &members, redirect);
-        let n = members.len();
-        for (i, conn) in members.iter().enumerate() {
-            self.forget_presence(room, conn, i + 1 == n).await;
-        }
+        self.forget_presence(room, &members, true).await;
     }
 
     /// Tells members of a room that moved to rejoin it at `redirect`.

@@ -51,10 +51,8 @@ impl Hub {
         if !stale.is_empty() {
             let here = crate::strategy::sticky::node_url(self, &self.node_id).await;
             self.tell_moved(room, &stale, here);
-            let n = stale.len();
-            for (i, c) in stale.iter().enumerate() {
-                self.forget_presence(room, c, i + 1 == n).await;
-            }
+            // The joining member stays: the node keeps its lease on the room.
+            self.forget_presence(room, &stale, false).await;
         }
         if let Err(e) = self.strategy.open(room).await {
             self.remove_member(room, conn.id);
@@ -77,12 +75,26 @@ impl Hub {
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room = %room, error = %e, "join failed: Redis");
-                self.remove_member(room, conn.id);
+                // Redis may have run the join before failing to answer.
+                let last_here = self.remove_member(room, conn.id).unwrap_or(false);
+                self.forget_presence(room, std::slice::from_ref(conn), last_here)
+                    .await;
                 return Err(ErrorCode::Unavailable.into());
             }
         };
-        if let Some(mut r) = self.rooms.get_mut(room.as_str()) {
-            r.seq.start_at(slice.seq, &slice.epoch);
+        // The room may have been taken from this node meanwhile (its members
+        // were sent away): this join did not happen here.
+        let others = match self.rooms.get_mut(room.as_str()) {
+            Some(mut r) if r.members.contains_key(&conn.id) => {
+                r.seq.start_at(slice.seq, &slice.epoch);
+                r.members.len() > 1
+            }
+            _ => return self.join_undone(room, conn).await,
+        };
+        if users.new_lease && others {
+            // The node's lease here had lapsed and was dropped with its
+            // members' entries: write them again.
+            self.reassert(std::slice::from_ref(&room.to_string())).await;
         }
         // `since` counts in the epoch the client names; another epoch means
         // the room's history was lost since, and nothing can be replayed.
@@ -115,8 +127,23 @@ impl Hub {
             conn.push(Message::Text(frame.into()), &self.metrics);
         }
         self.metrics.replayed.inc_by(replayed);
-        self.go_live(room, conn, slice.seq);
+        if !self.go_live(room, conn, slice.seq) {
+            return self.join_undone(room, conn).await;
+        }
         Ok(())
+    }
+
+    /// A join whose member was sent away while it was under way (the room
+    /// moved): its presence entry goes, and the client hears `wrong_node`.
+    async fn join_undone(
+        self: &Arc<Self>,
+        room: &RoomName,
+        conn: &Arc<Conn>,
+    ) -> Result<(), RoomError> {
+        let last_here = !self.has_room(room);
+        self.forget_presence(room, std::slice::from_ref(conn), last_here)
+            .await;
+        Err(ErrorCode::WrongNode.into())
     }
 
     /// Registers `conn` in `room` as buffering. A room that moved away and
@@ -153,13 +180,13 @@ impl Hub {
     }
 
     /// Flushes what the joining member's buffer caught above `seq` and
-    /// switches it to live delivery.
-    fn go_live(&self, room: &str, conn: &Arc<Conn>, seq: u64) {
+    /// switches it to live delivery; false when the member is gone.
+    fn go_live(&self, room: &str, conn: &Arc<Conn>, seq: u64) -> bool {
         let Some(mut r) = self.rooms.get_mut(room) else {
-            return;
+            return false;
         };
         let Some(m) = r.members.get_mut(&conn.id) else {
-            return;
+            return false;
         };
         m.after = seq;
         let (mut n, mut in_place) = (0, 0);
@@ -175,14 +202,17 @@ impl Hub {
         }
         self.metrics.deliveries.inc_by(n);
         self.metrics.deliveries_in_place.inc_by(in_place);
+        true
     }
 
     /// Removes `conn` from `room`; returns whether it was a member.
-    pub(crate) async fn leave(&self, room: &str, conn: &Conn) -> bool {
+    pub(crate) async fn leave(self: &Arc<Self>, room: &str, conn: &Arc<Conn>) -> bool {
         let Some(last_here) = self.remove_member(room, conn.id) else {
             return false;
         };
-        let left = self.forget_presence(room, conn, last_here).await;
+        let left = self
+            .forget_presence(room, std::slice::from_ref(conn), last_here)
+            .await;
         if left.is_some_and(|n| n < self.presence_limit) {
             self.announce(room, "leave", conn).await;
         }

@@ -53,25 +53,23 @@ impl Hub {
         }
     }
 
-    /// Removes `conn`'s presence entry in `room` (`last_here`: this node has
-    /// no members left there); returns the room's remaining entries. When
-    /// Redis does not answer, keeps trying in the background.
+    /// Removes the presence entries of `conns` in `room` (`last_here`: this
+    /// node has no members left there); returns the room's remaining
+    /// entries. When Redis does not answer, keeps trying in the background,
+    /// for the connections that have not joined the room again meanwhile.
     pub(crate) async fn forget_presence(
-        &self,
+        self: &Arc<Self>,
         room: &str,
-        conn: &Conn,
+        conns: &[Arc<Conn>],
         last_here: bool,
     ) -> Option<u64> {
-        match self.store.leave(room, &conn.label, last_here).await {
+        let labels: Vec<&str> = conns.iter().map(|c| c.label.as_str()).collect();
+        match self.store.leave(room, &labels, last_here).await {
             Ok(left) => Some(left),
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::debug!(room, error = %e, "presence removal failed; retrying");
-                let redis = self.store.redis()?;
-                let (con, metrics) = (redis.con.clone(), self.metrics.clone());
-                let (room, label, holder) =
-                    (room.to_owned(), conn.label.clone(), redis.holder.clone());
-                let field = format!("{holder}/{label}");
+                let (hub, room, conns) = (self.clone(), room.to_owned(), conns.to_vec());
                 tokio::spawn(async move {
                     let started = tokio::time::Instant::now();
                     let mut backoff = turnout_common::backoff::Backoff::new(
@@ -80,20 +78,22 @@ impl Hub {
                     );
                     while started.elapsed() < FORGET_PATIENCE {
                         backoff.wait().await;
-                        let r = turnout_common::redis::rooms::leave(
-                            &mut con.clone(),
-                            &room,
-                            &field,
-                            &holder,
-                            last_here,
-                        )
-                        .await;
-                        match r {
+                        // A connection back in the room has a live entry again.
+                        let gone: Vec<&str> = conns
+                            .iter()
+                            .filter(|c| !hub.is_member(&room, c))
+                            .map(|c| c.label.as_str())
+                            .collect();
+                        let last_here = last_here && !hub.has_room(&room);
+                        match hub.store.leave(&room, &gone, last_here).await {
                             Ok(_) => return,
-                            Err(_) => metrics.redis_errors.inc(),
+                            Err(_) => hub.metrics.redis_errors.inc(),
                         }
                     }
-                    tracing::warn!(room, conn = %label, "presence entry could not be removed; it goes with this node's lease");
+                    tracing::warn!(
+                        room,
+                        "presence entries could not be removed; they go with this node's lease"
+                    );
                 });
                 None
             }
@@ -130,32 +130,69 @@ impl Hub {
                 return false;
             }
         };
+        let mut lapsed = Vec::new();
         for ((room, epoch), renewed) in rooms.iter().zip(results) {
             if !renewed.owned {
-                crate::strategy::sticky::Sticky::lost(self, room, *epoch).await;
-                continue;
-            }
-            if renewed.lost {
-                self.metrics.presence_reasserted.inc();
-                let members: Vec<(String, String)> = match self.rooms.get(room) {
-                    Some(r) => r
-                        .members
-                        .values()
-                        .map(|m| (m.conn.label.clone(), m.conn.user.to_string()))
-                        .collect(),
-                    None => continue,
-                };
-                tracing::info!(
-                    room,
-                    members = members.len(),
-                    "presence lease had lapsed; members written again"
-                );
-                if let Err(e) = redis.reassert(room, &members).await {
-                    self.metrics.redis_errors.inc();
-                    tracing::warn!(room, error = %e, "writing presence again failed");
-                }
+                let how = crate::strategy::sticky::Lost::NotAt(*epoch);
+                crate::strategy::sticky::Sticky::lost(self, room, how, None);
+            } else if renewed.lost {
+                lapsed.push(room.clone());
             }
         }
+        if !lapsed.is_empty() {
+            tracing::info!(
+                rooms = lapsed.len(),
+                "presence lease had lapsed; members written again"
+            );
+            self.reassert(&lapsed).await;
+        }
         true
+    }
+
+    /// Writes the presence entries of this node's members of `rooms` again
+    /// (their lease had lapsed), then removes any of them that left while
+    /// that was under way.
+    pub(crate) async fn reassert(self: &Arc<Self>, rooms: &[String]) {
+        let Some(redis) = self.store.redis() else {
+            return;
+        };
+        let members: Vec<(String, Vec<Arc<Conn>>)> = rooms
+            .iter()
+            .filter_map(|room| {
+                let r = self.rooms.get(room)?;
+                Some((
+                    room.clone(),
+                    r.members.values().map(|m| m.conn.clone()).collect(),
+                ))
+            })
+            .collect();
+        self.metrics
+            .presence_reasserted
+            .inc_by(members.len() as u64);
+        let entries: Vec<(String, Vec<(String, String)>)> = members
+            .iter()
+            .map(|(room, conns)| {
+                let e = conns
+                    .iter()
+                    .map(|c| (c.label.clone(), c.user.to_string()))
+                    .collect();
+                (room.clone(), e)
+            })
+            .collect();
+        if let Err(e) = redis.reassert(&entries).await {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "writing presence again failed");
+            return;
+        }
+        for (room, conns) in members {
+            let left: Vec<Arc<Conn>> = conns
+                .into_iter()
+                .filter(|c| !self.is_member(&room, c))
+                .collect();
+            if !left.is_empty() {
+                self.forget_presence(&room, &left, !self.has_room(&room))
+                    .await;
+            }
+        }
     }
 }

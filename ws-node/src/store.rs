@@ -58,17 +58,27 @@ impl RedisStore {
         rooms::renew(&mut self.con.clone(), &args).await
     }
 
-    /// Writes presence entries (`conn` → user) of one room again.
+    /// Writes presence entries again: (room, [(conn, user)]) per room.
     pub(crate) async fn reassert(
         &self,
-        room: &str,
-        members: &[(String, String)],
+        members: &[(String, Vec<(String, String)>)],
     ) -> RedisResult<()> {
-        let entries: Vec<(String, String)> = members
+        let entries: Vec<(String, Vec<(String, String)>)> = members
             .iter()
-            .map(|(conn, user)| (self.entry(conn, user).field(), user.clone()))
+            .map(|(room, members)| {
+                let fields = members
+                    .iter()
+                    .map(|(conn, user)| (self.field(conn), user.clone()))
+                    .collect();
+                (room.clone(), fields)
+            })
             .collect();
-        rooms::reassert(&mut self.con.clone(), room, &entries, self.cfg.room_ttl).await
+        rooms::reassert(&mut self.con.clone(), &entries, self.cfg.room_ttl).await
+    }
+
+    /// The presence field of one of this node's connections.
+    pub(crate) fn field(&self, conn: &str) -> String {
+        self.entry(conn, "").field()
     }
 }
 
@@ -150,15 +160,21 @@ impl Store {
         }
     }
 
-    /// Removes a member's presence entry; `last_here`: the node has no
-    /// members left in the room. Returns the room's remaining entries.
-    pub(crate) async fn leave(&self, room: &str, conn: &str, last_here: bool) -> RedisResult<u64> {
+    /// Removes members' presence entries (by connection label);
+    /// `last_here`: the node has no members left in the room. Returns the
+    /// room's remaining entries.
+    pub(crate) async fn leave(
+        &self,
+        room: &str,
+        conns: &[&str],
+        last_here: bool,
+    ) -> RedisResult<u64> {
         match self {
             Store::Redis(r) => {
-                let field = r.entry(conn, "").field();
-                rooms::leave(&mut r.con.clone(), room, &field, &r.holder, last_here).await
+                let fields: Vec<String> = conns.iter().map(|c| r.field(c)).collect();
+                rooms::leave(&mut r.con.clone(), room, &fields, &r.holder, last_here).await
             }
-            Store::Memory(m) => Ok(m.leave(room, conn)),
+            Store::Memory(m) => Ok(conns.iter().map(|c| m.leave(room, c)).last().unwrap_or(0)),
         }
     }
 }

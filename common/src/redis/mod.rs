@@ -18,7 +18,6 @@ pub mod scripts;
 pub use channels::Channels;
 pub use push::{RoomPushes, read_room_pushes};
 pub use rooms::{HistorySlice, Origin, Ownership, Presence, Publisher, RoomConfig};
-pub use scripts::Liveness;
 
 use ::redis::aio::AsyncPushSender;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};

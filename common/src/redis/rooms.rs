@@ -2,7 +2,7 @@
 //! operation here is one round trip and touches the keys of one room only.
 
 use super::Con;
-use super::scripts::{self, Entry, Liveness, PublishArgs, RenewArgs};
+use super::scripts::{self, Entry, PublishArgs, RenewArgs};
 use ::redis::{RedisResult, Value};
 use std::time::Duration;
 use turnout_proto::{bus, keys};
@@ -138,21 +138,30 @@ pub struct Presence {
     pub users: Vec<String>,
     /// Connections in the room across the cluster (before dead ones are dropped).
     pub connections: u64,
+    /// A join created its node's lease on the room: the node's other
+    /// members there, if any, must be written again (their lease had lapsed).
+    pub new_lease: bool,
 }
 
 impl Presence {
     fn from_raw(mut raw: Vec<Value>) -> RedisResult<Presence> {
-        let connections = match raw.first() {
-            Some(v) => ::redis::from_redis_value_ref::<u64>(v)?,
-            None => 0,
+        let number = |v: Option<&Value>| match v {
+            Some(v) => ::redis::from_redis_value_ref::<u64>(v),
+            None => Ok(0),
         };
-        let mut users = Vec::with_capacity(raw.len().saturating_sub(1));
-        for v in raw.drain(1..) {
+        let new_lease = number(raw.first())? == 1;
+        let connections = number(raw.get(1))?;
+        let mut users = Vec::with_capacity(raw.len().saturating_sub(2));
+        for v in raw.drain(2.min(raw.len())..) {
             users.push(::redis::from_redis_value::<String>(v)?);
         }
         users.sort_unstable();
         users.dedup();
-        Ok(Presence { users, connections })
+        Ok(Presence {
+            users,
+            connections,
+            new_lease,
+        })
     }
 }
 
@@ -203,19 +212,21 @@ async fn query_scripts<T: ::redis::FromRedisValue>(
     }
 }
 
-/// Removes a member's presence entry; `last_here` also drops this node's
-/// lease on the room (it has no members left in it). Returns how many
-/// entries the room still has.
+/// Removes members' presence entries (`fields`); `last_here` also drops
+/// this node's lease on the room (it has no members left in it). Returns
+/// how many entries the room still has.
 pub async fn leave(
     con: &mut Con,
     room: &str,
-    field: &str,
+    fields: &[String],
     holder: &str,
     last_here: bool,
 ) -> RedisResult<u64> {
     let key = keys::room_presence(room);
     let mut pipe = ::redis::pipe();
-    pipe.hdel(&key, field).ignore();
+    if !fields.is_empty() {
+        pipe.hdel(&key, fields).ignore();
+    }
     if last_here {
         pipe.hdel(keys::room_holders(room), holder).ignore();
     }
@@ -224,22 +235,21 @@ pub async fn leave(
     Ok(left)
 }
 
-/// Writes presence entries again (after `renew` found the lease lapsed).
+/// Writes presence entries again, room by room (after their node's lease
+/// lapsed): `rooms` holds (room, [(field, user)]).
 pub async fn reassert(
     con: &mut Con,
-    room: &str,
-    entries: &[(String, String)],
+    rooms: &[(String, Vec<(String, String)>)],
     room_ttl: Duration,
 ) -> RedisResult<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let key = keys::room_presence(room);
     let mut pipe = ::redis::pipe();
-    pipe.hset_multiple(&key, entries)
-        .ignore()
-        .pexpire(&key, room_ttl.as_millis() as i64)
-        .ignore();
+    for (room, entries) in rooms.iter().filter(|(_, e)| !e.is_empty()) {
+        let key = keys::room_presence(room);
+        pipe.hset_multiple(&key, entries)
+            .ignore()
+            .pexpire(&key, room_ttl.as_millis() as i64)
+            .ignore();
+    }
     pipe.query_async(con).await
 }
 
@@ -280,17 +290,17 @@ pub struct Ownership {
     pub claimed: bool,
 }
 
-/// Claims `room` for `candidate` unless its owner is alive by `liveness`;
-/// an empty candidate only reads the owner. `pin` is how long an unused
+/// Claims `room` for `candidate` unless it has an owner not in `gone`; an
+/// empty candidate only reads the owner. `pin` is how long an unused
 /// placement is kept.
 pub async fn claim(
     con: &mut Con,
     room: &str,
     candidate: &str,
     pin: Duration,
-    liveness: Liveness<'_>,
+    gone: &[String],
 ) -> RedisResult<Ownership> {
-    let (node, epoch, claimed): (String, u64, u8) = scripts::claim(room, candidate, pin, liveness)
+    let (node, epoch, claimed): (String, u64, u8) = scripts::claim(room, candidate, pin, gone)
         .invoke_async(con)
         .await?;
     Ok(Ownership {
@@ -298,6 +308,40 @@ pub async fn claim(
         epoch,
         claimed: claimed == 1,
     })
+}
+
+/// A node's liveness as seen in Redis right now: its heartbeat record
+/// exists and it is not draining.
+pub async fn alive(con: &mut Con, node: &str) -> RedisResult<bool> {
+    let (exists, draining): (bool, bool) = ::redis::pipe()
+        .exists(keys::node(node))
+        .sismember(keys::DRAINING, node)
+        .query_async(con)
+        .await?;
+    Ok(exists && !draining)
+}
+
+/// Places `room` on `candidate` unless it has a live owner, and returns the
+/// owner. An owner the caller does not know to be alive (`seen_alive`: a
+/// router's live set; none for a node) is checked in Redis before the room
+/// is taken from it, so a caller's stale view never moves a room from a
+/// live node; one that is dead or draining is replaced.
+pub async fn place(
+    con: &mut Con,
+    room: &str,
+    candidate: &str,
+    pin: Duration,
+    seen_alive: &[String],
+) -> RedisResult<Ownership> {
+    let owner = claim(con, room, candidate, pin, &[]).await?;
+    if owner.node == candidate || seen_alive.contains(&owner.node) {
+        return Ok(owner);
+    }
+    if alive(con, &owner.node).await? {
+        return Ok(owner);
+    }
+    let gone = [owner.node];
+    claim(con, room, candidate, pin, &gone).await
 }
 
 #[cfg(test)]

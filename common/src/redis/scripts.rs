@@ -2,8 +2,9 @@
 //!
 //! Each script opens with named locals for its KEYS and ARGV; the builder
 //! here is the only place that knows their order. Every key a script
-//! touches is passed in KEYS, and the keys of one script share one hash
-//! tag (`{room}`), so each runs on one shard of a Redis Cluster.
+//! touches is passed in KEYS. The room scripts' keys share one hash tag
+//! (`{room}`), except the backend inbox the publish script appends to,
+//! which lives in its own slot (Redis Cluster needs a layout for it first).
 
 use ::redis::{Script, ScriptInvocation};
 use std::sync::LazyLock;
@@ -144,30 +145,18 @@ pub fn renew(a: &RenewArgs<'_>) -> ScriptInvocation<'static> {
     inv
 }
 
-/// What a claimer knows of other nodes' liveness.
-#[derive(Debug, Clone, Copy)]
-pub enum Liveness<'a> {
-    /// The nodes alive and taking rooms (a router's live set).
-    Live(&'a [String]),
-    /// Nodes known to be dead or draining (the rest count as alive).
-    Gone(&'a [String]),
-}
-
 /// A room's epoch counter outlives any placement, so epochs only grow.
 pub const EPOCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// `claim.lua`: `candidate` takes `room` unless its owner is alive by
-/// `liveness`; an empty candidate only reads the owner.
+/// `claim.lua`: `candidate` takes `room` unless it has an owner not in
+/// `gone` (nodes the caller found dead or draining); an empty candidate
+/// only reads the owner.
 pub fn claim(
     room: &str,
     candidate: &str,
     pin: Duration,
-    liveness: Liveness<'_>,
+    gone: &[String],
 ) -> ScriptInvocation<'static> {
-    let (policy, ids) = match liveness {
-        Liveness::Live(ids) => ("live", ids),
-        Liveness::Gone(ids) => ("gone", ids),
-    };
     let mut inv = CLAIM.prepare_invoke();
     inv.key(keys::room_owner(room))
         .key(keys::room_claims(room))
@@ -175,9 +164,8 @@ pub fn claim(
         .arg(ms(pin))
         .arg(ms(EPOCH_TTL))
         .arg(room)
-        .arg(keys::CONTROL_PREFIX)
-        .arg(policy);
-    for id in ids {
+        .arg(keys::CONTROL_PREFIX);
+    for id in gone {
         inv.arg(id.as_str());
     }
     inv

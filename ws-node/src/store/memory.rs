@@ -50,6 +50,7 @@ impl Room {
         Presence {
             users,
             connections: self.presence.len() as u64,
+            new_lease: false,
         }
     }
 }

@@ -12,11 +12,19 @@
 use crate::hub::{Hub, RoomError};
 use std::sync::Arc;
 use std::time::Duration;
-use turnout_common::redis::{Liveness, Origin, Publisher, rooms};
+use turnout_common::redis::{Origin, Publisher, rooms};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::codes::ErrorCode;
-use turnout_proto::keys;
 use turnout_proto::names::RoomName;
+
+/// How a node learns that it lost a room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lost {
+    /// A claim took it at this epoch.
+    ClaimedAt(u64),
+    /// The owner record does not name this node at this epoch.
+    NotAt(u64),
+}
 
 pub(crate) struct Sticky {
     /// How long an unused placement stays pinned to its owner.
@@ -39,16 +47,9 @@ impl Sticky {
         };
         let mut con = redis.con.clone();
         let me = hub.node_id.as_str();
-        let mut owner = rooms::claim(&mut con, room, me, self.pin, Liveness::Gone(&[]))
+        let owner = rooms::place(&mut con, room, me, self.pin, &[])
             .await
             .map_err(|e| unavailable(hub, room, &e, "ownership check"))?;
-        if owner.node != me && !alive(&mut con, &owner.node).await.unwrap_or(true) {
-            // The owner is dead or draining: take the room over.
-            let gone = [owner.node.clone()];
-            owner = rooms::claim(&mut con, room, me, self.pin, Liveness::Gone(&gone))
-                .await
-                .map_err(|e| unavailable(hub, room, &e, "claim"))?;
-        }
         if owner.node == me {
             return Ok(owner.epoch);
         }
@@ -89,63 +90,47 @@ impl Sticky {
         }
     }
 
-    /// A claim took `room` from this node at `epoch` (a notice on its
-    /// control channel): move the room's members to the new owner.
-    pub(crate) fn moved(hub: &Arc<Hub>, room: &str, epoch: u64, owner: &str) {
-        let Some(held) = hub.room_epoch(room) else {
+    /// This node lost `room`: a claim at epoch `claimed` said so on its
+    /// control channel (naming the new owner), or the periodic check found
+    /// the owner record no longer names this node at the epoch it holds.
+    /// Moves the room's members to the owner, in the background (the caller
+    /// is the push reader or the renewal).
+    pub(crate) fn lost(hub: &Arc<Hub>, room: &str, how: Lost, new_owner: Option<&str>) {
+        let Some(epoch) = hub.room_epoch(room) else {
             return;
         };
-        if held >= epoch {
+        let stale = match how {
+            Lost::ClaimedAt(claimed) => epoch < claimed,
+            Lost::NotAt(checked) => epoch == checked,
+        };
+        if !stale {
             return; // claimed back meanwhile
         }
         let hub = hub.clone();
-        let (room, owner) = (room.to_owned(), owner.to_owned());
+        let (room, new_owner) = (room.to_owned(), new_owner.map(str::to_owned));
         tokio::spawn(async move {
-            let redirect = node_url(&hub, &owner).await;
-            tracing::info!(room, new_owner = %owner, epoch, "room taken over by another node; moving its members");
+            let redirect = match &new_owner {
+                Some(owner) => node_url(&hub, owner).await,
+                None => owner_url(&hub, &room).await,
+            };
+            tracing::info!(
+                room,
+                ?redirect,
+                epoch,
+                "room taken over by another node; moving its members"
+            );
             hub.metrics.fenced.inc();
-            hub.evict(&room, Some(held), redirect).await;
+            hub.evict(&room, Some(epoch), redirect).await;
         });
     }
-
-    /// The periodic check found that this node no longer owns `room` at
-    /// `epoch`: move its members to whoever owns it now.
-    pub(crate) async fn lost(hub: &Arc<Hub>, room: &str, epoch: u64) {
-        let redirect = owner_url(hub, room).await;
-        tracing::info!(
-            room,
-            ?redirect,
-            epoch,
-            "owner record no longer names this node; moving the room's members"
-        );
-        hub.metrics.fenced.inc();
-        hub.evict(room, Some(epoch), redirect).await;
-    }
-}
-
-/// A node's liveness as a node claiming a room sees it: its heartbeat
-/// record exists and it is not draining.
-async fn alive(con: &mut turnout_common::redis::Con, node: &str) -> redis::RedisResult<bool> {
-    let (exists, draining): (bool, bool) = redis::pipe()
-        .exists(keys::node(node))
-        .sismember(keys::DRAINING, node)
-        .query_async(con)
-        .await?;
-    Ok(exists && !draining)
 }
 
 /// The URL of `room`'s current owner, if it has one.
 async fn owner_url(hub: &Hub, room: &str) -> Option<String> {
     let redis = hub.store.redis()?;
-    let owner = rooms::claim(
-        &mut redis.con.clone(),
-        room,
-        "",
-        Duration::ZERO,
-        Liveness::Gone(&[]),
-    )
-    .await
-    .ok()?;
+    let owner = rooms::claim(&mut redis.con.clone(), room, "", Duration::ZERO, &[])
+        .await
+        .ok()?;
     if owner.node.is_empty() {
         return None;
     }

@@ -1,9 +1,8 @@
--- Sticky placement: makes `candidate` the owner of a room unless its
--- current owner is alive, and returns the owner: {node, epoch, claimed}.
--- Liveness is the caller's to tell (heartbeats live in other slots of a
--- Redis Cluster): with policy 'live', ARGV[7..] are the nodes the caller
--- sees alive and taking rooms; with 'gone', ARGV[7..] are nodes it knows
--- are dead or draining. Every new claim increments the room's epoch, which
+-- Sticky placement: makes `candidate` the owner of a room unless it has an
+-- owner that is not known to be gone, and returns the owner: {node, epoch,
+-- claimed}. Liveness is the caller's to tell (heartbeats live in other
+-- slots of a Redis Cluster): ARGV[6..] are the nodes it checked and found
+-- dead or draining. Every new claim increments the room's epoch, which
 -- fences the old owner's publishes, and tells the old owner on its control
 -- channel. Atomic, so routers and nodes racing on one room always agree.
 -- An empty candidate only reads the owner.
@@ -14,17 +13,15 @@ local pin        = ARGV[2]   -- placement_ttl, ms
 local epoch_ttl  = ARGV[3]   -- how long the epoch counter outlives placements, ms
 local room       = ARGV[4]
 local control    = ARGV[5]   -- prefix of nodes' control channels
-local policy     = ARGV[6]   -- 'live' or 'gone'
 
 local o = redis.call('HMGET', owner_key, 'node', 'epoch')
 local owner = o[1]
 if owner then
-  local listed = false
-  for i = 7, #ARGV do
-    if ARGV[i] == owner then listed = true break end
+  local gone = false
+  for i = 6, #ARGV do
+    if ARGV[i] == owner then gone = true break end
   end
-  local alive = (policy == 'live') == listed
-  if alive or candidate == '' or candidate == owner then
+  if not gone or candidate == '' or candidate == owner then
     if candidate ~= '' then redis.call('PEXPIRE', owner_key, pin) end
     return {owner, tonumber(o[2]), 0}
   end

@@ -7,7 +7,10 @@
 -- back), so a crashed node's members vanish within the lease and a process
 -- restarted under the same node id never revives a dead one's entries.
 -- A room with more than `limit` entries is sampled (HRANDFIELD), so joining
--- a huge room stays cheap. Returns {entries, user, user, ...}.
+-- a huge room stays cheap. Returns {new_lease, entries, user, user, ...}:
+-- new_lease = 1 when adding created the holder's lease (it had none: its
+-- first member here, or a lease dropped while the node was cut off, whose
+-- other members must then be written again).
 local presence_key = KEYS[1]   -- turnout:{room}:presence
 local holders_key  = KEYS[2]   -- turnout:{room}:holders
 local limit        = tonumber(ARGV[1])
@@ -19,9 +22,10 @@ local ttl          = ARGV[6]   -- room_ttl, ms
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local new_lease = 0
 if field ~= '' then
   redis.call('HSET', presence_key, field, user)
-  redis.call('HSET', holders_key, holder, now + lease)
+  new_lease = redis.call('HSET', holders_key, holder, now + lease)
   redis.call('PEXPIRE', presence_key, ttl)
   redis.call('PEXPIRE', holders_key, ttl)
 end
@@ -32,7 +36,7 @@ if total <= limit then
 else
   all = redis.call('HRANDFIELD', presence_key, limit, 'WITHVALUES')
 end
-local users, alive = {total}, {}
+local users, alive = {new_lease, total}, {}
 for i = 1, #all, 2 do
   local f, u = all[i], all[i + 1]
   local h = string.match(f, '^(.*)/[^/]*$') or ''
