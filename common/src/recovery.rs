@@ -71,6 +71,20 @@ impl Cursor {
             || (!self.epoch.is_empty() && !slice.epoch.is_empty() && slice.epoch != self.epoch)
     }
 
+    /// Whether a message in `epoch` counts in another history epoch than
+    /// this cursor's (the room's state was lost and started over); an
+    /// epoch seen for the first time is learnt. "" says nothing.
+    pub fn epoch_changed(&mut self, epoch: &str) -> bool {
+        if epoch.is_empty() {
+            return false;
+        }
+        if self.epoch.is_empty() {
+            self.epoch = epoch.to_owned();
+            return false;
+        }
+        self.epoch != epoch
+    }
+
     /// Takes the epoch of a read when none is known yet.
     pub fn learn_epoch(&mut self, slice: &HistorySlice) {
         if self.epoch.is_empty() {
@@ -137,6 +151,16 @@ mod tests {
         c.advance(9);
         c.advance(3);
         assert_eq!(c.last(), 9);
+    }
+
+    #[test]
+    fn learns_and_compares_epochs() {
+        let mut c = Cursor::new(3, "");
+        assert!(!c.epoch_changed(""));
+        assert!(!c.epoch_changed("e1"), "learnt");
+        assert!(!c.epoch_changed("e1"));
+        assert!(c.epoch_changed("e2"));
+        assert_eq!(c.epoch(), "e1", "only a reset moves it");
     }
 
     #[test]

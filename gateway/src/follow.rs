@@ -47,7 +47,8 @@ pub(crate) enum Item {
 
 #[derive(Clone)]
 enum Event {
-    Message(u64, Arc<str>),
+    /// Seq, the history epoch it counts in, frame.
+    Message(u64, Arc<str>, Arc<str>),
     /// The room's channel was (re)subscribed: read what may have been missed.
     Resync,
 }
@@ -220,9 +221,12 @@ impl Follower {
 }
 
 impl RoomPushes for Follower {
-    fn message(&self, room: &str, seq: u64, frame: Bytes) {
+    fn message(&self, room: &str, seq: u64, epoch: &str, frame: Bytes) {
         if let Ok(frame) = std::str::from_utf8(&frame) {
-            self.send(room, Event::Message(seq, Arc::from(frame)));
+            self.send(
+                room,
+                Event::Message(seq, Arc::from(epoch), Arc::from(frame)),
+            );
         }
     }
 
@@ -356,7 +360,12 @@ impl StreamState {
                 e = rx.recv() => e,
             };
             let result = match event {
-                Ok(Event::Message(seq, frame)) => {
+                // Another epoch: Redis lost the room's state. History tells
+                // (and the stream says `reset`).
+                Ok(Event::Message(_, epoch, _)) if self.cursor.epoch_changed(&epoch) => {
+                    self.catch_up(u64::MAX).await
+                }
+                Ok(Event::Message(seq, _, frame)) => {
                     let mut r = Ok(());
                     if let Step::Gap { to, .. } = self.cursor.classify(seq) {
                         r = self.catch_up(to).await;

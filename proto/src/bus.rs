@@ -6,9 +6,12 @@
 //! room's history and (pubsub strategy) publishes it. Nodes forward the bytes
 //! to their members unchanged.
 //!
-//! Bus payload (pub/sub): `<seq> <frame JSON>`, seq in ASCII decimal and one
-//! space; a presence event is `p <conn> <frame JSON>`. History entry: stream
-//! id `<seq>-0`, field `f` = frame JSON.
+//! Bus payload (pub/sub): `<seq> <epoch> <frame JSON>`, seq in ASCII
+//! decimal, the room's history epoch (digits), one space after each; a
+//! reader that sees the epoch change knows the room's state was lost and
+//! started over, without waiting for a reconnect to find out. A presence
+//! event is `p <conn> <frame JSON>`. History entry: stream id `<seq>-0`,
+//! field `f` = frame JSON.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -68,13 +71,12 @@ impl FrameParts {
 pub enum Payload<'a> {
     Message {
         seq: u64,
+        /// The room's history epoch the seq counts in.
+        epoch: &'a str,
         frame: &'a [u8],
     },
     /// `origin` is the connection the event is about (it is not sent to it).
-    Presence {
-        origin: &'a str,
-        frame: &'a [u8],
-    },
+    Presence { origin: &'a str, frame: &'a [u8] },
 }
 
 /// Encodes a presence event: `p <origin conn> <frame>`.
@@ -92,19 +94,25 @@ pub fn decode_any(payload: &[u8]) -> Option<Payload<'_>> {
             frame: &rest[space + 1..],
         });
     }
-    decode(payload).map(|(seq, frame)| Payload::Message { seq, frame })
+    decode(payload).map(|(seq, epoch, frame)| Payload::Message { seq, epoch, frame })
 }
 
-/// Splits a bus payload into seq and frame.
-pub fn decode(payload: &[u8]) -> Option<(u64, &[u8])> {
+/// Splits a bus payload into seq, epoch and frame.
+pub fn decode(payload: &[u8]) -> Option<(u64, &str, &[u8])> {
     let space = payload.iter().position(|&b| b == b' ')?;
     let seq = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
-    Some((seq, &payload[space + 1..]))
+    let rest = &payload[space + 1..];
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..space]).ok()?;
+    if !epoch.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((seq, epoch, &rest[space + 1..]))
 }
 
 /// Encodes a bus payload (the Redis script does the same in Lua).
-pub fn encode(seq: u64, frame: &str) -> String {
-    format!("{seq} {frame}")
+pub fn encode(seq: u64, epoch: &str, frame: &str) -> String {
+    format!("{seq} {epoch} {frame}")
 }
 
 /// A stored message frame as a gRPC `RoomMessage`.
@@ -170,9 +178,9 @@ mod tests {
             }
             other => panic!("not a message: {other:?}"),
         }
-        let payload = encode(42, &frame);
-        let (seq, body) = decode(payload.as_bytes()).unwrap();
-        assert_eq!(seq, 42);
+        let payload = encode(42, "17951", &frame);
+        let (seq, epoch, body) = decode(payload.as_bytes()).unwrap();
+        assert_eq!((seq, epoch), (42, "17951"));
         assert_eq!(body, frame.as_bytes());
     }
 
@@ -200,9 +208,10 @@ mod tests {
             })
         );
         assert_eq!(
-            decode_any(b"5 {}"),
+            decode_any(b"5 123 {}"),
             Some(Payload::Message {
                 seq: 5,
+                epoch: "123",
                 frame: b"{}"
             })
         );
@@ -211,7 +220,9 @@ mod tests {
     #[test]
     fn bad_payloads() {
         assert_eq!(decode(b"nospace"), None);
-        assert_eq!(decode(b"x1 {}"), None);
+        assert_eq!(decode(b"x1 1 {}"), None);
+        assert_eq!(decode(b"1 {}"), None, "no epoch");
+        assert_eq!(decode(b"1 x {}"), None, "epoch not digits");
         assert_eq!(seq_from_stream_id("17-0"), Some(17));
         assert_eq!(seq_from_stream_id("junk"), None);
     }

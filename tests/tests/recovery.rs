@@ -432,3 +432,70 @@ async fn expect_presence(c: &mut Client, room: &str, event: &str, user: &str) ->
     );
     Ok(())
 }
+
+/// Redis drops a room's keys without restarting (eviction under
+/// `maxmemory`, a `FLUSHDB`): no reconnect tells anyone. The room starts
+/// over with a new epoch, and members are told so at its next message
+/// instead of having it dropped as an old seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_room_state_starts_over_visibly() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+        let c = Cluster::start(2, strategy).await?;
+        let url = |i: usize| match strategy {
+            Strategy::Sticky => format!("{}?room=ev", c.gateway.ws_url()),
+            _ => c.nodes[i].ws_url(),
+        };
+        let mut a = Client::connect(&url(0)).await?;
+        let mut b = Client::connect(&url(1)).await?;
+        a.join("ev").await?;
+        b.join("ev").await?;
+        for i in 1..=5 {
+            a.publish("ev", json!(i), &format!("p{i}")).await?;
+        }
+        assert_eq!(b.messages_until("ev", 5).await?.len(), 5);
+        let mut con = c.redis.con().await?;
+        let _: () = redis::cmd("DEL")
+            .arg(turnout_proto::keys::room_seq("ev"))
+            .arg(turnout_proto::keys::room_history("ev"))
+            .arg(turnout_proto::keys::room_epoch("ev"))
+            .query_async(&mut con)
+            .await?;
+        assert_eq!(a.publish("ev", json!("new"), "n1").await?, 1);
+        for cl in [&mut a, &mut b] {
+            let reset = cl
+                .expect("a fresh joined", |f| {
+                    matches!(f, ServerFrame::Joined { .. })
+                })
+                .await?;
+            match reset {
+                ServerFrame::Joined { recovered, seq, .. } => {
+                    assert_eq!(recovered, Some(false), "{strategy}");
+                    assert_eq!(seq, 0);
+                }
+                _ => unreachable!(),
+            }
+            assert_eq!(cl.messages_until("ev", 1).await?, vec![1], "{strategy}");
+        }
+    }
+    Ok(())
+}
+
+/// Only the counter is evicted, history survives: publishing goes on after
+/// the last kept message instead of failing forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_seq_counter_continues_after_history() -> Result<()> {
+    let c = Cluster::start(1, Strategy::Pubsub).await?;
+    let mut a = Client::connect(&c.nodes[0].ws_url()).await?;
+    a.join("cnt").await?;
+    for i in 1..=3 {
+        a.publish("cnt", json!(i), &format!("p{i}")).await?;
+    }
+    let mut con = c.redis.con().await?;
+    let _: () = redis::cmd("DEL")
+        .arg(turnout_proto::keys::room_seq("cnt"))
+        .query_async(&mut con)
+        .await?;
+    assert_eq!(a.publish("cnt", json!(4), "p4").await?, 4);
+    assert_eq!(a.messages_until("cnt", 4).await?, vec![1, 2, 3, 4]);
+    Ok(())
+}

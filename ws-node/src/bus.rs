@@ -76,10 +76,10 @@ impl Bus {
 struct Relay(Arc<Hub>);
 
 impl RoomPushes for Relay {
-    fn message(&self, room: &str, seq: u64, frame: Bytes) {
+    fn message(&self, room: &str, seq: u64, epoch: &str, frame: Bytes) {
         self.0.metrics.bus_messages.inc();
         match Utf8Bytes::try_from(frame) {
-            Ok(frame) => self.0.deliver(room, seq, frame),
+            Ok(frame) => self.0.deliver(room, seq, epoch, frame),
             Err(_) => tracing::warn!(room, "non-UTF-8 bus payload dropped"),
         }
     }

@@ -61,6 +61,8 @@ pub(crate) struct Room {
     pub(crate) seq: Sequencer<Utf8Bytes>,
     /// Ownership epoch this node holds the room at (sticky); 0 otherwise.
     pub(crate) epoch: u64,
+    /// A message showed the room's state was lost: a reset is under way.
+    pub(crate) resetting: bool,
 }
 
 /// Rooms and their members on this node.
@@ -113,14 +115,15 @@ impl Hub {
             .collect()
     }
 
-    /// Runs the store's publish, counting it; None: fenced (sticky).
+    /// Runs the store's publish, counting it; returns the seq and the
+    /// room's history epoch, None when fenced (sticky).
     pub(crate) async fn store_publish(
         &self,
         room: &RoomName,
         parts: &FrameParts,
         publisher: Publisher<'_>,
         origin: Origin<'_>,
-    ) -> Result<Option<u64>, RoomError> {
+    ) -> Result<Option<(u64, String)>, RoomError> {
         let seq = self
             .store
             .publish(room, parts, publisher, origin)
@@ -159,11 +162,24 @@ impl Hub {
         self.strategy.publish(self, room, &parts, origin).await
     }
 
-    /// Hands a room message to the room's members, in seq order.
-    pub(crate) fn deliver(self: &Arc<Self>, room: &str, seq: u64, frame: Utf8Bytes) {
+    /// Hands a room message (seq in history epoch `epoch`) to the room's
+    /// members, in seq order. A message of another epoch means Redis lost
+    /// the room's state: the room starts over from what Redis holds now.
+    pub(crate) fn deliver(self: &Arc<Self>, room: &str, seq: u64, epoch: &str, frame: Utf8Bytes) {
         let Some(mut r) = self.rooms.get_mut(room) else {
             return;
         };
+        if r.resetting {
+            return; // the reset reads what Redis holds, this message included
+        }
+        if r.seq.epoch_changed(epoch) {
+            r.resetting = true;
+            drop(r);
+            let hub = self.clone();
+            let room = room.to_owned();
+            tokio::spawn(async move { hub.resync(&room).await });
+            return;
+        }
         match r.seq.offer(seq, frame) {
             Offer::Now(frame) => {
                 self.fan_out(&mut r, seq, frame);
@@ -235,6 +251,12 @@ impl Hub {
             let Some(mut r) = self.rooms.get_mut(&room) else {
                 return;
             };
+            if !slice.epoch.is_empty()
+                && !r.seq.cursor().epoch().is_empty()
+                && slice.epoch != r.seq.cursor().epoch()
+            {
+                return; // the room started over; its next message resets it
+            }
             let first_found = slice.messages.first().map(|m| m.0);
             let found = slice
                 .messages
@@ -278,22 +300,29 @@ impl Hub {
             r.seq.last()?;
             Some(r.seq.cursor().clone())
         }) else {
+            if let Some(mut r) = self.rooms.get_mut(room) {
+                r.resetting = false;
+            }
             return;
         };
         let keep = self.store.config().history_size.max(1);
+        let resetting = self.rooms.get(room).is_some_and(|r| r.resetting);
         match self.store.history(room, cursor.last(), keep).await {
-            Ok(slice) if cursor.lost_state(&slice) => match self.store.history(room, 0, keep).await
-            {
-                Ok(all) => self.reset(room, all).await,
-                Err(e) => tracing::warn!(room, error = %e, "history read after state loss failed"),
-            },
+            Ok(slice) if resetting || cursor.lost_state(&slice) => {
+                match self.store.history(room, 0, keep).await {
+                    Ok(all) => self.reset(room, all).await,
+                    Err(e) => {
+                        tracing::warn!(room, error = %e, "history read after state loss failed")
+                    }
+                }
+            }
             Ok(slice) => {
                 if slice.seq > cursor.last() {
                     self.metrics
                         .gaps_repaired
                         .inc_by(slice.messages.len() as u64);
                     for (seq, frame) in slice.messages {
-                        self.deliver(room, seq, frame.into());
+                        self.deliver(room, seq, &slice.epoch, frame.into());
                     }
                 }
             }
@@ -301,6 +330,10 @@ impl Hub {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room, error = %e, "history read after resubscribe failed");
             }
+        }
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            // A failed reset is tried again at the room's next message.
+            r.resetting = false;
         }
     }
 

@@ -72,6 +72,13 @@ impl<F> Sequencer<F> {
         }
     }
 
+    /// Whether a message in `epoch` belongs to another history epoch than
+    /// the room's (Redis lost the room's state and it started over); an
+    /// epoch seen for the first time is learnt.
+    pub(crate) fn epoch_changed(&mut self, epoch: &str) -> bool {
+        self.cursor.epoch_changed(epoch)
+    }
+
     /// Starts over at `seq` in `epoch` (the room's state was lost in Redis),
     /// or forgets everything (`None`: the room moved away and back).
     pub(crate) fn reset(&mut self, to: Option<(u64, &str)>) {

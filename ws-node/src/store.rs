@@ -97,14 +97,15 @@ impl Store {
         }
     }
 
-    /// Assigns the message its seq and keeps it; None: fenced (sticky).
+    /// Assigns the message its seq and keeps it; returns the seq and the
+    /// room's history epoch, None when fenced (sticky).
     pub(crate) async fn publish(
         &self,
         room: &str,
         parts: &FrameParts,
         publisher: Publisher<'_>,
         origin: Origin<'_>,
-    ) -> RedisResult<Option<u64>> {
+    ) -> RedisResult<Option<(u64, String)>> {
         match self {
             Store::Redis(r) => {
                 rooms::publish(&mut r.con.clone(), r.cfg, room, parts, publisher, origin).await

@@ -16,8 +16,9 @@ use turnout_proto::{bus, keys};
 /// What a reader does with the pushes of its connection. Every method runs
 /// on the reader task and must not block.
 pub trait RoomPushes: Send + Sync + 'static {
-    /// A room message: its seq and its frame (a slice of the payload).
-    fn message(&self, room: &str, seq: u64, frame: Bytes);
+    /// A room message: its seq, the history epoch it counts in, and its
+    /// frame (a slice of the payload).
+    fn message(&self, room: &str, seq: u64, epoch: &str, frame: Bytes);
     /// A presence event about connection `origin`.
     fn presence(&self, _room: &str, _origin: &str, _frame: Bytes) {}
     /// A message on a channel that is not a room's (a node's control channel).
@@ -65,9 +66,9 @@ fn dispatch(push: PushInfo, handler: &impl RoomPushes) {
                 return;
             };
             match bus::decode_any(&payload) {
-                Some(bus::Payload::Message { seq, frame }) => {
+                Some(bus::Payload::Message { seq, epoch, frame }) => {
                     let start = payload.len() - frame.len();
-                    handler.message(room, seq, payload.slice(start..));
+                    handler.message(room, seq, epoch, payload.slice(start..));
                 }
                 Some(bus::Payload::Presence { origin, frame }) => {
                     let start = payload.len() - frame.len();
@@ -99,9 +100,12 @@ mod tests {
     struct Log(Mutex<Vec<String>>);
 
     impl RoomPushes for Log {
-        fn message(&self, room: &str, seq: u64, frame: Bytes) {
+        fn message(&self, room: &str, seq: u64, epoch: &str, frame: Bytes) {
             let f = String::from_utf8_lossy(&frame).into_owned();
-            self.0.lock().unwrap().push(format!("m {room} {seq} {f}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("m {room} {seq} {epoch} {f}"));
         }
         fn presence(&self, room: &str, origin: &str, frame: Bytes) {
             let f = String::from_utf8_lossy(&frame).into_owned();
@@ -139,7 +143,7 @@ mod tests {
     fn pushes_are_decoded_once() {
         let log = Log::default();
         let bus = keys::room_channel("r1");
-        dispatch(push(PushKind::Message, &[&bus, "7 {\"a\":1}"]), &log);
+        dispatch(push(PushKind::Message, &[&bus, "7 99 {\"a\":1}"]), &log);
         dispatch(push(PushKind::Message, &[&bus, "p c-1 {\"b\":2}"]), &log);
         dispatch(push(PushKind::Message, &[&bus, "junk"]), &log);
         dispatch(
@@ -151,7 +155,7 @@ mod tests {
         assert_eq!(
             *log.0.lock().unwrap(),
             vec![
-                "m r1 7 {\"a\":1}",
+                "m r1 7 99 {\"a\":1}",
                 "p r1 c-1 {\"b\":2}",
                 "u r1",
                 "o turnout:control:n1 moved r1 2 n2",

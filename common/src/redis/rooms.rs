@@ -36,8 +36,9 @@ pub enum Origin<'a> {
     Api,
 }
 
-/// Runs the publish script; returns the message's seq, or `None` when the
-/// room's owner record no longer names this owner and epoch.
+/// Runs the publish script; returns the message's seq and the room's
+/// history epoch, or `None` when the room's owner record no longer names
+/// this owner and epoch.
 pub async fn publish(
     con: &mut Con,
     cfg: RoomConfig,
@@ -45,7 +46,7 @@ pub async fn publish(
     parts: &bus::FrameParts,
     publisher: Publisher<'_>,
     origin: Origin<'_>,
-) -> RedisResult<Option<u64>> {
+) -> RedisResult<Option<(u64, String)>> {
     let args = PublishArgs {
         room,
         prefix: &parts.prefix,
@@ -61,8 +62,8 @@ pub async fn publish(
             _ => None,
         },
     };
-    let seq: i64 = scripts::publish(&args).invoke_async(con).await?;
-    Ok(u64::try_from(seq).ok())
+    let (seq, epoch): (i64, String) = scripts::publish(&args).invoke_async(con).await?;
+    Ok(u64::try_from(seq).ok().map(|seq| (seq, epoch)))
 }
 
 /// A slice of a room's history.

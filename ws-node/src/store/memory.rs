@@ -67,7 +67,8 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn publish(&self, room: &str, parts: &FrameParts) -> u64 {
+    /// Returns the message's seq and the room's epoch.
+    pub(crate) fn publish(&self, room: &str, parts: &FrameParts) -> (u64, String) {
         let mut rooms = self.rooms();
         let r = rooms.entry(room.to_owned()).or_default();
         r.seq += 1;
@@ -81,7 +82,7 @@ impl MemoryStore {
                 r.history.pop_front();
             }
         }
-        r.seq
+        (r.seq, r.epoch.clone())
     }
 
     pub(crate) fn history(&self, room: &str, since: u64, limit: u64) -> HistorySlice {
@@ -174,9 +175,10 @@ mod tests {
     #[test]
     fn seq_history_and_presence() {
         let s = store(2, Duration::from_secs(60));
-        assert_eq!(s.publish("r", &parts("a")), 1);
-        assert_eq!(s.publish("r", &parts("b")), 2);
-        assert_eq!(s.publish("r", &parts("c")), 3);
+        let (seq, epoch) = s.publish("r", &parts("a"));
+        assert_eq!(seq, 1);
+        assert_eq!(s.publish("r", &parts("b")), (2, epoch.clone()));
+        assert_eq!(s.publish("r", &parts("c")).0, 3);
         let (h, p) = s.join("r", 0, 100, "n-1", "alice", 10);
         assert_eq!(h.seq, 3);
         assert!(!h.epoch.is_empty());

@@ -18,10 +18,10 @@ pub(crate) async fn publish(
     parts: &FrameParts,
     origin: Origin<'_>,
 ) -> Result<u64, RoomError> {
-    let seq = hub
+    let (seq, epoch) = hub
         .store_publish(room, parts, Publisher::Relay, origin)
         .await?
         .ok_or_else(|| RoomError::from(ErrorCode::Internal))?;
-    hub.deliver(room, seq, parts.render(seq).into());
+    hub.deliver(room, seq, &epoch, parts.render(seq).into());
     Ok(seq)
 }

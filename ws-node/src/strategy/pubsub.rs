@@ -55,5 +55,6 @@ pub(crate) async fn publish(
     // Delivered here when it comes back on the room's channel.
     hub.store_publish(room, parts, Publisher::Relay, origin)
         .await?
+        .map(|(seq, _)| seq)
         .ok_or_else(|| RoomError::from(ErrorCode::Internal))
 }

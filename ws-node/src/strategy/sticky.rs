@@ -72,8 +72,8 @@ impl Sticky {
         };
         let owner = Publisher::Owner(&hub.node_id, epoch);
         match hub.store_publish(room, parts, owner, origin).await? {
-            Some(seq) => {
-                hub.deliver(room, seq, parts.render(seq).into());
+            Some((seq, epoch)) => {
+                hub.deliver(room, seq, &epoch, parts.render(seq).into());
                 Ok(seq)
             }
             None => {

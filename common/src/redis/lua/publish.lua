@@ -2,7 +2,8 @@
 -- history, publishes it on the room's channel and, for a client's message
 -- with the inbox on, appends it to the backend inbox: one atomic step, so a
 -- message on the bus always has its seq and is already in history and in
--- the inbox. Returns the seq, or -1 when `owner` is set and the room's
+-- the inbox. Returns {seq, epoch} (the room's history epoch, which the
+-- bus message carries too), or {-1, ''} when `owner` is set and the room's
 -- owner record no longer names that node at that epoch (a stale sticky
 -- owner cannot deliver).
 local seq_key     = KEYS[1]   -- turnout:{room}:seq
@@ -23,7 +24,7 @@ local room        = ARGV[10]
 
 if owner ~= '' then
   local o = redis.call('HMGET', owner_key, 'node', 'epoch')
-  if o[1] ~= owner or o[2] ~= owner_epoch then return -1 end
+  if o[1] ~= owner or o[2] ~= owner_epoch then return {-1, ''} end
 end
 local seq = redis.call('INCR', seq_key)
 if seq == 1 and keep > 0 then
@@ -36,9 +37,13 @@ if seq == 1 and keep > 0 then
   end
 end
 -- A new epoch when the room starts over, or when its epoch was lost.
+local epoch
 if seq == 1 or redis.call('PEXPIRE', epoch_key, ttl) == 0 then
   local t = redis.call('TIME')
-  redis.call('SET', epoch_key, t[1] .. string.format('%06d', tonumber(t[2])), 'PX', ttl)
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', epoch_key, epoch, 'PX', ttl)
+else
+  epoch = redis.call('GET', epoch_key)
 end
 local frame = prefix .. seq .. suffix
 if keep > 0 then
@@ -46,9 +51,9 @@ if keep > 0 then
   redis.call('PEXPIRE', hist_key, ttl)
 end
 redis.call('PEXPIRE', seq_key, ttl)
-redis.call('PUBLISH', channel, seq .. ' ' .. frame)
+redis.call('PUBLISH', channel, seq .. ' ' .. epoch .. ' ' .. frame)
 if inbox_size ~= '0' then
   redis.call('XADD', inbox_key, 'MAXLEN', inbox_size, '*',
     'room', room, 'seq', seq, 'user', user, 'message', frame)
 end
-return seq
+return {seq, epoch}
