@@ -20,6 +20,21 @@ pub async fn bind(spec: &ListenSpec) -> io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "empty port range")))
 }
 
+/// Makes a TCP connection notice a peer that vanished (a cut, a blackholed
+/// route, a host that froze): keep-alive probes after 5 s of silence, every
+/// 2 s, and a user timeout of 10 s for data in flight, which keep-alive
+/// does not cover.
+pub fn keep_alive(stream: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(5))
+        .with_interval(std::time::Duration::from_secs(2))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&ka);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(10)));
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -88,6 +103,8 @@ pub async fn serve(
         // Small frames must leave at once: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add up to 40 ms to a reply.
         let _ = tcp.set_nodelay(true);
+        // A client whose host vanished does not hold its socket forever.
+        keep_alive(&tcp);
         let apps = apps.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(axum::body::Body::new);

@@ -26,39 +26,53 @@ fn is_upgrade(req: &Request) -> bool {
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }
 
-/// Connects and speaks HTTP/1.1 to a node; None when it cannot be reached.
-async fn open_upstream(
-    gw: &Gateway,
+/// Why an upgrade at one node did not happen.
+enum Upstream {
+    /// Refused with 503 (draining, full, lost contact with Redis).
+    Refused,
+    Failed(String),
+}
+
+/// Forwards the client's upgrade request to `node`: connect, HTTP/1.1
+/// handshake, request, response. The caller bounds the whole of it.
+async fn upgrade_at(
     node: &turnout_proto::v1::NodeInfo,
-) -> Option<(
-    String,
-    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-)> {
+    headers: &axum::http::HeaderMap,
+    path: &str,
+    forwarded: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, Upstream> {
     let authority = node
         .internal_url
         .split("://")
         .nth(1)
-        .map(|r| r.split('/').next().unwrap_or(r).to_owned())?;
-    let upstream =
-        match tokio::time::timeout(gw.settings.upstream_timeout, TcpStream::connect(&authority))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                tracing::warn!(node = %node.id, %authority, "cannot reach ws-node");
-                return None;
-            }
-        };
+        .map(|r| r.split('/').next().unwrap_or(r).to_owned())
+        .ok_or_else(|| Upstream::Failed("no address".into()))?;
+    let upstream = TcpStream::connect(&authority)
+        .await
+        .map_err(|e| Upstream::Failed(format!("connect: {e}")))?;
     let _ = upstream.set_nodelay(true);
-    match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-        Ok((sender, conn)) => {
-            tokio::spawn(conn.with_upgrades());
-            Some((authority, sender))
+    // A node cut off from the gateway later is noticed on the spliced
+    // connection too, and its clients are let go to reconnect.
+    turnout_common::serve::keep_alive(&upstream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+        .await
+        .map_err(|e| Upstream::Failed(format!("handshake: {e}")))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut up = hyper::Request::builder().method("GET").uri(path);
+    for (name, value) in headers {
+        if name != header::HOST && name != "x-forwarded-for" {
+            up = up.header(name, value);
         }
-        Err(e) => {
-            tracing::warn!(node = %node.id, error = %e, "handshake with ws-node failed");
-            None
-        }
+    }
+    let up = up
+        .header(header::HOST, authority.as_str())
+        .header("x-forwarded-for", forwarded)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("valid upstream request");
+    match sender.send_request(up).await {
+        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Err(Upstream::Refused),
+        Ok(r) => Ok(r),
+        Err(e) => Err(Upstream::Failed(format!("request: {e}"))),
     }
 }
 
@@ -109,6 +123,10 @@ pub(crate) async fn ws(
     };
     // A node can vanish or start draining between the router's last word and
     // this request: then ask afresh, avoiding it, a few times.
+    // A node can vanish, stall or start draining between the router's last
+    // word and this request: each attempt (connect, request, response) has
+    // `upstream_timeout`; a node that did not make it is avoided for a while
+    // and another is asked (sticky: the room is placed anew elsewhere).
     let mut failed: Vec<String> = Vec::new();
     let (node, mut resp) = loop {
         if failed.len() >= 3 {
@@ -119,39 +137,28 @@ pub(crate) async fn ws(
             Ok(n) => n,
             Err(e) => return e.into_response(),
         };
-        let retry = |failed: &mut Vec<String>| {
-            gw.metrics.upstream_errors.inc();
-            if let Some(r) = &room {
-                gw.forget_route(r);
+        let attempt = upgrade_at(&node, req.headers(), &path, &forwarded);
+        let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
+            Ok(Ok(r)) => break (node, r),
+            Ok(Err(Upstream::Refused)) => {
+                tracing::debug!(node = %node.id, "node refused the upgrade (draining, full or cut off); trying another");
+                None
             }
-            failed.push(node.id.clone());
+            Ok(Err(Upstream::Failed(e))) => Some(e),
+            Err(_) => Some(format!(
+                "no answer within {:?}",
+                gw.settings.upstream_timeout
+            )),
         };
-        let Some((authority, mut sender)) = open_upstream(&gw, &node).await else {
-            retry(&mut failed);
-            continue;
-        };
-        let mut up = hyper::Request::builder().method("GET").uri(path.as_str());
-        for (name, value) in req.headers() {
-            if name != header::HOST && name != "x-forwarded-for" {
-                up = up.header(name, value);
-            }
+        gw.metrics.upstream_errors.inc();
+        if let Some(why) = why {
+            tracing::warn!(node = %node.id, error = %why, "upgrade at ws-node failed; avoiding it for a while");
+            gw.avoid_node(&node.id);
         }
-        let up = up
-            .header(header::HOST, authority.as_str())
-            .header("x-forwarded-for", forwarded.as_str())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("valid upstream request");
-        match sender.send_request(up).await {
-            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                tracing::debug!(node = %node.id, "node refused the upgrade (draining or full); trying another");
-                retry(&mut failed);
-            }
-            Ok(r) => break (node, r),
-            Err(e) => {
-                tracing::warn!(node = %node.id, error = %e, "upgrade request to ws-node failed");
-                retry(&mut failed);
-            }
+        if let Some(r) = &room {
+            gw.forget_route(r);
         }
+        failed.push(node.id.clone());
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The node's refusal (bad user, bad request…) goes to the client as is.

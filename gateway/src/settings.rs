@@ -24,10 +24,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_ROUTER_URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub router_url: Option<String>,
-    /// Time allowed to connect to a ws-node when proxying, e.g. 2s.
+    /// Time a ws-node has to take a proxied upgrade (connect, request, answer), e.g. 2s.
     #[arg(long, env = "TURNOUT_UPSTREAM_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_timeout: Option<String>,
+    /// Deadline of every internal gRPC call (to routers and ws-nodes), e.g. 5s.
+    #[arg(long, env = "TURNOUT_RPC_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_timeout: Option<String>,
     /// Largest accepted HTTP API request body, in bytes.
     #[arg(long, env = "TURNOUT_MAX_BODY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +78,8 @@ pub struct Settings {
     pub node_id: Option<String>,
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
     pub max_body_bytes: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
@@ -98,6 +104,7 @@ impl Default for Settings {
             router_url: "http://127.0.0.1:7070".into(),
             node_id: None,
             upstream_timeout: Duration::from_secs(2),
+            rpc_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
             internal_token: None,
             insecure: false,
@@ -161,6 +168,8 @@ impl Validate for Settings {
         require_nonzero("max_subscribers", self.max_subscribers == 0)?;
         require_nonzero("subscriber_buffer", self.subscriber_buffer == 0)?;
         require_nonzero("sse_keepalive", self.sse_keepalive.is_zero())?;
+        require_nonzero("rpc_timeout", self.rpc_timeout.is_zero())?;
+        require_nonzero("upstream_timeout", self.upstream_timeout.is_zero())?;
         Ok(())
     }
 }

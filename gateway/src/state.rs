@@ -187,10 +187,15 @@ pub(crate) struct Gateway {
     pub(crate) follower: std::sync::OnceLock<Arc<crate::follow::Follower>>,
     /// What the gateway waits for besides the router (Redis).
     pub(crate) readiness: turnout_common::readiness::Readiness,
+    /// Nodes that did not answer an upgrade in time, avoided until then.
+    slow: DashMap<String, Instant>,
 }
 
 /// How long the gateway reuses a room's owner without asking a router.
 pub(crate) const ROUTE_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// How long a node that did not answer an upgrade in time is avoided.
+pub(crate) const AVOID_FOR: Duration = Duration::from_secs(10);
 
 impl Gateway {
     pub(crate) fn new(
@@ -209,6 +214,7 @@ impl Gateway {
                 let ch = Channel::from_shared(url)
                     .ok()?
                     .connect_timeout(Duration::from_secs(2))
+                    .timeout(settings.rpc_timeout)
                     .connect_lazy();
                 Some(RouterClient::with_interceptor(ch, internal.clone()))
             })
@@ -228,6 +234,7 @@ impl Gateway {
             per_ip: DashMap::new(),
             follower: std::sync::OnceLock::new(),
             readiness,
+            slow: DashMap::new(),
         }
     }
 
@@ -261,6 +268,22 @@ impl Gateway {
         Ok(())
     }
 
+    /// Avoids `node` for [`AVOID_FOR`] (it did not answer in time).
+    pub(crate) fn avoid_node(&self, node: &str) {
+        self.slow
+            .insert(node.to_owned(), Instant::now() + AVOID_FOR);
+    }
+
+    /// Nodes to avoid now: `also`, and those that were slow recently.
+    pub(crate) fn avoided(&self, also: &[String]) -> Vec<String> {
+        self.slow.retain(|_, until| *until > Instant::now());
+        let mut out: Vec<String> = also.to_vec();
+        out.extend(self.slow.iter().map(|e| e.key().clone()));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub(crate) fn node_client(&self, node: &NodeInfo) -> Result<NodeClient<Internal>, ApiError> {
         if let Some(c) = self.nodes.get(&node.internal_url) {
             return Ok(c.clone());
@@ -268,6 +291,7 @@ impl Gateway {
         let channel = Channel::from_shared(node.internal_url.clone())
             .map_err(|_| ApiError::new(ErrorCode::Internal, "node has an invalid internal URL"))?
             .connect_timeout(Duration::from_secs(2))
+            .timeout(self.settings.rpc_timeout)
             .connect_lazy();
         let client = NodeClient::with_interceptor(channel, self.internal.clone());
         self.nodes.insert(node.internal_url.clone(), client.clone());

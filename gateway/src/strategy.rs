@@ -39,11 +39,12 @@ impl Gateway {
         record: bool,
         avoid: &[String],
     ) -> Result<NodeInfo, ApiError> {
+        let avoid = self.avoided(avoid);
         match self.strategy() {
             Strategy::Pubsub | Strategy::Local => {
                 let view = self.view.borrow().clone();
                 self.picker
-                    .least_loaded(&view, record, avoid)
+                    .least_loaded(&view, record, &avoid)
                     .ok_or_else(no_node)
             }
             Strategy::Sticky => {
@@ -53,7 +54,7 @@ impl Gateway {
                         "sticky strategy: `room` is required to find the room's node",
                     )
                 })?;
-                self.owner(room).await
+                self.owner(room, &avoid).await
             }
         }
     }
@@ -61,7 +62,7 @@ impl Gateway {
     /// The node the server API uses for `room`.
     async fn api_node(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
         match self.strategy() {
-            Strategy::Sticky => self.owner(room).await,
+            Strategy::Sticky => self.owner(room, &self.avoided(&[])).await,
             Strategy::Pubsub => self.pick(Some(room), false, &[]).await,
             Strategy::Local => {
                 let view = self.view.borrow().clone();
@@ -75,8 +76,9 @@ impl Gateway {
         }
     }
 
-    /// Sticky: the owner of `room`, from the cache or a router.
-    async fn owner(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
+    /// Sticky: the owner of `room`, from the cache or a router; a router
+    /// told to `avoid` nodes places the room anew if one of them owns it.
+    async fn owner(&self, room: &RoomName, avoid: &[String]) -> Result<NodeInfo, ApiError> {
         if let Some(hit) = self.route_cache.get(room.as_str()) {
             let (node, at) = hit.value();
             let still_live = self
@@ -86,7 +88,7 @@ impl Gateway {
                 .nodes
                 .iter()
                 .any(|n| n.id == node.id && !n.draining);
-            if at.elapsed() < ROUTE_CACHE_TTL && still_live {
+            if at.elapsed() < ROUTE_CACHE_TTL && still_live && !avoid.contains(&node.id) {
                 return Ok(node.clone());
             }
         }
@@ -96,6 +98,7 @@ impl Gateway {
             match r
                 .route(RouteRequest {
                     room: room.to_string(),
+                    avoid: avoid.to_vec(),
                 })
                 .await
             {

@@ -60,15 +60,27 @@ impl RouterService {
     }
 
     /// Sticky: the room's live owner, or a new placement claimed atomically.
-    async fn place(&self, room: &RoomName, snap: &Snapshot) -> Result<RouteReply, Status> {
+    /// Nodes in `avoid` (the caller could not reach them) are not chosen,
+    /// and a room they own is placed anew.
+    async fn place(
+        &self,
+        room: &RoomName,
+        snap: &Snapshot,
+        avoid: &[String],
+    ) -> Result<RouteReply, Status> {
         let recent = self.recent.counts();
         let load = |n: &NodeInfo| n.rooms + recent.get(&n.id).copied().unwrap_or(0);
-        let candidate = choose(room, &snap.nodes, &load, self.settings.load_factor)
+        let usable: Vec<NodeInfo> = snap
+            .nodes
+            .iter()
+            .filter(|n| !avoid.contains(&n.id))
+            .cloned()
+            .collect();
+        let candidate = choose(room, &usable, &load, self.settings.load_factor)
             .ok_or_else(|| Status::unavailable("no live ws-node"))?;
         let mut con = self.redis.clone();
         // An owner this router does not see alive is checked in Redis first.
-        let live: Vec<String> = snap
-            .nodes
+        let live: Vec<String> = usable
             .iter()
             .filter(|n| !n.draining)
             .map(|n| n.id.clone())
@@ -79,6 +91,7 @@ impl RouterService {
             &candidate.id,
             self.settings.placement_ttl,
             &live,
+            avoid,
         )
         .await
         .map_err(|e| {
@@ -124,13 +137,16 @@ pub(crate) fn server(svc: RouterService) -> RouterServer<RouterService> {
     RouterServer::new(svc)
 }
 
-/// The live, non-draining node with the fewest connections.
-pub(crate) fn least_loaded(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
-    nodes.iter().filter(|n| !n.draining).min_by(|a, b| {
-        a.connections
-            .cmp(&b.connections)
-            .then_with(|| a.id.cmp(&b.id))
-    })
+/// The live, non-draining node with the fewest connections, not in `avoid`.
+pub(crate) fn least_loaded<'a>(nodes: &'a [NodeInfo], avoid: &[String]) -> Option<&'a NodeInfo> {
+    nodes
+        .iter()
+        .filter(|n| !n.draining && !avoid.contains(&n.id))
+        .min_by(|a, b| {
+            a.connections
+                .cmp(&b.connections)
+                .then_with(|| a.id.cmp(&b.id))
+        })
 }
 
 type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<NodesReply, Status>> + Send>>;
@@ -138,19 +154,21 @@ type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<NodesReply, Status>> + Se
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteReply>, Status> {
-        let room = RoomName::parse(req.into_inner().room)
+        let req = req.into_inner();
+        let room = RoomName::parse(req.room)
             .map_err(|e| ErrorCode::BadName.status(format!("room {e}")))?;
+        let avoid = req.avoid;
         let snap = self.snapshot.borrow().clone();
         // The one place where the strategies differ here: sticky places the
         // room on an owner; the others send a client to the least-loaded node.
         let result = match self.strategy() {
-            Strategy::Pubsub | Strategy::Local => least_loaded(&snap.nodes)
+            Strategy::Pubsub | Strategy::Local => least_loaded(&snap.nodes, &avoid)
                 .map(|node| RouteReply {
                     node: Some(node.clone()),
                     epoch: 0,
                 })
                 .ok_or_else(|| Status::unavailable("no live ws-node")),
-            Strategy::Sticky => self.place(&room, &snap).await,
+            Strategy::Sticky => self.place(&room, &snap, &avoid).await,
         };
         self.metrics
             .routes

@@ -757,3 +757,307 @@ pub fn binary(name: &str) -> PathBuf {
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }
+
+/// A ws-node as a real process (the built binary), for faults an
+/// in-process node cannot show: SIGSTOP/SIGCONT, SIGKILL. Killed on drop.
+pub struct NodeProcess {
+    child: Child,
+    pub id: String,
+    pub port: u16,
+}
+
+impl NodeProcess {
+    /// Starts `turnout-ws-node` on a free port with `env` (TURNOUT_* settings)
+    /// and waits until it serves.
+    pub async fn start(id: &str, env: &[(&str, &str)]) -> Result<NodeProcess> {
+        let port = free_port();
+        let mut cmd = Command::new(binary("turnout-ws-node"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("starting turnout-ws-node")?;
+        let p = NodeProcess {
+            child,
+            id: id.to_owned(),
+            port,
+        };
+        let url = format!("{}/metrics", p.http());
+        wait_for(&format!("{id} to serve"), DEADLINE, || {
+            let url = url.clone();
+            async move {
+                let (status, _) = http("GET", &url, None, &[]).await.ok()?;
+                (status == 200).then_some(())
+            }
+        })
+        .await?;
+        Ok(p)
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP: the process stops without dying (a long pause).
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT: the paused process goes on.
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.resume();
+        self.kill();
+    }
+}
+
+/// A TCP proxy in front of a server, to cut the network between a process
+/// and it. `cut` stops moving bytes either way without closing anything
+/// (a partition: the peers see silence, and new connections are accepted
+/// but never answered); `heal` lets them flow again; `sever` closes every
+/// connection through it (what a partition ends in once the peers' TCP
+/// gives up).
+pub struct Proxy {
+    pub port: u16,
+    flowing: tokio::sync::watch::Sender<bool>,
+    severed: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (flowing, flow_rx) = tokio::sync::watch::channel(true);
+        let (severed, sever_rx) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (flow, mut sever) = (flow_rx.clone(), sever_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    sever.mark_unchanged();
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pump(cr, sw, flow.clone()) => {}
+                        _ = pump(sr, cw, flow) => {}
+                        _ = sever.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            port,
+            flowing,
+            severed,
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        let _ = self.flowing.send(false);
+    }
+
+    pub fn heal(&self) {
+        let _ = self.flowing.send(true);
+    }
+
+    pub fn sever(&self) {
+        self.severed.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while `flow` says so; while cut, reads nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flow: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if flow.wait_for(|f| *f).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = flow.wait_for(|f| !*f) => continue,
+        };
+        // Bytes read before a cut still go out: they were on the wire.
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A member that follows the protocol like a careful client: on
+/// `wrong_node` it moves to `redirect`; on `reconnect`, a close or a broken
+/// connection it comes back through `entry` (the gateway); after a seq jump
+/// it rejoins; it always rejoins with `since` = the last seq it holds. What
+/// it received is recorded, so a test can check that every message arrived
+/// exactly once, in order.
+pub struct Follower {
+    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    moves: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    /// Joins `room` at `first` (a node or gateway `/ws` URL with query) and
+    /// follows it; `entry` is where it reconnects when told to.
+    pub async fn start(first: &str, entry: &str, room: &str) -> Result<Follower> {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let moves = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(follow(
+            first.to_owned(),
+            entry.to_owned(),
+            room.to_owned(),
+            got.clone(),
+            moves.clone(),
+            joined_tx,
+        ));
+        tokio::time::timeout(DEADLINE, joined_rx)
+            .await
+            .context("follower did not join")???;
+        Ok(Follower { got, moves, task })
+    }
+
+    /// Waits until seq `last` arrived; returns everything received.
+    pub async fn until(&self, last: u64) -> Result<Vec<u64>> {
+        wait_for(&format!("seq {last} at the follower"), DEADLINE, || async {
+            let got = self.got.lock().unwrap().clone();
+            got.contains(&last).then_some(got)
+        })
+        .await
+    }
+
+    /// How often it had to move or reconnect.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn follow(
+    first: String,
+    entry: String,
+    room: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    moves: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    joined: tokio::sync::oneshot::Sender<Result<()>>,
+) {
+    let mut joined = Some(joined);
+    let mut url = first;
+    let mut last: Option<u64> = None;
+    loop {
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
+            url = entry.clone();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let join = |last: Option<u64>| match last {
+            Some(s) => serde_json::json!({"type": "join", "room": room, "since": s}),
+            None => serde_json::json!({"type": "join", "room": room}),
+        };
+        if ws
+            .send(Message::Text(join(last).to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let mut next = entry.clone();
+        while let Some(Ok(m)) = ws.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(f) = serde_json::from_str::<ServerFrame>(t.as_str()) else {
+                continue;
+            };
+            match f {
+                ServerFrame::Joined { seq, .. } => {
+                    if last.is_none() {
+                        last = Some(seq);
+                    }
+                    if let Some(j) = joined.take() {
+                        let _ = j.send(Ok(()));
+                    }
+                }
+                ServerFrame::Message { seq, .. } => {
+                    let l = last.unwrap_or(0);
+                    if seq <= l {
+                        // Delivered twice: record it, the test will see.
+                        got.lock().unwrap().push(seq);
+                    } else if seq == l + 1 {
+                        got.lock().unwrap().push(seq);
+                        last = Some(seq);
+                    } else {
+                        // A jump: ask for what is missing.
+                        let leave = serde_json::json!({"type": "leave", "room": room});
+                        let _ = ws.send(Message::Text(leave.to_string().into())).await;
+                        let _ = ws.send(Message::Text(join(last).to_string().into())).await;
+                    }
+                }
+                ServerFrame::Error { code, redirect, .. } if code == "wrong_node" => {
+                    if let Some(r) = redirect {
+                        next = format!("{r}?room={room}");
+                    }
+                    break;
+                }
+                ServerFrame::Reconnect { .. } => break,
+                _ => {}
+            }
+        }
+        moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        url = next;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

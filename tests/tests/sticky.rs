@@ -150,6 +150,7 @@ async fn racing_routers_agree_on_one_owner() -> Result<()> {
             let r = c
                 .route(RouteRequest {
                     room: format!("race-{i}"),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -326,19 +326,21 @@ pub async fn alive(con: &mut Con, node: &str) -> RedisResult<bool> {
 /// owner. An owner the caller does not know to be alive (`seen_alive`: a
 /// router's live set; none for a node) is checked in Redis before the room
 /// is taken from it, so a caller's stale view never moves a room from a
-/// live node; one that is dead or draining is replaced.
+/// live node; one that is dead or draining is replaced, and so is one in
+/// `avoid` (nodes a gateway could not reach in time).
 pub async fn place(
     con: &mut Con,
     room: &str,
     candidate: &str,
     pin: Duration,
     seen_alive: &[String],
+    avoid: &[String],
 ) -> RedisResult<Ownership> {
-    let owner = claim(con, room, candidate, pin, &[]).await?;
-    if owner.node == candidate || seen_alive.contains(&owner.node) {
+    let owner = claim(con, room, candidate, pin, avoid).await?;
+    if owner.node == candidate || owner.claimed {
         return Ok(owner);
     }
-    if alive(con, &owner.node).await? {
+    if seen_alive.contains(&owner.node) || alive(con, &owner.node).await? {
         return Ok(owner);
     }
     let gone = [owner.node];

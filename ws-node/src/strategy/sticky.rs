@@ -47,7 +47,7 @@ impl Sticky {
         };
         let mut con = redis.con.clone();
         let me = hub.node_id.as_str();
-        let owner = rooms::place(&mut con, room, me, self.pin, &[])
+        let owner = rooms::place(&mut con, room, me, self.pin, &[], &[])
             .await
             .map_err(|e| unavailable(hub, room, &e, "ownership check"))?;
         if owner.node == me {
