@@ -6,6 +6,8 @@
 #   deploy/cluster.sh status
 #   deploy/cluster.sh stop NODE      # SIGTERM one ws-node (drain), e.g. node-2
 #   deploy/cluster.sh kill NODE      # SIGKILL one ws-node (crash)
+#   deploy/cluster.sh pause NODE     # SIGSTOP one ws-node (a long pause); resume NODE: SIGCONT
+#   deploy/cluster.sh cut NODE       # cut NODE off from Redis (needs CUTTABLE=1); heal NODE
 #   deploy/cluster.sh start NODE     # start a stopped ws-node again
 #   deploy/cluster.sh restart-redis  # SIGKILL redis-server and start it again
 #   deploy/cluster.sh down
@@ -15,6 +17,8 @@
 #   NODE_PORT_BASE [9001] (node-i listens on NODE_PORT_BASE+i-1)
 #   RUN_DIR [./run]  PROFILE [release]  BIND [127.0.0.1]
 #   REDIS_PERSIST [0]: 1 keeps Redis data across restarts (AOF, fsync always)
+#   CUTTABLE [0]: 1 runs each node's Redis connections through its own
+#     `turnout-bench proxy` (port REDIS_PORT+100+i), so `cut`/`heal` work
 #   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
 set -euo pipefail
 
@@ -78,11 +82,20 @@ start_node() { # index
   local i=$1 port=$(( NODE_PORT_BASE + $1 - 1 ))
   local id="node-$i"
   pid_alive "$RUN_DIR/$id.pid" && { echo "$id already running"; return; }
-  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+  local redis_port=$REDIS_PORT
+  if [ "${CUTTABLE:-0}" = 1 ]; then
+    redis_port=$(( REDIS_PORT + 100 + i ))
+    if ! pid_alive "$RUN_DIR/proxy-$id.pid"; then
+      "$bin_dir/turnout-bench" proxy --listen "127.0.0.1:$redis_port" --target "127.0.0.1:$REDIS_PORT" \
+        >>"$RUN_DIR/proxy-$id.log" 2>&1 &
+      echo $! >"$RUN_DIR/proxy-$id.pid"
+    fi
+  fi
+  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$redis_port \
     "$bin_dir/turnout-ws-node" --listen "$BIND:$port" --node-id "$id" \
     >>"$RUN_DIR/$id.log" 2>&1 &
   echo $! >"$RUN_DIR/$id.pid"
-  wait_http "http://127.0.0.1:$port/healthz" 20 || die "$id did not start; see $RUN_DIR/$id.log"
+  wait_http "http://127.0.0.1:$port/readyz" 20 || die "$id is not ready; see $RUN_DIR/$id.log"
   echo "$id   ws://127.0.0.1:$port/ws   (log: $RUN_DIR/$id.log)"
 }
 
@@ -98,6 +111,7 @@ up() {
   ensure_redis_server
   ensure_curl
   mkdir -p "$RUN_DIR"
+  echo "${CUTTABLE:-0}" >"$RUN_DIR/cuttable"
   echo "$STRATEGY" >"$RUN_DIR/strategy"
   echo "$NODES" >"$RUN_DIR/nodes"
   echo "building ($PROFILE)…"
@@ -115,7 +129,7 @@ up() {
       "$bin_dir/turnout-router" --listen "$BIND:$ROUTER_PORT" --node-id router-1 \
       >>"$RUN_DIR/router.log" 2>&1 &
     echo $! >"$RUN_DIR/router.pid"
-    wait_http "http://127.0.0.1:$ROUTER_PORT/healthz" 20 || die "router did not start; see $RUN_DIR/router.log"
+    wait_http "http://127.0.0.1:$ROUTER_PORT/readyz" 20 || die "router is not ready; see $RUN_DIR/router.log"
   fi
   echo "router   http://127.0.0.1:$ROUTER_PORT"
 
@@ -162,7 +176,7 @@ down() {
   [ -d "$RUN_DIR" ] || { echo "not running"; return; }
   for name in gateway $(cd "$RUN_DIR" && ls node-*.pid 2>/dev/null | sed 's/\.pid$//') router; do
     f="$RUN_DIR/$name.pid"
-    if pid_alive "$f"; then kill -TERM "$(cat "$f")"; fi
+    if pid_alive "$f"; then kill -CONT "$(cat "$f")" 2>/dev/null; kill -TERM "$(cat "$f")"; fi
   done
   for _ in $(seq 150); do
     alive=0
@@ -171,6 +185,10 @@ down() {
     done
     [ $alive = 0 ] && break
     sleep 0.1
+  done
+  # Nodes leave through their proxies: stop those last, and anything left over.
+  for f in "$RUN_DIR"/proxy-*.pid "$RUN_DIR"/gateway.pid "$RUN_DIR"/router.pid "$RUN_DIR"/node-*.pid; do
+    pid_alive "$f" && kill -KILL "$(cat "$f")" 2>/dev/null
   done
   if pid_alive "$RUN_DIR/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN_DIR/redis.pid")"; fi
   rm -f "$RUN_DIR"/*.pid
@@ -185,6 +203,15 @@ case $cmd in
   status) status ;;
   stop) signal_node TERM "${1:?node name, e.g. node-2}" ;;
   kill) signal_node KILL "${1:?node name, e.g. node-2}" ;;
+  pause) signal_node STOP "${1:?node name, e.g. node-2}" ;;
+  resume) signal_node CONT "${1:?node name, e.g. node-2}" ;;
+  cut|heal|sever)
+    n=${1:?node name, e.g. node-2}
+    f="$RUN_DIR/proxy-$n.pid"
+    pid_alive "$f" || die "$n has no proxy: start the cluster with CUTTABLE=1"
+    case $cmd in cut) sig=USR1 ;; heal) sig=USR2 ;; sever) sig=HUP ;; esac
+    kill -"$sig" "$(cat "$f")"
+    echo "$n: $cmd (Redis)" ;;
   restart-redis)
     pid_alive "$RUN_DIR/redis.pid" && kill -KILL "$(cat "$RUN_DIR/redis.pid")"
     for _ in $(seq 50); do pid_alive "$RUN_DIR/redis.pid" || break; sleep 0.1; done
@@ -194,6 +221,7 @@ case $cmd in
   start)
     n=${1:?node name, e.g. node-2}
     [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")
+    [ -f "$RUN_DIR/cuttable" ] && CUTTABLE=$(cat "$RUN_DIR/cuttable")
     start_node "${n#node-}" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -20,6 +20,18 @@ pub enum Command {
     Run(RunOpts),
     /// Render results (JSON files from `run`) as one HTML page with SVG charts.
     Report(ReportOpts),
+    /// A TCP proxy that cuts the network on a signal (partition experiments).
+    Proxy(ProxyOpts),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyOpts {
+    /// Address to listen on, e.g. 127.0.0.1:6490.
+    #[arg(long)]
+    pub listen: String,
+    /// Server to forward to, e.g. 127.0.0.1:6390.
+    #[arg(long)]
+    pub target: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

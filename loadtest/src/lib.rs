@@ -9,11 +9,13 @@
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
 //! - `report`: the side-by-side HTML report with SVG charts.
 //! - `http`: the few HTTP calls the bench makes to the gateway.
+//! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
 
 pub mod cli;
 mod http;
 mod load;
 mod member;
+pub mod proxy;
 mod report;
 mod sample;
 mod scenario;
@@ -27,5 +29,6 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(opts) => scenario::run(opts).await,
         cli::Command::Report(opts) => report::write(&opts),
+        cli::Command::Proxy(opts) => proxy::run(opts).await,
     }
 }

@@ -159,6 +159,8 @@ impl Load {
                 highest: m.seen.highest,
                 acked: m.acked,
                 max_ack: m.max_ack,
+                moves: m.moves.clone(),
+                max_gap_ms: m.max_gap_ms,
             })
             .collect();
         let broken = outcomes

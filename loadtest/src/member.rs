@@ -40,6 +40,11 @@ pub(crate) struct Outcome {
     /// Its publishes acked, and the highest seq an ack gave.
     pub(crate) acked: u64,
     pub(crate) max_ack: u64,
+    /// When it was told to go (`wrong_node`, `reconnect`) or lost its
+    /// connection, as Unix ms.
+    pub(crate) moves: Vec<u64>,
+    /// Longest time without a message of its room while measuring, ms.
+    pub(crate) max_gap_ms: u64,
     /// First time the connection broke while the run was on.
     pub(crate) broken_at: Option<Instant>,
     /// First live message received after reconnecting.
@@ -125,9 +130,12 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
         node: String::new(),
         acked: 0,
         max_ack: 0,
+        moves: Vec::new(),
+        max_gap_ms: 0,
         broken_at: None,
         recovered_at: None,
     };
+    let mut last_arrival: Option<Instant> = None;
     // Short backoff: the bench measures how fast the cluster recovers, not
     // how patient a client is.
     let mut backoff = Duration::from_millis(50);
@@ -208,6 +216,14 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                     match f.kind {
                         "message" => {
                             let Some(seq) = f.seq else { continue };
+                            if shared.measuring.load(Ordering::Relaxed) {
+                                let now = Instant::now();
+                                if let Some(prev) = last_arrival {
+                                    let gap = now.duration_since(prev).as_millis() as u64;
+                                    out.max_gap_ms = out.max_gap_ms.max(gap);
+                                }
+                                last_arrival = Some(now);
+                            }
                             let replay = joined.is_none_or(|j| seq <= j);
                             match out.seen.see(seq) {
                                 Arrival::Duplicate => { shared.duplicated.fetch_add(1, Ordering::Relaxed); }
@@ -253,7 +269,11 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                             }
                             out.node = node.to_owned();
                         }
+                        "reconnect" => out.moves.push(now_us() / 1000),
                         "error" => {
+                            if f.code == Some("wrong_node") {
+                                out.moves.push(now_us() / 1000);
+                            }
                             if f.code == Some("wrong_node") && f.redirect.is_some() {
                                 redirect = f.redirect.map(|u| format!("{u}?room={}&user=b{}", cfg.room, cfg.sender));
                                 break;
@@ -269,11 +289,11 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                 }
             }
         }
-        if !stop.is_cancelled()
-            && out.broken_at.is_none()
-            && !shared.stop_publishing.load(Ordering::Relaxed)
-        {
-            out.broken_at = Some(Instant::now());
+        if !stop.is_cancelled() && !shared.stop_publishing.load(Ordering::Relaxed) {
+            out.moves.push(now_us() / 1000);
+            if out.broken_at.is_none() {
+                out.broken_at = Some(Instant::now());
+            }
         }
     }
     out

@@ -365,6 +365,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None
     };
 
+    let measure_start_ms = now_us() / 1000;
+    let mut chaos = Vec::new();
     for spec in &o.chaos {
         let (at, cmd) = spec
             .split_once('=')
@@ -374,6 +376,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             .parse()
             .context("--chaos: SECONDS must be a whole number")?;
         let cmd = cmd.to_owned();
+        chaos.push((at, cmd.clone()));
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(at)).await;
             let ok = tokio::process::Command::new("sh")
@@ -526,7 +529,34 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             },
         }
     });
+    let mut gaps: Vec<f64> = totals.members.iter().map(|m| m.max_gap_ms as f64).collect();
+    let silence_ms = crate::stats::Silence {
+        p50: crate::stats::quantile(&mut gaps, 0.5),
+        p99: crate::stats::quantile(&mut gaps, 0.99),
+        max: crate::stats::quantile(&mut gaps, 1.0),
+    };
+    let disruptions = chaos
+        .iter()
+        .map(|(at, command)| {
+            let t = measure_start_ms + at * 1000;
+            let mut told: Vec<f64> = totals
+                .members
+                .iter()
+                .filter_map(|m| m.moves.iter().find(|&&mv| mv >= t && mv < t + 60_000))
+                .map(|&mv| (mv - t) as f64)
+                .collect();
+            crate::stats::Disruption {
+                at_s: *at,
+                command: command.clone(),
+                members_moved: told.len() as u64,
+                told_ms_p50: crate::stats::quantile(&mut told, 0.5),
+                told_ms_max: crate::stats::quantile(&mut told, 1.0),
+            }
+        })
+        .collect();
     let result = RunResult {
+        silence_ms,
+        disruptions,
         strategy,
         scenario: format!("{:?}", o.scenario).to_lowercase(),
         mode: format!("{:?}", o.mode).to_lowercase(),
@@ -654,6 +684,18 @@ fn print_summary(r: &RunResult) {
             f.recovery_ms_p50,
             f.recovery_ms_max,
             f.not_recovered
+        );
+    }
+    if r.silence_ms.max > 0.0 {
+        println!(
+            "  silence: each member's longest time without a message: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            r.silence_ms.p50, r.silence_ms.p99, r.silence_ms.max
+        );
+    }
+    for d in &r.disruptions {
+        println!(
+            "  chaos at {}s `{}`: {} members told to move (or cut off), after p50 {:.0} ms, max {:.0} ms",
+            d.at_s, d.command, d.members_moved, d.told_ms_p50, d.told_ms_max
         );
     }
     if let Some(i) = &r.idle {

@@ -182,6 +182,12 @@ pub(crate) struct MemberSummary {
     pub(crate) highest: u64,
     pub(crate) acked: u64,
     pub(crate) max_ack: u64,
+    /// When it was told to go or lost its connection (Unix ms).
+    #[serde(default)]
+    pub(crate) moves: Vec<u64>,
+    /// Longest time without a message of its room while measuring (ms).
+    #[serde(default)]
+    pub(crate) max_gap_ms: u64,
 }
 
 impl MemberSummary {
@@ -312,6 +318,39 @@ pub struct IdleStats {
     pub kib_per_connection: f64,
 }
 
+/// One `--chaos` event and what members went through after it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Disruption {
+    /// Seconds into the measured window, and the command that ran.
+    pub at_s: u64,
+    pub command: String,
+    /// Members told to move (`wrong_node`, `reconnect`) or whose connection
+    /// broke within a minute after the event.
+    pub members_moved: u64,
+    /// Event -> first such moment, per moved member (ms).
+    pub told_ms_p50: f64,
+    pub told_ms_max: f64,
+}
+
+/// Across members: each member's longest time without a message of its
+/// room while measuring, ms (how long a fault kept rooms silent).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Silence {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Quantiles of a list of values (sorted in place).
+pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values[i]
+}
+
 /// The results file of one run.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct RunResult {
@@ -366,6 +405,10 @@ pub struct RunResult {
     pub failover: Option<FailoverStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleStats>,
+    #[serde(default)]
+    pub silence_ms: Silence,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disruptions: Vec<Disruption>,
 }
 
 pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
@@ -438,6 +481,7 @@ mod tests {
             highest: base + unique,
             acked,
             max_ack,
+            ..Default::default()
         }
     }
 

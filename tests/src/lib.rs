@@ -841,96 +841,30 @@ impl Drop for NodeProcess {
 }
 
 /// A TCP proxy in front of a server, to cut the network between a process
-/// and it. `cut` stops moving bytes either way without closing anything
-/// (a partition: the peers see silence, and new connections are accepted
-/// but never answered); `heal` lets them flow again; `sever` closes every
-/// connection through it (what a partition ends in once the peers' TCP
-/// gives up).
-pub struct Proxy {
-    pub port: u16,
-    flowing: tokio::sync::watch::Sender<bool>,
-    severed: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// and it (`cut`, `heal`, `sever`; see `turnout_loadtest::proxy`).
+pub struct Proxy(turnout_loadtest::proxy::Proxy);
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let (flowing, flow_rx) = tokio::sync::watch::channel(true);
-        let (severed, sever_rx) = tokio::sync::watch::channel(0u64);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let (flow, mut sever) = (flow_rx.clone(), sever_rx.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    sever.mark_unchanged();
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::select! {
-                        _ = pump(cr, sw, flow.clone()) => {}
-                        _ = pump(sr, cw, flow) => {}
-                        _ = sever.changed() => {}
-                    }
-                });
-            }
-        });
-        Ok(Proxy {
-            port,
-            flowing,
-            severed,
-            task,
-        })
+        let p = turnout_loadtest::proxy::Proxy::start("127.0.0.1:0", &target.to_string()).await?;
+        Ok(Proxy(p))
     }
 
+    /// A Redis URL through the proxy.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}", self.0.addr)
     }
 
     pub fn cut(&self) {
-        let _ = self.flowing.send(false);
+        self.0.cut()
     }
 
     pub fn heal(&self) {
-        let _ = self.flowing.send(true);
+        self.0.heal()
     }
 
     pub fn sever(&self) {
-        self.severed.send_modify(|n| *n += 1);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Copies `from` to `to` while `flow` says so; while cut, reads nothing.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut flow: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if flow.wait_for(|f| *f).await.is_err() {
-            return;
-        }
-        let n = tokio::select! {
-            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
-            _ = flow.wait_for(|f| !*f) => continue,
-        };
-        // Bytes read before a cut still go out: they were on the wire.
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
+        self.0.sever()
     }
 }
 

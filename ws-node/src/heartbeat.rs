@@ -173,26 +173,26 @@ fn lapsed(state: &Arc<NodeState>, why: &str) {
 /// After a lapse: asks Redis what this node still holds (sticky: which of
 /// its rooms it still owns; all: presence written again where its lease ran
 /// out). Rooms taken over meanwhile have their members moved to the new
-/// owner. When Redis does not answer within a heartbeat TTL, a sticky node
-/// cannot know which rooms are still its own: it sends every client away to
-/// reconnect through the gateway, where a live owner takes them.
+/// owner. When Redis does not answer within a heartbeat interval, a sticky
+/// node cannot know which rooms are still its own while others may be
+/// serving them: it sends every client away at once, to reconnect through
+/// the gateway, where a live owner takes them. (A pubsub node keeps its
+/// clients: whatever they miss is read back from history once Redis
+/// answers, and a full Redis outage would otherwise send every client of
+/// every node away at once.)
 async fn verify(state: Arc<NodeState>) {
     let ttl = state.settings.heartbeat_ttl;
-    let deadline = Instant::now() + ttl;
+    let patience = state.settings.heartbeat_interval;
     let mut backoff =
         turnout_common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut sent_away = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let renewed =
-            tokio::time::timeout(left.max(Duration::from_millis(100)), state.hub.renew()).await;
+        let renewed = tokio::time::timeout(patience, state.hub.renew()).await;
         if matches!(renewed, Ok(true)) && state.lease.age() < ttl {
             break;
         }
-        if matches!(renewed, Ok(true)) {
-            // Redis answers; the heartbeat is on its way: wait for it.
-        } else if !sent_away && Instant::now() >= deadline && state.hub.strategy.sticky().is_some()
-        {
+        // Redis answered but the heartbeat is not through yet: wait for it.
+        if !matches!(renewed, Ok(true)) && !sent_away && state.hub.strategy.sticky().is_some() {
             sent_away = true;
             tracing::warn!(
                 connections = state.conns.len(),

@@ -210,13 +210,19 @@ impl Hub {
         let Some(last_here) = self.remove_member(room, conn.id) else {
             return false;
         };
+        self.left(room, conn, last_here).await;
+        true
+    }
+
+    /// What follows a member's removal from `room` (`remove_member`): its
+    /// presence entry goes, and the others hear it left.
+    pub(crate) async fn left(self: &Arc<Self>, room: &str, conn: &Arc<Conn>, last_here: bool) {
         let left = self
             .forget_presence(room, std::slice::from_ref(conn), last_here)
             .await;
         if left.is_some_and(|n| n < self.presence_limit) {
             self.announce(room, "leave", conn).await;
         }
-        true
     }
 
     /// Takes `conn` out of `room`'s members; None when it was not one,

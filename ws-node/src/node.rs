@@ -225,7 +225,8 @@ pub async fn run(
     // closed port in between.
     stop.cancel();
     let _ = heartbeat.await;
-    heartbeat::deregister(&state).await;
+    // Redis may be gone: leaving is best effort, the heartbeat expires anyway.
+    let _ = tokio::time::timeout(SHUTDOWN_CALL, heartbeat::deregister(&state)).await;
     server_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(r)) => r?,
@@ -235,14 +236,23 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a Redis call on the way out may take: a node must stop within
+/// its grace time even when Redis is gone.
+const SHUTDOWN_CALL: Duration = Duration::from_secs(2);
+
 /// Drain: stop taking rooms, announce it, tell clients to reconnect (1012),
 /// and wait for their sessions within `drain_grace`.
 async fn drain(state: &Arc<NodeState>) {
     state.draining.store(true, Ordering::Release);
     let n = state.conns.len();
     tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
-    heartbeat::write(state, true).await;
-    heartbeat::mark_draining(state, true).await;
+    let announce = async {
+        heartbeat::write(state, true).await;
+        heartbeat::mark_draining(state, true).await;
+    };
+    if tokio::time::timeout(SHUTDOWN_CALL, announce).await.is_err() {
+        tracing::warn!("Redis did not take the draining mark in time; draining anyway");
+    }
     state.hub.send_away(&state.conns, "draining");
     state.sessions.close();
     if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())

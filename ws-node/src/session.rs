@@ -124,10 +124,14 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
-        // Out of every room first, so nothing more is queued for us.
-        for room in conn.take_rooms() {
-            Box::pin(hub.leave(&room, &conn)).await;
-        }
+        // Out of every room first, so nothing more is queued for us; the
+        // client hears its close before presence is updated in Redis, which
+        // may be slow or unreachable.
+        let left: Vec<(String, bool)> = conn
+            .take_rooms()
+            .into_iter()
+            .filter_map(|room| Some((room.clone(), hub.remove_member(&room, conn.id)?)))
+            .collect();
         conn.kill(close::NORMAL);
         if !write_failed {
             Box::pin(close_socket(&conn, peer_closed)).await;
@@ -135,6 +139,9 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
         conn.release_socket();
         state.conns.remove(&conn.id);
         hub.metrics.connections.dec();
+        for (room, last_here) in left {
+            Box::pin(hub.left(&room, &conn, last_here)).await;
+        }
         tracing::debug!("session closed");
     }
     .instrument(span)
