@@ -11,11 +11,14 @@
 //! - `state`: shared state, the API error, and the operations both APIs use.
 //! - `strategy`: what differs between the strategies: where a client goes,
 //!   where the server API finds a room.
+//! - `links`: health probes of the nodes clients are spliced to; a node that
+//!   stops answering has its spliced connections closed.
 
 mod api;
 mod cluster;
 mod follow;
 mod grpc;
+mod links;
 mod proxy;
 pub mod settings;
 mod state;
@@ -177,6 +180,7 @@ pub async fn run(
     )
     .await?;
     let _ = gw.follower.set(follower);
+    tokio::spawn(links::watch(gw.clone(), stop.clone()));
 
     let (health, routes) = turnout_common::grpc::base_routes();
     health

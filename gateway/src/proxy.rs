@@ -169,6 +169,7 @@ pub(crate) async fn ws(
     let node_side = hyper::upgrade::on(&mut resp);
     let metrics = gw.metrics.clone();
     let node_id = node.id.clone();
+    let link = crate::links::Links::splice(&gw, &node.id, &node.internal_url);
     tokio::spawn(async move {
         let _slot = ip_slot;
         let (client, node_io) = match tokio::join!(client_side, node_side) {
@@ -185,7 +186,12 @@ pub(crate) async fn ws(
         metrics.proxied.inc();
         let mut client = TokioIo::new(client);
         let mut node_io = TokioIo::new(node_io);
-        let r = tokio::io::copy_bidirectional(&mut client, &mut node_io).await;
+        let r = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut node_io) => r,
+            // The node stopped answering: let the client go, to reconnect.
+            _ = link.cut.cancelled() => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        };
+        drop(link);
         metrics.proxied.dec();
         if let Ok((up, down)) = r {
             metrics.proxied_bytes.with_label_values(&["up"]).inc_by(up);

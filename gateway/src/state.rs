@@ -35,6 +35,7 @@ pub(crate) struct GatewayMetrics {
     pub(crate) proxied: IntGauge,
     pub(crate) proxied_bytes: IntCounterVec,
     pub(crate) upstream_errors: IntCounter,
+    pub(crate) links_cut: IntCounter,
     pub(crate) auth_failures: IntCounter,
     pub(crate) api_requests: IntCounterVec,
     pub(crate) follow: crate::follow::FollowMetrics,
@@ -95,6 +96,10 @@ impl GatewayMetrics {
                     "WebSocket upgrades refused for a missing or bad token",
                 )
                 .expect("valid"),
+            ),
+            links_cut: c(
+                "links_cut_total",
+                "Times a ws-node failed health checks and its proxied connections were closed",
             ),
             upstream_errors: register(
                 &registry,
@@ -189,6 +194,8 @@ pub(crate) struct Gateway {
     pub(crate) readiness: turnout_common::readiness::Readiness,
     /// Nodes that did not answer an upgrade in time, avoided until then.
     slow: DashMap<String, Instant>,
+    /// The nodes clients are spliced to, watched for a broken path.
+    pub(crate) links: crate::links::Links,
 }
 
 /// How long the gateway reuses a room's owner without asking a router.
@@ -235,6 +242,7 @@ impl Gateway {
             follower: std::sync::OnceLock::new(),
             readiness,
             slow: DashMap::new(),
+            links: Default::default(),
         }
     }
 

@@ -231,7 +231,16 @@ pub async fn start_node(settings: turnout_ws_node::Settings) -> Proc {
 
 /// Starts a ws-node without waiting (it may still wait for Redis).
 pub fn spawn_node(settings: turnout_ws_node::Settings) -> Proc {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    spawn_node_at(0, settings)
+}
+
+/// Starts a ws-node on `port` (0: any) and waits until it serves.
+pub async fn start_node_at(port: u16, settings: turnout_ws_node::Settings) -> Proc {
+    spawn_node_at(port, settings).serving().await
+}
+
+fn spawn_node_at(port: u16, settings: turnout_ws_node::Settings) -> Proc {
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     l.set_nonblocking(true).unwrap();
     let l = tokio::net::TcpListener::from_std(l).unwrap();
     let addr = l.local_addr().unwrap();

@@ -89,11 +89,14 @@ async fn a_paused_sticky_owner_moves_its_members_when_it_resumes() -> Result<()>
     let n2 = node("n2", &env).await?;
     live_count(&gateway, 2).await?;
     let gw = gateway.ws_url();
-    let reader = Follower::start(&format!("{gw}?room=p"), &format!("{gw}?room=p"), "p").await?;
-    publish_all(&gw, "p", 1, 5).await?;
-    assert_eq!(reader.until(5).await?, exactly(5));
+    // The reader is connected to the owner itself, not through the gateway
+    // (whose health checks would move it first): the owner must do it.
     let (_, route) = http_get_json(&format!("{}/api/route?room=p", gateway.http())).await?;
     let owner = route["node"].as_str().unwrap().to_owned();
+    let owner_url = format!("{}?room=p", route["url"].as_str().unwrap());
+    let reader = Follower::start(&owner_url, &format!("{gw}?room=p"), "p").await?;
+    publish_all(&gw, "p", 1, 5).await?;
+    assert_eq!(reader.until(5).await?, exactly(5));
     let (paused, other) = if owner == "n1" {
         (&n1, &n2)
     } else {
@@ -455,5 +458,46 @@ async fn a_sticky_owner_cut_from_redis_sends_its_members_away() -> Result<()> {
     assert_eq!(reader.until(8).await?, exactly(8));
     assert!(reader.moves() >= 1);
     proxy.heal();
+    Ok(())
+}
+
+/// A cut between the gateway and one node: the clients spliced to it are
+/// let go (the node no longer answers the gateway's health checks) and come
+/// back on another node; clients of other nodes do not notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_between_gateway_and_node_moves_only_its_clients() -> Result<()> {
+    let redis = Redis::start().await?;
+    let (_router, gateway) = front(&redis.url(), Strategy::Pubsub).await;
+    // Node a is reached by the gateway through a proxy (its advertised URL).
+    let port = free_port();
+    let mut a_settings = node_settings(&redis.url(), Strategy::Pubsub);
+    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse()?).await?;
+    let via = proxy.url().replace("redis://", "ws://");
+    a_settings.advertise_url = Some(format!("{via}/ws"));
+    a_settings.node_id = Some("a".into());
+    let _a = start_node_at(port, a_settings).await;
+    live_count(&gateway, 1).await?;
+    let entry = format!("{}?room=g", gateway.ws_url());
+    let cut_off = Follower::start(&entry, &entry, "g").await?;
+    let mut b_settings = node_settings(&redis.url(), Strategy::Pubsub);
+    b_settings.node_id = Some("b".into());
+    let b = start_node(b_settings).await;
+    live_count(&gateway, 2).await?;
+    let other = Follower::start(&format!("{}?room=g", b.ws_url()), &entry, "g").await?;
+    let mut writer = Client::connect(&b.ws_url()).await?;
+    writer.join("g").await?;
+    writer.publish("g", json!(1), "1").await?;
+    cut_off.until(1).await?;
+    other.until(1).await?;
+    proxy.cut();
+    for i in 2..=10 {
+        writer.publish("g", json!(i), &i.to_string()).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await; // a steady chat
+    }
+    assert_eq!(cut_off.until(10).await?, exactly(10));
+    assert!(cut_off.moves() >= 1, "moved off the cut node");
+    assert_eq!(other.until(10).await?, exactly(10));
+    assert_eq!(other.moves(), 0, "a client of another node did not notice");
+    assert!(metric(&gateway, "turnout_links_cut_total").await? >= 1.0);
     Ok(())
 }
