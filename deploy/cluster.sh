@@ -32,6 +32,8 @@ PROFILE=${PROFILE:-release}
 BIND=${BIND:-127.0.0.1}
 STRATEGY=${TURNOUT_STRATEGY:-pubsub}
 NODES=3
+# The local runner is a demo on loopback: it runs open, on purpose.
+export TURNOUT_INSECURE=${TURNOUT_INSECURE:-true}
 
 if [ "$PROFILE" = release ]; then bin_dir=$here/target/release; else bin_dir=$here/target/debug; fi
 

@@ -141,8 +141,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A process may run without its secrets only on loopback or when told to
-/// (`insecure`); then it says so loudly. `missing` names the absent secrets.
+/// A process may run without its secrets only when told to (`insecure`),
+/// whatever address it listens on: a loopback-bound process behind a local
+/// TLS proxy is as exposed as any. Then it says so loudly. `missing` names
+/// the absent secrets.
 pub fn check_open_mode(
     process: &str,
     listen: &ListenSpec,
@@ -153,7 +155,7 @@ pub fn check_open_mode(
         return Ok(());
     }
     let list = missing.join(", ");
-    if listen.is_loopback() || insecure {
+    if insecure {
         tracing::warn!(
             process,
             missing = %list,
@@ -164,7 +166,7 @@ pub fn check_open_mode(
         Err(SettingsError::invalid(
             missing[0],
             format!(
-                "{process} listens on {listen} without {list}; set them, bind to loopback, or set TURNOUT_INSECURE=true to run open on purpose"
+                "{process} on {listen} has no {list}; set them, or set insecure (--insecure, TURNOUT_INSECURE=true) to run open on purpose"
             ),
         ))
     }
@@ -178,6 +180,10 @@ impl InternalToken {
     pub fn new(token: Option<&str>) -> Result<Self, SettingsError> {
         match token {
             None => Ok(InternalToken(None)),
+            Some(t) if t.len() < 16 => Err(SettingsError::invalid(
+                "internal_token",
+                "must be at least 16 bytes",
+            )),
             Some(t) => MetadataValue::try_from(t)
                 .map(|v| InternalToken(Some(v)))
                 .map_err(|_| SettingsError::invalid("internal_token", "must be printable ASCII")),

@@ -35,12 +35,13 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_NODE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
-    /// Shared secret required on internal gRPC calls.
-    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN")]
+    /// Shared secret required on internal gRPC calls (at least 16 bytes).
+    #[arg(long, env = "TURNOUT_INTERNAL_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_token: Option<String>,
-    /// Run without secrets on a non-loopback address (true/false).
-    #[arg(long, env = "TURNOUT_INSECURE")]
+    /// Run without secrets, open to anyone who reaches the port (true/false;
+    /// `--insecure` alone means true).
+    #[arg(long, env = "TURNOUT_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
     /// Time a client has to send its request headers, e.g. 10s.

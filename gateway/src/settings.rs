@@ -37,7 +37,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
     /// HS256 secret for client tokens (at least 16 bytes).
-    #[arg(long, env = "TURNOUT_JWT_SECRET")]
+    #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
     /// Path of a PEM RSA public key for RS256 client tokens.
@@ -45,7 +45,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<String>,
     /// Key required in X-API-Key on the server API (HTTP and gRPC).
-    #[arg(long, env = "TURNOUT_API_KEY")]
+    #[arg(long, env = "TURNOUT_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     /// WebSocket connections one client IP may hold through this gateway.

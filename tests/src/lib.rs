@@ -216,6 +216,8 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         strategy,
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        // Tests run without secrets unless they test them.
+        insecure: true,
         drain_grace: Duration::from_secs(3),
         // Tests publish as fast as they can; the limit has its own test.
         max_publish_rate: 1e6,
@@ -259,6 +261,7 @@ pub fn router_settings(redis: &str, strategy: Strategy) -> turnout_router::Setti
         strategy,
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        insecure: true,
         poll_interval: Duration::from_millis(100),
         ..Default::default()
     }
@@ -300,6 +303,7 @@ pub fn gateway_settings(
         strategy,
         redis_url: redis.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        insecure: true,
         router_url,
         ..Default::default()
     }
@@ -782,6 +786,7 @@ impl NodeProcess {
         let port = free_port();
         let mut cmd = Command::new(binary("turnout-ws-node"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
+            .env("TURNOUT_INSECURE", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for (k, v) in env {

@@ -110,6 +110,7 @@ fn spawn_node(redis: &Redis, listen: &str, id: &str, ttl: &str) -> Result<Killab
     Ok(Killable(
         Command::new(binary("turnout-ws-node"))
             .args(["--listen", listen, "--node-id", id])
+            .env("TURNOUT_INSECURE", "true")
             .env("TURNOUT_REDIS_URL", redis.url())
             .env("TURNOUT_HEARTBEAT_INTERVAL", "200ms")
             .env("TURNOUT_HEARTBEAT_TTL", ttl)

@@ -414,20 +414,54 @@ async fn hostile_frames_and_limits() -> Result<()> {
 }
 
 #[test]
-fn open_mode_only_on_loopback_or_when_insecure() {
-    for bin in ["turnout-ws-node", "turnout-router", "turnout-gateway"] {
+fn open_mode_only_when_insecure() {
+    // Loopback is no exception: a process behind a local TLS proxy is as
+    // exposed as any.
+    for listen in ["0.0.0.0:0", "127.0.0.1:0"] {
+        for bin in ["turnout-ws-node", "turnout-router", "turnout-gateway"] {
+            let out = Command::new(binary(bin))
+                .args(["--listen", listen])
+                .env("TURNOUT_REDIS_URL", "redis://127.0.0.1:1")
+                .env_remove("TURNOUT_INSECURE")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{bin} started open on {listen}");
+            assert!(
+                err.contains("internal_token") && err.contains("TURNOUT_INSECURE"),
+                "{bin}: {err}"
+            );
+        }
+    }
+    // A short internal token is refused, and secrets never show in --help.
+    let out = Command::new(binary("turnout-router"))
+        .args(["--listen", "127.0.0.1:0", "--internal-token", "short"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("at least 16 bytes"),
+        "{err}"
+    );
+    for bin in ["turnout-ws-node", "turnout-gateway"] {
         let out = Command::new(binary(bin))
-            .args(["--listen", "0.0.0.0:0"])
-            .env("TURNOUT_REDIS_URL", "redis://127.0.0.1:1")
-            .stdin(Stdio::null())
+            .arg("--help")
+            .env("TURNOUT_JWT_SECRET", "the-jwt-secret-value")
+            .env("TURNOUT_INTERNAL_TOKEN", "the-internal-token-value")
+            .env("TURNOUT_API_KEY", "the-api-key-value")
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{bin} started open on 0.0.0.0");
-        assert!(
-            err.contains("internal_token") && err.contains("TURNOUT_INSECURE"),
-            "{bin}: {err}"
-        );
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("TURNOUT_JWT_SECRET"), "{help}");
+        for secret in [
+            "the-jwt-secret-value",
+            "the-internal-token-value",
+            "the-api-key-value",
+        ] {
+            assert!(!help.contains(secret), "{bin} --help shows a secret");
+        }
     }
 }
 

@@ -273,6 +273,7 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     for i in 1..=3 {
         let child = Command::new(&bin)
             .args(["--listen", "127.0.0.1:0", "--node-id", &format!("n{i}")])
+            .env("TURNOUT_INSECURE", "true")
             .env("TURNOUT_STRATEGY", "sticky")
             .env("TURNOUT_REDIS_URL", &url)
             .env("TURNOUT_HEARTBEAT_INTERVAL", "200ms")

@@ -79,7 +79,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_buffer: Option<usize>,
     /// HS256 secret for client tokens (at least 16 bytes).
-    #[arg(long, env = "TURNOUT_JWT_SECRET")]
+    #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
     /// Path of a PEM RSA public key for RS256 client tokens.
