@@ -10,6 +10,7 @@
 //! - [`backoff`]: exponential backoff with jitter for retry loops.
 //! - [`serve`]: binding, serving HTTP + gRPC on one port, shutdown signals.
 //! - [`metrics`]: a per-process Prometheus registry and its `/metrics` handler.
+//! - [`net`]: connections counted per client address (IPv6 per /64).
 //! - [`auth`]: client JWTs, API key, internal token, the open-mode rule.
 //! - [`readiness`]: what a process waits for, for `/readyz` and its log, and
 //!   the app it serves while it starts.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod backoff;
 pub mod grpc;
 pub mod metrics;
+pub mod net;
 pub mod readiness;
 pub mod recovery;
 pub mod redis;

@@ -48,11 +48,17 @@ pub(crate) struct RouteQuery {
     room: Option<String>,
 }
 
+/// `GET /api/route`: where a client for `room` should connect. With auth
+/// on it takes a client token that may join the room, or the API key: a
+/// route can write a placement (sticky), so anonymous callers get none.
 pub(crate) async fn route(
     State(gw): State<Arc<Gateway>>,
     Query(q): Query<RouteQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let room = q.room.map(room_name).transpose()?;
+    may_use_room(&gw, &headers, uri.query(), room.as_deref())?;
     let node = gw.route(room.as_ref()).await?;
     Ok(Json(json!({"node": node.id, "url": node.url})).into_response())
 }
@@ -234,14 +240,14 @@ pub(crate) struct EventsQuery {
     since: Option<u64>,
 }
 
-/// Who may read a room's stream: with the API key, or with a client token
-/// that may join the room (`?token=` or `Authorization: Bearer`), or anyone
-/// when the gateway runs open.
-fn may_stream(
+/// Who may route to or follow a room: with the API key, or with a client
+/// token that may join the room (`?token=` or `Authorization: Bearer`; any
+/// valid token when no room is named), or anyone when the gateway runs open.
+fn may_use_room(
     gw: &Gateway,
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
-    room: &str,
+    room: Option<&str>,
 ) -> Result<(), ApiError> {
     let key = gw.settings.api_key.as_deref();
     if key.is_none() && gw.auth.is_none() {
@@ -259,7 +265,7 @@ fn may_stream(
     let token = turnout_common::auth::token_from(headers, query)
         .ok_or(turnout_common::auth::AuthError::Missing);
     match token.and_then(|t| auth.verify(&t)) {
-        Ok(claims) if claims.may_join(room) => Ok(()),
+        Ok(claims) if room.is_none_or(|r| claims.may_join(r)) => Ok(()),
         Ok(_) => Err(bad(
             ErrorCode::Forbidden,
             "the token's rooms claim does not include this room",
@@ -289,7 +295,7 @@ pub(crate) async fn events(
                 "since must be a non-negative integer",
             ));
         };
-        may_stream(&gw, &headers, uri.query(), &room)?;
+        may_use_room(&gw, &headers, uri.query(), Some(&room))?;
         // A reconnecting EventSource sends the last id it saw; that wins over the URL.
         let last_id = match headers
             .get("last-event-id")

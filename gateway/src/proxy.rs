@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use turnout_common::net::CLIENT_IP_HEADER;
 use turnout_proto::codes::ErrorCode;
 
 fn is_upgrade(req: &Request) -> bool {
@@ -36,10 +37,12 @@ enum Upstream {
 /// Forwards the client's upgrade request to `node`: connect, HTTP/1.1
 /// handshake, request, response. The caller bounds the whole of it.
 async fn upgrade_at(
+    gw: &Gateway,
     node: &turnout_proto::v1::NodeInfo,
     headers: &axum::http::HeaderMap,
     path: &str,
     forwarded: &str,
+    client_ip: std::net::IpAddr,
 ) -> Result<hyper::Response<hyper::body::Incoming>, Upstream> {
     let authority = node
         .internal_url
@@ -59,14 +62,27 @@ async fn upgrade_at(
         .map_err(|e| Upstream::Failed(format!("handshake: {e}")))?;
     tokio::spawn(conn.with_upgrades());
     let mut up = hyper::Request::builder().method("GET").uri(path);
+    // What a client says about itself in these headers is not passed on.
+    let own = [
+        header::HOST.as_str(),
+        "x-forwarded-for",
+        CLIENT_IP_HEADER,
+        turnout_common::auth::INTERNAL_TOKEN_HEADER,
+    ];
     for (name, value) in headers {
-        if name != header::HOST && name != "x-forwarded-for" {
+        if !own.contains(&name.as_str()) {
             up = up.header(name, value);
         }
+    }
+    // The node counts connections per client, not per gateway; it believes
+    // the address next to the internal token.
+    if let Some(t) = &gw.settings.internal_token {
+        up = up.header(turnout_common::auth::INTERNAL_TOKEN_HEADER, t.as_str());
     }
     let up = up
         .header(header::HOST, authority.as_str())
         .header("x-forwarded-for", forwarded)
+        .header(CLIENT_IP_HEADER, client_ip.to_string())
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("valid upstream request");
     match sender.send_request(up).await {
@@ -97,7 +113,7 @@ pub(crate) async fn ws(
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
     }
-    let Some(ip_slot) = IpSlot::take(&gw, peer.ip()) else {
+    let Some(ip_slot) = gw.per_ip.take(peer.ip()) else {
         return ApiError::new(
             ErrorCode::RateLimited,
             "too many connections from your address",
@@ -137,7 +153,7 @@ pub(crate) async fn ws(
             Ok(n) => n,
             Err(e) => return e.into_response(),
         };
-        let attempt = upgrade_at(&node, req.headers(), &path, &forwarded);
+        let attempt = upgrade_at(&gw, &node, req.headers(), &path, &forwarded, peer.ip());
         let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
             Ok(Ok(r)) => break (node, r),
             Ok(Err(Upstream::Refused)) => {
@@ -209,30 +225,4 @@ pub(crate) async fn ws(
         HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static("?")),
     );
     out.into_response()
-}
-
-/// One proxied connection counted against its client IP; released on drop.
-struct IpSlot {
-    gw: Arc<Gateway>,
-    ip: std::net::IpAddr,
-}
-
-impl IpSlot {
-    fn take(gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut n = gw.per_ip.entry(ip).or_insert(0);
-        if *n >= gw.settings.max_connections_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot { gw: gw.clone(), ip })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        self.gw.per_ip.remove_if_mut(&self.ip, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
 }

@@ -184,8 +184,8 @@ pub(crate) struct Gateway {
     pub(crate) internal: InternalToken,
     /// Client token verification; None runs open.
     pub(crate) auth: Option<ClientAuth>,
-    /// Proxied connections per client IP.
-    pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
+    /// Proxied connections per client address (IPv6: per /64).
+    pub(crate) per_ip: Arc<turnout_common::net::IpSlots>,
     /// Sticky: room -> owner, for [`ROUTE_CACHE_TTL`] unless the owner leaves.
     pub(crate) route_cache: DashMap<String, (NodeInfo, Instant)>,
     /// Room streams (SSE, gRPC `Subscribe`); set once at start.
@@ -226,6 +226,7 @@ impl Gateway {
                 Some(RouterClient::with_interceptor(ch, internal.clone()))
             })
             .collect();
+        let per_ip = turnout_common::net::IpSlots::new(settings.max_connections_per_ip);
         Gateway {
             metrics: GatewayMetrics::new(&id),
             id,
@@ -238,7 +239,7 @@ impl Gateway {
             route_cache: DashMap::new(),
             internal,
             auth,
-            per_ip: DashMap::new(),
+            per_ip,
             follower: std::sync::OnceLock::new(),
             readiness,
             slow: DashMap::new(),

@@ -157,6 +157,10 @@ pub enum ServerFrame {
         /// after `since` was replayed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// Present when the replay was cut (`max_replay_bytes`): it ends at
+        /// this seq; join again with `since` = it for the rest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replay_until: Option<u64>,
     },
     Left {
         room: String,
@@ -272,6 +276,7 @@ mod tests {
             epoch: "e".into(),
             presence: vec!["u".into()],
             recovered: None,
+            replay_until: None,
         };
         let json = f.to_json();
         assert_eq!(

@@ -139,6 +139,11 @@ pub async fn run(
             )
             .expect("valid metric"),
         ),
+        deferred: turnout_common::metrics::counter(
+            &registry,
+            "placements_deferred_total",
+            "Routes answered past max_placement_rate without writing a placement",
+        ),
     };
     let strategy = settings.strategy;
     let ready = {

@@ -26,12 +26,15 @@ pub(crate) struct RouterService {
     redis: ConnectionManager,
     recent: RecentClaims,
     metrics: RouterMetrics,
+    /// Placement writes left: a token bucket (`max_placement_rate`).
+    budget: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 #[derive(Clone)]
 pub(crate) struct RouterMetrics {
     pub(crate) routes: IntCounterVec,
     pub(crate) claims: IntCounter,
+    pub(crate) deferred: IntCounter,
 }
 
 impl RouterService {
@@ -45,6 +48,7 @@ impl RouterService {
         // Long enough for a placed room's members to join and show up in the
         // owner's heartbeat.
         let window = settings.poll_interval * 4 + Duration::from_secs(3);
+        let burst = settings.max_placement_rate * 2.0;
         RouterService {
             id,
             settings,
@@ -52,6 +56,22 @@ impl RouterService {
             redis,
             recent: RecentClaims::new(window),
             metrics,
+            budget: std::sync::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes one placement write from the budget; false when it is spent.
+    fn may_place(&self) -> bool {
+        let rate = self.settings.max_placement_rate;
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate * 2.0);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -78,6 +98,16 @@ impl RouterService {
             .collect();
         let candidate = choose(room, &usable, &load, self.settings.load_factor)
             .ok_or_else(|| Status::unavailable("no live ws-node"))?;
+        if !self.may_place() {
+            // Past the write budget: the answer is a hint, and the node
+            // claims the room when the first member joins it (or redirects
+            // to the owner it finds).
+            self.metrics.deferred.inc();
+            return Ok(RouteReply {
+                node: Some(candidate.clone()),
+                epoch: 0,
+            });
+        }
         let mut con = self.redis.clone();
         // An owner this router does not see alive is checked in Redis first.
         let live: Vec<String> = usable

@@ -27,10 +27,17 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_LOAD_FACTOR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_factor: Option<f64>,
-    /// Sticky: how long an unused room placement stays pinned, e.g. 10m.
+    /// Sticky: how long a placement nobody joined stays pinned, e.g. 60s
+    /// (the owner keeps rooms with members pinned itself).
     #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_ttl: Option<String>,
+    /// Sticky: placements this router writes per second at most (burst: twice
+    /// as many); past it, a route is an unwritten hint and the room is
+    /// claimed when its first member joins.
+    #[arg(long, env = "TURNOUT_MAX_PLACEMENT_RATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_placement_rate: Option<f64>,
 }
 
 /// The router's settings after merging file, env and flags.
@@ -46,6 +53,7 @@ pub struct Settings {
     pub load_factor: f64,
     #[serde(with = "humantime_serde")]
     pub placement_ttl: Duration,
+    pub max_placement_rate: f64,
     pub internal_token: Option<String>,
     pub insecure: bool,
     #[serde(with = "humantime_serde")]
@@ -61,7 +69,8 @@ impl Default for Settings {
             node_id: None,
             poll_interval: Duration::from_millis(250),
             load_factor: 1.25,
-            placement_ttl: Duration::from_secs(600),
+            placement_ttl: Duration::from_secs(60),
+            max_placement_rate: 500.0,
             internal_token: None,
             insecure: false,
             handshake_timeout: Duration::from_secs(10),
@@ -81,6 +90,12 @@ impl Validate for Settings {
             ));
         }
         require_nonzero("placement_ttl", self.placement_ttl.is_zero())?;
+        if !(self.max_placement_rate > 0.0 && self.max_placement_rate.is_finite()) {
+            return Err(SettingsError::invalid(
+                "max_placement_rate",
+                "must be a positive number",
+            ));
+        }
         if self.listen.ports.start() != self.listen.ports.end() {
             return Err(SettingsError::invalid(
                 "listen",

@@ -219,9 +219,13 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         // Tests run without secrets unless they test them.
         insecure: true,
         drain_grace: Duration::from_secs(3),
-        // Tests publish as fast as they can; the limit has its own test.
+        // Tests publish and join as fast as they can; the limits have their
+        // own tests.
         max_publish_rate: 1e6,
         max_publish_burst: 1_000_000,
+        max_join_rate: 1e6,
+        max_join_burst: 1_000_000,
+        max_rooms_per_minute: 1_000_000,
         ..Default::default()
     }
 }
@@ -965,16 +969,21 @@ async fn follow(
             continue;
         }
         let mut next = entry.clone();
+        // A cut replay ends at this seq: then ask for the rest.
+        let mut page_end: Option<u64> = None;
         while let Some(Ok(m)) = ws.next().await {
             let Message::Text(t) = m else { continue };
             let Ok(f) = serde_json::from_str::<ServerFrame>(t.as_str()) else {
                 continue;
             };
             match f {
-                ServerFrame::Joined { seq, .. } => {
+                ServerFrame::Joined {
+                    seq, replay_until, ..
+                } => {
                     if last.is_none() {
                         last = Some(seq);
                     }
+                    page_end = replay_until;
                     if let Some(j) = joined.take() {
                         let _ = j.send(Ok(()));
                     }
@@ -987,6 +996,12 @@ async fn follow(
                     } else if seq == l + 1 {
                         got.lock().unwrap().push(seq);
                         last = Some(seq);
+                        if page_end == Some(seq) {
+                            page_end = None;
+                            let leave = serde_json::json!({"type": "leave", "room": room});
+                            let _ = ws.send(Message::Text(leave.to_string().into())).await;
+                            let _ = ws.send(Message::Text(join(last).to_string().into())).await;
+                        }
                     } else {
                         // A jump: ask for what is missing.
                         let leave = serde_json::json!({"type": "leave", "room": room});
@@ -1008,4 +1023,19 @@ async fn follow(
         url = next;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An HS256 client token with `claims`, signed with `secret`.
+pub fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token")
+}
+
+/// Seconds since the Unix epoch (for token claims).
+pub fn unix_now() -> u64 {
+    turnout_proto::now_ms() / 1000
 }

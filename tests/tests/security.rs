@@ -29,15 +29,6 @@ fn now() -> u64 {
     turnout_proto::now_ms() / 1000
 }
 
-fn hs256(claims: serde_json::Value, secret: &str) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn rs256(claims: serde_json::Value) -> String {
     let pem = std::fs::read(fixture("test-rsa-private.pem")).unwrap();
     encode(

@@ -75,6 +75,8 @@ pub(crate) struct Hub {
     pub(crate) send_queue: usize,
     /// Presence lists and events stop at rooms this large.
     pub(crate) presence_limit: u64,
+    /// Bytes one join's replay sends at most.
+    pub(crate) max_replay_bytes: usize,
 }
 
 impl Hub {
@@ -352,6 +354,7 @@ impl Hub {
             epoch: all.epoch.clone(),
             presence,
             recovered: Some(false),
+            replay_until: None,
         };
         let r = &mut *r;
         for m in r.members.values_mut() {
@@ -428,8 +431,10 @@ impl Hub {
         store: Store,
         send_queue: usize,
         presence_limit: u64,
+        max_replay_bytes: usize,
     ) -> Self {
         Hub {
+            max_replay_bytes,
             node_id,
             metrics,
             strategy,

@@ -42,6 +42,7 @@ impl Hub {
                     epoch,
                     presence,
                     recovered: None,
+                    replay_until: None,
                 },
                 &self.metrics,
             );
@@ -102,11 +103,24 @@ impl Hub {
             .as_deref()
             .is_none_or(|e| e.is_empty() || e == slice.epoch);
         let recovered = since.map(|s| same_epoch && s <= slice.seq && slice.complete);
-        let replay = if same_epoch {
+        let mut replay = if same_epoch {
             slice.messages
         } else {
             Vec::new()
         };
+        // A replay is bounded in bytes: what does not fit is asked for with
+        // another join (`since` = the last seq received), which the jump to
+        // the live messages tells the client to send.
+        let mut bytes = 0usize;
+        let mut replay_until = None;
+        if let Some(cut) = replay.iter().position(|(_, f)| {
+            bytes += f.len();
+            bytes > self.max_replay_bytes
+        }) {
+            self.metrics.replays_cut.inc();
+            replay.truncate(cut.max(1));
+            replay_until = replay.last().map(|m| m.0);
+        }
         conn.send_frame(
             &ServerFrame::Joined {
                 room: room.to_string(),
@@ -114,6 +128,7 @@ impl Hub {
                 epoch: slice.epoch.clone(),
                 presence: users.users,
                 recovered,
+                replay_until,
             },
             &self.metrics,
         );

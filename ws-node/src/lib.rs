@@ -6,6 +6,7 @@
 //! - `heartbeat`: membership in the cluster (heartbeat, draining mark) and
 //!   the periodic work riding on it.
 //! - `session`: one WebSocket connection: reads and handles client frames.
+//! - `limits`: what one connection may do per unit of time (no I/O).
 //! - `conn`: the write path to one client: socket, bounded send queue,
 //!   in-place writes.
 //! - `strategy`: everything that differs between `local`, `sticky` and
@@ -26,6 +27,7 @@ mod grpc;
 mod heartbeat;
 mod hub;
 mod join;
+mod limits;
 mod metrics;
 mod node;
 mod presence;

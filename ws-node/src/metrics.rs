@@ -32,6 +32,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) inbox_appended: IntCounter,
     pub(crate) presence_reasserted: IntCounter,
     pub(crate) lease_lapses: IntCounter,
+    pub(crate) replays_cut: IntCounter,
 }
 
 impl NodeMetrics {
@@ -135,6 +136,10 @@ impl NodeMetrics {
             lease_lapses: c(
                 "lease_lapses_total",
                 "Times this node's membership lease may have run out (paused, or Redis unreachable)",
+            ),
+            replays_cut: c(
+                "replays_cut_total",
+                "Join replays cut at max_replay_bytes (the client asks for the rest)",
             ),
             registry,
         }

@@ -53,6 +53,8 @@ pub(crate) struct NodeState {
     pub(crate) lease: heartbeat::Lease,
     /// What the node waits for (`/readyz`).
     pub(crate) readiness: Readiness,
+    /// Connections per client address (IPv6: per /64).
+    per_ip: Arc<turnout_common::net::IpSlots>,
 }
 
 impl NodeState {
@@ -165,6 +167,7 @@ pub async fn run(
         version: turnout_common::VERSION.to_owned(),
         ..Default::default()
     };
+    let per_ip = turnout_common::net::IpSlots::new(settings.max_connections_per_ip);
     let state = Arc::new(NodeState {
         hub,
         conns: DashMap::new(),
@@ -179,6 +182,7 @@ pub async fn run(
         auth,
         lease: heartbeat::Lease::default(),
         readiness,
+        per_ip,
     });
     if state.redis.get().is_none() {
         tokio::spawn(heartbeat::connect_later(
@@ -282,9 +286,33 @@ struct WsQuery {
     user: Option<String>,
 }
 
+/// The client's address: the peer's, or the one a gateway vouches for (next
+/// to the internal token, or in open mode).
+fn client_ip(
+    state: &NodeState,
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> std::net::IpAddr {
+    let vouched = headers
+        .get(turnout_common::net::CLIENT_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let Some(ip) = vouched else {
+        return peer;
+    };
+    let trusted = match &state.settings.internal_token {
+        None => true,
+        Some(t) => headers
+            .get(turnout_common::auth::INTERNAL_TOKEN_HEADER)
+            .is_some_and(|v| turnout_common::auth::ct_eq(v.as_bytes(), t.as_bytes())),
+    };
+    if trusted { ip } else { peer }
+}
+
 async fn ws_handler(
     State(state): State<Arc<NodeState>>,
     Query(q): Query<WsQuery>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
@@ -337,7 +365,15 @@ async fn ws_handler(
         )
             .into_response();
     };
-    let max = state.settings.max_frame_bytes;
+    let Some(ip_slot) = state.per_ip.take(client_ip(&state, peer.ip(), &headers)) else {
+        state.hub.metrics.rate_limited.inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address",
+        )
+            .into_response();
+    };
+    let max = state.settings.read_ceiling();
     let queue = state.settings.send_queue;
     let st = state.clone();
     ws.max_message_size(max)
@@ -352,6 +388,7 @@ async fn ws_handler(
                 tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
                 session.await;
                 drop(permit);
+                drop(ip_slot);
             })
         })
 }

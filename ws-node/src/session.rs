@@ -3,6 +3,7 @@
 
 use crate::conn::Conn;
 use crate::hub::{Hub, RoomError};
+use crate::limits::{Limits, Over};
 use crate::node::NodeState;
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::FutureExt;
@@ -32,7 +33,7 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
             &hub.metrics,
         );
         let settings = &state.settings;
-        let mut limiter = RateLimit::new(settings.max_publish_rate, settings.max_publish_burst);
+        let mut limits = Limits::new(settings.limits(), std::time::Instant::now());
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + settings.ping_interval,
             settings.ping_interval,
@@ -97,7 +98,7 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
                     let handled = std::panic::AssertUnwindSafe(Box::pin(handle_text(
                         &state,
                         &conn,
-                        &mut limiter,
+                        &mut limits,
                         text.as_str(),
                     )))
                     .catch_unwind()
@@ -108,6 +109,10 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
                         conn.kill(close::INTERNAL);
                         break;
                     }
+                }
+                Message::Binary(b) if b.len() > settings.max_frame_bytes => {
+                    conn.kill(close::TOO_BIG);
+                    break;
                 }
                 Message::Binary(_) => {
                     reject(
@@ -185,16 +190,42 @@ async fn close_socket(conn: &Conn, peer_closed: bool) {
         return;
     }
     if !peer_closed {
+        let started = tokio::time::Instant::now();
+        let mut discarded = 0usize;
         let drain = async {
-            while let Some(Ok(m)) = conn.next_frame().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+            loop {
+                match conn.next_frame().await {
+                    Some(Ok(Message::Close(_))) => return true,
+                    // What the client still sends is read and dropped, up to
+                    // a bound, so the close is not lost to a reset.
+                    Some(Ok(m)) => {
+                        discarded += match &m {
+                            Message::Text(t) => t.len(),
+                            Message::Binary(b) => b.len(),
+                            _ => 0,
+                        };
+                        if discarded > MAX_DISCARD {
+                            return false;
+                        }
+                    }
+                    _ => return false,
                 }
             }
         };
-        let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+        let closed = tokio::time::timeout(CLOSE_WAIT, drain).await;
+        if !matches!(closed, Ok(true)) {
+            // The stream cannot be read on (a frame past the WebSocket
+            // layer's ceiling): holding the socket a little longer, unread,
+            // still lets the close frame reach the client before the reset
+            // that closing a socket with unread input sends.
+            tokio::time::sleep_until(started + CLOSE_WAIT).await;
+        }
     }
 }
+
+/// Bytes a closing session reads and drops at most while it waits for the
+/// client's close.
+const MAX_DISCARD: usize = 1 << 20;
 
 fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
     hub.metrics
@@ -204,16 +235,6 @@ fn reject(hub: &Hub, conn: &Conn, code: ErrorCode, message: impl Into<String>) {
     conn.send_frame(&ServerFrame::error(code, message), &hub.metrics);
 }
 
-/// A token bucket over publishes.
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: tokio::time::Instant,
-    /// Publishes refused in a row; too many is abuse.
-    strikes: u32,
-}
-
 /// How long a closing session may take to write what is left and its close
 /// frame to a client that reads slowly.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -221,38 +242,28 @@ const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a closing session waits for the client's close frame.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Refused publishes in a row after which the connection is closed (1008).
-const MAX_STRIKES: u32 = 100;
-
-impl RateLimit {
-    fn new(rate: f64, burst: u32) -> Self {
-        RateLimit {
-            rate,
-            burst: burst as f64,
-            tokens: burst as f64,
-            at: tokio::time::Instant::now(),
-            strikes: 0,
-        }
+/// Refuses a frame over one of the connection's limits: `rate_limited`,
+/// and when that keeps happening, close 1008.
+fn over_limit(hub: &Hub, conn: &Conn, limits: &Limits, over: Over, room: &str, id: Option<String>) {
+    hub.metrics.rate_limited.inc();
+    if limits.abusive() {
+        tracing::info!("closing a connection that keeps going over its limits");
+        conn.kill(close::POLICY);
+        return;
     }
-
-    fn allow(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
+    let e = ErrorCode::RateLimited.into();
+    send_room_error(hub, conn, e, room, id, over.message());
 }
 
-async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimit, text: &str) {
+async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, text: &str) {
     let hub = &state.hub;
+    if text.len() > state.settings.max_frame_bytes {
+        // Read whole (up to the WebSocket layer's ceiling) so the close
+        // handshake can follow: the client sees 1009, not a reset.
+        conn.kill(close::TOO_BIG);
+        return;
+    }
+    let now = std::time::Instant::now();
     let frame = match parse_client_frame(text) {
         Ok(f) => f,
         Err(e) => return reject(hub, conn, e.code, e.message),
@@ -262,6 +273,14 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimi
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
         }
         ClientFrame::Join { room, since, epoch } => {
+            let limited = if conn.in_room(&room) {
+                limits.leave(now)
+            } else {
+                limits.join(&room, now)
+            };
+            if let Err(over) = limited {
+                return over_limit(hub, conn, limits, over, &room, None);
+            }
             if !conn.in_room(&room) && conn.room_count() >= state.settings.max_rooms_per_conn {
                 return reject(
                     hub,
@@ -298,6 +317,9 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimi
             }
         }
         ClientFrame::Leave { room } => {
+            if let Err(over) = limits.leave(now) {
+                return over_limit(hub, conn, limits, over, &room, None);
+            }
             if conn.left_room(&room) {
                 hub.leave(&room, conn).await;
                 conn.send_frame(
@@ -328,17 +350,8 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limiter: &mut RateLimi
                     "join the room before publishing",
                 );
             }
-            if !limiter.allow() {
-                hub.metrics.rate_limited.inc();
-                if limiter.strikes >= MAX_STRIKES {
-                    tracing::info!(
-                        "closing a connection that keeps publishing over its rate limit"
-                    );
-                    conn.kill(close::POLICY);
-                    return;
-                }
-                let e = ErrorCode::RateLimited.into();
-                return send_room_error(hub, conn, e, &room, id, "publishing too fast");
+            if let Err(over) = limits.publish(now) {
+                return over_limit(hub, conn, limits, over, &room, id);
             }
             match hub
                 .publish(&room, &conn.user, &data, Origin::Client(&conn.user))

@@ -94,6 +94,27 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_PUBLISH_BURST")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_publish_burst: Option<u32>,
+    /// Joins and leaves per second one connection may sustain.
+    #[arg(long, env = "TURNOUT_MAX_JOIN_RATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_join_rate: Option<f64>,
+    /// Joins and leaves one connection may send in a burst.
+    #[arg(long, env = "TURNOUT_MAX_JOIN_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_join_burst: Option<u32>,
+    /// Different rooms one connection may join within a minute.
+    #[arg(long, env = "TURNOUT_MAX_ROOMS_PER_MINUTE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms_per_minute: Option<usize>,
+    /// Bytes one join's replay (`since`) sends at most; the rest is asked
+    /// for with another join.
+    #[arg(long, env = "TURNOUT_MAX_REPLAY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replay_bytes: Option<usize>,
+    /// WebSocket connections one client IP (IPv6: one /64) may hold on this node.
+    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
     /// How often the node pings idle clients, e.g. 20s.
     #[arg(long, env = "TURNOUT_PING_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +169,11 @@ pub struct Settings {
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub max_publish_rate: f64,
     pub max_publish_burst: u32,
+    pub max_join_rate: f64,
+    pub max_join_burst: u32,
+    pub max_rooms_per_minute: usize,
+    pub max_replay_bytes: usize,
+    pub max_connections_per_ip: usize,
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -184,6 +210,11 @@ impl Default for Settings {
             jwt_public_key: None,
             max_publish_rate: 50.0,
             max_publish_burst: 100,
+            max_join_rate: 10.0,
+            max_join_burst: 50,
+            max_rooms_per_minute: 200,
+            max_replay_bytes: 1 << 20,
+            max_connections_per_ip: 1000,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             inbox: false,
@@ -234,6 +265,16 @@ impl Validate for Settings {
             ));
         }
         require_nonzero("max_publish_burst", self.max_publish_burst == 0)?;
+        if !(self.max_join_rate > 0.0 && self.max_join_rate.is_finite()) {
+            return Err(SettingsError::invalid(
+                "max_join_rate",
+                "must be a positive number",
+            ));
+        }
+        require_nonzero("max_join_burst", self.max_join_burst == 0)?;
+        require_nonzero("max_rooms_per_minute", self.max_rooms_per_minute == 0)?;
+        require_nonzero("max_replay_bytes", self.max_replay_bytes == 0)?;
+        require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return Err(SettingsError::invalid(
                 "idle_timeout",
@@ -255,6 +296,26 @@ impl Validate for Settings {
 }
 
 impl Settings {
+    /// One connection's limits.
+    pub(crate) fn limits(&self) -> crate::limits::LimitSettings {
+        crate::limits::LimitSettings {
+            publish_rate: self.max_publish_rate,
+            publish_burst: self.max_publish_burst,
+            join_rate: self.max_join_rate,
+            join_burst: self.max_join_burst,
+            rooms_per_minute: self.max_rooms_per_minute,
+        }
+    }
+
+    /// The largest frame the WebSocket layer reads whole: bigger than
+    /// `max_frame_bytes`, so a frame over the limit is read and answered
+    /// with a clean close 1009 rather than a reset.
+    pub(crate) fn read_ceiling(&self) -> usize {
+        self.max_frame_bytes
+            .saturating_mul(4)
+            .max(self.max_frame_bytes + 4096)
+    }
+
     /// Parses flags and env, reads the file, validates.
     pub fn from_args() -> Result<Self, SettingsError> {
         let cli = Cli::parse();

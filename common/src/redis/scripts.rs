@@ -136,16 +136,19 @@ pub fn renew(a: &RenewArgs<'_>) -> ScriptInvocation<'static> {
     inv.key(keys::room_presence(a.room))
         .key(keys::room_holders(a.room))
         .key(keys::room_owner(a.room))
+        .key(keys::room_claims(a.room))
         .arg(a.holder)
         .arg(ms(a.lease))
         .arg(ms(a.room_ttl))
         .arg(owner)
         .arg(epoch)
-        .arg(ms(a.pin));
+        .arg(ms(a.pin))
+        .arg(ms(EPOCH_TTL));
     inv
 }
 
-/// A room's epoch counter outlives any placement, so epochs only grow.
+/// While a room has members, its epoch counter outlives any placement by
+/// this long, so epochs only grow.
 pub const EPOCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `claim.lua`: `candidate` takes `room` unless it has an owner not in
@@ -162,7 +165,6 @@ pub fn claim(
         .key(keys::room_claims(room))
         .arg(candidate)
         .arg(ms(pin))
-        .arg(ms(EPOCH_TTL))
         .arg(room)
         .arg(keys::CONTROL_PREFIX);
     for id in gone {

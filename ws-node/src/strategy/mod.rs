@@ -55,6 +55,7 @@ pub(crate) async fn start(
             store,
             settings.send_queue,
             settings.presence_limit,
+            settings.max_replay_bytes,
         )
     };
     let kind = settings.strategy;

@@ -1,24 +1,25 @@
 -- Sticky placement: makes `candidate` the owner of a room unless it has an
 -- owner that is not known to be gone, and returns the owner: {node, epoch,
 -- claimed}. Liveness is the caller's to tell (heartbeats live in other
--- slots of a Redis Cluster): ARGV[6..] are the nodes it checked and found
+-- slots of a Redis Cluster): ARGV[5..] are the nodes it checked and found
 -- dead or draining. Every new claim increments the room's epoch, which
 -- fences the old owner's publishes, and tells the old owner on its control
 -- channel. Atomic, so routers and nodes racing on one room always agree.
--- An empty candidate only reads the owner.
+-- An empty candidate only reads the owner. The epoch counter lives at least
+-- `pin` after a claim; renew.lua keeps it for `epoch_ttl` while the room has
+-- members, so a placement nobody joined leaves nothing behind for long.
 local owner_key  = KEYS[1]   -- turnout:{room}:owner
 local claims_key = KEYS[2]   -- turnout:{room}:claims
 local candidate  = ARGV[1]
-local pin        = ARGV[2]   -- placement_ttl, ms
-local epoch_ttl  = ARGV[3]   -- how long the epoch counter outlives placements, ms
-local room       = ARGV[4]
-local control    = ARGV[5]   -- prefix of nodes' control channels
+local pin        = ARGV[2]   -- how long the placement stays unused, ms
+local room       = ARGV[3]
+local control    = ARGV[4]   -- prefix of nodes' control channels
 
 local o = redis.call('HMGET', owner_key, 'node', 'epoch')
 local owner = o[1]
 if owner then
   local gone = false
-  for i = 6, #ARGV do
+  for i = 5, #ARGV do
     if ARGV[i] == owner then gone = true break end
   end
   if not gone or candidate == '' or candidate == owner then
@@ -28,7 +29,9 @@ if owner then
 end
 if candidate == '' then return {'', 0, 0} end
 local epoch = redis.call('INCR', claims_key)
-redis.call('PEXPIRE', claims_key, epoch_ttl)
+if redis.call('PTTL', claims_key) < tonumber(pin) then
+  redis.call('PEXPIRE', claims_key, pin)
+end
 redis.call('HSET', owner_key, 'node', candidate, 'epoch', epoch)
 redis.call('PEXPIRE', owner_key, pin)
 if owner then

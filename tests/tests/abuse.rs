@@ -1,0 +1,291 @@
+//! Hostile clients and anonymous callers: nobody can hurt others or make
+//! the cluster keep state by flooding joins, hoarding rooms, asking for
+//! huge replays, opening connections from one address, routing fresh rooms
+//! anonymously, or sending frames over the limit.
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+use turnout_tests::*;
+
+const SECRET: &str = "abuse-test-secret-0123456789";
+const API_KEY: &str = "abuse-test-api-key-0123456789";
+
+fn is_rate_limited(f: &ServerFrame) -> bool {
+    matches!(f, ServerFrame::Error { code, .. } if code == "rate_limited")
+}
+
+/// A connection that joins and leaves as fast as it can is refused
+/// (`rate_limited`), then closed (1008); a neighbour on the same node is
+/// served throughout. New rooms per minute are bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_leave_floods_are_limited() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| {
+        s.max_join_rate = 5.0;
+        s.max_join_burst = 5;
+        s.max_rooms_per_minute = 3;
+    })
+    .await?;
+    let url = c.nodes[0].ws_url();
+    let mut neighbour = Client::connect(&url).await?;
+    neighbour.join("calm").await?;
+
+    let mut hoarder = Client::connect(&url).await?;
+    for room in ["r1", "r2", "r3"] {
+        hoarder.join(room).await?;
+    }
+    hoarder
+        .send_json(json!({"type": "join", "room": "r4"}))
+        .await?;
+    match hoarder.recv().await? {
+        ServerFrame::Error { code, message, .. } => {
+            assert_eq!(code, "rate_limited");
+            assert!(message.contains("different rooms"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut flooder = Client::connect(&url).await?;
+    for _ in 0..200 {
+        flooder
+            .send_json(json!({"type": "join", "room": "flood"}))
+            .await?;
+        flooder
+            .send_json(json!({"type": "leave", "room": "flood"}))
+            .await?;
+    }
+    flooder.expect("rate_limited", is_rate_limited).await?;
+    let (_, code) = flooder.recv_close().await?;
+    assert_eq!(code, Some(1008), "a connection that keeps at it is closed");
+    // The neighbour was served all along.
+    assert_eq!(
+        neighbour.publish("calm", json!("still here"), "n1").await?,
+        1
+    );
+    assert!(metric(&c.nodes[0], "turnout_rate_limited_total").await? > 0.0);
+    Ok(())
+}
+
+/// A join with `since` far back sends at most `max_replay_bytes`; the
+/// client asks for the rest and ends with every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_come_in_bounded_pages() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.max_replay_bytes = 2048).await?;
+    let url = c.nodes[0].ws_url();
+    let mut writer = Client::connect(&url).await?;
+    writer.join("big").await?;
+    for i in 1..=60u64 {
+        writer
+            .publish(
+                "big",
+                json!({"i": i, "pad": "x".repeat(100)}),
+                &i.to_string(),
+            )
+            .await?;
+    }
+    // A raw join from 0 gets a cut replay, and says where it was cut.
+    let mut raw = Client::connect(&url).await?;
+    raw.send_json(json!({"type": "join", "room": "big", "since": 0}))
+        .await?;
+    let until = match raw.recv().await? {
+        ServerFrame::Joined {
+            replay_until, seq, ..
+        } => {
+            assert_eq!(seq, 60);
+            replay_until.expect("the replay was cut")
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(until < 60);
+    assert_eq!(
+        raw.messages_until("big", until).await?,
+        (1..=until).collect::<Vec<_>>()
+    );
+    // A client that follows the protocol gets everything, page by page.
+    let mut reader = Client::connect(&url).await?;
+    let mut since = 0u64;
+    let mut got = Vec::new();
+    loop {
+        reader
+            .send_json(json!({"type": "join", "room": "big", "since": since}))
+            .await?;
+        let cut = match reader
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await?
+        {
+            ServerFrame::Joined { replay_until, .. } => replay_until,
+            _ => unreachable!(),
+        };
+        let to = cut.unwrap_or(60);
+        got.extend(reader.messages_until("big", to).await?);
+        since = to;
+        if cut.is_none() {
+            break;
+        }
+        reader
+            .send_json(json!({"type": "leave", "room": "big"}))
+            .await?;
+        reader
+            .expect("left", |f| matches!(f, ServerFrame::Left { .. }))
+            .await?;
+    }
+    assert_eq!(got, (1..=60).collect::<Vec<_>>());
+    assert!(metric(&c.nodes[0], "turnout_replays_cut_total").await? >= 2.0);
+    Ok(())
+}
+
+/// A node counts connections per client address (an IPv6 /64 counts as
+/// one), and believes an address a gateway vouches for only next to the
+/// internal token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_on_nodes() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut s = node_settings(&redis.url(), Strategy::Pubsub);
+    s.max_connections_per_ip = 2;
+    s.internal_token = Some("abuse-internal-token-0123".into());
+    let node = start_node(s).await;
+    let _a = Client::connect(&node.ws_url()).await?;
+    let _b = Client::connect(&node.ws_url()).await?;
+    let refused = |headers: Vec<(&'static str, String)>| {
+        let url = node.ws_url();
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut req = url.into_client_request().unwrap();
+            for (k, v) in headers {
+                req.headers_mut().insert(k, v.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(req).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Ok(_) => 101,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(refused(vec![]).await, 429);
+    // A client claiming another address is not believed.
+    assert_eq!(
+        refused(vec![("x-turnout-client-ip", "203.0.113.9".into())]).await,
+        429
+    );
+    // A gateway (with the token) vouching for another client is.
+    assert_eq!(
+        refused(vec![
+            ("x-turnout-client-ip", "203.0.113.9".into()),
+            ("x-internal-token", "abuse-internal-token-0123".into()),
+        ])
+        .await,
+        101
+    );
+    Ok(())
+}
+
+/// With auth on, `/api/route` needs a client token that may join the room,
+/// or the API key; placements nobody joins do not stay; a router writes at
+/// most `max_placement_rate` placements per second and answers the rest
+/// with an unwritten hint, and the node claims such a room at its first
+/// join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_routes_write_nothing() -> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let mut rs = router_settings(&url, Strategy::Sticky);
+    rs.max_placement_rate = 1.0;
+    let router = start_router_with(rs).await;
+    let node = start_node(node_settings(&url, Strategy::Sticky)).await;
+    let mut gs = gateway_settings(&url, Strategy::Sticky, &[&router]);
+    gs.jwt_secret = Some(SECRET.into());
+    gs.api_key = Some(API_KEY.into());
+    let gateway = start_gateway_with(gs).await;
+    let route = |room: &str, headers: Vec<(&'static str, String)>| {
+        let u = format!("{}/api/route?room={room}", gateway.http());
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http("GET", &u, None, &h).await.unwrap().0
+        }
+    };
+    wait_for("the gateway to see the node", DEADLINE, || async {
+        (route("x", vec![("x-api-key", API_KEY.into())]).await == 200).then_some(())
+    })
+    .await?;
+    let token = |rooms: serde_json::Value| {
+        hs256(
+            json!({"sub": "u1", "exp": unix_now() + 600, "rooms": rooms}),
+            SECRET,
+        )
+    };
+    assert_eq!(route("fresh", vec![]).await, 401);
+    let bearer = |t: String| vec![("authorization", format!("Bearer {t}"))];
+    assert_eq!(route("fresh", bearer(token(json!(["other"])))).await, 403);
+    assert_eq!(route("fresh", bearer(token(json!(["fresh"])))).await, 200);
+    let mut con = redis.con().await?;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(turnout_proto::keys::room_claims("fresh"))
+        .query_async(&mut con)
+        .await?;
+    assert!(
+        pttl > 0 && pttl <= 60_000,
+        "a placement nobody joined lapses within a minute: {pttl}"
+    );
+    // Past the budget (1/s, burst 2), routes are hints: nothing is written.
+    for i in 0..5 {
+        assert_eq!(
+            route(&format!("hint-{i}"), vec![("x-api-key", API_KEY.into())]).await,
+            200
+        );
+    }
+    assert!(metric(&router, "turnout_placements_deferred_total").await? >= 1.0);
+    let owners: Vec<String> = redis::cmd("KEYS")
+        .arg("turnout:{hint-*}:owner")
+        .query_async(&mut con)
+        .await?;
+    assert!(owners.len() < 5, "{owners:?}");
+    // A member joining a hinted room at the node claims it there.
+    let mut m = Client::connect(&node.ws_url()).await?;
+    m.join("hint-4").await?;
+    let owner: Option<String> = redis::cmd("HGET")
+        .arg(turnout_proto::keys::room_owner("hint-4"))
+        .arg("node")
+        .query_async(&mut con)
+        .await?;
+    assert_eq!(owner.as_deref(), Some(m.node()));
+    Ok(())
+}
+
+/// A frame over `max_frame_bytes`, through the gateway too: the client
+/// sees close 1009, not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_get_1009_through_the_gateway() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.max_frame_bytes = 4096).await?;
+    for url in [c.gateway.ws_url(), c.nodes[0].ws_url()] {
+        for _ in 0..5 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+            let _welcome = ws.next().await;
+            let big = json!({"type": "publish", "room": "r", "data": "x".repeat(1 << 20)});
+            ws.send(Message::Text(big.to_string().into())).await?;
+            // And more behind it: input the server has not read when it
+            // closes turns its close into a reset, unless it reads on.
+            for _ in 0..50 {
+                if ws
+                    .send(Message::Text(r#"{"type":"ping"}"#.into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let code = loop {
+                match tokio::time::timeout(DEADLINE, ws.next()).await? {
+                    Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => panic!("{url}: no close frame, {e}"),
+                    None => panic!("{url}: closed without a close frame"),
+                }
+            };
+            assert_eq!(code, Some(1009), "{url}");
+        }
+    }
+    Ok(())
+}

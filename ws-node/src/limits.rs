@@ -1,0 +1,209 @@
+//! What one connection may do per unit of time: publishes, joins and
+//! leaves (token buckets), new rooms per minute (a sliding window), and how
+//! many refusals in a row make it abuse (close 1008). Pure: time is passed
+//! in, so the rules are unit-tested without a clock.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Refused frames in a row after which the connection is closed (1008).
+pub(crate) const MAX_STRIKES: u32 = 100;
+
+/// A token bucket.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        Bucket {
+            rate,
+            burst: burst as f64,
+            tokens: burst as f64,
+            at: now,
+        }
+    }
+
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Over {
+    Publishes,
+    Joins,
+    NewRooms,
+}
+
+impl Over {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Over::Publishes => "publishing too fast",
+            Over::Joins => "joining and leaving too fast",
+            Over::NewRooms => "too many different rooms in the last minute",
+        }
+    }
+}
+
+/// The settings behind [`Limits`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LimitSettings {
+    pub(crate) publish_rate: f64,
+    pub(crate) publish_burst: u32,
+    pub(crate) join_rate: f64,
+    pub(crate) join_burst: u32,
+    pub(crate) rooms_per_minute: usize,
+}
+
+/// One connection's limits.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    publishes: Bucket,
+    joins: Bucket,
+    /// Rooms joined for the first time in the last minute, oldest first.
+    recent_rooms: VecDeque<(Instant, String)>,
+    rooms_per_minute: usize,
+    /// Refused frames in a row.
+    strikes: u32,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl Limits {
+    pub(crate) fn new(s: LimitSettings, now: Instant) -> Self {
+        Limits {
+            publishes: Bucket::new(s.publish_rate, s.publish_burst, now),
+            joins: Bucket::new(s.join_rate, s.join_burst, now),
+            recent_rooms: VecDeque::new(),
+            rooms_per_minute: s.rooms_per_minute,
+            strikes: 0,
+        }
+    }
+
+    fn verdict(&mut self, ok: bool, over: Over) -> Result<(), Over> {
+        if ok {
+            self.strikes = 0;
+            Ok(())
+        } else {
+            self.strikes += 1;
+            Err(over)
+        }
+    }
+
+    pub(crate) fn publish(&mut self, now: Instant) -> Result<(), Over> {
+        let ok = self.publishes.take(now);
+        self.verdict(ok, Over::Publishes)
+    }
+
+    /// A leave (or a join of a room the connection is in).
+    pub(crate) fn leave(&mut self, now: Instant) -> Result<(), Over> {
+        let ok = self.joins.take(now);
+        self.verdict(ok, Over::Joins)
+    }
+
+    /// A join of `room`, which the connection is not in.
+    pub(crate) fn join(&mut self, room: &str, now: Instant) -> Result<(), Over> {
+        while self
+            .recent_rooms
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= WINDOW)
+        {
+            self.recent_rooms.pop_front();
+        }
+        let known = self.recent_rooms.iter().any(|(_, r)| r == room);
+        if !known && self.recent_rooms.len() >= self.rooms_per_minute {
+            return self.verdict(false, Over::NewRooms);
+        }
+        let ok = self.joins.take(now);
+        if ok && !known {
+            self.recent_rooms.push_back((now, room.to_owned()));
+        }
+        self.verdict(ok, Over::Joins)
+    }
+
+    /// Whether the connection keeps going over its limits (close 1008).
+    pub(crate) fn abusive(&self) -> bool {
+        self.strikes >= MAX_STRIKES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(now: Instant) -> Limits {
+        Limits::new(
+            LimitSettings {
+                publish_rate: 10.0,
+                publish_burst: 2,
+                join_rate: 1.0,
+                join_burst: 3,
+                rooms_per_minute: 2,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn buckets_refill_with_time() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        assert!(l.publish(t).is_ok() && l.publish(t).is_ok());
+        assert_eq!(l.publish(t), Err(Over::Publishes));
+        assert!(l.publish(t + Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn joins_and_leaves_share_a_bucket() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        assert!(l.join("a", t).is_ok());
+        assert!(l.leave(t).is_ok());
+        assert!(
+            l.join("a", t).is_ok(),
+            "a room seen in the window is not new"
+        );
+        assert_eq!(l.leave(t), Err(Over::Joins));
+        assert!(l.leave(t + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn new_rooms_per_minute() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        assert!(l.join("a", t).is_ok());
+        assert!(l.join("b", t + Duration::from_secs(1)).is_ok());
+        assert_eq!(l.join("c", t + Duration::from_secs(2)), Err(Over::NewRooms));
+        // A minute after the first, one more room may come.
+        assert!(l.join("c", t + Duration::from_secs(61)).is_ok());
+    }
+
+    #[test]
+    fn refusals_in_a_row_are_abuse() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        let _ = l.publish(t);
+        let _ = l.publish(t);
+        for _ in 0..MAX_STRIKES {
+            assert!(!l.abusive());
+            let _ = l.publish(t);
+        }
+        assert!(l.abusive());
+        assert!(l.publish(t + Duration::from_secs(1)).is_ok());
+        assert!(!l.abusive(), "an accepted frame starts over");
+    }
+}
