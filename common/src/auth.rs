@@ -25,13 +25,18 @@ pub struct Claims {
     pub rooms: Option<Vec<String>>,
 }
 
+/// Characters a `prefix*` room claim must end its prefix with: the claim
+/// covers a name space (`team-7:*` covers `team-7:general`), never a bare
+/// string prefix (`team-7*` would cover `team-70` too, so it covers nothing).
+pub const CLAIM_BOUNDARIES: [char; 5] = [':', '.', '-', '_', '@'];
+
 impl Claims {
     /// Whether these claims allow joining `room`.
     pub fn may_join(&self, room: &str) -> bool {
         match &self.rooms {
             None => true,
             Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => room.starts_with(prefix),
+                Some(prefix) => prefix.ends_with(CLAIM_BOUNDARIES) && room.starts_with(prefix),
                 None => p == room,
             }),
         }
@@ -47,6 +52,12 @@ pub enum AuthError {
     Algorithm(String),
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYet,
+    #[error("token is for another audience (aud)")]
+    Audience,
+    #[error("token is from another issuer (iss)")]
+    Issuer,
     #[error("invalid token")]
     Invalid,
     #[error("token subject is not a valid user id")]
@@ -59,14 +70,26 @@ pub enum AuthError {
 pub struct ClientAuth {
     hs256: Option<DecodingKey>,
     rs256: Option<DecodingKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+/// How client tokens are checked: the keys, and the `aud` and `iss` they
+/// must name when set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JwtSettings<'a> {
+    pub secret: Option<&'a str>,
+    pub public_key: Option<&'a Path>,
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
 }
 
 impl ClientAuth {
     /// None when neither a secret nor a public key is configured.
-    pub fn from_settings(
-        secret: Option<&str>,
-        public_key: Option<&Path>,
-    ) -> Result<Option<Self>, SettingsError> {
+    pub fn from_settings(jwt: JwtSettings<'_>) -> Result<Option<Self>, SettingsError> {
+        let JwtSettings {
+            secret, public_key, ..
+        } = jwt;
         let hs256 = match secret {
             Some(s) if s.len() < 16 => {
                 return Err(SettingsError::invalid(
@@ -94,7 +117,12 @@ impl ClientAuth {
             }
             None => None,
         };
-        Ok((hs256.is_some() || rs256.is_some()).then_some(ClientAuth { hs256, rs256 }))
+        Ok((hs256.is_some() || rs256.is_some()).then_some(ClientAuth {
+            hs256,
+            rs256,
+            audience: jwt.audience.map(str::to_owned),
+            issuer: jwt.issuer.map(str::to_owned),
+        }))
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -106,10 +134,26 @@ impl ClientAuth {
         }
         .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?;
         let mut v = Validation::new(header.alg);
-        v.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &self.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
+        v.validate_nbf = true;
         v.leeway = 5;
         let data = decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYet,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::Audience,
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::Issuer,
             _ => AuthError::Invalid,
         })?;
         turnout_proto::names::check_user(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
@@ -230,6 +274,13 @@ mod tests {
         assert!(c.may_join("team-7"));
         assert!(!c.may_join("lobby2"));
         assert!(!c.may_join("other"));
+        // A prefix without a boundary covers nothing.
+        let bare = Claims {
+            rooms: Some(vec!["team7*".into()]),
+            ..c.clone()
+        };
+        assert!(!bare.may_join("team7"));
+        assert!(!bare.may_join("team70"));
         assert!(Claims { rooms: None, ..c }.may_join("anything"));
     }
 

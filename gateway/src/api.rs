@@ -1,6 +1,7 @@
 //! The HTTP server API (`/api/*`), health and readiness.
 
 use crate::state::{ApiError, Gateway, room_name, user_id};
+use crate::streams::Holder;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -240,6 +241,16 @@ pub(crate) struct EventsQuery {
     since: Option<u64>,
 }
 
+/// Who a caller of the API turned out to be.
+enum Caller {
+    /// The gateway runs open.
+    Anyone,
+    /// The API key.
+    Backend,
+    /// A client token.
+    Client(turnout_common::auth::Claims),
+}
+
 /// Who may route to or follow a room: with the API key, or with a client
 /// token that may join the room (`?token=` or `Authorization: Bearer`; any
 /// valid token when no room is named), or anyone when the gateway runs open.
@@ -248,14 +259,14 @@ fn may_use_room(
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
     room: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<Caller, ApiError> {
     let key = gw.settings.api_key.as_deref();
     if key.is_none() && gw.auth.is_none() {
-        return Ok(());
+        return Ok(Caller::Anyone);
     }
     if let (Some(key), Some(given)) = (key, headers.get(turnout_common::auth::API_KEY_HEADER)) {
         if turnout_common::auth::ct_eq(given.as_bytes(), key.as_bytes()) {
-            return Ok(());
+            return Ok(Caller::Backend);
         }
         return Err(bad(ErrorCode::Unauthorized, "X-API-Key wrong"));
     }
@@ -265,7 +276,7 @@ fn may_use_room(
     let token = turnout_common::auth::token_from(headers, query)
         .ok_or(turnout_common::auth::AuthError::Missing);
     match token.and_then(|t| auth.verify(&t)) {
-        Ok(claims) if room.is_none_or(|r| claims.may_join(r)) => Ok(()),
+        Ok(claims) if room.is_none_or(|r| claims.may_join(r)) => Ok(Caller::Client(claims)),
         Ok(_) => Err(bad(
             ErrorCode::Forbidden,
             "the token's rooms claim does not include this room",
@@ -284,6 +295,7 @@ pub(crate) async fn events(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
@@ -295,7 +307,24 @@ pub(crate) async fn events(
                 "since must be a non-negative integer",
             ));
         };
-        may_use_room(&gw, &headers, uri.query(), Some(&room))?;
+        let caller = may_use_room(&gw, &headers, uri.query(), Some(&room))?;
+        let ip = peer.ip();
+        let (holder, until) = match caller {
+            Caller::Backend => (Holder::Backend, None),
+            Caller::Anyone => (Holder::Client { user: None, ip }, None),
+            Caller::Client(c) => {
+                // The stream ends with the token.
+                let left = c.exp.saturating_sub(turnout_proto::now_ms() / 1000);
+                let until = tokio::time::Instant::now() + std::time::Duration::from_secs(left);
+                (
+                    Holder::Client {
+                        user: Some(c.sub),
+                        ip,
+                    },
+                    Some(until),
+                )
+            }
+        };
         // A reconnecting EventSource sends the last id it saw; that wins over the URL.
         let last_id = match headers
             .get("last-event-id")
@@ -306,12 +335,17 @@ pub(crate) async fn events(
             Some(Err(_)) => return Err(bad_last_id()),
         };
         let since = last_id.or(q.since).unwrap_or(0);
-        gw.stream(&room, since, "sse").await
+        let open = crate::follow::Open {
+            holder,
+            until,
+            kind: "sse",
+        };
+        gw.stream(&room, since, open).await
     };
     let rx = counted(&gw, "events", result.await)?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
         Ok::<_, std::convert::Infallible>(match item {
-            Ok(item) => crate::follow::sse_event(item),
+            Ok(q) => crate::follow::sse_event(q.item),
             Err(e) => axum::response::sse::Event::default()
                 .event("error")
                 .data(json!({"code": e.code.as_str(), "message": e.message}).to_string()),

@@ -36,6 +36,13 @@ const STREAM_QUEUE: usize = 64;
 /// Messages one history read returns while a stream catches up.
 const CATCH_UP_PAGE: u64 = 1000;
 
+/// An item on its way to a stream's response, holding its bytes' share of
+/// the stream's buffer (`stream_buffer_bytes`) until it is taken.
+pub(crate) struct Queued {
+    pub(crate) item: Item,
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// What a stream hands to its response.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
@@ -76,9 +83,20 @@ pub(crate) struct Follower {
     channels: turnout_common::redis::Channels,
     redis: ConnectionManager,
     buffer: usize,
-    max_streams: usize,
+    /// Who holds streams, and how many each may.
+    pub(crate) book: Arc<crate::streams::Book>,
+    /// Bytes of messages one stream may have queued for its response.
+    stream_bytes: usize,
     metrics: FollowMetrics,
     stop: CancellationToken,
+}
+
+/// How a stream is opened: by whom, and until when (a client token's end).
+pub(crate) struct Open {
+    pub(crate) holder: crate::streams::Holder,
+    pub(crate) until: Option<tokio::time::Instant>,
+    /// The API for logs ("sse", "grpc").
+    pub(crate) kind: &'static str,
 }
 
 impl Follower {
@@ -87,7 +105,8 @@ impl Follower {
         client: &redis::Client,
         redis: ConnectionManager,
         buffer: usize,
-        max_streams: usize,
+        book: Arc<crate::streams::Book>,
+        stream_bytes: usize,
         metrics: FollowMetrics,
         readiness: turnout_common::readiness::Readiness,
         stop: CancellationToken,
@@ -111,7 +130,8 @@ impl Follower {
                 ),
                 redis,
                 buffer,
-                max_streams,
+                book,
+                stream_bytes,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             }
@@ -135,23 +155,17 @@ impl Follower {
     }
 
     /// Starts a stream of `room`'s messages after `since` (0: live only).
-    /// `kind` names the API for logs ("sse", "grpc").
     pub(crate) async fn stream(
         self: &Arc<Self>,
         room: &RoomName,
         since: u64,
-        kind: &'static str,
-    ) -> Result<mpsc::Receiver<Result<Item, ApiError>>, ApiError> {
+        open: Open,
+    ) -> Result<mpsc::Receiver<Result<Queued, ApiError>>, ApiError> {
         let room = room.as_str();
+        let kind = open.kind;
+        let ticket = self.book.admit(open.holder)?;
         let (rx, guard) = {
             let mut feeds = self.feeds();
-            // The gauge moves only under this lock, so it is the exact count.
-            if self.metrics.streams.get() >= self.max_streams as i64 {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "this gateway serves max_subscribers streams already; retry later or elsewhere",
-                ));
-            }
             let feed = feeds.entry(room.to_owned()).or_insert_with(|| {
                 self.metrics.rooms.inc();
                 Feed {
@@ -181,6 +195,9 @@ impl Follower {
             room: room.to_owned(),
             cursor: Cursor::new(since, ""),
             out,
+            bytes: Arc::new(tokio::sync::Semaphore::new(self.stream_bytes)),
+            until: open.until,
+            ticket,
             _guard: guard,
         };
         // Live only: start at the room's seq. Either way the room's epoch
@@ -274,7 +291,14 @@ struct StreamState {
     follower: Arc<Follower>,
     room: String,
     cursor: Cursor,
-    out: mpsc::Sender<Result<Item, ApiError>>,
+    out: mpsc::Sender<Result<Queued, ApiError>>,
+    /// Bytes the response has not taken yet, at most `stream_buffer_bytes`:
+    /// a slow reader stops the stream, which then falls behind the room's
+    /// ring and catches up from history, bounded either way.
+    bytes: Arc<tokio::sync::Semaphore>,
+    /// A client token's end: the stream ends there.
+    until: Option<tokio::time::Instant>,
+    ticket: crate::streams::Ticket,
     _guard: StreamGuard,
 }
 
@@ -301,12 +325,23 @@ impl StreamState {
         })
     }
 
-    /// Queues an item; Err when the receiver is gone.
+    /// Queues an item once its bytes fit the stream's buffer; Err when the
+    /// receiver is gone.
     async fn emit(&self, item: Item) -> Result<(), ()> {
-        if let Item::Message { .. } = item {
-            self.follower.metrics.sent.inc();
-        }
-        self.out.send(Ok(item)).await.map_err(|_| ())
+        let size = match &item {
+            Item::Message { frame, .. } => {
+                self.follower.metrics.sent.inc();
+                frame.len()
+            }
+            Item::Reset { .. } => 0,
+        };
+        let want = (size as u32).clamp(1, self.follower.stream_bytes as u32);
+        let bytes = self.bytes.clone().acquire_many_owned(want).await.ok();
+        let queued = Queued {
+            item,
+            _bytes: bytes,
+        };
+        self.out.send(Ok(queued)).await.map_err(|_| ())
     }
 
     /// Sends what history holds after the last seq sent, up to `upto` (or
@@ -352,11 +387,26 @@ impl StreamState {
 
     async fn run(mut self, mut rx: broadcast::Receiver<Event>) {
         let stop = self.follower.stop.clone();
+        let end = self.ticket.end.clone();
+        let until = tokio::time::sleep_until(self.until.unwrap_or_else(|| {
+            tokio::time::Instant::now() + std::time::Duration::from_secs(1 << 40)
+        }));
+        tokio::pin!(until);
         loop {
             let event = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = self.out.closed() => return,
+                _ = end.cancelled() => {
+                    let e = ApiError::new(ErrorCode::Unauthorized, "disconnected by the server");
+                    let _ = self.out.send(Err(e)).await;
+                    return;
+                }
+                _ = &mut until => {
+                    let e = ApiError::new(ErrorCode::TokenExpired, "your token expired; resume with a fresh one");
+                    let _ = self.out.send(Err(e)).await;
+                    return;
+                }
                 e = rx.recv() => e,
             };
             let result = match event {

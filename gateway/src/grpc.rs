@@ -85,12 +85,19 @@ impl GatewayApi for GatewayService {
     ) -> Result<Response<SubscribeStream>, Status> {
         let r = req.into_inner();
         let result = match room_name(r.room) {
-            Ok(room) => self.gw.stream(&room, r.since, "grpc").await,
+            Ok(room) => {
+                let open = crate::follow::Open {
+                    holder: crate::streams::Holder::Backend,
+                    until: None,
+                    kind: "grpc",
+                };
+                self.gw.stream(&room, r.since, open).await
+            }
             Err(e) => Err(e),
         };
         crate::api::count(&self.gw, "subscribe", result.is_ok());
         let rx = result?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|q| match q.map(|q| q.item) {
             Ok(Item::Message { frame, .. }) => room_message(&frame)
                 .ok_or_else(|| Status::internal("a stored message could not be decoded")),
             // The stream cannot go on with seq starting over: the caller

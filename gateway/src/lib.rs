@@ -11,6 +11,7 @@
 //! - `state`: shared state, the API error, and the operations both APIs use.
 //! - `strategy`: what differs between the strategies: where a client goes,
 //!   where the server API finds a room.
+//! - `streams`: who holds room streams and how many each may.
 //! - `links`: health probes of the nodes clients are spliced to; a node that
 //!   stops answering has its spliced connections closed.
 
@@ -23,6 +24,7 @@ mod proxy;
 pub mod settings;
 mod state;
 mod strategy;
+mod streams;
 
 pub use settings::Settings;
 
@@ -104,10 +106,7 @@ pub async fn run(
             addr.port()
         )
     });
-    let auth = turnout_common::auth::ClientAuth::from_settings(
-        settings.jwt_secret.as_deref(),
-        settings.jwt_public_key.as_deref(),
-    )?;
+    let auth = turnout_common::auth::ClientAuth::from_settings(settings.jwt())?;
     let internal = turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())?;
     let mut missing = Vec::new();
     if auth.is_none() {
@@ -158,7 +157,14 @@ pub async fn run(
     let body_limit = settings.max_body_bytes;
     let strategy = settings.strategy;
     let api_key = settings.api_key.clone();
-    let (buffer, max_streams) = (settings.subscriber_buffer, settings.max_subscribers);
+    let buffer = settings.subscriber_buffer;
+    let stream_bytes = settings.stream_buffer_bytes;
+    let book = streams::Book::new(streams::StreamLimits {
+        backends: settings.max_subscribers,
+        clients: settings.max_client_streams,
+        per_user: settings.max_streams_per_user,
+        per_ip: settings.max_streams_per_ip,
+    });
     let gw = Arc::new(state::Gateway::new(
         id.clone(),
         settings,
@@ -173,7 +179,8 @@ pub async fn run(
         &client,
         redis,
         buffer,
-        max_streams,
+        book,
+        stream_bytes,
         gw.metrics.follow.clone(),
         readiness,
         shutdown.child_token(),

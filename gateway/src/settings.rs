@@ -44,6 +44,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<String>,
+    /// Audience client tokens must name (`aud`), when set.
+    #[arg(long, env = "TURNOUT_JWT_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Issuer client tokens must name (`iss`), when set.
+    #[arg(long, env = "TURNOUT_JWT_ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
     /// Key required in X-API-Key on the server API (HTTP and gRPC).
     #[arg(long, env = "TURNOUT_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,10 +60,26 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
-    /// Room streams (SSE and gRPC `Subscribe`) this gateway serves at once.
+    /// Room streams of backends (API key) this gateway serves at once.
     #[arg(long, env = "TURNOUT_MAX_SUBSCRIBERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_subscribers: Option<usize>,
+    /// Room streams of clients (SSE with a client token) served at once.
+    #[arg(long, env = "TURNOUT_MAX_CLIENT_STREAMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_client_streams: Option<usize>,
+    /// Room streams one user (token `sub`) may hold.
+    #[arg(long, env = "TURNOUT_MAX_STREAMS_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_user: Option<usize>,
+    /// Client room streams one address (IPv6: one /64) may hold.
+    #[arg(long, env = "TURNOUT_MAX_STREAMS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_ip: Option<usize>,
+    /// Bytes of messages one stream may have waiting for its reader.
+    #[arg(long, env = "TURNOUT_STREAM_BUFFER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_buffer_bytes: Option<usize>,
     /// Live messages buffered per followed room; a stream that falls further
     /// behind catches up from history.
     #[arg(long, env = "TURNOUT_SUBSCRIBER_BUFFER")]
@@ -87,9 +111,15 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<std::path::PathBuf>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
     pub api_key: Option<String>,
     pub max_connections_per_ip: usize,
     pub max_subscribers: usize,
+    pub max_client_streams: usize,
+    pub max_streams_per_user: usize,
+    pub max_streams_per_ip: usize,
+    pub stream_buffer_bytes: usize,
     pub subscriber_buffer: usize,
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
@@ -111,9 +141,15 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             jwt_secret: None,
             jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             api_key: None,
             max_connections_per_ip: 1000,
             max_subscribers: 10_000,
+            max_client_streams: 10_000,
+            max_streams_per_user: 10,
+            max_streams_per_ip: 50,
+            stream_buffer_bytes: 1 << 20,
             subscriber_buffer: 1024,
             sse_keepalive: Duration::from_secs(15),
         }
@@ -121,6 +157,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How client tokens are checked.
+    pub fn jwt(&self) -> turnout_common::auth::JwtSettings<'_> {
+        turnout_common::auth::JwtSettings {
+            secret: self.jwt_secret.as_deref(),
+            public_key: self.jwt_public_key.as_deref(),
+            audience: self.jwt_audience.as_deref(),
+            issuer: self.jwt_issuer.as_deref(),
+        }
+    }
+
     /// The router URLs, in failover order.
     pub fn routers(&self) -> Vec<String> {
         self.router_url
@@ -166,6 +212,10 @@ impl Validate for Settings {
         require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
         require_nonzero("max_body_bytes", self.max_body_bytes == 0)?;
         require_nonzero("max_subscribers", self.max_subscribers == 0)?;
+        require_nonzero("max_client_streams", self.max_client_streams == 0)?;
+        require_nonzero("max_streams_per_user", self.max_streams_per_user == 0)?;
+        require_nonzero("max_streams_per_ip", self.max_streams_per_ip == 0)?;
+        require_nonzero("stream_buffer_bytes", self.stream_buffer_bytes == 0)?;
         require_nonzero("subscriber_buffer", self.subscriber_buffer == 0)?;
         require_nonzero("sse_keepalive", self.sse_keepalive.is_zero())?;
         require_nonzero("rpc_timeout", self.rpc_timeout.is_zero())?;

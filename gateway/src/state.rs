@@ -341,7 +341,12 @@ impl Gateway {
                 Err(_) => failed += 1,
             }
         }
-        tracing::info!(%user, closed, failed, "user disconnected");
+        // The user's room streams (SSE) end too.
+        let streams = self
+            .follower
+            .get()
+            .map_or(0, |f| f.book.end_user(user.as_str()));
+        tracing::info!(%user, closed, failed, streams, "user disconnected");
         if failed > 0 {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,

@@ -11,7 +11,7 @@
 //! speaks to one of them, the room's home node (rendezvous hash over the
 //! live nodes), so publishing and reading agree with each other.
 
-use crate::follow::Item;
+use crate::follow::Queued;
 use crate::state::{ApiError, Gateway, MAX_HISTORY_LIMIT, MAX_PRESENCE, ROUTE_CACHE_TTL};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -251,8 +251,8 @@ impl Gateway {
         &self,
         room: &RoomName,
         since: u64,
-        kind: &'static str,
-    ) -> Result<mpsc::Receiver<Result<Item, ApiError>>, ApiError> {
+        open: crate::follow::Open,
+    ) -> Result<mpsc::Receiver<Result<Queued, ApiError>>, ApiError> {
         if self.strategy() == Strategy::Local {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -263,7 +263,7 @@ impl Gateway {
             .follower
             .get()
             .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "starting up; retry"))?;
-        follower.stream(room, since, kind).await
+        follower.stream(room, since, open).await
     }
 }
 

@@ -32,14 +32,18 @@ pub enum ErrorCode {
     Unavailable,
     /// Unexpected server failure; details are in the server's log only.
     Internal,
-    /// Server API and upgrades only: the API key or client token is missing or wrong.
+    /// The API key or client token is missing or wrong (a `refresh` frame's
+    /// token too).
     Unauthorized,
+    /// The client token expired: send a fresh one (`refresh`) in time, or
+    /// reconnect with one.
+    TokenExpired,
     /// Server API and upgrades only: the HTTP request is not what the endpoint takes.
     BadRequest,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadFrame,
@@ -53,6 +57,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
         ErrorCode::BadRequest,
     ];
 
@@ -71,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::BadRequest => "bad_request",
         }
     }
@@ -83,7 +89,7 @@ impl ErrorCode {
             | ErrorCode::BadName
             | ErrorCode::UnknownType
             | ErrorCode::BadRequest => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotJoined | ErrorCode::WrongNode => 409,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => 429,
@@ -100,7 +106,7 @@ impl ErrorCode {
             | ErrorCode::BadName
             | ErrorCode::UnknownType
             | ErrorCode::BadRequest => tonic::Code::InvalidArgument,
-            ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => tonic::Code::Unauthenticated,
             ErrorCode::Forbidden => tonic::Code::PermissionDenied,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => tonic::Code::ResourceExhausted,
             ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Code::FailedPrecondition,
@@ -148,6 +154,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 3008;
     /// No frame or pong within `idle_timeout`; reconnect when needed.
     pub const IDLE: u16 = 3009;
+    /// The client token expired and no fresh one came (`refresh`):
+    /// reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 3010;
     /// A backend disconnected the user (server API `Disconnect`); do not
     /// reconnect as is.
     pub const KICKED: u16 = 3500;

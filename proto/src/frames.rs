@@ -27,11 +27,18 @@ pub enum ClientFrame {
         data: Box<RawValue>,
         id: Option<String>,
     },
+    /// A fresh client token, before the current one expires.
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
 /// Longest accepted client-chosen publish `id`, in bytes.
 pub const MAX_ID_LEN: usize = 64;
+
+/// Longest accepted token in a `refresh` frame, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// Why a client frame was refused: the code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +67,7 @@ struct RawFrame {
     data: Option<Box<RawValue>>,
     id: Option<String>,
     epoch: Option<String>,
+    token: Option<String>,
 }
 
 /// Parses and validates one client text frame.
@@ -127,11 +135,22 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             })
         }
         "ping" => Ok(ClientFrame::Ping),
+        "refresh" => {
+            let token = raw
+                .token
+                .ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `token`"))?;
+            if token.len() > MAX_TOKEN_LEN {
+                return Err(FrameError::new(ErrorCode::BadFrame, "`token` is too long"));
+            }
+            Ok(ClientFrame::Refresh { token })
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             Err(FrameError::new(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {shown:?}; expected join, leave, publish or ping"),
+                format!(
+                    "unknown frame type {shown:?}; expected join, leave, publish, refresh or ping"
+                ),
             ))
         }
     }
@@ -195,6 +214,10 @@ pub enum ServerFrame {
     },
     Reconnect {
         reason: String,
+    },
+    /// A `refresh` was accepted: the connection lives until `exp`.
+    Refreshed {
+        exp: u64,
     },
     Pong,
 }
@@ -391,6 +414,7 @@ mod fuzz {
                     prop_assert!(id.is_none_or(|i| i.len() <= MAX_ID_LEN));
                 }
                 Ok(ClientFrame::Ping) => prop_assert_eq!(v["type"].as_str(), Some("ping")),
+                Ok(ClientFrame::Refresh { token }) => prop_assert!(token.len() <= MAX_TOKEN_LEN),
                 Err(e) => prop_assert!(!e.message.is_empty()),
             }
         }

@@ -35,8 +35,9 @@ pub(crate) struct Conn {
     /// Rooms this connection is in; written by its session, and by the hub
     /// when a room moves away (sticky).
     rooms: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// The client's token claims, when tokens are required.
-    pub(crate) claims: Option<turnout_common::auth::Claims>,
+    /// The client's token claims, when tokens are required; replaced by a
+    /// `refresh` (its session), read by its joins.
+    claims: std::sync::Mutex<Option<turnout_common::auth::Claims>>,
 }
 
 impl Conn {
@@ -49,7 +50,7 @@ impl Conn {
         socket: WebSocket,
     ) -> Self {
         Conn {
-            claims,
+            claims: std::sync::Mutex::new(claims),
             id,
             label,
             user,
@@ -60,6 +61,33 @@ impl Conn {
             close_reason: OnceLock::new(),
             rooms: Default::default(),
         }
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Option<turnout_common::auth::Claims>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the client's token allows `room` (always, without tokens).
+    pub(crate) fn may_join(&self, room: &str) -> bool {
+        self.claims().as_ref().is_none_or(|c| c.may_join(room))
+    }
+
+    /// When the client's token expires (Unix seconds), if it has one.
+    pub(crate) fn expires(&self) -> Option<u64> {
+        self.claims().as_ref().map(|c| c.exp)
+    }
+
+    /// Takes the claims of a fresh token (same subject); returns the rooms
+    /// the connection is in that they no longer allow.
+    pub(crate) fn refresh(&self, claims: turnout_common::auth::Claims) -> Vec<String> {
+        let lost = self
+            .rooms()
+            .iter()
+            .filter(|r| !claims.may_join(r))
+            .cloned()
+            .collect();
+        *self.claims() = Some(claims);
+        lost
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {

@@ -33,6 +33,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) presence_reasserted: IntCounter,
     pub(crate) lease_lapses: IntCounter,
     pub(crate) replays_cut: IntCounter,
+    pub(crate) tokens_expired: IntCounter,
 }
 
 impl NodeMetrics {
@@ -140,6 +141,10 @@ impl NodeMetrics {
             replays_cut: c(
                 "replays_cut_total",
                 "Join replays cut at max_replay_bytes (the client asks for the rest)",
+            ),
+            tokens_expired: c(
+                "tokens_expired_total",
+                "Connections closed at their token's expiry (3010) without a refresh",
             ),
             registry,
         }

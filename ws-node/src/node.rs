@@ -58,6 +58,11 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
+    /// Client token verification; None when the node runs open.
+    pub(crate) fn auth(&self) -> Option<&ClientAuth> {
+        self.auth.as_ref()
+    }
+
     pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -100,10 +105,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("ws://{host}:{}/ws", addr.port()));
     let internal_url = internal_url_of(&url);
-    let auth = ClientAuth::from_settings(
-        settings.jwt_secret.as_deref(),
-        settings.jwt_public_key.as_deref(),
-    )?;
+    let auth = ClientAuth::from_settings(settings.jwt())?;
     let internal = InternalToken::new(settings.internal_token.as_deref())?;
     let mut missing = Vec::new();
     if auth.is_none() {

@@ -45,10 +45,32 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
         let closed = conn.closed.clone();
         let closed = closed.cancelled();
         tokio::pin!(closed);
+        // The token's end: the connection closes then, unless a `refresh`
+        // moved it.
+        let mut expires = conn.expires();
+        let expiry = tokio::time::sleep_until(deadline(expires));
+        tokio::pin!(expiry);
         loop {
             let msg = tokio::select! {
                 biased;
                 _ = &mut closed => break,
+                _ = &mut expiry => {
+                    if conn.expires() != expires {
+                        expires = conn.expires();
+                        expiry.as_mut().reset(deadline(expires));
+                        continue;
+                    }
+                    hub.metrics.tokens_expired.inc();
+                    conn.send_frame(
+                        &ServerFrame::error(
+                            ErrorCode::TokenExpired,
+                            "your token expired; reconnect with a fresh one (or send `refresh` before it ends)",
+                        ),
+                        &hub.metrics,
+                    );
+                    conn.kill(close::TOKEN_EXPIRED);
+                    break;
+                }
                 _ = conn.queued() => {
                     // A client that stops reading blocks the flush; it is
                     // killed as a slow consumer when its queue fills.
@@ -153,6 +175,19 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
     .await
 }
 
+/// When a token that expires at `exp` (Unix seconds) runs out; far away
+/// without a token.
+fn deadline(exp: Option<u64>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match exp {
+        Some(exp) => {
+            let left = exp.saturating_sub(turnout_proto::now_ms() / 1000);
+            now + std::time::Duration::from_secs(left)
+        }
+        None => now + std::time::Duration::from_secs(100 * 365 * 86_400),
+    }
+}
+
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 256;
 
@@ -177,6 +212,7 @@ async fn close_socket(conn: &Conn, peer_closed: bool) {
             close::POLICY => "policy violation",
             close::INTERNAL => "internal error",
             close::KICKED => "disconnected by the server",
+            close::TOKEN_EXPIRED => "token expired",
             _ => "",
         };
         let reason = conn.close_reason().unwrap_or(reason).to_owned();
@@ -272,6 +308,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
         ClientFrame::Ping => {
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
         }
+        ClientFrame::Refresh { token } => refresh(state, conn, &token).await,
         ClientFrame::Join { room, since, epoch } => {
             let limited = if conn.in_room(&room) {
                 limits.leave(now)
@@ -300,7 +337,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     "node is draining; reconnect through the gateway",
                 );
             }
-            if conn.claims.as_ref().is_some_and(|c| !c.may_join(&room)) {
+            if !conn.may_join(&room) {
                 let e = ErrorCode::Forbidden.into();
                 return send_room_error(
                     hub,
@@ -364,6 +401,47 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
             }
         }
     }
+}
+
+/// A fresh token for this connection: same subject, checked like the first;
+/// rooms it no longer allows are left (`forbidden`).
+async fn refresh(state: &NodeState, conn: &Arc<Conn>, token: &str) {
+    let hub = &state.hub;
+    let Some(auth) = state.auth() else {
+        return reject(
+            hub,
+            conn,
+            ErrorCode::BadFrame,
+            "this server takes no tokens",
+        );
+    };
+    let claims = match auth.verify(token) {
+        Ok(c) if c.sub == conn.user.as_str() => c,
+        Ok(_) => {
+            return reject(
+                hub,
+                conn,
+                ErrorCode::Unauthorized,
+                "the fresh token is for another user",
+            );
+        }
+        Err(e) => return reject(hub, conn, ErrorCode::Unauthorized, e.to_string()),
+    };
+    let exp = claims.exp;
+    for room in conn.refresh(claims) {
+        if conn.left_room(&room) {
+            hub.leave(&room, conn).await;
+            send_room_error(
+                hub,
+                conn,
+                ErrorCode::Forbidden.into(),
+                &room,
+                None,
+                "your fresh token does not allow this room; you left it",
+            );
+        }
+    }
+    conn.send_frame(&ServerFrame::Refreshed { exp }, &hub.metrics);
 }
 
 fn send_room_error(

@@ -86,6 +86,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<String>,
+    /// Audience client tokens must name (`aud`), when set.
+    #[arg(long, env = "TURNOUT_JWT_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Issuer client tokens must name (`iss`), when set.
+    #[arg(long, env = "TURNOUT_JWT_ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
     /// Publishes per second one connection may sustain.
     #[arg(long, env = "TURNOUT_MAX_PUBLISH_RATE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +175,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<std::path::PathBuf>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
     pub max_publish_rate: f64,
     pub max_publish_burst: u32,
     pub max_join_rate: f64,
@@ -208,6 +218,8 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             jwt_secret: None,
             jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             max_publish_rate: 50.0,
             max_publish_burst: 100,
             max_join_rate: 10.0,
@@ -296,6 +308,16 @@ impl Validate for Settings {
 }
 
 impl Settings {
+    /// How client tokens are checked.
+    pub fn jwt(&self) -> turnout_common::auth::JwtSettings<'_> {
+        turnout_common::auth::JwtSettings {
+            secret: self.jwt_secret.as_deref(),
+            public_key: self.jwt_public_key.as_deref(),
+            audience: self.jwt_audience.as_deref(),
+            issuer: self.jwt_issuer.as_deref(),
+        }
+    }
+
     /// One connection's limits.
     pub(crate) fn limits(&self) -> crate::limits::LimitSettings {
         crate::limits::LimitSettings {
