@@ -63,29 +63,98 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// What every connection to a process may cost in time (all settings).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A new connection must send a whole request within this, whatever it
+    /// sent before (nothing, half a request line, part of an HTTP/2
+    /// preface): protocol detection does not wait forever.
+    pub handshake: std::time::Duration,
+    /// A connection with no request under way this long is closed.
+    pub idle: std::time::Duration,
+    /// HTTP/2 keep-alive pings: interval, and how long an answer may take.
+    pub http2_keepalive: std::time::Duration,
+}
+
+/// Requests of one connection: how many are under way (a streaming response
+/// counts until its body ends) and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    requests: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the connection was last busy, ms after it was accepted.
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// A response body that counts its request as under way until it ends.
+struct Counted {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+struct Busy(std::sync::Arc<Activity>, tokio::time::Instant);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0
+            .last
+            .store(self.1.elapsed().as_millis() as u64, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl hyper::body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 (gRPC) on one listener until
-/// `shutdown` is cancelled. A client must send its request headers within
-/// `handshake_timeout` or the connection is closed (slow-loris guard).
-/// Each request goes to the app `apps` holds when it arrives, so a process
-/// serves its start-up app (health, readiness) until its real one is built.
+/// `shutdown` is cancelled. Each connection is bounded in time by `limits`:
+/// a whole first request within `handshake` (slow loris, silent sockets,
+/// half a preface), nothing under way for `idle` at most, HTTP/2 peers that
+/// answer keep-alive pings. Each request goes to the app `apps` holds when
+/// it arrives, so a process serves its start-up app (health, readiness)
+/// until its real one is built.
 pub async fn serve(
     listener: TcpListener,
     apps: tokio::sync::watch::Receiver<axum::Router>,
     shutdown: CancellationToken,
-    handshake_timeout: std::time::Duration,
+    limits: ServeLimits,
 ) -> io::Result<()> {
     use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
+    use std::sync::atomic::Ordering;
     use tower::ServiceExt;
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout);
+        .header_read_timeout(limits.handshake);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keepalive))
+        .keep_alive_timeout(limits.http2_keepalive);
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -106,18 +175,56 @@ pub async fn serve(
         // A client whose host vanished does not hold its socket forever.
         keep_alive(&tcp);
         let apps = apps.clone();
+        let accepted = tokio::time::Instant::now();
+        let activity = std::sync::Arc::new(Activity::default());
+        let act = activity.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            act.requests.fetch_add(1, Ordering::AcqRel);
+            act.in_flight.fetch_add(1, Ordering::AcqRel);
+            let busy = Busy(act.clone(), accepted);
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
             let app = apps.borrow().clone();
-            app.oneshot(req)
+            async move {
+                let resp = app.oneshot(req).await?;
+                Ok::<_, std::convert::Infallible>(
+                    resp.map(|inner| axum::body::Body::new(Counted { inner, _busy: busy })),
+                )
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(limits.handshake.min(limits.idle) / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        let age = accepted.elapsed();
+                        if activity.requests.load(Ordering::Acquire) == 0 {
+                            if age >= limits.handshake {
+                                tracing::debug!(%peer, "no request within handshake_timeout: closed");
+                                return;
+                            }
+                            continue;
+                        }
+                        let last = std::time::Duration::from_millis(activity.last.load(Ordering::Acquire));
+                        if activity.in_flight.load(Ordering::Acquire) == 0
+                            && age.saturating_sub(last) >= limits.idle
+                        {
+                            tracing::debug!(%peer, "idle past http_idle_timeout: closed");
+                            return;
+                        }
+                    }
+                }
             }
         });
     }
@@ -138,17 +245,6 @@ pub async fn demo_page() -> impl axum::response::IntoResponse {
         ],
         include_str!("../assets/demo.html"),
     )
-}
-
-/// Serves one fixed app (see [`serve`]).
-pub async fn serve_app(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: CancellationToken,
-    handshake_timeout: std::time::Duration,
-) -> io::Result<()> {
-    let (_keep, apps) = tokio::sync::watch::channel(app);
-    serve(listener, apps, shutdown, handshake_timeout).await
 }
 
 /// Why a process could not start or stopped with an error.

@@ -44,10 +44,21 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
-    /// Time a client has to send its request headers, e.g. 10s.
+    /// Time a new connection has to send a whole request (whatever it
+    /// sent before), e.g. 10s.
     #[arg(long, env = "TURNOUT_HANDSHAKE_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<String>,
+    /// An HTTP connection with no request under way for this long is
+    /// closed (WebSockets are not: they have their own pings), e.g. 60s.
+    #[arg(long, env = "TURNOUT_HTTP_IDLE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_idle_timeout: Option<String>,
+    /// Interval of HTTP/2 keep-alive pings; a peer that does not answer one
+    /// within the same time is dropped, e.g. 20s.
+    #[arg(long, env = "TURNOUT_HTTP2_KEEPALIVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<String>,
 }
 
 /// A setting that could not be used; the message names the setting.

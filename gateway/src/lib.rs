@@ -98,7 +98,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
-    let handshake_timeout = settings.handshake_timeout;
+    let limits = settings.serve_limits();
     let id = settings.node_id.clone().unwrap_or_else(|| {
         format!(
             "gateway-{}-{}",
@@ -133,7 +133,7 @@ pub async fn run(
         listener,
         apps_rx,
         shutdown.clone(),
-        handshake_timeout,
+        limits,
     ));
     let connected = turnout_common::redis::commands_patiently(
         &client,

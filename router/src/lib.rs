@@ -36,7 +36,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
     let addr = listener.local_addr()?;
-    let handshake_timeout = settings.handshake_timeout;
+    let limits = settings.serve_limits();
     let internal = turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())?;
     let missing: &[&str] = if settings.internal_token.is_none() {
         &["internal_token"]
@@ -71,7 +71,7 @@ pub async fn run(
         listener,
         apps_rx,
         shutdown.clone(),
-        handshake_timeout,
+        limits,
     ));
     let connected = turnout_common::redis::commands_patiently(
         &client,

@@ -58,6 +58,10 @@ pub struct Settings {
     pub insecure: bool,
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +78,8 @@ impl Default for Settings {
             internal_token: None,
             insecure: false,
             handshake_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http2_keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -81,6 +87,8 @@ impl Default for Settings {
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
+        require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
+        require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
         check_redis_url("redis_url", &self.redis_url)?;
         require_nonzero("poll_interval", self.poll_interval.is_zero())?;
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
@@ -107,6 +115,15 @@ impl Validate for Settings {
 }
 
 impl Settings {
+    /// What every connection to this process may cost in time.
+    pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
+        turnout_common::serve::ServeLimits {
+            handshake: self.handshake_timeout,
+            idle: self.http_idle_timeout,
+            http2_keepalive: self.http2_keepalive,
+        }
+    }
+
     /// Parses flags and env, reads the file, validates.
     pub fn from_args() -> Result<Self, SettingsError> {
         let cli = Cli::parse();

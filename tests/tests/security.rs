@@ -489,3 +489,67 @@ async fn slow_headers_are_cut_off() -> Result<()> {
     assert_eq!(c.recv().await?, ServerFrame::Pong);
     Ok(())
 }
+
+/// Connections that never complete a request are closed after
+/// `handshake_timeout`, whatever they sent before protocol detection (nothing,
+/// part of an HTTP/2 preface); one with nothing under way is closed after
+/// `http_idle_timeout`; every listener does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_half_open_and_idle_connections_are_closed() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let short = Duration::from_millis(400);
+    let mut ns = node_settings(&url, Strategy::Pubsub);
+    ns.handshake_timeout = short;
+    ns.http_idle_timeout = short;
+    let node = start_node(ns).await;
+    let mut rs = router_settings(&url, Strategy::Pubsub);
+    rs.handshake_timeout = short;
+    rs.http_idle_timeout = short;
+    let router = start_router_with(rs).await;
+    let mut gs = gateway_settings(&url, Strategy::Pubsub, &[&router]);
+    gs.handshake_timeout = short;
+    gs.http_idle_timeout = short;
+    let gateway = start_gateway_with(gs).await;
+    async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+    for p in [&node, &router, &gateway] {
+        // Nothing at all.
+        let mut silent = tokio::net::TcpStream::connect(p.addr).await?;
+        assert!(
+            closed_within(&mut silent, DEADLINE).await,
+            "silent socket kept by {}",
+            p.addr
+        );
+        // Half an HTTP/2 preface.
+        let mut half = tokio::net::TcpStream::connect(p.addr).await?;
+        half.write_all(b"PRI * HTTP/2.0\r\n").await?;
+        assert!(
+            closed_within(&mut half, DEADLINE).await,
+            "half a preface kept by {}",
+            p.addr
+        );
+        // One request, then a keep-alive connection with nothing to do.
+        let mut idle = tokio::net::TcpStream::connect(p.addr).await?;
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        assert!(
+            closed_within(&mut idle, DEADLINE).await,
+            "idle connection kept by {}",
+            p.addr
+        );
+    }
+    Ok(())
+}

@@ -131,7 +131,7 @@ pub async fn run(
         listener,
         apps_rx,
         server_stop.clone(),
-        settings.handshake_timeout,
+        settings.serve_limits(),
     ));
     let cfg = RoomConfig {
         history_size: settings.history_size,

@@ -173,6 +173,10 @@ pub struct Settings {
     pub insecure: bool,
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub jwt_audience: Option<String>,
@@ -216,6 +220,8 @@ impl Default for Settings {
             internal_token: None,
             insecure: false,
             handshake_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http2_keepalive: Duration::from_secs(20),
             jwt_secret: None,
             jwt_public_key: None,
             jwt_audience: None,
@@ -238,6 +244,8 @@ impl Default for Settings {
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
+        require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
+        require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
         check_redis_url("redis_url", &self.redis_url)?;
         require_nonzero("heartbeat_interval", self.heartbeat_interval.is_zero())?;
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
@@ -308,6 +316,15 @@ impl Validate for Settings {
 }
 
 impl Settings {
+    /// What every connection to this process may cost in time.
+    pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
+        turnout_common::serve::ServeLimits {
+            handshake: self.handshake_timeout,
+            idle: self.http_idle_timeout,
+            http2_keepalive: self.http2_keepalive,
+        }
+    }
+
     /// How client tokens are checked.
     pub fn jwt(&self) -> turnout_common::auth::JwtSettings<'_> {
         turnout_common::auth::JwtSettings {
