@@ -106,6 +106,13 @@ impl HistorySlice {
         }
     }
 
+    /// Decodes the history script's reply for a read after `since` (what
+    /// Redis sends back: outside input as far as this process goes).
+    pub fn decode(since: u64, reply: Value) -> RedisResult<Self> {
+        let raw: HistoryRaw = ::redis::from_redis_value(reply)?;
+        Ok(HistorySlice::from_raw(since, raw))
+    }
+
     fn from_raw(since: u64, raw: HistoryRaw) -> Self {
         let (seq, oldest, seqs, frames, epoch) = raw;
         HistorySlice::new(
@@ -145,6 +152,11 @@ pub struct Presence {
 }
 
 impl Presence {
+    /// Decodes the presence script's reply.
+    pub fn decode(reply: Value) -> RedisResult<Presence> {
+        Presence::from_raw(::redis::from_redis_value(reply)?)
+    }
+
     fn from_raw(mut raw: Vec<Value>) -> RedisResult<Presence> {
         let number = |v: Option<&Value>| match v {
             Some(v) => ::redis::from_redis_value_ref::<u64>(v),
