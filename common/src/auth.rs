@@ -166,13 +166,11 @@ pub fn token_from(headers: &http::HeaderMap, query: Option<&str>) -> Option<Stri
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = v
+        && let Some(t) = v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
+    {
+        return Some(t.trim().to_owned());
     }
     query?
         .split('&')

@@ -101,6 +101,7 @@ pub(crate) struct Open {
 
 impl Follower {
     /// Connects the pub/sub connection and starts its tasks.
+    #[allow(clippy::too_many_arguments)] // called once, at start, by name
     pub(crate) async fn start(
         client: &redis::Client,
         redis: ConnectionManager,

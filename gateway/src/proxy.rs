@@ -113,12 +113,12 @@ pub(crate) async fn ws(
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
     }
-    let Some(ip_slot) = gw.per_ip.take(peer.ip()) else {
-        return ApiError::new(
-            ErrorCode::RateLimited,
-            "too many connections from your address",
-        )
-        .into_response();
+    let ip_slot = match gw.per_ip.take(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            gw.metrics.rate_limited.inc();
+            return ApiError::new(ErrorCode::RateLimited, refused.reason()).into_response();
+        }
     };
     let room = match crate::api::query_param(req.uri().query(), "room").map(room_name) {
         None => None,
@@ -177,6 +177,13 @@ pub(crate) async fn ws(
         failed.push(node.id.clone());
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            // The node refuses this address (it was closed for abuse, or
+            // holds too many there): it pays here too, so its next tries
+            // stop at the gateway instead of costing a route and an upgrade.
+            ip_slot.penalize();
+            gw.metrics.rate_limited.inc();
+        }
         // The node's refusal (bad user, bad request…) goes to the client as is.
         let (parts, body) = resp.into_parts();
         return Response::from_parts(parts, Body::new(body));

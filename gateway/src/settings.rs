@@ -60,6 +60,15 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
+    /// New WebSocket connections per second one client address may open
+    /// (IPv6: per /64).
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_RATE_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_rate_per_ip: Option<f64>,
+    /// New WebSocket connections one client address may open in a burst.
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_burst_per_ip: Option<u32>,
     /// Room streams of backends (API key) this gateway serves at once.
     #[arg(long, env = "TURNOUT_MAX_SUBSCRIBERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +128,8 @@ pub struct Settings {
     pub jwt_issuer: Option<String>,
     pub api_key: Option<String>,
     pub max_connections_per_ip: usize,
+    pub max_connect_rate_per_ip: f64,
+    pub max_connect_burst_per_ip: u32,
     pub max_subscribers: usize,
     pub max_client_streams: usize,
     pub max_streams_per_user: usize,
@@ -151,6 +162,8 @@ impl Default for Settings {
             jwt_issuer: None,
             api_key: None,
             max_connections_per_ip: 1000,
+            max_connect_rate_per_ip: 50.0,
+            max_connect_burst_per_ip: 500,
             max_subscribers: 10_000,
             max_client_streams: 10_000,
             max_streams_per_user: 10,
@@ -227,6 +240,16 @@ impl Validate for Settings {
             ));
         }
         require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
+        require_nonzero(
+            "max_connect_burst_per_ip",
+            self.max_connect_burst_per_ip == 0,
+        )?;
+        if !(self.max_connect_rate_per_ip > 0.0 && self.max_connect_rate_per_ip.is_finite()) {
+            return Err(SettingsError::invalid(
+                "max_connect_rate_per_ip",
+                "must be a positive number",
+            ));
+        }
         require_nonzero("max_body_bytes", self.max_body_bytes == 0)?;
         require_nonzero("max_subscribers", self.max_subscribers == 0)?;
         require_nonzero("max_client_streams", self.max_client_streams == 0)?;

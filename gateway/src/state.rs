@@ -37,6 +37,7 @@ pub(crate) struct GatewayMetrics {
     pub(crate) upstream_errors: IntCounter,
     pub(crate) links_cut: IntCounter,
     pub(crate) auth_failures: IntCounter,
+    pub(crate) rate_limited: IntCounter,
     pub(crate) api_requests: IntCounterVec,
     pub(crate) follow: crate::follow::FollowMetrics,
 }
@@ -96,6 +97,10 @@ impl GatewayMetrics {
                     "WebSocket upgrades refused for a missing or bad token",
                 )
                 .expect("valid"),
+            ),
+            rate_limited: c(
+                "rate_limited_total",
+                "WebSocket upgrades refused per client address (too many open, or opened too fast)",
             ),
             links_cut: c(
                 "links_cut_total",
@@ -226,7 +231,11 @@ impl Gateway {
                 Some(RouterClient::with_interceptor(ch, internal.clone()))
             })
             .collect();
-        let per_ip = turnout_common::net::IpSlots::new(settings.max_connections_per_ip);
+        let per_ip = turnout_common::net::IpSlots::new(turnout_common::net::IpLimits {
+            max: settings.max_connections_per_ip,
+            rate: settings.max_connect_rate_per_ip,
+            burst: settings.max_connect_burst_per_ip,
+        });
         Gateway {
             metrics: GatewayMetrics::new(&id),
             id,

@@ -120,13 +120,13 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             let data = raw
                 .data
                 .ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `data`"))?;
-            if let Some(id) = &raw.id {
-                if id.len() > MAX_ID_LEN {
-                    return Err(FrameError::new(
-                        ErrorCode::BadFrame,
-                        format!("`id` must be at most {MAX_ID_LEN} bytes"),
-                    ));
-                }
+            if let Some(id) = &raw.id
+                && id.len() > MAX_ID_LEN
+            {
+                return Err(FrameError::new(
+                    ErrorCode::BadFrame,
+                    format!("`id` must be at most {MAX_ID_LEN} bytes"),
+                ));
             }
             Ok(ClientFrame::Publish {
                 room,

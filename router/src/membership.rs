@@ -178,6 +178,7 @@ pub(crate) fn with_ages(nodes: &[NodeInfo]) -> Vec<NodeInfo> {
 }
 
 /// Keeps `tx` up to date until `stop`.
+#[allow(clippy::too_many_arguments)] // called once, at start, by name
 pub(crate) async fn follow(
     mut con: ConnectionManager,
     strategy: Strategy,

@@ -226,6 +226,8 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         max_join_rate: 1e6,
         max_join_burst: 1_000_000,
         max_rooms_per_minute: 1_000_000,
+        max_connect_rate_per_ip: 1e6,
+        max_connect_burst_per_ip: 1_000_000,
         ..Default::default()
     }
 }
@@ -309,6 +311,8 @@ pub fn gateway_settings(
         listen: "127.0.0.1:0".parse().unwrap(),
         insecure: true,
         router_url,
+        max_connect_rate_per_ip: 1e6,
+        max_connect_burst_per_ip: 1_000_000,
         ..Default::default()
     }
 }

@@ -182,6 +182,83 @@ async fn connections_per_address_on_nodes() -> Result<()> {
     Ok(())
 }
 
+/// An address opens connections at most `max_connect_rate_per_ip` per
+/// second past a burst: one closed for abuse cannot come straight back with
+/// fresh per-connection budgets, closing does not give the budget back, and
+/// it refills with time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_fast_is_refused() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut s = node_settings(&redis.url(), Strategy::Pubsub);
+    s.max_connect_burst_per_ip = 3;
+    s.max_connect_rate_per_ip = 1.0;
+    let node = start_node(s).await;
+    for _ in 0..3 {
+        drop(Client::connect(&node.ws_url()).await?);
+    }
+    match tokio_tungstenite::connect_async(node.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 429);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default());
+            assert!(body.contains("too fast"), "{body}");
+        }
+        other => panic!("a fourth connection at once was not refused: {other:?}"),
+    }
+    assert!(metric(&node, "turnout_rate_limited_total").await? >= 1.0);
+    wait_for("a refilled bucket", DEADLINE, || async {
+        Client::connect(&node.ws_url()).await.ok().map(drop)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A connection closed for abuse (1008) costs its address a second of its
+/// opening rate (at least one connection): it cannot come back at once
+/// with a fresh budget as often as its burst would allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_costs_the_address() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut s = node_settings(&redis.url(), Strategy::Pubsub);
+    s.max_connect_burst_per_ip = 4;
+    s.max_connect_rate_per_ip = 0.01;
+    s.max_join_rate = 1.0;
+    s.max_join_burst = 1;
+    let node = start_node(s).await;
+    let mut flooder = Client::connect(&node.ws_url()).await?;
+    for _ in 0..200 {
+        if flooder
+            .send_json(json!({"type": "join", "room": "flood"}))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let _ = flooder
+            .send_json(json!({"type": "leave", "room": "flood"}))
+            .await;
+    }
+    assert_eq!(flooder.recv_close().await?.1, Some(1008));
+    wait_for("the abusive close counted", DEADLINE, || async {
+        (metric(&node, "turnout_abusive_closed_total").await.ok()? >= 1.0).then_some(())
+    })
+    .await?;
+    // 4 at once, 1 taken by the flooder, 1 charged for its abuse.
+    let mut held = Vec::new();
+    loop {
+        match tokio_tungstenite::connect_async(node.ws_url()).await {
+            Ok((ws, _)) => held.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 429);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        assert!(held.len() <= 2, "abuse cost the address nothing");
+    }
+    assert_eq!(held.len(), 2);
+    Ok(())
+}
+
 /// With auth on, `/api/route` needs a client token that may join the room,
 /// or the API key; placements nobody joins do not stay; a router writes at
 /// most `max_placement_rate` placements per second and answers the rest

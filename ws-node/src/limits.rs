@@ -1,13 +1,19 @@
 //! What one connection may do per unit of time: publishes, joins and
 //! leaves (token buckets), new rooms per minute (a sliding window), and how
-//! many refusals in a row make it abuse (close 1008). Pure: time is passed
+//! many refusals make it abuse (close 1008). Pure: time is passed
 //! in, so the rules are unit-tested without a clock.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Refused frames in a row after which the connection is closed (1008).
+/// Refused frames a connection may run up at once before it is closed
+/// (1008)...
 pub(crate) const MAX_STRIKES: u32 = 100;
+
+/// ...and how many a second are forgiven: a client that backs off when it
+/// is told `rate_limited` stays, one that keeps sending past its limits
+/// (whether or not some frames get through) is closed.
+pub(crate) const STRIKES_FORGIVEN_PER_SEC: f64 = 10.0;
 
 /// A token bucket.
 #[derive(Debug)]
@@ -77,8 +83,9 @@ pub(crate) struct Limits {
     /// Rooms joined for the first time in the last minute, oldest first.
     recent_rooms: VecDeque<(Instant, String)>,
     rooms_per_minute: usize,
-    /// Refused frames in a row.
-    strikes: u32,
+    /// Refusals left before the connection counts as abusive.
+    strikes: Bucket,
+    abusive: bool,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -90,29 +97,30 @@ impl Limits {
             joins: Bucket::new(s.join_rate, s.join_burst, now),
             recent_rooms: VecDeque::new(),
             rooms_per_minute: s.rooms_per_minute,
-            strikes: 0,
+            strikes: Bucket::new(STRIKES_FORGIVEN_PER_SEC, MAX_STRIKES, now),
+            abusive: false,
         }
     }
 
-    fn verdict(&mut self, ok: bool, over: Over) -> Result<(), Over> {
+    fn verdict(&mut self, ok: bool, over: Over, now: Instant) -> Result<(), Over> {
         if ok {
-            self.strikes = 0;
-            Ok(())
-        } else {
-            self.strikes += 1;
-            Err(over)
+            return Ok(());
         }
+        if !self.strikes.take(now) {
+            self.abusive = true;
+        }
+        Err(over)
     }
 
     pub(crate) fn publish(&mut self, now: Instant) -> Result<(), Over> {
         let ok = self.publishes.take(now);
-        self.verdict(ok, Over::Publishes)
+        self.verdict(ok, Over::Publishes, now)
     }
 
     /// A leave (or a join of a room the connection is in).
     pub(crate) fn leave(&mut self, now: Instant) -> Result<(), Over> {
         let ok = self.joins.take(now);
-        self.verdict(ok, Over::Joins)
+        self.verdict(ok, Over::Joins, now)
     }
 
     /// A join of `room`, which the connection is not in.
@@ -126,18 +134,18 @@ impl Limits {
         }
         let known = self.recent_rooms.iter().any(|(_, r)| r == room);
         if !known && self.recent_rooms.len() >= self.rooms_per_minute {
-            return self.verdict(false, Over::NewRooms);
+            return self.verdict(false, Over::NewRooms, now);
         }
         let ok = self.joins.take(now);
         if ok && !known {
             self.recent_rooms.push_back((now, room.to_owned()));
         }
-        self.verdict(ok, Over::Joins)
+        self.verdict(ok, Over::Joins, now)
     }
 
     /// Whether the connection keeps going over its limits (close 1008).
     pub(crate) fn abusive(&self) -> bool {
-        self.strikes >= MAX_STRIKES
+        self.abusive
     }
 }
 
@@ -193,17 +201,46 @@ mod tests {
     }
 
     #[test]
-    fn refusals_in_a_row_are_abuse() {
+    fn refusals_past_the_allowance_are_abuse() {
         let t = Instant::now();
         let mut l = limits(t);
         let _ = l.publish(t);
         let _ = l.publish(t);
         for _ in 0..MAX_STRIKES {
-            assert!(!l.abusive());
             let _ = l.publish(t);
+            assert!(!l.abusive());
+        }
+        let _ = l.publish(t);
+        assert!(l.abusive());
+    }
+
+    #[test]
+    fn frames_getting_through_do_not_excuse_a_flood() {
+        // 10 publishes a second allowed, 200 sent a second: one in twenty
+        // gets through, the rest add up.
+        let t = Instant::now();
+        let mut l = limits(t);
+        let mut at = t;
+        for _ in 0..400 {
+            at += Duration::from_millis(5);
+            let _ = l.publish(at);
         }
         assert!(l.abusive());
-        assert!(l.publish(t + Duration::from_secs(1)).is_ok());
-        assert!(!l.abusive(), "an accepted frame starts over");
+    }
+
+    #[test]
+    fn a_client_that_backs_off_stays() {
+        // 15 a second against a limit of 10: a third refused, fewer a
+        // second than are forgiven.
+        let t = Instant::now();
+        let mut l = limits(t);
+        let mut at = t;
+        let mut refused = 0;
+        for _ in 0..2000 {
+            at += Duration::from_micros(66_667);
+            refused += l.publish(at).is_err() as u32;
+        }
+        assert!(refused > 500, "{refused}");
+        assert!(!l.abusive());
     }
 }

@@ -26,6 +26,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) room_resets: IntCounter,
     pub(crate) auth_failures: IntCounter,
     pub(crate) rate_limited: IntCounter,
+    pub(crate) abusive_closed: IntCounter,
     pub(crate) idle_closed: IntCounter,
     pub(crate) session_panics: IntCounter,
     pub(crate) kicked: IntCounter,
@@ -104,7 +105,11 @@ impl NodeMetrics {
             ),
             rate_limited: c(
                 "rate_limited_total",
-                "Publishes refused by the per-connection rate limit",
+                "Publishes, joins and connections refused by a rate or count limit",
+            ),
+            abusive_closed: c(
+                "abusive_closed_total",
+                "Connections closed 1008 for going on over their limits; each cost its address a second of max_connect_rate_per_ip",
             ),
             idle_closed: c(
                 "idle_closed_total",

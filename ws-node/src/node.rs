@@ -169,7 +169,11 @@ pub async fn run(
         version: turnout_common::VERSION.to_owned(),
         ..Default::default()
     };
-    let per_ip = turnout_common::net::IpSlots::new(settings.max_connections_per_ip);
+    let per_ip = turnout_common::net::IpSlots::new(turnout_common::net::IpLimits {
+        max: settings.max_connections_per_ip,
+        rate: settings.max_connect_rate_per_ip,
+        burst: settings.max_connect_burst_per_ip,
+    });
     let state = Arc::new(NodeState {
         hub,
         conns: DashMap::new(),
@@ -367,13 +371,12 @@ async fn ws_handler(
         )
             .into_response();
     };
-    let Some(ip_slot) = state.per_ip.take(client_ip(&state, peer.ip(), &headers)) else {
-        state.hub.metrics.rate_limited.inc();
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from your address",
-        )
-            .into_response();
+    let ip_slot = match state.per_ip.take(client_ip(&state, peer.ip(), &headers)) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            state.hub.metrics.rate_limited.inc();
+            return (StatusCode::TOO_MANY_REQUESTS, refused.reason()).into_response();
+        }
     };
     let max = state.settings.read_ceiling();
     let queue = state.settings.send_queue;
@@ -386,9 +389,13 @@ async fn ws_handler(
             let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
-                let session = session::run(st, conn);
+                let session = session::run(st.clone(), conn.clone());
                 tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
                 session.await;
+                if conn.close_code() == turnout_proto::codes::close::POLICY {
+                    ip_slot.penalize();
+                    st.hub.metrics.abusive_closed.inc();
+                }
                 drop(permit);
                 drop(ip_slot);
             })

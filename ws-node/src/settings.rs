@@ -59,7 +59,7 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_DRAIN_GRACE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_grace: Option<String>,
-    /// How long an unused room placement stays pinned to its owner (sticky), e.g. 10m.
+    /// How long a room nobody is in stays pinned to its owner (sticky), e.g. 60s.
     #[arg(long, env = "TURNOUT_PLACEMENT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_ttl: Option<String>,
@@ -123,6 +123,15 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<usize>,
+    /// New WebSocket connections per second one client address may open
+    /// (IPv6: per /64).
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_RATE_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_rate_per_ip: Option<f64>,
+    /// New WebSocket connections one client address may open in a burst.
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_burst_per_ip: Option<u32>,
     /// How often the node pings idle clients, e.g. 20s.
     #[arg(long, env = "TURNOUT_PING_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +197,8 @@ pub struct Settings {
     pub max_rooms_per_minute: usize,
     pub max_replay_bytes: usize,
     pub max_connections_per_ip: usize,
+    pub max_connect_rate_per_ip: f64,
+    pub max_connect_burst_per_ip: u32,
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -213,7 +224,7 @@ impl Default for Settings {
             max_rooms_per_conn: 100,
             max_connections: 20_000,
             drain_grace: Duration::from_secs(10),
-            placement_ttl: Duration::from_secs(600),
+            placement_ttl: Duration::from_secs(60),
             presence_limit: 100,
             presence_ttl: Duration::from_secs(15),
             bus_buffer: 65_536,
@@ -233,6 +244,8 @@ impl Default for Settings {
             max_rooms_per_minute: 200,
             max_replay_bytes: 1 << 20,
             max_connections_per_ip: 1000,
+            max_connect_rate_per_ip: 50.0,
+            max_connect_burst_per_ip: 500,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             inbox: false,
@@ -270,13 +283,13 @@ impl Validate for Settings {
             turnout_proto::names::check_user(id)
                 .map_err(|e| SettingsError::invalid("node_id", e.to_string()))?;
         }
-        if let Some(url) = &self.advertise_url {
-            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                return Err(SettingsError::invalid(
-                    "advertise_url",
-                    format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
-                ));
-            }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return Err(SettingsError::invalid(
+                "advertise_url",
+                format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
+            ));
         }
         if !(self.max_publish_rate > 0.0 && self.max_publish_rate.is_finite()) {
             return Err(SettingsError::invalid(
@@ -295,6 +308,16 @@ impl Validate for Settings {
         require_nonzero("max_rooms_per_minute", self.max_rooms_per_minute == 0)?;
         require_nonzero("max_replay_bytes", self.max_replay_bytes == 0)?;
         require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
+        require_nonzero(
+            "max_connect_burst_per_ip",
+            self.max_connect_burst_per_ip == 0,
+        )?;
+        if !(self.max_connect_rate_per_ip > 0.0 && self.max_connect_rate_per_ip.is_finite()) {
+            return Err(SettingsError::invalid(
+                "max_connect_rate_per_ip",
+                "must be a positive number",
+            ));
+        }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return Err(SettingsError::invalid(
                 "idle_timeout",
