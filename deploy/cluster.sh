@@ -41,12 +41,13 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_http() { # url seconds
+wait_http() { # url seconds; on failure, says what /readyz last answered
   local url=$1 n=$(( $2 * 10 ))
   for _ in $(seq "$n"); do
     if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
+  echo "cluster.sh: $url: $(curl -sS "$url" 2>&1 | head -c 300)" >&2
   return 1
 }
 

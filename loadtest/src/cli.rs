@@ -15,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run one scenario against a running cluster and write its results as JSON.
     Run(RunOpts),
@@ -45,6 +46,9 @@ pub enum Scenario {
     Idle,
     /// Chat load, SIGKILL one ws-node mid-run: time to recovery and loss.
     Failover,
+    /// Chat load (the victims) while attackers flood joins and publishes,
+    /// hold silent sockets and hoard room streams.
+    Abuse,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,8 +93,9 @@ pub struct RunOpts {
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 2000)]
     pub ramp: u64,
-    /// Spread client sockets over this many source addresses 127.0.0.1..N.
-    /// (0: one per 15,000 clients, so large runs do not run out of ports).
+    /// Spread client sockets over this many source addresses 127.0.0.2 and up.
+    /// (0: one per 100 clients, under the per-address connection limits of
+    /// nodes and gateways, and so large runs do not run out of ports).
     #[arg(long, default_value_t = 0)]
     pub source_ips: u8,
     /// Idle: number of connections.
@@ -122,6 +127,22 @@ pub struct RunOpts {
     /// Label for the strategy in the results (default: what /api/cluster reports).
     #[arg(long)]
     pub strategy: Option<String>,
+    /// Abuse: connections flooding joins and leaves of fresh rooms.
+    #[arg(long, default_value_t = 20)]
+    pub join_flooders: usize,
+    /// Abuse: connections publishing as fast as they can.
+    #[arg(long, default_value_t = 20)]
+    pub publish_flooders: usize,
+    /// Abuse: frames per second each flooder sends (0: as fast as its
+    /// socket takes them, which on a small machine measures the bench).
+    #[arg(long, default_value_t = 1000)]
+    pub flood_rate: u32,
+    /// Abuse: TCP connections that never send a byte (gateway and nodes).
+    #[arg(long, default_value_t = 2000)]
+    pub silent_sockets: usize,
+    /// Abuse: SSE streams opened (anonymously) on a victim room.
+    #[arg(long, default_value_t = 200)]
+    pub stream_hoarders: usize,
     /// Results file (JSON).
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,

@@ -29,3 +29,38 @@ pub(crate) async fn get_json(url: &str) -> Result<serde_json::Value> {
     );
     Ok(serde_json::from_slice(&body)?)
 }
+
+/// Opens a long response (an SSE stream) on a connection of its own, from
+/// the attackers' address. Ok(None)
+/// when it was refused; otherwise a future that ends with the stream.
+pub(crate) async fn open_stream(
+    url: &str,
+) -> Result<Option<impl std::future::Future<Output = ()> + use<>>> {
+    let uri: http::Uri = url.parse()?;
+    let authority = uri
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| anyhow::anyhow!("{url} has no host"))?;
+    let stream = crate::member::tcp_from(
+        crate::abuse::ATTACKER,
+        uri.host().unwrap_or("127.0.0.1"),
+        uri.port_u16().unwrap_or(80),
+    )
+    .await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority)
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    if !resp.status().is_success() {
+        return Ok(None);
+    }
+    let mut body = resp.into_body();
+    Ok(Some(async move {
+        while let Some(Ok(_)) = body.frame().await {}
+    }))
+}

@@ -9,8 +9,10 @@
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
 //! - `report`: the side-by-side HTML report with SVG charts.
 //! - `http`: the few HTTP calls the bench makes to the gateway.
+//! - `abuse`: the attackers of the `abuse` scenario.
 //! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
 
+mod abuse;
 pub mod cli;
 mod http;
 mod load;

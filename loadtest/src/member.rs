@@ -94,9 +94,16 @@ async fn target(cfg: &MemberCfg, redirect: Option<String>) -> Result<String> {
 }
 
 async fn connect(cfg: &MemberCfg, url: &str) -> Result<Ws> {
-    let uri: http::Uri = url.parse()?;
-    let host = uri.host().context("no host")?;
-    let port = uri.port_u16().unwrap_or(80);
+    connect_from(cfg.source_ip, url).await
+}
+
+/// A TCP connection to `host:port` from `source` (bound only when both are
+/// IPv4 loopback, as a loopback source cannot reach anything else, and
+/// `source` is not 127.0.0.1, the kernel's own choice: binding before
+/// connecting reserves a port for every destination at once, and a client
+/// that opens connections fast from one bound address spends its time in
+/// the kernel's port search).
+pub(crate) async fn tcp_from(source: IpAddr, host: &str, port: u16) -> Result<TcpStream> {
     let addr: SocketAddr = tokio::net::lookup_host((host, port))
         .await?
         .next()
@@ -106,11 +113,24 @@ async fn connect(cfg: &MemberCfg, url: &str) -> Result<Ws> {
     } else {
         TcpSocket::new_v6()?
     };
-    if addr.is_ipv4() && cfg.source_ip.is_ipv4() {
-        socket.bind(SocketAddr::new(cfg.source_ip, 0))?;
+    if addr.ip().is_loopback()
+        && addr.is_ipv4()
+        && source.is_ipv4()
+        && source != IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    {
+        socket.bind(SocketAddr::new(source, 0))?;
     }
     let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr)).await??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A WebSocket client from `source`, with small buffers (many run at once).
+pub(crate) async fn connect_from(source: IpAddr, url: &str) -> Result<Ws> {
+    let uri: http::Uri = url.parse()?;
+    let host = uri.host().context("no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tcp_from(source, host, port).await?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);

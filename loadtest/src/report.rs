@@ -41,14 +41,13 @@ fn nice_max(v: f64) -> f64 {
 }
 
 fn frame(out: &mut String, title: &str, x_label: &str, y_label: &str) {
-    let _ = write!(
+    let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{t}" font-family="sans-serif" font-size="12">
 <rect width="{W}" height="{H}" fill="white"/>
 <text x="{cx}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{t}</text>
 <text x="{cx}" y="{xl}" text-anchor="middle">{x}</text>
-<text x="16" y="{cy}" text-anchor="middle" transform="rotate(-90 16 {cy})">{y}</text>
-"#,
+<text x="16" y="{cy}" text-anchor="middle" transform="rotate(-90 16 {cy})">{y}</text>"#,
         t = esc(title),
         cx = (PAD_L + W - PAD_R) / 2.0,
         cy = (PAD_T + H - PAD_B) / 2.0,
@@ -62,10 +61,9 @@ fn legend(out: &mut String, names: &[String]) {
     for (i, n) in names.iter().enumerate() {
         let y = PAD_T + 4.0 + 16.0 * i as f64;
         let x = W - PAD_R - 230.0;
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{c}"/><text x="{tx}" y="{ty}">{n}</text>
-"#,
+            r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{c}"/><text x="{tx}" y="{ty}">{n}</text>"#,
             c = COLORS[i % COLORS.len()],
             tx = x + 16.0,
             ty = y + 10.0,
@@ -110,10 +108,9 @@ fn line_chart(
         (0..=5).map(|i| x0 + (x1 - x0) * i as f64 / 5.0).collect()
     };
     for t in ticks {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r##"<line x1="{p}" x2="{p}" y1="{PAD_T}" y2="{y2}" stroke="#eee"/><text x="{p}" y="{ty}" text-anchor="middle">{v}</text>
-"##,
+            r##"<line x1="{p}" x2="{p}" y1="{PAD_T}" y2="{y2}" stroke="#eee"/><text x="{p}" y="{ty}" text-anchor="middle">{v}</text>"##,
             p = px(t),
             y2 = H - PAD_B,
             ty = H - PAD_B + 16.0,
@@ -125,10 +122,9 @@ fn line_chart(
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"/>
-"#,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"/>"#,
             c = COLORS[i % COLORS.len()],
             p = path.join(" ")
         );
@@ -167,10 +163,9 @@ fn bar_chart(
         let gx = PAD_L + group_w * ci as f64 + group_w * 0.1;
         for (si, (_, vals)) in series.iter().enumerate() {
             let v = vals.get(ci).copied().unwrap_or(0.0);
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{c}"><title>{v}</title></rect>
-"#,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{c}"><title>{v}</title></rect>"#,
                 x = gx + bar_w * si as f64,
                 y = py(v),
                 w = bar_w * 0.95,
@@ -179,10 +174,9 @@ fn bar_chart(
                 v = fmt_num(v)
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r#"<text x="{x:.1}" y="{y}" text-anchor="middle">{t}</text>
-"#,
+            r#"<text x="{x:.1}" y="{y}" text-anchor="middle">{t}</text>"#,
             x = gx + group_w * 0.4,
             y = H - PAD_B + 16.0,
             t = esc(cat)
@@ -200,10 +194,9 @@ fn bar_chart(
 fn y_grid(out: &mut String, y1: f64, py: &dyn Fn(f64) -> f64) {
     for i in 0..=5 {
         let y = y1 * i as f64 / 5.0;
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v}</text>
-"##,
+            r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v}</text>"##,
             x2 = W - PAD_R,
             p = py(y),
             tx = PAD_L - 6.0,

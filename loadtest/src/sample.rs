@@ -19,10 +19,9 @@ pub(crate) fn processes(run_dir: &Path) -> Vec<(String, u32)> {
                 if let Some(pid) = std::fs::read_to_string(&path)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
+                    && Path::new(&format!("/proc/{pid}")).exists()
                 {
-                    if Path::new(&format!("/proc/{pid}")).exists() {
-                        out.push((name, pid));
-                    }
+                    out.push((name, pid));
                 }
             }
         }
@@ -51,7 +50,22 @@ fn clock_ticks() -> f64 {
 
 /// CPU seconds (user + system) a process has used.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time of the calling thread.
+pub(crate) fn thread_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds("/proc/thread-self/stat")
+}
+
+/// The calling thread's id.
+pub(crate) fn thread_id() -> Option<String> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3; utime and stime are fields 14 and 15.
@@ -122,4 +136,18 @@ pub(crate) fn fd_limits() -> Option<(u64, u64)> {
         .filter_map(|w| w.parse().ok())
         .collect();
     Some((*nums.first()?, *nums.get(1)?))
+}
+
+/// Redis `used_memory`, in bytes.
+pub(crate) async fn redis_memory(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
 }

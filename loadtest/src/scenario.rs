@@ -24,7 +24,7 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
     let padding: Arc<str> = "x".repeat(o.payload).into();
     let every = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
     let (rooms, members_per_room, publishers) = match o.scenario {
-        Scenario::Chat | Scenario::Failover => {
+        Scenario::Chat | Scenario::Failover | Scenario::Abuse => {
             (o.rooms, o.members, o.publishers.unwrap_or(o.members))
         }
         Scenario::Broadcast => (1, o.members, o.publishers.unwrap_or(5)),
@@ -55,8 +55,11 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
         _ => rooms * members_per_room,
     };
     let source_ips = match o.source_ips {
-        0 => total.div_ceil(15_000).clamp(1, 250) as u32,
-        n => n as u32,
+        // Nodes and gateways count connections per address (1,000 at
+        // once, 500 opened at once and 50/s after): spread clients so a run
+        // measures load, and a failover's reconnects, not those limits.
+        0 => total.div_ceil(100).clamp(1, 250) as u32,
+        n => (n as u32).min(253),
     };
     let mut members = Vec::new();
     let mut sender = 0u32;
@@ -71,7 +74,8 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
             {
                 break;
             }
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (sender % source_ips) as u8));
+            // From 127.0.0.2 up: 127.0.0.1 is the abuse scenario's attackers'.
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (sender % source_ips) as u8));
             members.push(MemberCfg {
                 room: room.clone(),
                 room_idx: ri,
@@ -365,6 +369,34 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         None
     };
 
+    // Abuse: the attackers start with the measured window.
+    let attack_stop = tokio_util::sync::CancellationToken::new();
+    let attack = if o.scenario != Scenario::Abuse {
+        None
+    } else {
+        let nodes: Vec<String> = nodes_mid
+            .iter()
+            .filter_map(|n| n["url"].as_str().map(str::to_owned))
+            .collect();
+        let a = crate::abuse::Attackers {
+            join_flooders: o.join_flooders,
+            publish_flooders: o.publish_flooders,
+            silent_sockets: o.silent_sockets,
+            stream_hoarders: o.stream_hoarders,
+            flood_rate: o.flood_rate,
+        };
+        Some(crate::abuse::start(
+            a,
+            o.gateway.trim_end_matches('/'),
+            &nodes,
+            &plan.rooms[0],
+            attack_stop.clone(),
+        )?)
+    };
+    let redis_memory0 = match &o.redis_url {
+        Some(u) => sample::redis_memory(u).await,
+        None => None,
+    };
     let measure_start_ms = now_us() / 1000;
     let mut chaos = Vec::new();
     for spec in &o.chaos {
@@ -394,6 +426,11 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         sleep_with(&pb, &mut driver, "measuring", o.duration).await?;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    let redis_memory1 = match &o.redis_url {
+        Some(u) => sample::redis_memory(u).await,
+        None => None,
+    };
+    attack_stop.cancel();
     let bench_cpu_seconds = bench_cpu() - bench_cpu0;
     driver.stop().await?;
     let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
@@ -488,6 +525,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
                     0.0
                 },
                 by_command,
+                memory_before: redis_memory0.unwrap_or(0),
+                memory_after: redis_memory1.unwrap_or(0),
             }
         }
         _ => RedisStats::default(),
@@ -554,7 +593,21 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             }
         })
         .collect();
+    let attack = match attack {
+        Some(a) => Some(a.finish().await),
+        None => None,
+    };
+    let attackers = attack.map(|t| crate::stats::AttackStats {
+        cpu_seconds: t.cpu_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        frames_sent: t.sent.load(Ordering::Relaxed),
+        refused: t.refused.load(Ordering::Relaxed),
+        closed: t.closed.load(Ordering::Relaxed),
+        silent_sockets_closed: t.silent_closed.load(Ordering::Relaxed),
+        streams_opened: t.streams_open.load(Ordering::Relaxed),
+        streams_refused: t.streams_refused.load(Ordering::Relaxed),
+    });
     let result = RunResult {
+        attackers,
         silence_ms,
         disruptions,
         strategy,
@@ -671,8 +724,11 @@ fn print_summary(r: &RunResult) {
     }
     if r.redis.commands > 0 {
         println!(
-            "  redis: {:.0} commands/s, {:.3} per delivery",
-            r.redis.commands_per_sec, r.redis.commands_per_delivery
+            "  redis: {:.0} commands/s, {:.3} per delivery; used_memory {} -> {} bytes",
+            r.redis.commands_per_sec,
+            r.redis.commands_per_delivery,
+            r.redis.memory_before,
+            r.redis.memory_after
         );
     }
     if let Some(f) = &r.failover {
@@ -696,6 +752,19 @@ fn print_summary(r: &RunResult) {
         println!(
             "  chaos at {}s `{}`: {} members told to move (or cut off), after p50 {:.0} ms, max {:.0} ms",
             d.at_s, d.command, d.members_moved, d.told_ms_p50, d.told_ms_max
+        );
+    }
+    if let Some(a) = &r.attackers {
+        println!(
+            "  attackers: {} frames sent, {} refused, {} connections closed by the cluster, \
+             {} silent sockets closed, streams {} opened / {} refused; their CPU {:.2}s (nice 19, within the bench's)",
+            a.frames_sent,
+            a.refused,
+            a.closed,
+            a.silent_sockets_closed,
+            a.streams_opened,
+            a.streams_refused,
+            a.cpu_seconds
         );
     }
     if let Some(i) = &r.idle {

@@ -294,6 +294,11 @@ pub struct RedisStats {
     pub commands_per_delivery: f64,
     /// Calls per command name.
     pub by_command: std::collections::BTreeMap<String, u64>,
+    /// `used_memory` at the start and the end of the measured window.
+    #[serde(default)]
+    pub memory_before: u64,
+    #[serde(default)]
+    pub memory_after: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -316,6 +321,20 @@ pub struct IdleStats {
     pub rss_kib_before: u64,
     pub rss_kib_after: u64,
     pub kib_per_connection: f64,
+}
+
+/// The `abuse` scenario's attackers: what they did and got.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct AttackStats {
+    /// CPU time of the attackers' thread (part of the bench's).
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    pub frames_sent: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub silent_sockets_closed: u64,
+    pub streams_opened: u64,
+    pub streams_refused: u64,
 }
 
 /// One `--chaos` event and what members went through after it.
@@ -409,6 +428,8 @@ pub struct RunResult {
     pub silence_ms: Silence,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disruptions: Vec<Disruption>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attackers: Option<AttackStats>,
 }
 
 pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
