@@ -5,7 +5,7 @@ use crate::streams::Holder;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -69,11 +69,15 @@ struct PublishBody {
     data: Box<RawValue>,
     #[serde(default)]
     from: Option<String>,
+    /// Idempotency key; the `Idempotency-Key` header does the same.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 pub(crate) async fn publish(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let result = async {
@@ -91,10 +95,34 @@ pub(crate) async fn publish(
             .filter(|f| !f.is_empty())
             .map(|f| user_id(f, "from"))
             .transpose()?;
-        gw.publish(&room, body.data.get().to_owned(), from).await
+        let header = match headers.get("idempotency-key").map(|v| v.to_str()) {
+            Some(Ok(v)) => Some(v.to_owned()),
+            Some(Err(_)) => {
+                return Err(bad(
+                    ErrorCode::BadFrame,
+                    "Idempotency-Key must be visible ASCII",
+                ));
+            }
+            None => None,
+        };
+        let id = match (body.id.filter(|id| !id.is_empty()), header) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad(
+                    ErrorCode::BadFrame,
+                    "`id` and the Idempotency-Key header differ",
+                ));
+            }
+            (a, b) => a.or(b).filter(|id| !id.is_empty()),
+        };
+        gw.publish(&room, body.data.get().to_owned(), from, id)
+            .await
     };
-    let seq = counted(&gw, "publish", result.await)?;
-    Ok(Json(json!({"seq": seq})).into_response())
+    let reply = counted(&gw, "publish", result.await)?;
+    let mut out = json!({"seq": reply.seq});
+    if reply.duplicate {
+        out["duplicate"] = json!(true);
+    }
+    Ok(Json(out).into_response())
 }
 
 #[derive(Deserialize)]

@@ -33,8 +33,12 @@ impl GatewayApi for GatewayService {
             .filter(|f| !f.is_empty())
             .map(|f| user_id(f, "from"))
             .transpose()?;
-        let seq = self.gw.publish(&room, r.data_json, from).await?;
-        Ok(Response::new(PublishReply { seq }))
+        let id = Some(r.id).filter(|id| !id.is_empty());
+        let reply = self.gw.publish(&room, r.data_json, from, id).await?;
+        Ok(Response::new(PublishReply {
+            seq: reply.seq,
+            duplicate: reply.duplicate,
+        }))
     }
 
     async fn history(

@@ -19,7 +19,9 @@ use turnout_common::redis::HistorySlice;
 use turnout_proto::Strategy;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::{RoomName, UserId};
-use turnout_proto::v1::{DeliverRequest, HistoryRequest, NodeInfo, PresenceRequest, RouteRequest};
+use turnout_proto::v1::{
+    DeliverReply, DeliverRequest, HistoryRequest, NodeInfo, PresenceRequest, RouteRequest,
+};
 
 fn no_node() -> ApiError {
     ApiError::new(ErrorCode::Unavailable, "no live ws-node")
@@ -133,18 +135,32 @@ impl Gateway {
         self.route_cache.remove(room);
     }
 
-    /// Publishes into `room` through a ws-node; returns the seq.
+    /// Publishes into `room` through a ws-node; returns the seq, and
+    /// whether the idempotency key `id` was accepted before (the seq is
+    /// then the first publish's). With a key, a publish that failed may be
+    /// retried as is: it is taken once.
     pub(crate) async fn publish(
         &self,
         room: &RoomName,
         data_json: String,
         from: Option<UserId>,
-    ) -> Result<u64, ApiError> {
+        id: Option<String>,
+    ) -> Result<DeliverReply, ApiError> {
         let from = from
             .map(UserId::into_string)
             .unwrap_or_else(|| "api".to_owned());
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
+        }
+        let id = id.unwrap_or_default();
+        if id.len() > turnout_proto::frames::MAX_ID_LEN {
+            return Err(ApiError::new(
+                ErrorCode::BadFrame,
+                format!(
+                    "the idempotency key must be at most {} bytes",
+                    turnout_proto::frames::MAX_ID_LEN
+                ),
+            ));
         }
         // Sticky: a cached owner may have lost the room; ask again once.
         let attempts = if self.strategy() == Strategy::Sticky {
@@ -160,9 +176,10 @@ impl Gateway {
                 data_json: data_json.clone(),
                 from: from.clone(),
                 epoch: 0,
+                id: id.clone(),
             };
             match client.deliver(req).await {
-                Ok(reply) => return Ok(reply.into_inner().seq),
+                Ok(reply) => return Ok(reply.into_inner()),
                 Err(s) => {
                     tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
                     if s.code() == tonic::Code::InvalidArgument {

@@ -196,6 +196,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         seq: u64,
+        /// The publish id was accepted before: `seq` is the first one's and
+        /// the message was not published again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
     Presence {
         room: String,

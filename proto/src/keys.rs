@@ -85,6 +85,14 @@ pub fn room_holders(room: &str) -> String {
     format!("turnout:{{{room}}}:holders")
 }
 
+/// A publish id a room remembers for `dedupe_window`: the seq it was
+/// accepted with, per sender (`user`; empty for the server API, whose
+/// idempotency keys are the room's own). `/` is in no user id, so two
+/// senders' ids never meet.
+pub fn room_publish_id(room: &str, user: &str, id: &str) -> String {
+    format!("turnout:{{{room}}}:id:{user}/{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +103,17 @@ mod tests {
         assert_eq!(c, "turnout:{r1}:bus");
         assert_eq!(room_from_channel(&c), Some("r1"));
         assert_eq!(room_from_channel("turnout:membership"), None);
+    }
+
+    #[test]
+    fn publish_ids_of_two_senders_differ() {
+        assert_ne!(
+            room_publish_id("r", "a:b", "c"),
+            room_publish_id("r", "a", "b:c")
+        );
+        assert_ne!(
+            room_publish_id("r", "", "api/x"),
+            room_publish_id("r", "api", "x")
+        );
     }
 }

@@ -57,6 +57,7 @@ async fn grpc_every_method(strategy: Strategy) -> Result<()> {
             room: room.into(),
             data_json: r#"{"via":"grpc"}"#.into(),
             from: "backend".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -257,21 +257,32 @@ async fn grpc_health_and_reflection_on_every_port() -> Result<()> {
         .into_inner();
     assert_eq!(cluster.strategy, "pubsub");
     assert_eq!(cluster.nodes.len(), 1);
-    let seq = gw
-        .publish(turnout_proto::v1::PublishRequest {
+    let keyed = turnout_proto::v1::PublishRequest {
+        room: "g".into(),
+        data_json: "{\"a\":1}".into(),
+        from: String::new(),
+        id: "order-17".into(),
+    };
+    let first = gw.publish(keyed.clone()).await?.into_inner();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    // A retry with the same idempotency key is taken once.
+    let retry = gw.publish(keyed).await?.into_inner();
+    assert_eq!((retry.seq, retry.duplicate), (1, true));
+    let history = gw
+        .history(turnout_proto::v1::HistoryRequest {
             room: "g".into(),
-            data_json: "{\"a\":1}".into(),
-            from: String::new(),
+            since: 0,
+            limit: 10,
         })
         .await?
-        .into_inner()
-        .seq;
-    assert_eq!(seq, 1);
+        .into_inner();
+    assert_eq!(history.seq, 1, "the retry was not published again");
     let err = gw
         .publish(turnout_proto::v1::PublishRequest {
             room: "g".into(),
             data_json: "{nope".into(),
             from: String::new(),
+            id: String::new(),
         })
         .await
         .unwrap_err();

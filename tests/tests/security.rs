@@ -268,7 +268,7 @@ async fn server_api_needs_the_key_and_internal_grpc_the_token() -> Result<()> {
             room: "r".into(),
             data_json: "1".into(),
             from: "x".into(),
-            epoch: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -45,16 +45,26 @@ impl Node for NodeService {
             UserId::parse(from).map_err(|e| ErrorCode::BadName.status(format!("from {e}")))?;
         let data = RawValue::from_string(req.data_json)
             .map_err(|_| Status::invalid_argument("data_json is not valid JSON"))?;
-        let seq = self
+        let id = (!req.id.is_empty()).then_some(req.id.as_str());
+        if id.is_some_and(|id| id.len() > turnout_proto::frames::MAX_ID_LEN) {
+            return Err(ErrorCode::BadFrame.status(format!(
+                "id must be at most {} bytes",
+                turnout_proto::frames::MAX_ID_LEN
+            )));
+        }
+        let published = self
             .state
             .hub
-            .publish(&room, &from, &data, Origin::Api)
+            .publish(&room, &from, &data, Origin::Api, id)
             .await
             .map_err(|e| match e.redirect {
                 Some(url) => e.code.status(format!("wrong_node: room is owned by {url}")),
                 None => e.code.status("publish failed"),
             })?;
-        Ok(Response::new(DeliverReply { seq }))
+        Ok(Response::new(DeliverReply {
+            seq: published.seq,
+            duplicate: published.duplicate,
+        }))
     }
 
     async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {

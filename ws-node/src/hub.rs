@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use turnout_common::redis::{HistorySlice, Origin, Publisher};
+use turnout_common::redis::{HistorySlice, Origin, Published, Publisher};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::ServerFrame;
@@ -117,43 +117,53 @@ impl Hub {
             .collect()
     }
 
-    /// Runs the store's publish, counting it; returns the seq and the
-    /// room's history epoch, None when fenced (sticky).
+    /// Runs the store's publish, counting it; None when fenced (sticky).
     pub(crate) async fn store_publish(
         &self,
         room: &RoomName,
         parts: &FrameParts,
         publisher: Publisher<'_>,
         origin: Origin<'_>,
-    ) -> Result<Option<(u64, String)>, RoomError> {
-        let seq = self
+        id: Option<&str>,
+    ) -> Result<Option<Published>, RoomError> {
+        let published = self
             .store
-            .publish(room, parts, publisher, origin)
+            .publish(room, parts, publisher, origin, id)
             .await
             .map_err(|e| {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room = %room, error = %e, "publish failed: Redis");
                 RoomError::from(ErrorCode::Unavailable)
             })?;
-        if seq.is_some() {
-            self.metrics.published.inc();
-            if matches!(origin, Origin::Client(_)) && self.store.config().inbox_size > 0 {
-                self.metrics.inbox_appended.inc();
+        match &published {
+            Some(p) if p.duplicate => {
+                self.metrics.publish_duplicates.inc();
+                tracing::debug!(room = %room, seq = p.seq, "publish id seen before: acked, not published again");
             }
+            Some(_) => {
+                self.metrics.published.inc();
+                if matches!(origin, Origin::Client(_)) && self.store.config().inbox_size > 0 {
+                    self.metrics.inbox_appended.inc();
+                }
+            }
+            None => {}
         }
-        Ok(seq)
+        Ok(published)
     }
 
-    /// Publishes into `room` the strategy's way; returns the message's seq.
-    /// `origin` is `Client` for a client's publish (which goes to the
-    /// backend inbox too, when it is on) and `Api` for the server API's.
+    /// Publishes into `room` the strategy's way. `origin` is `Client` for
+    /// a client's publish (which goes to the backend inbox too, when it is
+    /// on) and `Api` for the server API's; `id`, the publish id (or
+    /// idempotency key), makes a resend within `dedupe_window` an ack of
+    /// the first.
     pub(crate) async fn publish(
         self: &Arc<Self>,
         room: &RoomName,
         from: &str,
         data: &serde_json::value::RawValue,
         origin: Origin<'_>,
-    ) -> Result<u64, RoomError> {
+        id: Option<&str>,
+    ) -> Result<Published, RoomError> {
         let parts = turnout_proto::bus::frame_parts(
             room,
             from,
@@ -161,7 +171,7 @@ impl Hub {
             turnout_proto::now_ms(),
             data,
         );
-        self.strategy.publish(self, room, &parts, origin).await
+        self.strategy.publish(self, room, &parts, origin, id).await
     }
 
     /// Hands a room message (seq in history epoch `epoch`) to the room's

@@ -9,6 +9,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) connections: IntGauge,
     pub(crate) rooms: IntGauge,
     pub(crate) published: IntCounter,
+    pub(crate) publish_duplicates: IntCounter,
     pub(crate) deliveries: IntCounter,
     pub(crate) deliveries_in_place: IntCounter,
     pub(crate) bus_messages: IntCounter,
@@ -48,6 +49,10 @@ impl NodeMetrics {
             published: c(
                 "messages_published_total",
                 "Messages published through this node",
+            ),
+            publish_duplicates: c(
+                "publish_duplicates_total",
+                "Publishes whose id was accepted before (within dedupe_window): acked with the first seq, not published again",
             ),
             deliveries: c("deliveries_total", "Message frames sent to clients"),
             deliveries_in_place: c(

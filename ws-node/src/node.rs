@@ -136,6 +136,7 @@ pub async fn run(
     let cfg = RoomConfig {
         history_size: settings.history_size,
         room_ttl: settings.room_ttl,
+        dedupe_window: settings.dedupe_window,
         inbox_size: if settings.inbox {
             settings.inbox_size
         } else {

@@ -391,11 +391,22 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                 return over_limit(hub, conn, limits, over, &room, id);
             }
             match hub
-                .publish(&room, &conn.user, &data, Origin::Client(&conn.user))
+                .publish(
+                    &room,
+                    &conn.user,
+                    &data,
+                    Origin::Client(&conn.user),
+                    id.as_deref(),
+                )
                 .await
             {
-                Ok(seq) => {
-                    conn.send_frame(&ServerFrame::Ack { id, seq }, &hub.metrics);
+                Ok(p) => {
+                    let ack = ServerFrame::Ack {
+                        id,
+                        seq: p.seq,
+                        duplicate: p.duplicate,
+                    };
+                    conn.send_frame(&ack, &hub.metrics);
                 }
                 Err(e) => send_room_error(hub, conn, e, &room, id, "publish failed; retry"),
             }

@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_ROOM_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room_ttl: Option<String>,
+    /// How long a publish id is remembered per sender and room, so that a
+    /// resent publish is accepted once, e.g. 2m (0 = off).
+    #[arg(long, env = "TURNOUT_DEDUPE_WINDOW")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedupe_window: Option<String>,
     /// Frames queued per connection before it counts as a slow consumer.
     #[arg(long, env = "TURNOUT_SEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +171,8 @@ pub struct Settings {
     pub history_size: u64,
     #[serde(with = "humantime_serde")]
     pub room_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
     pub send_queue: usize,
     pub max_frame_bytes: usize,
     pub max_rooms_per_conn: usize,
@@ -219,6 +226,7 @@ impl Default for Settings {
             heartbeat_ttl: Duration::from_secs(3),
             history_size: 100,
             room_ttl: Duration::from_secs(24 * 3600),
+            dedupe_window: Duration::from_secs(120),
             send_queue: 1024,
             max_frame_bytes: 64 * 1024,
             max_rooms_per_conn: 100,

@@ -9,7 +9,9 @@ pub(crate) use memory::MemoryStore;
 use redis::RedisResult;
 use std::time::Duration;
 use turnout_common::redis::scripts::{Entry, RenewArgs};
-use turnout_common::redis::{Con, HistorySlice, Origin, Presence, Publisher, RoomConfig, rooms};
+use turnout_common::redis::{
+    Con, HistorySlice, Origin, Presence, Published, Publisher, RoomConfig, rooms,
+};
 use turnout_proto::bus::FrameParts;
 
 pub(crate) enum Store {
@@ -97,20 +99,26 @@ impl Store {
         }
     }
 
-    /// Assigns the message its seq and keeps it; returns the seq and the
-    /// room's history epoch, None when fenced (sticky).
+    /// Assigns the message its seq and keeps it, once per publish `id`
+    /// within `dedupe_window`; None when fenced (sticky).
     pub(crate) async fn publish(
         &self,
         room: &str,
         parts: &FrameParts,
         publisher: Publisher<'_>,
         origin: Origin<'_>,
-    ) -> RedisResult<Option<(u64, String)>> {
+        id: Option<&str>,
+    ) -> RedisResult<Option<Published>> {
         match self {
             Store::Redis(r) => {
-                rooms::publish(&mut r.con.clone(), r.cfg, room, parts, publisher, origin).await
+                let mut con = r.con.clone();
+                rooms::publish(&mut con, r.cfg, room, parts, publisher, origin, id).await
             }
-            Store::Memory(m) => Ok(Some(m.publish(room, parts))),
+            Store::Memory(m) => Ok(Some(m.publish(
+                room,
+                parts,
+                id.map(|id| (origin.sender(), id)),
+            ))),
         }
     }
 

@@ -17,7 +17,7 @@ pub mod scripts;
 
 pub use channels::Channels;
 pub use push::{RoomPushes, read_room_pushes};
-pub use rooms::{HistorySlice, Origin, Ownership, Presence, Publisher, RoomConfig};
+pub use rooms::{HistorySlice, Origin, Ownership, Presence, Published, Publisher, RoomConfig};
 
 use ::redis::aio::AsyncPushSender;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -16,6 +16,9 @@ pub struct RoomConfig {
     pub room_ttl: Duration,
     /// Entries kept in the backend inbox stream (0 = inbox off).
     pub inbox_size: u64,
+    /// How long a publish id is remembered, so that a resend is accepted
+    /// once (zero: not at all).
+    pub dedupe_window: Duration,
 }
 
 /// Who may publish: anyone (pubsub), or only the owner at an epoch (sticky).
@@ -36,9 +39,32 @@ pub enum Origin<'a> {
     Api,
 }
 
-/// Runs the publish script; returns the message's seq and the room's
-/// history epoch, or `None` when the room's owner record no longer names
-/// this owner and epoch.
+impl Origin<'_> {
+    /// Whose publish ids these are: the user's, or (empty) the server
+    /// API's, whose idempotency keys belong to the room.
+    pub fn sender(&self) -> &str {
+        match self {
+            Origin::Client(user) => user,
+            Origin::Api => "",
+        }
+    }
+}
+
+/// A publish the store took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The room's history epoch.
+    pub epoch: String,
+    /// The publish id was accepted before (within `dedupe_window`): `seq`
+    /// is the first one's, and nothing was published now.
+    pub duplicate: bool,
+}
+
+/// Runs the publish script; returns what it assigned, or `None` when the
+/// room's owner record no longer names this owner and epoch. With `id`, a
+/// publish id this sender already used in the room within `dedupe_window`
+/// gets the first one's seq back and publishes nothing.
 pub async fn publish(
     con: &mut Con,
     cfg: RoomConfig,
@@ -46,7 +72,8 @@ pub async fn publish(
     parts: &bus::FrameParts,
     publisher: Publisher<'_>,
     origin: Origin<'_>,
-) -> RedisResult<Option<(u64, String)>> {
+    id: Option<&str>,
+) -> RedisResult<Option<Published>> {
     let args = PublishArgs {
         room,
         prefix: &parts.prefix,
@@ -61,9 +88,15 @@ pub async fn publish(
             Origin::Client(user) if cfg.inbox_size > 0 => Some((cfg.inbox_size, user)),
             _ => None,
         },
+        dedupe: id.map(|id| (origin.sender(), id, cfg.dedupe_window)),
     };
-    let (seq, epoch): (i64, String) = scripts::publish(&args).invoke_async(con).await?;
-    Ok(u64::try_from(seq).ok().map(|seq| (seq, epoch)))
+    let (seq, epoch, duplicate): (i64, String, u8) =
+        scripts::publish(&args).invoke_async(con).await?;
+    Ok(u64::try_from(seq).ok().map(|seq| Published {
+        seq,
+        epoch,
+        duplicate: duplicate == 1,
+    }))
 }
 
 /// A slice of a room's history.

@@ -42,6 +42,8 @@ pub struct PublishArgs<'a> {
     pub owner: Option<(&'a str, u64)>,
     /// Into the backend inbox: (entries kept, publishing user).
     pub inbox: Option<(u64, &'a str)>,
+    /// Idempotent publish: (sender, publish id, how long the id is kept).
+    pub dedupe: Option<(&'a str, &'a str, Duration)>,
 }
 
 pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
@@ -50,12 +52,20 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         None => ("", String::new()),
     };
     let (inbox_size, user) = a.inbox.unwrap_or((0, ""));
+    let (dedupe_key, dedupe_ms) = match a.dedupe {
+        Some((sender, id, window)) if !window.is_zero() => {
+            (keys::room_publish_id(a.room, sender, id), ms(window).max(1))
+        }
+        // The slot must be a key of the room's own (Redis Cluster).
+        _ => (keys::room_seq(a.room), 0),
+    };
     let mut inv = PUBLISH.prepare_invoke();
     inv.key(keys::room_seq(a.room))
         .key(keys::room_history(a.room))
         .key(keys::room_owner(a.room))
         .key(keys::room_epoch(a.room))
         .key(keys::INBOX)
+        .key(dedupe_key)
         .arg(a.prefix)
         .arg(a.suffix)
         .arg(a.history_size)
@@ -65,7 +75,8 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         .arg(epoch)
         .arg(inbox_size)
         .arg(user)
-        .arg(a.room);
+        .arg(a.room)
+        .arg(dedupe_ms);
     inv
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
-use turnout_common::redis::{HistorySlice, Presence, RoomConfig};
+use turnout_common::redis::{HistorySlice, Presence, Published, RoomConfig};
 use turnout_proto::bus::FrameParts;
 
 pub(crate) struct MemoryStore {
@@ -23,6 +23,10 @@ struct Room {
     /// conn label → user.
     presence: HashMap<String, String>,
     touched: Option<Instant>,
+    /// Publish ids accepted within `dedupe_window`: "<sender>/<id>" → seq,
+    /// and the same in the order they came, to let them go.
+    ids: HashMap<String, u64>,
+    id_order: VecDeque<(Instant, String)>,
 }
 
 impl Room {
@@ -67,10 +71,37 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns the message's seq and the room's epoch.
-    pub(crate) fn publish(&self, room: &str, parts: &FrameParts) -> (u64, String) {
+    /// Assigns the message its seq and keeps it. With `id` (sender, publish
+    /// id), an id the sender used in the room within `dedupe_window` gets
+    /// the first one's seq back, marked duplicate, and nothing is kept.
+    pub(crate) fn publish(
+        &self,
+        room: &str,
+        parts: &FrameParts,
+        id: Option<(&str, &str)>,
+    ) -> Published {
         let mut rooms = self.rooms();
         let r = rooms.entry(room.to_owned()).or_default();
+        let now = Instant::now();
+        let window = self.cfg.dedupe_window;
+        while let Some((at, _)) = r.id_order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            if let Some((_, key)) = r.id_order.pop_front() {
+                r.ids.remove(&key);
+            }
+        }
+        let key = id
+            .filter(|_| !window.is_zero())
+            .map(|(sender, id)| format!("{sender}/{id}"));
+        if let Some(seq) = key.as_ref().and_then(|k| r.ids.get(k)) {
+            return Published {
+                seq: *seq,
+                epoch: r.epoch.clone(),
+                duplicate: true,
+            };
+        }
         r.seq += 1;
         if r.seq == 1 {
             r.epoch = epoch_now();
@@ -82,7 +113,15 @@ impl MemoryStore {
                 r.history.pop_front();
             }
         }
-        (r.seq, r.epoch.clone())
+        if let Some(key) = key {
+            r.ids.insert(key.clone(), r.seq);
+            r.id_order.push_back((now, key));
+        }
+        Published {
+            seq: r.seq,
+            epoch: r.epoch.clone(),
+            duplicate: false,
+        }
     }
 
     pub(crate) fn history(&self, room: &str, since: u64, limit: u64) -> HistorySlice {
@@ -164,6 +203,7 @@ mod tests {
             history_size: history,
             room_ttl: ttl,
             inbox_size: 0,
+            dedupe_window: Duration::from_secs(60),
         })
     }
 
@@ -175,10 +215,11 @@ mod tests {
     #[test]
     fn seq_history_and_presence() {
         let s = store(2, Duration::from_secs(60));
-        let (seq, epoch) = s.publish("r", &parts("a"));
-        assert_eq!(seq, 1);
-        assert_eq!(s.publish("r", &parts("b")), (2, epoch.clone()));
-        assert_eq!(s.publish("r", &parts("c")).0, 3);
+        let first = s.publish("r", &parts("a"), None);
+        assert_eq!(first.seq, 1);
+        let second = s.publish("r", &parts("b"), None);
+        assert_eq!((second.seq, &second.epoch), (2, &first.epoch));
+        assert_eq!(s.publish("r", &parts("c"), None).seq, 3);
         let (h, p) = s.join("r", 0, 100, "n-1", "alice", 10);
         assert_eq!(h.seq, 3);
         assert!(!h.epoch.is_empty());
@@ -196,12 +237,39 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_id_is_taken_once_per_sender() {
+        let s = store(10, Duration::from_secs(60));
+        let a = s.publish("r", &parts("a"), Some(("alice", "c-1")));
+        assert!(!a.duplicate);
+        let again = s.publish("r", &parts("a"), Some(("alice", "c-1")));
+        assert_eq!((again.seq, again.duplicate), (a.seq, true));
+        assert_eq!(s.history("r", 0, 10).seq, 1, "the resend was not kept");
+        let bob = s.publish("r", &parts("b"), Some(("bob", "c-1")));
+        assert_eq!((bob.seq, bob.duplicate), (2, false), "another sender's id");
+        let other_room = s.publish("q", &parts("a"), Some(("alice", "c-1")));
+        assert!(!other_room.duplicate);
+    }
+
+    #[test]
+    fn publish_ids_are_forgotten_after_the_window() {
+        let s = MemoryStore::new(RoomConfig {
+            history_size: 10,
+            room_ttl: Duration::from_secs(60),
+            inbox_size: 0,
+            dedupe_window: Duration::ZERO,
+        });
+        s.publish("r", &parts("a"), Some(("alice", "c-1")));
+        let again = s.publish("r", &parts("a"), Some(("alice", "c-1")));
+        assert_eq!((again.seq, again.duplicate), (2, false), "window 0: off");
+    }
+
+    #[test]
     fn empty_rooms_are_forgotten() {
         let s = store(10, Duration::ZERO);
         s.join("quiet", 0, 0, "n-1", "a", 10);
         s.leave("quiet", "n-1");
         assert_eq!(s.len(), 0, "no history: forgotten at once");
-        s.publish("kept", &parts("x"));
+        s.publish("kept", &parts("x"), None);
         s.join("busy", 0, 0, "n-2", "b", 10);
         assert_eq!(
             s.sweep(),

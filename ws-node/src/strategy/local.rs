@@ -5,7 +5,7 @@
 
 use crate::hub::{Hub, RoomError};
 use std::sync::Arc;
-use turnout_common::redis::{Origin, Publisher};
+use turnout_common::redis::{Origin, Published, Publisher};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;
@@ -17,11 +17,14 @@ pub(crate) async fn publish(
     room: &RoomName,
     parts: &FrameParts,
     origin: Origin<'_>,
-) -> Result<u64, RoomError> {
-    let (seq, epoch) = hub
-        .store_publish(room, parts, Publisher::Relay, origin)
+    id: Option<&str>,
+) -> Result<Published, RoomError> {
+    let p = hub
+        .store_publish(room, parts, Publisher::Relay, origin, id)
         .await?
         .ok_or_else(|| RoomError::from(ErrorCode::Internal))?;
-    hub.deliver(room, seq, &epoch, parts.render(seq).into());
-    Ok(seq)
+    if !p.duplicate {
+        hub.deliver(room, p.seq, &p.epoch, parts.render(p.seq).into());
+    }
+    Ok(p)
 }

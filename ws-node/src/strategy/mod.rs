@@ -20,7 +20,7 @@ use crate::settings::Settings;
 use crate::store::{MemoryStore, RedisStore, Store};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use turnout_common::redis::{Con, Origin, RoomConfig};
+use turnout_common::redis::{Con, Origin, Published, RoomConfig};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::names::RoomName;
 
@@ -139,18 +139,19 @@ impl Strategy {
         }
     }
 
-    /// Publishes into `room`; returns the message's seq.
+    /// Publishes into `room` (once per publish `id`).
     pub(crate) async fn publish(
         &self,
         hub: &Arc<Hub>,
         room: &RoomName,
         parts: &FrameParts,
         origin: Origin<'_>,
-    ) -> Result<u64, RoomError> {
+        id: Option<&str>,
+    ) -> Result<Published, RoomError> {
         match self {
-            Strategy::Local(_) => local::publish(hub, room, parts, origin).await,
-            Strategy::Sticky(s) => s.publish(hub, room, parts, origin).await,
-            Strategy::Pubsub(_) => pubsub::publish(hub, room, parts, origin).await,
+            Strategy::Local(_) => local::publish(hub, room, parts, origin, id).await,
+            Strategy::Sticky(s) => s.publish(hub, room, parts, origin, id).await,
+            Strategy::Pubsub(_) => pubsub::publish(hub, room, parts, origin, id).await,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use crate::hub::{Hub, RoomError};
 use std::sync::Arc;
-use turnout_common::redis::{Channels, Origin, Publisher};
+use turnout_common::redis::{Channels, Origin, Published, Publisher};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;
@@ -51,10 +51,11 @@ pub(crate) async fn publish(
     room: &RoomName,
     parts: &FrameParts,
     origin: Origin<'_>,
-) -> Result<u64, RoomError> {
-    // Delivered here when it comes back on the room's channel.
-    hub.store_publish(room, parts, Publisher::Relay, origin)
+    id: Option<&str>,
+) -> Result<Published, RoomError> {
+    // Delivered here when it comes back on the room's channel (a duplicate
+    // was not published again).
+    hub.store_publish(room, parts, Publisher::Relay, origin, id)
         .await?
-        .map(|(seq, _)| seq)
         .ok_or_else(|| RoomError::from(ErrorCode::Internal))
 }

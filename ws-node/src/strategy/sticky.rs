@@ -12,7 +12,7 @@
 use crate::hub::{Hub, RoomError};
 use std::sync::Arc;
 use std::time::Duration;
-use turnout_common::redis::{Origin, Publisher, rooms};
+use turnout_common::redis::{Origin, Published, Publisher, rooms};
 use turnout_proto::bus::FrameParts;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;
@@ -65,16 +65,19 @@ impl Sticky {
         room: &RoomName,
         parts: &FrameParts,
         origin: Origin<'_>,
-    ) -> Result<u64, RoomError> {
+        id: Option<&str>,
+    ) -> Result<Published, RoomError> {
         let epoch = match hub.room_epoch(room) {
             Some(e) => e,
             None => self.own(hub, room).await?,
         };
         let owner = Publisher::Owner(&hub.node_id, epoch);
-        match hub.store_publish(room, parts, owner, origin).await? {
-            Some((seq, epoch)) => {
-                hub.deliver(room, seq, &epoch, parts.render(seq).into());
-                Ok(seq)
+        match hub.store_publish(room, parts, owner, origin, id).await? {
+            Some(p) => {
+                if !p.duplicate {
+                    hub.deliver(room, p.seq, &p.epoch, parts.render(p.seq).into());
+                }
+                Ok(p)
             }
             None => {
                 // Fenced: the room was placed elsewhere. Everyone here must move.

@@ -2,15 +2,20 @@
 -- history, publishes it on the room's channel and, for a client's message
 -- with the inbox on, appends it to the backend inbox: one atomic step, so a
 -- message on the bus always has its seq and is already in history and in
--- the inbox. Returns {seq, epoch} (the room's history epoch, which the
--- bus message carries too), or {-1, ''} when `owner` is set and the room's
--- owner record no longer names that node at that epoch (a stale sticky
--- owner cannot deliver).
+-- the inbox. Returns {seq, epoch, 0} (the room's history epoch, which the
+-- bus message carries too), or {-1, '', 0} when `owner` is set and the
+-- room's owner record no longer names that node at that epoch (a stale
+-- sticky owner cannot deliver).
+--
+-- Idempotent publish: with `dedupe_key` set (the room's key for this
+-- sender's publish id) a publish whose id was accepted within the window
+-- is not published again; it returns {seq of the first, epoch, 1}.
 local seq_key     = KEYS[1]   -- turnout:{room}:seq
 local hist_key    = KEYS[2]   -- turnout:{room}:hist
 local owner_key   = KEYS[3]   -- turnout:{room}:owner
 local epoch_key   = KEYS[4]   -- turnout:{room}:epoch
 local inbox_key   = KEYS[5]   -- turnout:inbox
+local dedupe_key  = KEYS[6]   -- turnout:{room}:id:<user>/<id>, or the seq key when no id
 local prefix      = ARGV[1]   -- the frame up to its seq
 local suffix      = ARGV[2]   -- the frame after its seq
 local keep        = tonumber(ARGV[3])  -- history_size; 0 = no history
@@ -21,10 +26,17 @@ local owner_epoch = ARGV[7]
 local inbox_size  = ARGV[8]   -- '0' = not to the inbox
 local user        = ARGV[9]
 local room        = ARGV[10]
+local dedupe_ms   = tonumber(ARGV[11])  -- dedupe_window, ms; 0 = no id to remember
 
 if owner ~= '' then
   local o = redis.call('HMGET', owner_key, 'node', 'epoch')
-  if o[1] ~= owner or o[2] ~= owner_epoch then return {-1, ''} end
+  if o[1] ~= owner or o[2] ~= owner_epoch then return {-1, '', 0} end
+end
+if dedupe_ms > 0 then
+  local first = redis.call('GET', dedupe_key)
+  if first then
+    return {tonumber(first), redis.call('GET', epoch_key) or '', 1}
+  end
 end
 local seq = redis.call('INCR', seq_key)
 if seq == 1 and keep > 0 then
@@ -56,4 +68,7 @@ if inbox_size ~= '0' then
   redis.call('XADD', inbox_key, 'MAXLEN', inbox_size, '*',
     'room', room, 'seq', seq, 'user', user, 'message', frame)
 end
-return {seq, epoch}
+if dedupe_ms > 0 then
+  redis.call('SET', dedupe_key, seq, 'PX', dedupe_ms)
+end
+return {seq, epoch, 0}
