@@ -247,6 +247,18 @@ pub async fn demo_page() -> impl axum::response::IntoResponse {
     )
 }
 
+/// turnout-client (clients/js, compiled), which the demo page runs on:
+/// served beside it, so a page needs nothing else.
+pub async fn client_library() -> impl axum::response::IntoResponse {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../clients/js/dist/index.js"),
+    )
+}
+
 /// Why a process could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -82,6 +82,12 @@ fn http_routes() -> Vec<HttpRoute> {
         ),
         r("get", "/api/openapi.json", false, get(api::openapi)),
         r("get", "/", false, get(turnout_common::serve::demo_page)),
+        r(
+            "get",
+            "/turnout-client.js",
+            false,
+            get(turnout_common::serve::client_library),
+        ),
         r("get", "/healthz", false, get(|| async { "ok" })),
         r("get", "/readyz", false, get(api::readyz)),
         r("get", "/metrics", false, get(api::metrics)),

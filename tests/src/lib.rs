@@ -853,6 +853,17 @@ impl NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (a drain), and wait until the process has exited.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        self.signal("-TERM")?;
+        let child = &mut self.child;
+        wait_for("the node to exit after SIGTERM", DEADLINE, || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
 }
 
 impl Drop for NodeProcess {

@@ -29,6 +29,10 @@ async fn one_local_node_is_a_complete_chat_without_redis() -> Result<()> {
     let (status, page) = http("GET", &format!("{base}/"), None, &[]).await?;
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("turnout demo"));
+    // With the client library it runs on.
+    let (status, lib) = http("GET", &format!("{base}/turnout-client.js"), None, &[]).await?;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&lib).contains("export class Client"));
     let (_, cluster) = http_get_json(&format!("{base}/api/cluster")).await?;
     assert_eq!(cluster["strategy"], "local");
     assert_eq!(cluster["redis"], false);

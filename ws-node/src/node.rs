@@ -216,7 +216,10 @@ pub async fn run(
         .route("/metrics", get(metrics_handler))
         .route("/api/cluster", get(cluster_handler));
     if state.hub.strategy.serves_demo_page() {
-        app = app.route("/", get(turnout_common::serve::demo_page));
+        app = app.route("/", get(turnout_common::serve::demo_page)).route(
+            "/turnout-client.js",
+            get(turnout_common::serve::client_library),
+        );
     }
     let app = app.with_state(state.clone()).merge(grpc_routes);
 

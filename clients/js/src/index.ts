@@ -1,0 +1,838 @@
+/**
+ * turnout-client: the client of a turnout cluster, for browsers and Node.
+ *
+ * One `Client` is one WebSocket connection (through the gateway or straight
+ * to a node) that keeps itself alive: it reconnects with backoff and jitter
+ * where the close code says to, follows `redirect` and `reconnect`, rejoins
+ * every room with `since` and `epoch`, rejoins on a seq jump, and resends
+ * unacked publishes with their ids, which the server takes once. What the
+ * application sees of a room is each message once, in seq order, and, when
+ * history could not fill a hole, `recovered: false`.
+ *
+ * The protocol it speaks is in docs/PROTOCOL.md; its API in docs/CLIENT.md.
+ */
+
+/** Where the connection is. */
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** A room message. */
+export interface Message<T = unknown> {
+  room: string;
+  seq: number;
+  /** The publishing user (or the server API's `from`). */
+  from: string;
+  /** The node it was published on. */
+  node: string;
+  /** Milliseconds since the Unix epoch, set by that node. */
+  ts: number;
+  data: T;
+}
+
+/** Someone else's connection joined or left a room. */
+export interface PresenceEvent {
+  room: string;
+  event: "join" | "leave";
+  user: string;
+  /** The users in the room as far as this client knows now. */
+  users: string[];
+}
+
+/** Every `joined` of a room: the first join and each rejoin. */
+export interface JoinedInfo {
+  room: string;
+  /** The room's latest seq when joined. */
+  seq: number;
+  /** The room's history epoch. */
+  epoch: string;
+  presence: string[];
+  /** True on the first join of the room. */
+  first: boolean;
+  /**
+   * On a rejoin: whether history held every message missed meanwhile (they
+   * follow, before live ones). `false`: some are gone for good (the room's
+   * state was lost or history trimmed); the messages go on after the hole.
+   */
+  recovered?: boolean;
+}
+
+export interface RoomHandlers<T = unknown> {
+  onMessage?(m: Message<T>): void;
+  onPresence?(e: PresenceEvent): void;
+  onJoined?(info: JoinedInfo): void;
+}
+
+export interface PublishOptions {
+  /** The publish id (at most 64 bytes); by default one unique to this client. */
+  id?: string;
+}
+
+export interface PublishResult {
+  seq: number;
+  /** The id had been accepted before: `seq` is that publish's. */
+  duplicate: boolean;
+}
+
+/** The part of the WebSocket API the client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ClientOptions {
+  /** The user id (a hint: a token's `sub` wins). */
+  user?: string;
+  /** A client token (JWT), sent as `?token=`. */
+  token?: string;
+  /**
+   * Returns a fresh token. Called before the current one expires (its
+   * `exp`, less `refreshBeforeMs`) and when the server says it expired;
+   * without it a connection ends at the token's `exp`.
+   */
+  refreshToken?: () => string | Promise<string>;
+  /** How long before `exp` to refresh. Default 30 s. */
+  refreshBeforeMs?: number;
+  /** The room to route by (`?room=`; sticky). Default: the first room joined. */
+  room?: string;
+  /** A WebSocket implementation (Node < 22: e.g. `ws`). Default: the global one. */
+  WebSocket?: WebSocketConstructor;
+  /** First reconnect delay (then doubling, with jitter). Default 250 ms. */
+  minBackoffMs?: number;
+  /** Longest reconnect delay. Default 10 s. */
+  maxBackoffMs?: number;
+  /** A `ping` after this long without a frame; 0 = never. Default 15 s. */
+  pingIntervalMs?: number;
+  /** A connection silent this long after a ping is given up. Default 10 s. */
+  pongTimeoutMs?: number;
+  /** A publish not acked this long after `publish` rejects; 0 = never. Default 60 s. */
+  publishTimeoutMs?: number;
+  /** Prefix of generated publish ids. Default: random, one per client. */
+  idPrefix?: string;
+}
+
+/** A refusal from the server, or the connection's end. */
+export class TurnoutError extends Error {
+  /** An error code of docs/PROTOCOL.md, or `closed`, `timeout`, `no_websocket`. */
+  readonly code: string;
+  readonly room?: string;
+  /** The close code, when the connection ended. */
+  readonly closeCode?: number;
+  constructor(code: string, message: string, extra: { room?: string; closeCode?: number } = {}) {
+    super(message);
+    this.name = "TurnoutError";
+    this.code = code;
+    this.room = extra.room;
+    this.closeCode = extra.closeCode;
+  }
+}
+
+export interface ClientEvents {
+  /** The connection's state changed. */
+  state: (state: ConnectionState) => void;
+  /** A connection opened (on `node`). */
+  welcome: (w: { node: string; strategy: string; conn: string }) => void;
+  /** A room lives on another node (sticky): the client moves there. */
+  redirect: (r: { room: string; url: string }) => void;
+  /** The node asked its clients to reconnect (`draining`, `lease_lost`). */
+  reconnect: (r: { reason: string }) => void;
+  /**
+   * The connection to `node` (null: it never got a welcome) ended;
+   * `retryInMs` is null when the client gives up. Code 4000: the client
+   * left to follow a redirect.
+   */
+  disconnect: (d: { code: number; reason: string; node: string | null; retryInMs: number | null }) => void;
+  /** A room is rejoined with `since` to fill a hole. */
+  rejoin: (r: { room: string; since: number; reason: "gap" | "replay_cut" }) => void;
+  /** A refusal not tied to one `publish` or `join`. */
+  error: (e: TurnoutError) => void;
+}
+
+/** Publish ids: the server takes at most 64 bytes. */
+const MAX_ID_BYTES = 64;
+const OPEN = 1;
+
+// Close codes after which reconnecting as is would fail the same way: a
+// protocol error, bad data, a policy breach, a frame too big, and the
+// "do not reconnect as is" range. 3010 (token expired) reconnects when a
+// fresh token can be had.
+function terminal(code: number): boolean {
+  return [1002, 1003, 1007, 1008, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999);
+}
+
+// Refusals of a publish that a resend can cure.
+const RETRY_PUBLISH = new Set(["rate_limited", "unavailable", "internal"]);
+// Refusals meaning "not here, not now": the publish waits for the next join.
+const WAIT_PUBLISH = new Set(["not_joined", "wrong_node", "draining"]);
+// Refusals of a join that a later try can cure, and those it cannot.
+const RETRY_JOIN = new Set(["rate_limited", "unavailable", "internal"]);
+const JOIN_REFUSED = new Set(["forbidden", "bad_name", "too_many_rooms", "bad_frame", "unauthorized"]);
+
+interface Pending {
+  id: string;
+  room: string;
+  data: unknown;
+  sent: boolean;
+  notBefore: number;
+  tries: number;
+  resolve: (r: PublishResult) => void;
+  reject: (e: TurnoutError) => void;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+function randomPrefix(): string {
+  const bytes = new Uint8Array(9);
+  const c = (globalThis as { crypto?: { getRandomValues?: (a: Uint8Array) => Uint8Array } }).crypto;
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("");
+}
+
+/** `exp` of a JWT, in milliseconds, if it has one. */
+export function tokenExpiry(token: string): number | undefined {
+  const part = token.split(".")[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    return typeof json.exp === "number" ? json.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function utf8Length(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+/** One joined room of a client. */
+export class Room<T = unknown> {
+  readonly name: string;
+  /** The last seq handed to `onMessage` (null before the first). */
+  lastSeq: number | null = null;
+  /** The room's history epoch as last joined. */
+  epoch = "";
+  /** Users in the room, as far as this client knows. */
+  readonly presence = new Set<string>();
+  /** @internal */ joined = false;
+  /** @internal */ rejoining = false;
+  /** @internal */ acceptJump = false;
+  /** @internal */ replayUntil: number | null = null;
+  /** @internal */ everJoined = false;
+  /** @internal */ left = false;
+  /** @internal */ readonly handlers: RoomHandlers<T>;
+  /** @internal */ waiters: { resolve: (r: Room<T>) => void; reject: (e: TurnoutError) => void }[] = [];
+  /** @internal */ joinTries = 0;
+  readonly #client: Client;
+
+  /** @internal */
+  constructor(client: Client, name: string, handlers: RoomHandlers<T>) {
+    this.#client = client;
+    this.name = name;
+    this.handlers = handlers;
+  }
+
+  /** Publishes `data`; resolves on the server's ack, across reconnects. */
+  publish(data: T | unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    return this.#client.publish(this.name, data, opts);
+  }
+
+  /** Leaves the room; its unacked publishes are rejected. */
+  leave(): void {
+    this.#client.leave(this.name);
+  }
+}
+
+type Listener = (...args: any[]) => void;
+
+export class Client {
+  readonly url: string;
+  #opts: Required<Pick<ClientOptions, "minBackoffMs" | "maxBackoffMs" | "pingIntervalMs" | "pongTimeoutMs" | "publishTimeoutMs" | "refreshBeforeMs">> &
+    ClientOptions;
+  #WS: WebSocketConstructor | undefined;
+  #ws: WebSocketLike | null = null;
+  #state: ConnectionState = "idle";
+  #token: string | undefined;
+  #redirect: string | null = null;
+  #attempt = 0;
+  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  #pingTimer: ReturnType<typeof setInterval> | undefined;
+  #refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #lastFrame = 0;
+  #pingSent = 0;
+  #rooms = new Map<string, Room<any>>();
+  #pending = new Map<string, Pending>();
+  #idPrefix: string;
+  #nextId = 0;
+  #listeners = new Map<keyof ClientEvents, Set<Listener>>();
+  #connectWaiters: { resolve: () => void; reject: (e: TurnoutError) => void }[] = [];
+  /** The node of the current connection. */
+  node: string | null = null;
+  /** The cluster's strategy, as the node said. */
+  strategy: string | null = null;
+
+  constructor(url: string, opts: ClientOptions = {}) {
+    this.url = url;
+    this.#opts = {
+      minBackoffMs: 250,
+      maxBackoffMs: 10_000,
+      pingIntervalMs: 15_000,
+      pongTimeoutMs: 10_000,
+      publishTimeoutMs: 60_000,
+      refreshBeforeMs: 30_000,
+      ...opts,
+    };
+    this.#WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.#token = opts.token;
+    this.#idPrefix = opts.idPrefix ?? randomPrefix();
+  }
+
+  /** Where the connection is. */
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** Subscribes to a client event; returns the way to unsubscribe. */
+  on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): () => void {
+    let set = this.#listeners.get(event);
+    if (!set) this.#listeners.set(event, (set = new Set()));
+    set.add(fn as Listener);
+    return () => set.delete(fn as Listener);
+  }
+
+  #emit<E extends keyof ClientEvents>(event: E, ...args: Parameters<ClientEvents[E]>): void {
+    for (const fn of this.#listeners.get(event) ?? []) {
+      try {
+        fn(...args);
+      } catch (e) {
+        console.error("turnout-client: a listener threw", e);
+      }
+    }
+  }
+
+  #setState(s: ConnectionState): void {
+    if (this.#state === s) return;
+    this.#state = s;
+    this.#emit("state", s);
+  }
+
+  /**
+   * Opens the connection; resolves once a node welcomed it. Failed
+   * attempts are retried with backoff; it rejects only when the client
+   * gives up (a terminal close code) or is closed.
+   */
+  connect(): Promise<void> {
+    if (this.#state === "open") return Promise.resolve();
+    if (this.#state === "closed") {
+      return Promise.reject(new TurnoutError("closed", "the client was closed"));
+    }
+    const p = new Promise<void>((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    if (this.#state === "idle") this.#open();
+    return p;
+  }
+
+  /**
+   * Joins `room`; resolves on the first `joined`. The room stays joined
+   * across reconnects until `leave` (or `close`).
+   */
+  join<T = unknown>(room: string, handlers: RoomHandlers<T> = {}): Promise<Room<T>> {
+    if (this.#state === "closed") {
+      return Promise.reject(new TurnoutError("closed", "the client was closed", { room }));
+    }
+    const existing = this.#rooms.get(room);
+    if (existing) {
+      return existing.everJoined ? Promise.resolve(existing) : new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
+    }
+    const r = new Room<T>(this, room, handlers);
+    this.#rooms.set(room, r);
+    const p = new Promise<Room<T>>((resolve, reject) => r.waiters.push({ resolve, reject }));
+    if (this.#state === "idle") this.#open();
+    else if (this.#isOpen()) this.#sendJoin(r);
+    return p;
+  }
+
+  /** Leaves `room`; its unacked publishes are rejected. */
+  leave(room: string): void {
+    const r = this.#rooms.get(room);
+    if (!r) return;
+    r.left = true;
+    this.#rooms.delete(room);
+    for (const w of r.waiters) w.reject(new TurnoutError("closed", "left before joined", { room }));
+    r.waiters = [];
+    for (const p of [...this.#pending.values()]) {
+      if (p.room === room) this.#settle(p, new TurnoutError("closed", "left the room", { room }));
+    }
+    if (this.#isOpen()) this.#send({ type: "leave", room });
+  }
+
+  /** Publishes into a joined room; resolves on the ack, across reconnects. */
+  publish(room: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    if (!this.#rooms.has(room)) {
+      return Promise.reject(new TurnoutError("not_joined", `join ${room} before publishing`, { room }));
+    }
+    const id = opts.id ?? `${this.#idPrefix}-${++this.#nextId}`;
+    if (utf8Length(id) > MAX_ID_BYTES) {
+      return Promise.reject(new TurnoutError("bad_frame", `a publish id is at most ${MAX_ID_BYTES} bytes`, { room }));
+    }
+    if (this.#pending.has(id)) {
+      return Promise.reject(new TurnoutError("bad_frame", `publish id ${id} is already waiting for its ack`, { room }));
+    }
+    return new Promise<PublishResult>((resolve, reject) => {
+      const p: Pending = { id, room, data, sent: false, notBefore: 0, tries: 0, resolve, reject };
+      if (this.#opts.publishTimeoutMs > 0) {
+        p.timer = setTimeout(
+          () => this.#settle(p, new TurnoutError("timeout", `no ack within ${this.#opts.publishTimeoutMs} ms`, { room })),
+          this.#opts.publishTimeoutMs,
+        );
+      }
+      this.#pending.set(id, p);
+      this.#flush(room);
+    });
+  }
+
+  /** Closes the connection for good; unacked publishes are rejected. */
+  close(): void {
+    if (this.#state === "closed") return;
+    this.#stopTimers();
+    clearTimeout(this.#refreshTimer);
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      this.#detach(ws);
+      try {
+        ws.close(1000, "client closed");
+      } catch {
+        /* already closing */
+      }
+    }
+    this.#giveUp(new TurnoutError("closed", "the client was closed"), false);
+  }
+
+  /** Publishes waiting for their ack. */
+  get unacked(): number {
+    return this.#pending.size;
+  }
+
+  // ------------------------------------------------------------ connection
+
+  #isOpen(): boolean {
+    return this.#ws !== null && this.#ws.readyState === OPEN && this.node !== null;
+  }
+
+  #buildUrl(base: string): string {
+    const u = new URL(base);
+    const room = this.#opts.room ?? this.#rooms.keys().next().value;
+    if (this.#opts.user && !u.searchParams.has("user")) u.searchParams.set("user", this.#opts.user);
+    if (room && !u.searchParams.has("room")) u.searchParams.set("room", room);
+    if (this.#token) u.searchParams.set("token", this.#token);
+    return u.toString();
+  }
+
+  #open(): void {
+    clearTimeout(this.#reconnectTimer);
+    if (!this.#WS) {
+      this.#giveUp(
+        new TurnoutError(
+          "no_websocket",
+          "no WebSocket implementation: pass one in the options (e.g. the `ws` package), or run Node 22+ (Node 20: --experimental-websocket)",
+        ),
+      );
+      return;
+    }
+    this.#setState(this.#attempt === 0 && this.node === null && this.#state === "idle" ? "connecting" : "reconnecting");
+    const target = this.#redirect ?? this.url;
+    this.#redirect = null;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.#WS(this.#buildUrl(target));
+    } catch (e) {
+      this.#giveUp(new TurnoutError("bad_url", `cannot open ${target}: ${(e as Error).message}`));
+      return;
+    }
+    this.#ws = ws;
+    this.node = null;
+    ws.onmessage = (ev) => {
+      if (this.#ws !== ws) return;
+      this.#lastFrame = Date.now();
+      this.#pingSent = 0;
+      let f: Record<string, any>;
+      try {
+        f = JSON.parse(typeof ev.data === "string" ? ev.data : new TextDecoder().decode(ev.data as ArrayBuffer));
+      } catch {
+        return;
+      }
+      this.#onFrame(f);
+    };
+    ws.onclose = (ev) => {
+      if (this.#ws !== ws) return;
+      this.#onClose(ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      /* a close follows */
+    };
+  }
+
+  #detach(ws: WebSocketLike): void {
+    ws.onmessage = ws.onclose = ws.onerror = ws.onopen = null;
+  }
+
+  /** Gives up on the current socket (dead peer, redirect) and goes on as if it closed. */
+  #drop(code: number, reason: string): void {
+    const ws = this.#ws;
+    if (!ws) return;
+    this.#detach(ws);
+    try {
+      ws.close(1000, reason);
+    } catch {
+      /* already closing */
+    }
+    this.#onClose(code, reason);
+  }
+
+  #stopTimers(): void {
+    clearTimeout(this.#reconnectTimer);
+    clearInterval(this.#pingTimer);
+    clearTimeout(this.#retryTimer);
+    this.#pingTimer = undefined;
+  }
+
+  #onClose(code: number, reason: string): void {
+    const node = this.node;
+    this.#ws = null;
+    this.node = null;
+    this.#stopTimers();
+    for (const r of this.#rooms.values()) {
+      r.joined = false;
+      r.rejoining = false;
+    }
+    for (const p of this.#pending.values()) p.sent = false;
+    if (this.#state === "closed") return;
+    if (code === 3010 && !this.#opts.refreshToken) {
+      this.#emit("disconnect", { code, reason, node, retryInMs: null });
+      this.#giveUp(new TurnoutError("token_expired", "the token expired and no refreshToken was given", { closeCode: code }));
+      return;
+    }
+    if (terminal(code)) {
+      this.#emit("disconnect", { code, reason, node, retryInMs: null });
+      this.#giveUp(new TurnoutError("closed", `closed by the server (${code}${reason ? ": " + reason : ""})`, { closeCode: code }));
+      return;
+    }
+    const wait = this.#redirect !== null ? 0 : this.#backoff();
+    this.#emit("disconnect", { code, reason, node, retryInMs: wait });
+    this.#setState("reconnecting");
+    this.#reconnectTimer = setTimeout(async () => {
+      if (code === 3010) {
+        try {
+          this.#token = await this.#opts.refreshToken!();
+        } catch (e) {
+          this.#giveUp(new TurnoutError("token_expired", `refreshToken failed: ${(e as Error).message}`, { closeCode: code }));
+          return;
+        }
+      }
+      if (this.#state !== "closed") this.#open();
+    }, wait);
+  }
+
+  /** Exponential backoff with jitter: half fixed, half random. */
+  #backoff(): number {
+    const base = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(this.#attempt, 20));
+    this.#attempt += 1;
+    return Math.round(base / 2 + (Math.random() * base) / 2);
+  }
+
+  /** Ends everything with `err`; an `error` event unless the application closed. */
+  #giveUp(err: TurnoutError, emit = true): void {
+    this.#stopTimers();
+    clearTimeout(this.#refreshTimer);
+    this.#setState("closed");
+    for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+    for (const r of this.#rooms.values()) {
+      for (const w of r.waiters.splice(0)) w.reject(err);
+    }
+    for (const p of [...this.#pending.values()]) this.#settle(p, err);
+    if (emit) this.#emit("error", err);
+  }
+
+  #send(f: Record<string, unknown>): void {
+    try {
+      this.#ws?.send(JSON.stringify(f));
+    } catch {
+      /* the close that follows handles it */
+    }
+  }
+
+  #startPing(): void {
+    clearInterval(this.#pingTimer);
+    const every = this.#opts.pingIntervalMs;
+    if (every <= 0) return;
+    this.#lastFrame = Date.now();
+    this.#pingTimer = setInterval(() => {
+      const now = Date.now();
+      if (this.#pingSent && now - this.#pingSent > this.#opts.pongTimeoutMs) {
+        this.#drop(1006, "no answer to ping");
+      } else if (!this.#pingSent && now - this.#lastFrame >= every) {
+        this.#pingSent = now;
+        this.#send({ type: "ping" });
+      }
+    }, Math.max(50, Math.min(every, this.#opts.pongTimeoutMs) / 2));
+  }
+
+  #scheduleRefresh(): void {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#opts.refreshToken || !this.#token) return;
+    const exp = tokenExpiry(this.#token);
+    if (exp === undefined) return;
+    const wait = Math.max(0, exp - Date.now() - this.#opts.refreshBeforeMs);
+    this.#refreshTimer = setTimeout(async () => {
+      try {
+        this.#token = await this.#opts.refreshToken!();
+      } catch (e) {
+        this.#emit("error", new TurnoutError("unauthorized", `refreshToken failed: ${(e as Error).message}`));
+        return;
+      }
+      if (this.#isOpen()) this.#send({ type: "refresh", token: this.#token });
+      else this.#scheduleRefresh();
+    }, Math.min(wait, 2 ** 31 - 1));
+  }
+
+  // ------------------------------------------------------------ frames
+
+  #onFrame(f: Record<string, any>): void {
+    switch (f.type) {
+      case "welcome":
+        return this.#onWelcome(f);
+      case "joined":
+        return this.#onJoined(f);
+      case "message":
+        return this.#onMessage(f);
+      case "ack":
+        return this.#onAck(f);
+      case "presence":
+        return this.#onPresence(f);
+      case "error":
+        return this.#onError(f);
+      case "reconnect":
+        // Through the gateway again; the node closes with 1012.
+        this.#redirect = null;
+        this.#emit("reconnect", { reason: String(f.reason ?? "") });
+        return;
+      case "refreshed":
+        this.#scheduleRefresh();
+        return;
+      default:
+        return; // pong, left, and frames of later versions
+    }
+  }
+
+  #onWelcome(f: Record<string, any>): void {
+    this.node = String(f.node);
+    this.strategy = String(f.strategy);
+    if (this.#rooms.size === 0) this.#attempt = 0;
+    this.#setState("open");
+    this.#startPing();
+    this.#scheduleRefresh();
+    this.#emit("welcome", { node: this.node, strategy: this.strategy, conn: String(f.conn ?? "") });
+    for (const w of this.#connectWaiters.splice(0)) w.resolve();
+    for (const r of this.#rooms.values()) this.#sendJoin(r);
+  }
+
+  #sendJoin(r: Room<any>): void {
+    const f: Record<string, unknown> = { type: "join", room: r.name };
+    if (r.lastSeq !== null) {
+      f.since = r.lastSeq;
+      if (r.epoch) f.epoch = r.epoch;
+    }
+    this.#send(f);
+  }
+
+  #rejoin(r: Room<any>, reason: "gap" | "replay_cut"): void {
+    if (r.rejoining || r.lastSeq === null) return;
+    r.rejoining = true;
+    r.joined = false;
+    this.#emit("rejoin", { room: r.name, since: r.lastSeq, reason });
+    this.#send({ type: "leave", room: r.name });
+    this.#sendJoin(r);
+  }
+
+  #onJoined(f: Record<string, any>): void {
+    const r = this.#rooms.get(f.room);
+    if (!r) return;
+    const seq = Number(f.seq);
+    const epoch = String(f.epoch ?? "");
+    const first = !r.everJoined;
+    const since = r.lastSeq;
+    if (since === null) {
+      r.lastSeq = seq;
+    } else {
+      const epochChanged = r.epoch !== "" && epoch !== r.epoch;
+      if (epochChanged || since > seq) {
+        // The room started over: nothing of before can come.
+        r.lastSeq = seq;
+      } else if (f.recovered === false) {
+        // History lost some: what it still holds comes next, after a hole.
+        r.acceptJump = true;
+      }
+    }
+    r.epoch = epoch;
+    r.joined = true;
+    r.rejoining = false;
+    r.everJoined = true;
+    r.joinTries = 0;
+    r.replayUntil = typeof f.replay_until === "number" ? f.replay_until : null;
+    r.presence.clear();
+    for (const u of f.presence ?? []) r.presence.add(String(u));
+    this.#attempt = 0;
+    const info: JoinedInfo = { room: r.name, seq, epoch, presence: [...r.presence], first };
+    if (since !== null) info.recovered = f.recovered !== false;
+    call(() => r.handlers.onJoined?.(info));
+    for (const w of r.waiters.splice(0)) w.resolve(r);
+    this.#flush(r.name);
+  }
+
+  #onMessage(f: Record<string, any>): void {
+    const r = this.#rooms.get(f.room);
+    if (!r) return;
+    const seq = Number(f.seq);
+    if (r.lastSeq !== null && seq <= r.lastSeq) return; // had it
+    if (r.lastSeq !== null && seq > r.lastSeq + 1 && !r.acceptJump) {
+      // A hole: ask history for it (messages past it come again after).
+      this.#rejoin(r, "gap");
+      return;
+    }
+    if (r.rejoining) return; // the rejoin's replay brings it
+    r.acceptJump = false;
+    r.lastSeq = seq;
+    const m: Message = { room: r.name, seq, from: f.from, node: f.node, ts: f.ts, data: f.data };
+    call(() => r.handlers.onMessage?.(m));
+    if (r.replayUntil !== null && seq >= r.replayUntil) {
+      // The replay was cut at max_replay_bytes: ask for the rest.
+      r.replayUntil = null;
+      this.#rejoin(r, "replay_cut");
+    }
+  }
+
+  #onPresence(f: Record<string, any>): void {
+    const r = this.#rooms.get(f.room);
+    if (!r) return;
+    const user = String(f.user);
+    if (f.event === "join") r.presence.add(user);
+    else r.presence.delete(user);
+    const e: PresenceEvent = { room: r.name, event: f.event === "join" ? "join" : "leave", user, users: [...r.presence] };
+    call(() => r.handlers.onPresence?.(e));
+  }
+
+  #onAck(f: Record<string, any>): void {
+    const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
+    if (!p) return;
+    this.#settle(p, undefined, { seq: Number(f.seq), duplicate: f.duplicate === true });
+  }
+
+  #onError(f: Record<string, any>): void {
+    const code = String(f.code ?? "internal");
+    const err = new TurnoutError(code, String(f.message ?? code), { room: f.room });
+    if (code === "wrong_node") {
+      // Sticky: the room lives elsewhere. Move there (or, without a
+      // redirect, ask the gateway again) and rejoin everything.
+      const url = typeof f.redirect === "string" ? f.redirect : null;
+      if (url) this.#emit("redirect", { room: String(f.room ?? ""), url });
+      this.#redirect = url;
+      const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
+      if (p) p.sent = false;
+      this.#drop(4000, "moving to the room's owner");
+      return;
+    }
+    if (code === "draining") {
+      this.#redirect = null;
+      this.#drop(1012, "node draining");
+      return;
+    }
+    const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
+    if (p) {
+      if (RETRY_PUBLISH.has(code)) {
+        p.sent = false;
+        p.tries += 1;
+        p.notBefore = Date.now() + Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(p.tries, 20));
+        this.#scheduleFlush();
+      } else if (WAIT_PUBLISH.has(code)) {
+        p.sent = false; // sent again after the room's next joined
+      } else {
+        this.#settle(p, err);
+      }
+      return;
+    }
+    const r = typeof f.room === "string" ? this.#rooms.get(f.room) : undefined;
+    if (r) {
+      if (code === "not_joined") return; // the leave of a rejoin, of a room not joined
+      if (!r.joined && RETRY_JOIN.has(code)) {
+        r.rejoining = false;
+        r.joinTries += 1;
+        const wait = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(r.joinTries, 20));
+        setTimeout(() => {
+          if (this.#rooms.get(r.name) === r && !r.joined && this.#isOpen()) this.#sendJoin(r);
+        }, wait);
+        return;
+      }
+      // A refused leave of a rejoin: the hole shows again and asks again.
+      if (code === "rate_limited") return;
+      if (JOIN_REFUSED.has(code)) {
+        this.#rooms.delete(r.name);
+        for (const w of r.waiters.splice(0)) w.reject(err);
+        for (const q of [...this.#pending.values()]) if (q.room === r.name) this.#settle(q, err);
+        if (!r.everJoined) return; // the join's promise says it
+      }
+    }
+    this.#emit("error", err);
+  }
+
+  // ------------------------------------------------------------ publishes
+
+  #settle(p: Pending, err?: TurnoutError, result?: PublishResult): void {
+    if (this.#pending.get(p.id) !== p) return;
+    this.#pending.delete(p.id);
+    clearTimeout(p.timer);
+    if (err) p.reject(err);
+    else p.resolve(result!);
+  }
+
+  /** Sends the room's unsent publishes, oldest first, once it is joined. */
+  #flush(room: string): void {
+    const r = this.#rooms.get(room);
+    if (!r || !r.joined || r.rejoining || !this.#isOpen()) return;
+    const now = Date.now();
+    for (const p of this.#pending.values()) {
+      if (p.room !== room || p.sent) continue;
+      if (p.notBefore > now) {
+        // Keep the order: nothing after a publish that waits goes first.
+        this.#scheduleFlush();
+        return;
+      }
+      p.sent = true;
+      this.#send({ type: "publish", room, data: p.data, id: p.id });
+    }
+  }
+
+  #scheduleFlush(): void {
+    if (this.#retryTimer !== undefined) return;
+    let soonest = Infinity;
+    for (const p of this.#pending.values()) if (!p.sent) soonest = Math.min(soonest, p.notBefore);
+    if (soonest === Infinity) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      for (const room of this.#rooms.keys()) this.#flush(room);
+    }, Math.max(0, soonest - Date.now()));
+  }
+}
+
+function call(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    console.error("turnout-client: a handler threw", e);
+  }
+}

@@ -1,0 +1,358 @@
+// The client's state machine against a scripted server: each test plays
+// the server's side of the protocol on a fake socket and checks what the
+// client sends and what the application sees. (The end-to-end tests against
+// a real cluster are in tests/tests/js_client.rs.)
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Client, TurnoutError, tokenExpiry } from "../dist/index.js";
+
+/** A fake WebSocket: the test plays the server. */
+function fakeServer() {
+  const sockets = [];
+  let waiting = [];
+  class FakeSocket {
+    constructor(url) {
+      this.url = new URL(url);
+      this.readyState = 1;
+      this.sent = [];
+      this.closed = null;
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      this.frameWaiters = [];
+      sockets.push(this);
+      for (const w of waiting.splice(0)) w(this);
+    }
+    send(text) {
+      const f = JSON.parse(text);
+      this.sent.push(f);
+      for (const w of this.frameWaiters.splice(0)) w();
+    }
+    close(code, reason) {
+      this.readyState = 3;
+      this.closed = { code, reason };
+    }
+    // server side
+    frame(f) {
+      this.onmessage?.({ data: JSON.stringify(f) });
+    }
+    welcome(node = "node-a") {
+      this.frame({ type: "welcome", node, strategy: "pubsub", conn: "c1" });
+    }
+    drop(code, reason = "") {
+      this.readyState = 3;
+      this.onclose?.({ code, reason });
+    }
+    /** The next frame the client sends that matches. */
+    async next(pred = () => true) {
+      let seen = 0;
+      for (;;) {
+        for (; seen < this.sent.length; seen++) {
+          if (pred(this.sent[seen])) return this.sent[seen];
+        }
+        await new Promise((r) => this.frameWaiters.push(r));
+      }
+    }
+  }
+  return {
+    WebSocket: FakeSocket,
+    sockets,
+    /** The socket the client opens next (or the latest, if already open). */
+    socket(n) {
+      if (sockets.length > n) return Promise.resolve(sockets[n]);
+      return new Promise((resolve) => {
+        const check = (s) => (sockets.length > n ? resolve(sockets[n]) : waiting.push(check));
+        waiting.push(check);
+      });
+    },
+  };
+}
+
+const fast = { minBackoffMs: 1, maxBackoffMs: 4, pingIntervalMs: 0 };
+const joinOf = (room) => (f) => f.type === "join" && f.room === room;
+
+async function joined(server, n, client, room, seq, extra = {}) {
+  const s = await server.socket(n);
+  if (!s.welcomed) {
+    s.welcomed = true;
+    s.welcome(`node-${n}`);
+  }
+  const j = await s.next(joinOf(room));
+  s.frame({ type: "joined", room, seq, epoch: "e1", presence: ["alice"], ...extra });
+  return { s, j };
+}
+
+test("joins, sees messages once in order, rejoins with since after a drop", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, user: "alice", WebSocket: server.WebSocket });
+  const got = [];
+  const joinedInfo = [];
+  const joining = c.join("r1", { onMessage: (m) => got.push(m.seq), onJoined: (i) => joinedInfo.push(i) });
+  const { s } = await joined(server, 0, c, "r1", 3);
+  await joining;
+  assert.equal(s.url.searchParams.get("room"), "r1", "routes by the room");
+  assert.equal(s.url.searchParams.get("user"), "alice");
+  for (const seq of [4, 5, 5, 4, 6]) s.frame({ type: "message", room: "r1", seq, from: "b", node: "n", ts: 1, data: seq });
+  assert.deepEqual(got, [4, 5, 6], "duplicates dropped");
+  s.drop(1006);
+  const { j } = await joined(server, 1, c, "r1", 8, { recovered: true });
+  assert.deepEqual([j.since, j.epoch], [6, "e1"], "rejoined after the last seq, in its epoch");
+  for (const seq of [7, 8]) server.sockets[1].frame({ type: "message", room: "r1", seq, from: "b", node: "n", ts: 1, data: seq });
+  assert.deepEqual(got, [4, 5, 6, 7, 8]);
+  assert.deepEqual(joinedInfo.map((i) => [i.first, i.recovered]), [[true, undefined], [false, true]]);
+  c.close();
+  assert.equal(c.state, "closed");
+});
+
+test("a seq jump rejoins with since and takes the replay", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const got = [];
+  const rejoins = [];
+  c.on("rejoin", (r) => rejoins.push(r));
+  c.join("r", { onMessage: (m) => got.push(m.seq) });
+  const { s } = await joined(server, 0, c, "r", 1);
+  s.frame({ type: "message", room: "r", seq: 2, data: 0 });
+  s.frame({ type: "message", room: "r", seq: 4, data: 0 }); // 3 missing
+  s.frame({ type: "message", room: "r", seq: 5, data: 0 }); // in flight meanwhile
+  const leave = await s.next((f) => f.type === "leave");
+  assert.equal(leave.room, "r");
+  const j = await s.next((f) => f.type === "join" && f.since !== undefined);
+  assert.equal(j.since, 2);
+  s.frame({ type: "joined", room: "r", seq: 5, epoch: "e1", presence: [], recovered: true });
+  for (const seq of [3, 4, 5]) s.frame({ type: "message", room: "r", seq, data: 0 });
+  assert.deepEqual(got, [2, 3, 4, 5]);
+  assert.deepEqual(rejoins, [{ room: "r", since: 2, reason: "gap" }]);
+  c.close();
+});
+
+test("publish resolves on its ack; unacked ones are resent with the same id after a reconnect", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const room = await (async () => {
+    const p = c.join("r");
+    await joined(server, 0, c, "r", 0);
+    return p;
+  })();
+  const s = server.sockets[0];
+  const a = room.publish({ text: "a" });
+  const b = room.publish({ text: "b" });
+  const pa = await s.next((f) => f.type === "publish" && f.data.text === "a");
+  const pb = await s.next((f) => f.type === "publish" && f.data.text === "b");
+  assert.notEqual(pa.id, pb.id);
+  s.frame({ type: "ack", id: pa.id, seq: 1 });
+  assert.deepEqual(await a, { seq: 1, duplicate: false });
+  assert.equal(c.unacked, 1);
+  s.drop(1006); // b's fate unknown
+  const { s: s2 } = await joined(server, 1, c, "r", 2, { recovered: true });
+  const again = await s2.next((f) => f.type === "publish");
+  assert.equal(again.id, pb.id, "resent with its id");
+  assert.deepEqual(again.data, { text: "b" });
+  s2.frame({ type: "ack", id: pb.id, seq: 2, duplicate: true });
+  assert.deepEqual(await b, { seq: 2, duplicate: true });
+  assert.equal(c.unacked, 0);
+  c.close();
+});
+
+test("publishes wait for the join; rate_limited and unavailable are retried, other refusals reject", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const joining = c.join("r");
+  const early = c.publish("r", 1);
+  const { s } = await joined(server, 0, c, "r", 0);
+  await joining;
+  const p1 = await s.next((f) => f.type === "publish");
+  s.frame({ type: "error", code: "rate_limited", message: "slow down", room: "r", id: p1.id });
+  let resent = 0;
+  const p1b = await s.next((f) => f.type === "publish" && f.id === p1.id && ++resent === 2);
+  s.frame({ type: "error", code: "unavailable", message: "redis", room: "r", id: p1b.id });
+  await s.next((f) => f.type === "publish" && f.id === p1.id && ++resent === 4);
+  s.frame({ type: "ack", id: p1.id, seq: 1 });
+  assert.equal((await early).seq, 1);
+  const bad = c.publish("r", 2);
+  const p2 = await s.next((f) => f.type === "publish" && f.data === 2);
+  s.frame({ type: "error", code: "bad_frame", message: "no", room: "r", id: p2.id });
+  await assert.rejects(bad, (e) => e instanceof TurnoutError && e.code === "bad_frame");
+  await assert.rejects(c.publish("r", 3, { id: "x".repeat(65) }), /at most 64 bytes/);
+  await assert.rejects(c.publish("elsewhere", 3), (e) => e.code === "not_joined");
+  c.close();
+});
+
+test("wrong_node moves to the redirect at once; the node's death brings it back through the gateway", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, user: "u", WebSocket: server.WebSocket });
+  const redirects = [];
+  c.on("redirect", (r) => redirects.push(r.url));
+  c.join("r");
+  const s0 = await server.socket(0);
+  s0.welcome("node-x");
+  await s0.next(joinOf("r"));
+  s0.frame({ type: "error", code: "wrong_node", message: "elsewhere", room: "r", redirect: "ws://owner:9001/ws" });
+  const s1 = await server.socket(1);
+  assert.equal(s0.closed?.code, 1000, "left the wrong node");
+  assert.equal(s1.url.host, "owner:9001");
+  assert.equal(s1.url.searchParams.get("user"), "u");
+  assert.deepEqual(redirects, ["ws://owner:9001/ws"]);
+  s1.welcome("owner");
+  await s1.next(joinOf("r"));
+  s1.frame({ type: "joined", room: "r", seq: 0, epoch: "", presence: [] });
+  s1.frame({ type: "reconnect", reason: "draining" });
+  s1.drop(1012);
+  const s2 = await server.socket(2);
+  assert.equal(s2.url.host, "gw", "after a drain: through the gateway");
+  c.close();
+});
+
+test("a terminal close code stops and rejects; 1012 and 3008 reconnect with growing, jittered backoff", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { minBackoffMs: 100, maxBackoffMs: 400, pingIntervalMs: 0, WebSocket: server.WebSocket });
+  const waits = [];
+  c.on("disconnect", (d) => waits.push(d));
+  const connecting = c.connect();
+  (await server.socket(0)).drop(1006); // never welcomed
+  (await server.socket(1)).drop(1012);
+  const s2 = await server.socket(2);
+  s2.welcome();
+  await connecting;
+  const joining = c.join("r");
+  await s2.next(joinOf("r"));
+  const pending = c.publish("r", "x");
+  s2.drop(3500, "banned");
+  await assert.rejects(pending, (e) => e.code === "closed" && e.closeCode === 3500);
+  await assert.rejects(joining, (e) => e.closeCode === 3500, "a join under way is refused too");
+  assert.equal(c.state, "closed");
+  assert.equal(waits.length, 3);
+  const [w0, w1] = waits.map((w) => w.retryInMs);
+  assert.ok(w0 >= 50 && w0 <= 100, `first wait ${w0} in [50, 100]`);
+  assert.ok(w1 >= 100 && w1 <= 200, `second wait ${w1} in [100, 200]`);
+  assert.equal(waits[2].retryInMs, null, "3500: no retry");
+  assert.equal(server.sockets.length, 3, "no reconnect after 3500");
+});
+
+test("recovered: false is reported and the messages after the hole are taken", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const got = [];
+  const infos = [];
+  c.join("r", { onMessage: (m) => got.push(m.seq), onJoined: (i) => infos.push(i) });
+  const { s } = await joined(server, 0, c, "r", 10);
+  s.drop(1006);
+  // History was trimmed: 11..14 are gone, 15 and 16 are still there.
+  await joined(server, 1, c, "r", 16, { recovered: false });
+  const s1 = server.sockets[1];
+  for (const seq of [15, 16, 17]) s1.frame({ type: "message", room: "r", seq, data: 0 });
+  assert.deepEqual(got, [15, 16, 17]);
+  assert.equal(infos[1].recovered, false);
+  s1.drop(1006);
+  // Redis lost the room: a new epoch, seq starting over.
+  const s2 = await server.socket(2);
+  s2.welcome();
+  const j = await s2.next(joinOf("r"));
+  assert.equal(j.since, 17);
+  s2.frame({ type: "joined", room: "r", seq: 0, epoch: "e2", presence: [], recovered: false });
+  s2.frame({ type: "message", room: "r", seq: 1, data: 0 });
+  assert.deepEqual(got, [15, 16, 17, 1], "the new epoch's messages from 1");
+  assert.equal(c.join("r") instanceof Promise, true);
+  c.close();
+});
+
+test("a replay cut at max_replay_bytes asks for the rest", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const got = [];
+  c.join("r", { onMessage: (m) => got.push(m.seq) });
+  const { s } = await joined(server, 0, c, "r", 0);
+  s.frame({ type: "message", room: "r", seq: 1, data: 0 });
+  s.drop(1006);
+  const { s: s1 } = await joined(server, 1, c, "r", 9, { recovered: true, replay_until: 3 });
+  s1.frame({ type: "message", room: "r", seq: 2, data: 0 });
+  s1.frame({ type: "message", room: "r", seq: 3, data: 0 });
+  const j = await s1.next((f) => f.type === "join" && f.since === 3);
+  assert.equal(j.room, "r");
+  assert.deepEqual(got, [1, 2, 3]);
+  c.close();
+});
+
+test("tokens: refreshed before exp; 3010 reconnects with a fresh one", async () => {
+  const jwt = (exp) => `h.${btoa(JSON.stringify({ sub: "u", exp })).replace(/=+$/, "")}.s`;
+  const soon = Math.floor(Date.now() / 1000) + 1;
+  assert.equal(tokenExpiry(jwt(soon)), soon * 1000);
+  assert.equal(tokenExpiry("not a jwt"), undefined);
+  const server = fakeServer();
+  let n = 0;
+  const c = new Client("ws://gw/ws", {
+    ...fast,
+    token: jwt(soon),
+    refreshBeforeMs: 60_000, // at once
+    refreshToken: () => jwt(soon + 3600 + ++n),
+    WebSocket: server.WebSocket,
+  });
+  c.connect();
+  const s = await server.socket(0);
+  assert.equal(s.url.searchParams.get("token"), jwt(soon));
+  s.welcome();
+  const r = await s.next((f) => f.type === "refresh");
+  assert.equal(r.token, jwt(soon + 3601));
+  s.frame({ type: "refreshed", exp: soon + 3601 });
+  s.drop(3010);
+  const s1 = await server.socket(1);
+  assert.equal(s1.url.searchParams.get("token"), jwt(soon + 3600 + n), "reconnected with the freshest token");
+  c.close();
+});
+
+test("a connection that stops answering is given up and opened again", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, pingIntervalMs: 20, pongTimeoutMs: 20, WebSocket: server.WebSocket });
+  c.connect();
+  const s = await server.socket(0);
+  s.welcome();
+  await s.next((f) => f.type === "ping");
+  // No pong: the client drops it and opens another.
+  const s1 = await server.socket(1);
+  assert.ok(s.closed, "the silent socket was closed");
+  assert.ok(s1);
+  c.close();
+});
+
+test("without a WebSocket implementation it says what to do", async () => {
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = undefined;
+  try {
+    const c = new Client("ws://gw/ws");
+    await assert.rejects(c.connect(), (e) => e.code === "no_websocket" && /ws/.test(e.message));
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("presence follows joins and leaves", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const events = [];
+  const p = c.join("r", { onPresence: (e) => events.push([e.event, e.user, e.users.sort().join(",")]) });
+  const { s } = await joined(server, 0, c, "r", 0);
+  const room = await p;
+  s.frame({ type: "presence", room: "r", event: "join", user: "bob" });
+  s.frame({ type: "presence", room: "r", event: "leave", user: "alice" });
+  assert.deepEqual(events, [["join", "bob", "alice,bob"], ["leave", "alice", "bob"]]);
+  assert.deepEqual([...room.presence], ["bob"]);
+  c.close();
+});
+
+test("a refused join rejects; leave rejects the room's pending publishes", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const no = c.join("secret");
+  const s = await server.socket(0);
+  s.welcome();
+  await s.next(joinOf("secret"));
+  s.frame({ type: "error", code: "forbidden", message: "no", room: "secret" });
+  await assert.rejects(no, (e) => e.code === "forbidden");
+  const yes = c.join("r");
+  await s.next(joinOf("r"));
+  s.frame({ type: "joined", room: "r", seq: 0, epoch: "", presence: [] });
+  const room = await yes;
+  const pending = room.publish("x");
+  room.leave();
+  await assert.rejects(pending, (e) => e.code === "closed");
+  assert.ok(s.sent.some((f) => f.type === "leave" && f.room === "r"));
+  c.close();
+});
