@@ -159,10 +159,13 @@ async fn client_tokens_are_checked_at_the_gateway_and_the_node() -> Result<()> {
         }
     }
     // A good token: the subject is the user, whatever `user` says.
-    for token in [
+    for (i, token) in [
         good.clone(),
         rs256(json!({"sub": "alice", "exp": now() + 60, "rooms": ["lobby", "team-*"]})),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut a = Client::connect(&format!(
             "{}?user=mallory&token={token}",
             s.gateway.ws_url()
@@ -184,7 +187,8 @@ async fn client_tokens_are_checked_at_the_gateway_and_the_node() -> Result<()> {
             ServerFrame::Error { code, .. } => assert_eq!(code, "forbidden"),
             other => panic!("{other:?}"),
         }
-        let seq = a.publish("lobby", json!("hi"), "1").await?;
+        // (A publish id of its own each time: alice's ids are deduplicated.)
+        let seq = a.publish("lobby", json!("hi"), &format!("hi-{i}")).await?;
         match a
             .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
             .await?

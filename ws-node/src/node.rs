@@ -366,7 +366,10 @@ async fn ws_handler(
             Ok(u) => u,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("user id {e}")).into_response(),
         },
-        None => UserId::parse(format!("anon-{id}")).expect("a valid generated user id"),
+        // Random, not the connection counter: anonymous users on two nodes
+        // must not share an id (presence, publish ids).
+        None => UserId::parse(format!("anon-{:016x}", rand::random::<u64>()))
+            .expect("a valid generated user id"),
     };
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
         return (
