@@ -366,3 +366,23 @@ async fn oversized_frames_get_1009_through_the_gateway() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_per_connection_are_bounded_and_the_refusal_names_the_room() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.max_rooms_per_conn = 2).await?;
+    let mut a = Client::connect(&c.nodes[0].ws_url()).await?;
+    a.join("one").await?;
+    a.join("two").await?;
+    a.send_json(json!({"type": "join", "room": "three"}))
+        .await?;
+    match a.recv().await? {
+        ServerFrame::Error { code, room, .. } => {
+            assert_eq!(code, "too_many_rooms");
+            assert_eq!(room.as_deref(), Some("three"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The connection stays, and its rooms with it.
+    assert_eq!(a.join("one").await?, 0);
+    Ok(())
+}

@@ -319,15 +319,13 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                 return over_limit(hub, conn, limits, over, &room, None);
             }
             if !conn.in_room(&room) && conn.room_count() >= state.settings.max_rooms_per_conn {
-                return reject(
-                    hub,
-                    conn,
-                    ErrorCode::TooManyRooms,
-                    format!(
-                        "at most {} rooms per connection",
-                        state.settings.max_rooms_per_conn
-                    ),
+                let msg = format!(
+                    "at most {} rooms per connection",
+                    state.settings.max_rooms_per_conn
                 );
+                // With the room, so a client knows which join was refused.
+                let e = ErrorCode::TooManyRooms.into();
+                return send_room_error(hub, conn, e, &room, None, &msg);
             }
             if state.draining() {
                 return reject(

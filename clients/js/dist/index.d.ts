@@ -11,6 +11,8 @@
  *
  * The protocol it speaks is in docs/PROTOCOL.md; its API in docs/CLIENT.md.
  */
+/** Why a room is rejoined: a seq jump, a replay cut at `max_replay_bytes`, or the node forgot it. */
+export type RejoinReason = "gap" | "replay_cut" | "not_joined" | "already_member";
 /** Where the connection is. */
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 /** A room message. */
@@ -103,16 +105,24 @@ export interface ClientOptions {
     maxBackoffMs?: number;
     /** A `ping` after this long without a frame; 0 = never. Default 15 s. */
     pingIntervalMs?: number;
-    /** A connection silent this long after a ping is given up. Default 10 s. */
+    /** A connection silent this long after a ping is given up (0: never). Default 10 s. */
     pongTimeoutMs?: number;
-    /** A publish not acked this long after `publish` rejects; 0 = never. Default 60 s. */
+    /** A connection that brings no `welcome` this long is given up. Default 10 s. */
+    connectTimeoutMs?: number;
+    /**
+     * A publish not acked this long after `publish` rejects; 0 = never.
+     * Default 60 s. Keep it under the server's `dedupe_window` (2 min): a
+     * resend later than that is published again.
+     */
     publishTimeoutMs?: number;
+    /** Largest publish frame sent (the server's `max_frame_bytes`). Default 65,536. */
+    maxFrameBytes?: number;
     /** Prefix of generated publish ids. Default: random, one per client. */
     idPrefix?: string;
 }
 /** A refusal from the server, or the connection's end. */
 export declare class TurnoutError extends Error {
-    /** An error code of docs/PROTOCOL.md, or `closed`, `timeout`, `no_websocket`. */
+    /** An error code of docs/PROTOCOL.md, or `closed`, `timeout`, `too_large`, `token_expired`, `no_websocket`, `bad_url`. */
     readonly code: string;
     readonly room?: string;
     /** The close code, when the connection ended. */
@@ -143,7 +153,7 @@ export interface ClientEvents {
     /**
      * The connection to `node` (null: it never got a welcome) ended;
      * `retryInMs` is null when the client gives up. Code 4000: the client
-     * left to follow a redirect.
+     * left a node that does not own a room (`wrong_node`).
      */
     disconnect: (d: {
         code: number;
@@ -151,27 +161,36 @@ export interface ClientEvents {
         node: string | null;
         retryInMs: number | null;
     }) => void;
-    /** A room is rejoined with `since` to fill a hole. */
+    /** A room is rejoined (left and joined again with `since`) to fill a hole. */
     rejoin: (r: {
         room: string;
-        since: number;
-        reason: "gap" | "replay_cut";
+        since: number | null;
+        reason: RejoinReason;
     }) => void;
     /** A refusal not tied to one `publish` or `join`. */
     error: (e: TurnoutError) => void;
 }
 /** `exp` of a JWT, in milliseconds, if it has one. */
 export declare function tokenExpiry(token: string): number | undefined;
-/** One joined room of a client. */
+/** One room of a client, joined across reconnects until `leave`. */
 export declare class Room<T = unknown> {
     #private;
     readonly name: string;
-    /** The last seq handed to `onMessage` (null before the first). */
+    /**
+     * Where the application is in the room: the last seq handed to
+     * `onMessage`, or the room's seq when it was joined (null before).
+     */
     lastSeq: number | null;
     /** The room's history epoch as last joined. */
     epoch: string;
-    /** Users in the room, as far as this client knows. */
+    /**
+     * Users in the room as far as this client knows: the `joined` list, then
+     * presence events (a user with two connections who closes one is
+     * counted out until the next join).
+     */
     readonly presence: Set<string>;
+    /** Whether the room is joined on the current connection. */
+    get joined(): boolean;
     /** Publishes `data`; resolves on the server's ack, across reconnects. */
     publish(data: T | unknown, opts?: PublishOptions): Promise<PublishResult>;
     /** Leaves the room; its unacked publishes are rejected. */
@@ -187,6 +206,8 @@ export declare class Client {
     constructor(url: string, opts?: ClientOptions);
     /** Where the connection is. */
     get state(): ConnectionState;
+    /** Publishes waiting for their ack. */
+    get unacked(): number;
     /** Subscribes to a client event; returns the way to unsubscribe. */
     on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): () => void;
     /**
@@ -204,8 +225,6 @@ export declare class Client {
     leave(room: string): void;
     /** Publishes into a joined room; resolves on the ack, across reconnects. */
     publish(room: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
-    /** Closes the connection for good; unacked publishes are rejected. */
+    /** Closes the connection for good; everything pending rejects with `closed`. */
     close(): void;
-    /** Publishes waiting for their ack. */
-    get unacked(): number;
 }

@@ -12,6 +12,9 @@
  * The protocol it speaks is in docs/PROTOCOL.md; its API in docs/CLIENT.md.
  */
 
+/** Why a room is rejoined: a seq jump, a replay cut at `max_replay_bytes`, or the node forgot it. */
+export type RejoinReason = "gap" | "replay_cut" | "not_joined" | "already_member";
+
 /** Where the connection is. */
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -108,17 +111,25 @@ export interface ClientOptions {
   maxBackoffMs?: number;
   /** A `ping` after this long without a frame; 0 = never. Default 15 s. */
   pingIntervalMs?: number;
-  /** A connection silent this long after a ping is given up. Default 10 s. */
+  /** A connection silent this long after a ping is given up (0: never). Default 10 s. */
   pongTimeoutMs?: number;
-  /** A publish not acked this long after `publish` rejects; 0 = never. Default 60 s. */
+  /** A connection that brings no `welcome` this long is given up. Default 10 s. */
+  connectTimeoutMs?: number;
+  /**
+   * A publish not acked this long after `publish` rejects; 0 = never.
+   * Default 60 s. Keep it under the server's `dedupe_window` (2 min): a
+   * resend later than that is published again.
+   */
   publishTimeoutMs?: number;
+  /** Largest publish frame sent (the server's `max_frame_bytes`). Default 65,536. */
+  maxFrameBytes?: number;
   /** Prefix of generated publish ids. Default: random, one per client. */
   idPrefix?: string;
 }
 
 /** A refusal from the server, or the connection's end. */
 export class TurnoutError extends Error {
-  /** An error code of docs/PROTOCOL.md, or `closed`, `timeout`, `no_websocket`. */
+  /** An error code of docs/PROTOCOL.md, or `closed`, `timeout`, `too_large`, `token_expired`, `no_websocket`, `bad_url`. */
   readonly code: string;
   readonly room?: string;
   /** The close code, when the connection ended. */
@@ -144,11 +155,11 @@ export interface ClientEvents {
   /**
    * The connection to `node` (null: it never got a welcome) ended;
    * `retryInMs` is null when the client gives up. Code 4000: the client
-   * left to follow a redirect.
+   * left a node that does not own a room (`wrong_node`).
    */
   disconnect: (d: { code: number; reason: string; node: string | null; retryInMs: number | null }) => void;
-  /** A room is rejoined with `since` to fill a hole. */
-  rejoin: (r: { room: string; since: number; reason: "gap" | "replay_cut" }) => void;
+  /** A room is rejoined (left and joined again with `since`) to fill a hole. */
+  rejoin: (r: { room: string; since: number | null; reason: RejoinReason }) => void;
   /** A refusal not tied to one `publish` or `join`. */
   error: (e: TurnoutError) => void;
 }
@@ -156,27 +167,32 @@ export interface ClientEvents {
 /** Publish ids: the server takes at most 64 bytes. */
 const MAX_ID_BYTES = 64;
 const OPEN = 1;
+/** A connection up this long counts as healthy: backoff and redirect streaks start over. */
+const STABLE_MS = 5_000;
+/** Room names and user ids, as the server checks them. */
+const NAME = /^[A-Za-z0-9\-_.:@]{1,64}$/;
 
 // Close codes after which reconnecting as is would fail the same way: a
 // protocol error, bad data, a policy breach, a frame too big, and the
-// "do not reconnect as is" range. 3010 (token expired) reconnects when a
-// fresh token can be had.
+// "do not reconnect as is" range. 3010 (token expired) reconnects with a
+// fresh token.
 function terminal(code: number): boolean {
   return [1002, 1003, 1007, 1008, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999);
 }
 
-// Refusals of a publish that a resend can cure.
-const RETRY_PUBLISH = new Set(["rate_limited", "unavailable", "internal"]);
-// Refusals meaning "not here, not now": the publish waits for the next join.
+// Refusals that a later try can cure (a publish is resent with its id, a
+// join or leave sent again).
+const RETRY = new Set(["rate_limited", "unavailable", "internal"]);
+// Refusals of a publish meaning "not here, not now": it waits for the next join.
 const WAIT_PUBLISH = new Set(["not_joined", "wrong_node", "draining"]);
-// Refusals of a join that a later try can cure, and those it cannot.
-const RETRY_JOIN = new Set(["rate_limited", "unavailable", "internal"]);
+// Refusals of a join that no retry cures.
 const JOIN_REFUSED = new Set(["forbidden", "bad_name", "too_many_rooms", "bad_frame", "unauthorized"]);
 
 interface Pending {
   id: string;
   room: string;
-  data: unknown;
+  /** The publish frame, serialised once. */
+  frame: string;
   sent: boolean;
   notBefore: number;
   tries: number;
@@ -210,24 +226,43 @@ function utf8Length(s: string): number {
   return new TextEncoder().encode(s).length;
 }
 
-/** One joined room of a client. */
+/** A delay of `min·2^tries`, at most `max`: half fixed, half random. */
+function jittered(min: number, max: number, tries: number): number {
+  const base = Math.min(max, min * 2 ** Math.min(tries, 20));
+  return Math.round(base / 2 + (Math.random() * base) / 2);
+}
+
+/**
+ * Where a room is on the current connection: not asked for yet, a `join`
+ * sent, a `leave` sent to rejoin (then a `join`), or joined.
+ */
+type Phase = "idle" | "joining" | "leaving" | "joined";
+
+/** One room of a client, joined across reconnects until `leave`. */
 export class Room<T = unknown> {
   readonly name: string;
-  /** The last seq handed to `onMessage` (null before the first). */
+  /**
+   * Where the application is in the room: the last seq handed to
+   * `onMessage`, or the room's seq when it was joined (null before).
+   */
   lastSeq: number | null = null;
   /** The room's history epoch as last joined. */
   epoch = "";
-  /** Users in the room, as far as this client knows. */
+  /**
+   * Users in the room as far as this client knows: the `joined` list, then
+   * presence events (a user with two connections who closes one is
+   * counted out until the next join).
+   */
   readonly presence = new Set<string>();
-  /** @internal */ joined = false;
-  /** @internal */ rejoining = false;
+  /** @internal */ phase: Phase = "idle";
+  /** @internal */ joinSentSince = false;
   /** @internal */ acceptJump = false;
   /** @internal */ replayUntil: number | null = null;
   /** @internal */ everJoined = false;
-  /** @internal */ left = false;
+  /** @internal */ tries = 0;
+  /** @internal */ retryTimer: ReturnType<typeof setTimeout> | undefined;
   /** @internal */ readonly handlers: RoomHandlers<T>;
   /** @internal */ waiters: { resolve: (r: Room<T>) => void; reject: (e: TurnoutError) => void }[] = [];
-  /** @internal */ joinTries = 0;
   readonly #client: Client;
 
   /** @internal */
@@ -235,6 +270,11 @@ export class Room<T = unknown> {
     this.#client = client;
     this.name = name;
     this.handlers = handlers;
+  }
+
+  /** Whether the room is joined on the current connection. */
+  get joined(): boolean {
+    return this.phase === "joined";
   }
 
   /** Publishes `data`; resolves on the server's ack, across reconnects. */
@@ -250,23 +290,44 @@ export class Room<T = unknown> {
 
 type Listener = (...args: any[]) => void;
 
+type Settings = Required<
+  Pick<
+    ClientOptions,
+    | "minBackoffMs"
+    | "maxBackoffMs"
+    | "pingIntervalMs"
+    | "pongTimeoutMs"
+    | "connectTimeoutMs"
+    | "publishTimeoutMs"
+    | "refreshBeforeMs"
+    | "maxFrameBytes"
+  >
+> &
+  ClientOptions;
+
 export class Client {
   readonly url: string;
-  #opts: Required<Pick<ClientOptions, "minBackoffMs" | "maxBackoffMs" | "pingIntervalMs" | "pongTimeoutMs" | "publishTimeoutMs" | "refreshBeforeMs">> &
-    ClientOptions;
+  #opts: Settings;
   #WS: WebSocketConstructor | undefined;
   #ws: WebSocketLike | null = null;
   #state: ConnectionState = "idle";
   #token: string | undefined;
+  #tokenStale = false;
   #redirect: string | null = null;
+  #redirectStreak = 0;
   #attempt = 0;
+  #openedAt = 0;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  #welcomeTimer: ReturnType<typeof setTimeout> | undefined;
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #refreshTimer: ReturnType<typeof setTimeout> | undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #retryAt = Infinity;
   #lastFrame = 0;
   #pingSent = 0;
   #rooms = new Map<string, Room<any>>();
+  /** Rooms left on this connection whose `left` has not come yet. */
+  #leaving = new Map<string, { tries: number; timer?: ReturnType<typeof setTimeout> }>();
   #pending = new Map<string, Pending>();
   #idPrefix: string;
   #nextId = 0;
@@ -284,8 +345,10 @@ export class Client {
       maxBackoffMs: 10_000,
       pingIntervalMs: 15_000,
       pongTimeoutMs: 10_000,
+      connectTimeoutMs: 10_000,
       publishTimeoutMs: 60_000,
       refreshBeforeMs: 30_000,
+      maxFrameBytes: 65_536,
       ...opts,
     };
     this.#WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -296,6 +359,11 @@ export class Client {
   /** Where the connection is. */
   get state(): ConnectionState {
     return this.#state;
+  }
+
+  /** Publishes waiting for their ack. */
+  get unacked(): number {
+    return this.#pending.size;
   }
 
   /** Subscribes to a client event; returns the way to unsubscribe. */
@@ -345,9 +413,22 @@ export class Client {
     if (this.#state === "closed") {
       return Promise.reject(new TurnoutError("closed", "the client was closed", { room }));
     }
+    if (typeof room !== "string" || !NAME.test(room)) {
+      return Promise.reject(
+        new TurnoutError("bad_name", "a room name is 1-64 bytes of [A-Za-z0-9-_.:@]", { room: String(room) }),
+      );
+    }
     const existing = this.#rooms.get(room);
     if (existing) {
-      return existing.everJoined ? Promise.resolve(existing) : new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
+      return existing.everJoined
+        ? Promise.resolve(existing)
+        : new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
+    }
+    // A leave of this room still retrying would undo this join.
+    const leaving = this.#leaving.get(room);
+    if (leaving) {
+      clearTimeout(leaving.timer);
+      this.#leaving.delete(room);
     }
     const r = new Room<T>(this, room, handlers);
     this.#rooms.set(room, r);
@@ -361,30 +442,38 @@ export class Client {
   leave(room: string): void {
     const r = this.#rooms.get(room);
     if (!r) return;
-    r.left = true;
     this.#rooms.delete(room);
-    for (const w of r.waiters) w.reject(new TurnoutError("closed", "left before joined", { room }));
-    r.waiters = [];
-    for (const p of [...this.#pending.values()]) {
-      if (p.room === room) this.#settle(p, new TurnoutError("closed", "left the room", { room }));
+    clearTimeout(r.retryTimer);
+    const err = new TurnoutError("closed", "left the room", { room });
+    for (const w of r.waiters.splice(0)) w.reject(err);
+    for (const p of [...this.#pending.values()]) if (p.room === room) this.#settle(p, err);
+    if (this.#isOpen() && r.phase !== "idle") {
+      this.#leaving.set(room, { tries: 0 });
+      this.#send({ type: "leave", room });
     }
-    if (this.#isOpen()) this.#send({ type: "leave", room });
   }
 
   /** Publishes into a joined room; resolves on the ack, across reconnects. */
   publish(room: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
-    if (!this.#rooms.has(room)) {
-      return Promise.reject(new TurnoutError("not_joined", `join ${room} before publishing`, { room }));
-    }
+    const fail = (code: string, message: string) => Promise.reject(new TurnoutError(code, message, { room }));
+    if (this.#state === "closed") return fail("closed", "the client was closed");
+    if (!this.#rooms.has(room)) return fail("not_joined", `join ${room} before publishing`);
+    if (data === undefined) return fail("bad_frame", "data must be a JSON value, not undefined");
     const id = opts.id ?? `${this.#idPrefix}-${++this.#nextId}`;
-    if (utf8Length(id) > MAX_ID_BYTES) {
-      return Promise.reject(new TurnoutError("bad_frame", `a publish id is at most ${MAX_ID_BYTES} bytes`, { room }));
+    if (utf8Length(id) > MAX_ID_BYTES) return fail("bad_frame", `a publish id is at most ${MAX_ID_BYTES} bytes`);
+    if (this.#pending.has(id)) return fail("bad_frame", `publish id ${id} is already waiting for its ack`);
+    let frame: string;
+    try {
+      frame = JSON.stringify({ type: "publish", room, data, id });
+    } catch (e) {
+      return fail("bad_frame", `data cannot be sent as JSON: ${(e as Error).message}`);
     }
-    if (this.#pending.has(id)) {
-      return Promise.reject(new TurnoutError("bad_frame", `publish id ${id} is already waiting for its ack`, { room }));
+    // The server closes the connection (1009) on a frame over its limit.
+    if (utf8Length(frame) > this.#opts.maxFrameBytes) {
+      return fail("too_large", `the publish is over ${this.#opts.maxFrameBytes} bytes (maxFrameBytes)`);
     }
     return new Promise<PublishResult>((resolve, reject) => {
-      const p: Pending = { id, room, data, sent: false, notBefore: 0, tries: 0, resolve, reject };
+      const p: Pending = { id, room, frame, sent: false, notBefore: 0, tries: 0, resolve, reject };
       if (this.#opts.publishTimeoutMs > 0) {
         p.timer = setTimeout(
           () => this.#settle(p, new TurnoutError("timeout", `no ack within ${this.#opts.publishTimeoutMs} ms`, { room })),
@@ -396,11 +485,9 @@ export class Client {
     });
   }
 
-  /** Closes the connection for good; unacked publishes are rejected. */
+  /** Closes the connection for good; everything pending rejects with `closed`. */
   close(): void {
     if (this.#state === "closed") return;
-    this.#stopTimers();
-    clearTimeout(this.#refreshTimer);
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
@@ -412,11 +499,6 @@ export class Client {
       }
     }
     this.#giveUp(new TurnoutError("closed", "the client was closed"), false);
-  }
-
-  /** Publishes waiting for their ack. */
-  get unacked(): number {
-    return this.#pending.size;
   }
 
   // ------------------------------------------------------------ connection
@@ -445,18 +527,26 @@ export class Client {
       );
       return;
     }
-    this.#setState(this.#attempt === 0 && this.node === null && this.#state === "idle" ? "connecting" : "reconnecting");
+    this.#setState(this.#state === "idle" ? "connecting" : "reconnecting");
     const target = this.#redirect ?? this.url;
     this.#redirect = null;
     let ws: WebSocketLike;
     try {
       ws = new this.#WS(this.#buildUrl(target));
     } catch (e) {
-      this.#giveUp(new TurnoutError("bad_url", `cannot open ${target}: ${(e as Error).message}`));
+      const err = new TurnoutError("bad_url", `cannot open ${target}: ${(e as Error).message}`);
+      if (target === this.url) {
+        this.#giveUp(err);
+      } else {
+        // A redirect that cannot be followed: back through the gateway.
+        this.#emit("error", err);
+        this.#onClose(1006, "bad redirect");
+      }
       return;
     }
     this.#ws = ws;
     this.node = null;
+    this.#welcomeTimer = setTimeout(() => this.#drop(1006, "no welcome"), this.#opts.connectTimeoutMs);
     ws.onmessage = (ev) => {
       if (this.#ws !== ws) return;
       this.#lastFrame = Date.now();
@@ -467,7 +557,7 @@ export class Client {
       } catch {
         return;
       }
-      this.#onFrame(f);
+      if (f && typeof f === "object") this.#onFrame(f);
     };
     ws.onclose = (ev) => {
       if (this.#ws !== ws) return;
@@ -495,55 +585,69 @@ export class Client {
     this.#onClose(code, reason);
   }
 
+  /** Stops every timer of the connection (not the token refresh). */
   #stopTimers(): void {
     clearTimeout(this.#reconnectTimer);
+    clearTimeout(this.#welcomeTimer);
     clearInterval(this.#pingTimer);
     clearTimeout(this.#retryTimer);
     this.#pingTimer = undefined;
+    this.#retryTimer = undefined;
+    this.#retryAt = Infinity;
+    for (const r of this.#rooms.values()) clearTimeout(r.retryTimer);
+    for (const l of this.#leaving.values()) clearTimeout(l.timer);
   }
 
   #onClose(code: number, reason: string): void {
     const node = this.node;
+    const upFor = this.#openedAt ? Date.now() - this.#openedAt : 0;
+    this.#openedAt = 0;
     this.#ws = null;
     this.node = null;
     this.#stopTimers();
-    for (const r of this.#rooms.values()) {
-      r.joined = false;
-      r.rejoining = false;
-    }
+    // The connection's memberships went with it.
+    this.#leaving.clear();
+    for (const r of this.#rooms.values()) r.phase = "idle";
     for (const p of this.#pending.values()) p.sent = false;
     if (this.#state === "closed") return;
-    if (code === 3010 && !this.#opts.refreshToken) {
+    if (terminal(code) || (code === 3010 && !this.#opts.refreshToken)) {
       this.#emit("disconnect", { code, reason, node, retryInMs: null });
-      this.#giveUp(new TurnoutError("token_expired", "the token expired and no refreshToken was given", { closeCode: code }));
+      const err =
+        code === 3010
+          ? new TurnoutError("token_expired", "the token expired and no refreshToken was given", { closeCode: code })
+          : new TurnoutError("closed", `closed by the server (${code}${reason ? ": " + reason : ""})`, { closeCode: code });
+      this.#giveUp(err);
       return;
     }
-    if (terminal(code)) {
-      this.#emit("disconnect", { code, reason, node, retryInMs: null });
-      this.#giveUp(new TurnoutError("closed", `closed by the server (${code}${reason ? ": " + reason : ""})`, { closeCode: code }));
-      return;
+    if (code === 3010) this.#tokenStale = true;
+    if (upFor >= STABLE_MS) {
+      this.#attempt = 0;
+      this.#redirectStreak = 0;
     }
-    const wait = this.#redirect !== null ? 0 : this.#backoff();
+    // A redirect is followed at once, but not round and round.
+    const wait =
+      this.#redirect !== null && this.#redirectStreak <= 1
+        ? 0
+        : jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, this.#attempt++);
     this.#emit("disconnect", { code, reason, node, retryInMs: wait });
     this.#setState("reconnecting");
-    this.#reconnectTimer = setTimeout(async () => {
-      if (code === 3010) {
-        try {
-          this.#token = await this.#opts.refreshToken!();
-        } catch (e) {
-          this.#giveUp(new TurnoutError("token_expired", `refreshToken failed: ${(e as Error).message}`, { closeCode: code }));
-          return;
-        }
-      }
-      if (this.#state !== "closed") this.#open();
-    }, wait);
+    this.#reconnectTimer = setTimeout(() => void this.#reopen(), wait);
   }
 
-  /** Exponential backoff with jitter: half fixed, half random. */
-  #backoff(): number {
-    const base = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(this.#attempt, 20));
-    this.#attempt += 1;
-    return Math.round(base / 2 + (Math.random() * base) / 2);
+  /** Opens again, with a fresh token first when the last one expired. */
+  async #reopen(): Promise<void> {
+    const exp = this.#token ? tokenExpiry(this.#token) : undefined;
+    if (this.#opts.refreshToken && (this.#tokenStale || (exp !== undefined && exp <= Date.now()))) {
+      try {
+        this.#token = await this.#opts.refreshToken();
+        this.#tokenStale = false;
+      } catch (e) {
+        if (this.#state === "closed") return;
+        // Try anyway: the refusal closes the socket and brings us back here.
+        this.#emit("error", new TurnoutError("token_expired", `refreshToken failed: ${(e as Error).message}`));
+      }
+    }
+    if (this.#state !== "closed") this.#open();
   }
 
   /** Ends everything with `err`; an `error` event unless the application closed. */
@@ -559,9 +663,9 @@ export class Client {
     if (emit) this.#emit("error", err);
   }
 
-  #send(f: Record<string, unknown>): void {
+  #send(f: Record<string, unknown> | string): void {
     try {
-      this.#ws?.send(JSON.stringify(f));
+      this.#ws?.send(typeof f === "string" ? f : JSON.stringify(f));
     } catch {
       /* the close that follows handles it */
     }
@@ -570,33 +674,43 @@ export class Client {
   #startPing(): void {
     clearInterval(this.#pingTimer);
     const every = this.#opts.pingIntervalMs;
-    if (every <= 0) return;
+    const patience = this.#opts.pongTimeoutMs;
+    if (every <= 0 || patience <= 0) return;
     this.#lastFrame = Date.now();
-    this.#pingTimer = setInterval(() => {
-      const now = Date.now();
-      if (this.#pingSent && now - this.#pingSent > this.#opts.pongTimeoutMs) {
-        this.#drop(1006, "no answer to ping");
-      } else if (!this.#pingSent && now - this.#lastFrame >= every) {
-        this.#pingSent = now;
-        this.#send({ type: "ping" });
-      }
-    }, Math.max(50, Math.min(every, this.#opts.pongTimeoutMs) / 2));
+    this.#pingTimer = setInterval(
+      () => {
+        const now = Date.now();
+        if (this.#pingSent && now - this.#pingSent > patience) {
+          this.#drop(1006, "no answer to ping");
+        } else if (!this.#pingSent && now - this.#lastFrame >= every) {
+          this.#pingSent = now;
+          this.#send({ type: "ping" });
+        }
+      },
+      Math.max(50, Math.min(every, patience) / 2),
+    );
   }
 
   #scheduleRefresh(): void {
     clearTimeout(this.#refreshTimer);
-    if (!this.#opts.refreshToken || !this.#token) return;
+    if (!this.#opts.refreshToken || !this.#token || this.#state === "closed") return;
     const exp = tokenExpiry(this.#token);
     if (exp === undefined) return;
-    const wait = Math.max(0, exp - Date.now() - this.#opts.refreshBeforeMs);
+    const left = exp - Date.now();
+    // `refreshBeforeMs` ahead, but not in a loop when tokens live shorter.
+    const wait = Math.max(1_000, Math.min(left - this.#opts.refreshBeforeMs, left / 2));
     this.#refreshTimer = setTimeout(async () => {
+      let token: string;
       try {
-        this.#token = await this.#opts.refreshToken!();
+        token = await this.#opts.refreshToken!();
       } catch (e) {
+        if (this.#state === "closed") return;
         this.#emit("error", new TurnoutError("unauthorized", `refreshToken failed: ${(e as Error).message}`));
         return;
       }
-      if (this.#isOpen()) this.#send({ type: "refresh", token: this.#token });
+      if (this.#state === "closed") return;
+      this.#token = token;
+      if (this.#isOpen()) this.#send({ type: "refresh", token });
       else this.#scheduleRefresh();
     }, Math.min(wait, 2 ** 31 - 1));
   }
@@ -609,6 +723,8 @@ export class Client {
         return this.#onWelcome(f);
       case "joined":
         return this.#onJoined(f);
+      case "left":
+        return this.#onLeft(f);
       case "message":
         return this.#onMessage(f);
       case "ack":
@@ -626,14 +742,15 @@ export class Client {
         this.#scheduleRefresh();
         return;
       default:
-        return; // pong, left, and frames of later versions
+        return; // pong, and frames of later versions
     }
   }
 
   #onWelcome(f: Record<string, any>): void {
+    clearTimeout(this.#welcomeTimer);
     this.node = String(f.node);
     this.strategy = String(f.strategy);
-    if (this.#rooms.size === 0) this.#attempt = 0;
+    this.#openedAt = Date.now();
     this.#setState("open");
     this.#startPing();
     this.#scheduleRefresh();
@@ -648,31 +765,64 @@ export class Client {
       f.since = r.lastSeq;
       if (r.epoch) f.epoch = r.epoch;
     }
+    r.phase = "joining";
+    r.joinSentSince = r.lastSeq !== null;
     this.#send(f);
   }
 
-  #rejoin(r: Room<any>, reason: "gap" | "replay_cut"): void {
-    if (r.rejoining || r.lastSeq === null) return;
-    r.rejoining = true;
-    r.joined = false;
+  /** Leaves and joins again with `since`: the replay fills the hole. */
+  #rejoin(r: Room<any>, reason: RejoinReason): void {
+    if (r.phase !== "joined") return; // a join or rejoin is under way
     this.#emit("rejoin", { room: r.name, since: r.lastSeq, reason });
+    r.phase = "leaving";
     this.#send({ type: "leave", room: r.name });
-    this.#sendJoin(r);
+  }
+
+  /** Runs `fn` for the room after a backoff, if the room is still where it was. */
+  #later(r: Room<any>, phase: Phase, fn: () => void): void {
+    clearTimeout(r.retryTimer);
+    r.retryTimer = setTimeout(
+      () => {
+        if (this.#rooms.get(r.name) === r && r.phase === phase && this.#isOpen()) fn();
+      },
+      jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, r.tries++),
+    );
+  }
+
+  #onLeft(f: Record<string, any>): void {
+    const room = String(f.room);
+    const r = this.#rooms.get(room);
+    if (r && r.phase === "leaving") {
+      this.#sendJoin(r);
+      return;
+    }
+    this.#leaving.delete(room);
   }
 
   #onJoined(f: Record<string, any>): void {
     const r = this.#rooms.get(f.room);
     if (!r) return;
+    // A join answered, or the node starting the room over (Redis lost its
+    // state) while it is joined; anything else answers nothing we wait for.
+    if (r.phase !== "joining" && r.phase !== "joined") return;
+    if (r.phase === "joining" && r.joinSentSince && f.recovered === undefined) {
+      // The answer to a join of a room this connection is still in (its
+      // leave was refused): no replay came. Leave and join again.
+      r.phase = "joined";
+      this.#later(r, "joined", () => this.#rejoin(r, "already_member"));
+      return;
+    }
     const seq = Number(f.seq);
     const epoch = String(f.epoch ?? "");
     const first = !r.everJoined;
     const since = r.lastSeq;
+    r.acceptJump = false;
     if (since === null) {
       r.lastSeq = seq;
     } else {
       const epochChanged = r.epoch !== "" && epoch !== r.epoch;
       if (epochChanged || since > seq) {
-        // The room started over: nothing of before can come.
+        // The room started over: what comes next counts from its seq.
         r.lastSeq = seq;
       } else if (f.recovered === false) {
         // History lost some: what it still holds comes next, after a hole.
@@ -680,14 +830,12 @@ export class Client {
       }
     }
     r.epoch = epoch;
-    r.joined = true;
-    r.rejoining = false;
+    r.phase = "joined";
     r.everJoined = true;
-    r.joinTries = 0;
+    r.tries = 0;
     r.replayUntil = typeof f.replay_until === "number" ? f.replay_until : null;
     r.presence.clear();
     for (const u of f.presence ?? []) r.presence.add(String(u));
-    this.#attempt = 0;
     const info: JoinedInfo = { room: r.name, seq, epoch, presence: [...r.presence], first };
     if (since !== null) info.recovered = f.recovered !== false;
     call(() => r.handlers.onJoined?.(info));
@@ -697,7 +845,8 @@ export class Client {
 
   #onMessage(f: Record<string, any>): void {
     const r = this.#rooms.get(f.room);
-    if (!r) return;
+    // Not joined here (yet): the join's replay brings what matters.
+    if (!r || r.phase !== "joined") return;
     const seq = Number(f.seq);
     if (r.lastSeq !== null && seq <= r.lastSeq) return; // had it
     if (r.lastSeq !== null && seq > r.lastSeq + 1 && !r.acceptJump) {
@@ -705,7 +854,6 @@ export class Client {
       this.#rejoin(r, "gap");
       return;
     }
-    if (r.rejoining) return; // the rejoin's replay brings it
     r.acceptJump = false;
     r.lastSeq = seq;
     const m: Message = { room: r.name, seq, from: f.from, node: f.node, ts: f.ts, data: f.data };
@@ -736,13 +884,15 @@ export class Client {
   #onError(f: Record<string, any>): void {
     const code = String(f.code ?? "internal");
     const err = new TurnoutError(code, String(f.message ?? code), { room: f.room });
+    const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
     if (code === "wrong_node") {
       // Sticky: the room lives elsewhere. Move there (or, without a
       // redirect, ask the gateway again) and rejoin everything.
       const url = typeof f.redirect === "string" ? f.redirect : null;
       if (url) this.#emit("redirect", { room: String(f.room ?? ""), url });
+      if (this.#openedAt && Date.now() - this.#openedAt >= STABLE_MS) this.#redirectStreak = 0;
+      this.#redirectStreak += 1;
       this.#redirect = url;
-      const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
       if (p) p.sent = false;
       this.#drop(4000, "moving to the room's owner");
       return;
@@ -752,42 +902,70 @@ export class Client {
       this.#drop(1012, "node draining");
       return;
     }
-    const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
-    if (p) {
-      if (RETRY_PUBLISH.has(code)) {
-        p.sent = false;
-        p.tries += 1;
-        p.notBefore = Date.now() + Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(p.tries, 20));
-        this.#scheduleFlush();
-      } else if (WAIT_PUBLISH.has(code)) {
-        p.sent = false; // sent again after the room's next joined
-      } else {
-        this.#settle(p, err);
-      }
-      return;
-    }
-    const r = typeof f.room === "string" ? this.#rooms.get(f.room) : undefined;
+    if (p) return this.#publishRefused(p, code, err);
+    const room = typeof f.room === "string" ? f.room : undefined;
+    const r = room !== undefined ? this.#rooms.get(room) : this.#oldestJoin(code);
     if (r) {
-      if (code === "not_joined") return; // the leave of a rejoin, of a room not joined
-      if (!r.joined && RETRY_JOIN.has(code)) {
-        r.rejoining = false;
-        r.joinTries += 1;
-        const wait = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(r.joinTries, 20));
-        setTimeout(() => {
-          if (this.#rooms.get(r.name) === r && !r.joined && this.#isOpen()) this.#sendJoin(r);
-        }, wait);
+      if (r.phase === "leaving") {
+        // The leave of a rejoin.
+        if (code === "not_joined") this.#sendJoin(r);
+        else if (RETRY.has(code)) this.#later(r, "leaving", () => this.#send({ type: "leave", room: r.name }));
+        else this.#emit("error", err);
         return;
       }
-      // A refused leave of a rejoin: the hole shows again and asks again.
-      if (code === "rate_limited") return;
+      if (r.phase === "joining" && RETRY.has(code)) {
+        this.#later(r, "joining", () => this.#sendJoin(r));
+        return;
+      }
       if (JOIN_REFUSED.has(code)) {
+        // Refused, or no longer allowed (a fresh token's rooms).
         this.#rooms.delete(r.name);
+        clearTimeout(r.retryTimer);
         for (const w of r.waiters.splice(0)) w.reject(err);
         for (const q of [...this.#pending.values()]) if (q.room === r.name) this.#settle(q, err);
         if (!r.everJoined) return; // the join's promise says it
       }
+      this.#emit("error", err);
+      return;
     }
+    if (room !== undefined && this.#leaving.has(room)) {
+      // The leave of a room the application left.
+      const l = this.#leaving.get(room)!;
+      if (RETRY.has(code)) {
+        l.timer = setTimeout(() => {
+          if (this.#leaving.get(room) === l && this.#isOpen()) this.#send({ type: "leave", room });
+        }, jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, l.tries++));
+      } else {
+        this.#leaving.delete(room);
+      }
+      return;
+    }
+    if (code === "not_joined") return; // a leave of a room this connection had not joined
     this.#emit("error", err);
+  }
+
+  /** A refusal without a room (`too_many_rooms`) answers the oldest join under way. */
+  #oldestJoin(code: string): Room<any> | undefined {
+    if (code !== "too_many_rooms" && code !== "bad_name") return undefined;
+    for (const r of this.#rooms.values()) if (r.phase === "joining") return r;
+    return undefined;
+  }
+
+  #publishRefused(p: Pending, code: string, err: TurnoutError): void {
+    if (RETRY.has(code)) {
+      p.sent = false;
+      p.tries += 1;
+      p.notBefore = Date.now() + jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, p.tries);
+      this.#scheduleFlush();
+    } else if (WAIT_PUBLISH.has(code)) {
+      p.sent = false;
+      const r = this.#rooms.get(p.room);
+      // The node does not have us in the room: join it again; the
+      // publish goes after.
+      if (code === "not_joined" && r) this.#rejoin(r, "not_joined");
+    } else {
+      this.#settle(p, err);
+    }
   }
 
   // ------------------------------------------------------------ publishes
@@ -803,7 +981,7 @@ export class Client {
   /** Sends the room's unsent publishes, oldest first, once it is joined. */
   #flush(room: string): void {
     const r = this.#rooms.get(room);
-    if (!r || !r.joined || r.rejoining || !this.#isOpen()) return;
+    if (!r || r.phase !== "joined" || !this.#isOpen()) return;
     const now = Date.now();
     for (const p of this.#pending.values()) {
       if (p.room !== room || p.sent) continue;
@@ -813,19 +991,27 @@ export class Client {
         return;
       }
       p.sent = true;
-      this.#send({ type: "publish", room, data: p.data, id: p.id });
+      this.#send(p.frame);
     }
   }
 
+  /** Arms the retry timer for the soonest publish waiting out a refusal. */
   #scheduleFlush(): void {
-    if (this.#retryTimer !== undefined) return;
+    const now = Date.now();
     let soonest = Infinity;
-    for (const p of this.#pending.values()) if (!p.sent) soonest = Math.min(soonest, p.notBefore);
-    if (soonest === Infinity) return;
+    for (const p of this.#pending.values()) {
+      if (!p.sent && p.notBefore > now && this.#rooms.get(p.room)?.phase === "joined") {
+        soonest = Math.min(soonest, p.notBefore);
+      }
+    }
+    if (soonest === Infinity || soonest >= this.#retryAt) return;
+    clearTimeout(this.#retryTimer);
+    this.#retryAt = soonest;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
+      this.#retryAt = Infinity;
       for (const room of this.#rooms.keys()) this.#flush(room);
-    }, Math.max(0, soonest - Date.now()));
+    }, soonest - now);
   }
 }
 

@@ -41,7 +41,15 @@ function fakeServer() {
       this.readyState = 3;
       this.onclose?.({ code, reason });
     }
-    /** The next frame the client sends that matches. */
+    /** The n-th frame (from 1) the client sent that matches, once it is sent. */
+    async nth(pred, n) {
+      for (;;) {
+        const all = this.sent.filter(pred);
+        if (all.length >= n) return all[n - 1];
+        await new Promise((r) => this.frameWaiters.push(r));
+      }
+    }
+    /** The first frame the client sent that matches. */
     async next(pred = () => true) {
       let seen = 0;
       for (;;) {
@@ -115,6 +123,8 @@ test("a seq jump rejoins with since and takes the replay", async () => {
   s.frame({ type: "message", room: "r", seq: 5, data: 0 }); // in flight meanwhile
   const leave = await s.next((f) => f.type === "leave");
   assert.equal(leave.room, "r");
+  assert.ok(!s.sent.some((f) => f.type === "join" && f.since !== undefined), "the join waits for left");
+  s.frame({ type: "left", room: "r" });
   const j = await s.next((f) => f.type === "join" && f.since !== undefined);
   assert.equal(j.since, 2);
   s.frame({ type: "joined", room: "r", seq: 5, epoch: "e1", presence: [], recovered: true });
@@ -161,10 +171,10 @@ test("publishes wait for the join; rate_limited and unavailable are retried, oth
   await joining;
   const p1 = await s.next((f) => f.type === "publish");
   s.frame({ type: "error", code: "rate_limited", message: "slow down", room: "r", id: p1.id });
-  let resent = 0;
-  const p1b = await s.next((f) => f.type === "publish" && f.id === p1.id && ++resent === 2);
+  const isP1 = (f) => f.type === "publish" && f.id === p1.id;
+  const p1b = await s.nth(isP1, 2);
   s.frame({ type: "error", code: "unavailable", message: "redis", room: "r", id: p1b.id });
-  await s.next((f) => f.type === "publish" && f.id === p1.id && ++resent === 4);
+  await s.nth(isP1, 3);
   s.frame({ type: "ack", id: p1.id, seq: 1 });
   assert.equal((await early).seq, 1);
   const bad = c.publish("r", 2);
@@ -265,6 +275,8 @@ test("a replay cut at max_replay_bytes asks for the rest", async () => {
   const { s: s1 } = await joined(server, 1, c, "r", 9, { recovered: true, replay_until: 3 });
   s1.frame({ type: "message", room: "r", seq: 2, data: 0 });
   s1.frame({ type: "message", room: "r", seq: 3, data: 0 });
+  await s1.next((f) => f.type === "leave");
+  s1.frame({ type: "left", room: "r" });
   const j = await s1.next((f) => f.type === "join" && f.since === 3);
   assert.equal(j.room, "r");
   assert.deepEqual(got, [1, 2, 3]);
@@ -355,4 +367,111 @@ test("a refused join rejects; leave rejects the room's pending publishes", async
   await assert.rejects(pending, (e) => e.code === "closed");
   assert.ok(s.sent.some((f) => f.type === "leave" && f.room === "r"));
   c.close();
+});
+
+test("a rejoin whose leave is rate-limited retries the leave, then joins with since; an already-member answer goes round again", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const got = [];
+  const infos = [];
+  c.join("r", { onMessage: (m) => got.push(m.seq), onJoined: (i) => infos.push(i) });
+  const { s } = await joined(server, 0, c, "r", 1);
+  s.frame({ type: "message", room: "r", seq: 3, data: 0 }); // 2 missing
+  await s.next((f) => f.type === "leave");
+  s.frame({ type: "error", code: "rate_limited", message: "slow", room: "r" });
+  const isLeave = (f) => f.type === "leave";
+  await s.nth(isLeave, 2);
+  assert.ok(!s.sent.some((f) => f.type === "join" && f.since !== undefined), "no join before the leave went through");
+  // The leave goes through; the join is answered as for a member (as when
+  // a leave was refused after all): no replay, so round again.
+  s.frame({ type: "left", room: "r" });
+  await s.next((f) => f.type === "join" && f.since === 1);
+  s.frame({ type: "joined", room: "r", seq: 3, epoch: "e1", presence: [] }); // no `recovered`: not a replay
+  await s.nth(isLeave, 3);
+  s.frame({ type: "left", room: "r" });
+  await s.nth((f) => f.type === "join" && f.since === 1, 2);
+  s.frame({ type: "joined", room: "r", seq: 3, epoch: "e1", presence: [], recovered: true });
+  for (const seq of [2, 3]) s.frame({ type: "message", room: "r", seq, data: 0 });
+  assert.deepEqual(got, [2, 3]);
+  assert.deepEqual(infos.map((i) => i.recovered), [undefined, true], "the already-member answer was not reported");
+  c.close();
+});
+
+test("a publish waiting out rate_limited is sent after a reconnect", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 200, maxBackoffMs: 400, WebSocket: server.WebSocket });
+  c.join("r");
+  const { s } = await joined(server, 0, c, "r", 0);
+  const p = c.publish("r", "x");
+  const sent = await s.next((f) => f.type === "publish");
+  s.frame({ type: "error", code: "rate_limited", message: "slow", room: "r", id: sent.id });
+  s.drop(1006); // before the retry is due
+  const { s: s1 } = await joined(server, 1, c, "r", 0, { recovered: true });
+  const again = await s1.next((f) => f.type === "publish");
+  assert.equal(again.id, sent.id);
+  s1.frame({ type: "ack", id: sent.id, seq: 1 });
+  assert.equal((await p).seq, 1);
+  c.close();
+});
+
+test("what cannot be sent is refused at once", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, maxFrameBytes: 100, WebSocket: server.WebSocket });
+  await assert.rejects(c.join("bad room"), (e) => e.code === "bad_name");
+  c.join("r");
+  await joined(server, 0, c, "r", 0);
+  await assert.rejects(c.publish("r", undefined), (e) => e.code === "bad_frame");
+  const loop = {};
+  loop.self = loop;
+  await assert.rejects(c.publish("r", loop), (e) => e.code === "bad_frame");
+  await assert.rejects(c.publish("r", "x".repeat(200)), (e) => e.code === "too_large");
+  c.close();
+  await assert.rejects(c.publish("r", 1), (e) => e.code === "closed");
+  await assert.rejects(c.join("q"), (e) => e.code === "closed");
+});
+
+test("redirects back and forth back off", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 20, maxBackoffMs: 40, WebSocket: server.WebSocket });
+  const waits = [];
+  c.on("disconnect", (d) => waits.push(d.retryInMs));
+  c.join("r").catch(() => {}); // never joined: rejected at close
+  for (let n = 0; n < 3; n++) {
+    const s = await server.socket(n);
+    s.welcome(`node-${n}`);
+    await s.next(joinOf("r"));
+    s.frame({ type: "error", code: "wrong_node", message: "elsewhere", room: "r", redirect: `ws://node-${(n + 1) % 2}/ws` });
+  }
+  await server.socket(3);
+  assert.equal(waits[0], 0, "the first redirect is followed at once");
+  assert.ok(waits[1] >= 10 && waits[2] >= 10, `later ones wait: ${waits}`);
+  c.close();
+});
+
+test("close stops token refreshes, even one under way", async () => {
+  const jwt = (exp) => `h.${btoa(JSON.stringify({ sub: "u", exp })).replace(/=+$/, "")}.s`;
+  const server = fakeServer();
+  let calls = 0;
+  let release;
+  const c = new Client("ws://gw/ws", {
+    ...fast,
+    token: jwt(Math.floor(Date.now() / 1000) + 2),
+    refreshBeforeMs: 60_000,
+    refreshToken: () => {
+      calls++;
+      return new Promise((r) => (release = r));
+    },
+    WebSocket: server.WebSocket,
+  });
+  const errors = [];
+  c.on("error", (e) => errors.push(e));
+  c.connect();
+  (await server.socket(0)).welcome();
+  while (!release) await new Promise((r) => setImmediate(r));
+  c.close();
+  release(jwt(Math.floor(Date.now() / 1000) + 2));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(calls, 1);
+  assert.equal(errors.length, 0);
+  assert.ok(!server.sockets[0].sent.some((f) => f.type === "refresh"));
 });
