@@ -23,6 +23,18 @@ pub enum Command {
     Report(ReportOpts),
     /// A TCP proxy that cuts the network on a signal (partition experiments).
     Proxy(ProxyOpts),
+    /// GET a URL; exit 0 on a 2xx answer within the timeout, 1 otherwise
+    /// (container health checks, in images without curl).
+    Probe(ProbeOpts),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeOpts {
+    /// e.g. http://127.0.0.1:8080/healthz
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug, Clone)]

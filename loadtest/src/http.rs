@@ -30,6 +30,22 @@ pub(crate) async fn get_json(url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// `turnout-bench probe`: a 2xx answer within the timeout, or an error
+/// (the binary then exits 1).
+pub(crate) async fn probe(o: &crate::cli::ProbeOpts) -> Result<()> {
+    let uri: http::Uri = o.url.parse()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(o.timeout), CLIENT.get(uri))
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {}: no answer within {} s", o.url, o.timeout))??;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "GET {}: {}",
+        o.url,
+        resp.status()
+    );
+    Ok(())
+}
+
 /// Opens a long response (an SSE stream) on a connection of its own, from
 /// the attackers' address. Ok(None)
 /// when it was refused; otherwise a future that ends with the stream.

@@ -11,6 +11,7 @@
 //! - `http`: the few HTTP calls the bench makes to the gateway.
 //! - `abuse`: the attackers of the `abuse` scenario.
 //! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
+//! - `turnout-bench probe URL` (in `http`): an HTTP health probe for images without curl.
 
 mod abuse;
 pub mod cli;
@@ -32,5 +33,6 @@ pub async fn main() -> anyhow::Result<()> {
         cli::Command::Run(opts) => scenario::run(opts).await,
         cli::Command::Report(opts) => report::write(&opts),
         cli::Command::Proxy(opts) => proxy::run(opts).await,
+        cli::Command::Probe(opts) => http::probe(&opts).await,
     }
 }

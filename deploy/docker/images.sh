@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Makes every image compose.yaml names, on a machine with a Docker engine and
+# no image registry, so that `docker compose up` (without --build) runs the
+# demo:
+#
+#   turnout:local  turnout's four binaries from the host's release build,
+#                  stripped, on a root filesystem of just what they load
+#                  (the C library, from the host); runs as nobody.
+#   redis:7        a stand-in for the official image, made of the host's
+#                  Debian redis-server and redis-cli: its entrypoint behaves
+#                  like the official one where compose relies on it (given
+#                  no config file, protected mode off; `redis-server` as the
+#                  default command), /data as working directory, user redis.
+#
+#   deploy/docker/images.sh            # builds the release binaries first
+#   SKIP_BUILD=1 deploy/docker/images.sh
+#
+# With a registry, `docker compose up --build` builds turnout:local from the
+# Dockerfile instead and pulls redis:7.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+bins=(turnout-gateway turnout-router turnout-ws-node turnout-bench)
+
+command -v docker >/dev/null || { echo "images.sh: no docker command (apt-get install docker.io)" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "images.sh: the Docker engine does not answer (start dockerd)" >&2; exit 1; }
+if ! command -v redis-server >/dev/null; then
+  echo "images.sh: the redis:7 stand-in is made from the host's redis-server (apt-get install redis-server)" >&2
+  exit 1
+fi
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --locked --bins
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# Copies executables into a root filesystem with every shared library they
+# load (as ldd resolves them here) and the dynamic loader.
+with_libs() {
+  local dest=$1; shift
+  local f lib
+  for f in "$@"; do
+    for lib in $(ldd "$f" | awk '/=> \// { print $3 } /^[ \t]*\/lib/ { print $1 }'); do
+      cp -L --parents "$lib" "$dest"/
+    done
+  done
+}
+
+base_fs() {
+  local dest=$1
+  mkdir -p "$dest"/{etc,tmp,usr/local/bin,usr/bin,bin}
+  chmod 1777 "$dest/tmp"
+  cat >"$dest/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+redis:x:999:999:redis:/data:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+EOF
+  cat >"$dest/etc/group" <<'EOF'
+root:x:0:
+redis:x:999:
+nogroup:x:65534:
+EOF
+  echo "hosts: files dns" >"$dest/etc/nsswitch.conf"
+}
+
+# turnout:local
+fs="$work/turnout"
+base_fs "$fs"
+for b in "${bins[@]}"; do
+  install -m 0755 "target/release/$b" "$fs/usr/local/bin/$b"
+  strip "$fs/usr/local/bin/$b"
+done
+with_libs "$fs" "${bins[@]/#/$fs/usr/local/bin/}"
+tar -C "$fs" -c . | docker import \
+  --change 'USER 65534:65534' \
+  --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  --change 'LABEL org.opencontainers.image.source="turnout: deploy/docker/images.sh"' \
+  - turnout:local >/dev/null
+
+# redis:7 (stand-in)
+fs="$work/redis"
+base_fs "$fs"
+install -m 0755 "$(readlink -f "$(command -v redis-server)")" "$fs/usr/bin/redis-server"
+install -m 0755 "$(command -v redis-cli)" "$fs/usr/bin/redis-cli"
+install -m 0755 "$(readlink -f /bin/sh)" "$fs/bin/sh"
+with_libs "$fs" "$fs/usr/bin/redis-server" "$fs/usr/bin/redis-cli" "$fs/bin/sh"
+mkdir -p "$fs/data" "$fs/usr/local/bin"
+chown 999:999 "$fs/data"
+cat >"$fs/usr/local/bin/docker-entrypoint.sh" <<'EOF'
+#!/bin/sh
+# As the official redis image's entrypoint: options alone (or a .conf
+# first) run redis-server; without a config file, protected mode is off,
+# so that other containers on the network may connect.
+set -e
+if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
+  set -- redis-server "$@"
+fi
+if [ "$1" = "redis-server" ]; then
+  case "${2:-}" in
+    *.conf) ;;
+    *) set -- "$@" --protected-mode no ;;
+  esac
+fi
+exec "$@"
+EOF
+chmod 0755 "$fs/usr/local/bin/docker-entrypoint.sh"
+tar -C "$fs" -c . | docker import \
+  --change 'USER 999:999' \
+  --change 'WORKDIR /data' \
+  --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  --change 'EXPOSE 6379' \
+  --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
+  --change 'CMD ["redis-server"]' \
+  --change 'LABEL org.opencontainers.image.source="stand-in for redis:7: deploy/docker/images.sh"' \
+  - redis:7 >/dev/null
+
+size() { docker image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f MB", $1 / 1e6 }'; }
+echo "turnout:local $(size turnout:local), redis:7 $(size redis:7) (stand-in: $(redis-server --version | awk '{ print $3 }'))"

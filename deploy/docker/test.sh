@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The compose cluster, checked from the host like a user, in each strategy:
+# the demo page, library clients on different nodes chatting through the
+# gateway (clients/js/e2e/chat.mjs) while one node is killed, one stopped
+# (a drain), one paused, and one cut off from Redis; every member must end
+# with every acked message exactly once, in order; then `down` must leave
+# no container, network or volume behind.
+#
+#   deploy/docker/test.sh                 # images.sh first, then both strategies
+#   SKIP_IMAGES=1 STRATEGIES=sticky deploy/docker/test.sh
+#
+# Needs a Docker engine (started here when none answers and we are root:
+# dockerd --storage-driver=vfs), docker-compose 1.29 or docker compose v2,
+# Node.js >= 20 and curl.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "starting dockerd (vfs)"
+    (dockerd --storage-driver=vfs >/tmp/turnout-dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  docker info >/dev/null 2>&1 || { echo "no Docker engine answers" >&2; exit 1; }
+fi
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+else
+  compose=(docker-compose)
+fi
+[ -n "${SKIP_IMAGES:-}" ] || deploy/docker/images.sh
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export COMPOSE_PROJECT_NAME="turnout-test-$$"
+export TURNOUT_GATEWAY_PORT
+TURNOUT_GATEWAY_PORT=$(free_port)
+base="http://127.0.0.1:$TURNOUT_GATEWAY_PORT"
+c() { "${compose[@]}" "$@"; }
+container() { c ps -q "$1"; }
+
+cleanup() {
+  [ -n "${chat_pid:-}" ] && kill "$chat_pid" 2>/dev/null || true
+  c down -v --remove-orphans >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+wait_ready() {
+  for _ in $(seq 1 120); do
+    if curl -fsS "$base/readyz" >/dev/null 2>&1 &&
+       [ "$(curl -fsS "$base/api/cluster" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).nodes.length))')" = 3 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "the cluster did not become ready with 3 nodes" >&2
+  c ps >&2; c logs --tail 30 >&2
+  return 1
+}
+
+# The chat's stdin and stdout: fds 7 and 8, through two fifos.
+say() { echo "$1" >&7; }
+hear() {
+  local line
+  if ! read -r -t "${2:-90}" -u 8 line; then
+    echo "the chat said nothing (waiting for: $1)" >&2
+    c ps >&2
+    return 1
+  fi
+  printf '%s' "$line"
+}
+mark() {
+  say "mark $1"
+  local got; got=$(hear "marked $1")
+  [ "$got" = "marked $1" ] || { echo "expected 'marked $1', got '$got'" >&2; return 1; }
+  echo "  delivering again after: $2"
+}
+busiest() {
+  say where
+  local line; line=$(hear where)
+  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const c=JSON.parse(s);console.log(Object.entries(c).sort((a,b)=>b[1]-a[1])[0][0])})' <<<"$line"
+}
+
+for strategy in ${STRATEGIES:-pubsub sticky}; do
+  echo "== $strategy"
+  start=$(date +%s)
+  TURNOUT_STRATEGY=$strategy c up -d >/dev/null
+  wait_ready
+  page=$(curl -fsS "$base/")
+  grep -q "turnout demo" <<<"$page" || { echo "no demo page at $base/" >&2; exit 1; }
+  curl -fsS "$base/turnout-client.js" | grep -q "export class Client"
+  [ "$(curl -fsS "$base/api/cluster" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).strategy))')" = "$strategy" ]
+
+  fifos=$(mktemp -d)
+  mkfifo "$fifos/in" "$fifos/out"
+  GATEWAY="ws://127.0.0.1:$TURNOUT_GATEWAY_PORT/ws" ROOMS=2 MEMBERS=4 RATE=10 BETWEEN=60 \
+    node --experimental-websocket --no-warnings clients/js/e2e/chat.mjs <"$fifos/in" >"$fifos/out" &
+  chat_pid=$!
+  exec 7>"$fifos/in" 8<"$fifos/out"
+  [ "$(hear ready 60)" = ready ]
+  mark 0 "start"
+
+  n=$(busiest); c kill "$n" >/dev/null 2>&1; mark 1 "kill $n"
+  c start "$n" >/dev/null 2>&1; wait_ready
+  n=$(busiest); c stop "$n" >/dev/null 2>&1; mark 2 "stop $n (drain)"
+  c start "$n" >/dev/null 2>&1; wait_ready
+  # The faults below last a few seconds: long enough for leases to lapse.
+  n=$(busiest); docker pause "$(container "$n")" >/dev/null; sleep 5
+  docker unpause "$(container "$n")" >/dev/null; mark 3 "pause $n for 5 s"
+  n=$(busiest); docker network disconnect "${COMPOSE_PROJECT_NAME}_data" "$(container "$n")"; sleep 5
+  docker network connect --alias "$n" "${COMPOSE_PROJECT_NAME}_data" "$(container "$n")"
+  mark 4 "$n cut off from Redis for 5 s"
+
+  say stop
+  result=$(hear results 120)
+  wait "$chat_pid" 2>/dev/null || true
+  chat_pid=
+  exec 7>&- 8<&-
+  rm -rf "$fifos"
+  node -e '
+    const r = JSON.parse(process.argv[1]);
+    const bad = r.members.filter((m) => m.missing || m.delivered_twice || m.out_of_order);
+    console.log(`  ${r.acked} publishes acked (${r.duplicates_acked} resends taken once), ${r.rejected} rejected; ` +
+      `members: ${r.members.map((m) => m.received).join(" ")} messages`);
+    if (r.rejected || r.seq_clashes || bad.length || r.acked < 300) {
+      console.error(JSON.stringify(r, null, 1));
+      process.exit(1);
+    }' "$result"
+
+  c down -v --remove-orphans >/dev/null 2>&1
+  left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"; \
+         docker network ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"; \
+         docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+  [ -z "$left" ] || { echo "down left: $left" >&2; exit 1; }
+  echo "  $strategy: ok in $(( $(date +%s) - start )) s; down left nothing"
+done
