@@ -219,6 +219,14 @@ pub fn require_nonzero(key: &str, is_zero: bool) -> Result<(), SettingsError> {
     Ok(())
 }
 
+/// A rate: a positive, finite number.
+pub fn require_positive(key: &str, value: f64) -> Result<(), SettingsError> {
+    if !(value > 0.0 && value.is_finite()) {
+        return Err(SettingsError::invalid(key, "must be a positive number"));
+    }
+    Ok(())
+}
+
 /// Checks a Redis URL early, so a typo stops the process at start.
 pub fn check_redis_url(key: &str, url: &str) -> Result<(), SettingsError> {
     ::redis::Client::open(url)

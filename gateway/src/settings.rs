@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use turnout_common::settings::{
     CommonCli, ListenSpec, SettingsError, Validate, check_http_url, check_redis_url,
-    require_nonzero,
+    require_nonzero, require_positive,
 };
 use turnout_proto::Strategy;
 
@@ -244,12 +244,7 @@ impl Validate for Settings {
             "max_connect_burst_per_ip",
             self.max_connect_burst_per_ip == 0,
         )?;
-        if !(self.max_connect_rate_per_ip > 0.0 && self.max_connect_rate_per_ip.is_finite()) {
-            return Err(SettingsError::invalid(
-                "max_connect_rate_per_ip",
-                "must be a positive number",
-            ));
-        }
+        require_positive("max_connect_rate_per_ip", self.max_connect_rate_per_ip)?;
         require_nonzero("max_body_bytes", self.max_body_bytes == 0)?;
         require_nonzero("max_subscribers", self.max_subscribers == 0)?;
         require_nonzero("max_client_streams", self.max_client_streams == 0)?;

@@ -388,6 +388,41 @@ fn table(runs: &[RunResult]) -> String {
     t
 }
 
+/// The `abuse` runs' attackers and what the cluster kept in Redis, when
+/// there are any.
+fn attack_table(runs: &[RunResult]) -> String {
+    let hit: Vec<_> = runs
+        .iter()
+        .filter_map(|r| r.attackers.as_ref().map(|a| (r, a)))
+        .collect();
+    if hit.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "<h2>Attackers</h2><table><tr><th>run</th><th>frames sent</th><th>refused</th><th>closed by the cluster</th>\
+         <th>silent sockets closed</th><th>streams opened / refused</th><th>attackers' CPU s</th>\
+         <th>Redis used_memory before → after</th></tr>",
+    );
+    for (r, a) in hit {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{:.2}</td><td>{:.2} → {:.2} MB</td></tr>",
+            esc(&label(r)),
+            a.frames_sent,
+            a.refused,
+            a.closed,
+            a.silent_sockets_closed,
+            a.streams_opened,
+            a.streams_refused,
+            a.cpu_seconds,
+            r.redis.memory_before as f64 / 1e6,
+            r.redis.memory_after as f64 / 1e6,
+        );
+    }
+    t.push_str("</table>");
+    t
+}
+
 pub(crate) fn write(o: &ReportOpts) -> Result<()> {
     let mut runs = Vec::new();
     for p in &o.results {
@@ -424,6 +459,7 @@ pub(crate) fn write(o: &ReportOpts) -> Result<()> {
         );
     }
     html.push_str(&table(&runs));
+    html.push_str(&attack_table(&runs));
     for (_, svg) in &charts {
         html.push_str(svg);
     }

@@ -391,16 +391,21 @@ impl Cluster {
 
     /// Waits until the gateway's `/api/cluster` lists exactly `n` nodes.
     pub async fn wait_nodes(&self, n: usize) -> Result<serde_json::Value> {
-        let url = format!("{}/api/cluster", self.gateway.http());
-        wait_for(&format!("{n} nodes in /api/cluster"), DEADLINE, || {
-            let url = url.clone();
-            async move {
-                let v = http_get_json(&url).await.ok()?.1;
-                (v["nodes"].as_array()?.len() == n).then_some(v)
-            }
-        })
-        .await
+        live_nodes(&self.gateway, n).await
     }
+}
+
+/// Waits until `gateway`'s `/api/cluster` lists exactly `n` nodes; returns it.
+pub async fn live_nodes(gateway: &Proc, n: usize) -> Result<serde_json::Value> {
+    let url = format!("{}/api/cluster", gateway.http());
+    wait_for(&format!("{n} nodes in /api/cluster"), DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let v = http_get_json(&url).await.ok()?.1;
+            (v["nodes"].as_array()?.len() == n).then_some(v)
+        }
+    })
+    .await
 }
 
 /// GET returning (status, JSON body).

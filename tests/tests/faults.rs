@@ -36,18 +36,6 @@ async fn front(redis: &str, strategy: Strategy) -> (Proc, Proc) {
     (router, gateway)
 }
 
-async fn live_count(gateway: &Proc, n: usize) -> Result<()> {
-    let url = format!("{}/api/cluster", gateway.http());
-    wait_for(&format!("{n} live nodes"), DEADLINE, || {
-        let url = url.clone();
-        async move {
-            let v = http_get_json(&url).await.ok()?.1;
-            (v["nodes"].as_array()?.len() == n).then_some(())
-        }
-    })
-    .await
-}
-
 /// A publisher through the gateway that follows `wrong_node` too.
 async fn publish_all(gw_ws: &str, room: &str, from: u64, to: u64) -> Result<()> {
     let mut i = from;
@@ -87,7 +75,7 @@ async fn a_paused_sticky_owner_moves_its_members_when_it_resumes() -> Result<()>
     let (_router, gateway) = front(&redis.url(), Strategy::Sticky).await;
     let n1 = node("n1", &env).await?;
     let n2 = node("n2", &env).await?;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     let gw = gateway.ws_url();
     // The reader is connected to the owner itself, not through the gateway
     // (whose health checks would move it first): the owner must do it.
@@ -105,7 +93,7 @@ async fn a_paused_sticky_owner_moves_its_members_when_it_resumes() -> Result<()>
     paused.pause()?;
     // Its heartbeat runs out; the room is placed on the other node by the
     // next member, who publishes there.
-    live_count(&gateway, 1).await?;
+    live_nodes(&gateway, 1).await?;
     publish_all(&gw, "p", 6, 10).await?;
     let (_, route) = http_get_json(&format!("{}/api/route?room=p", gateway.http())).await?;
     assert_eq!(route["node"], other.id.as_str());
@@ -130,7 +118,7 @@ async fn a_paused_pubsub_node_delivers_everything_when_it_resumes() -> Result<()
     let (_router, gateway) = front(&redis.url(), Strategy::Pubsub).await;
     let a = node("a", &env).await?;
     let b = node("b", &env).await?;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     let entry = format!("{}?room=q", gateway.ws_url());
     let reader = Follower::start(&format!("{}?room=q", a.ws_url()), &entry, "q").await?;
     let mut writer = Client::connect(&b.ws_url()).await?;
@@ -157,7 +145,7 @@ async fn presence_follows_pauses_and_restarts() -> Result<()> {
     let (_router, gateway) = front(&redis.url(), Strategy::Pubsub).await;
     let mut a = node("a", &env).await?;
     let b = node("b", &env).await?;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     let presence = |want: Vec<&'static str>| {
         let url = format!("{}/api/rooms/lobby/presence", gateway.http());
         async move {
@@ -285,7 +273,7 @@ async fn a_wedged_node_is_passed_over() -> Result<()> {
         settings.upstream_timeout = Duration::from_millis(500);
         let gateway = start_gateway_with(settings).await;
         let real = start_node(node_settings(&redis.url(), strategy)).await;
-        live_count(&gateway, 2).await?;
+        live_nodes(&gateway, 2).await?;
         if strategy == Strategy::Sticky {
             // The room's owner is the wedged node.
             let mut con = redis.con().await?;
@@ -399,7 +387,7 @@ async fn a_pubsub_node_cut_from_redis_catches_up() -> Result<()> {
     let (_router, gateway) = front(&redis.url(), Strategy::Pubsub).await;
     let cut_off = start_node(node_settings(&proxy.url(), Strategy::Pubsub)).await;
     let direct = start_node(node_settings(&redis.url(), Strategy::Pubsub)).await;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     let entry = format!("{}?room=c", gateway.ws_url());
     let reader = Follower::start(&format!("{}?room=c", cut_off.ws_url()), &entry, "c").await?;
     let mut writer = Client::connect(&direct.ws_url()).await?;
@@ -443,17 +431,17 @@ async fn a_sticky_owner_cut_from_redis_sends_its_members_away() -> Result<()> {
     let mut cut_settings = fast(&proxy.url());
     cut_settings.node_id = Some("cut".into());
     let _cut_off = start_node(cut_settings).await;
-    live_count(&gateway, 1).await?;
+    live_nodes(&gateway, 1).await?;
     let gw = gateway.ws_url();
     // The room is placed on the only node, the one about to be cut off.
     let reader = Follower::start(&format!("{gw}?room=s"), &format!("{gw}?room=s"), "s").await?;
     publish_all(&gw, "s", 1, 3).await?;
     assert_eq!(reader.until(3).await?, exactly(3));
     let _direct = start_node(fast(&redis.url())).await;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     proxy.cut();
     // The cut node's heartbeat runs out; new members go to the other node.
-    live_count(&gateway, 1).await?;
+    live_nodes(&gateway, 1).await?;
     publish_all(&gw, "s", 4, 8).await?;
     assert_eq!(reader.until(8).await?, exactly(8));
     assert!(reader.moves() >= 1);
@@ -476,13 +464,13 @@ async fn a_cut_between_gateway_and_node_moves_only_its_clients() -> Result<()> {
     a_settings.advertise_url = Some(format!("{via}/ws"));
     a_settings.node_id = Some("a".into());
     let _a = start_node_at(port, a_settings).await;
-    live_count(&gateway, 1).await?;
+    live_nodes(&gateway, 1).await?;
     let entry = format!("{}?room=g", gateway.ws_url());
     let cut_off = Follower::start(&entry, &entry, "g").await?;
     let mut b_settings = node_settings(&redis.url(), Strategy::Pubsub);
     b_settings.node_id = Some("b".into());
     let b = start_node(b_settings).await;
-    live_count(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
     let other = Follower::start(&format!("{}?room=g", b.ws_url()), &entry, "g").await?;
     let mut writer = Client::connect(&b.ws_url()).await?;
     writer.join("g").await?;

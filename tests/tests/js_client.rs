@@ -113,18 +113,6 @@ impl Chat {
     }
 }
 
-async fn live(gateway: &Proc, n: usize) -> Result<()> {
-    let url = format!("{}/api/cluster", gateway.http());
-    wait_for(&format!("{n} live nodes"), DEADLINE, || {
-        let url = url.clone();
-        async move {
-            let v = http_get_json(&url).await.ok()?.1;
-            (v["nodes"].as_array()?.len() == n).then_some(())
-        }
-    })
-    .await
-}
-
 async fn exactly_once_through_faults(strategy: Strategy) -> Result<()> {
     let mut redis = Redis::start_persistent().await?;
     let url = redis.url();
@@ -136,7 +124,7 @@ async fn exactly_once_through_faults(strategy: Strategy) -> Result<()> {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         nodes.push(NodeProcess::start(&format!("js-{i}"), &env).await?);
     }
-    live(&gateway, 3).await?;
+    live_nodes(&gateway, 3).await?;
     let mut chat = Chat::start(&gateway.ws_url()).await?;
     chat.mark(1).await?;
 
@@ -145,7 +133,7 @@ async fn exactly_once_through_faults(strategy: Strategy) -> Result<()> {
     let mut dead = nodes.remove(i);
     dead.kill();
     chat.mark(2).await?;
-    live(&gateway, 2).await?;
+    live_nodes(&gateway, 2).await?;
 
     // Another one drains (SIGTERM): `reconnect`, 1012, nothing lost.
     let i = chat.busiest(&nodes).await?;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use turnout_common::settings::{
     CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
+    require_positive,
 };
 use turnout_proto::Strategy;
 
@@ -299,19 +300,9 @@ impl Validate for Settings {
                 format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
             ));
         }
-        if !(self.max_publish_rate > 0.0 && self.max_publish_rate.is_finite()) {
-            return Err(SettingsError::invalid(
-                "max_publish_rate",
-                "must be a positive number",
-            ));
-        }
+        require_positive("max_publish_rate", self.max_publish_rate)?;
         require_nonzero("max_publish_burst", self.max_publish_burst == 0)?;
-        if !(self.max_join_rate > 0.0 && self.max_join_rate.is_finite()) {
-            return Err(SettingsError::invalid(
-                "max_join_rate",
-                "must be a positive number",
-            ));
-        }
+        require_positive("max_join_rate", self.max_join_rate)?;
         require_nonzero("max_join_burst", self.max_join_burst == 0)?;
         require_nonzero("max_rooms_per_minute", self.max_rooms_per_minute == 0)?;
         require_nonzero("max_replay_bytes", self.max_replay_bytes == 0)?;
@@ -320,12 +311,7 @@ impl Validate for Settings {
             "max_connect_burst_per_ip",
             self.max_connect_burst_per_ip == 0,
         )?;
-        if !(self.max_connect_rate_per_ip > 0.0 && self.max_connect_rate_per_ip.is_finite()) {
-            return Err(SettingsError::invalid(
-                "max_connect_rate_per_ip",
-                "must be a positive number",
-            ));
-        }
+        require_positive("max_connect_rate_per_ip", self.max_connect_rate_per_ip)?;
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return Err(SettingsError::invalid(
                 "idle_timeout",
