@@ -23,10 +23,15 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_STRATEGY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
-    /// Redis URL.
-    #[arg(long, env = "TURNOUT_REDIS_URL")]
+    /// Redis URL: redis://[user:password@]host:port, or rediss:// for TLS.
+    #[arg(long, env = "TURNOUT_REDIS_URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed a TLS Redis's certificate (rediss://),
+    /// instead of the system's roots.
+    #[arg(long, env = "TURNOUT_REDIS_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Listen address: HOST:PORT (a ws-node also takes HOST:0 and HOST:LOW-HIGH).
     #[arg(long, env = "TURNOUT_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -130,7 +130,8 @@ pub async fn run(
         settings.insecure,
         &missing,
     )?;
-    let client = turnout_common::redis::client(&settings.redis_url)?;
+    let client =
+        turnout_common::redis::client(&settings.redis_url, settings.redis_ca_file.as_deref())?;
     // Health and readiness answer from the first moment, while the gateway
     // waits for Redis.
     let readiness = Readiness::default();

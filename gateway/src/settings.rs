@@ -106,6 +106,7 @@ pub struct Cli {
 pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub listen: ListenSpec,
     pub router_url: String,
     pub node_id: Option<String>,
@@ -145,6 +146,7 @@ impl Default for Settings {
         Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
             listen: "0.0.0.0:8080".parse().expect("valid default"),
             router_url: "http://127.0.0.1:7070".into(),
             node_id: None,

@@ -46,6 +46,7 @@ pub struct Cli {
 pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub listen: ListenSpec,
     pub node_id: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -69,6 +70,7 @@ impl Default for Settings {
         Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
             listen: "0.0.0.0:7070".parse().expect("valid default"),
             node_id: None,
             poll_interval: Duration::from_millis(250),

@@ -162,6 +162,7 @@ pub struct Cli {
 pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub listen: ListenSpec,
     pub node_id: Option<String>,
     pub advertise_url: Option<String>,
@@ -220,6 +221,7 @@ impl Default for Settings {
         Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
             listen: "0.0.0.0:9000".parse().expect("valid default"),
             node_id: None,
             advertise_url: None,

@@ -29,8 +29,9 @@ use turnout_proto::keys;
 /// The connection every command goes through.
 pub type Con = ConnectionManager;
 
-/// A client for `url` with RESP3 and TCP keepalive.
-pub fn client(url: &str) -> RedisResult<Client> {
+/// A client for `url` with RESP3 and TCP keepalive; for `rediss://`, TLS
+/// checked against `ca_file` (PEM) when given, else the system's roots.
+pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> RedisResult<Client> {
     let info = url.into_connection_info()?;
     let redis = info
         .redis_settings()
@@ -46,7 +47,24 @@ pub fn client(url: &str) -> RedisResult<Client> {
         .set_nodelay(true)
         .set_keepalive(keepalive)
         .set_user_timeout(Duration::from_secs(10));
-    Client::open(info.set_redis_settings(redis).set_tcp_settings(tcp))
+    let info = info.set_redis_settings(redis).set_tcp_settings(tcp);
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                ::redis::RedisError::from((
+                    ::redis::ErrorKind::InvalidClientConfig,
+                    "redis_ca_file cannot be read",
+                    format!("{}: {e}", path.display()),
+                ))
+            })?;
+            let certs = ::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            Client::build_with_tls(info, certs)
+        }
+        None => Client::open(info),
+    }
 }
 
 fn manager_config() -> ConnectionManagerConfig {
