@@ -408,6 +408,21 @@ pub async fn live_nodes(gateway: &Proc, n: usize) -> Result<serde_json::Value> {
     .await
 }
 
+/// Waits until `p`'s `/readyz` answers 503 with `needle` in its body (what
+/// the process waits for, and the reply it got); returns the body.
+pub async fn readyz_refusal(p: &Proc, needle: &str) -> Result<String> {
+    let url = format!("{}/readyz", p.http());
+    wait_for(&format!("/readyz to say {needle:?}"), DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let (status, body) = http("GET", &url, None, &[]).await.ok()?;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            (status == 503 && body.contains(needle)).then_some(body)
+        }
+    })
+    .await
+}
+
 /// GET returning (status, JSON body).
 pub async fn http_get_json(url: &str) -> Result<(u16, serde_json::Value)> {
     let (status, body) = http("GET", url, None, &[]).await?;

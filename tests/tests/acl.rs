@@ -102,18 +102,7 @@ async fn a_wrong_password_is_named() -> Result<()> {
         &as_user(&redis, "not-the-password"),
         Strategy::Pubsub,
     ));
-    let base = node.http();
-    let why = wait_for("/readyz to name the refusal", DEADLINE, || {
-        let base = base.clone();
-        async move {
-            let (status, body) = http("GET", &format!("{base}/readyz"), None, &[])
-                .await
-                .ok()?;
-            let body = String::from_utf8_lossy(&body).into_owned();
-            (status == 503 && body.contains("WRONGPASS")).then_some(body)
-        }
-    })
-    .await?;
+    let why = readyz_refusal(&node, "WRONGPASS").await?;
     assert!(
         !why.contains("not-the-password"),
         "the password is not shown: {why}"

@@ -356,18 +356,7 @@ async fn processes_wait_for_redis_and_say_why() -> Result<()> {
         &format!("redis://127.0.0.1:{locked}"),
         Strategy::Pubsub,
     ));
-    let base = n2.http();
-    let why = wait_for("the refusal named", DEADLINE, || {
-        let base = base.clone();
-        async move {
-            let (_, body) = http("GET", &format!("{base}/readyz"), None, &[])
-                .await
-                .ok()?;
-            let body = String::from_utf8_lossy(&body).into_owned();
-            body.contains("uth").then_some(body)
-        }
-    })
-    .await?;
+    let why = readyz_refusal(&n2, "uth").await?;
     assert!(
         why.contains("NOAUTH") || why.contains("uthentication"),
         "{why}"

@@ -168,18 +168,7 @@ async fn processes_reach_a_tls_redis_with_its_ca() -> Result<()> {
 
     // Without the CA, the system's roots do not know this one: named.
     let lost = spawn_node(node_settings(&url, Strategy::Pubsub));
-    let base = lost.http();
-    let why = wait_for("/readyz to name the TLS refusal", DEADLINE, || {
-        let base = base.clone();
-        async move {
-            let (status, body) = http("GET", &format!("{base}/readyz"), None, &[])
-                .await
-                .ok()?;
-            let body = String::from_utf8_lossy(&body).into_owned();
-            (status == 503 && body.contains("rediss://")).then_some(body)
-        }
-    })
-    .await?;
+    let why = readyz_refusal(&lost, "rediss://").await?;
     assert!(
         why.to_lowercase().contains("certificate") || why.contains("UnknownIssuer"),
         "{why}"
