@@ -71,8 +71,10 @@ export function tokenExpiry(token) {
         return undefined;
     }
 }
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 function utf8Length(s) {
-    return new TextEncoder().encode(s).length;
+    return encoder.encode(s).length;
 }
 /** A delay of `min·2^tries`, at most `max`: half fixed, half random. */
 function jittered(min, max, tries) {
@@ -372,7 +374,7 @@ export class Client {
             this.#pingSent = 0;
             let f;
             try {
-                f = JSON.parse(typeof ev.data === "string" ? ev.data : new TextDecoder().decode(ev.data));
+                f = JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data));
             }
             catch {
                 return;

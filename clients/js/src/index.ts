@@ -222,8 +222,11 @@ export function tokenExpiry(token: string): number | undefined {
   }
 }
 
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
 function utf8Length(s: string): number {
-  return new TextEncoder().encode(s).length;
+  return encoder.encode(s).length;
 }
 
 /** A delay of `min·2^tries`, at most `max`: half fixed, half random. */
@@ -553,7 +556,7 @@ export class Client {
       this.#pingSent = 0;
       let f: Record<string, any>;
       try {
-        f = JSON.parse(typeof ev.data === "string" ? ev.data : new TextDecoder().decode(ev.data as ArrayBuffer));
+        f = JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data as ArrayBuffer));
       } catch {
         return;
       }
