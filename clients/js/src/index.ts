@@ -1002,9 +1002,15 @@ export class Client {
   #scheduleFlush(): void {
     const now = Date.now();
     let soonest = Infinity;
+    // A room's publishes go in order, so its first unsent one says when it
+    // can go on (at once, if its delay passed meanwhile). Rooms not joined
+    // flush at their `joined`.
+    const seen = new Set<string>();
     for (const p of this.#pending.values()) {
-      if (!p.sent && p.notBefore > now && this.#rooms.get(p.room)?.phase === "joined") {
-        soonest = Math.min(soonest, p.notBefore);
+      if (p.sent || seen.has(p.room)) continue;
+      seen.add(p.room);
+      if (this.#rooms.get(p.room)?.phase === "joined") {
+        soonest = Math.min(soonest, Math.max(p.notBefore, now));
       }
     }
     if (soonest === Infinity || soonest >= this.#retryAt) return;

@@ -475,3 +475,31 @@ test("close stops token refreshes, even one under way", async () => {
   assert.equal(errors.length, 0);
   assert.ok(!server.sockets[0].sent.some((f) => f.type === "refresh"));
 });
+
+test("a publish retried after a refusal holds back the ones behind it, without spinning", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 40, maxBackoffMs: 80, WebSocket: server.WebSocket });
+  c.join("r");
+  const { s } = await joined(server, 0, c, "r", 0);
+  const first = c.publish("r", "a");
+  const pa = await s.next((f) => f.type === "publish" && f.data === "a");
+  s.frame({ type: "error", code: "rate_limited", message: "slow", room: "r", id: pa.id });
+  const second = c.publish("r", "b"); // queued behind the retry
+  let timers = 0;
+  const real = globalThis.setTimeout;
+  globalThis.setTimeout = (...args) => (timers++, real(...args));
+  try {
+    const isPublish = (f) => f.type === "publish";
+    const retry = await s.nth(isPublish, 2);
+    assert.equal(retry.id, pa.id, "the refused one goes first");
+    const b = await s.nth(isPublish, 3);
+    assert.equal(b.data, "b");
+    assert.ok(timers < 10, `${timers} timers while waiting out a 20-80 ms delay`);
+  } finally {
+    globalThis.setTimeout = real;
+  }
+  s.frame({ type: "ack", id: pa.id, seq: 1 });
+  s.frame({ type: "ack", id: (await s.nth((f) => f.type === "publish", 3)).id, seq: 2 });
+  assert.deepEqual([(await first).seq, (await second).seq], [1, 2]);
+  c.close();
+});
