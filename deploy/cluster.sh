@@ -19,6 +19,9 @@
 #   REDIS_PERSIST [0]: 1 keeps Redis data across restarts (AOF, fsync always)
 #   CUTTABLE [0]: 1 runs each node's Redis connections through its own
 #     `turnout-bench proxy` (port REDIS_PORT+100+i), so `cut`/`heal` work
+#   REDIS_SHARDS [0]: N > 0 runs a Redis Cluster of N masters instead of one
+#     Redis (ports REDIS_PORT..REDIS_PORT+N-1, cluster bus +10000), with
+#     REDIS_REPLICAS [0] replicas each; every process gets redis_cluster = true
 #   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
 set -euo pipefail
 
@@ -32,6 +35,17 @@ PROFILE=${PROFILE:-release}
 BIND=${BIND:-127.0.0.1}
 STRATEGY=${TURNOUT_STRATEGY:-pubsub}
 NODES=3
+REDIS_SHARDS=${REDIS_SHARDS:-0}
+REDIS_REPLICAS=${REDIS_REPLICAS:-0}
+if [ "$REDIS_SHARDS" -gt 0 ]; then
+  export TURNOUT_REDIS_CLUSTER=true
+  redis_urls=""
+  for k in $(seq 0 $(( REDIS_SHARDS * (1 + REDIS_REPLICAS) - 1 ))); do
+    redis_urls="${redis_urls:+$redis_urls,}redis://127.0.0.1:$(( REDIS_PORT + k ))"
+  done
+else
+  redis_urls=redis://127.0.0.1:$REDIS_PORT
+fi
 # The local runner is a demo on loopback: it runs open, on purpose.
 export TURNOUT_INSECURE=${TURNOUT_INSECURE:-true}
 
@@ -70,7 +84,31 @@ ensure_curl() {
   fi
 }
 
+start_redis_cluster() {
+  local n=$(( REDIS_SHARDS * (1 + REDIS_REPLICAS) )) addrs=() p
+  for k in $(seq 0 $(( n - 1 ))); do
+    p=$(( REDIS_PORT + k ))
+    addrs+=("127.0.0.1:$p")
+    pid_alive "$RUN_DIR/redis-$p.pid" && continue
+    rm -f "$RUN_DIR/nodes-$p.conf"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file "$RUN_DIR/nodes-$p.conf" --cluster-node-timeout 2000 \
+      --dir "$RUN_DIR" --daemonize yes --pidfile "$RUN_DIR/redis-$p.pid" --logfile "$RUN_DIR/redis-$p.log"
+  done
+  for a in "${addrs[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "${a#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  if ! redis-cli -p "$REDIS_PORT" cluster info 2>/dev/null | grep -q cluster_state:ok; then
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$REDIS_REPLICAS" --cluster-yes >"$RUN_DIR/redis-create.log" \
+      || die "redis-cli --cluster create failed; see $RUN_DIR/redis-create.log"
+    for _ in $(seq 100); do
+      redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok && break; sleep 0.1
+    done
+  fi
+}
+
 start_redis() {
+  if [ "$REDIS_SHARDS" -gt 0 ]; then start_redis_cluster; return; fi
   pid_alive "$RUN_DIR/redis.pid" && return
   local persist=(--appendonly no)
   if [ "${REDIS_PERSIST:-0}" = 1 ]; then
@@ -85,16 +123,19 @@ start_node() { # index
   local i=$1 port=$(( NODE_PORT_BASE + $1 - 1 ))
   local id="node-$i"
   pid_alive "$RUN_DIR/$id.pid" && { echo "$id already running"; return; }
-  local redis_port=$REDIS_PORT
+  local redis_url=$redis_urls
   if [ "${CUTTABLE:-0}" = 1 ]; then
+    [ "$REDIS_SHARDS" -gt 0 ] && die "CUTTABLE=1 needs one Redis, not REDIS_SHARDS"
+    local redis_port
     redis_port=$(( REDIS_PORT + 100 + i ))
     if ! pid_alive "$RUN_DIR/proxy-$id.pid"; then
       "$bin_dir/turnout-bench" proxy --listen "127.0.0.1:$redis_port" --target "127.0.0.1:$REDIS_PORT" \
         >>"$RUN_DIR/proxy-$id.log" 2>&1 &
       echo $! >"$RUN_DIR/proxy-$id.pid"
     fi
+    redis_url=redis://127.0.0.1:$redis_port
   fi
-  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$redis_port \
+  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_url \
     "$bin_dir/turnout-ws-node" --listen "$BIND:$port" --node-id "$id" \
     >>"$RUN_DIR/$id.log" 2>&1 &
   echo $! >"$RUN_DIR/$id.pid"
@@ -125,10 +166,10 @@ up() {
   fi
 
   start_redis
-  echo "redis    redis://127.0.0.1:$REDIS_PORT"
+  echo "redis    $redis_urls"
 
   if ! pid_alive "$RUN_DIR/router.pid"; then
-    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_urls \
       "$bin_dir/turnout-router" --listen "$BIND:$ROUTER_PORT" --node-id router-1 \
       >>"$RUN_DIR/router.log" 2>&1 &
     echo $! >"$RUN_DIR/router.pid"
@@ -139,7 +180,7 @@ up() {
   for i in $(seq "$NODES"); do start_node "$i"; done
 
   if ! pid_alive "$RUN_DIR/gateway.pid"; then
-    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_urls \
       TURNOUT_ROUTER_URL=http://127.0.0.1:$ROUTER_PORT \
       "$bin_dir/turnout-gateway" --listen "$BIND:$GATEWAY_PORT" --node-id gateway-1 \
       >>"$RUN_DIR/gateway.log" 2>&1 &
@@ -194,6 +235,10 @@ down() {
     pid_alive "$f" && kill -KILL "$(cat "$f")" 2>/dev/null
   done
   if pid_alive "$RUN_DIR/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN_DIR/redis.pid")"; fi
+  for f in "$RUN_DIR"/redis-*.pid; do
+    pid_alive "$f" && kill "$(cat "$f")"
+  done
+  rm -f "$RUN_DIR"/nodes-*.conf
   rm -f "$RUN_DIR"/*.pid
   echo "turnout is down (logs kept in $RUN_DIR)"
 }
@@ -226,5 +271,5 @@ case $cmd in
     [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")
     [ -f "$RUN_DIR/cuttable" ] && CUTTABLE=$(cat "$RUN_DIR/cuttable")
     start_node "${n#node-}" ;;
-  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -27,6 +27,11 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_REDIS_URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Redis is a Redis Cluster: `redis_url` is a comma-separated list of
+    /// seed nodes (true/false; `--redis-cluster` alone means true).
+    #[arg(long, env = "TURNOUT_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<bool>,
     /// PEM file of the CA that signed a TLS Redis's certificate (rediss://),
     /// instead of the system's roots.
     #[arg(long, env = "TURNOUT_REDIS_CA_FILE")]
@@ -232,11 +237,24 @@ pub fn require_positive(key: &str, value: f64) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Checks a Redis URL early, so a typo stops the process at start.
-pub fn check_redis_url(key: &str, url: &str) -> Result<(), SettingsError> {
+/// Checks a Redis URL early, so a typo stops the process at start; with
+/// `cluster`, a comma-separated list of seed-node URLs.
+pub fn check_redis_url(key: &str, url: &str, cluster: bool) -> Result<(), SettingsError> {
+    let shown = crate::redis::redacted(url);
+    if cluster {
+        return crate::redis::cluster_seeds(url).map(|_| ()).map_err(|e| {
+            SettingsError::invalid(key, format!("`{shown}` is not a list of Redis URLs ({e})"))
+        });
+    }
+    if url.contains(',') {
+        return Err(SettingsError::invalid(
+            key,
+            format!("`{shown}` lists several Redis servers: set redis_cluster = true for a Redis Cluster"),
+        ));
+    }
     ::redis::Client::open(url)
         .map(|_| ())
-        .map_err(|e| SettingsError::invalid(key, format!("`{url}` is not a Redis URL ({e})")))
+        .map_err(|e| SettingsError::invalid(key, format!("`{shown}` is not a Redis URL ({e})")))
 }
 
 /// Checks that an http(s) URL parses.

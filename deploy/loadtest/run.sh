@@ -13,6 +13,14 @@ shift 2
 export RUN_DIR=${RUN_DIR:-$here/run}
 export REDIS_PORT=${REDIS_PORT:-6390}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
+# REDIS_SHARDS=N (cluster.sh) runs on a Redis Cluster: sample every node.
+redis_url=redis://127.0.0.1:$REDIS_PORT
+if [ "${REDIS_SHARDS:-0}" -gt 0 ]; then
+  redis_url=""
+  for k in $(seq 0 $(( REDIS_SHARDS * (1 + ${REDIS_REPLICAS:-0}) - 1 ))); do
+    redis_url="${redis_url:+$redis_url,}redis://127.0.0.1:$(( REDIS_PORT + k ))"
+  done
+fi
 (cd "$here" && cargo build --release --quiet --bins)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
@@ -20,4 +28,4 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap '"$here/deploy/cluster.sh" down >/dev/null' EXIT
 "$here/target/release/turnout-bench" run --quiet \
   --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
-  --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$out" "$@"
+  --redis-url "$redis_url" --out "$out" "$@"

@@ -18,7 +18,7 @@
 use crate::state::ApiError;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use redis::aio::ConnectionManager;
+use turnout_common::redis::Con;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
@@ -81,7 +81,7 @@ pub(crate) struct FollowMetrics {
 pub(crate) struct Follower {
     feeds: Mutex<HashMap<String, Feed>>,
     channels: turnout_common::redis::Channels,
-    redis: ConnectionManager,
+    redis: Con,
     buffer: usize,
     /// Who holds streams, and how many each may.
     pub(crate) book: Arc<crate::streams::Book>,
@@ -103,8 +103,8 @@ impl Follower {
     /// Connects the pub/sub connection and starts its tasks.
     #[allow(clippy::too_many_arguments)] // called once, at start, by name
     pub(crate) async fn start(
-        client: &redis::Client,
-        redis: ConnectionManager,
+        client: &turnout_common::redis::Redis,
+        redis: Con,
         buffer: usize,
         book: Arc<crate::streams::Book>,
         stream_bytes: usize,
@@ -252,6 +252,10 @@ impl RoomPushes for Follower {
 
     fn subscribed(&self, room: &str) {
         self.send(room, Event::Resync);
+    }
+
+    fn unsubscribed(&self, room: &str) {
+        self.channels.lost(room);
     }
 
     fn disconnected(&self) {

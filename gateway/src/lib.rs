@@ -131,7 +131,11 @@ pub async fn run(
         &missing,
     )?;
     let client =
-        turnout_common::redis::client(&settings.redis_url, settings.redis_ca_file.as_deref())?;
+        turnout_common::redis::client(
+            &settings.redis_url,
+            settings.redis_ca_file.as_deref(),
+            settings.redis_cluster,
+        )?;
     // Health and readiness answer from the first moment, while the gateway
     // waits for Redis.
     let readiness = Readiness::default();

@@ -107,6 +107,7 @@ pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
     pub redis_ca_file: Option<std::path::PathBuf>,
+    pub redis_cluster: bool,
     pub listen: ListenSpec,
     pub router_url: String,
     pub node_id: Option<String>,
@@ -147,6 +148,7 @@ impl Default for Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca_file: None,
+            redis_cluster: false,
             listen: "0.0.0.0:8080".parse().expect("valid default"),
             router_url: "http://127.0.0.1:7070".into(),
             node_id: None,
@@ -218,7 +220,7 @@ impl Validate for Settings {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
         require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
-        check_redis_url("redis_url", &self.redis_url)?;
+        check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
         let routers = self.routers();
         if routers.is_empty() {
             return Err(SettingsError::invalid(

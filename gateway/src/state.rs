@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use redis::aio::ConnectionManager;
+use turnout_common::redis::Con;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -182,7 +182,7 @@ pub(crate) struct Gateway {
     pub(crate) view: watch::Receiver<Arc<View>>,
     pub(crate) picker: Picker,
     pub(crate) metrics: GatewayMetrics,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: Con,
     nodes: DashMap<String, NodeClient<Internal>>,
     /// One client per router URL, in failover order.
     pub(crate) routers: Vec<RouterClient<Internal>>,
@@ -214,7 +214,7 @@ impl Gateway {
         id: String,
         settings: Settings,
         view: watch::Receiver<Arc<View>>,
-        redis: ConnectionManager,
+        redis: Con,
         internal: InternalToken,
         auth: Option<ClientAuth>,
         readiness: turnout_common::readiness::Readiness,

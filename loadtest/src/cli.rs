@@ -116,7 +116,8 @@ pub struct RunOpts {
     /// The local cluster's run directory (pid files), to sample CPU/RSS and to kill nodes.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Redis URL to sample INFO from.
+    /// Redis URL to sample INFO from (a comma-separated list for a Redis
+    /// Cluster: commands are summed over its masters).
     #[arg(long)]
     pub redis_url: Option<String>,
     /// Failover: the node to SIGKILL (pid file `<run-dir>/<NODE>.pid`); default: the busiest.

@@ -86,8 +86,40 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Calls per command and the total, from `INFO commandstats` and `INFO stats`.
+/// Calls per command and the total, from `INFO commandstats` and `INFO
+/// stats`; for a comma-separated list (a Redis Cluster), summed over the
+/// nodes that are masters.
 pub(crate) async fn redis_counts(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
+    if !url.contains(',') {
+        return redis_counts_one(url).await;
+    }
+    let mut total = 0;
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for one in url.split(',').map(str::trim) {
+        if !is_master(one).await? {
+            continue;
+        }
+        let (t, b) = redis_counts_one(one).await?;
+        total += t;
+        for (k, v) in b {
+            *by.entry(k).or_default() += v;
+        }
+    }
+    Some((total, by))
+}
+
+async fn is_master(url: &str) -> Option<bool> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    Some(info.contains("role:master"))
+}
+
+async fn redis_counts_one(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
     // A saturated Redis may answer INFO slowly: wait for it rather than
     // leave the run without Redis figures.
     let client = redis::Client::open(url).ok()?;
@@ -138,8 +170,16 @@ pub(crate) fn fd_limits() -> Option<(u64, u64)> {
     Some((*nums.first()?, *nums.get(1)?))
 }
 
-/// Redis `used_memory`, in bytes.
+/// Redis `used_memory`, in bytes (summed over a comma-separated list).
 pub(crate) async fn redis_memory(url: &str) -> Option<u64> {
+    let mut sum = 0;
+    for one in url.split(',').map(str::trim) {
+        sum += redis_memory_one(one).await?;
+    }
+    Some(sum)
+}
+
+async fn redis_memory_one(url: &str) -> Option<u64> {
     let client = redis::Client::open(url).ok()?;
     let mut con = client.get_multiplexed_async_connection().await.ok()?;
     let info: String = redis::cmd("INFO")

@@ -1,22 +1,27 @@
 //! Every Redis key and channel turnout uses. All keys of one room share the
 //! hash tag `{room}`, so they live in one slot of a Redis Cluster and one
-//! script may touch them all.
+//! script may touch them all; the membership keys (node set, heartbeats,
+//! draining set) share the tag `{nodes}`, so a heartbeat, a drop or a
+//! liveness check is one single-slot step too. Rooms spread over a
+//! cluster's shards by name; membership is small and lives on one.
 
 /// Set of node ids that have heartbeated; entries whose heartbeat key expired
 /// are removed by routers.
-pub const NODES: &str = "turnout:nodes";
+pub const NODES: &str = "turnout:{nodes}";
 /// Channel on which nodes announce that they joined, changed state or left,
 /// so routers refresh at once instead of at their next poll.
-pub const MEMBERSHIP_CHANNEL: &str = "turnout:membership";
+pub const MEMBERSHIP_CHANNEL: &str = "turnout:{nodes}:membership";
 
 /// Set of node ids that are draining: alive, but owners of nothing new.
-pub const DRAINING: &str = "turnout:draining";
+pub const DRAINING: &str = "turnout:{nodes}:draining";
 /// Prefix of heartbeat keys (see [`node`]), for scripts that build them.
-pub const NODE_PREFIX: &str = "turnout:node:";
+pub const NODE_PREFIX: &str = "turnout:{nodes}:node:";
 
 /// Backend inbox: a stream of what clients publish (fields `room`, `seq`,
 /// `user`, `message`), bounded by the ws-nodes' `inbox_size`, for backends
-/// to consume with consumer groups.
+/// to consume with consumer groups. One stream in both modes; on a Redis
+/// Cluster it lives on one shard and is appended to after the room's
+/// publish (at least once: a resent publish may append its entry again).
 pub const INBOX: &str = "turnout:inbox";
 
 /// Prefix of nodes' control channels (see [`node_control`]).
@@ -102,7 +107,7 @@ mod tests {
         let c = room_channel("r1");
         assert_eq!(c, "turnout:{r1}:bus");
         assert_eq!(room_from_channel(&c), Some("r1"));
-        assert_eq!(room_from_channel("turnout:membership"), None);
+        assert_eq!(room_from_channel(MEMBERSHIP_CHANNEL), None);
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub async fn run(
     );
 
     let client =
-        turnout_common::redis::client(&settings.redis_url, settings.redis_ca_file.as_deref())?;
+        turnout_common::redis::client(
+            &settings.redis_url,
+            settings.redis_ca_file.as_deref(),
+            settings.redis_cluster,
+        )?;
     // Health and readiness answer from the first moment, while the router
     // waits for Redis.
     let readiness = Readiness::default();
@@ -88,7 +92,7 @@ pub async fn run(
     // Announcements from nodes wake the membership reader at once.
     let changed = Arc::new(Notify::new());
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
-    let mut sub = turnout_common::redis::pubsub(&client, push_tx).await?;
+    let mut sub = client.pubsub(push_tx).await?;
     sub.subscribe(keys::MEMBERSHIP_CHANNEL).await?;
     let wake = changed.clone();
     let stop = CancellationToken::new();

@@ -1,11 +1,11 @@
 //! The live set: nodes whose heartbeat key has not expired.
 //!
-//! Re-read on every announcement on `turnout:membership` and every
+//! Re-read on every announcement on `turnout:{nodes}:membership` and every
 //! `poll_interval` (an expiry announces nothing). A new snapshot is
 //! published to watchers only when something besides heartbeat time changed.
 
 use prometheus::IntGauge;
-use redis::aio::ConnectionManager;
+use turnout_common::redis::Con;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -46,7 +46,7 @@ impl Snapshot {
 
 /// Reads the live set from Redis.
 pub(crate) async fn read(
-    con: &mut ConnectionManager,
+    con: &mut Con,
     strategy: Strategy,
 ) -> redis::RedisResult<Snapshot> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
@@ -105,7 +105,7 @@ const REFUSALS_TO_DROP: u32 = 2;
 /// node that heartbeated meanwhile stays. Timeouts prove nothing (a busy or
 /// paused node may be slow to accept) and are left to the TTL.
 async fn drop_refusing(
-    con: &mut ConnectionManager,
+    con: &mut Con,
     snap: &mut Snapshot,
     refusals: &mut std::collections::HashMap<String, u32>,
 ) {
@@ -180,7 +180,7 @@ pub(crate) fn with_ages(nodes: &[NodeInfo]) -> Vec<NodeInfo> {
 /// Keeps `tx` up to date until `stop`.
 #[allow(clippy::too_many_arguments)] // called once, at start, by name
 pub(crate) async fn follow(
-    mut con: ConnectionManager,
+    mut con: Con,
     strategy: Strategy,
     poll: Duration,
     changed: Arc<Notify>,

@@ -4,7 +4,7 @@ use crate::membership::{Snapshot, with_ages};
 use crate::placement::{RecentClaims, choose};
 use crate::settings::Settings;
 use prometheus::{IntCounter, IntCounterVec};
-use redis::aio::ConnectionManager;
+use turnout_common::redis::Con;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub(crate) struct RouterService {
     id: String,
     settings: Settings,
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    redis: ConnectionManager,
+    redis: Con,
     recent: RecentClaims,
     metrics: RouterMetrics,
     /// Placement writes left: a token bucket (`max_placement_rate`).
@@ -42,7 +42,7 @@ impl RouterService {
         id: String,
         settings: Settings,
         snapshot: watch::Receiver<Arc<Snapshot>>,
-        redis: ConnectionManager,
+        redis: Con,
         metrics: RouterMetrics,
     ) -> Self {
         // Long enough for a placed room's members to join and show up in the

@@ -47,6 +47,7 @@ pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
     pub redis_ca_file: Option<std::path::PathBuf>,
+    pub redis_cluster: bool,
     pub listen: ListenSpec,
     pub node_id: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -71,6 +72,7 @@ impl Default for Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca_file: None,
+            redis_cluster: false,
             listen: "0.0.0.0:7070".parse().expect("valid default"),
             node_id: None,
             poll_interval: Duration::from_millis(250),
@@ -91,7 +93,7 @@ impl Validate for Settings {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
         require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
-        check_redis_url("redis_url", &self.redis_url)?;
+        check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
         require_nonzero("poll_interval", self.poll_interval.is_zero())?;
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
             return Err(SettingsError::invalid(

@@ -164,6 +164,250 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of `redis-server` child processes on loopback: masters
+/// and replicas on free ports (each below 55536 with its cluster-bus port,
+/// + 10000, free too), made with `redis-cli --cluster create`; killed and
+/// removed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    replicas: usize,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+/// A cluster port: free, below 55536, with port + 10000 free as well.
+fn cluster_port(taken: &[u16]) -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55536
+            && !taken.contains(&p)
+            && !taken.contains(&(p + 10000))
+            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// `masters` masters, each with `replicas` replicas; returns once every
+    /// node reports `cluster_state:ok` and agrees on every slot's owner.
+    pub async fn start(masters: usize, replicas: usize) -> Result<RedisCluster> {
+        let n = masters * (1 + replicas);
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let p = cluster_port(&ports);
+            ports.push(p);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "turnout-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = RedisCluster {
+            ports: ports.clone(),
+            replicas: masters * replicas,
+            children: Vec::new(),
+            dir: dir.clone(),
+        };
+        for &p in &ports {
+            let child = Command::new(redis_server())
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{p}.conf")))
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting redis-server (is it installed? .ci/run installs it)")?;
+            c.children.push(child);
+        }
+        for &p in &ports {
+            wait_for("a cluster node to answer PING", DEADLINE, || async move {
+                let mut con = node_con(p).await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+            })
+            .await?;
+        }
+        let mut create = Command::new(redis_cli());
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .context("redis-cli --cluster create (redis-tools)")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        c.wait_settled().await?;
+        Ok(c)
+    }
+
+    /// Seed-node list for `redis_url` with `redis_cluster = true`.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A plain connection to one node.
+    pub async fn con(&self, port: u16) -> Result<redis::aio::MultiplexedConnection> {
+        node_con(port).await
+    }
+
+    /// Ports of the nodes that are masters now.
+    pub async fn masters(&self) -> Result<Vec<u16>> {
+        let mut out = Vec::new();
+        for &p in &self.ports {
+            let mut con = node_con(p).await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+            if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hash slot of `key`, as Redis computes it (`CLUSTER KEYSLOT`).
+    pub async fn slot(&self, key: &str) -> Result<u16> {
+        let mut con = node_con(self.ports[0]).await?;
+        Ok(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut con).await?)
+    }
+
+    /// The port of the master that serves `key`'s slot now, and its replicas'.
+    pub async fn shard_of(&self, key: &str) -> Result<(u16, Vec<u16>)> {
+        let mut con = node_con(self.ports[0]).await?;
+        let slot = self.slot(key).await?;
+        let shards: Vec<(u16, u16, Vec<redis::Value>)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut con)
+            .await
+            .map(|v: Vec<Vec<redis::Value>>| {
+                v.into_iter()
+                    .filter_map(|r| {
+                        let lo = redis::from_redis_value_ref::<u16>(r.first()?).ok()?;
+                        let hi = redis::from_redis_value_ref::<u16>(r.get(1)?).ok()?;
+                        Some((lo, hi, r[2..].to_vec()))
+                    })
+                    .collect()
+            })?;
+        let port_of = |v: &redis::Value| -> Option<u16> {
+            let node: Vec<redis::Value> = redis::from_redis_value_ref(v).ok()?;
+            redis::from_redis_value_ref::<u16>(node.get(1)?).ok()
+        };
+        let (_, _, nodes) = shards
+            .into_iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .context("no shard serves the slot")?;
+        let master = port_of(nodes.first().context("shard without master")?)
+            .context("bad CLUSTER SLOTS entry")?;
+        Ok((master, nodes[1..].iter().filter_map(port_of).collect()))
+    }
+
+    /// Waits until every node says `cluster_state:ok`, all nodes agree on
+    /// who serves every slot, and every replica is linked to its master
+    /// (after a create, failover or migration).
+    pub async fn wait_settled(&self) -> Result<()> {
+        let ports = self.ports.clone();
+        let want_replicas = self.replicas;
+        wait_for("the Redis Cluster to settle", Duration::from_secs(30), || {
+            let ports = ports.clone();
+            async move {
+                let mut views = Vec::new();
+                let mut linked = 0;
+                for p in ports {
+                    let mut con = node_con(p).await.ok()?;
+                    let repl: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    if repl.contains("role:slave") && repl.contains("master_link_status:up") {
+                        linked += 1;
+                    }
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    if !info.contains("cluster_state:ok") {
+                        return None;
+                    }
+                    // Every shard lists its replicas (a master learns of
+                    // them by gossip, after they linked).
+                    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    let listed: std::collections::HashSet<String> = slots
+                        .iter()
+                        .flat_map(|r| r.iter().skip(3))
+                        .filter_map(|n| {
+                            let n: Vec<redis::Value> = redis::from_redis_value_ref(n).ok()?;
+                            redis::from_redis_value_ref::<String>(n.get(2)?).ok()
+                        })
+                        .collect();
+                    if listed.len() != want_replicas {
+                        return None;
+                    }
+                    let nodes: String = redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async(&mut con)
+                        .await
+                        .ok()?;
+                    // Who is master of which slots, as this node sees it.
+                    // Fields: id addr flags master ping pong epoch link slots...
+                    let mut view: Vec<String> = nodes
+                        .lines()
+                        .map(|l| l.split(' ').collect::<Vec<_>>())
+                        .filter(|f| f.len() > 8 && f[2].contains("master"))
+                        .map(|f| format!("{} {}", f[1], f[8..].join(" ")))
+                        .collect();
+                    view.sort();
+                    if view.iter().any(|v| v.contains('[')) {
+                        return None; // a slot still migrating or importing
+                    }
+                    views.push(view);
+                }
+                (linked == want_replicas && views.windows(2).all(|w| w[0] == w[1]))
+                    .then_some(())
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn node_con(port: u16) -> Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+fn redis_cli() -> String {
+    std::env::var("TURNOUT_TEST_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
 fn redis_server() -> String {
     std::env::var("TURNOUT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }

@@ -46,7 +46,7 @@ async fn members_of_a_room_meet_on_its_owner() -> Result<()> {
     let mut con = c.redis.con().await?;
     let channels: Vec<String> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
-        .arg("turnout:{*")
+        .arg("turnout:{*}:bus")
         .query_async(&mut con)
         .await?;
     assert!(channels.is_empty(), "{channels:?}");

@@ -14,7 +14,7 @@ use crate::hub::Hub;
 use crate::metrics::NodeMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
+use turnout_common::redis::Con;
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,14 +22,14 @@ use turnout_common::redis::{Channels, RoomPushes};
 
 /// The connection, before the hub that reads it exists.
 pub(crate) struct Bus {
-    con: ConnectionManager,
+    con: Con,
     rx: mpsc::Receiver<redis::PushInfo>,
 }
 
 /// Connects the pub/sub connection and subscribes to `control`, this
 /// node's control channel.
 pub(crate) async fn connect(
-    client: &redis::Client,
+    client: &turnout_common::redis::Redis,
     buffer: usize,
     metrics: &NodeMetrics,
     control: &str,
@@ -113,6 +113,13 @@ impl RoomPushes for Relay {
             let hub = self.0.clone();
             let room = room.to_owned();
             tokio::spawn(async move { hub.resync(&room).await });
+        }
+    }
+
+    fn unsubscribed(&self, room: &str) {
+        if let crate::strategy::Strategy::Pubsub(p) = &self.0.strategy {
+            self.0.metrics.channels_moved.inc();
+            p.channels.lost(room);
         }
     }
 

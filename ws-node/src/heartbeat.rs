@@ -296,7 +296,7 @@ pub(crate) async fn deregister(state: &Arc<NodeState>) {
 /// joins a cluster's live set once Redis is there.
 pub(crate) async fn connect_later(
     state: Arc<NodeState>,
-    client: redis::Client,
+    client: turnout_common::redis::Redis,
     stop: CancellationToken,
 ) {
     let mut backoff = turnout_common::backoff::Backoff::new(
@@ -319,14 +319,7 @@ pub(crate) async fn connect_later(
 
 /// One connection attempt, given up after a few seconds: a probe first (a
 /// refused connection answers at once), then the reconnecting connection.
-pub(crate) async fn try_connect(client: &redis::Client) -> Option<Con> {
+pub(crate) async fn try_connect(client: &turnout_common::redis::Redis) -> Option<Con> {
     let wait = std::time::Duration::from_secs(3);
-    let probe = tokio::time::timeout(wait, client.get_multiplexed_async_connection()).await;
-    if !matches!(probe, Ok(Ok(_))) {
-        return None;
-    }
-    match tokio::time::timeout(wait, turnout_common::redis::commands(client)).await {
-        Ok(Ok(con)) => Some(con),
-        _ => None,
-    }
+    turnout_common::redis::try_commands(client, wait).await.ok()
 }

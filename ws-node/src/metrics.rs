@@ -21,6 +21,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) frame_errors: IntCounterVec,
     pub(crate) redis_disconnects: IntCounter,
     pub(crate) resubscribed: IntCounter,
+    pub(crate) channels_moved: IntCounter,
     pub(crate) redis_errors: IntCounter,
     pub(crate) replayed: IntCounter,
     pub(crate) fenced: IntCounter,
@@ -98,6 +99,10 @@ impl NodeMetrics {
             resubscribed: c(
                 "resubscribed_total",
                 "Room channels resubscribed after a reconnect",
+            ),
+            channels_moved: c(
+                "channels_moved_total",
+                "Room channels a Redis Cluster unsubscribed (slot moved, failover), subscribed again",
             ),
             redis_errors: c("redis_errors_total", "Redis commands that failed"),
             replayed: c(

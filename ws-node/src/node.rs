@@ -122,7 +122,11 @@ pub async fn run(
     )?;
     let metrics = NodeMetrics::new(&node_id);
     let client =
-        turnout_common::redis::client(&settings.redis_url, settings.redis_ca_file.as_deref())?;
+        turnout_common::redis::client(
+            &settings.redis_url,
+            settings.redis_ca_file.as_deref(),
+            settings.redis_cluster,
+        )?;
     // Health and readiness answer from the first moment, while the node
     // waits for what it needs.
     let readiness = Readiness::default();

@@ -163,6 +163,7 @@ pub struct Settings {
     pub strategy: Strategy,
     pub redis_url: String,
     pub redis_ca_file: Option<std::path::PathBuf>,
+    pub redis_cluster: bool,
     pub listen: ListenSpec,
     pub node_id: Option<String>,
     pub advertise_url: Option<String>,
@@ -222,6 +223,7 @@ impl Default for Settings {
             strategy: Strategy::Pubsub,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca_file: None,
+            redis_cluster: false,
             listen: "0.0.0.0:9000".parse().expect("valid default"),
             node_id: None,
             advertise_url: None,
@@ -270,7 +272,7 @@ impl Validate for Settings {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
         require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
-        check_redis_url("redis_url", &self.redis_url)?;
+        check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
         require_nonzero("heartbeat_interval", self.heartbeat_interval.is_zero())?;
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
             return Err(SettingsError::invalid(

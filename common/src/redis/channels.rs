@@ -3,9 +3,14 @@
 use super::Con;
 use turnout_proto::keys;
 
+/// How long a room channel the server unsubscribed waits before it is
+/// subscribed again (see [`Channels::lost`]).
+pub const RESUBSCRIBE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 enum ChannelCmd {
     Ensure(String, tokio::sync::oneshot::Sender<Result<(), String>>),
     Release(String),
+    Lost(String),
 }
 
 /// Keeps the room-channel subscriptions of one pub/sub connection in line
@@ -43,6 +48,26 @@ impl Channels {
     pub fn release(&self, room: &str) {
         let _ = self.cmds.send(ChannelCmd::Release(room.to_owned()));
     }
+
+    /// The server unsubscribed `room`'s channel (an unsubscribe push): it
+    /// is subscribed again if still wanted. On a Redis Cluster this is how
+    /// a room follows its slot to another shard, or to a promoted replica;
+    /// the subscribe confirmation that follows makes the owner catch up
+    /// from history.
+    ///
+    /// The subscription is made again after [`RESUBSCRIBE_AFTER`]: a shard's
+    /// nodes learn of a failover by gossip, and a subscription made before
+    /// they agree can land on the old master, a replica by then, where the
+    /// new master's messages do not reach it. What the room missed
+    /// meanwhile comes from history once it is subscribed.
+    pub fn lost(&self, room: &str) {
+        let cmds = self.cmds.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+            let _ = cmds.send(ChannelCmd::Lost(room));
+        });
+    }
 }
 
 async fn manage_channels(
@@ -67,6 +92,7 @@ async fn manage_channels(
         }
         let mut mentioned = Vec::new();
         let mut waiters = Vec::new();
+        let mut lost = Vec::new();
         for cmd in batch {
             match cmd {
                 ChannelCmd::Ensure(room, tx) => {
@@ -74,6 +100,12 @@ async fn manage_channels(
                     waiters.push((room, tx));
                 }
                 ChannelCmd::Release(room) => mentioned.push(room),
+                ChannelCmd::Lost(room) => {
+                    if subscribed.remove(&room) {
+                        lost.push(keys::room_channel(&room));
+                    }
+                    mentioned.push(room);
+                }
             }
         }
         mentioned.sort_unstable();
@@ -89,7 +121,7 @@ async fn manage_channels(
         }
         if !unsub.is_empty() {
             let channels: Vec<String> = unsub.iter().map(|r| keys::room_channel(r)).collect();
-            match con.unsubscribe(&channels).await {
+            match con.unsubscribe_rooms(&channels).await {
                 Ok(()) => unsub.iter().for_each(|r| {
                     subscribed.remove(r);
                 }),
@@ -99,10 +131,13 @@ async fn manage_channels(
                 }
             }
         }
+        if !lost.is_empty() {
+            con.relearn_slots(&lost).await;
+        }
         let mut failed: Option<String> = None;
         if !sub.is_empty() {
             let channels: Vec<String> = sub.iter().map(|r| keys::room_channel(r)).collect();
-            match con.subscribe(&channels).await {
+            match con.subscribe_rooms(&channels).await {
                 Ok(()) => subscribed.extend(sub),
                 Err(e) => {
                     errors.inc();

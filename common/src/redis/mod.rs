@@ -19,52 +19,238 @@ pub use channels::Channels;
 pub use push::{RoomPushes, read_room_pushes};
 pub use rooms::{HistorySlice, Origin, Ownership, Presence, Published, Publisher, RoomConfig};
 
-use ::redis::aio::AsyncPushSender;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
 use ::redis::io::tcp::{TcpSettings, socket2};
-use ::redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisResult};
+use ::redis::{
+    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, Value,
+};
 use std::time::Duration;
 use turnout_proto::keys;
 
-/// The connection every command goes through.
-pub type Con = ConnectionManager;
+/// Where Redis is: one server (`redis_url`), or a Redis Cluster reached
+/// through seed nodes (`redis_cluster`, `redis_url` a comma-separated list).
+#[derive(Clone)]
+pub enum Redis {
+    One(Client),
+    Cluster(ClusterClient),
+}
 
-/// A client for `url` with RESP3 and TCP keepalive; for `rediss://`, TLS
-/// checked against `ca_file` (PEM) when given, else the system's roots.
-pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> RedisResult<Client> {
-    let info = url.into_connection_info()?;
-    let redis = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
+/// The connection every command goes through: reconnecting and
+/// multiplexed, to one server or to every node of a cluster (commands go
+/// to the master of their keys' slot; topology changes are followed).
+#[derive(Clone)]
+pub enum Con {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::One(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::One(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Con {
+    /// Whether this is a Redis Cluster connection: room channels are then
+    /// sharded channels, and commands on several rooms go room by room.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Con::Cluster(_))
+    }
+
+    /// The command that publishes on a room's channel (`SPUBLISH` on a
+    /// cluster, which keeps the message on the shard of the room's slot).
+    pub fn room_publish(&self) -> &'static str {
+        if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    /// Subscribes to a classic channel (a node's control channel, the
+    /// membership channel); on a cluster every node hears those.
+    pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Con::One(c) => c.subscribe(channel).await,
+            Con::Cluster(c) => c.subscribe(channel).await,
+        }
+    }
+
+    /// Subscribes to room channels: one `SUBSCRIBE`, or on a cluster one
+    /// `SSUBSCRIBE` per hash slot, sent to the shard that owns it.
+    pub async fn subscribe_rooms(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Con::One(c) => c.subscribe(channels).await,
+            Con::Cluster(c) => {
+                let calls = by_slot(channels).into_iter().map(|group| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(group).await }
+                });
+                futures_util::future::try_join_all(calls).await.map(drop)
+            }
+        }
+    }
+
+    /// After the server unsubscribed room channels (their slot moved, or
+    /// their shard failed over): makes the connection learn where the
+    /// slots are now before subscribing again. The client library routes
+    /// by its own slot map, which nothing has corrected yet, and the old
+    /// node, a replica now, would accept the subscription and never carry
+    /// the new master's messages. A read of each slot is answered `MOVED`
+    /// by the old node, which makes the client refresh its map.
+    pub async fn relearn_slots(&mut self, channels: &[String]) {
+        let Con::Cluster(c) = self else { return };
+        let calls = by_slot(channels).into_iter().map(|group| {
+            let mut c = c.clone();
+            async move {
+                let _ = ::redis::cmd("EXISTS")
+                    .arg(group[0])
+                    .query_async::<i64>(&mut c)
+                    .await;
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// Unsubscribes from room channels (see [`Con::subscribe_rooms`]).
+    pub async fn unsubscribe_rooms(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Con::One(c) => c.unsubscribe(channels).await,
+            Con::Cluster(c) => {
+                let calls = by_slot(channels).into_iter().map(|group| {
+                    let mut c = c.clone();
+                    async move { c.sunsubscribe(group).await }
+                });
+                futures_util::future::try_join_all(calls).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Channels grouped by hash slot: a sharded command names one slot.
+fn by_slot(channels: &[String]) -> Vec<Vec<&str>> {
+    let mut groups: std::collections::HashMap<::redis::cluster_routing::Slot, Vec<&str>> =
+        Default::default();
+    for c in channels {
+        groups
+            .entry(::redis::cluster_routing::Slot::for_key(c))
+            .or_default()
+            .push(c);
+    }
+    groups.into_values().collect()
+}
+
+fn tcp_settings() -> TcpSettings {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(2));
     // A peer that vanishes (a cut cable, a blackholed route) is noticed by
     // keepalive when the connection is idle, and by the user timeout when
     // data is in flight, which keepalive does not cover.
-    let tcp = TcpSettings::default()
+    TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(keepalive)
-        .set_user_timeout(Duration::from_secs(10));
-    let info = info.set_redis_settings(redis).set_tcp_settings(tcp);
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                ::redis::RedisError::from((
-                    ::redis::ErrorKind::InvalidClientConfig,
-                    "redis_ca_file cannot be read",
-                    format!("{}: {e}", path.display()),
-                ))
-            })?;
-            let certs = ::redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem),
+        .set_user_timeout(Duration::from_secs(10))
+}
+
+fn read_ca(ca_file: Option<&std::path::Path>) -> RedisResult<Option<TlsCertificates>> {
+    let Some(path) = ca_file else { return Ok(None) };
+    let pem = std::fs::read(path).map_err(|e| {
+        RedisError::from((
+            ::redis::ErrorKind::InvalidClientConfig,
+            "redis_ca_file cannot be read",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+fn resp3(info: ConnectionInfo) -> ConnectionInfo {
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    info.set_redis_settings(redis)
+}
+
+/// The seed nodes of `redis_url` in cluster mode: a comma-separated list
+/// of URLs; `user:password@`, `rediss://` and `?` options are those of the
+/// first, and a bare `host:port` after it inherits them.
+pub fn cluster_seeds(url: &str) -> RedisResult<Vec<ConnectionInfo>> {
+    let parts: Vec<&str> = url.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let Some(first) = parts.first() else {
+        return Err(RedisError::from((
+            ::redis::ErrorKind::InvalidClientConfig,
+            "redis_url names no seed node",
+        )));
+    };
+    let scheme_end = first.find("://").map(|i| i + 3).unwrap_or(0);
+    let prefix = match first.rfind('@') {
+        Some(at) if at > scheme_end => &first[..at + 1],
+        _ => &first[..scheme_end],
+    };
+    parts
+        .iter()
+        .map(|p| {
+            let full = if p.contains("://") {
+                p.to_string()
+            } else {
+                format!("{prefix}{p}")
             };
-            Client::build_with_tls(info, certs)
+            full.as_str().into_connection_info()
+        })
+        .collect()
+}
+
+/// A client for `url` with RESP3 and TCP keepalive; for `rediss://`, TLS
+/// checked against `ca_file` (PEM) when given, else the system's roots.
+/// With `cluster`, `url` lists seed nodes of a Redis Cluster.
+pub fn client(url: &str, ca_file: Option<&std::path::Path>, cluster: bool) -> RedisResult<Redis> {
+    let certs = read_ca(ca_file)?;
+    if cluster {
+        let seeds: Vec<ConnectionInfo> = cluster_seeds(url)?.into_iter().map(resp3).collect();
+        let mut b = ClusterClientBuilder::new(seeds)
+            .use_protocol(ProtocolVersion::RESP3)
+            .tcp_settings(tcp_settings())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .retries(8)
+            .min_retry_wait(50)
+            .max_retry_wait(2_000);
+        if let Some(certs) = certs {
+            b = b.certs(certs);
         }
-        None => Client::open(info),
+        return Ok(Redis::Cluster(b.build()?));
     }
+    let info = resp3(url.into_connection_info()?).set_tcp_settings(tcp_settings());
+    Ok(Redis::One(match certs {
+        Some(certs) => Client::build_with_tls(info, certs)?,
+        None => Client::open(info)?,
+    }))
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -76,8 +262,13 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_response_timeout(Some(Duration::from_secs(5)))
 }
 
-/// `url` with any password replaced, for logs and messages.
+/// `url` with any password replaced, for logs and messages (each URL of a
+/// comma-separated list).
 pub fn redacted(url: &str) -> String {
+    url.split(',').map(redacted_one).collect::<Vec<_>>().join(",")
+}
+
+fn redacted_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &url[s + 3..at];
@@ -93,18 +284,63 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+impl Redis {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+
+    /// One plain connection attempt: a refusal or a wrong password answers
+    /// at once, where the reconnecting connection would retry silently.
+    pub async fn probe(&self) -> RedisResult<()> {
+        match self {
+            Redis::One(c) => c.get_multiplexed_async_connection().await.map(drop),
+            Redis::Cluster(c) => {
+                let mut con = c.get_async_connection().await?;
+                ::redis::cmd("PING").query_async::<String>(&mut con).await.map(drop)
+            }
+        }
+    }
+
+    /// A reconnecting, multiplexed connection for commands.
+    pub async fn commands(&self) -> RedisResult<Con> {
+        match self {
+            Redis::One(c) => Ok(Con::One(
+                c.get_connection_manager_with_config(manager_config()).await?,
+            )),
+            Redis::Cluster(c) => Ok(Con::Cluster(c.get_async_connection().await?)),
+        }
+    }
+
+    /// A reconnecting connection for pub/sub: pushes go to `push`, and
+    /// subscriptions are restored by the client after a reconnect (on a
+    /// cluster, on the node that owns each sharded channel's slot then).
+    pub async fn pubsub(&self, push: impl AsyncPushSender) -> RedisResult<Con> {
+        match self {
+            Redis::One(c) => {
+                let config = manager_config()
+                    .set_push_sender(push)
+                    .set_automatic_resubscription();
+                Ok(Con::One(c.get_connection_manager_with_config(config).await?))
+            }
+            Redis::Cluster(c) => {
+                let config = ::redis::cluster::ClusterConfig::new().set_push_sender(push);
+                Ok(Con::Cluster(c.get_async_connection_with_config(config).await?))
+            }
+        }
+    }
+}
+
 /// One attempt to reach Redis, given up after `wait`: a plain connection
-/// first (a refusal or a wrong password answers at once, where the
-/// reconnecting connection would retry silently), then the reconnecting one.
-pub async fn try_commands(client: &Client, wait: Duration) -> RedisResult<ConnectionManager> {
-    let timed_out =
-        || ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
-    match tokio::time::timeout(wait, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(_)) => {}
+/// first, then the reconnecting one.
+pub async fn try_commands(client: &Redis, wait: Duration) -> RedisResult<Con> {
+    let timed_out = || RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    match tokio::time::timeout(wait, client.probe()).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(timed_out()),
     }
-    match tokio::time::timeout(wait, commands(client)).await {
+    match tokio::time::timeout(wait, client.commands()).await {
         Ok(r) => r,
         Err(_) => Err(timed_out()),
     }
@@ -114,11 +350,11 @@ pub async fn try_commands(client: &Client, wait: Duration) -> RedisResult<Connec
 /// `readiness` (and so logged once and shown by `/readyz`) with the reply
 /// Redis gave, and retried with backoff. None when `stop` comes first.
 pub async fn commands_patiently(
-    client: &Client,
+    client: &Redis,
     url: &str,
     readiness: &crate::readiness::Readiness,
     stop: &tokio_util::sync::CancellationToken,
-) -> Option<ConnectionManager> {
+) -> Option<Con> {
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
@@ -136,34 +372,15 @@ pub async fn commands_patiently(
     }
 }
 
-/// A reconnecting, multiplexed connection for commands.
-pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    client
-        .get_connection_manager_with_config(manager_config())
-        .await
-}
-
-/// A reconnecting connection for pub/sub: pushes go to `push`, and
-/// subscriptions are restored by the client after a reconnect.
-pub async fn pubsub(client: &Client, push: impl AsyncPushSender) -> RedisResult<ConnectionManager> {
-    let config = manager_config()
-        .set_push_sender(push)
-        .set_automatic_resubscription();
-    client.get_connection_manager_with_config(config).await
-}
-
 /// A pub/sub connection whose pushes go into a bounded buffer of `buffer`
 /// messages: a full buffer drops the push (the client library would
 /// otherwise drop it silently) and counts it in `dropped`, so the reader can
 /// repair the gap from history instead of stalling the connection.
 pub async fn pubsub_bounded(
-    client: &Client,
+    client: &Redis,
     buffer: usize,
     dropped: prometheus::IntCounter,
-) -> RedisResult<(
-    ConnectionManager,
-    tokio::sync::mpsc::Receiver<::redis::PushInfo>,
-)> {
+) -> RedisResult<(Con, tokio::sync::mpsc::Receiver<::redis::PushInfo>)> {
     let (tx, rx) = tokio::sync::mpsc::channel::<::redis::PushInfo>(buffer);
     let sender = move |info: ::redis::PushInfo| match tx.try_send(info) {
         Ok(()) => Ok(()),
@@ -172,14 +389,14 @@ pub async fn pubsub_bounded(
             Err(e)
         }
     };
-    Ok((pubsub(client, sender).await?, rx))
+    Ok((client.pubsub(sender).await?, rx))
 }
 
 /// Pings a pub/sub connection every 5 s so a silent failure is noticed (and
 /// the connection replaced) even when no room is busy; failures count in
 /// `errors` and go to `readiness` as part `redis pub/sub`.
 pub async fn watchdog(
-    mut con: ConnectionManager,
+    mut con: Con,
     errors: prometheus::IntCounter,
     readiness: crate::readiness::Readiness,
     shutdown: tokio_util::sync::CancellationToken,

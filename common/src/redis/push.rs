@@ -25,6 +25,11 @@ pub trait RoomPushes: Send + Sync + 'static {
     fn other(&self, _channel: &str, _payload: Bytes) {}
     /// A room's channel was subscribed (again, after a reconnect).
     fn subscribed(&self, room: &str);
+    /// A room's channel was unsubscribed: at the owner's request, or (on a
+    /// Redis Cluster) by the server when the room's slot moved to another
+    /// shard or the shard failed over, where a subscriber must subscribe
+    /// again.
+    fn unsubscribed(&self, _room: &str) {}
     /// The connection dropped; the client reconnects and resubscribes.
     fn disconnected(&self);
     /// A payload on a room channel that does not decode.
@@ -51,7 +56,7 @@ pub async fn read_room_pushes<H: RoomPushes>(
 fn dispatch(push: PushInfo, handler: &impl RoomPushes) {
     let mut data = push.data.into_iter();
     match push.kind {
-        PushKind::Message => {
+        PushKind::Message | PushKind::SMessage => {
             let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
                 (data.next(), data.next())
             else {
@@ -77,13 +82,24 @@ fn dispatch(push: PushInfo, handler: &impl RoomPushes) {
                 None => handler.undecodable(room),
             }
         }
-        PushKind::Subscribe => {
+        PushKind::Subscribe | PushKind::SSubscribe => {
             if let Some(Value::BulkString(channel)) = data.next()
                 && let Some(room) = std::str::from_utf8(&channel)
                     .ok()
                     .and_then(keys::room_from_channel)
             {
                 handler.subscribed(room);
+            }
+        }
+        // Only a cluster's server unsubscribes on its own (slot moved,
+        // failover); a classic unsubscribe is always this process's own.
+        PushKind::SUnsubscribe => {
+            if let Some(Value::BulkString(channel)) = data.next()
+                && let Some(room) = std::str::from_utf8(&channel)
+                    .ok()
+                    .and_then(keys::room_from_channel)
+            {
+                handler.unsubscribed(room);
             }
         }
         PushKind::Disconnection => handler.disconnected(),
@@ -121,6 +137,9 @@ mod tests {
         fn subscribed(&self, room: &str) {
             self.0.lock().unwrap().push(format!("s {room}"));
         }
+        fn unsubscribed(&self, room: &str) {
+            self.0.lock().unwrap().push(format!("x {room}"));
+        }
         fn disconnected(&self) {
             self.0.lock().unwrap().push("d".into());
         }
@@ -151,6 +170,9 @@ mod tests {
             &log,
         );
         dispatch(push(PushKind::Subscribe, &[&bus]), &log);
+        dispatch(push(PushKind::SMessage, &[&bus, "8 99 {\"a\":2}"]), &log);
+        dispatch(push(PushKind::SSubscribe, &[&bus]), &log);
+        dispatch(push(PushKind::SUnsubscribe, &[&bus]), &log);
         dispatch(push(PushKind::Disconnection, &[]), &log);
         assert_eq!(
             *log.0.lock().unwrap(),
@@ -160,6 +182,9 @@ mod tests {
                 "u r1",
                 "o turnout:control:n1 moved r1 2 n2",
                 "s r1",
+                "m r1 8 99 {\"a\":2}",
+                "s r1",
+                "x r1",
                 "d",
             ]
         );

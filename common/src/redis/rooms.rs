@@ -1,5 +1,7 @@
 //! Room state in Redis: publish, history, presence, placement. Every
-//! operation here is one round trip and touches the keys of one room only.
+//! operation here touches the keys of one room only; those on many rooms
+//! (`renew`, `reassert`) pipeline them on one server, and on a Redis
+//! Cluster send them room by room, concurrently, each to its shard.
 
 use super::Con;
 use super::scripts::{self, Entry, PublishArgs, RenewArgs};
@@ -89,10 +91,22 @@ pub async fn publish(
             _ => None,
         },
         dedupe: id.map(|id| (origin.sender(), id, cfg.dedupe_window)),
+        cluster: con.is_cluster(),
     };
     let (seq, epoch, duplicate): (i64, String, u8) =
         scripts::publish(&args).invoke_async(con).await?;
-    Ok(u64::try_from(seq).ok().map(|seq| Published {
+    let Ok(seq) = u64::try_from(seq) else {
+        return Ok(None);
+    };
+    // On a cluster the inbox is a second step: an error here fails the
+    // publish, whose resend (same id) comes back a duplicate and appends
+    // again, so the inbox gets every message at least once.
+    if args.cluster
+        && let Some(cmd) = scripts::inbox_entry(&args, seq)
+    {
+        cmd.query_async::<()>(con).await?;
+    }
+    Ok(Some(Published {
         seq,
         epoch,
         duplicate: duplicate == 1,
@@ -288,13 +302,26 @@ pub async fn reassert(
     rooms: &[(String, Vec<(String, String)>)],
     room_ttl: Duration,
 ) -> RedisResult<()> {
-    let mut pipe = ::redis::pipe();
-    for (room, entries) in rooms.iter().filter(|(_, e)| !e.is_empty()) {
+    let write = |pipe: &mut ::redis::Pipeline, room: &str, entries: &[(String, String)]| {
         let key = keys::room_presence(room);
         pipe.hset_multiple(&key, entries)
             .ignore()
             .pexpire(&key, room_ttl.as_millis() as i64)
             .ignore();
+    };
+    let rooms = rooms.iter().filter(|(_, e)| !e.is_empty());
+    if con.is_cluster() {
+        let calls = rooms.map(|(room, entries)| {
+            let mut pipe = ::redis::pipe();
+            write(&mut pipe, room, entries);
+            let mut con = con.clone();
+            async move { pipe.query_async::<()>(&mut con).await }
+        });
+        return futures_util::future::try_join_all(calls).await.map(drop);
+    }
+    let mut pipe = ::redis::pipe();
+    for (room, entries) in rooms {
+        write(&mut pipe, room, entries);
     }
     pipe.query_async(con).await
 }
@@ -314,11 +341,19 @@ pub async fn renew(con: &mut Con, rooms: &[RenewArgs<'_>]) -> RedisResult<Vec<Re
     let mut out = Vec::with_capacity(rooms.len());
     for chunk in rooms.chunks(256) {
         let invs: Vec<_> = chunk.iter().map(scripts::renew).collect();
-        let mut pipe = ::redis::pipe();
-        for inv in &invs {
-            pipe.invoke_script(inv);
-        }
-        let replies: Vec<(u8, u8)> = query_scripts(con, &pipe).await?;
+        let replies: Vec<(u8, u8)> = if con.is_cluster() {
+            let calls = invs.iter().map(|inv| {
+                let mut con = con.clone();
+                async move { inv.invoke_async::<(u8, u8)>(&mut con).await }
+            });
+            futures_util::future::try_join_all(calls).await?
+        } else {
+            let mut pipe = ::redis::pipe();
+            for inv in &invs {
+                pipe.invoke_script(inv);
+            }
+            query_scripts(con, &pipe).await?
+        };
         out.extend(replies.into_iter().map(|(lost, owned)| Renewed {
             lost: lost == 1,
             owned: owned == 1,

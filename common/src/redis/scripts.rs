@@ -3,8 +3,10 @@
 //! Each script opens with named locals for its KEYS and ARGV; the builder
 //! here is the only place that knows their order. Every key a script
 //! touches is passed in KEYS. The room scripts' keys share one hash tag
-//! (`{room}`), except the backend inbox the publish script appends to,
-//! which lives in its own slot (Redis Cluster needs a layout for it first).
+//! (`{room}`) and the membership scripts' keys the tag `{nodes}`, so each
+//! script runs on one shard of a Redis Cluster. The backend inbox is the
+//! one key of its own: the publish script appends to it on one server, and
+//! on a cluster the caller appends after the script ([`inbox_entry`]).
 
 use ::redis::{Script, ScriptInvocation};
 use std::sync::LazyLock;
@@ -44,6 +46,9 @@ pub struct PublishArgs<'a> {
     pub inbox: Option<(u64, &'a str)>,
     /// Idempotent publish: (sender, publish id, how long the id is kept).
     pub dedupe: Option<(&'a str, &'a str, Duration)>,
+    /// On a Redis Cluster: publish with `SPUBLISH`, and leave the inbox
+    /// to the caller.
+    pub cluster: bool,
 }
 
 pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
@@ -51,7 +56,10 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         Some((node, epoch)) => (node, epoch.to_string()),
         None => ("", String::new()),
     };
-    let (inbox_size, user) = a.inbox.unwrap_or((0, ""));
+    let (inbox_size, user) = match a.inbox {
+        Some(inbox) if !a.cluster => inbox,
+        _ => (0, ""),
+    };
     let (dedupe_key, dedupe_ms) = match a.dedupe {
         Some((sender, id, window)) if !window.is_zero() => {
             (keys::room_publish_id(a.room, sender, id), ms(window).max(1))
@@ -64,7 +72,11 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         .key(keys::room_history(a.room))
         .key(keys::room_owner(a.room))
         .key(keys::room_epoch(a.room))
-        .key(keys::INBOX)
+        .key(if a.cluster {
+            keys::room_seq(a.room)
+        } else {
+            keys::INBOX.to_owned()
+        })
         .key(dedupe_key)
         .arg(a.prefix)
         .arg(a.suffix)
@@ -76,8 +88,29 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         .arg(inbox_size)
         .arg(user)
         .arg(a.room)
-        .arg(dedupe_ms);
+        .arg(dedupe_ms)
+        .arg(if a.cluster { "SPUBLISH" } else { "PUBLISH" });
     inv
+}
+
+/// The inbox append a Redis Cluster publish makes after its script:
+/// the entry the script makes on one server, for message `seq`.
+pub fn inbox_entry(a: &PublishArgs<'_>, seq: u64) -> Option<::redis::Cmd> {
+    let (size, user) = a.inbox?;
+    let mut cmd = ::redis::cmd("XADD");
+    cmd.arg(keys::INBOX)
+        .arg("MAXLEN")
+        .arg(size)
+        .arg("*")
+        .arg("room")
+        .arg(a.room)
+        .arg("seq")
+        .arg(seq)
+        .arg("user")
+        .arg(user)
+        .arg("message")
+        .arg(format!("{}{seq}{}", a.prefix, a.suffix));
+    Some(cmd)
 }
 
 /// `history.lua`: up to `limit` messages after `since`.

@@ -42,7 +42,7 @@ pub(crate) async fn start(
     settings: &Settings,
     node_id: &str,
     metrics: &NodeMetrics,
-    client: &redis::Client,
+    client: &turnout_common::redis::Redis,
     cfg: RoomConfig,
     readiness: &turnout_common::readiness::Readiness,
     stop: &CancellationToken,

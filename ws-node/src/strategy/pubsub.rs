@@ -34,7 +34,7 @@ impl Pubsub {
         let Some(redis) = hub.store.redis() else {
             return;
         };
-        let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
+        let r: redis::RedisResult<()> = redis::cmd(redis.con.room_publish())
             .arg(keys::room_channel(room))
             .arg(bus::encode_presence(origin, &frame))
             .query_async(&mut redis.con.clone())

@@ -14,7 +14,7 @@ local seq_key     = KEYS[1]   -- turnout:{room}:seq
 local hist_key    = KEYS[2]   -- turnout:{room}:hist
 local owner_key   = KEYS[3]   -- turnout:{room}:owner
 local epoch_key   = KEYS[4]   -- turnout:{room}:epoch
-local inbox_key   = KEYS[5]   -- turnout:inbox
+local inbox_key   = KEYS[5]   -- turnout:inbox; on a Redis Cluster the seq key (inbox off here)
 local dedupe_key  = KEYS[6]   -- turnout:{room}:id:<user>/<id>, or the seq key when no id
 local prefix      = ARGV[1]   -- the frame up to its seq
 local suffix      = ARGV[2]   -- the frame after its seq
@@ -27,6 +27,7 @@ local inbox_size  = ARGV[8]   -- '0' = not to the inbox
 local user        = ARGV[9]
 local room        = ARGV[10]
 local dedupe_ms   = tonumber(ARGV[11])  -- dedupe_window, ms; 0 = no id to remember
+local publish_cmd = ARGV[12]  -- 'PUBLISH', or 'SPUBLISH' on a Redis Cluster (the room's shard only)
 
 if owner ~= '' then
   local o = redis.call('HMGET', owner_key, 'node', 'epoch')
@@ -63,7 +64,7 @@ if keep > 0 then
   redis.call('PEXPIRE', hist_key, ttl)
 end
 redis.call('PEXPIRE', seq_key, ttl)
-redis.call('PUBLISH', channel, seq .. ' ' .. epoch .. ' ' .. frame)
+redis.call(publish_cmd, channel, seq .. ' ' .. epoch .. ' ' .. frame)
 if inbox_size ~= '0' then
   redis.call('XADD', inbox_key, 'MAXLEN', inbox_size, '*',
     'room', room, 'seq', seq, 'user', user, 'message', frame)
