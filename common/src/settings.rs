@@ -249,7 +249,9 @@ pub fn check_redis_url(key: &str, url: &str, cluster: bool) -> Result<(), Settin
     if url.contains(',') {
         return Err(SettingsError::invalid(
             key,
-            format!("`{shown}` lists several Redis servers: set redis_cluster = true for a Redis Cluster"),
+            format!(
+                "`{shown}` lists several Redis servers: set redis_cluster = true for a Redis Cluster"
+            ),
         ));
     }
     ::redis::Client::open(url)

@@ -18,13 +18,13 @@
 use crate::state::ApiError;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use turnout_common::redis::Con;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use turnout_common::recovery::{Cursor, Step};
+use turnout_common::redis::Con;
 use turnout_common::redis::{HistorySlice, RoomPushes};
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;

@@ -130,12 +130,11 @@ pub async fn run(
         settings.insecure,
         &missing,
     )?;
-    let client =
-        turnout_common::redis::client(
-            &settings.redis_url,
-            settings.redis_ca_file.as_deref(),
-            settings.redis_cluster,
-        )?;
+    let client = turnout_common::redis::client(
+        &settings.redis_url,
+        settings.redis_ca_file.as_deref(),
+        settings.redis_cluster,
+    )?;
     // Health and readiness answer from the first moment, while the gateway
     // waits for Redis.
     let readiness = Readiness::default();

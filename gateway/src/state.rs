@@ -6,13 +6,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use turnout_common::redis::Con;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use turnout_common::auth::{ClientAuth, InternalToken};
 use turnout_common::metrics::register;
+use turnout_common::redis::Con;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::v1::node_client::NodeClient;
 

@@ -62,12 +62,11 @@ pub async fn run(
         IntGauge::new("live_nodes", "ws-nodes in the live set").expect("valid metric"),
     );
 
-    let client =
-        turnout_common::redis::client(
-            &settings.redis_url,
-            settings.redis_ca_file.as_deref(),
-            settings.redis_cluster,
-        )?;
+    let client = turnout_common::redis::client(
+        &settings.redis_url,
+        settings.redis_ca_file.as_deref(),
+        settings.redis_cluster,
+    )?;
     // Health and readiness answer from the first moment, while the router
     // waits for Redis.
     let readiness = Readiness::default();

@@ -5,11 +5,11 @@
 //! published to watchers only when something besides heartbeat time changed.
 
 use prometheus::IntGauge;
-use turnout_common::redis::Con;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use turnout_common::redis::Con;
 use turnout_proto::v1::NodeInfo;
 use turnout_proto::{Strategy, keys, now_ms};
 
@@ -45,10 +45,7 @@ impl Snapshot {
 }
 
 /// Reads the live set from Redis.
-pub(crate) async fn read(
-    con: &mut Con,
-    strategy: Strategy,
-) -> redis::RedisResult<Snapshot> {
+pub(crate) async fn read(con: &mut Con, strategy: Strategy) -> redis::RedisResult<Snapshot> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys::NODES)
         .query_async(con)

@@ -165,8 +165,8 @@ impl Drop for Redis {
 }
 
 /// A Redis Cluster of `redis-server` child processes on loopback: masters
-/// and replicas on free ports (each below 55536 with its cluster-bus port,
-/// + 10000, free too), made with `redis-cli --cluster create`; killed and
+/// and replicas on free ports (each below 55536, with its cluster-bus port
+/// 10000 above it free too), made with `redis-cli --cluster create`; killed and
 /// removed on drop.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
@@ -228,7 +228,10 @@ impl RedisCluster {
         for &p in &ports {
             wait_for("a cluster node to answer PING", DEADLINE, || async move {
                 let mut con = node_con(p).await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+                redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .ok()
             })
             .await?;
         }
@@ -281,7 +284,11 @@ impl RedisCluster {
     /// The hash slot of `key`, as Redis computes it (`CLUSTER KEYSLOT`).
     pub async fn slot(&self, key: &str) -> Result<u16> {
         let mut con = node_con(self.ports[0]).await?;
-        Ok(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut con).await?)
+        Ok(redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await?)
     }
 
     /// The port of the master that serves `key`'s slot now, and its replicas'.
@@ -320,70 +327,74 @@ impl RedisCluster {
     pub async fn wait_settled(&self) -> Result<()> {
         let ports = self.ports.clone();
         let want_replicas = self.replicas;
-        wait_for("the Redis Cluster to settle", Duration::from_secs(30), || {
-            let ports = ports.clone();
-            async move {
-                let mut views = Vec::new();
-                let mut linked = 0;
-                for p in ports {
-                    let mut con = node_con(p).await.ok()?;
-                    let repl: String = redis::cmd("INFO")
-                        .arg("replication")
-                        .query_async(&mut con)
-                        .await
-                        .ok()?;
-                    if repl.contains("role:slave") && repl.contains("master_link_status:up") {
-                        linked += 1;
+        wait_for(
+            "the Redis Cluster to settle",
+            Duration::from_secs(30),
+            || {
+                let ports = ports.clone();
+                async move {
+                    let mut views = Vec::new();
+                    let mut linked = 0;
+                    for p in ports {
+                        let mut con = node_con(p).await.ok()?;
+                        let repl: String = redis::cmd("INFO")
+                            .arg("replication")
+                            .query_async(&mut con)
+                            .await
+                            .ok()?;
+                        if repl.contains("role:slave") && repl.contains("master_link_status:up") {
+                            linked += 1;
+                        }
+                        let info: String = redis::cmd("CLUSTER")
+                            .arg("INFO")
+                            .query_async(&mut con)
+                            .await
+                            .ok()?;
+                        if !info.contains("cluster_state:ok") {
+                            return None;
+                        }
+                        // Every shard lists its replicas (a master learns of
+                        // them by gossip, after they linked).
+                        let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                            .arg("SLOTS")
+                            .query_async(&mut con)
+                            .await
+                            .ok()?;
+                        let listed: std::collections::HashSet<String> = slots
+                            .iter()
+                            .flat_map(|r| r.iter().skip(3))
+                            .filter_map(|n| {
+                                let n: Vec<redis::Value> = redis::from_redis_value_ref(n).ok()?;
+                                redis::from_redis_value_ref::<String>(n.get(2)?).ok()
+                            })
+                            .collect();
+                        if listed.len() != want_replicas {
+                            return None;
+                        }
+                        let nodes: String = redis::cmd("CLUSTER")
+                            .arg("NODES")
+                            .query_async(&mut con)
+                            .await
+                            .ok()?;
+                        // Who is master of which slots, as this node sees it.
+                        // Fields: id addr flags master ping pong epoch link slots...
+                        let mut view: Vec<String> = nodes
+                            .lines()
+                            .map(|l| l.split(' ').collect::<Vec<_>>())
+                            .filter(|f| f.len() > 8 && f[2].contains("master"))
+                            .map(|f| format!("{} {}", f[1], f[8..].join(" ")))
+                            .collect();
+                        view.sort();
+                        if view.iter().any(|v| v.contains('[')) {
+                            return None; // a slot still migrating or importing
+                        }
+                        views.push(view);
                     }
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut con)
-                        .await
-                        .ok()?;
-                    if !info.contains("cluster_state:ok") {
-                        return None;
-                    }
-                    // Every shard lists its replicas (a master learns of
-                    // them by gossip, after they linked).
-                    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
-                        .arg("SLOTS")
-                        .query_async(&mut con)
-                        .await
-                        .ok()?;
-                    let listed: std::collections::HashSet<String> = slots
-                        .iter()
-                        .flat_map(|r| r.iter().skip(3))
-                        .filter_map(|n| {
-                            let n: Vec<redis::Value> = redis::from_redis_value_ref(n).ok()?;
-                            redis::from_redis_value_ref::<String>(n.get(2)?).ok()
-                        })
-                        .collect();
-                    if listed.len() != want_replicas {
-                        return None;
-                    }
-                    let nodes: String = redis::cmd("CLUSTER")
-                        .arg("NODES")
-                        .query_async(&mut con)
-                        .await
-                        .ok()?;
-                    // Who is master of which slots, as this node sees it.
-                    // Fields: id addr flags master ping pong epoch link slots...
-                    let mut view: Vec<String> = nodes
-                        .lines()
-                        .map(|l| l.split(' ').collect::<Vec<_>>())
-                        .filter(|f| f.len() > 8 && f[2].contains("master"))
-                        .map(|f| format!("{} {}", f[1], f[8..].join(" ")))
-                        .collect();
-                    view.sort();
-                    if view.iter().any(|v| v.contains('[')) {
-                        return None; // a slot still migrating or importing
-                    }
-                    views.push(view);
+                    (linked == want_replicas && views.windows(2).all(|w| w[0] == w[1]))
+                        .then_some(())
                 }
-                (linked == want_replicas && views.windows(2).all(|w| w[0] == w[1]))
-                    .then_some(())
-            }
-        })
+            },
+        )
         .await
     }
 }

@@ -107,7 +107,9 @@ async fn delivers_across_nodes(strategy: Strategy) -> Result<()> {
         let mut m = members(&t, strategy, room).await?;
         let mut last = 0;
         for i in 1..=n {
-            last = m[0].publish(room, json!({ "i": i }), &format!("m-{i}")).await?;
+            last = m[0]
+                .publish(room, json!({ "i": i }), &format!("m-{i}"))
+                .await?;
         }
         assert_eq!(last, n);
         for cl in &mut m {
@@ -180,7 +182,10 @@ async fn pubsub_delivers_on_a_redis_cluster_over_sharded_channels_only() -> Resu
         );
     }
     let room_classic: Vec<_> = classic.iter().filter(|c| c.ends_with(":bus")).collect();
-    assert!(room_classic.is_empty(), "room channels subscribed classically: {room_classic:?}");
+    assert!(
+        room_classic.is_empty(),
+        "room channels subscribed classically: {room_classic:?}"
+    );
     assert!(spublish >= rooms.len() as u64, "SPUBLISH calls: {spublish}");
     Ok(())
 }
@@ -221,56 +226,63 @@ async fn busy_room_survives(
     let last = go.await??;
     assert_eq!(last, total, "one seq per message: no id was taken twice");
     for cl in &mut m {
-        let got = cl.messages_until(room, last).await;
-        let Ok(seqs) = got else {
-            let mut why = String::new();
-            for n in &t.nodes {
-                for name in [
-                    "bus_messages_total",
-                    "resubscribed_total",
-                    "channels_moved_total",
-                    "redis_disconnects_total",
-                    "push_dropped_total",
-                    "gaps_repaired_total",
-                ] {
-                    let v = metric(n, &format!("turnout_{name}")).await.unwrap_or(-1.0);
-                    why.push_str(&format!(" {name}={v}"));
-                }
-                why.push('\n');
-            }
-            for &p in &rc.ports {
-                let mut con = rc.con(p).await?;
-                let v: Vec<redis::Value> = redis::cmd("PUBSUB")
-                    .arg("SHARDNUMSUB")
-                    .arg(keys::room_channel(room))
-                    .query_async(&mut con)
-                    .await?;
-                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-                why.push_str(&format!("{p}: {v:?} {:?}\n", role.first()));
-            }
-            return got.map(drop).with_context(|| format!("member on {}:\n{why}", cl.node()));
+        let seqs = match cl.messages_until(room, last).await {
+            Ok(seqs) => seqs,
+            Err(e) => bail!(
+                "member on {}: {e:#}\n{}",
+                cl.node(),
+                diagnose(&t, &rc, room).await
+            ),
         };
         if seqs != (1..=total).collect::<Vec<_>>() {
-            let mut why = String::new();
-            for n in &t.nodes {
-                for name in ["messages_unrecoverable_total", "gaps_repaired_total", "duplicates_dropped_total", "redis_errors_total"] {
-                    let v = metric(n, &format!("turnout_{name}")).await.unwrap_or(-1.0);
-                    why.push_str(&format!(" {name}={v}"));
-                }
-                why.push('\n');
-            }
-            for &p in &rc.ports {
-                let mut con = rc.con(p).await?;
-                let r: redis::RedisResult<Vec<(String, Vec<(String, String)>)>> = redis::cmd("XRANGE")
-                    .arg(keys::room_history(room)).arg("44-0").arg("62-0")
-                    .query_async(&mut con).await;
-                let ids: Vec<String> = r.map(|v| v.into_iter().map(|e| e.0).collect()).unwrap_or_default();
-                why.push_str(&format!("{p}: {ids:?}\n"));
-            }
-            panic!("member on {}: {seqs:?}\n{why}", cl.node());
+            bail!(
+                "member on {} saw {seqs:?}\n{}",
+                cl.node(),
+                diagnose(&t, &rc, room).await
+            );
         }
     }
     Ok(())
+}
+
+/// What a failed run looks like from the nodes and the shards: the nodes'
+/// bus and repair counters, and per Redis node its role, the room
+/// channel's subscribers and the room's history length.
+async fn diagnose(t: &Turnout, rc: &RedisCluster, room: &str) -> String {
+    let mut why = String::new();
+    for n in &t.nodes {
+        for name in [
+            "bus_messages_total",
+            "resubscribed_total",
+            "channels_moved_total",
+            "gaps_repaired_total",
+            "messages_unrecoverable_total",
+            "push_dropped_total",
+        ] {
+            let v = metric(n, &format!("turnout_{name}")).await.unwrap_or(-1.0);
+            why.push_str(&format!(" {name}={v}"));
+        }
+        why.push('\n');
+    }
+    for &p in &rc.ports {
+        let Ok(mut con) = rc.con(p).await else {
+            continue;
+        };
+        let subs: redis::RedisResult<redis::Value> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(keys::room_channel(room))
+            .query_async(&mut con)
+            .await;
+        let role: redis::RedisResult<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await;
+        let len: redis::RedisResult<i64> = redis::cmd("XLEN")
+            .arg(keys::room_history(room))
+            .query_async(&mut con)
+            .await;
+        why.push_str(&format!(
+            "redis {p}: role {role:?} subscribers {subs:?} history {len:?}\n"
+        ));
+    }
+    why
 }
 
 /// `CLUSTER FAILOVER` on a replica of the room's shard.
@@ -282,10 +294,14 @@ async fn fail_over(rc: &RedisCluster, room: &str) -> Result<()> {
         .arg("FAILOVER")
         .query_async(&mut con)
         .await?;
-    wait_for("the replica to take over", Duration::from_secs(20), || async {
-        let (now, _) = rc.shard_of(&keys::room_seq(room)).await.ok()?;
-        (now == replica).then_some(())
-    })
+    wait_for(
+        "the replica to take over",
+        Duration::from_secs(20),
+        || async {
+            let (now, _) = rc.shard_of(&keys::room_seq(room)).await.ok()?;
+            (now == replica).then_some(())
+        },
+    )
     .await?;
     assert_ne!(master, replica);
     rc.wait_settled().await
@@ -384,7 +400,9 @@ async fn the_inbox_is_one_stream_on_a_cluster() -> Result<()> {
         let room = format!("inbox-{r}");
         let mut m = members(&t, Strategy::Pubsub, &room).await?;
         for i in 1..=5 {
-            let seq = m[0].publish(&room, json!({ "i": i }), &format!("m-{i}")).await?;
+            let seq = m[0]
+                .publish(&room, json!({ "i": i }), &format!("m-{i}"))
+                .await?;
             sent.insert((room.clone(), seq));
         }
     }

@@ -14,10 +14,10 @@ use crate::hub::Hub;
 use crate::metrics::NodeMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use turnout_common::redis::Con;
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use turnout_common::redis::Con;
 use turnout_common::redis::{Channels, RoomPushes};
 
 /// The connection, before the hub that reads it exists.

@@ -121,12 +121,11 @@ pub async fn run(
         &missing,
     )?;
     let metrics = NodeMetrics::new(&node_id);
-    let client =
-        turnout_common::redis::client(
-            &settings.redis_url,
-            settings.redis_ca_file.as_deref(),
-            settings.redis_cluster,
-        )?;
+    let client = turnout_common::redis::client(
+        &settings.redis_url,
+        settings.redis_ca_file.as_deref(),
+        settings.redis_cluster,
+    )?;
     // Health and readiness answer from the first moment, while the node
     // waits for what it needs.
     let readiness = Readiness::default();

@@ -34,8 +34,8 @@ use turnout_proto::keys;
 /// through seed nodes (`redis_cluster`, `redis_url` a comma-separated list).
 #[derive(Clone)]
 pub enum Redis {
-    One(Client),
-    Cluster(ClusterClient),
+    One(Box<Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 /// The connection every command goes through: reconnecting and
@@ -85,7 +85,11 @@ impl Con {
     /// The command that publishes on a room's channel (`SPUBLISH` on a
     /// cluster, which keeps the message on the shard of the room's slot).
     pub fn room_publish(&self) -> &'static str {
-        if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" }
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Subscribes to a classic channel (a node's control channel, the
@@ -201,7 +205,11 @@ fn resp3(info: ConnectionInfo) -> ConnectionInfo {
 /// of URLs; `user:password@`, `rediss://` and `?` options are those of the
 /// first, and a bare `host:port` after it inherits them.
 pub fn cluster_seeds(url: &str) -> RedisResult<Vec<ConnectionInfo>> {
-    let parts: Vec<&str> = url.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
     let Some(first) = parts.first() else {
         return Err(RedisError::from((
             ::redis::ErrorKind::InvalidClientConfig,
@@ -244,13 +252,13 @@ pub fn client(url: &str, ca_file: Option<&std::path::Path>, cluster: bool) -> Re
         if let Some(certs) = certs {
             b = b.certs(certs);
         }
-        return Ok(Redis::Cluster(b.build()?));
+        return Ok(Redis::Cluster(Box::new(b.build()?)));
     }
     let info = resp3(url.into_connection_info()?).set_tcp_settings(tcp_settings());
-    Ok(Redis::One(match certs {
+    Ok(Redis::One(Box::new(match certs {
         Some(certs) => Client::build_with_tls(info, certs)?,
         None => Client::open(info)?,
-    }))
+    })))
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -265,7 +273,10 @@ fn manager_config() -> ConnectionManagerConfig {
 /// `url` with any password replaced, for logs and messages (each URL of a
 /// comma-separated list).
 pub fn redacted(url: &str) -> String {
-    url.split(',').map(redacted_one).collect::<Vec<_>>().join(",")
+    url.split(',')
+        .map(redacted_one)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn redacted_one(url: &str) -> String {
@@ -297,7 +308,10 @@ impl Redis {
             Redis::One(c) => c.get_multiplexed_async_connection().await.map(drop),
             Redis::Cluster(c) => {
                 let mut con = c.get_async_connection().await?;
-                ::redis::cmd("PING").query_async::<String>(&mut con).await.map(drop)
+                ::redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -306,7 +320,8 @@ impl Redis {
     pub async fn commands(&self) -> RedisResult<Con> {
         match self {
             Redis::One(c) => Ok(Con::One(
-                c.get_connection_manager_with_config(manager_config()).await?,
+                c.get_connection_manager_with_config(manager_config())
+                    .await?,
             )),
             Redis::Cluster(c) => Ok(Con::Cluster(c.get_async_connection().await?)),
         }
@@ -321,11 +336,15 @@ impl Redis {
                 let config = manager_config()
                     .set_push_sender(push)
                     .set_automatic_resubscription();
-                Ok(Con::One(c.get_connection_manager_with_config(config).await?))
+                Ok(Con::One(
+                    c.get_connection_manager_with_config(config).await?,
+                ))
             }
             Redis::Cluster(c) => {
                 let config = ::redis::cluster::ClusterConfig::new().set_push_sender(push);
-                Ok(Con::Cluster(c.get_async_connection_with_config(config).await?))
+                Ok(Con::Cluster(
+                    c.get_async_connection_with_config(config).await?,
+                ))
             }
         }
     }
@@ -459,5 +478,35 @@ mod tests {
         assert_eq!(super::redacted("rediss://:secret@h:1"), "rediss://:***@h:1");
         assert_eq!(super::redacted("redis://secret@h"), "redis://***@h");
         assert_eq!(super::redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            super::redacted("redis://u:a@h:1,redis://u:b@h:2"),
+            "redis://u:***@h:1,redis://u:***@h:2"
+        );
+    }
+
+    #[test]
+    fn seed_lists_take_the_first_urls_user_and_scheme() {
+        let seeds = super::cluster_seeds("rediss://u:pw@h1:7000, h2:7001,,").unwrap();
+        assert_eq!(seeds.len(), 2);
+        for (s, port) in seeds.iter().zip([7000, 7001]) {
+            assert!(
+                matches!(s.addr(), ::redis::ConnectionAddr::TcpTls { port: p, .. } if *p == port),
+                "{:?}",
+                s.addr()
+            );
+            assert_eq!(s.redis_settings().username(), Some("u"));
+            assert_eq!(s.redis_settings().password(), Some("pw"));
+        }
+        assert!(super::cluster_seeds(" , ").is_err());
+        assert!(super::cluster_seeds("redis://h1:1,notaurl://x").is_err());
+    }
+
+    #[test]
+    fn a_list_without_redis_cluster_is_refused() {
+        let e = crate::settings::check_redis_url("redis_url", "redis://a:1,redis://b:2", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis_cluster"), "{e}");
+        assert!(crate::settings::check_redis_url("redis_url", "redis://a:1,b:2", true).is_ok());
     }
 }
