@@ -31,7 +31,8 @@ impl Channels {
         stop: tokio_util::sync::CancellationToken,
     ) -> Channels {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(manage_channels(rx, con, wanted, errors, stop));
+        let retry = tx.downgrade();
+        tokio::spawn(manage_channels(rx, retry, con, wanted, errors, stop));
         Channels { cmds: tx }
     }
 
@@ -61,17 +62,24 @@ impl Channels {
     /// new master's messages do not reach it. What the room missed
     /// meanwhile comes from history once it is subscribed.
     pub fn lost(&self, room: &str) {
-        let cmds = self.cmds.clone();
-        let room = room.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-            let _ = cmds.send(ChannelCmd::Lost(room));
-        });
+        lost_later(self.cmds.downgrade(), room.to_owned());
     }
+}
+
+/// Sends `Lost(room)` after [`RESUBSCRIBE_AFTER`], unless the channels
+/// are gone by then.
+fn lost_later(cmds: tokio::sync::mpsc::WeakUnboundedSender<ChannelCmd>, room: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+        if let Some(cmds) = cmds.upgrade() {
+            let _ = cmds.send(ChannelCmd::Lost(room));
+        }
+    });
 }
 
 async fn manage_channels(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ChannelCmd>,
+    retry: tokio::sync::mpsc::WeakUnboundedSender<ChannelCmd>,
     mut con: Con,
     wanted: impl Fn(&str) -> bool,
     errors: prometheus::IntCounter,
@@ -93,6 +101,7 @@ async fn manage_channels(
         let mut mentioned = Vec::new();
         let mut waiters = Vec::new();
         let mut lost = Vec::new();
+        let mut lost_rooms = std::collections::HashSet::new();
         for cmd in batch {
             match cmd {
                 ChannelCmd::Ensure(room, tx) => {
@@ -104,6 +113,7 @@ async fn manage_channels(
                     if subscribed.remove(&room) {
                         lost.push(keys::room_channel(&room));
                     }
+                    lost_rooms.insert(room.clone());
                     mentioned.push(room);
                 }
             }
@@ -141,6 +151,13 @@ async fn manage_channels(
                 Ok(()) => subscribed.extend(sub),
                 Err(e) => {
                     errors.inc();
+                    tracing::warn!(error = %e, rooms = sub.len(), "subscribe failed");
+                    // A room the server unsubscribed has no one waiting
+                    // to retry it: try again until it is subscribed or
+                    // no longer wanted.
+                    for room in sub.into_iter().filter(|r| lost_rooms.contains(r)) {
+                        lost_later(retry.clone(), room);
+                    }
                     failed = Some(e.to_string());
                 }
             }
