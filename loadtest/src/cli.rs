@@ -21,6 +21,9 @@ pub enum Command {
     Run(RunOpts),
     /// Render results (JSON files from `run`) as one HTML page with SVG charts.
     Report(ReportOpts),
+    /// The strategy map: fit per-operation costs to a sweep's results, predict
+    /// larger clusters, and write DIR/sweep.json and DIR/report.html.
+    Map(MapOpts),
     /// A TCP proxy that cuts the network on a signal (partition experiments).
     Proxy(ProxyOpts),
     /// GET a URL; exit 0 on a 2xx answer within the timeout, 1 otherwise
@@ -93,6 +96,10 @@ pub struct RunOpts {
     /// Messages per second per publishing member.
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// Membership churn: members leave and come back (route, connect, join
+    /// with `since`) at this many joins per second in all (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
     /// Payload padding in bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -185,4 +192,29 @@ pub struct ReportOpts {
     /// Also write each chart as its own SVG file next to the report.
     #[arg(long)]
     pub svg: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MapOpts {
+    /// Results files from `turnout-bench run` (a sweep's runs).
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Directory for sweep.json and report.html.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The grid's name in the report (e.g. quick, full).
+    #[arg(long, default_value = "custom")]
+    pub grid: String,
+    /// Predictions: connections each ws-node holds.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub connections_per_node: f64,
+    /// Predictions: messages per second each member receives.
+    #[arg(long, default_value_t = 1.0)]
+    pub messages_per_member: f64,
+    /// Predictions: each member leaves and rejoins once this often (seconds).
+    #[arg(long, default_value_t = 300.0)]
+    pub rejoin_every: f64,
+    /// Predictions: a ws-node's max_connections (the largest sticky room).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub node_max_connections: f64,
 }

@@ -8,6 +8,7 @@
 //! - `stats`: latency histograms, loss/duplicate/reorder accounting, results JSON.
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
 //! - `report`: the side-by-side HTML report with SVG charts.
+//! - [`map`]: the strategy map of a sweep: fitted costs, predictions, verdict.
 //! - `http`: the few HTTP calls the bench makes to the gateway.
 //! - `abuse`: the attackers of the `abuse` scenario.
 //! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
@@ -17,6 +18,7 @@ mod abuse;
 pub mod cli;
 mod http;
 mod load;
+pub mod map;
 mod member;
 pub mod proxy;
 mod report;
@@ -32,6 +34,7 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(opts) => scenario::run(opts).await,
         cli::Command::Report(opts) => report::write(&opts),
+        cli::Command::Map(opts) => map::write(&opts),
         cli::Command::Proxy(opts) => proxy::run(opts).await,
         cli::Command::Probe(opts) => http::probe(&opts).await,
     }

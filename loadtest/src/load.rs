@@ -161,6 +161,7 @@ impl Load {
                 max_ack: m.max_ack,
                 moves: m.moves.clone(),
                 max_gap_ms: m.max_gap_ms,
+                rejoins: m.rejoins,
             })
             .collect();
         let broken = outcomes

@@ -30,6 +30,9 @@ pub(crate) struct MemberCfg {
     pub(crate) source_ip: IpAddr,
     /// Idle scenario: connect to this URL, not to the routed node.
     pub(crate) fixed_url: Option<String>,
+    /// Membership churn: leave (close) and come back (route, connect, join
+    /// with `since`) this often, like a user who reloads the page.
+    pub(crate) churn_every: Option<Duration>,
 }
 
 pub(crate) struct Outcome {
@@ -49,6 +52,8 @@ pub(crate) struct Outcome {
     pub(crate) broken_at: Option<Instant>,
     /// First live message received after reconnecting.
     pub(crate) recovered_at: Option<Instant>,
+    /// Churn: joins after leaving on purpose, made while measuring.
+    pub(crate) rejoins: u64,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +159,7 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
         max_gap_ms: 0,
         broken_at: None,
         recovered_at: None,
+        rejoins: 0,
     };
     let mut last_arrival: Option<Instant> = None;
     // Short backoff: the bench measures how fast the cluster recovers, not
@@ -167,6 +173,18 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
     // token again on every message.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    // One churn clock for the member's life, at a random phase, so members
+    // leave at a steady rate in all and a reconnect does not reset it.
+    let churn_period = cfg.churn_every.unwrap_or(Duration::from_secs(3600));
+    let mut churn = tokio::time::interval_at(
+        tokio::time::Instant::now()
+            + Duration::from_micros(
+                rand::rng().random_range(0..churn_period.as_micros().max(1) as u64),
+            ),
+        churn_period,
+    );
+    churn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut churned = false;
     while !stop.is_cancelled() {
         let ws = match target(&cfg, redirect.take()).await {
             Ok(url) => connect(&cfg, &url).await,
@@ -185,7 +203,7 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                 continue;
             }
         };
-        if !first {
+        if !first && !churned {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
@@ -212,6 +230,14 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                 _ = &mut stopped => {
                     let _ = ws.close(None).await;
                     return out;
+                }
+                _ = churn.tick(), if cfg.churn_every.is_some() && joined.is_some() => {
+                    if shared.stop_publishing.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    churned = true;
+                    let _ = ws.close(None).await;
+                    break;
                 }
                 _ = tick.tick(), if cfg.publish_every.is_some() && joined.is_some() => {
                     if shared.stop_publishing.load(Ordering::Relaxed) {
@@ -265,6 +291,10 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                             }
                         }
                         "joined" => {
+                            if churned && shared.measuring.load(Ordering::Relaxed) {
+                                out.rejoins += 1;
+                            }
+                            churned = false;
                             let seq = f.seq.unwrap_or(0);
                             out.seen.set_base(seq);
                             joined = Some(seq);
@@ -309,7 +339,7 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                 }
             }
         }
-        if !stop.is_cancelled() && !shared.stop_publishing.load(Ordering::Relaxed) {
+        if !churned && !stop.is_cancelled() && !shared.stop_publishing.load(Ordering::Relaxed) {
             out.moves.push(now_us() / 1000);
             if out.broken_at.is_none() {
                 out.broken_at = Some(Instant::now());

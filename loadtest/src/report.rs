@@ -16,7 +16,7 @@ const PAD_R: f64 = 20.0;
 const PAD_T: f64 = 36.0;
 const PAD_B: f64 = 50.0;
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -80,14 +80,52 @@ fn line_chart(
     series: &[(String, Vec<(f64, f64)>)],
     log_x: bool,
 ) -> String {
+    let series: Vec<Series> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, pts))| Series {
+            name: name.clone(),
+            pts: pts.clone(),
+            color: i,
+            dots: false,
+        })
+        .collect();
+    plot(title, x_label, y_label, &series, log_x, false)
+}
+
+/// One series of [`plot`]: a line, or (`dots`) measured points as circles.
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) pts: Vec<(f64, f64)>,
+    /// Index into the palette: a line and its measured points share one.
+    pub(crate) color: usize,
+    pub(crate) dots: bool,
+}
+
+/// Lines and points on one chart; `log_x`, `log_y` plot that axis on a
+/// log10 scale (values at or below zero are left out there).
+pub(crate) fn plot(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_x: bool,
+    log_y: bool,
+) -> String {
     let mut out = String::new();
     frame(&mut out, title, x_label, y_label);
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    let keep = |p: &(f64, f64)| (!log_x || p.0 > 0.0) && (!log_y || p.1 > 0.0);
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.pts.iter().copied())
+        .filter(keep)
+        .collect();
     if pts.is_empty() {
         out.push_str("<text x=\"360\" y=\"160\" text-anchor=\"middle\">no data</text></svg>");
         return out;
     }
-    let tx = |x: f64| if log_x { x.max(0.01).log10() } else { x };
+    let tx = |x: f64| if log_x { x.log10() } else { x };
+    let ty = |y: f64| if log_y { y.log10() } else { y };
     let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
         (a.min(tx(p.0)), b.max(tx(p.0)))
     });
@@ -98,10 +136,32 @@ fn line_chart(
         x0 = x0.min(0.0);
         x1 = nice_max(x1);
     }
-    let y1 = nice_max(pts.iter().map(|p| p.1).fold(0.0, f64::max));
+    let (y0, y1) = if log_y {
+        let (a, b) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(ty(p.1)), b.max(ty(p.1)))
+        });
+        (a.floor(), b.ceil().max(a.floor() + 1.0))
+    } else {
+        (0.0, nice_max(pts.iter().map(|p| p.1).fold(0.0, f64::max)))
+    };
     let px = |x: f64| PAD_L + (tx(x) - x0) / (x1 - x0) * (W - PAD_L - PAD_R);
-    let py = |y: f64| H - PAD_B - y / y1 * (H - PAD_T - PAD_B);
-    y_grid(&mut out, y1, &py);
+    let py = |y: f64| H - PAD_B - (ty(y) - y0) / (y1 - y0) * (H - PAD_T - PAD_B);
+    if log_y {
+        for e in y0 as i32..=y1 as i32 {
+            let v = 10f64.powi(e);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{PAD_L}" x2="{x2}" y1="{p}" y2="{p}" stroke="#ddd"/><text x="{tx}" y="{t}" text-anchor="end">{v}</text>"##,
+                x2 = W - PAD_R,
+                p = py(v),
+                tx = PAD_L - 6.0,
+                t = py(v) + 4.0,
+                v = fmt_num(v)
+            );
+        }
+    } else {
+        y_grid(&mut out, y1, &py);
+    }
     let ticks: Vec<f64> = if log_x {
         (x0 as i32..=x1 as i32).map(|e| 10f64.powi(e)).collect()
     } else {
@@ -117,28 +177,63 @@ fn line_chart(
             v = fmt_num(t)
         );
     }
-    for (i, (_, s)) in series.iter().enumerate() {
-        let path: Vec<String> = s
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-            .collect();
+    for s in series {
+        let c = COLORS[s.color % COLORS.len()];
+        let shown: Vec<(f64, f64)> = s.pts.iter().copied().filter(keep).collect();
+        if s.dots {
+            for (x, y) in shown {
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="none" stroke="{c}" stroke-width="2"><title>{} at {}: {}</title></circle>"#,
+                    px(x),
+                    py(y),
+                    esc(&s.name),
+                    fmt_num(x),
+                    fmt_num(y)
+                );
+            }
+        } else {
+            let path: Vec<String> = shown
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"/>"#,
+                p = path.join(" ")
+            );
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let y = PAD_T + 4.0 + 16.0 * i as f64;
+        let x = W - PAD_R - 230.0;
+        let c = COLORS[s.color % COLORS.len()];
+        let mark = if s.dots {
+            format!(
+                r#"<circle cx="{}" cy="{}" r="4" fill="none" stroke="{c}" stroke-width="2"/>"#,
+                x + 6.0,
+                y + 6.0
+            )
+        } else {
+            format!(
+                r#"<rect x="{x}" y="{}" width="12" height="4" fill="{c}"/>"#,
+                y + 4.0
+            )
+        };
         let _ = writeln!(
             out,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"/>"#,
-            c = COLORS[i % COLORS.len()],
-            p = path.join(" ")
+            r#"{mark}<text x="{tx}" y="{ty}">{n}</text>"#,
+            tx = x + 16.0,
+            ty = y + 10.0,
+            n = esc(&s.name)
         );
     }
-    legend(
-        &mut out,
-        &series.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
-    );
     out.push_str("</svg>");
     out
 }
 
 /// Grouped bars: one group per category, one bar per series.
-fn bar_chart(
+pub(crate) fn bar_chart(
     title: &str,
     y_label: &str,
     categories: &[String],
@@ -206,7 +301,7 @@ fn y_grid(out: &mut String, y1: f64, py: &dyn Fn(f64) -> f64) {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if v == 0.0 {
         "0".into()
     } else if v.abs() >= 1000.0 {

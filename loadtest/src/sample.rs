@@ -89,23 +89,33 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 /// Calls per command and the total, from `INFO commandstats` and `INFO
 /// stats`; for a comma-separated list (a Redis Cluster), summed over the
 /// nodes that are masters.
-pub(crate) async fn redis_counts(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
+pub(crate) async fn redis_counts(url: &str) -> Option<RedisCounts> {
     if !url.contains(',') {
         return redis_counts_one(url).await;
     }
-    let mut total = 0;
-    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sum = RedisCounts::default();
     for one in url.split(',').map(str::trim) {
         if !is_master(one).await? {
             continue;
         }
-        let (t, b) = redis_counts_one(one).await?;
-        total += t;
-        for (k, v) in b {
-            *by.entry(k).or_default() += v;
+        let c = redis_counts_one(one).await?;
+        sum.commands += c.commands;
+        sum.net_in += c.net_in;
+        sum.net_out += c.net_out;
+        for (k, v) in c.by_command {
+            *sum.by_command.entry(k).or_default() += v;
         }
     }
-    Some((total, by))
+    Some(sum)
+}
+
+/// Redis counters since its start.
+#[derive(Default, Debug)]
+pub(crate) struct RedisCounts {
+    pub(crate) commands: u64,
+    pub(crate) by_command: BTreeMap<String, u64>,
+    pub(crate) net_in: u64,
+    pub(crate) net_out: u64,
 }
 
 async fn is_master(url: &str) -> Option<bool> {
@@ -119,7 +129,7 @@ async fn is_master(url: &str) -> Option<bool> {
     Some(info.contains("role:master"))
 }
 
-async fn redis_counts_one(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
+async fn redis_counts_one(url: &str) -> Option<RedisCounts> {
     // A saturated Redis may answer INFO slowly: wait for it rather than
     // leave the run without Redis figures.
     let client = redis::Client::open(url).ok()?;
@@ -140,12 +150,14 @@ async fn redis_counts_one(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
         .query_async(&mut con)
         .await
         .ok()?;
-    let total = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut by = BTreeMap::new();
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut by_command = BTreeMap::new();
     for l in cmds.lines() {
         if let Some(rest) = l.strip_prefix("cmdstat_") {
             let (name, vals) = rest.split_once(':')?;
@@ -153,10 +165,15 @@ async fn redis_counts_one(url: &str) -> Option<(u64, BTreeMap<String, u64>)> {
                 .split(',')
                 .find_map(|kv| kv.strip_prefix("calls="))
                 .and_then(|v| v.parse().ok())?;
-            by.insert(name.to_owned(), calls);
+            by_command.insert(name.to_owned(), calls);
         }
     }
-    Some((total, by))
+    Some(RedisCounts {
+        commands: stat("total_commands_processed"),
+        by_command,
+        net_in: stat("total_net_input_bytes"),
+        net_out: stat("total_net_output_bytes"),
+    })
 }
 
 /// File descriptors this process may open (soft, hard).

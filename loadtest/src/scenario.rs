@@ -61,6 +61,9 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
         0 => total.div_ceil(100).clamp(1, 250) as u32,
         n => (n as u32).min(253),
     };
+    // Each member leaves and comes back every `total / churn` seconds.
+    let churn_every = (o.churn > 0.0 && o.scenario != Scenario::Idle)
+        .then(|| Duration::from_secs_f64(total as f64 / o.churn));
     let mut members = Vec::new();
     let mut sender = 0u32;
     for (ri, room) in room_names.iter().enumerate() {
@@ -88,6 +91,7 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
                 fixed_url: fixed_url
                     .as_ref()
                     .map(|u| format!("{u}?room={room}&user=b{sender}")),
+                churn_every,
             });
             sender += 1;
         }
@@ -480,6 +484,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     pb.finish_and_clear();
     let tally = crate::stats::tally(&totals.members, (!local).then_some(&last_seq[..]));
     let lost = tally.lost;
+    let cross_node_share =
+        tally.cross_node as f64 / (tally.cross_node + tally.same_node).max(1) as f64;
 
     let hist = totals.histogram()?;
     let delivered = totals.delivered_measured;
@@ -509,11 +515,15 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         .map(|p| p.cpu_seconds)
         .sum();
     let redis = match (redis0, redis1) {
-        (Some((a, ba)), Some((b, bb))) => {
-            let commands = b.saturating_sub(a);
-            let by_command: BTreeMap<String, u64> = bb
+        (Some(a), Some(b)) => {
+            let commands = b.commands.saturating_sub(a.commands);
+            let by_command: BTreeMap<String, u64> = b
+                .by_command
                 .iter()
-                .map(|(k, v)| (k.clone(), v.saturating_sub(ba.get(k).copied().unwrap_or(0))))
+                .map(|(k, v)| {
+                    let before = a.by_command.get(k).copied().unwrap_or(0);
+                    (k.clone(), v.saturating_sub(before))
+                })
                 .filter(|(_, v)| *v > 0)
                 .collect();
             RedisStats {
@@ -525,6 +535,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
                     0.0
                 },
                 by_command,
+                net_input_bytes: b.net_in.saturating_sub(a.net_in),
+                net_output_bytes: b.net_out.saturating_sub(a.net_out),
                 memory_before: redis_memory0.unwrap_or(0),
                 memory_after: redis_memory1.unwrap_or(0),
             }
@@ -636,9 +648,17 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         delivered,
         replayed: totals.replayed,
         lost,
-        undelivered_cross_node: tally.cross_node,
-        undelivered_share: tally.cross_node as f64
-            / (tally.cross_node + tally.same_node).max(1) as f64,
+        undelivered_cross_node: if local { tally.cross_node } else { 0 },
+        undelivered_share: if local { cross_node_share } else { 0.0 },
+        cross_node_share,
+        cross_node_deliveries: if local {
+            0
+        } else {
+            (delivered as f64 * cross_node_share).round() as u64
+        },
+        nodes_per_room: tally.nodes_per_room,
+        churn: o.churn,
+        rejoins: totals.members.iter().map(|m| m.rejoins).sum(),
         duplicated: totals.duplicated,
         reordered: totals.reordered,
         reconnects: totals.reconnects,

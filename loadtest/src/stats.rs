@@ -188,6 +188,9 @@ pub(crate) struct MemberSummary {
     /// Longest time without a message of its room while measuring (ms).
     #[serde(default)]
     pub(crate) max_gap_ms: u64,
+    /// Churn: joins after leaving on purpose, while measuring.
+    #[serde(default)]
+    pub(crate) rejoins: u64,
 }
 
 impl MemberSummary {
@@ -201,17 +204,19 @@ impl MemberSummary {
     }
 }
 
-/// What members missed: `lost` counts messages of their own room's
-/// numbering they never got; `cross_node` (strategy local) counts
-/// deliveries that never happened because the publisher was on another
-/// server, as a shared cluster would have made them.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What members missed, and where deliveries cross nodes. `lost` counts
+/// messages of their own room's numbering they never got. `cross_node` and
+/// `same_node` count the deliveries a shared cluster makes from a publisher
+/// on another node and on the member's own node (from what each member
+/// published): for strategy local the `cross_node` ones never happen (what
+/// sticky and pubsub fix); for pubsub they are the ones relayed over Redis.
+/// `nodes_per_room` is the mean number of nodes a room's members are on.
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Tally {
     pub(crate) lost: u64,
     pub(crate) cross_node: u64,
-    /// Strategy local: the deliveries that publisher and member on one
-    /// server made (expected), beside `cross_node`.
     pub(crate) same_node: u64,
+    pub(crate) nodes_per_room: f64,
 }
 
 /// Tallies `members`. `last_seq[room]` is each room's final seq; `None`
@@ -219,41 +224,43 @@ pub(crate) struct Tally {
 /// seq is per room and node, from what its members saw and were acked.
 pub(crate) fn tally(members: &[MemberSummary], last_seq: Option<&[u64]>) -> Tally {
     use std::collections::HashMap;
-    let Some(last_seq) = last_seq else {
-        let mut last: HashMap<(usize, &str), u64> = HashMap::new();
-        let mut here: HashMap<(usize, &str), (u64, u64)> = HashMap::new();
-        let mut room_members: HashMap<usize, u64> = HashMap::new();
-        for m in members {
-            let key = (m.room, m.node.as_str());
-            let l = last.entry(key).or_default();
-            *l = (*l).max(m.max_ack).max(m.highest);
-            let h = here.entry(key).or_default();
-            h.0 += 1;
-            h.1 += m.acked;
-            *room_members.entry(m.room).or_default() += 1;
-        }
-        let lost = members
+    let mut last: HashMap<(usize, &str), u64> = HashMap::new();
+    let mut here: HashMap<(usize, &str), (u64, u64)> = HashMap::new();
+    let mut room_members: HashMap<usize, u64> = HashMap::new();
+    for m in members {
+        let key = (m.room, m.node.as_str());
+        let l = last.entry(key).or_default();
+        *l = (*l).max(m.max_ack).max(m.highest);
+        let h = here.entry(key).or_default();
+        h.0 += 1;
+        h.1 += m.acked;
+        *room_members.entry(m.room).or_default() += 1;
+    }
+    let cross_node = here
+        .iter()
+        .map(|(&(room, _), &(n, published))| published * (room_members[&room] - n))
+        .sum();
+    let same_node = here.values().map(|&(n, published)| published * n).sum();
+    let nodes_per_room = if room_members.is_empty() {
+        0.0
+    } else {
+        here.len() as f64 / room_members.len() as f64
+    };
+    let lost = match last_seq {
+        None => members
             .iter()
             .map(|m| m.missing(last[&(m.room, m.node.as_str())]))
-            .sum();
-        let cross_node = here
+            .sum(),
+        Some(last_seq) => members
             .iter()
-            .map(|(&(room, _), &(n, published))| published * (room_members[&room] - n))
-            .sum();
-        let same_node = here.values().map(|&(n, published)| published * n).sum();
-        return Tally {
-            lost,
-            cross_node,
-            same_node,
-        };
+            .map(|m| m.missing(last_seq.get(m.room).copied().unwrap_or(0)))
+            .sum(),
     };
-    let lost = members
-        .iter()
-        .map(|m| m.missing(last_seq.get(m.room).copied().unwrap_or(0)))
-        .sum();
     Tally {
         lost,
-        ..Tally::default()
+        cross_node,
+        same_node,
+        nodes_per_room,
     }
 }
 
@@ -294,6 +301,12 @@ pub struct RedisStats {
     pub commands_per_delivery: f64,
     /// Calls per command name.
     pub by_command: std::collections::BTreeMap<String, u64>,
+    /// Bytes Redis read from and wrote to its clients (INFO
+    /// `total_net_input_bytes`, `total_net_output_bytes`).
+    #[serde(default)]
+    pub net_input_bytes: u64,
+    #[serde(default)]
+    pub net_output_bytes: u64,
     /// `used_memory` at the start and the end of the measured window.
     #[serde(default)]
     pub memory_before: u64,
@@ -410,6 +423,23 @@ pub struct RunResult {
     /// not happen (`undelivered_cross_node` over all it would make).
     #[serde(default)]
     pub undelivered_share: f64,
+    /// The share of deliveries whose publisher is on another node than the
+    /// member (for pubsub, relayed over Redis; for local, not made).
+    #[serde(default)]
+    pub cross_node_share: f64,
+    /// Sticky and pubsub: measured deliveries from a publisher on another
+    /// node (`delivered` times `cross_node_share`).
+    #[serde(default)]
+    pub cross_node_deliveries: u64,
+    /// The mean number of nodes a room's members are on.
+    #[serde(default)]
+    pub nodes_per_room: f64,
+    /// Churn asked for (joins per second), and the joins after leaving on
+    /// purpose that members made while measuring.
+    #[serde(default)]
+    pub churn: f64,
+    #[serde(default)]
+    pub rejoins: u64,
     pub deliveries_per_sec: f64,
     pub latency_ms: Latency,
     /// (latency ms, fraction of deliveries at or below), for CDF charts.
@@ -514,7 +544,9 @@ mod tests {
             tally(&ms, Some(&[10])),
             Tally {
                 lost: 2,
-                ..Tally::default()
+                cross_node: 5 + 5,
+                same_node: 5 + 5,
+                nodes_per_room: 2.0,
             }
         );
         // Local: each node numbers room 0 itself. On a: 3 members, 6
@@ -532,6 +564,7 @@ mod tests {
                 lost: 1,
                 cross_node: 6 + 2 * 3,
                 same_node: 6 * 3 + 2,
+                nodes_per_room: 2.0,
             }
         );
     }

@@ -357,3 +357,124 @@ async fn bench_runs_with_worker_processes_and_reports() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The strategy map over real runs: `turnout-bench run` with membership
+/// churn against a local, a sticky and a pubsub cluster of two nodes, then
+/// `turnout-bench map`. The runs must count the churn and where deliveries
+/// cross nodes, and the map must turn them into points, fitted costs,
+/// predictions and a verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_runs_count_churn_and_cross_node_traffic_and_map_them() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("turnout-map-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bench = binary("turnout-bench");
+    let mut files = Vec::new();
+    for strategy in [Strategy::Local, Strategy::Sticky, Strategy::Pubsub] {
+        let c = Cluster::start(2, strategy).await?;
+        let name = format!("{strategy:?}").to_lowercase();
+        for (members, churn) in [(2, "0"), (8, "20")] {
+            let out = dir.join(format!("{name}-{members}.json"));
+            let status = tokio::process::Command::new(&bench)
+                .args(["run", "--quiet", "--scenario", "chat", "--rooms", "8"])
+                .args([
+                    "--members",
+                    &members.to_string(),
+                    "--rate",
+                    "2",
+                    "--churn",
+                    churn,
+                ])
+                .args(["--warmup", "1", "--duration", "3", "--drain", "1"])
+                .args([
+                    "--gateway",
+                    &c.gateway.http(),
+                    "--redis-url",
+                    &c.redis.url(),
+                ])
+                .arg("--out")
+                .arg(&out)
+                .stdout(Stdio::null())
+                .status()
+                .await?;
+            assert!(status.success(), "turnout-bench run failed: {status}");
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+            assert_eq!(r["strategy"], name.as_str());
+            for field in ["lost", "duplicated", "publish_errors"] {
+                assert_eq!(r[field], 0, "{field}: {name} {members}");
+            }
+            // 8 rooms over 2 nodes: rooms of 8 on both (pubsub and local,
+            // where members land anywhere), on their owner (sticky).
+            let spread = r["nodes_per_room"].as_f64().unwrap_or(0.0);
+            let share = r["cross_node_share"].as_f64().unwrap_or(0.0);
+            match (strategy, members) {
+                (Strategy::Sticky, _) => assert_eq!((spread, share), (1.0, 0.0), "sticky {r}"),
+                (_, 8) => assert!(spread > 1.5 && share > 0.2, "{name}: {spread} {share}"),
+                _ => {}
+            }
+            let cross = r["cross_node_deliveries"].as_u64().unwrap_or(0);
+            let undelivered = r["undelivered_cross_node"].as_u64().unwrap_or(0);
+            match strategy {
+                Strategy::Local if members == 8 => assert!(undelivered > 0 && cross == 0),
+                Strategy::Pubsub if members == 8 => assert!(cross > 0 && undelivered == 0),
+                Strategy::Sticky => assert_eq!((cross, undelivered), (0, 0)),
+                _ => {}
+            }
+            // Churn: 20 joins/s for 3 s, counted while measuring.
+            let rejoins = r["rejoins"].as_u64().unwrap_or(0);
+            if churn == "0" {
+                assert_eq!(rejoins, 0);
+            } else {
+                assert!((30..=90).contains(&rejoins), "{name}: {rejoins} rejoins");
+                assert_eq!(r["reconnects"], 0, "a churn rejoin is not a reconnect");
+            }
+            if strategy != Strategy::Local {
+                let bytes = r["redis"]["net_output_bytes"].as_u64().unwrap_or(0);
+                assert!(bytes > 1000, "{name}: Redis wrote {bytes} bytes");
+            }
+            files.push(out);
+        }
+    }
+    let status = tokio::process::Command::new(&bench)
+        .args(["map", "--grid", "test", "--out"])
+        .arg(&dir)
+        .args(&files)
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    assert!(status.success(), "turnout-bench map failed: {status}");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("sweep.json"))?)?;
+    let points = s["points"].as_array().expect("points");
+    assert_eq!(points.len(), 6);
+    for p in points {
+        assert_eq!(p["nodes"], 2, "{p}");
+        assert!(p["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
+        assert!(p["run"]["latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0);
+        let relays = p["relays_per_sec"].as_f64().unwrap_or(0.0);
+        assert_eq!(relays > 0.0, p["strategy"] == "pubsub", "{p}");
+    }
+    let predictions = s["model"]["predictions"].as_array().expect("predictions");
+    assert_eq!(predictions.len(), 3 * 3 * 5);
+    assert!(
+        predictions
+            .iter()
+            .any(|p| p["nodes"] == 100 && p["room_size"] == 100_000)
+    );
+    assert!(!s["model"]["limits"].as_array().expect("limits").is_empty());
+    let classes = s["verdict"]["classes"].as_array().expect("verdict");
+    assert!(
+        classes
+            .iter()
+            .any(|c| c["workload"] == "more than one server, local")
+    );
+    // Two points per strategy cannot fit seven costs: the verdict says so.
+    assert!(
+        !s["verdict"]["warnings"]
+            .as_array()
+            .expect("warnings")
+            .is_empty()
+    );
+    let page = std::fs::read_to_string(dir.join("report.html"))?;
+    assert!(page.contains("Verdict") && page.contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,1660 @@
+//! The strategy map (`turnout-bench map`): the runs of a sweep
+//! (`deploy/loadtest/sweep.sh`) become `sweep.json` and `report.html`.
+//!
+//! - `points`: one per run, the figures the comparison needs, each with the
+//!   run's full results.
+//! - `model`: per-operation costs (a delivery, a publish, a relay to a
+//!   subscribed node, a join, a held connection, a node, a room) fitted to
+//!   the points by non-negative least squares, the error on points held out
+//!   of the fit, and `predictions` for clusters larger than this machine.
+//! - `verdict`: which strategy for which workload, and where the winner
+//!   changes.
+
+use crate::cli::MapOpts;
+use crate::report::{Series, esc, fmt_num, plot};
+use crate::stats::RunResult;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub const STRATEGIES: [&str; 3] = ["local", "sticky", "pubsub"];
+
+/// One measured run of the sweep.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Point {
+    pub strategy: String,
+    pub nodes: usize,
+    pub room_size: usize,
+    pub rooms: usize,
+    /// Messages per second per publishing member.
+    pub rate: f64,
+    pub publishers_per_room: usize,
+    /// Joins per second asked for (membership churn).
+    pub churn: f64,
+    pub connections: u64,
+    pub deliveries_per_sec: f64,
+    /// What the workload asks for: publishes × members that should get them.
+    pub offered_deliveries_per_sec: f64,
+    /// Below 90 % of what was offered: the machine was the limit.
+    pub saturated: bool,
+    pub publishes_per_sec: f64,
+    /// Pubsub: messages Redis sent to subscribed nodes per second.
+    pub relays_per_sec: f64,
+    pub joins_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// CPU of every cluster process (ws-nodes, router, gateway, Redis; not
+    /// the bench) per delivery.
+    pub cpu_us_per_delivery: f64,
+    /// CPU cores in use, by role and by process.
+    pub cpu_cores: Cores,
+    pub cpu_by_process: BTreeMap<String, f64>,
+    pub redis_commands_per_sec: f64,
+    pub redis_commands_per_delivery: f64,
+    pub redis_bytes_per_sec: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Deliveries from a publisher on another node (sticky, pubsub).
+    pub cross_node_deliveries: u64,
+    pub cross_node_share: f64,
+    /// Local: deliveries that did not happen because the member was on
+    /// another server, and their share.
+    pub undelivered_cross_node: u64,
+    pub undelivered_share: f64,
+    pub nodes_per_room: f64,
+    pub bench_cpu_cores: f64,
+    /// The run's results file, and its figures (without the per-second and
+    /// CDF series, which stay in the file).
+    pub file: String,
+    pub run: RunResult,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Cores {
+    pub ws_nodes: f64,
+    pub redis: f64,
+    /// Router and gateway.
+    pub control: f64,
+    pub total: f64,
+}
+
+impl Point {
+    pub fn from_run(file: &str, r: &RunResult) -> Point {
+        let secs = r.duration_s.max(1) as f64;
+        let mut cores = Cores::default();
+        let mut by = BTreeMap::new();
+        for p in &r.processes {
+            let c = p.cpu_seconds / secs;
+            by.insert(p.name.clone(), c);
+            if p.name.starts_with("node") {
+                cores.ws_nodes += c;
+            } else if p.name.starts_with("redis") {
+                cores.redis += c;
+            } else if p.name == "router" || p.name == "gateway" {
+                cores.control += c;
+            }
+        }
+        cores.total = cores.ws_nodes + cores.redis + cores.control;
+        let local = r.strategy == "local";
+        let d = r.deliveries_per_sec;
+        // Every member gets each message of its room, its sender too; a
+        // local server only its own members.
+        let fanout = r.members as f64
+            * if local {
+                1.0 - r.undelivered_share
+            } else {
+                1.0
+            };
+        let publishes = if fanout > 0.0 { d / fanout } else { 0.0 };
+        let offered_publish = (r.rooms * r.publishers_per_room) as f64 * r.rate;
+        let offered = offered_publish * fanout;
+        let mut run = r.clone();
+        run.latency_cdf.clear();
+        run.throughput.clear();
+        Point {
+            strategy: r.strategy.clone(),
+            nodes: r.nodes.len().max(1),
+            room_size: r.members,
+            rooms: r.rooms,
+            rate: r.rate,
+            publishers_per_room: r.publishers_per_room,
+            churn: r.churn,
+            connections: r.connections,
+            deliveries_per_sec: d,
+            offered_deliveries_per_sec: offered,
+            saturated: d < 0.9 * offered,
+            publishes_per_sec: publishes,
+            relays_per_sec: if r.strategy == "pubsub" {
+                publishes * r.nodes_per_room
+            } else {
+                0.0
+            },
+            joins_per_sec: r.rejoins as f64 / secs,
+            p50_ms: r.latency_ms.p50,
+            p99_ms: r.latency_ms.p99,
+            cpu_us_per_delivery: if d > 0.0 { cores.total * 1e6 / d } else { 0.0 },
+            cpu_cores: cores,
+            cpu_by_process: by,
+            redis_commands_per_sec: r.redis.commands_per_sec,
+            redis_commands_per_delivery: r.redis.commands_per_delivery,
+            redis_bytes_per_sec: (r.redis.net_input_bytes + r.redis.net_output_bytes) as f64 / secs,
+            lost: r.lost,
+            duplicated: r.duplicated,
+            reordered: r.reordered,
+            cross_node_deliveries: r.cross_node_deliveries,
+            cross_node_share: r.cross_node_share,
+            undelivered_cross_node: r.undelivered_cross_node,
+            undelivered_share: r.undelivered_share,
+            nodes_per_room: r.nodes_per_room,
+            bench_cpu_cores: r.bench_cpu_seconds / secs,
+            file: file.to_owned(),
+            run,
+        }
+    }
+}
+
+/// The rates a cost model multiplies its costs by: a measured point, or a
+/// workload to predict.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    pub deliveries: f64,
+    pub publishes: f64,
+    pub relays: f64,
+    pub joins: f64,
+    pub connections: f64,
+    pub nodes: f64,
+    pub rooms: f64,
+}
+
+impl From<&Point> for Load {
+    fn from(p: &Point) -> Load {
+        Load {
+            deliveries: p.deliveries_per_sec,
+            publishes: p.publishes_per_sec,
+            relays: p.relays_per_sec,
+            joins: p.joins_per_sec,
+            connections: p.connections as f64,
+            nodes: p.nodes as f64,
+            rooms: p.rooms as f64,
+        }
+    }
+}
+
+/// The operations costs are fitted for; each is a column of the fit.
+const OPERATIONS: [(&str, &str); 7] = [
+    ("delivery", "a message written to one member's socket"),
+    ("publish", "a message accepted from a member"),
+    (
+        "relay",
+        "a message Redis sends to one subscribed node (pubsub)",
+    ),
+    (
+        "join",
+        "a member leaving and coming back: route, connect, join with since",
+    ),
+    ("connection", "one open connection, per second"),
+    ("node", "one ws-node, per second (heartbeats, timers)"),
+    (
+        "room",
+        "one room in use, per second (presence, ownership renewals)",
+    ),
+];
+
+fn column(op: &str, l: &Load) -> f64 {
+    match op {
+        "delivery" => l.deliveries,
+        "publish" => l.publishes,
+        "relay" => l.relays,
+        "join" => l.joins,
+        "connection" => l.connections,
+        "node" => l.nodes,
+        "room" => l.rooms,
+        _ => 0.0,
+    }
+}
+
+/// What is fitted: each a quantity per second.
+const TARGETS: [(&str, &str); 5] = [
+    ("ws_node_cpu", "CPU µs per operation, all ws-nodes"),
+    ("redis_cpu", "Redis CPU µs per operation"),
+    ("control_cpu", "router and gateway CPU µs per operation"),
+    ("redis_commands", "Redis commands per operation"),
+    ("redis_bytes", "bytes in and out of Redis per operation"),
+];
+
+fn target(name: &str, p: &Point) -> f64 {
+    match name {
+        // CPU targets in µs per second, so costs come out in µs.
+        "ws_node_cpu" => p.cpu_cores.ws_nodes * 1e6,
+        "redis_cpu" => p.cpu_cores.redis * 1e6,
+        "control_cpu" => p.cpu_cores.control * 1e6,
+        "redis_commands" => p.redis_commands_per_sec,
+        "redis_bytes" => p.redis_bytes_per_sec,
+        _ => 0.0,
+    }
+}
+
+/// Operations that can cost a target anything: Redis never sees a
+/// delivery, and local has no Redis.
+fn applies(target: &str, op: &str, strategy: &str) -> bool {
+    let redis = target.starts_with("redis");
+    if redis && (strategy == "local" || op == "delivery") {
+        return false;
+    }
+    if op == "relay" && strategy != "pubsub" {
+        return false;
+    }
+    true
+}
+
+/// Costs of one target for one strategy.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Fit {
+    pub strategy: String,
+    pub target: String,
+    pub unit: String,
+    /// Per operation; an operation the points never varied is left out
+    /// (not measured), not guessed.
+    pub costs: BTreeMap<String, f64>,
+    pub points: usize,
+    /// Leave-one-out: each point predicted by a fit without it.
+    pub held_out: HeldOut,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct HeldOut {
+    /// Relative error |predicted − measured| / measured.
+    pub median_error: f64,
+    pub max_error: f64,
+    /// Points held out (those with a measured value above zero).
+    pub points: usize,
+}
+
+impl Fit {
+    pub fn eval(&self, l: &Load) -> f64 {
+        self.costs.iter().map(|(op, c)| c * column(op, l)).sum()
+    }
+}
+
+/// Non-negative least squares of `y` on the columns of `x` (one row per
+/// point). Columns are scaled to unit length first, as the operations'
+/// rates differ by orders of magnitude.
+pub fn nnls_fit(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
+    let (m, n) = (x.len(), x.first()?.len());
+    if m == 0 || n == 0 {
+        return None;
+    }
+    let norms: Vec<f64> = (0..n)
+        .map(|j| x.iter().map(|r| r[j] * r[j]).sum::<f64>().sqrt().max(1e-12))
+        .collect();
+    let a = ndarray::Array2::from_shape_fn((m, n), |(i, j)| x[i][j] / norms[j]);
+    let b = ndarray::Array1::from(y.to_vec());
+    // The solver panics on some degenerate inputs: treat that as no fit.
+    let solved = std::panic::catch_unwind(|| nnls::nnls(a.view(), b.view())).ok()?;
+    Some(solved.0.iter().zip(&norms).map(|(c, s)| c / s).collect())
+}
+
+fn fit_one(strategy: &str, tname: &str, unit: &str, points: &[&Point]) -> Option<Fit> {
+    let ops: Vec<&str> = OPERATIONS
+        .iter()
+        .map(|o| o.0)
+        .filter(|op| applies(tname, op, strategy))
+        .filter(|op| {
+            // An operation whose rate hardly changed over the points cannot
+            // be told apart from the others' fixed share: left out.
+            let vals = points.iter().map(|p| column(op, &Load::from(*p)));
+            let (lo, hi) = vals.fold((f64::MAX, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+            hi > 0.0 && hi > 1.25 * lo
+        })
+        .collect();
+    if ops.is_empty() || points.is_empty() {
+        return None;
+    }
+    let rows = |ps: &[&Point]| -> (Vec<Vec<f64>>, Vec<f64>) {
+        let x = ps
+            .iter()
+            .map(|p| ops.iter().map(|op| column(op, &Load::from(*p))).collect())
+            .collect();
+        let y = ps.iter().map(|p| target(tname, p)).collect();
+        (x, y)
+    };
+    let (x, y) = rows(points);
+    let coef = nnls_fit(&x, &y)?;
+    let costs: BTreeMap<String, f64> = ops
+        .iter()
+        .zip(&coef)
+        .map(|(op, c)| ((*op).to_owned(), *c))
+        .collect();
+    let mut errors = Vec::new();
+    if points.len() > ops.len() {
+        for i in 0..points.len() {
+            let measured = target(tname, points[i]);
+            if measured <= 0.0 {
+                continue;
+            }
+            let rest: Vec<&Point> = points
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| *p)
+                .collect();
+            let (x, y) = rows(&rest);
+            let Some(c) = nnls_fit(&x, &y) else { continue };
+            let l = Load::from(points[i]);
+            let predicted: f64 = ops.iter().zip(&c).map(|(op, c)| c * column(op, &l)).sum();
+            errors.push((predicted - measured).abs() / measured);
+        }
+    }
+    errors.sort_by(f64::total_cmp);
+    Some(Fit {
+        strategy: strategy.to_owned(),
+        target: tname.to_owned(),
+        unit: unit.to_owned(),
+        costs,
+        points: points.len(),
+        held_out: HeldOut {
+            median_error: errors.get(errors.len() / 2).copied().unwrap_or(f64::NAN),
+            max_error: errors.last().copied().unwrap_or(f64::NAN),
+            points: errors.len(),
+        },
+    })
+}
+
+/// The workload predictions are made for, at each cluster size and room size.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Assumptions {
+    /// Connections each ws-node holds on average.
+    pub connections_per_node: f64,
+    /// Messages per second each member receives (a room publishes this many
+    /// messages per second whatever its size).
+    pub messages_per_member_per_sec: f64,
+    /// Each member leaves and comes back once this often (seconds).
+    pub rejoin_every_s: f64,
+    /// Payload bytes of a message (the sweep's).
+    pub payload_bytes: usize,
+    /// A ws-node's `max_connections`: a sticky room larger than this does
+    /// not fit on its owner.
+    pub node_max_connections: f64,
+    /// Members spread over nodes at random (pubsub, local).
+    pub placement: String,
+}
+
+/// One predicted cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Prediction {
+    pub strategy: String,
+    pub nodes: usize,
+    pub room_size: usize,
+    pub rooms: f64,
+    pub connections: f64,
+    pub deliveries_per_sec: f64,
+    pub publishes_per_sec: f64,
+    /// Mean CPU cores per ws-node, and on the busiest one (sticky puts a
+    /// whole room on one node).
+    pub cpu_per_node_cores: f64,
+    pub cpu_busiest_node_cores: f64,
+    pub redis_cpu_cores: f64,
+    pub control_cpu_cores: f64,
+    /// All cluster CPU per delivery.
+    pub cpu_us_per_delivery: f64,
+    pub redis_commands_per_sec: f64,
+    pub redis_bytes_per_sec: f64,
+    /// Messages and bytes that go from one node to another (pubsub: via
+    /// Redis to each subscribed node).
+    pub cross_node_messages_per_sec: f64,
+    pub cross_node_bytes_per_sec: f64,
+    /// Local: the share of deliveries that never happen.
+    pub undelivered_share: f64,
+    /// Can this strategy serve the workload at all?
+    pub fits: bool,
+    /// Why the figures should not be taken at face value (empty: within
+    /// what was measured).
+    pub caveats: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Model {
+    pub method: String,
+    pub operations: BTreeMap<String, String>,
+    pub fits: Vec<Fit>,
+    /// The largest rates measured per ws-node, the edge of what was seen.
+    pub measured_range: BTreeMap<String, f64>,
+    /// Per strategy: Redis commands per second one Redis core ran, at the
+    /// busiest run. Predictions of Redis cores divide the predicted
+    /// commands by it: Redis's cost per command falls as load rises (more
+    /// commands per read and write), which a linear CPU fit cannot follow,
+    /// while commands per operation are exact.
+    pub redis_commands_per_core_second: BTreeMap<String, f64>,
+    pub assumptions: Option<Assumptions>,
+    pub predictions: Vec<Prediction>,
+    /// Where the model stops being trustworthy.
+    pub limits: Vec<String>,
+}
+
+impl Model {
+    fn fit(&self, strategy: &str, target: &str) -> Option<&Fit> {
+        self.fits
+            .iter()
+            .find(|f| f.strategy == strategy && f.target == target)
+    }
+
+    fn eval(&self, strategy: &str, target: &str, l: &Load) -> f64 {
+        self.fit(strategy, target).map(|f| f.eval(l)).unwrap_or(0.0)
+    }
+}
+
+pub fn fit(points: &[Point]) -> Model {
+    let mut fits = Vec::new();
+    for s in STRATEGIES {
+        let ps: Vec<&Point> = points.iter().filter(|p| p.strategy == s).collect();
+        for (t, unit) in TARGETS {
+            if s == "local" && t.starts_with("redis") {
+                continue;
+            }
+            if let Some(f) = fit_one(s, t, unit, &ps) {
+                fits.push(f);
+            }
+        }
+    }
+    let mut range = BTreeMap::new();
+    let max = |f: &dyn Fn(&Point) -> f64| points.iter().map(f).fold(0.0, f64::max);
+    range.insert(
+        "deliveries_per_sec_per_node".into(),
+        max(&|p| p.deliveries_per_sec / p.nodes as f64),
+    );
+    range.insert("nodes".into(), max(&|p| p.nodes as f64));
+    range.insert("room_size".into(), max(&|p| p.room_size as f64));
+    range.insert(
+        "redis_commands_per_sec".into(),
+        max(&|p| p.redis_commands_per_sec),
+    );
+    range.insert("redis_cpu_cores".into(), max(&|p| p.cpu_cores.redis));
+    range.insert("joins_per_sec".into(), max(&|p| p.joins_per_sec));
+    Model {
+        method: "per strategy and quantity, non-negative least squares of the measured rate \
+                 on the operation rates; held-out error by leaving each point out"
+            .into(),
+        operations: OPERATIONS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        fits,
+        measured_range: range,
+        redis_commands_per_core_second: ["sticky", "pubsub"]
+            .iter()
+            .filter_map(|s| {
+                let busiest = points
+                    .iter()
+                    .filter(|p| p.strategy == *s && p.cpu_cores.redis > 0.0)
+                    .max_by(|a, b| a.cpu_cores.redis.total_cmp(&b.cpu_cores.redis))?;
+                Some((
+                    (*s).to_owned(),
+                    busiest.redis_commands_per_sec / busiest.cpu_cores.redis,
+                ))
+            })
+            .collect(),
+        ..Model::default()
+    }
+}
+
+/// The operation rates of `strategy` serving rooms of `room_size` on
+/// `nodes` nodes under `a`, and how many nodes a room's members are on.
+pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions) -> (Load, f64) {
+    let n = nodes as f64;
+    let members = a.connections_per_node * n;
+    let m = (room_size as f64).min(members);
+    let rooms = (members / m).max(1.0);
+    let publishes = rooms * a.messages_per_member_per_sec;
+    let spread = match strategy {
+        // Members spread at random: the expected number of nodes with one.
+        "pubsub" | "local" => n * (1.0 - (1.0 - 1.0 / n).powf(m)),
+        _ => 1.0,
+    };
+    let deliveries = publishes * m;
+    let load = Load {
+        deliveries: if strategy == "local" {
+            deliveries / n.max(1.0)
+        } else {
+            deliveries
+        },
+        publishes,
+        relays: if strategy == "pubsub" {
+            publishes * spread
+        } else {
+            0.0
+        },
+        joins: members / a.rejoin_every_s,
+        connections: members,
+        nodes: n,
+        rooms,
+    };
+    (load, spread)
+}
+
+pub fn predict(
+    model: &Model,
+    strategy: &str,
+    nodes: usize,
+    room_size: usize,
+    a: &Assumptions,
+) -> Prediction {
+    let (l, _) = workload(strategy, nodes, room_size, a);
+    let n = nodes as f64;
+    let node_cpu = model.eval(strategy, "ws_node_cpu", &l) / 1e6;
+    let commands = model.eval(strategy, "redis_commands", &l);
+    let redis_cpu = match model.redis_commands_per_core_second.get(strategy) {
+        Some(per_core) if *per_core > 0.0 => commands / per_core,
+        _ => model.eval(strategy, "redis_cpu", &l) / 1e6,
+    };
+    let control = model.eval(strategy, "control_cpu", &l) / 1e6;
+    let m = (room_size as f64).min(l.connections);
+    // Sticky: a room lives on one node. With fewer rooms than nodes, the
+    // busiest node holds a whole room; otherwise the placement bound keeps
+    // each node within 1.25 × the average.
+    let busiest = if strategy == "sticky" {
+        if l.rooms < n {
+            let share = m / l.connections;
+            node_cpu * share
+        } else {
+            node_cpu / n * 1.25
+        }
+    } else {
+        node_cpu / n
+    };
+    let fits = strategy != "sticky" || m <= a.node_max_connections;
+    let bytes_per_message = (a.payload_bytes + 120) as f64;
+    let mut caveats = Vec::new();
+    let per_node = l.deliveries / n;
+    let seen = model
+        .measured_range
+        .get("deliveries_per_sec_per_node")
+        .copied()
+        .unwrap_or(0.0);
+    if per_node > seen * 1.5 {
+        caveats.push(format!(
+            "{} deliveries/s per node, beyond the {} measured",
+            fmt_num(per_node),
+            fmt_num(seen)
+        ));
+    }
+    if redis_cpu > 0.8 {
+        caveats.push(format!(
+            "one Redis would need {:.1} cores but runs commands on one: shard it (Redis Cluster)",
+            redis_cpu
+        ));
+    }
+    if !fits {
+        caveats.push(format!(
+            "a room of {} members is more than one node's max_connections ({})",
+            fmt_num(m),
+            fmt_num(a.node_max_connections)
+        ));
+    }
+    let deliveries = l.deliveries;
+    Prediction {
+        strategy: strategy.to_owned(),
+        nodes,
+        room_size,
+        rooms: l.rooms,
+        connections: l.connections,
+        deliveries_per_sec: deliveries,
+        publishes_per_sec: l.publishes,
+        cpu_per_node_cores: node_cpu / n,
+        cpu_busiest_node_cores: busiest,
+        redis_cpu_cores: redis_cpu,
+        control_cpu_cores: control,
+        cpu_us_per_delivery: if deliveries > 0.0 {
+            (node_cpu + redis_cpu + control) * 1e6 / deliveries
+        } else {
+            0.0
+        },
+        redis_commands_per_sec: commands,
+        redis_bytes_per_sec: model.eval(strategy, "redis_bytes", &l),
+        cross_node_messages_per_sec: l.relays,
+        cross_node_bytes_per_sec: l.relays * bytes_per_message,
+        undelivered_share: if strategy == "local" {
+            1.0 - 1.0 / n
+        } else {
+            0.0
+        },
+        fits,
+        caveats,
+    }
+}
+
+pub const PREDICT_NODES: [usize; 3] = [10, 50, 100];
+pub const PREDICT_ROOM_SIZES: [usize; 5] = [10, 100, 1_000, 10_000, 100_000];
+/// Room sizes scanned for crossovers.
+const SCAN: [usize; 16] = [
+    2, 3, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+];
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Class {
+    pub workload: String,
+    pub strategy: String,
+    pub why: String,
+    pub numbers: BTreeMap<String, f64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Crossover {
+    pub nodes: usize,
+    /// The smallest room size from which pubsub is the pick (None: sticky
+    /// at every size scanned).
+    pub pubsub_from_room_size: Option<usize>,
+    /// The smallest room size sticky cannot hold on one node.
+    pub sticky_stops_fitting_at: Option<usize>,
+    pub text: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Verdict {
+    pub classes: Vec<Class>,
+    pub crossovers: Vec<Crossover>,
+    /// Said when the points are too few for the model to be trusted.
+    pub warnings: Vec<String>,
+}
+
+/// Sticky or pubsub for rooms of `room_size` on `nodes` nodes, and why:
+/// sticky must hold a room on one node, and nodes are sized for the
+/// busiest, so a sticky cluster whose busiest node needs much more than
+/// pubsub's loses even when its total CPU is lower; otherwise the lower CPU
+/// per delivery (nodes, Redis, router and gateway together) wins.
+fn pick(
+    model: &Model,
+    nodes: usize,
+    room_size: usize,
+    a: &Assumptions,
+) -> (&'static str, &'static str, Prediction, Prediction) {
+    let s = predict(model, "sticky", nodes, room_size, a);
+    let p = predict(model, "pubsub", nodes, room_size, a);
+    let (w, why) = if !s.fits {
+        ("pubsub", "sticky cannot hold the room on one node")
+    } else if s.cpu_busiest_node_cores > 1.5 * p.cpu_busiest_node_cores {
+        (
+            "pubsub",
+            "sticky's busiest node needs over 1.5 times pubsub's",
+        )
+    } else if p.cpu_us_per_delivery < s.cpu_us_per_delivery {
+        ("pubsub", "pubsub uses less CPU per delivery")
+    } else {
+        ("sticky", "sticky uses less CPU per delivery")
+    };
+    (w, why, s, p)
+}
+
+fn measured<'a>(points: &'a [Point], strategy: &str, f: impl Fn(&Point) -> bool) -> Vec<&'a Point> {
+    points
+        .iter()
+        .filter(|p| p.strategy == strategy && f(p))
+        .collect()
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { f64::NAN } else { s / n as f64 }
+}
+
+pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
+    let mut v = Verdict::default();
+    let min_points = STRATEGIES
+        .iter()
+        .map(|s| points.iter().filter(|p| p.strategy == *s).count())
+        .min()
+        .unwrap_or(0);
+    if min_points < 8 {
+        v.warnings.push(format!(
+            "{min_points} points per strategy: too few to fit seven costs with confidence; \
+             read the measured points, and run the full sweep before acting on the predictions"
+        ));
+    }
+    for f in &model.fits {
+        if f.held_out.median_error > 0.25 {
+            v.warnings.push(format!(
+                "{} {}: held-out median error {:.0} %",
+                f.strategy,
+                f.target,
+                100.0 * f.held_out.median_error
+            ));
+        }
+    }
+
+    // One server.
+    let one: Vec<(&str, f64)> = STRATEGIES
+        .iter()
+        .map(|s| {
+            (
+                *s,
+                mean(
+                    measured(points, s, |p| p.nodes == 1 && p.churn == 0.0)
+                        .iter()
+                        .map(|p| p.cpu_us_per_delivery),
+                ),
+            )
+        })
+        .collect();
+    if one.iter().all(|(_, c)| c.is_finite()) {
+        let local = one[0].1;
+        let best_shared = one[1].1.min(one[2].1);
+        v.classes.push(Class {
+            workload: "everything fits on one server".into(),
+            strategy: "local".into(),
+            why: format!(
+                "On one node local delivers for {} µs of CPU per delivery against {} (sticky) and {} (pubsub): \
+                 it skips Redis. Keep it while one server holds your connections and traffic; it has no \
+                 failover and its history dies with the process.",
+                fmt_num(local),
+                fmt_num(one[1].1),
+                fmt_num(one[2].1)
+            ),
+            numbers: BTreeMap::from([
+                ("local_cpu_us_per_delivery".into(), local),
+                ("sticky_cpu_us_per_delivery".into(), one[1].1),
+                ("pubsub_cpu_us_per_delivery".into(), one[2].1),
+                ("shared_over_local".into(), best_shared / local),
+            ]),
+        });
+    }
+    // Local on more than one server.
+    let spread: Vec<&Point> = measured(points, "local", |p| p.nodes > 1);
+    if !spread.is_empty() {
+        let share = mean(spread.iter().map(|p| p.undelivered_share));
+        let maxn = spread.iter().map(|p| p.nodes).max().unwrap_or(2);
+        v.classes.push(Class {
+            workload: "more than one server, local".into(),
+            strategy: "sticky or pubsub".into(),
+            why: format!(
+                "Servers that share nothing failed to deliver {:.0} % of messages (measured, 2–{maxn} nodes): \
+                 members on other servers never see them. Predicted at 10 nodes: {:.0} %.",
+                100.0 * share,
+                100.0 * (1.0 - 1.0 / 10.0)
+            ),
+            numbers: BTreeMap::from([("undelivered_share".into(), share)]),
+        });
+    }
+    // Small, mid and large rooms on big clusters, from the model.
+    for (workload, size) in [
+        ("many small rooms (chat, 2–10 members)", 10),
+        ("mid-sized rooms (100 members)", 100),
+        ("large rooms (1,000 members)", 1_000),
+        ("one hot room bigger than a node (100,000 members)", 100_000),
+    ] {
+        let mut numbers = BTreeMap::new();
+        let mut winners = Vec::new();
+        let mut lines = Vec::new();
+        for n in PREDICT_NODES {
+            let (w, _, s, p) = pick(model, n, size, a);
+            winners.push(w);
+            numbers.insert(
+                format!("sticky_cpu_us_per_delivery_{n}_nodes"),
+                s.cpu_us_per_delivery,
+            );
+            numbers.insert(
+                format!("pubsub_cpu_us_per_delivery_{n}_nodes"),
+                p.cpu_us_per_delivery,
+            );
+            numbers.insert(
+                format!("pubsub_redis_cpu_cores_{n}_nodes"),
+                p.redis_cpu_cores,
+            );
+            numbers.insert(
+                format!("sticky_busiest_node_cores_{n}_nodes"),
+                s.cpu_busiest_node_cores,
+            );
+            if !s.fits {
+                lines.push(format!(
+                    "{n} nodes: sticky cannot put {} members on one node; pubsub spreads them at {:.2} cores per node",
+                    fmt_num(size as f64),
+                    p.cpu_per_node_cores
+                ));
+            } else {
+                lines.push(format!(
+                    "{n} nodes: sticky {} µs, pubsub {} µs of CPU per delivery; Redis {:.2} cores (sticky) and {:.2} (pubsub){}; \
+                     busiest node {:.2} cores (sticky) and {:.2} (pubsub)",
+                    fmt_num(s.cpu_us_per_delivery),
+                    fmt_num(p.cpu_us_per_delivery),
+                    s.redis_cpu_cores,
+                    p.redis_cpu_cores,
+                    if p.redis_cpu_cores.max(s.redis_cpu_cores) > 0.8 {
+                        ", near or past one Redis core: shard Redis"
+                    } else {
+                        ""
+                    },
+                    s.cpu_busiest_node_cores,
+                    p.cpu_busiest_node_cores
+                ));
+            }
+        }
+        let pick = if winners.iter().all(|w| *w == winners[0]) {
+            winners[0].to_owned()
+        } else {
+            format!(
+                "{} up to {} nodes, then {}",
+                winners[0],
+                PREDICT_NODES[winners.iter().position(|w| *w != winners[0]).unwrap_or(1) - 1],
+                winners
+                    .iter()
+                    .find(|w| **w != winners[0])
+                    .unwrap_or(&winners[0])
+            )
+        };
+        let reason = match pick.as_str() {
+            "sticky" => {
+                "each message is written to Redis once and delivered from the room's one node; pubsub pays the same and a relay through Redis to every node the room spans"
+            }
+            "pubsub" => {
+                "no node has to hold a whole room, and the relay through Redis is paid once per subscribed node and shared by all its members there"
+            }
+            _ => "the winner changes with the cluster's size",
+        };
+        v.classes.push(Class {
+            workload: workload.into(),
+            strategy: pick,
+            why: format!("{reason}. {}.", lines.join("; ")),
+            numbers,
+        });
+    }
+    // The hot room, measured: one room over the largest cluster measured.
+    let hot = |strategy: &str| -> Option<(f64, f64, usize, usize)> {
+        let ps = measured(points, strategy, |p| {
+            p.rooms == 1 && p.churn == 0.0 && p.nodes > 1
+        });
+        let p = ps
+            .iter()
+            .max_by_key(|p| (p.nodes, p.deliveries_per_sec as u64))?;
+        let busiest = p
+            .cpu_by_process
+            .iter()
+            .filter(|(k, _)| k.starts_with("node"))
+            .map(|(_, v)| *v)
+            .fold(0.0, f64::max);
+        (busiest > 0.0).then_some((busiest, p.p99_ms, p.nodes, p.room_size))
+    };
+    if let (Some(s), Some(p)) = (hot("sticky"), hot("pubsub")) {
+        let w = if p.0 < s.0 { "pubsub" } else { "sticky" };
+        v.classes.push(Class {
+            workload: format!("one hot room (measured: {} members, {} nodes)", p.3, p.2),
+            strategy: w.into(),
+            why: format!(
+                "Sticky serves the whole room from its owner: the busiest ws-node used {:.2} cores (p99 {} ms); \
+                 pubsub spreads the members, its busiest node used {:.2} cores (p99 {} ms). {}",
+                s.0,
+                fmt_num(s.1),
+                p.0,
+                fmt_num(p.1),
+                if w == "pubsub" {
+                    "With more nodes, pubsub's busiest node gets lighter; sticky's does not."
+                } else {
+                    "At this size the relay costs pubsub more than the owner's extra load costs sticky."
+                }
+            ),
+            numbers: BTreeMap::from([
+                ("sticky_busiest_node_cores".into(), s.0),
+                ("pubsub_busiest_node_cores".into(), p.0),
+                ("sticky_p99_ms".into(), s.1),
+                ("pubsub_p99_ms".into(), p.1),
+            ]),
+        });
+    }
+    // Churn, measured.
+    let churn: Vec<(&str, f64)> = ["sticky", "pubsub"]
+        .iter()
+        .map(|s| {
+            let c = model
+                .fit(s, "ws_node_cpu")
+                .and_then(|f| f.costs.get("join").copied())
+                .unwrap_or(f64::NAN)
+                + model
+                    .fit(s, "control_cpu")
+                    .and_then(|f| f.costs.get("join").copied())
+                    .unwrap_or(0.0)
+                + model
+                    .fit(s, "redis_cpu")
+                    .and_then(|f| f.costs.get("join").copied())
+                    .unwrap_or(0.0);
+            (*s, c)
+        })
+        .collect();
+    if churn.iter().all(|(_, c)| c.is_finite() && *c > 0.0) {
+        let (w, l) = if churn[0].1 <= churn[1].1 {
+            (churn[0], churn[1])
+        } else {
+            (churn[1], churn[0])
+        };
+        v.classes.push(Class {
+            workload: "heavy membership churn (members come and go)".into(),
+            strategy: w.0.into(),
+            why: format!(
+                "A leave and rejoin (route, connect, join with since) costs {} µs of CPU in {} against {} µs in {} \
+                 (fitted from the churn points). It matters when joins per second are within two orders of \
+                 magnitude of deliveries per second.",
+                fmt_num(w.1),
+                w.0,
+                fmt_num(l.1),
+                l.0
+            ),
+            numbers: BTreeMap::from([
+                ("sticky_join_cpu_us".into(), churn[0].1),
+                ("pubsub_join_cpu_us".into(), churn[1].1),
+            ]),
+        });
+    }
+    // Crossovers.
+    let max_measured = points.iter().map(|p| p.nodes).max().unwrap_or(1);
+    let mut node_counts = vec![max_measured.max(2)];
+    node_counts.extend(PREDICT_NODES);
+    for n in node_counts {
+        let mut from = None;
+        let mut stop = None;
+        let mut why = "";
+        for size in SCAN {
+            let (w, reason, s, _) = pick(model, n, size, a);
+            if stop.is_none() && !s.fits {
+                stop = Some(size);
+            }
+            if from.is_none() && w == "pubsub" {
+                from = Some(size);
+                why = reason;
+            }
+        }
+        let text = match (from, stop) {
+            (Some(2), _) => format!("{n} nodes: pubsub at every room size ({why})"),
+            (Some(f), Some(s)) if f < s => format!(
+                "{n} nodes: sticky for rooms under {f} members; pubsub from {f} ({why}), and the only choice from {s}"
+            ),
+            (_, Some(s)) => format!(
+                "{n} nodes: sticky for every room it can hold; from {s} members only pubsub fits"
+            ),
+            (Some(f), None) => {
+                format!("{n} nodes: sticky under {f} members, pubsub from {f} ({why})")
+            }
+            (None, None) => format!("{n} nodes: sticky at every room size scanned"),
+        };
+        v.crossovers.push(Crossover {
+            nodes: n,
+            pubsub_from_room_size: from,
+            sticky_stops_fitting_at: stop,
+            text,
+        });
+    }
+    v
+}
+
+/// The whole of `sweep.json`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Sweep {
+    pub grid: String,
+    pub host: String,
+    pub cores: usize,
+    pub command: String,
+    pub points: Vec<Point>,
+    pub model: Model,
+    pub verdict: Verdict,
+}
+
+pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
+    let mut model = fit(&points);
+    for s in STRATEGIES {
+        for n in PREDICT_NODES {
+            for m in PREDICT_ROOM_SIZES {
+                model.predictions.push(predict(&model, s, n, m, &a));
+            }
+        }
+    }
+    model.limits = vec![
+        "Costs are linear in each operation's rate, fitted on one machine where the bench shares the \
+         CPU with the cluster; queueing near saturation is not linear, so a node predicted above \
+         about 70 % of its cores will do worse than predicted."
+            .into(),
+        format!(
+            "Measured up to {} nodes, rooms of {} members, {} deliveries/s per node and {} Redis \
+             commands/s; predictions past these are extrapolations and say so in their caveats.",
+            fmt_num(model.measured_range["nodes"]),
+            fmt_num(model.measured_range["room_size"]),
+            fmt_num(model.measured_range["deliveries_per_sec_per_node"]),
+            fmt_num(model.measured_range["redis_commands_per_sec"])
+        ),
+        "Redis runs commands on one core: past about 0.8 of a core predicted, latency grows without \
+         bound, which the linear model cannot show; shard it (redis_cluster) there."
+            .into(),
+        "Predicted Redis cores are the predicted commands over what one Redis core ran at the \
+         busiest run (redis_commands_per_core_second): Redis's CPU per command falls as its load \
+         rises, so its linear CPU fit (in fits, with its held-out error) overstates fixed costs."
+            .into(),
+        "The per-node cost (heartbeats, timers, polling) is fitted over 1 to a few nodes on a \
+         machine whose cores they share, where every extra process also adds contention; at 50 \
+         and 100 nodes it is the least certain term."
+            .into(),
+        "All traffic here is on loopback: the network between machines (bandwidth, round trips) \
+         adds latency and per-byte cost the model does not have; cross-node bytes are given so \
+         they can be checked against a link."
+            .into(),
+        "Members are assumed to land on nodes at random (pubsub, local); an application that groups a \
+         room's members on fewer nodes makes pubsub cheaper than predicted."
+            .into(),
+        "Sticky assumes one room per connection; a client in rooms owned by several nodes needs a \
+         connection to each, which the model does not count."
+            .into(),
+    ];
+    let verdict = verdict(&points, &model, &a);
+    model.assumptions = Some(a);
+    let first = points.first().map(|p| &p.run);
+    Sweep {
+        grid: grid.to_owned(),
+        host: first.map(|r| r.host.clone()).unwrap_or_default(),
+        cores: first.map(|r| r.cores).unwrap_or(0),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        points,
+        model,
+        verdict,
+    }
+}
+
+pub(crate) fn write(o: &MapOpts) -> Result<()> {
+    let mut points = Vec::new();
+    for p in &o.results {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let r: RunResult = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a turnout-bench result", p.display()))?;
+        points.push(Point::from_run(
+            &p.file_name().unwrap_or_default().to_string_lossy(),
+            &r,
+        ));
+    }
+    if points.is_empty() {
+        bail!("no results to map");
+    }
+    let a = Assumptions {
+        connections_per_node: o.connections_per_node,
+        messages_per_member_per_sec: o.messages_per_member,
+        rejoin_every_s: o.rejoin_every,
+        payload_bytes: points[0].run.payload,
+        node_max_connections: o.node_max_connections,
+        placement: "members land on nodes at random".into(),
+    };
+    let sweep = build(points, a, &o.grid);
+    std::fs::create_dir_all(&o.out)?;
+    let json = o.out.join("sweep.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&sweep)?)?;
+    let html = o.out.join("report.html");
+    std::fs::write(&html, report(&sweep))?;
+    eprintln!("sweep: {}\nreport: {}", json.display(), html.display());
+    for c in &sweep.verdict.classes {
+        eprintln!("- {}: {}", c.workload, c.strategy);
+    }
+    for c in &sweep.verdict.crossovers {
+        eprintln!("- {}", c.text);
+    }
+    Ok(())
+}
+
+const COLOR: [usize; 3] = [2, 0, 1]; // local green, sticky blue, pubsub red
+
+fn color(strategy: &str) -> usize {
+    STRATEGIES
+        .iter()
+        .position(|s| *s == strategy)
+        .map(|i| COLOR[i])
+        .unwrap_or(4)
+}
+
+/// Measured points of each strategy as (x, y), plain runs (no churn) only.
+fn measured_series(
+    sweep: &Sweep,
+    keep: impl Fn(&Point) -> bool,
+    x: impl Fn(&Point) -> f64,
+    y: impl Fn(&Point) -> f64,
+) -> Vec<Series> {
+    STRATEGIES
+        .iter()
+        .filter_map(|s| {
+            let mut pts: Vec<(f64, f64)> = sweep
+                .points
+                .iter()
+                .filter(|p| p.strategy == *s && p.churn == 0.0 && keep(p))
+                .map(|p| (x(p), y(p)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (!pts.is_empty()).then(|| Series {
+                name: format!("{s} (measured)"),
+                pts,
+                color: color(s),
+                dots: true,
+            })
+        })
+        .collect()
+}
+
+/// The fitted model's sum of `targets` per delivery for the measured runs
+/// `keep` picks, one line per strategy (the mean per room size).
+fn fitted_series(sweep: &Sweep, targets: &[&str], keep: impl Fn(&Point) -> bool) -> Vec<Series> {
+    STRATEGIES
+        .iter()
+        .filter(|s| {
+            sweep
+                .model
+                .fits
+                .iter()
+                .any(|f| f.strategy == **s && targets.contains(&f.target.as_str()))
+        })
+        .filter_map(|s| {
+            let mut by: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            for p in sweep
+                .points
+                .iter()
+                .filter(|p| p.strategy == *s && p.churn == 0.0 && keep(p))
+            {
+                let l = Load::from(p);
+                let cpu: f64 = targets.iter().map(|t| sweep.model.eval(s, t, &l)).sum();
+                if p.deliveries_per_sec > 0.0 {
+                    by.entry(p.room_size)
+                        .or_default()
+                        .push(cpu / p.deliveries_per_sec);
+                }
+            }
+            (!by.is_empty()).then(|| Series {
+                name: format!("{s} (model)"),
+                pts: by
+                    .iter()
+                    .map(|(m, v)| (*m as f64, v.iter().sum::<f64>() / v.len() as f64))
+                    .collect(),
+                color: color(s),
+                dots: false,
+            })
+        })
+        .collect()
+}
+
+fn predicted_series(
+    sweep: &Sweep,
+    strategies: &[&str],
+    nodes: usize,
+    y: impl Fn(&Prediction) -> f64,
+) -> Vec<Series> {
+    let Some(a) = &sweep.model.assumptions else {
+        return Vec::new();
+    };
+    strategies
+        .iter()
+        .map(|s| Series {
+            name: format!("{s}, {nodes} nodes (model)"),
+            pts: SCAN
+                .iter()
+                .map(|m| predict(&sweep.model, s, nodes, *m, a))
+                .filter(|p| p.fits)
+                .map(|p| (p.room_size as f64, y(&p)))
+                .collect(),
+            color: color(s),
+            dots: false,
+        })
+        .collect()
+}
+
+fn charts(sweep: &Sweep) -> Vec<String> {
+    let max_nodes = sweep.points.iter().map(|p| p.nodes).max().unwrap_or(1);
+    let at_max = |p: &Point| p.nodes == max_nodes;
+    let mut out = Vec::new();
+    // Measured, and the model's figure for each of those runs.
+    let plain = |p: &Point| at_max(p) && p.connections <= 1_100;
+    let mut s = fitted_series(sweep, &["ws_node_cpu", "redis_cpu", "control_cpu"], plain);
+    s.extend(measured_series(
+        sweep,
+        plain,
+        |p| p.room_size as f64,
+        |p| p.cpu_us_per_delivery,
+    ));
+    out.push(plot(
+        &format!("CPU per delivery by room size, {max_nodes} nodes"),
+        "members per room (log)",
+        "cluster CPU µs per delivery (log)",
+        &s,
+        true,
+        true,
+    ));
+    let mut s = fitted_series(sweep, &["redis_commands"], plain);
+    s.extend(measured_series(
+        sweep,
+        |p| plain(p) && p.strategy != "local",
+        |p| p.room_size as f64,
+        |p| p.redis_commands_per_delivery,
+    ));
+    out.push(plot(
+        &format!("Redis commands per delivery by room size, {max_nodes} nodes"),
+        "members per room (log)",
+        "commands per delivery (log)",
+        &s,
+        true,
+        true,
+    ));
+    let s = measured_series(
+        sweep,
+        |_| true,
+        |p| p.nodes as f64,
+        |p| {
+            100.0
+                * if p.strategy == "local" {
+                    p.undelivered_share
+                } else {
+                    p.cross_node_share
+                }
+        },
+    );
+    out.push(plot(
+        "Deliveries across nodes: relayed (pubsub), lost to another server (local)",
+        "nodes",
+        "% of deliveries",
+        &s,
+        false,
+        false,
+    ));
+    let s = measured_series(sweep, at_max, |p| p.room_size as f64, |p| p.p99_ms);
+    out.push(plot(
+        &format!("p99 latency by room size, {max_nodes} nodes (measured)"),
+        "members per room (log)",
+        "p99 ms (log)",
+        &s,
+        true,
+        true,
+    ));
+    // Predictions beyond this machine.
+    for n in PREDICT_NODES {
+        let s = predicted_series(sweep, &["sticky", "pubsub"], n, |p| p.cpu_us_per_delivery);
+        out.push(plot(
+            &format!("Predicted CPU per delivery, {n} nodes"),
+            "members per room (log)",
+            "cluster CPU µs per delivery (log)",
+            &s,
+            true,
+            true,
+        ));
+    }
+    let mut s = predicted_series(sweep, &["sticky"], 100, |p| p.cpu_busiest_node_cores);
+    s.extend(predicted_series(sweep, &["pubsub"], 100, |p| {
+        p.cpu_per_node_cores
+    }));
+    s[0].name = "sticky, busiest node (model)".into();
+    if let Some(x) = s.get_mut(1) {
+        x.name = "pubsub, every node (model)".into();
+    }
+    out.push(plot(
+        "Predicted CPU of the busiest ws-node, 100 nodes",
+        "members per room (log)",
+        "cores (log)",
+        &s,
+        true,
+        true,
+    ));
+    let s = predicted_series(sweep, &["sticky", "pubsub"], 100, |p| {
+        p.redis_commands_per_sec
+    });
+    out.push(plot(
+        "Predicted Redis commands per second, 100 nodes",
+        "members per room (log)",
+        "commands/s (log)",
+        &s,
+        true,
+        true,
+    ));
+    let s = vec![Series {
+        name: "pubsub from this room size".into(),
+        pts: sweep
+            .verdict
+            .crossovers
+            .iter()
+            .filter_map(|c| c.pubsub_from_room_size.map(|m| (c.nodes as f64, m as f64)))
+            .collect(),
+        color: 1,
+        dots: false,
+    }];
+    out.push(plot(
+        "Crossover: the room size from which pubsub is the pick",
+        "nodes (log)",
+        "members per room (log)",
+        &s,
+        true,
+        true,
+    ));
+    out
+}
+
+pub fn report(sweep: &Sweep) -> String {
+    let mut h = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>turnout: which strategy for which workload</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>\
+         body{font-family:sans-serif;max-width:900px;margin:2em auto;padding:0 1em;color:#222}\
+         table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}\
+         td:first-child,th:first-child,td.t{text-align:left}svg{max-width:100%;height:auto;margin:1em 0}code{background:#f4f4f4}\
+         .warn{background:#fff4e0;border-left:4px solid #f0a030;padding:.5em 1em}\
+         </style></head><body><h1>turnout: which strategy for which workload</h1>",
+    );
+    let _ = write!(
+        h,
+        "<p>{} grid: {} measured runs on {} ({} cores). Lines are the fitted model, circles the measured runs.</p>",
+        esc(&sweep.grid),
+        sweep.points.len(),
+        esc(&sweep.host),
+        sweep.cores
+    );
+    for w in &sweep.verdict.warnings {
+        let _ = write!(h, "<p class=\"warn\">{}</p>", esc(w));
+    }
+    h.push_str(
+        "<h2>Verdict</h2><table><tr><th>workload</th><th>pick</th><th class=\"t\">why</th></tr>",
+    );
+    for c in &sweep.verdict.classes {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><b>{}</b></td><td class=\"t\">{}</td></tr>",
+            esc(&c.workload),
+            esc(&c.strategy),
+            esc(&c.why)
+        );
+    }
+    h.push_str("</table><h3>Crossovers</h3><ul>");
+    for c in &sweep.verdict.crossovers {
+        let _ = write!(h, "<li>{}</li>", esc(&c.text));
+    }
+    h.push_str("</ul><h2>Charts</h2>");
+    for svg in charts(sweep) {
+        h.push_str(&svg);
+    }
+    h.push_str("<h2>Fitted costs per operation</h2><table><tr><th>strategy</th><th>quantity</th>");
+    for (op, _) in OPERATIONS {
+        let _ = write!(h, "<th>{op}</th>");
+    }
+    h.push_str("<th>held-out error (median / max)</th></tr>");
+    for f in &sweep.model.fits {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"t\">{}</td>",
+            esc(&f.strategy),
+            esc(&f.unit)
+        );
+        for (op, _) in OPERATIONS {
+            match f.costs.get(op) {
+                Some(c) => {
+                    let _ = write!(h, "<td>{}</td>", fmt_num(*c));
+                }
+                None => h.push_str("<td>—</td>"),
+            }
+        }
+        let _ = write!(
+            h,
+            "<td>{:.0} % / {:.0} %</td></tr>",
+            100.0 * f.held_out.median_error,
+            100.0 * f.held_out.max_error
+        );
+    }
+    h.push_str("</table><p>");
+    for (op, what) in OPERATIONS {
+        let _ = write!(h, "<b>{op}</b>: {}. ", esc(what));
+    }
+    h.push_str("— : not varied by the sweep, so not fitted.</p><h3>Where the model stops being trustworthy</h3><ul>");
+    for l in &sweep.model.limits {
+        let _ = write!(h, "<li>{}</li>", esc(l));
+    }
+    h.push_str("</ul><h2>Predictions</h2>");
+    if let Some(a) = &sweep.model.assumptions {
+        let _ = write!(
+            h,
+            "<p>Each node holds {} connections; each member receives {} messages/s; each member rejoins every {} s; \
+             payload {} B; members land on nodes at random.</p>",
+            fmt_num(a.connections_per_node),
+            fmt_num(a.messages_per_member_per_sec),
+            fmt_num(a.rejoin_every_s),
+            a.payload_bytes
+        );
+    }
+    h.push_str(
+        "<table><tr><th>strategy</th><th>nodes</th><th>room size</th><th>deliveries/s</th><th>CPU µs/delivery</th>\
+         <th>cores per node (busiest)</th><th>Redis cores</th><th>Redis cmds/s</th><th>Redis MB/s</th><th>cross-node msgs/s</th>\
+         <th>undelivered</th><th class=\"t\">caveats</th></tr>",
+    );
+    for p in &sweep.model.predictions {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\">{}</td></tr>",
+            esc(&p.strategy),
+            p.nodes,
+            p.room_size,
+            fmt_num(p.deliveries_per_sec),
+            fmt_num(p.cpu_us_per_delivery),
+            fmt_num(p.cpu_per_node_cores),
+            fmt_num(p.cpu_busiest_node_cores),
+            fmt_num(p.redis_cpu_cores),
+            fmt_num(p.redis_commands_per_sec),
+            fmt_num(p.redis_bytes_per_sec / 1e6),
+            fmt_num(p.cross_node_messages_per_sec),
+            if p.strategy == "local" {
+                format!("{:.0} %", 100.0 * p.undelivered_share)
+            } else {
+                "—".into()
+            },
+            esc(&p.caveats.join("; "))
+        );
+    }
+    h.push_str("</table><h2>Measured points</h2><table><tr><th>strategy</th><th>nodes</th><th>room size</th><th>rooms</th>\
+        <th>msg/s per publisher</th><th>joins/s</th><th>deliveries/s</th><th>p99 ms</th><th>CPU µs/delivery</th><th>Redis cmds/delivery</th>\
+        <th>Redis KB/s</th><th>cross-node</th><th>lost</th><th>dup</th><th>undelivered (local)</th></tr>");
+    for p in &sweep.points {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.strategy),
+            p.nodes,
+            p.room_size,
+            p.rooms,
+            fmt_num(p.rate),
+            fmt_num(p.joins_per_sec),
+            fmt_num(p.deliveries_per_sec),
+            if p.saturated { " (saturated)" } else { "" },
+            fmt_num(p.p99_ms),
+            fmt_num(p.cpu_us_per_delivery),
+            fmt_num(p.redis_commands_per_delivery),
+            fmt_num(p.redis_bytes_per_sec / 1e3),
+            p.cross_node_deliveries,
+            p.lost,
+            p.duplicated,
+            if p.strategy == "local" {
+                format!(
+                    "{} ({:.0} %)",
+                    p.undelivered_cross_node,
+                    100.0 * p.undelivered_share
+                )
+            } else {
+                "—".into()
+            }
+        );
+    }
+    h.push_str("</table><h2>Commands</h2><ul>");
+    let _ = write!(h, "<li><code>{}</code></li>", esc(&sweep.command));
+    for p in &sweep.points {
+        let _ = write!(h, "<li><code>{}</code></li>", esc(&p.run.command));
+    }
+    h.push_str("</ul></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A point whose CPU is made from known per-operation costs.
+    fn synthetic(
+        strategy: &str,
+        nodes: usize,
+        m: usize,
+        rooms: usize,
+        rate: f64,
+        churn: f64,
+    ) -> Point {
+        let publishes = (rooms * m) as f64 * rate;
+        let spread = if strategy == "sticky" {
+            1.0
+        } else {
+            nodes.min(m) as f64
+        };
+        let deliveries = publishes * m as f64;
+        let relays = if strategy == "pubsub" {
+            publishes * spread
+        } else {
+            0.0
+        };
+        let conns = (rooms * m) as f64;
+        let node_us = 5.0 * deliveries
+            + 20.0 * publishes
+            + 15.0 * relays
+            + 300.0 * churn
+            + 0.5 * conns
+            + 2000.0 * nodes as f64;
+        let redis_us = if strategy == "local" {
+            0.0
+        } else {
+            30.0 * publishes + 4.0 * relays + 50.0 * churn + 1.0 * rooms as f64
+        };
+        let cmds = if strategy == "local" {
+            0.0
+        } else {
+            3.0 * publishes + 6.0 * churn + 0.2 * rooms as f64
+        };
+        Point {
+            strategy: strategy.into(),
+            nodes,
+            room_size: m,
+            rooms,
+            rate,
+            publishers_per_room: m,
+            churn,
+            connections: conns as u64,
+            deliveries_per_sec: deliveries,
+            publishes_per_sec: publishes,
+            relays_per_sec: relays,
+            joins_per_sec: churn,
+            nodes_per_room: spread,
+            cpu_cores: Cores {
+                ws_nodes: node_us / 1e6,
+                redis: redis_us / 1e6,
+                control: 0.0,
+                total: (node_us + redis_us) / 1e6,
+            },
+            cpu_us_per_delivery: (node_us + redis_us) / deliveries,
+            redis_commands_per_sec: cmds,
+            undelivered_share: if strategy == "local" {
+                1.0 - 1.0 / nodes as f64
+            } else {
+                0.0
+            },
+            ..Point::default()
+        }
+    }
+
+    fn grid() -> Vec<Point> {
+        let mut v = Vec::new();
+        for s in STRATEGIES {
+            for n in [1, 2, 4] {
+                for (m, rooms, rate) in
+                    [(2, 300, 4.0), (10, 60, 1.0), (100, 4, 0.2), (500, 1, 0.05)]
+                {
+                    v.push(synthetic(s, n, m, rooms, rate, 0.0));
+                }
+                v.push(synthetic(s, n, 10, 60, 0.5, 40.0));
+            }
+        }
+        v
+    }
+
+    fn assumptions() -> Assumptions {
+        Assumptions {
+            connections_per_node: 10_000.0,
+            messages_per_member_per_sec: 10.0,
+            rejoin_every_s: 300.0,
+            payload_bytes: 64,
+            node_max_connections: 20_000.0,
+            placement: "random".into(),
+        }
+    }
+
+    #[test]
+    fn the_fit_recovers_known_costs_and_predicts_held_out_points() {
+        let model = fit(&grid());
+        let f = model.fit("pubsub", "ws_node_cpu").expect("fitted");
+        let close = |op: &str, want: f64| {
+            let got = f.costs.get(op).copied().unwrap_or(f64::NAN);
+            assert!(
+                (got - want).abs() <= want * 0.01,
+                "{op}: {got} against {want}"
+            );
+        };
+        close("delivery", 5.0);
+        close("publish", 20.0);
+        close("relay", 15.0);
+        close("join", 300.0);
+        close("node", 2000.0);
+        assert!(f.held_out.max_error < 0.01, "{:?}", f.held_out);
+        // Sticky has no relay term; local no Redis at all.
+        assert!(
+            !model
+                .fit("sticky", "ws_node_cpu")
+                .unwrap()
+                .costs
+                .contains_key("relay")
+        );
+        assert!(model.fit("local", "redis_cpu").is_none());
+        let r = model.fit("sticky", "redis_commands").unwrap();
+        assert!((r.costs["publish"] - 3.0).abs() < 0.03, "{:?}", r.costs);
+    }
+
+    #[test]
+    fn a_bad_fit_shows_in_the_held_out_error() {
+        // Noise the operations do not explain: every other point doubled.
+        let mut pts = grid();
+        for (i, p) in pts.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                p.cpu_cores.ws_nodes *= 2.0;
+            }
+        }
+        let model = fit(&pts);
+        let f = model.fit("pubsub", "ws_node_cpu").unwrap();
+        assert!(f.held_out.median_error > 0.1, "{:?}", f.held_out);
+    }
+
+    #[test]
+    fn predictions_follow_the_workload() {
+        let sweep = build(grid(), assumptions(), "test");
+        let a = assumptions();
+        let p = |s: &str, n, m| predict(&sweep.model, s, n, m, &a);
+        // Pubsub relays each message to about min(nodes, members) nodes.
+        let small = p("pubsub", 100, 10);
+        assert!((small.cross_node_messages_per_sec / small.publishes_per_sec - 9.56).abs() < 0.05);
+        assert_eq!(p("sticky", 100, 10).cross_node_messages_per_sec, 0.0);
+        // A sticky room larger than a node does not fit, and its node is hot.
+        let hot = p("sticky", 10, 100_000);
+        assert!(!hot.fits && hot.cpu_busiest_node_cores > 5.0 * hot.cpu_per_node_cores);
+        assert!(p("pubsub", 10, 100_000).fits);
+        // Local loses what crosses nodes.
+        assert!((p("local", 50, 10).undelivered_share - 0.98).abs() < 1e-9);
+        // With these costs sticky wins small rooms, pubsub the hot room.
+        let v = &sweep.verdict;
+        let class = |w: &str| {
+            v.classes
+                .iter()
+                .find(|c| c.workload.starts_with(w))
+                .unwrap()
+        };
+        assert_eq!(class("many small rooms").strategy, "sticky");
+        assert_eq!(class("one hot room").strategy, "pubsub");
+        assert_eq!(class("everything fits").strategy, "local");
+        assert!(
+            v.crossovers
+                .iter()
+                .all(|c| c.sticky_stops_fitting_at == Some(50_000))
+        );
+        assert_eq!(sweep.model.predictions.len(), 3 * 3 * 5);
+        let html = report(&sweep);
+        assert!(html.contains("<circle") && html.contains("<polyline") && html.contains("Verdict"));
+    }
+}
