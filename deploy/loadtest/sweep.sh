@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The strategy map: runs local, sticky and pubsub over a grid of workloads
+# (room size, rooms, publish rate, nodes, membership churn, one hot room) on
+# the local cluster, then fits per-operation costs to the runs, predicts
+# larger clusters and writes the verdict:
+#
+#   deploy/loadtest/sweep.sh [--quick] [--out DIR]
+#
+#   DIR/runs/*.json   one turnout-bench result per grid point
+#   DIR/sweep.json    points, model (costs, held-out error, predictions), verdict
+#   DIR/report.html   crossover charts, predicted cost curves with the measured
+#                     points on them, the verdict table
+#
+# --quick: 3 strategies x nodes {1,3} x room sizes {2,50} at 10,000
+#   deliveries/s, plus 200 joins/s of churn at 3 nodes: 15 runs of 6 s (about
+#   3 minutes here after the release build).
+# Default (full): 3 strategies x nodes {1,2,4} x room sizes {2,10,100,1000}
+#   x two loads (10,000 and 40,000 deliveries/s offered), plus membership
+#   churn (100 and 400 joins/s) at 2 and 4 nodes and a crowd of 4,000
+#   connections: 93 runs of 10 s (about 35 minutes here). The room of 1,000
+#   is the hot room: one room, ten publishers.
+# Environment: STRATEGIES (default "local sticky pubsub"), NODE_COUNTS,
+# ROOM_SIZES, LOADS, CHURN, CROWD, DURATION to change the grid; the ports of
+# deploy/cluster.sh (REDIS_PORT, GATEWAY_PORT, NODE_PORT_BASE, RUN_DIR).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+out=$here/sweep-results
+grid=full
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) grid=quick; shift ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "sweep.sh: unknown option $1 (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
+if [ $grid = quick ]; then
+  NODE_COUNTS=${NODE_COUNTS:-"1 3"}
+  ROOM_SIZES=${ROOM_SIZES:-"2 50"}
+  LOADS=${LOADS:-"10000"}
+  CHURN=${CHURN:-"200"}
+  CROWD=${CROWD-}
+  DURATION=${DURATION:-6}
+  warmup=2
+  drain=1
+else
+  NODE_COUNTS=${NODE_COUNTS:-"1 2 4"}
+  ROOM_SIZES=${ROOM_SIZES:-"2 10 100 1000"}
+  LOADS=${LOADS:-"10000 40000"}
+  CHURN=${CHURN:-"100 400"}
+  CROWD=${CROWD-4000}
+  DURATION=${DURATION:-10}
+  warmup=3
+  drain=2
+fi
+strategies=${STRATEGIES:-local sticky pubsub}
+mkdir -p "$out/runs"
+out=$(cd "$out" && pwd)
+rm -f "$out"/runs/*.json
+export RUN_DIR=${RUN_DIR:-$here/run}
+export REDIS_PORT=${REDIS_PORT:-6390}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+
+# The workload of one point: about CONNS connections, the offered
+# deliveries per second fixed by LOAD whatever the room size.
+#   point SIZE LOAD CONNS -> "ROOMS PUBLISHERS RATE"
+point() {
+  local size=$1 load=$2 conns=$3 rooms publishers
+  rooms=$(( conns / size )); [ "$rooms" -lt 1 ] && rooms=1
+  publishers=$(( size < 10 ? size : 10 ))
+  echo "$rooms $publishers $(awk -v d="$load" -v r="$rooms" -v p="$publishers" -v m="$size" \
+    'BEGIN { printf "%.3f", d / (r * p * m) }')"
+}
+
+# Every run of the grid, as "STRATEGY NODES SIZE LOAD CHURN CONNS". Beside
+# the grid proper: churn runs (rooms of 10), and a crowd run (4,000 mostly
+# idle connections) so the cost of a held connection can be told apart.
+plan=()
+for strategy in $strategies; do
+  for nodes in $NODE_COUNTS; do
+    for size in $ROOM_SIZES; do
+      for load in $LOADS; do plan+=("$strategy $nodes $size $load 0 1000"); done
+    done
+    if [ "$nodes" -gt 1 ]; then
+      for churn in $CHURN; do plan+=("$strategy $nodes 10 10000 $churn 1000"); done
+    fi
+    [ -n "$CROWD" ] && plan+=("$strategy $nodes 10 10000 0 $CROWD")
+  done
+done
+total=${#plan[@]}
+
+(cd "$here" && cargo build --release --quiet --bins)
+bench=$here/target/release/turnout-bench
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+"$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
+trap '"$here/deploy/cluster.sh" down >/dev/null 2>&1 || true' EXIT
+
+fmt() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
+started=$(date +%s)
+# Before the first run, a run is guessed at its measured time plus ramp,
+# warm-up, drain and the cluster's start; then the mean so far is used.
+guess=$(( DURATION + warmup + drain + 6 ))
+done_runs=0
+up=""
+for entry in "${plan[@]}"; do
+  read -r strategy nodes size load churn conns <<<"$entry"
+  if [ "$up" != "$strategy $nodes" ]; then
+    "$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
+    "$here/deploy/cluster.sh" up --strategy "$strategy" --nodes "$nodes" >/dev/null
+    up="$strategy $nodes"
+  fi
+  read -r rooms publishers rate <<<"$(point "$size" "$load" "$conns")"
+  now=$(date +%s)
+  elapsed=$(( now - started ))
+  per=$guess
+  [ $done_runs -gt 0 ] && per=$(( elapsed / done_runs ))
+  left=$(( per * (total - done_runs) ))
+  width=30 filled=$(( 30 * done_runs / total ))
+  bar=$(printf '%*s' "$filled" '' | tr ' ' '#')$(printf '%*s' $(( width - filled )) '' | tr ' ' '.')
+  printf '[%s] %d/%d  %s, %d nodes, rooms of %d (%d rooms, %s msg/s x %d publishers)%s  elapsed %s, about %s left\n' \
+    "$bar" $(( done_runs + 1 )) "$total" "$strategy" "$nodes" "$size" "$rooms" "$rate" "$publishers" \
+    "$( [ "$churn" != 0 ] && echo ", $churn joins/s")" "$(fmt $elapsed)" "$(fmt $left)"
+  file=$out/runs/$strategy-n$nodes-m$size-d$load-c$churn-k$conns.json
+  "$bench" run --scenario chat --rooms "$rooms" --members "$size" --publishers "$publishers" \
+    --rate "$rate" --churn "$churn" --warmup $warmup --duration "$DURATION" --drain $drain \
+    --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$file" || {
+      echo "sweep.sh: the run failed: $entry" >&2
+      exit 1
+    }
+  done_runs=$(( done_runs + 1 ))
+done
+"$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
+echo "$total runs in $(fmt $(( $(date +%s) - started )))"
+"$bench" map --grid "$grid" --out "$out" "$out"/runs/*.json
