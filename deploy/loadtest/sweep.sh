@@ -6,19 +6,21 @@
 #
 #   deploy/loadtest/sweep.sh [--quick] [--out DIR]
 #
-#   DIR/runs/*.json   one turnout-bench result per grid point
+#   DIR/runs/*.json   one turnout-bench result per grid point (emptied first)
 #   DIR/sweep.json    points, model (costs, held-out error, predictions), verdict
 #   DIR/report.html   crossover charts, predicted cost curves with the measured
 #                     points on them, the verdict table
 #
 # --quick: 3 strategies x nodes {1,3} x room sizes {2,50} at 10,000
-#   deliveries/s, plus 200 joins/s of churn at 3 nodes: 15 runs of 6 s (about
-#   3 minutes here after the release build).
+#   deliveries/s, one run at 30,000 (3 nodes, rooms of 50), and 200 joins/s
+#   of churn at 3 nodes: 18 runs of 6 s (about 4 minutes here after the
+#   release build). A check that the tooling works: too few points per
+#   strategy for the model, which the report says.
 # Default (full): 3 strategies x nodes {1,2,4} x room sizes {2,10,100,1000}
 #   x two loads (10,000 and 40,000 deliveries/s offered), plus membership
 #   churn (100 and 400 joins/s) at 2 and 4 nodes and a crowd of 4,000
-#   connections: 93 runs of 10 s (about 35 minutes here). The room of 1,000
-#   is the hot room: one room, ten publishers.
+#   connections at the same 10,000 deliveries/s: 93 runs of 10 s (27 min 27 s
+#   here). The room of 1,000 is the hot room: one room, ten publishers.
 # Environment: STRATEGIES (default "local sticky pubsub"), NODE_COUNTS,
 # ROOM_SIZES, LOADS, CHURN, CROWD, DURATION to change the grid; the ports of
 # deploy/cluster.sh (REDIS_PORT, GATEWAY_PORT, NODE_PORT_BASE, RUN_DIR).
@@ -39,6 +41,7 @@ if [ $grid = quick ]; then
   LOADS=${LOADS:-"10000"}
   CHURN=${CHURN:-"200"}
   CROWD=${CROWD-}
+  EXTRA_LOAD=${EXTRA_LOAD:-30000}
   DURATION=${DURATION:-6}
   warmup=2
   drain=1
@@ -48,6 +51,7 @@ else
   LOADS=${LOADS:-"10000 40000"}
   CHURN=${CHURN:-"100 400"}
   CROWD=${CROWD-4000}
+  EXTRA_LOAD=${EXTRA_LOAD:-}
   DURATION=${DURATION:-10}
   warmup=3
   drain=2
@@ -72,8 +76,12 @@ point() {
 }
 
 # Every run of the grid, as "STRATEGY NODES SIZE LOAD CHURN CONNS". Beside
-# the grid proper: churn runs (rooms of 10), and a crowd run (4,000 mostly
-# idle connections) so the cost of a held connection can be told apart.
+# the grid proper: churn runs (rooms of 10); a crowd run (4,000 connections,
+# the same deliveries/s) so the cost of a held connection can be told apart;
+# with EXTRA_LOAD, one run at that load on the most nodes and the largest
+# rooms, so the cost of a delivery can be told from the fixed costs.
+max_nodes=0; for n in $NODE_COUNTS; do [ "$n" -gt "$max_nodes" ] && max_nodes=$n; done
+last_size=0; for m in $ROOM_SIZES; do last_size=$m; done
 plan=()
 for strategy in $strategies; do
   for nodes in $NODE_COUNTS; do
@@ -84,9 +92,13 @@ for strategy in $strategies; do
       for churn in $CHURN; do plan+=("$strategy $nodes 10 10000 $churn 1000"); done
     fi
     [ -n "$CROWD" ] && plan+=("$strategy $nodes 10 10000 0 $CROWD")
+    if [ -n "$EXTRA_LOAD" ] && [ "$nodes" = "$max_nodes" ]; then
+      plan+=("$strategy $nodes $last_size $EXTRA_LOAD 0 1000")
+    fi
   done
 done
 total=${#plan[@]}
+[ "$total" -gt 0 ] || { echo "sweep.sh: the grid is empty (STRATEGIES, NODE_COUNTS, ROOM_SIZES, LOADS)" >&2; exit 2; }
 
 (cd "$here" && cargo build --release --quiet --bins)
 bench=$here/target/release/turnout-bench

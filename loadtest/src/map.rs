@@ -265,9 +265,10 @@ pub struct Fit {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct HeldOut {
-    /// Relative error |predicted − measured| / measured.
-    pub median_error: f64,
-    pub max_error: f64,
+    /// Relative error |predicted − measured| / measured (none: too few
+    /// points to hold one out).
+    pub median_error: Option<f64>,
+    pub max_error: Option<f64>,
     /// Points held out (those with a measured value above zero).
     pub points: usize,
 }
@@ -355,8 +356,8 @@ fn fit_one(strategy: &str, tname: &str, unit: &str, points: &[&Point]) -> Option
         costs,
         points: points.len(),
         held_out: HeldOut {
-            median_error: errors.get(errors.len() / 2).copied().unwrap_or(f64::NAN),
-            max_error: errors.last().copied().unwrap_or(f64::NAN),
+            median_error: errors.get(errors.len() / 2).copied(),
+            max_error: errors.last().copied(),
             points: errors.len(),
         },
     })
@@ -440,6 +441,13 @@ impl Model {
             .find(|f| f.strategy == strategy && f.target == target)
     }
 
+    /// One fitted cost (0 when not fitted).
+    fn cost(&self, strategy: &str, target: &str, op: &str) -> f64 {
+        self.fit(strategy, target)
+            .and_then(|f| f.costs.get(op).copied())
+            .unwrap_or(0.0)
+    }
+
     fn eval(&self, strategy: &str, target: &str, l: &Load) -> f64 {
         self.fit(strategy, target).map(|f| f.eval(l)).unwrap_or(0.0)
     }
@@ -472,6 +480,23 @@ pub fn fit(points: &[Point]) -> Model {
     );
     range.insert("redis_cpu_cores".into(), max(&|p| p.cpu_cores.redis));
     range.insert("joins_per_sec".into(), max(&|p| p.joins_per_sec));
+    let per_core = ["sticky", "pubsub"]
+        .iter()
+        .filter_map(|s| {
+            let busiest = points
+                .iter()
+                .filter(|p| p.strategy == *s && p.cpu_cores.redis > 0.0)
+                .max_by(|a, b| a.cpu_cores.redis.total_cmp(&b.cpu_cores.redis))?;
+            // Less what the relays (pubsub's fan-out, not commands) cost.
+            let relay = fits
+                .iter()
+                .find(|f| f.strategy == *s && f.target == "redis_cpu")
+                .and_then(|f| f.costs.get("relay").copied())
+                .unwrap_or(0.0);
+            let cores = busiest.cpu_cores.redis - busiest.relays_per_sec * relay / 1e6;
+            (cores > 0.0).then(|| ((*s).to_owned(), busiest.redis_commands_per_sec / cores))
+        })
+        .collect();
     Model {
         method: "per strategy and quantity, non-negative least squares of the measured rate \
                  on the operation rates; held-out error by leaving each point out"
@@ -482,19 +507,7 @@ pub fn fit(points: &[Point]) -> Model {
             .collect(),
         fits,
         measured_range: range,
-        redis_commands_per_core_second: ["sticky", "pubsub"]
-            .iter()
-            .filter_map(|s| {
-                let busiest = points
-                    .iter()
-                    .filter(|p| p.strategy == *s && p.cpu_cores.redis > 0.0)
-                    .max_by(|a, b| a.cpu_cores.redis.total_cmp(&b.cpu_cores.redis))?;
-                Some((
-                    (*s).to_owned(),
-                    busiest.redis_commands_per_sec / busiest.cpu_cores.redis,
-                ))
-            })
-            .collect(),
+        redis_commands_per_core_second: per_core,
         ..Model::default()
     }
 }
@@ -503,8 +516,9 @@ pub fn fit(points: &[Point]) -> Model {
 /// `nodes` nodes under `a`, and how many nodes a room's members are on.
 pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions) -> (Load, f64) {
     let n = nodes as f64;
-    let members = a.connections_per_node * n;
-    let m = (room_size as f64).min(members);
+    // A room larger than the cluster's usual population brings its members.
+    let m = room_size as f64;
+    let members = (a.connections_per_node * n).max(m);
     let rooms = (members / m).max(1.0);
     let publishes = rooms * a.messages_per_member_per_sec;
     let spread = match strategy {
@@ -514,8 +528,10 @@ pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions)
     };
     let deliveries = publishes * m;
     let load = Load {
+        // Local: the sender's own server delivers to the sender and to the
+        // other members that landed there.
         deliveries: if strategy == "local" {
-            deliveries / n.max(1.0)
+            deliveries * local_delivered_share(m, n)
         } else {
             deliveries
         },
@@ -533,6 +549,15 @@ pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions)
     (load, spread)
 }
 
+/// Local: the share of a room's deliveries that happen, with `m` members
+/// landing at random on `n` servers (the sender always gets its own).
+pub fn local_delivered_share(m: f64, n: f64) -> f64 {
+    if m <= 0.0 || n <= 0.0 {
+        return 1.0;
+    }
+    (1.0 + (m - 1.0) / n) / m
+}
+
 pub fn predict(
     model: &Model,
     strategy: &str,
@@ -545,18 +570,21 @@ pub fn predict(
     let node_cpu = model.eval(strategy, "ws_node_cpu", &l) / 1e6;
     let commands = model.eval(strategy, "redis_commands", &l);
     let redis_cpu = match model.redis_commands_per_core_second.get(strategy) {
-        Some(per_core) if *per_core > 0.0 => commands / per_core,
+        Some(per_core) if *per_core > 0.0 => {
+            commands / per_core + l.relays * model.cost(strategy, "redis_cpu", "relay") / 1e6
+        }
         _ => model.eval(strategy, "redis_cpu", &l) / 1e6,
     };
     let control = model.eval(strategy, "control_cpu", &l) / 1e6;
-    let m = (room_size as f64).min(l.connections);
+    let m = room_size as f64;
     // Sticky: a room lives on one node. With fewer rooms than nodes, the
-    // busiest node holds a whole room; otherwise the placement bound keeps
-    // each node within 1.25 × the average.
+    // busiest node holds a whole room: its own fixed cost and one room's
+    // share of the rest. Otherwise the placement bound keeps each node
+    // within 1.25 × the average.
     let busiest = if strategy == "sticky" {
         if l.rooms < n {
-            let share = m / l.connections;
-            node_cpu * share
+            let fixed = model.cost(strategy, "ws_node_cpu", "node") / 1e6;
+            fixed + (node_cpu - fixed * n).max(0.0) / l.rooms
         } else {
             node_cpu / n * 1.25
         }
@@ -577,6 +605,43 @@ pub fn predict(
             "{} deliveries/s per node, beyond the {} measured",
             fmt_num(per_node),
             fmt_num(seen)
+        ));
+    }
+    if model
+        .fit(strategy, "ws_node_cpu")
+        .is_none_or(|f| !f.costs.contains_key("delivery"))
+    {
+        caveats.push(
+            "no cost per delivery was fitted (the sweep did not vary deliveries): CPU figures are too low"
+                .into(),
+        );
+    }
+    let range = |k: &str| model.measured_range.get(k).copied().unwrap_or(0.0);
+    if n > range("nodes") {
+        caveats.push(format!(
+            "{nodes} nodes, beyond the {} measured",
+            fmt_num(range("nodes"))
+        ));
+    }
+    if m > range("room_size") {
+        caveats.push(format!(
+            "rooms of {}, beyond the {} measured",
+            fmt_num(m),
+            fmt_num(range("room_size"))
+        ));
+    }
+    if l.joins > range("joins_per_sec") * 1.5 {
+        caveats.push(format!(
+            "{} joins/s, beyond the {} measured",
+            fmt_num(l.joins),
+            fmt_num(range("joins_per_sec"))
+        ));
+    }
+    if commands > range("redis_commands_per_sec") * 1.5 {
+        caveats.push(format!(
+            "{} Redis commands/s, beyond the {} measured",
+            fmt_num(commands),
+            fmt_num(range("redis_commands_per_sec"))
         ));
     }
     if redis_cpu > 0.8 {
@@ -615,7 +680,7 @@ pub fn predict(
         cross_node_messages_per_sec: l.relays,
         cross_node_bytes_per_sec: l.relays * bytes_per_message,
         undelivered_share: if strategy == "local" {
-            1.0 - 1.0 / n
+            1.0 - local_delivered_share(m, n)
         } else {
             0.0
         },
@@ -712,13 +777,24 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         ));
     }
     for f in &model.fits {
-        if f.held_out.median_error > 0.25 {
-            v.warnings.push(format!(
-                "{} {}: held-out median error {:.0} %",
+        match f.held_out.median_error {
+            Some(e) if e > 0.25 => v.warnings.push(format!(
+                "{} {}: held-out median error {:.0} %{}",
                 f.strategy,
                 f.target,
-                100.0 * f.held_out.median_error
-            ));
+                100.0 * e,
+                match f.target.as_str() {
+                    "redis_cpu" =>
+                        " (predictions take Redis cores from the command counts instead)",
+                    "control_cpu" => " (a small share of the cluster's CPU: router and gateway)",
+                    _ => "",
+                }
+            )),
+            None if min_points >= 8 => v.warnings.push(format!(
+                "{} {}: not checked on held-out points (too few)",
+                f.strategy, f.target
+            )),
+            _ => {}
         }
     }
 
@@ -736,16 +812,31 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
             )
         })
         .collect();
-    if one.iter().all(|(_, c)| c.is_finite()) {
+    if one.iter().all(|(_, c)| c.is_finite() && *c > 0.0) {
         let local = one[0].1;
         let best_shared = one[1].1.min(one[2].1);
+        let (pick, why) = if local <= best_shared {
+            (
+                "local",
+                "it skips Redis. Keep it while one server holds your connections and traffic; it has no \
+                 failover and its history dies with the process",
+            )
+        } else if one[1].1 <= one[2].1 {
+            (
+                "sticky",
+                "on this machine Redis cost less than local's own bookkeeping",
+            )
+        } else {
+            (
+                "pubsub",
+                "on this machine Redis cost less than local's own bookkeeping",
+            )
+        };
         v.classes.push(Class {
             workload: "everything fits on one server".into(),
-            strategy: "local".into(),
+            strategy: pick.into(),
             why: format!(
-                "On one node local delivers for {} µs of CPU per delivery against {} (sticky) and {} (pubsub): \
-                 it skips Redis. Keep it while one server holds your connections and traffic; it has no \
-                 failover and its history dies with the process.",
+                "On one node local delivers for {} µs of CPU per delivery against {} (sticky) and {} (pubsub): {why}.",
                 fmt_num(local),
                 fmt_num(one[1].1),
                 fmt_num(one[2].1)
@@ -762,32 +853,56 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
     let spread: Vec<&Point> = measured(points, "local", |p| p.nodes > 1);
     if !spread.is_empty() {
         let share = mean(spread.iter().map(|p| p.undelivered_share));
+        let minn = spread.iter().map(|p| p.nodes).min().unwrap_or(2);
         let maxn = spread.iter().map(|p| p.nodes).max().unwrap_or(2);
+        let range = if minn == maxn {
+            format!("{minn} nodes")
+        } else {
+            format!("{minn}–{maxn} nodes")
+        };
         v.classes.push(Class {
             workload: "more than one server, local".into(),
             strategy: "sticky or pubsub".into(),
             why: format!(
-                "Servers that share nothing failed to deliver {:.0} % of messages (measured, 2–{maxn} nodes): \
-                 members on other servers never see them. Predicted at 10 nodes: {:.0} %.",
+                "Servers that share nothing failed to deliver {:.0} % of messages (measured, {range}): \
+                 members on other servers never see them. Predicted for rooms of 10 on 10 nodes: {:.0} %.",
                 100.0 * share,
-                100.0 * (1.0 - 1.0 / 10.0)
+                100.0 * (1.0 - local_delivered_share(10.0, 10.0))
             ),
             numbers: BTreeMap::from([("undelivered_share".into(), share)]),
         });
     }
     // Small, mid and large rooms on big clusters, from the model.
-    for (workload, size) in [
-        ("many small rooms (chat, 2–10 members)", 10),
-        ("mid-sized rooms (100 members)", 100),
-        ("large rooms (1,000 members)", 1_000),
-        ("one hot room bigger than a node (100,000 members)", 100_000),
-    ] {
+    let cpu_known = ["sticky", "pubsub"].iter().all(|s| {
+        model
+            .fit(s, "ws_node_cpu")
+            .is_some_and(|f| f.costs.values().any(|c| *c > 0.0))
+    });
+    if !cpu_known {
+        v.warnings.push(
+            "no CPU figures for sticky and pubsub (runs without --run-dir?): the model cannot compare them"
+                .into(),
+        );
+    }
+    let sizes: &[(&str, usize)] = if cpu_known {
+        &[
+            ("many small rooms (chat, 2–10 members)", 10),
+            ("mid-sized rooms (100 members)", 100),
+            ("large rooms (1,000 members)", 1_000),
+            ("one hot room bigger than a node (100,000 members)", 100_000),
+        ]
+    } else {
+        &[]
+    };
+    for &(workload, size) in sizes {
         let mut numbers = BTreeMap::new();
         let mut winners = Vec::new();
+        let mut reasons = Vec::new();
         let mut lines = Vec::new();
         for n in PREDICT_NODES {
-            let (w, _, s, p) = pick(model, n, size, a);
+            let (w, why, s, p) = pick(model, n, size, a);
             winners.push(w);
+            reasons.push(why);
             numbers.insert(
                 format!("sticky_cpu_us_per_delivery_{n}_nodes"),
                 s.cpu_us_per_delivery,
@@ -831,24 +946,27 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         let pick = if winners.iter().all(|w| *w == winners[0]) {
             winners[0].to_owned()
         } else {
-            format!(
-                "{} up to {} nodes, then {}",
-                winners[0],
-                PREDICT_NODES[winners.iter().position(|w| *w != winners[0]).unwrap_or(1) - 1],
-                winners
-                    .iter()
-                    .find(|w| **w != winners[0])
-                    .unwrap_or(&winners[0])
-            )
+            let at: Vec<String> = PREDICT_NODES
+                .iter()
+                .zip(&winners)
+                .map(|(n, w)| format!("{w} at {n} nodes"))
+                .collect();
+            at.join(", ")
         };
+        let mut why_all = reasons.clone();
+        why_all.dedup();
         let reason = match pick.as_str() {
-            "sticky" => {
-                "each message is written to Redis once and delivered from the room's one node; pubsub pays the same and a relay through Redis to every node the room spans"
-            }
-            "pubsub" => {
-                "no node has to hold a whole room, and the relay through Redis is paid once per subscribed node and shared by all its members there"
-            }
-            _ => "the winner changes with the cluster's size",
+            "sticky" => format!(
+                "{}: each message is written to Redis once and delivered from the room's one node, \
+                 while pubsub also relays it through Redis to every node the room spans",
+                why_all.join("; ")
+            ),
+            "pubsub" => format!(
+                "{}: no node has to hold a whole room, and a relay through Redis is shared by all of \
+                 a room's members on that node",
+                why_all.join("; ")
+            ),
+            _ => why_all.join("; "),
         };
         v.classes.push(Class {
             workload: workload.into(),
@@ -888,7 +1006,7 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
                 if w == "pubsub" {
                     "With more nodes, pubsub's busiest node gets lighter; sticky's does not."
                 } else {
-                    "At this size the relay costs pubsub more than the owner's extra load costs sticky."
+                    "Here the owner's load stayed below what pubsub's relays added to its busiest node."
                 }
             ),
             numbers: BTreeMap::from([
@@ -946,6 +1064,9 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
     let max_measured = points.iter().map(|p| p.nodes).max().unwrap_or(1);
     let mut node_counts = vec![max_measured.max(2)];
     node_counts.extend(PREDICT_NODES);
+    if !cpu_known {
+        node_counts.clear();
+    }
     for n in node_counts {
         let mut from = None;
         let mut stop = None;
@@ -1244,7 +1365,7 @@ fn charts(sweep: &Sweep) -> Vec<String> {
         },
     );
     out.push(plot(
-        "Deliveries across nodes: relayed (pubsub), lost to another server (local)",
+        "Deliveries from a publisher on another node: made (pubsub), lost (local)",
         "nodes",
         "% of deliveries",
         &s,
@@ -1321,6 +1442,11 @@ fn charts(sweep: &Sweep) -> Vec<String> {
     out
 }
 
+fn pct(v: Option<f64>) -> String {
+    v.map(|e| format!("{:.0} %", 100.0 * e))
+        .unwrap_or_else(|| "—".into())
+}
+
 pub fn report(sweep: &Sweep) -> String {
     let mut h = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>turnout: which strategy for which workload</title>\
@@ -1384,9 +1510,9 @@ pub fn report(sweep: &Sweep) -> String {
         }
         let _ = write!(
             h,
-            "<td>{:.0} % / {:.0} %</td></tr>",
-            100.0 * f.held_out.median_error,
-            100.0 * f.held_out.max_error
+            "<td>{} / {}</td></tr>",
+            pct(f.held_out.median_error),
+            pct(f.held_out.max_error)
         );
     }
     h.push_str("</table><p>");
@@ -1594,7 +1720,7 @@ mod tests {
         close("relay", 15.0);
         close("join", 300.0);
         close("node", 2000.0);
-        assert!(f.held_out.max_error < 0.01, "{:?}", f.held_out);
+        assert!(f.held_out.max_error.unwrap() < 0.01, "{:?}", f.held_out);
         // Sticky has no relay term; local no Redis at all.
         assert!(
             !model
@@ -1619,7 +1745,7 @@ mod tests {
         }
         let model = fit(&pts);
         let f = model.fit("pubsub", "ws_node_cpu").unwrap();
-        assert!(f.held_out.median_error > 0.1, "{:?}", f.held_out);
+        assert!(f.held_out.median_error.unwrap() > 0.1, "{:?}", f.held_out);
     }
 
     #[test]
@@ -1636,7 +1762,8 @@ mod tests {
         assert!(!hot.fits && hot.cpu_busiest_node_cores > 5.0 * hot.cpu_per_node_cores);
         assert!(p("pubsub", 10, 100_000).fits);
         // Local loses what crosses nodes.
-        assert!((p("local", 50, 10).undelivered_share - 0.98).abs() < 1e-9);
+        // (the sender's own copy always arrives: 9/10 of 49/50 do not).
+        assert!((p("local", 50, 10).undelivered_share - 0.9 * 0.98).abs() < 1e-9);
         // With these costs sticky wins small rooms, pubsub the hot room.
         let v = &sweep.verdict;
         let class = |w: &str| {

@@ -184,7 +184,11 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
         churn_period,
     );
     churn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `churned`: this connection ended because the member left on purpose
+    // (its reconnect is no failure); `rejoining`: the connection after it,
+    // whose `joined` counts as a rejoin.
     let mut churned = false;
+    let mut rejoining;
     while !stop.is_cancelled() {
         let ws = match target(&cfg, redirect.take()).await {
             Ok(url) => connect(&cfg, &url).await,
@@ -206,6 +210,7 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
         if !first && !churned {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
         }
+        rejoining = std::mem::take(&mut churned);
         first = false;
         backoff = Duration::from_millis(50);
         let join = match out.seen.base {
@@ -291,10 +296,9 @@ pub(crate) async fn run(cfg: MemberCfg, shared: Arc<Shared>, stop: CancellationT
                             }
                         }
                         "joined" => {
-                            if churned && shared.measuring.load(Ordering::Relaxed) {
+                            if std::mem::take(&mut rejoining) && shared.measuring.load(Ordering::Relaxed) {
                                 out.rejoins += 1;
                             }
-                            churned = false;
                             let seq = f.seq.unwrap_or(0);
                             out.seen.set_base(seq);
                             joined = Some(seq);

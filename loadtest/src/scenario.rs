@@ -62,8 +62,11 @@ fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
         n => (n as u32).min(253),
     };
     // Each member leaves and comes back every `total / churn` seconds.
+    if !o.churn.is_finite() || o.churn < 0.0 {
+        bail!("--churn takes joins per second, 0 or more");
+    }
     let churn_every = (o.churn > 0.0 && o.scenario != Scenario::Idle)
-        .then(|| Duration::from_secs_f64(total as f64 / o.churn));
+        .then(|| Duration::from_secs_f64(total as f64 / o.churn).max(Duration::from_millis(1)));
     let mut members = Vec::new();
     let mut sender = 0u32;
     for (ri, room) in room_names.iter().enumerate() {

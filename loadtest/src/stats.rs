@@ -209,7 +209,8 @@ impl MemberSummary {
 /// `same_node` count the deliveries a shared cluster makes from a publisher
 /// on another node and on the member's own node (from what each member
 /// published): for strategy local the `cross_node` ones never happen (what
-/// sticky and pubsub fix); for pubsub they are the ones relayed over Redis.
+/// sticky and pubsub fix); for pubsub they are the ones that needed the
+/// relay (every pubsub delivery comes over Redis, the sender's node too).
 /// `nodes_per_room` is the mean number of nodes a room's members are on.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Tally {
@@ -424,7 +425,7 @@ pub struct RunResult {
     #[serde(default)]
     pub undelivered_share: f64,
     /// The share of deliveries whose publisher is on another node than the
-    /// member (for pubsub, relayed over Redis; for local, not made).
+    /// member (pubsub: those only the relay makes possible; local: not made).
     #[serde(default)]
     pub cross_node_share: f64,
     /// Sticky and pubsub: measured deliveries from a publisher on another
