@@ -13,7 +13,7 @@
 use crate::cli::MapOpts;
 use crate::report::{Series, esc, fmt_num, plot};
 use crate::stats::RunResult;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -1175,17 +1175,11 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
 }
 
 pub(crate) fn write(o: &MapOpts) -> Result<()> {
-    let mut points = Vec::new();
-    for p in &o.results {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let r: RunResult = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a turnout-bench result", p.display()))?;
-        points.push(Point::from_run(
-            &p.file_name().unwrap_or_default().to_string_lossy(),
-            &r,
-        ));
-    }
+    let points: Vec<Point> = crate::report::read_results(&o.results)?
+        .iter()
+        .zip(&o.results)
+        .map(|(r, p)| Point::from_run(&p.file_name().unwrap_or_default().to_string_lossy(), r))
+        .collect();
     if points.is_empty() {
         bail!("no results to map");
     }

@@ -518,15 +518,21 @@ fn attack_table(runs: &[RunResult]) -> String {
     t
 }
 
+/// Reads results files of `turnout-bench run`, naming the file that is not one.
+pub(crate) fn read_results(paths: &[std::path::PathBuf]) -> Result<Vec<RunResult>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a turnout-bench result", p.display()))
+        })
+        .collect()
+}
+
 pub(crate) fn write(o: &ReportOpts) -> Result<()> {
-    let mut runs = Vec::new();
-    for p in &o.results {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let r: RunResult = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a turnout-bench result", p.display()))?;
-        runs.push(r);
-    }
+    let runs = read_results(&o.results)?;
     let charts = charts(&runs);
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>turnout: strategies side by side</title>\
