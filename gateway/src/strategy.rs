@@ -138,7 +138,9 @@ impl Gateway {
     /// Publishes into `room` through a ws-node; returns the seq, and
     /// whether the idempotency key `id` was accepted before (the seq is
     /// then the first publish's). With a key, a publish that failed may be
-    /// retried as is: it is taken once.
+    /// retried as is: it is taken once. Without one the gateway makes its
+    /// own for its retry: a try that timed out or lost its answer may have
+    /// been stored, and the retry must not store it again.
     pub(crate) async fn publish(
         &self,
         room: &RoomName,
@@ -152,7 +154,8 @@ impl Gateway {
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
         }
-        let id = id.unwrap_or_default();
+        let own_key = id.is_none();
+        let id = id.unwrap_or_else(|| format!("api-{:016x}", rand::random::<u64>()));
         if id.len() > turnout_proto::frames::MAX_ID_LEN {
             return Err(ApiError::new(
                 ErrorCode::BadFrame,
@@ -179,7 +182,13 @@ impl Gateway {
                 id: id.clone(),
             };
             match client.deliver(req).await {
-                Ok(reply) => return Ok(reply.into_inner()),
+                Ok(reply) => {
+                    let mut reply = reply.into_inner();
+                    // A retry found the first try stored: that is news to
+                    // nobody but the gateway.
+                    reply.duplicate &= !own_key;
+                    return Ok(reply);
+                }
                 Err(s) => {
                     tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
                     if s.code() == tonic::Code::InvalidArgument {

@@ -3,10 +3,14 @@
 //! bytes either way without closing anything (a partition, as both peers
 //! see it; new connections are accepted and never answered), `heal` lets
 //! them flow again, `sever` closes every connection through it (what a
-//! partition ends in once the peers' TCP gives up).
+//! partition ends in once the peers' TCP gives up), and `lose_replies`
+//! passes requests on but closes each connection the moment an answer comes
+//! back, dropping it: the server did the work, the client never hears (a
+//! reset after the command ran).
 //!
 //! `turnout-bench proxy` runs one, steered by signals: SIGUSR1 cuts, SIGUSR2
-//! heals, SIGHUP severs. The cluster tests use [`Proxy`] in process.
+//! heals (and stops losing replies), SIGHUP severs, SIGWINCH loses replies.
+//! The cluster tests and the fault campaign use [`Proxy`] in process.
 
 use crate::cli::ProxyOpts;
 use anyhow::{Context, Result};
@@ -20,6 +24,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     flowing: watch::Sender<bool>,
     severed: watch::Sender<u64>,
+    losing: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,6 +37,7 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (flowing, flow_rx) = watch::channel(true);
         let (severed, sever_rx) = watch::channel(0u64);
+        let (losing, lose_rx) = watch::channel(false);
         let target = target.to_owned();
         let task = tokio::spawn(async move {
             loop {
@@ -39,6 +45,7 @@ impl Proxy {
                     continue;
                 };
                 let (flow, mut sever) = (flow_rx.clone(), sever_rx.clone());
+                let lose = lose_rx.clone();
                 let target = target.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
@@ -48,8 +55,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, flow.clone()) => {}
-                        _ = pump(sr, cw, flow) => {}
+                        _ = pump(cr, sw, flow.clone(), None) => {}
+                        _ = pump(sr, cw, flow, Some(lose)) => {}
                         _ = sever.changed() => {}
                     }
                 });
@@ -59,6 +66,7 @@ impl Proxy {
             addr,
             flowing,
             severed,
+            losing,
             task,
         })
     }
@@ -74,6 +82,12 @@ impl Proxy {
     pub fn sever(&self) {
         self.severed.send_modify(|n| *n += 1);
     }
+
+    /// While `on`: requests reach the server, and each connection is
+    /// closed when its next answer comes back, the answer dropped.
+    pub fn lose_replies(&self, on: bool) {
+        let _ = self.losing.send(on);
+    }
 }
 
 impl Drop for Proxy {
@@ -83,11 +97,13 @@ impl Drop for Proxy {
 }
 
 /// Copies `from` to `to` while `flow` says so; while cut, reads nothing.
-/// Bytes read before a cut still go out: they were on the wire.
+/// Bytes read before a cut still go out: they were on the wire. While
+/// `lose` says so, bytes read end the connection instead of going out.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut flow: watch::Receiver<bool>,
+    lose: Option<watch::Receiver<bool>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -98,6 +114,9 @@ async fn pump(
             r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
             _ = flow.wait_for(|f| !*f) => continue,
         };
+        if lose.as_ref().is_some_and(|l| *l.borrow()) {
+            return;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
@@ -111,14 +130,16 @@ pub(crate) async fn run(o: ProxyOpts) -> Result<()> {
     let mut cut = signal(SignalKind::user_defined1())?;
     let mut heal = signal(SignalKind::user_defined2())?;
     let mut sever = signal(SignalKind::hangup())?;
+    let mut lose = signal(SignalKind::window_change())?;
     eprintln!(
-        "proxy {} -> {} (SIGUSR1 cut, SIGUSR2 heal, SIGHUP sever)",
+        "proxy {} -> {} (SIGUSR1 cut, SIGUSR2 heal, SIGHUP sever, SIGWINCH lose replies)",
         proxy.addr, o.target
     );
     loop {
         tokio::select! {
             _ = cut.recv() => { proxy.cut(); eprintln!("proxy: cut"); }
-            _ = heal.recv() => { proxy.heal(); eprintln!("proxy: healed"); }
+            _ = heal.recv() => { proxy.heal(); proxy.lose_replies(false); eprintln!("proxy: healed"); }
+            _ = lose.recv() => { proxy.lose_replies(true); eprintln!("proxy: losing replies"); }
             _ = sever.recv() => { proxy.sever(); eprintln!("proxy: severed"); }
         }
     }

@@ -148,6 +148,16 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP: the server stalls, holding every connection open.
+    pub fn pause(&self) -> Result<()> {
+        signal(self.child.as_ref().context("no server")?.id(), "-STOP")
+    }
+
+    /// SIGCONT after [`Redis::pause`].
+    pub fn resume(&self) -> Result<()> {
+        signal(self.child.as_ref().context("no server")?.id(), "-CONT")
+    }
+
     pub async fn con(&self) -> Result<redis::aio::MultiplexedConnection> {
         Ok(redis::Client::open(self.url())?
             .get_multiplexed_async_connection()
@@ -157,6 +167,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        let _ = self.resume();
         self.kill();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -1054,6 +1065,19 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Sends `sig` (e.g. `-STOP`) to process `pid` with kill(1).
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
 /// A ws-node as a real process (the built binary), for faults an
 /// in-process node cannot show: SIGSTOP/SIGCONT, SIGKILL. Killed on drop.
 pub struct NodeProcess {
@@ -1101,26 +1125,14 @@ impl NodeProcess {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
 
-    fn signal(&self, sig: &str) -> Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill {sig} {} failed", self.child.id());
-        }
-        Ok(())
-    }
-
     /// SIGSTOP: the process stops without dying (a long pause).
     pub fn pause(&self) -> Result<()> {
-        self.signal("-STOP")
+        signal(self.child.id(), "-STOP")
     }
 
     /// SIGCONT: the paused process goes on.
     pub fn resume(&self) -> Result<()> {
-        self.signal("-CONT")
+        signal(self.child.id(), "-CONT")
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -1131,7 +1143,7 @@ impl NodeProcess {
 
     /// SIGTERM (a drain), and wait until the process has exited.
     pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        self.signal("-TERM")?;
+        signal(self.child.id(), "-TERM")?;
         let child = &mut self.child;
         wait_for("the node to exit after SIGTERM", DEADLINE, || {
             let status = child.try_wait().ok().flatten();
@@ -1173,6 +1185,12 @@ impl Proxy {
 
     pub fn sever(&self) {
         self.0.sever()
+    }
+
+    /// While on, each connection through the proxy is closed when its
+    /// next reply comes back, the reply lost (the command ran).
+    pub fn lose_replies(&self, on: bool) {
+        self.0.lose_replies(on)
     }
 }
 

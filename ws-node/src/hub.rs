@@ -63,6 +63,13 @@ pub(crate) struct Room {
     pub(crate) epoch: u64,
     /// A message showed the room's state was lost: a reset is under way.
     pub(crate) resetting: bool,
+    /// A catch-up from history is under way ([`Hub::catch_up`]); `again`:
+    /// another was asked for meanwhile, so it reads once more.
+    pub(crate) catching_up: bool,
+    pub(crate) catch_up_again: bool,
+    /// The room's seq in Redis at the last renewal: a node that has not
+    /// delivered that far by the next one missed a message.
+    pub(crate) stored_seq: u64,
 }
 
 /// Rooms and their members on this node.
@@ -303,11 +310,53 @@ impl Hub {
         }
     }
 
+    /// Delivers what history holds beyond what this room's members got, in
+    /// the background: after a publish whose outcome is unknown (its reply
+    /// was lost: the message may be stored, and a quiet room would show no
+    /// gap), or when the room's seq in Redis stayed ahead of what was
+    /// delivered. Retried until Redis answers or the room is gone from this
+    /// node; one at a time per room.
+    pub(crate) fn catch_up(self: &Arc<Self>, room: &str) {
+        {
+            let Some(mut r) = self.rooms.get_mut(room) else {
+                return;
+            };
+            if r.catching_up {
+                r.catch_up_again = true;
+                return;
+            }
+            r.catching_up = true;
+        }
+        let hub = self.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            let mut backoff = turnout_common::backoff::Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_secs(2),
+            );
+            loop {
+                let read = hub.resync(&room).await;
+                let Some(mut r) = hub.rooms.get_mut(&room) else {
+                    return;
+                };
+                if read && !std::mem::take(&mut r.catch_up_again) {
+                    r.catching_up = false;
+                    return;
+                }
+                drop(r);
+                if !read {
+                    backoff.wait().await;
+                }
+            }
+        });
+    }
+
     /// After the bus resubscribed a room, fetches what it may have missed.
     /// If the room's state in Redis was lost meanwhile (seq went back, or the
     /// history epoch changed), members are told so with a fresh `joined`
     /// (`recovered: false`, the new epoch) followed by the new epoch's history.
-    pub(crate) async fn resync(self: &Arc<Self>, room: &str) {
+    /// False when Redis did not answer.
+    pub(crate) async fn resync(self: &Arc<Self>, room: &str) -> bool {
         let Some(cursor) = self.rooms.get(room).and_then(|r| {
             r.seq.last()?;
             Some(r.seq.cursor().clone())
@@ -315,15 +364,18 @@ impl Hub {
             if let Some(mut r) = self.rooms.get_mut(room) {
                 r.resetting = false;
             }
-            return;
+            return true;
         };
         let keep = self.store.config().history_size.max(1);
         let resetting = self.rooms.get(room).is_some_and(|r| r.resetting);
+        let mut read = true;
         match self.store.history(room, cursor.last(), keep).await {
             Ok(slice) if resetting || cursor.lost_state(&slice) => {
                 match self.store.history(room, 0, keep).await {
                     Ok(all) => self.reset(room, all).await,
                     Err(e) => {
+                        read = false;
+                        self.metrics.redis_errors.inc();
                         tracing::warn!(room, error = %e, "history read after state loss failed")
                     }
                 }
@@ -339,14 +391,16 @@ impl Hub {
                 }
             }
             Err(e) => {
+                read = false;
                 self.metrics.redis_errors.inc();
-                tracing::warn!(room, error = %e, "history read after resubscribe failed");
+                tracing::warn!(room, error = %e, "history read to catch up failed");
             }
         }
         if let Some(mut r) = self.rooms.get_mut(room) {
             // A failed reset is tried again at the room's next message.
             r.resetting = false;
         }
+        read
     }
 
     /// Starts the room over at the state Redis now holds.

@@ -16,6 +16,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) push_dropped: IntCounter,
     pub(crate) duplicates_dropped: IntCounter,
     pub(crate) gaps_repaired: IntCounter,
+    pub(crate) caught_up_quiet: IntCounter,
     pub(crate) messages_unrecoverable: IntCounter,
     pub(crate) slow_consumers: IntCounter,
     pub(crate) frame_errors: IntCounterVec,
@@ -75,6 +76,10 @@ impl NodeMetrics {
             gaps_repaired: c(
                 "gaps_repaired_total",
                 "Missing room messages recovered from history",
+            ),
+            caught_up_quiet: c(
+                "caught_up_quiet_total",
+                "Rooms whose latest stored message this node had not delivered by the next renewal (a push dropped or a reply lost in a room that went quiet): read back from history",
             ),
             messages_unrecoverable: c(
                 "messages_unrecoverable_total",

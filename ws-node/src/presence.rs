@@ -135,9 +135,12 @@ impl Hub {
             if !renewed.owned {
                 let how = crate::strategy::sticky::Lost::NotAt(*epoch);
                 crate::strategy::sticky::Sticky::lost(self, room, how, None);
-            } else if renewed.lost {
+                continue;
+            }
+            if renewed.lost {
                 lapsed.push(room.clone());
             }
+            self.check_delivered(room, renewed.seq);
         }
         if !lapsed.is_empty() {
             tracing::info!(
@@ -147,6 +150,30 @@ impl Hub {
             self.reassert(&lapsed).await;
         }
         true
+    }
+
+    /// A renewal read the room's seq in Redis as `stored`. A message the
+    /// previous renewal already saw stored and that this node has still not
+    /// delivered was missed (a push dropped, a reply lost) in a room that
+    /// then went quiet, so no later message showed the gap: read it back.
+    /// (Messages stored since the previous renewal may still be on their
+    /// way.)
+    fn check_delivered(self: &Arc<Self>, room: &str, stored: u64) {
+        let behind = {
+            let Some(mut r) = self.rooms.get_mut(room) else {
+                return;
+            };
+            let seen = std::mem::replace(&mut r.stored_seq, stored);
+            r.seq.last().is_some_and(|last| last < seen.min(stored))
+        };
+        if behind {
+            self.metrics.caught_up_quiet.inc();
+            tracing::info!(
+                room,
+                "room's latest message was never delivered here; reading it back"
+            );
+            self.catch_up(room);
+        }
     }
 
     /// Writes the presence entries of this node's members of `rooms` again

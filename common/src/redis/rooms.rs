@@ -333,6 +333,8 @@ pub struct Renewed {
     pub lost: bool,
     /// False when the owner record no longer names this node at its epoch.
     pub owned: bool,
+    /// The room's latest seq.
+    pub seq: u64,
 }
 
 /// Renews this node's presence leases (and, sticky, checks ownership) for
@@ -341,10 +343,10 @@ pub async fn renew(con: &mut Con, rooms: &[RenewArgs<'_>]) -> RedisResult<Vec<Re
     let mut out = Vec::with_capacity(rooms.len());
     for chunk in rooms.chunks(256) {
         let invs: Vec<_> = chunk.iter().map(scripts::renew).collect();
-        let replies: Vec<(u8, u8)> = if con.is_cluster() {
+        let replies: Vec<(u8, u8, u64)> = if con.is_cluster() {
             let calls = invs.iter().map(|inv| {
                 let mut con = con.clone();
-                async move { inv.invoke_async::<(u8, u8)>(&mut con).await }
+                async move { inv.invoke_async::<(u8, u8, u64)>(&mut con).await }
             });
             futures_util::future::try_join_all(calls).await?
         } else {
@@ -354,9 +356,10 @@ pub async fn renew(con: &mut Con, rooms: &[RenewArgs<'_>]) -> RedisResult<Vec<Re
             }
             query_scripts(con, &pipe).await?
         };
-        out.extend(replies.into_iter().map(|(lost, owned)| Renewed {
+        out.extend(replies.into_iter().map(|(lost, owned, seq)| Renewed {
             lost: lost == 1,
             owned: owned == 1,
+            seq,
         }));
     }
     Ok(out)

@@ -181,6 +181,7 @@ pub fn renew(a: &RenewArgs<'_>) -> ScriptInvocation<'static> {
         .key(keys::room_holders(a.room))
         .key(keys::room_owner(a.room))
         .key(keys::room_claims(a.room))
+        .key(keys::room_seq(a.room))
         .arg(a.holder)
         .arg(ms(a.lease))
         .arg(ms(a.room_ttl))

@@ -72,10 +72,23 @@ impl Sticky {
             None => self.own(hub, room).await?,
         };
         let owner = Publisher::Owner(&hub.node_id, epoch);
-        match hub.store_publish(room, parts, owner, origin, id).await? {
+        let published = match hub.store_publish(room, parts, owner, origin, id).await {
+            Ok(p) => p,
+            Err(e) => {
+                // The script may have run with its reply lost: if it did,
+                // only this node would deliver the message, from history.
+                hub.catch_up(room);
+                return Err(e);
+            }
+        };
+        match published {
             Some(p) => {
                 if !p.duplicate {
                     hub.deliver(room, p.seq, &p.epoch, parts.render(p.seq).into());
+                } else if hub.last_seq(room).is_some_and(|last| p.seq > last) {
+                    // A resend of a publish whose reply was lost, ahead of
+                    // what the members got.
+                    hub.catch_up(room);
                 }
                 Ok(p)
             }

@@ -1,13 +1,16 @@
 -- A node's periodic word for one room it has members in: renews its
 -- presence lease and, for a sticky owner, checks the room's owner record
--- and keeps the placement pinned and its epoch counter alive. Returns {lost, owned}: lost = 1 when the
--- lease had lapsed and was dropped (the node must write its members'
--- entries again); owned = 0 when the owner record no longer names this
--- node at its epoch (1 otherwise, and when no owner is given).
+-- and keeps the placement pinned and its epoch counter alive. Returns
+-- {lost, owned, seq}: lost = 1 when the lease had lapsed and was dropped
+-- (the node must write its members' entries again); owned = 0 when the
+-- owner record no longer names this node at its epoch (1 otherwise, and
+-- when no owner is given); seq, the room's latest seq, so that a node
+-- notices a message it never delivered in a room that went quiet.
 local presence_key = KEYS[1]   -- turnout:{room}:presence
 local holders_key  = KEYS[2]   -- turnout:{room}:holders
 local owner_key    = KEYS[3]   -- turnout:{room}:owner
 local claims_key   = KEYS[4]   -- turnout:{room}:claims
+local seq_key      = KEYS[5]   -- turnout:{room}:seq
 local holder       = ARGV[1]
 local lease        = tonumber(ARGV[2])   -- ms
 local ttl          = ARGV[3]   -- room_ttl, ms
@@ -31,4 +34,4 @@ if owner ~= '' then
     owned = 0
   end
 end
-return {lost, owned}
+return {lost, owned, tonumber(redis.call('GET', seq_key) or '0')}

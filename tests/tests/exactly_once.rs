@@ -1,0 +1,197 @@
+//! Exactly once where the outcome of a step is unknown: a publish whose
+//! Redis reply is lost, a server API publish retried during a stall, a
+//! sticky owner at its connection limit, a stream resumed across a lost
+//! room state. Each test injects the fault that once broke the promise.
+
+use anyhow::{Result, bail};
+use serde_json::json;
+use std::time::Duration;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+use turnout_tests::*;
+
+/// Waits for the error a publish with `id` got.
+async fn refused(c: &mut Client, id: &str) -> Result<String> {
+    match c
+        .expect("the publish's answer", |f| match f {
+            ServerFrame::Ack { id: i, .. } | ServerFrame::Error { id: i, .. } => {
+                i.as_deref() == Some(id)
+            }
+            _ => false,
+        })
+        .await?
+    {
+        ServerFrame::Error { code, .. } => Ok(code),
+        other => bail!("expected the publish to fail, got {other:?}"),
+    }
+}
+
+/// Sticky: the owner delivers from the publish script's reply. When that
+/// reply is lost (the connection to Redis dies after the script ran), the
+/// publisher hears `unavailable` and the message is in history all the
+/// same. The owner must deliver it anyway: in a room that goes quiet (no
+/// later publish shows the gap), and when the resend comes back a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_owner_delivers_a_publish_whose_reply_was_lost() -> Result<()> {
+    let redis = Redis::start().await?;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse()?).await?;
+    let mut s = node_settings(&proxy.url(), Strategy::Sticky);
+    // The lease outlives the reconnects the lost replies cause.
+    s.heartbeat_ttl = Duration::from_secs(20);
+    let node = start_node(s).await;
+    let mut reader = Client::connect(&node.ws_url()).await?;
+    reader.join("q").await?;
+    let mut writer = Client::connect(&node.ws_url()).await?;
+    writer.join("q").await?;
+    assert_eq!(writer.publish("q", json!("first"), "w-1").await?, 1);
+    assert_eq!(reader.messages_until("q", 1).await?, vec![1]);
+
+    // The script runs; its reply never comes back.
+    proxy.lose_replies(true);
+    writer
+        .send_json(json!({"type": "publish", "room": "q", "data": "lost reply", "id": "w-2"}))
+        .await?;
+    assert_eq!(refused(&mut writer, "w-2").await?, "unavailable");
+    proxy.lose_replies(false);
+    // Nobody publishes again, nobody resends: the message is delivered.
+    assert_eq!(reader.messages_until("q", 2).await?, vec![2]);
+    // The resend is a duplicate, and delivered no second time.
+    let mut redis_con = redis.con().await?;
+    let len: u64 = redis::cmd("XLEN")
+        .arg("turnout:{q}:hist")
+        .query_async(&mut redis_con)
+        .await?;
+    assert_eq!(len, 2, "stored once");
+    assert_eq!(writer.publish("q", json!("lost reply"), "w-2").await?, 2);
+    assert_eq!(writer.publish("q", json!("third"), "w-3").await?, 3);
+    assert_eq!(reader.messages_until("q", 3).await?, vec![3]);
+
+    // Again, and this time the publisher resends at once: the duplicate's
+    // ack is ahead of what the owner delivered, which reads history.
+    proxy.lose_replies(true);
+    writer
+        .send_json(json!({"type": "publish", "room": "q", "data": "again", "id": "w-4"}))
+        .await?;
+    assert_eq!(refused(&mut writer, "w-4").await?, "unavailable");
+    proxy.lose_replies(false);
+    // A refusal while the connection comes back is retried, as a client does.
+    let end = std::time::Instant::now() + DEADLINE;
+    let seq = loop {
+        writer
+            .send_json(json!({"type": "publish", "room": "q", "data": "again", "id": "w-4"}))
+            .await?;
+        match writer
+            .expect("ack", |f| {
+                matches!(f, ServerFrame::Ack { id, .. } | ServerFrame::Error { id, .. } if id.as_deref() == Some("w-4"))
+            })
+            .await?
+        {
+            ServerFrame::Ack { seq, duplicate, .. } => {
+                assert!(duplicate, "the first try was stored");
+                break seq;
+            }
+            other if std::time::Instant::now() > end => bail!("resend refused: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await, // a client's backoff
+        }
+    };
+    assert_eq!(seq, 4);
+    assert_eq!(reader.messages_until("q", 4).await?, vec![4]);
+    // Nothing twice: the next message follows at once.
+    assert_eq!(writer.publish("q", json!("fifth"), "w-5").await?, 5);
+    assert_eq!(reader.messages_until("q", 5).await?, vec![5]);
+    Ok(())
+}
+
+/// The server API without an idempotency key, during a Redis stall longer
+/// than the node's Redis timeout and the gateway's RPC timeout: the
+/// gateway's retry must not store the message a second time (it used to:
+/// answered 200 once, stored at seq 2 and 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_publish_retried_through_a_redis_stall_is_stored_once() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Sticky, |s| {
+        // The owner keeps its lease through the stall.
+        s.heartbeat_ttl = Duration::from_secs(20);
+    })
+    .await?;
+    let url = format!("{}/api/rooms/st/publish", c.gateway.http());
+    // A member holds the room at its owner, so the owner publishes at once.
+    let mut member = Client::connect(&format!("{}?room=st", c.gateway.ws_url())).await?;
+    member.join("st").await?;
+    let (status, _) = http("POST", &url, Some(json!({"data": 1}).to_string()), &[]).await?;
+    assert_eq!(status, 200);
+    c.redis.pause()?;
+    let post = tokio::spawn({
+        let url = url.clone();
+        async move { http("POST", &url, Some(json!({"data": 2}).to_string()), &[]).await }
+    });
+    // The fault: a stall past both 5 s timeouts, so the first try fails
+    // at the gateway while its script waits in Redis.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    c.redis.resume()?;
+    let (status, body) = post.await??;
+    let reply: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["seq"], 2, "{reply}");
+    assert!(
+        reply.get("duplicate").is_none(),
+        "the caller sent no key: {reply}"
+    );
+    let (_, history) = http_get_json(&format!("{}/api/rooms/st/history", c.gateway.http())).await?;
+    let data: Vec<&serde_json::Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(data, vec![&json!(1), &json!(2)], "stored once: {history}");
+    assert_eq!(member.messages_until("st", 2).await?, vec![1, 2]);
+    Ok(())
+}
+
+/// A message stored while its push never reached a node (a push dropped
+/// at a full buffer, a reply lost) in a room that then goes quiet: no later
+/// message shows the gap, so the node's renewal, which reads the room's
+/// seq, notices and reads it back. Here the message is written to the
+/// room's seq and history by hand, with no push at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_node_never_heard_of_is_read_back_in_a_quiet_room() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+        let redis = Redis::start().await?;
+        let mut s = node_settings(&redis.url(), strategy);
+        s.heartbeat_interval = Duration::from_millis(200);
+        s.heartbeat_ttl = Duration::from_secs(1);
+        s.presence_ttl = Duration::from_millis(1500);
+        let node = start_node(s).await;
+        let mut member = Client::connect(&node.ws_url()).await?;
+        member.join("qq").await?;
+        member.publish("qq", json!("heard"), "m-1").await?;
+        assert_eq!(member.messages_until("qq", 1).await?, vec![1]);
+        let frame = json!({"type": "message", "room": "qq", "seq": 2, "from": "x",
+            "node": "elsewhere", "ts": 1, "data": "never pushed"});
+        let mut con = redis.con().await?;
+        let seq: u64 = redis::cmd("INCR")
+            .arg("turnout:{qq}:seq")
+            .query_async(&mut con)
+            .await?;
+        assert_eq!(seq, 2);
+        redis::cmd("XADD")
+            .arg("turnout:{qq}:hist")
+            .arg("2-0")
+            .arg("f")
+            .arg(frame.to_string())
+            .query_async::<String>(&mut con)
+            .await?;
+        match member
+            .expect("the message", |f| matches!(f, ServerFrame::Message { .. }))
+            .await?
+        {
+            ServerFrame::Message { seq, data, .. } => {
+                assert_eq!((seq, data), (2, json!("never pushed")), "{strategy}")
+            }
+            _ => unreachable!(),
+        }
+        assert!(metric(&node, "turnout_caught_up_quiet_total").await? >= 1.0);
+    }
+    Ok(())
+}
