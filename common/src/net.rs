@@ -15,6 +15,15 @@ use std::time::Instant;
 /// believed by a node only next to the internal token (or in open mode).
 pub const CLIENT_IP_HEADER: &str = "x-turnout-client-ip";
 
+/// Header on a node's `503` to an upgrade, saying why it refused:
+/// [`REFUSED_FULL`] (at `max_connections`), `draining`, or `lease` (it
+/// lost contact with Redis). A gateway moves a client elsewhere for the
+/// last two; a sticky room stays on its full owner.
+pub const REFUSAL_HEADER: &str = "x-turnout-refusal";
+
+/// [`REFUSAL_HEADER`]'s value for a node at `max_connections`.
+pub const REFUSED_FULL: &str = "full";
+
 /// The unit a limit counts: an IPv4 address, or an IPv6 /64.
 pub fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {

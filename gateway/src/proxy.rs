@@ -29,8 +29,11 @@ fn is_upgrade(req: &Request) -> bool {
 
 /// Why an upgrade at one node did not happen.
 enum Upstream {
-    /// Refused with 503 (draining, full, lost contact with Redis).
-    Refused,
+    /// Refused with 503: draining or lost contact with Redis (`full`
+    /// false), or at its `max_connections` (`full`).
+    Refused {
+        full: bool,
+    },
     Failed(String),
 }
 
@@ -86,7 +89,11 @@ async fn upgrade_at(
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("valid upstream request");
     match sender.send_request(up).await {
-        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Err(Upstream::Refused),
+        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            let why = r.headers().get(turnout_common::net::REFUSAL_HEADER);
+            let full = why.is_some_and(|v| v == turnout_common::net::REFUSED_FULL);
+            Err(Upstream::Refused { full })
+        }
         Ok(r) => Ok(r),
         Err(e) => Err(Upstream::Failed(format!("request: {e}"))),
     }
@@ -156,7 +163,22 @@ pub(crate) async fn ws(
         let attempt = upgrade_at(&gw, &node, req.headers(), &path, &forwarded, peer.ip());
         let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
             Ok(Ok(r)) => break (node, r),
-            Ok(Err(Upstream::Refused)) => {
+            Ok(Err(Upstream::Refused { full: true })) if !gw.another_node_may_serve() => {
+                // Moving the room would send its members away: the room is
+                // full for now, not broken.
+                gw.metrics.upstream_errors.inc();
+                let e = ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the room's node is at max_connections; retry later",
+                );
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                    e,
+                )
+                    .into_response();
+            }
+            Ok(Err(Upstream::Refused { .. })) => {
                 tracing::debug!(node = %node.id, "node refused the upgrade (draining, full or cut off); trying another");
                 None
             }

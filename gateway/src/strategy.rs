@@ -61,6 +61,16 @@ impl Gateway {
         }
     }
 
+    /// Whether a client refused by its node may be sent to another. Not in
+    /// sticky: a room's members meet on its owner, and placing the room
+    /// anew because the owner is full would send every member away.
+    pub(crate) fn another_node_may_serve(&self) -> bool {
+        match self.strategy() {
+            Strategy::Sticky => false,
+            Strategy::Pubsub | Strategy::Local => true,
+        }
+    }
+
     /// The node the server API uses for `room`.
     async fn api_node(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
         match self.strategy() {

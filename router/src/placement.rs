@@ -22,14 +22,21 @@ pub(crate) fn score(room: &str, node: &str) -> u64 {
 }
 
 /// Picks the node for a new placement of `room` among `nodes` (live, not
-/// draining), given each node's current room count.
+/// draining, and not at their `max_connections` as last reported, when
+/// any is not), given each node's current room count.
 pub(crate) fn choose<'a>(
     room: &str,
     nodes: &'a [NodeInfo],
     load: &dyn Fn(&NodeInfo) -> u64,
     load_factor: f64,
 ) -> Option<&'a NodeInfo> {
-    let mut ranked: Vec<&NodeInfo> = nodes.iter().filter(|n| !n.draining).collect();
+    let open: Vec<&NodeInfo> = nodes.iter().filter(|n| !n.draining).collect();
+    let full = |n: &NodeInfo| n.max_connections > 0 && n.connections >= n.max_connections;
+    let mut ranked: Vec<&NodeInfo> = if open.iter().all(|n| full(n)) {
+        open
+    } else {
+        open.into_iter().filter(|n| !full(n)).collect()
+    };
     if ranked.is_empty() {
         return None;
     }
@@ -125,5 +132,30 @@ mod tests {
         for i in 0..50 {
             assert_eq!(choose(&format!("x{i}"), &ns, &|_| 0, 1.25).unwrap().id, "b");
         }
+    }
+
+    #[test]
+    fn full_nodes_take_new_rooms_only_when_all_are_full() {
+        let mut ns = nodes(&["a", "b"]);
+        for n in &mut ns {
+            n.max_connections = 5;
+        }
+        ns[0].connections = 5;
+        for i in 0..50 {
+            assert_eq!(choose(&format!("y{i}"), &ns, &|_| 0, 1.25).unwrap().id, "b");
+        }
+        ns[1].connections = 7;
+        let picks: std::collections::HashSet<String> = (0..50)
+            .map(|i| {
+                choose(&format!("y{i}"), &ns, &|_| 0, 1.25)
+                    .unwrap()
+                    .id
+                    .clone()
+            })
+            .collect();
+        assert_eq!(picks.len(), 2, "all full: placed as if none were");
+        // An older node that reports no limit is never counted full.
+        ns[1].max_connections = 0;
+        assert_eq!(choose("z", &ns, &|_| 0, 1.25).unwrap().id, "b");
     }
 }

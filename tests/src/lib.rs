@@ -1024,6 +1024,18 @@ impl Client {
     }
 }
 
+/// The status a WebSocket upgrade at `url` gets: 101 when it is taken.
+pub async fn upgrade_status(url: &str) -> Result<u16> {
+    match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .context("upgrade timed out")?
+    {
+        Ok(_) => Ok(101),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Ok(r.status().as_u16()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The value of a counter or gauge on a process's `/metrics`, its first
 /// series (0 when it is not there yet).
 pub async fn metric(p: &Proc, name: &str) -> Result<f64> {

@@ -195,3 +195,53 @@ async fn a_message_a_node_never_heard_of_is_read_back_in_a_quiet_room() -> Resul
     }
     Ok(())
 }
+
+/// Sticky: a room's owner at `max_connections`. A newcomer through the
+/// gateway is told to retry later (503): the room is not placed anew on
+/// another node, which would send its members away and start its presence
+/// over with the newcomer alone. A new room goes to a node with room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sticky_owner_keeps_its_room_and_its_members() -> Result<()> {
+    let c = Cluster::start_with(2, Strategy::Sticky, |s| s.max_connections = 5).await?;
+    let gw = format!("{}?room=full", c.gateway.ws_url());
+    let mut members = Vec::new();
+    for i in 0..5 {
+        let mut m = Client::connect(&format!("{gw}&user=u{i}")).await?;
+        m.join("full").await?;
+        members.push(m);
+    }
+    let owner = members[0].node().to_owned();
+    assert!(members.iter().all(|m| m.node() == owner));
+    assert_eq!(upgrade_status(&format!("{gw}&user=u5")).await?, 503);
+    members[0]
+        .publish("full", json!("still here"), "p-1")
+        .await?;
+    for m in &mut members {
+        let f = m
+            .expect("the room's next frame", |f| {
+                matches!(f, ServerFrame::Message { .. } | ServerFrame::Error { .. })
+            })
+            .await?;
+        assert!(matches!(f, ServerFrame::Message { seq: 1, .. }), "{f:?}");
+    }
+    let (_, presence) =
+        http_get_json(&format!("{}/api/rooms/full/presence", c.gateway.http())).await?;
+    assert_eq!(presence["users"], json!(["u0", "u1", "u2", "u3", "u4"]));
+    // Once the owner's heartbeat says it is full, a new room goes elsewhere.
+    let cluster = format!("{}/api/cluster", c.gateway.http());
+    wait_for("the owner reported full", DEADLINE, || {
+        let (cluster, owner) = (cluster.clone(), owner.clone());
+        async move {
+            let v = http_get_json(&cluster).await.ok()?.1;
+            v["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == owner.as_str() && n["connections"] == 5)
+                .then_some(())
+        }
+    })
+    .await?;
+    let other = Client::connect(&format!("{}?room=other", c.gateway.ws_url())).await?;
+    assert_ne!(other.node(), owner);
+    Ok(())
+}

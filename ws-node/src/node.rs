@@ -71,6 +71,7 @@ impl NodeState {
     pub(crate) fn node_info(&self) -> NodeInfo {
         NodeInfo {
             connections: self.conns.len() as u64,
+            max_connections: self.settings.max_connections as u64,
             rooms: self.hub.room_count() as u64,
             draining: self.draining(),
             heartbeat_ms: now_ms(),
@@ -332,18 +333,16 @@ async fn ws_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
+        return refuse(
+            "draining",
             "node is draining; reconnect through the gateway",
-        )
-            .into_response();
+        );
     }
     if state.lease.lapsed() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
+        return refuse(
+            "lease",
             "node lost contact with Redis; reconnect through the gateway",
-        )
-            .into_response();
+        );
     }
     let claims = match &state.auth {
         None => None,
@@ -376,11 +375,10 @@ async fn ws_handler(
             .expect("a valid generated user id"),
     };
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
+        return refuse(
+            turnout_common::net::REFUSED_FULL,
             "node is at max_connections",
-        )
-            .into_response();
+        );
     };
     let ip_slot = match state.per_ip.take(client_ip(&state, peer.ip(), &headers)) {
         Ok(slot) => slot,
@@ -411,6 +409,16 @@ async fn ws_handler(
                 drop(ip_slot);
             })
         })
+}
+
+/// A `503` to an upgrade, with the reason a gateway acts on.
+fn refuse(why: &'static str, message: &'static str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(turnout_common::net::REFUSAL_HEADER, why)],
+        message,
+    )
+        .into_response()
 }
 
 async fn metrics_handler(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
