@@ -267,6 +267,8 @@ pub(crate) fn grpc_key_checker(
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {
     since: Option<u64>,
+    #[serde(default)]
+    epoch: String,
 }
 
 /// Who a caller of the API turned out to be.
@@ -317,8 +319,10 @@ fn may_use_room(
 }
 
 /// `GET /api/rooms/{room}/events`: the room's messages as Server-Sent
-/// Events, `id:` = seq. Resumes after `Last-Event-ID` (or `?since=`) from
-/// history; sends a keep-alive comment every `sse_keepalive`.
+/// Events, `id:` = `<seq>:<epoch>`. Resumes after `Last-Event-ID` (or
+/// `?since=` and `?epoch=`) from history, saying `reset` first when the
+/// room's state was lost since; sends a keep-alive comment every
+/// `sse_keepalive`.
 pub(crate) async fn events(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
@@ -359,16 +363,25 @@ pub(crate) async fn events(
             .map(|v| v.to_str().map(str::trim))
         {
             None | Some(Ok("")) => None,
-            Some(Ok(v)) => Some(v.parse::<u64>().map_err(|_| bad_last_id())?),
+            Some(Ok(v)) => Some(crate::follow::parse_event_id(v).ok_or_else(bad_last_id)?),
             Some(Err(_)) => return Err(bad_last_id()),
         };
-        let since = last_id.or(q.since).unwrap_or(0);
+        if !q.epoch.bytes().all(|b| b.is_ascii_digit()) || q.epoch.len() > 32 {
+            return Err(bad(
+                ErrorCode::BadFrame,
+                "epoch must be a `joined` frame's epoch (digits)",
+            ));
+        }
+        let (since, epoch) = match last_id {
+            Some((seq, epoch)) => (seq, epoch),
+            None => (q.since.unwrap_or(0), q.epoch.as_str()),
+        };
         let open = crate::follow::Open {
             holder,
             until,
             kind: "sse",
         };
-        gw.stream(&room, since, open).await
+        gw.stream(&room, since, epoch, open).await
     };
     let rx = counted(&gw, "events", result.await)?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
@@ -396,7 +409,7 @@ pub(crate) async fn events(
 fn bad_last_id() -> ApiError {
     bad(
         ErrorCode::BadFrame,
-        "Last-Event-ID must be a seq (a non-negative integer)",
+        "Last-Event-ID must be an event's id: <seq> or <seq>:<epoch>",
     )
 }
 

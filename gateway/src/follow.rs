@@ -46,8 +46,13 @@ pub(crate) struct Queued {
 /// What a stream hands to its response.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
-    /// A room message: its seq and the frame WebSocket clients get.
-    Message { seq: u64, frame: Arc<str> },
+    /// A room message: its seq, the history epoch it counts in, and the
+    /// frame WebSocket clients get.
+    Message {
+        seq: u64,
+        epoch: Arc<str>,
+        frame: Arc<str>,
+    },
     /// Redis lost the room's state: seq starts over after this.
     Reset { epoch: String, seq: u64 },
 }
@@ -155,11 +160,15 @@ impl Follower {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a stream of `room`'s messages after `since` (0: live only).
+    /// Starts a stream of `room`'s messages after `since` (0: live only)
+    /// in history epoch `epoch` ("": whatever the room's is now; another
+    /// than the room's means its state was lost since, and the stream says
+    /// `reset` first).
     pub(crate) async fn stream(
         self: &Arc<Self>,
         room: &RoomName,
         since: u64,
+        epoch: &str,
         open: Open,
     ) -> Result<mpsc::Receiver<Result<Queued, ApiError>>, ApiError> {
         let room = room.as_str();
@@ -194,7 +203,7 @@ impl Follower {
         let mut state = StreamState {
             follower: self.clone(),
             room: room.to_owned(),
-            cursor: Cursor::new(since, ""),
+            cursor: Cursor::new(since, epoch),
             out,
             bytes: Arc::new(tokio::sync::Semaphore::new(self.stream_bytes)),
             until: open.until,
@@ -207,6 +216,8 @@ impl Follower {
         if since == 0 {
             state.cursor = Cursor::new(slice.seq, slice.epoch);
         } else if slice.seq >= since {
+            // Without the epoch `since` counts in, a room that started over
+            // and reached `since` again cannot be told apart.
             state.cursor.learn_epoch(&slice);
         }
         let span = tracing::info_span!("stream", room, kind, since);
@@ -377,6 +388,7 @@ impl StreamState {
                     progressed = true;
                     let item = Item::Message {
                         seq,
+                        epoch: Arc::from(self.cursor.epoch()),
                         frame: Arc::from(frame),
                     };
                     if self.emit(item).await.is_err() {
@@ -420,7 +432,7 @@ impl StreamState {
                 Ok(Event::Message(_, epoch, _)) if self.cursor.epoch_changed(&epoch) => {
                     self.catch_up(u64::MAX).await
                 }
-                Ok(Event::Message(seq, _, frame)) => {
+                Ok(Event::Message(seq, epoch, frame)) => {
                     let mut r = Ok(());
                     if let Step::Gap { to, .. } = self.cursor.classify(seq) {
                         r = self.catch_up(to).await;
@@ -432,7 +444,11 @@ impl StreamState {
                     }
                     if r.is_ok() && self.cursor.classify(seq) == Step::Next {
                         self.cursor.advance(seq);
-                        if self.emit(Item::Message { seq, frame }).await.is_err() {
+                        if self
+                            .emit(Item::Message { seq, epoch, frame })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -454,13 +470,55 @@ impl StreamState {
     }
 }
 
-/// An SSE event for an item: `id:` = seq, data = the message frame.
+/// An SSE event for an item: `id:` = `<seq>:<epoch>` (the resume point a
+/// reconnecting `EventSource` sends back as `Last-Event-ID`; `parseInt`
+/// reads the seq), data = the message frame.
 pub(crate) fn sse_event(item: Item) -> axum::response::sse::Event {
     use axum::response::sse::Event;
     match item {
-        Item::Message { seq, frame } => Event::default().id(seq.to_string()).data(&*frame),
+        Item::Message { seq, epoch, frame } => {
+            Event::default().id(event_id(seq, &epoch)).data(&*frame)
+        }
         Item::Reset { epoch, seq } => Event::default()
             .event("reset")
             .data(serde_json::json!({"epoch": epoch, "seq": seq}).to_string()),
+    }
+}
+
+/// The SSE id of a message: its seq and its history epoch.
+fn event_id(seq: u64, epoch: &str) -> String {
+    if epoch.is_empty() {
+        seq.to_string()
+    } else {
+        format!("{seq}:{epoch}")
+    }
+}
+
+/// Reads a resume point: `<seq>` or `<seq>:<epoch>` (an SSE id).
+pub(crate) fn parse_event_id(id: &str) -> Option<(u64, &str)> {
+    let (seq, epoch) = id.split_once(':').unwrap_or((id, ""));
+    let epoch_ok = epoch.bytes().all(|b| b.is_ascii_digit()) && epoch.len() <= 32;
+    Some((seq.parse().ok()?, epoch)).filter(|_| epoch_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_carry_the_epoch() {
+        assert_eq!(event_id(7, "1795000000123456"), "7:1795000000123456");
+        assert_eq!(event_id(7, ""), "7");
+        for (id, want) in [
+            ("7:1795000000123456", Some((7, "1795000000123456"))),
+            ("7", Some((7, ""))),
+            ("7:", Some((7, ""))),
+            ("x:1", None),
+            ("7:abc", None),
+            ("-1", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_event_id(id), want, "{id:?}");
+        }
     }
 }

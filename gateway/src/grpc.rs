@@ -95,14 +95,22 @@ impl GatewayApi for GatewayService {
                     until: None,
                     kind: "grpc",
                 };
-                self.gw.stream(&room, r.since, open).await
+                if r.epoch.len() > 32 || !r.epoch.bytes().all(|b| b.is_ascii_digit()) {
+                    Err(crate::state::ApiError::new(
+                        turnout_proto::codes::ErrorCode::BadFrame,
+                        "epoch must be a RoomMessage's epoch (digits)",
+                    ))
+                } else {
+                    self.gw.stream(&room, r.since, &r.epoch, open).await
+                }
             }
             Err(e) => Err(e),
         };
         crate::api::count(&self.gw, "subscribe", result.is_ok());
         let rx = result?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|q| match q.map(|q| q.item) {
-            Ok(Item::Message { frame, .. }) => room_message(&frame)
+            Ok(Item::Message { frame, epoch, .. }) => room_message(&frame)
+                .map(|m| RoomMessage { epoch: epoch.to_string(), ..m })
                 .ok_or_else(|| Status::internal("a stored message could not be decoded")),
             // The stream cannot go on with seq starting over: the caller
             // resubscribes (with since = 0, or after reading History).

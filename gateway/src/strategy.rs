@@ -282,11 +282,13 @@ impl Gateway {
         Ok(users.users)
     }
 
-    /// Starts a stream of `room`'s messages after `since` (0: live only).
+    /// Starts a stream of `room`'s messages after `since` (0: live only)
+    /// in history epoch `epoch` ("": the room's current one).
     pub(crate) async fn stream(
         &self,
         room: &RoomName,
         since: u64,
+        epoch: &str,
         open: crate::follow::Open,
     ) -> Result<mpsc::Receiver<Result<Queued, ApiError>>, ApiError> {
         if self.strategy() == Strategy::Local {
@@ -299,7 +301,7 @@ impl Gateway {
             .follower
             .get()
             .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "starting up; retry"))?;
-        follower.stream(room, since, open).await
+        follower.stream(room, since, epoch, open).await
     }
 }
 

@@ -132,6 +132,7 @@ pub fn room_message(frame: &str) -> Option<crate::v1::RoomMessage> {
             node,
             ts,
             data_json: data.to_string(),
+            epoch: String::new(),
         }),
         _ => None,
     }

@@ -838,7 +838,7 @@ impl Sse {
         }
     }
 
-    /// Seqs (`id:`) of message events until one with seq `last`.
+    /// Seqs (`id:` is `<seq>:<epoch>`) of message events until one with seq `last`.
     pub async fn seqs_until(&mut self, last: u64) -> Result<Vec<u64>> {
         let mut seqs = Vec::new();
         loop {
@@ -846,7 +846,8 @@ impl Sse {
             if ev.event.is_some() {
                 bail!("unexpected event {ev:?}");
             }
-            let seq: u64 = ev.id.as_deref().context("message without id")?.parse()?;
+            let id = ev.id.as_deref().context("message without id")?;
+            let seq: u64 = id.split(':').next().unwrap_or(id).parse()?;
             seqs.push(seq);
             if seq >= last {
                 return Ok(seqs);

@@ -48,6 +48,7 @@ async fn grpc_every_method(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: room.into(),
             since: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -108,6 +109,7 @@ async fn grpc_every_method(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: room.into(),
             since: 1,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -128,6 +130,7 @@ async fn grpc_every_method(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: "no spaces".into(),
             since: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -190,6 +193,7 @@ async fn subscribe_handover(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: room.into(),
             since: 50,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -212,7 +216,7 @@ async fn subscribe_handover_sticky() -> Result<()> {
     subscribe_handover(Strategy::Sticky).await
 }
 
-/// SSE: `id:` = seq, resume with `Last-Event-ID` gives no gap, keep-alives flow.
+/// SSE: `id:` = `<seq>:<epoch>`, resume with `Last-Event-ID` gives no gap, keep-alives flow.
 async fn sse_resume(strategy: Strategy) -> Result<()> {
     let c = Cluster::start(1, strategy).await?;
     let mut settings = gateway_settings(&c.redis.url(), strategy, &[&c.router]);
@@ -223,10 +227,13 @@ async fn sse_resume(strategy: Strategy) -> Result<()> {
         assert_eq!(http_publish(&c, room, json!(i)).await?, i);
     }
     let url = format!("{}/api/rooms/{room}/events", gw.http());
-    let mut sse = Sse::open(&url, &[("last-event-id", "2")]).await?;
+    let (_, history) = http_get_json(&format!("{}/api/rooms/{room}/history", gw.http())).await?;
+    let epoch = history["epoch"].as_str().context("epoch")?.to_owned();
+    assert!(!epoch.is_empty());
+    let mut sse = Sse::open(&url, &[("last-event-id", &format!("2:{epoch}"))]).await?;
     assert_eq!(sse.status, 200);
     let first = sse.next().await?;
-    assert_eq!(first.id.as_deref(), Some("3"));
+    assert_eq!(first.id, Some(format!("3:{epoch}")));
     let frame: ServerFrame = serde_json::from_str(&first.data)?;
     assert!(
         matches!(frame, ServerFrame::Message { seq: 3, .. }),
@@ -261,8 +268,13 @@ async fn sse_resume(strategy: Strategy) -> Result<()> {
     // `since` alone resumes too; a bad Last-Event-ID is refused clearly.
     let mut sse = Sse::open(&format!("{url}?since=8"), &[]).await?;
     assert_eq!(sse.seqs_until(10).await?, vec![9, 10]);
-    let bad = Sse::open(&url, &[("last-event-id", "seven")]).await?;
-    assert_eq!(bad.status, 400);
+    // A plain seq still resumes (in the room's current epoch).
+    let mut sse = Sse::open(&url, &[("last-event-id", "9")]).await?;
+    assert_eq!(sse.seqs_until(10).await?, vec![10]);
+    for id in ["seven", "7:x", "7:1:2"] {
+        let bad = Sse::open(&url, &[("last-event-id", id)]).await?;
+        assert_eq!(bad.status, 400, "{id}");
+    }
     let bad = Sse::open(&format!("{}/api/rooms/bad%20room/events", gw.http()), &[]).await?;
     assert_eq!(bad.status, 400);
     gw.stop().await;
@@ -545,6 +557,7 @@ async fn streams_survive_redis_restart(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: room.into(),
             since: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -575,6 +588,7 @@ async fn streams_survive_redis_restart(strategy: Strategy) -> Result<()> {
         .subscribe(SubscribeRequest {
             room: room.into(),
             since: 3,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -245,3 +245,99 @@ async fn a_full_sticky_owner_keeps_its_room_and_its_members() -> Result<()> {
     assert_ne!(other.node(), owner);
     Ok(())
 }
+
+/// A room stream resumed after the room's state was lost in Redis (it
+/// started over at seq 1 and passed the resume point again): the resume
+/// point carries its epoch, so SSE says `reset` and sends the new epoch
+/// from its first message, and gRPC `Subscribe` ends `ABORTED`, instead of
+/// resuming after a seq that means another message now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_across_a_lost_room_state_starts_over() -> Result<()> {
+    use turnout_proto::v1::SubscribeRequest;
+    use turnout_proto::v1::gateway_client::GatewayClient;
+    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+        let c = Cluster::start(1, strategy).await?;
+        let api = c.gateway.http();
+        let publish = |i: u64| {
+            let url = format!("{api}/api/rooms/ep/publish");
+            async move {
+                let (status, _) =
+                    http("POST", &url, Some(json!({"data": i}).to_string()), &[]).await?;
+                anyhow::ensure!(status == 200, "publish answered {status}");
+                Ok(())
+            }
+        };
+        for i in 1..=5 {
+            publish(i).await?;
+        }
+        let history = format!("{api}/api/rooms/ep/history");
+        let old = http_get_json(&history).await?.1["epoch"].clone();
+        let old = old.as_str().unwrap_or_default().to_owned();
+        // The room's state is lost (evicted, a Redis without persistence
+        // restarted) and the room goes on: seq 1..=10 of a new epoch.
+        let mut con = c.redis.con().await?;
+        redis::cmd("DEL")
+            .arg(
+                &[
+                    "turnout:{ep}:seq",
+                    "turnout:{ep}:hist",
+                    "turnout:{ep}:epoch",
+                ][..],
+            )
+            .query_async::<()>(&mut con)
+            .await?;
+        for i in 101..=110 {
+            publish(i).await?;
+        }
+        let new = http_get_json(&history).await?.1["epoch"].clone();
+        let new = new.as_str().unwrap_or_default().to_owned();
+        assert_ne!(old, new);
+
+        let url = format!("{api}/api/rooms/ep/events");
+        let mut sse = Sse::open(&url, &[("last-event-id", &format!("5:{old}"))]).await?;
+        let reset = sse.next().await?;
+        assert_eq!(
+            reset.event.as_deref(),
+            Some("reset"),
+            "{strategy}: {reset:?}"
+        );
+        assert_eq!(sse.seqs_until(10).await?, (1..=10).collect::<Vec<_>>());
+        // The query's form says the same.
+        let mut sse = Sse::open(&format!("{url}?since=5&epoch={old}"), &[]).await?;
+        assert_eq!(sse.next().await?.event.as_deref(), Some("reset"));
+        // Resumed in the new epoch: nothing to reset.
+        let mut sse = Sse::open(&url, &[("last-event-id", &format!("8:{new}"))]).await?;
+        assert_eq!(sse.seqs_until(10).await?, vec![9, 10]);
+
+        let mut gw = GatewayClient::connect(api.clone()).await?;
+        let mut stream = gw
+            .subscribe(SubscribeRequest {
+                room: "ep".into(),
+                since: 5,
+                epoch: old.clone(),
+            })
+            .await?
+            .into_inner();
+        let ended = tokio::time::timeout(DEADLINE, tokio_stream::StreamExt::next(&mut stream))
+            .await?
+            .expect("an answer");
+        assert_eq!(
+            ended.unwrap_err().code(),
+            tonic::Code::Aborted,
+            "{strategy}"
+        );
+        let mut stream = gw
+            .subscribe(SubscribeRequest {
+                room: "ep".into(),
+                since: 8,
+                epoch: new.clone(),
+            })
+            .await?
+            .into_inner();
+        let m = tokio::time::timeout(DEADLINE, tokio_stream::StreamExt::next(&mut stream))
+            .await?
+            .expect("a message")?;
+        assert_eq!((m.seq, m.epoch.as_str()), (9, new.as_str()));
+    }
+    Ok(())
+}
