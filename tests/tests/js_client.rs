@@ -173,3 +173,71 @@ async fn library_members_get_everything_once_through_faults_pubsub() -> Result<(
 async fn library_members_get_everything_once_through_faults_sticky() -> Result<()> {
     exactly_once_through_faults(Strategy::Sticky).await
 }
+
+/// A user in 100 rooms (the default `max_rooms_per_conn`) through a drain
+/// of its node, with a join burst of half that: the library rejoins every
+/// room on the node it lands on, paced within the limits, and stays
+/// connected (it used to rejoin all at once, be closed 1008 by the join
+/// rate limit, and give up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_a_hundred_rooms_comes_through_a_drain() -> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let router = start_router(&url, Strategy::Pubsub).await;
+    let gateway = start_gateway(&url, Strategy::Pubsub, &[&router]).await;
+    let defaults = turnout_ws_node::Settings::default();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut s = node_settings(&url, Strategy::Pubsub);
+        s.max_join_rate = defaults.max_join_rate;
+        // Half the default burst, so that half the joins are refused and
+        // the library must pace the rest (the default takes 100 at once).
+        s.max_join_burst = defaults.max_join_burst / 2;
+        s.max_rooms_per_minute = defaults.max_rooms_per_minute;
+        s.max_rooms_per_conn = defaults.max_rooms_per_conn;
+        nodes.push(start_node(s).await);
+    }
+    live_nodes(&gateway, 2).await?;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/js");
+    let node = std::env::var("TURNOUT_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let mut child = Command::new(&node)
+        .arg("--experimental-websocket")
+        .arg(dir.join("e2e/many-rooms.mjs"))
+        .env("GATEWAY", gateway.ws_url())
+        .env("ROOMS", defaults.max_rooms_per_conn.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {node}"))?;
+    let mut chat = Chat {
+        stdin: child.stdin.take().context("stdin")?,
+        lines: BufReader::new(child.stdout.take().context("stdout")?).lines(),
+        child,
+    };
+    chat.expect("ready").await?;
+    chat.say("where").await?;
+    let on = chat.line(Duration::from_secs(10)).await?;
+    let i = nodes
+        .iter()
+        .position(|n| on.ends_with(&format!("-{}", n.addr.port())))
+        .with_context(|| format!("the client's node {on}"))?;
+    nodes.remove(i).stop().await;
+    chat.say("publish").await?;
+    let answer = chat.line(Duration::from_secs(60)).await?;
+    chat.say("stop").await?;
+    let summary = chat.line(Duration::from_secs(10)).await?;
+    assert_eq!(answer, "published 100", "{summary}");
+    let s: serde_json::Value = serde_json::from_str(&summary)?;
+    assert_eq!(s["state"], "open", "{s}");
+    assert!(
+        s["joins"].as_u64() >= Some(200),
+        "every room joined twice: {s}"
+    );
+    assert!(
+        !s["closes"].as_array().unwrap().contains(&1008.into()),
+        "never closed for going over limits: {s}"
+    );
+    Ok(())
+}

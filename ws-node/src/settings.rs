@@ -253,7 +253,7 @@ impl Default for Settings {
             max_publish_rate: 50.0,
             max_publish_burst: 100,
             max_join_rate: 10.0,
-            max_join_burst: 50,
+            max_join_burst: 100,
             max_rooms_per_minute: 200,
             max_replay_bytes: 1 << 20,
             max_connections_per_ip: 1000,

@@ -34,12 +34,16 @@ const STABLE_MS = 5_000;
 /** Room names and user ids, as the server checks them. */
 const NAME = /^[A-Za-z0-9\-_.:@]{1,64}$/;
 // Close codes after which reconnecting as is would fail the same way: a
-// protocol error, bad data, a policy breach, a frame too big, and the
-// "do not reconnect as is" range. 3010 (token expired) reconnects with a
-// fresh token.
+// protocol error, bad data, a frame too big, and the "do not reconnect as
+// is" range. 3010 (token expired) reconnects with a fresh token. 1008 (over
+// the server's limits) is not among them: this client paces itself, so it
+// means limits set lower than its pace; it comes back after the longest
+// backoff rather than leave its user disconnected for good.
 function terminal(code) {
-    return [1002, 1003, 1007, 1008, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999);
+    return [1002, 1003, 1007, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999);
 }
+/** The pace joins fall back to after a `rate_limited` join: one per this many ms, doubling on each further refusal. */
+const JOIN_PACE_MS = 200;
 // Refusals that a later try can cure (a publish is resent with its id, a
 // join or leave sent again).
 const RETRY = new Set(["rate_limited", "unavailable", "internal"]);
@@ -99,6 +103,7 @@ export class Room {
     presence = new Set();
     /** @internal */ phase = "idle";
     /** @internal */ joinSentSince = false;
+    /** @internal */ joinSentPaced = false;
     /** @internal */ acceptJump = false;
     /** @internal */ replayUntil = null;
     /** @internal */ everJoined = false;
@@ -147,6 +152,16 @@ export class Client {
     #lastFrame = 0;
     #pingSent = 0;
     #rooms = new Map();
+    /**
+     * Rooms waiting to send their `join`. Joins go out at once until the
+     * server refuses one `rate_limited`; then one every `#joinPaceMs`, so a
+     * client in many rooms that reconnects rejoins them all within the
+     * server's limits instead of being closed for going over them.
+     */
+    #joinQueue = [];
+    #joinPaceMs = 0;
+    #nextJoinAt = 0;
+    #joinTimer;
     /** Rooms left on this connection whose `left` has not come yet. */
     #leaving = new Map();
     #pending = new Map();
@@ -414,8 +429,11 @@ export class Client {
         clearTimeout(this.#welcomeTimer);
         clearInterval(this.#pingTimer);
         clearTimeout(this.#retryTimer);
+        clearTimeout(this.#joinTimer);
         this.#pingTimer = undefined;
         this.#retryTimer = undefined;
+        this.#joinTimer = undefined;
+        this.#joinQueue = [];
         this.#retryAt = Infinity;
         for (const r of this.#rooms.values())
             clearTimeout(r.retryTimer);
@@ -451,10 +469,14 @@ export class Client {
             this.#attempt = 0;
             this.#redirectStreak = 0;
         }
-        // A redirect is followed at once, but not round and round.
+        // A redirect is followed soon (within `minBackoffMs`, at random, so the
+        // members of a room that moved do not arrive at once), but not round
+        // and round. Over the server's limits (1008): the longest backoff.
         const wait = this.#redirect !== null && this.#redirectStreak <= 1
-            ? 0
-            : jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, this.#attempt++);
+            ? Math.round(Math.random() * this.#opts.minBackoffMs)
+            : code === 1008
+                ? jittered(this.#opts.maxBackoffMs, this.#opts.maxBackoffMs, 0)
+                : jittered(this.#opts.minBackoffMs, this.#opts.maxBackoffMs, this.#attempt++);
         this.#emit("disconnect", { code, reason, node, retryInMs: wait });
         this.#setState("reconnecting");
         this.#reconnectTimer = setTimeout(() => void this.#reopen(), wait);
@@ -592,7 +614,45 @@ export class Client {
         for (const r of this.#rooms.values())
             this.#sendJoin(r);
     }
+    /** Queues the room's `join`: sent at once, or at the join pace. */
     #sendJoin(r) {
+        r.phase = "joining";
+        if (!this.#joinQueue.includes(r))
+            this.#joinQueue.push(r);
+        this.#pumpJoins();
+    }
+    /** Sends queued joins, at the pace when there is one. */
+    #pumpJoins() {
+        clearTimeout(this.#joinTimer);
+        this.#joinTimer = undefined;
+        while (this.#joinQueue.length > 0 && this.#isOpen()) {
+            const now = Date.now();
+            if (this.#joinPaceMs > 0 && now < this.#nextJoinAt) {
+                this.#joinTimer = setTimeout(() => this.#pumpJoins(), this.#nextJoinAt - now);
+                return;
+            }
+            const r = this.#joinQueue.shift();
+            // Left meanwhile, or its join went another way.
+            if (this.#rooms.get(r.name) !== r || r.phase !== "joining")
+                continue;
+            this.#joinNow(r);
+            if (this.#joinPaceMs > 0)
+                this.#nextJoinAt = now + this.#joinPaceMs;
+        }
+    }
+    /**
+     * The server refused a join `rate_limited`: slow down (more, if it was
+     * sent at the pace already), and try it again in turn.
+     */
+    #joinRefused(r) {
+        if (r.joinSentPaced)
+            this.#joinPaceMs = Math.min(this.#opts.maxBackoffMs, this.#joinPaceMs * 2);
+        else if (this.#joinPaceMs === 0)
+            this.#joinPaceMs = JOIN_PACE_MS;
+        this.#nextJoinAt = Date.now() + this.#joinPaceMs;
+        this.#sendJoin(r);
+    }
+    #joinNow(r) {
         const f = { type: "join", room: r.name };
         if (r.lastSeq !== null) {
             f.since = r.lastSeq;
@@ -601,6 +661,7 @@ export class Client {
         }
         r.phase = "joining";
         r.joinSentSince = r.lastSeq !== null;
+        r.joinSentPaced = this.#joinPaceMs > 0;
         this.#send(f);
     }
     /** Leaves and joins again with `since`: the replay fills the hole. */
@@ -666,6 +727,9 @@ export class Client {
         r.phase = "joined";
         r.everJoined = true;
         r.tries = 0;
+        // Every join went through at the pace: full speed again.
+        if (this.#joinQueue.length === 0)
+            this.#joinPaceMs = 0;
         r.replayUntil = typeof f.replay_until === "number" ? f.replay_until : null;
         r.presence.clear();
         for (const u of f.presence ?? [])
@@ -756,6 +820,10 @@ export class Client {
                     this.#later(r, "leaving", () => this.#send({ type: "leave", room: r.name }));
                 else
                     this.#emit("error", err);
+                return;
+            }
+            if (r.phase === "joining" && code === "rate_limited") {
+                this.#joinRefused(r);
                 return;
             }
             if (r.phase === "joining" && RETRY.has(code)) {

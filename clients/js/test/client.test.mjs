@@ -186,7 +186,7 @@ test("publishes wait for the join; rate_limited and unavailable are retried, oth
   c.close();
 });
 
-test("wrong_node moves to the redirect at once; the node's death brings it back through the gateway", async () => {
+test("wrong_node moves to the redirect soon; the node's death brings it back through the gateway", async () => {
   const server = fakeServer();
   const c = new Client("ws://gw/ws", { ...fast, user: "u", WebSocket: server.WebSocket });
   const redirects = [];
@@ -443,8 +443,83 @@ test("redirects back and forth back off", async () => {
     s.frame({ type: "error", code: "wrong_node", message: "elsewhere", room: "r", redirect: `ws://node-${(n + 1) % 2}/ws` });
   }
   await server.socket(3);
-  assert.equal(waits[0], 0, "the first redirect is followed at once");
+  assert.ok(waits[0] <= 20, `the first redirect is followed within minBackoffMs: ${waits}`);
   assert.ok(waits[1] >= 10 && waits[2] >= 10, `later ones wait: ${waits}`);
+  c.close();
+});
+
+test("the members of a room that moved do not all arrive at its owner at once", async () => {
+  const server = fakeServer();
+  const waits = new Set();
+  for (let i = 0; i < 20; i++) {
+    const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 200, WebSocket: server.WebSocket });
+    c.on("disconnect", (d) => waits.add(d.retryInMs));
+    const n = server.sockets.length;
+    c.join("r").catch(() => {});
+    const s = await server.socket(n);
+    s.welcome();
+    await s.next(joinOf("r"));
+    s.frame({ type: "error", code: "wrong_node", message: "elsewhere", room: "r", redirect: "ws://owner/ws" });
+    c.close();
+  }
+  assert.ok(waits.size >= 10, `redirects are spread: ${[...waits]}`);
+  assert.ok([...waits].every((w) => w >= 0 && w <= 200), `within minBackoffMs: ${[...waits]}`);
+});
+
+test("joins refused rate_limited slow down and go out one at a time, until all are joined", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, maxBackoffMs: 1000, WebSocket: server.WebSocket });
+  const names = Array.from({ length: 30 }, (_, i) => `r${i}`);
+  const joining = Promise.all(names.map((n) => c.join(n)));
+  const s = await server.socket(0);
+  s.welcome();
+  // Every join goes out at once; the server takes 10 and refuses the rest.
+  await s.nth((f) => f.type === "join", 30);
+  const sent = s.sent.filter((f) => f.type === "join").map((f) => f.room);
+  assert.deepEqual(sent, names);
+  for (const n of names.slice(0, 10)) s.frame({ type: "joined", room: n, seq: 0, epoch: "", presence: [] });
+  const refusedAt = Date.now();
+  for (const n of names.slice(10)) {
+    s.frame({ type: "error", code: "rate_limited", message: "joining too fast", room: n });
+  }
+  // Again, at a pace: one join, then nothing for a while.
+  const first = await s.nth((f) => f.type === "join", 31);
+  const gaps = [];
+  let last = Date.now();
+  s.frame({ type: "joined", room: first.room, seq: 0, epoch: "", presence: [] });
+  for (let k = 32; k <= 50; k++) {
+    const f = await s.nth((f) => f.type === "join", k);
+    const now = Date.now();
+    gaps.push(now - last);
+    last = now;
+    s.frame({ type: "joined", room: f.room, seq: 0, epoch: "", presence: [] });
+  }
+  assert.ok(Date.now() - refusedAt >= 19 * 150, `paced: ${gaps}`);
+  assert.ok(gaps.every((g) => g >= 150), `one join at a time: ${gaps}`);
+  const rooms = await joining;
+  assert.equal(rooms.length, 30);
+  assert.equal(s.sent.filter((f) => f.type === "join").length, 50, "each refused join sent once more");
+  // Joined everything: the next reconnect joins at full speed again.
+  s.drop(1012);
+  const s1 = await server.socket(1);
+  s1.welcome();
+  await s1.nth((f) => f.type === "join", 30);
+  c.close();
+});
+
+test("closed for going over limits (1008), it comes back after the longest backoff", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 5, maxBackoffMs: 200, WebSocket: server.WebSocket });
+  const waits = [];
+  c.on("disconnect", (d) => waits.push(d.retryInMs));
+  const got = [];
+  c.join("r", { onMessage: (m) => got.push(m.seq) });
+  const { s } = await joined(server, 0, c, "r", 3);
+  s.drop(1008, "policy violation");
+  const { s: s1 } = await joined(server, 1, c, "r", 4);
+  assert.equal(c.state, "open");
+  assert.ok(waits[0] >= 100 && waits[0] <= 200, `waited ${waits[0]}`);
+  assert.equal(s1.sent.find(joinOf("r")).since, 3);
   c.close();
 });
 
