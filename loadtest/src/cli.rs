@@ -24,6 +24,10 @@ pub enum Command {
     /// The strategy map: fit per-operation costs to a sweep's results, predict
     /// larger clusters, and write DIR/sweep.json and DIR/report.html.
     Map(MapOpts),
+    /// The fault campaign: a seeded random schedule of faults against a
+    /// cluster under load from protocol-following clients, checked from
+    /// what every client recorded (deploy/loadtest/faults.sh).
+    Faults(FaultsOpts),
     /// A TCP proxy that cuts the network on a signal (partition experiments).
     Proxy(ProxyOpts),
     /// GET a URL; exit 0 on a 2xx answer within the timeout, 1 otherwise
@@ -38,6 +42,50 @@ pub struct ProbeOpts {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3)]
     pub timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FaultsOpts {
+    /// Directory for faults.json, each run's history and the processes' logs.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A short campaign (the CI's): a minute of faults per strategy.
+    #[arg(long)]
+    pub quick: bool,
+    /// The schedule's seed (default: a fresh one, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Strategies to run, comma-separated.
+    #[arg(long, default_value = "sticky,pubsub", value_delimiter = ',')]
+    pub strategies: Vec<String>,
+    /// Seconds in which faults start, per strategy (default: 60 with
+    /// --quick, else 1800).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Only these fault kinds, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// ws-nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Rooms of the campaign's own clients, and members in each.
+    #[arg(long, default_value_t = 6)]
+    pub rooms: usize,
+    #[arg(long, default_value_t = 4)]
+    pub members: usize,
+    /// Publishes per second of each of those members.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Where turnout-gateway, turnout-router and turnout-ws-node are
+    /// (default: next to turnout-bench).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Node.js for the turnout-client members (deploy/loadtest/faults-client.mjs).
+    #[arg(long, default_value = "node")]
+    pub node: String,
+    /// Without turnout-client members.
+    #[arg(long)]
+    pub no_js: bool,
 }
 
 #[derive(Args, Debug, Clone)]

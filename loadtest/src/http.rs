@@ -30,6 +30,50 @@ pub(crate) async fn get_json(url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// The status a GET of `url` gets within 3 s; None when nothing answered.
+pub(crate) async fn get_status(url: &str) -> Option<u16> {
+    let uri: http::Uri = url.parse().ok()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(3), CLIENT.get(uri))
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
+static POST: LazyLock<Client<HttpConnector, http_body_util::Full<bytes::Bytes>>> =
+    LazyLock::new(|| {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(8)
+            .build_http()
+    });
+
+/// POSTs a JSON body; the status and the body of the answer. Gives up
+/// after `timeout`.
+pub(crate) async fn post_json(
+    url: &str,
+    body: String,
+    headers: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Result<(u16, bytes::Bytes)> {
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let run = async {
+        let resp = POST.request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("POST {url}: no answer within {timeout:?}"))?
+}
+
 /// `turnout-bench probe`: a 2xx answer within the timeout, or an error
 /// (the binary then exits 1).
 pub(crate) async fn probe(o: &crate::cli::ProbeOpts) -> Result<()> {

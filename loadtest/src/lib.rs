@@ -9,6 +9,9 @@
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
 //! - `report`: the side-by-side HTML report with SVG charts.
 //! - [`map`]: the strategy map of a sweep: fitted costs, predictions, verdict.
+//! - [`faults`]: the fault campaign: a seeded schedule of faults, the
+//!   cluster it runs against, protocol-following clients that record what
+//!   they see, and the checker that reads their records.
 //! - `http`: the few HTTP calls the bench makes to the gateway.
 //! - `abuse`: the attackers of the `abuse` scenario.
 //! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
@@ -16,6 +19,7 @@
 
 mod abuse;
 pub mod cli;
+pub mod faults;
 mod http;
 mod load;
 pub mod map;
@@ -35,6 +39,7 @@ pub async fn main() -> anyhow::Result<()> {
         cli::Command::Run(opts) => scenario::run(opts).await,
         cli::Command::Report(opts) => report::write(&opts),
         cli::Command::Map(opts) => map::write(&opts),
+        cli::Command::Faults(opts) => faults::run(opts).await,
         cli::Command::Proxy(opts) => proxy::run(opts).await,
         cli::Command::Probe(opts) => http::probe(&opts).await,
     }

@@ -341,3 +341,55 @@ async fn a_stream_resumed_across_a_lost_room_state_starts_over() -> Result<()> {
     }
     Ok(())
 }
+
+/// Eviction takes a room's epoch key while its seq and history survive
+/// (or its seq key while history survives): nothing was lost, so the room
+/// must not start over. It used to: a new epoch, every member told
+/// `recovered: false` and sent the whole history again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_epoch_or_seq_key_does_not_start_the_room_over() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+        let c = Cluster::start(1, strategy).await?;
+        let mut member = Client::connect(&format!("{}?room=ev", c.gateway.ws_url())).await?;
+        member.join("ev").await?;
+        let mut writer = Client::connect(&format!("{}?room=ev", c.gateway.ws_url())).await?;
+        writer.join("ev").await?;
+        for i in 1..=3 {
+            writer.publish("ev", json!(i), &format!("w-{i}")).await?;
+        }
+        assert_eq!(member.messages_until("ev", 3).await?, vec![1, 2, 3]);
+        let history = format!("{}/api/rooms/ev/history", c.gateway.http());
+        let epoch = http_get_json(&history).await?.1["epoch"].clone();
+        let mut con = c.redis.con().await?;
+        for (key, next) in [("turnout:{ev}:epoch", 4), ("turnout:{ev}:seq", 5)] {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut con)
+                .await?;
+            assert_eq!(
+                http_get_json(&history).await?.1["epoch"],
+                epoch,
+                "{strategy}: history still names the epoch without {key}"
+            );
+            let seq = writer
+                .publish("ev", json!(next), &format!("w-{next}"))
+                .await?;
+            assert_eq!(seq, next, "{strategy}: the seq goes on after {key} went");
+            let f = member
+                .expect("the next frame of the room", |f| {
+                    matches!(f, ServerFrame::Message { .. } | ServerFrame::Joined { .. })
+                })
+                .await?;
+            assert!(
+                matches!(&f, ServerFrame::Message { seq, .. } if *seq == next),
+                "{strategy}: after {key} went, got {f:?}"
+            );
+            assert_eq!(
+                http_get_json(&history).await?.1["epoch"],
+                epoch,
+                "{strategy}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -8,10 +8,20 @@ local from      = ARGV[1]   -- first stream id to return, `<seq>-0`
 local limit     = tonumber(ARGV[2])
 
 local seq = tonumber(redis.call('GET', seq_key) or '0')
-local epoch = redis.call('GET', epoch_key) or ''
+local epoch = redis.call('GET', epoch_key)
 local oldest = 0
 local first = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', 1)
 if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+if not epoch or seq == 0 then
+  -- A lost epoch or seq key (eviction): the last kept message says both
+  -- (publish.lua goes on from it).
+  local last = redis.call('XREVRANGE', hist_key, '+', '-', 'COUNT', 1)[1]
+  if last then
+    epoch = epoch or last[2][4]
+    if seq == 0 then seq = tonumber(string.match(last[1], '^(%d+)')) end
+  end
+end
+epoch = epoch or ''
 local seqs, frames = {}, {}
 if limit > 0 then
   local entries = redis.call('XRANGE', hist_key, from, '+', 'COUNT', limit)

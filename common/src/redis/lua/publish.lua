@@ -40,27 +40,37 @@ if dedupe_ms > 0 then
   end
 end
 local seq = redis.call('INCR', seq_key)
-if seq == 1 and keep > 0 then
+-- The room's history epoch. Each kept message carries it too, so losing
+-- the epoch key alone (eviction) loses nothing: the room goes on in the
+-- epoch of its last message. Only a room that starts over at seq 1 (all
+-- its state gone, or never there) gets a new one.
+local epoch = redis.call('GET', epoch_key)
+local last = nil
+if keep > 0 and (seq == 1 or not epoch) then
+  last = redis.call('XREVRANGE', hist_key, '+', '-', 'COUNT', 1)[1]
+end
+if seq == 1 and last then
   -- The counter was lost (evicted) while history survived: go on after the
   -- last kept message, or XADD below would refuse every id from now on.
-  local last = redis.call('XREVRANGE', hist_key, '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1
-    redis.call('SET', seq_key, seq)
-  end
+  seq = tonumber(string.match(last[1], '^(%d+)')) + 1
+  redis.call('SET', seq_key, seq)
 end
--- A new epoch when the room starts over, or when its epoch was lost.
-local epoch
-if seq == 1 or redis.call('PEXPIRE', epoch_key, ttl) == 0 then
+if seq == 1 then
+  epoch = false
+elseif not epoch and last then
+  epoch = last[2][4] or false
+  if epoch then redis.call('SET', epoch_key, epoch, 'PX', ttl) end
+elseif epoch then
+  redis.call('PEXPIRE', epoch_key, ttl)
+end
+if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('SET', epoch_key, epoch, 'PX', ttl)
-else
-  epoch = redis.call('GET', epoch_key)
 end
 local frame = prefix .. seq .. suffix
 if keep > 0 then
-  redis.call('XADD', hist_key, 'MAXLEN', keep, seq .. '-0', 'f', frame)
+  redis.call('XADD', hist_key, 'MAXLEN', keep, seq .. '-0', 'f', frame, 'e', epoch)
   redis.call('PEXPIRE', hist_key, ttl)
 end
 redis.call('PEXPIRE', seq_key, ttl)

@@ -1,0 +1,664 @@
+//! The fault campaign (`turnout-bench faults`, `deploy/loadtest/faults.sh`):
+//! for each strategy, a cluster of real processes under load from clients
+//! that follow the protocol, a seeded random schedule of faults against it,
+//! and a checker that reads only what the clients recorded.
+//!
+//! - [`schedule`]: the faults of a run, drawn from its seed.
+//! - `cluster`: the processes, their proxies, and each fault as actions.
+//! - `client`: the campaign's own protocol client, and the [`client::Book`]
+//!   every client records into.
+//! - `js`: turnout-client members on Node.js.
+//! - [`checker`]: the delivery contract, checked over a run's records.
+
+pub mod checker;
+mod client;
+mod cluster;
+mod js;
+pub mod schedule;
+
+use crate::cli::FaultsOpts;
+use anyhow::{Context, Result, bail};
+use checker::{History, MemoryPeak, PresenceCheck, Violation};
+use client::{Book, Controls, Member};
+use cluster::{Cluster, NodeTuning};
+use futures_util::{SinkExt, StreamExt};
+use schedule::{Fault, Kind, Plan};
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use turnout_proto::Strategy;
+
+/// `faults.json`.
+#[derive(Serialize)]
+struct Report {
+    seed: u64,
+    runs: Vec<Run>,
+}
+
+/// One strategy's run.
+#[derive(Serialize)]
+struct Run {
+    strategy: String,
+    seed: u64,
+    duration_s: u64,
+    faults: Vec<Fault>,
+    checked: checker::Checked,
+    violations: Vec<Violation>,
+    silence_bound_ms: u64,
+    /// Faults by kind.
+    by_kind: BTreeMap<String, u64>,
+    /// The command that runs it again.
+    replay: String,
+}
+
+/// Runs the campaign; fails when any run has a violation.
+pub(crate) async fn run(o: FaultsOpts) -> Result<()> {
+    let seed = o.seed.unwrap_or_else(|| u64::from(rand::random::<u32>()));
+    let duration = o.duration.unwrap_or(if o.quick { 60 } else { 1800 });
+    let strategies: Vec<Strategy> = o
+        .strategies
+        .iter()
+        .map(|s| s.parse().map_err(|e: String| anyhow::anyhow!(e)))
+        .collect::<Result<_>>()?;
+    let kinds: Vec<Kind> = if o.kinds.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        o.kinds
+            .iter()
+            .map(|k| {
+                Kind::ALL
+                    .into_iter()
+                    .find(|x| x.as_str() == k)
+                    .with_context(|| format!("no fault kind {k}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    std::fs::create_dir_all(&o.out)?;
+    println!(
+        "fault campaign: seed {seed}, {duration} s of faults per strategy, strategies {}",
+        o.strategies.join(",")
+    );
+    let mut report = Report {
+        seed,
+        runs: Vec::new(),
+    };
+    for strategy in strategies {
+        let dir = o.out.join(strategy.as_str());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let run = run_one(&o, strategy, seed, duration, &kinds, &dir)
+            .await
+            .with_context(|| format!("{strategy} (logs in {})", dir.join("logs").display()))?;
+        println!(
+            "{strategy}: {} faults, {} members, {} publishes ({} acked), {} deliveries, {} declared lost, {} violation(s)",
+            run.faults.len(),
+            run.checked.members,
+            run.checked.publishes,
+            run.checked.acked,
+            run.checked.delivered,
+            run.checked.declared_lost,
+            run.violations.len()
+        );
+        for v in run.violations.iter().take(20) {
+            println!("  {}", serde_json::to_string(v)?);
+        }
+        report.runs.push(run);
+        std::fs::write(
+            o.out.join("faults.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+    }
+    let failed: Vec<&Run> = report
+        .runs
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    println!("wrote {}", o.out.join("faults.json").display());
+    if failed.is_empty() {
+        println!("no violations (seed {seed})");
+        return Ok(());
+    }
+    for r in &failed {
+        println!("replay: {}", r.replay);
+    }
+    bail!("{} run(s) broke the delivery contract", failed.len())
+}
+
+/// Rooms and clients of a run.
+struct Load {
+    /// Rooms of the campaign's own clients (the faults' room targets).
+    rooms: Vec<String>,
+    specs: Vec<js::Spec>,
+}
+
+fn load(o: &FaultsOpts, strategy: Strategy) -> Load {
+    let rooms: Vec<String> = (0..o.rooms).map(|i| format!("r-{i}")).collect();
+    let specs = if o.no_js {
+        Vec::new()
+    } else if strategy == Strategy::Sticky {
+        // A sticky room lives on one node: a connection is in the rooms
+        // of one owner, so a library client here is in one room.
+        (0..4)
+            .map(|i| js::Spec {
+                name: format!("js-{i}"),
+                user: format!("js-{i}"),
+                rooms: vec![format!("js-{}", i % 2)],
+                every: 500,
+            })
+            .collect()
+    } else {
+        // Two clients in ten rooms each, and two in a hundred (the most a
+        // connection may hold) through every drain and kill.
+        let mut specs: Vec<js::Spec> = (0..2)
+            .map(|i| js::Spec {
+                name: format!("js-{i}"),
+                user: format!("js-{i}"),
+                rooms: (0..10).map(|r| format!("js-{r}")).collect(),
+                every: 250,
+            })
+            .collect();
+        specs.extend((0..2).map(|i| js::Spec {
+            name: format!("many-{i}"),
+            user: format!("many-{i}"),
+            rooms: (0..100).map(|r| format!("many-{r}")).collect(),
+            every: 200,
+        }));
+        specs
+    };
+    Load { rooms, specs }
+}
+
+async fn run_one(
+    o: &FaultsOpts,
+    strategy: Strategy,
+    seed: u64,
+    duration: u64,
+    kinds: &[Kind],
+    dir: &Path,
+) -> Result<Run> {
+    let tuning = NodeTuning::default();
+    let lease_s = tuning.heartbeat_ttl_ms as f64 / 1000.0;
+    let presence_ttl = Duration::from_millis(tuning.presence_ttl_ms);
+    let max_connections = tuning.max_connections as usize;
+    // Local servers share nothing: their clients meet on one.
+    let node_count = if strategy == Strategy::Local {
+        1
+    } else {
+        o.nodes
+    };
+    println!("{strategy}: starting redis, a router, {node_count} ws-node(s), a gateway");
+    let mut cluster =
+        Cluster::start(strategy, node_count, tuning, o.bin_dir.as_deref(), dir).await?;
+    let load = load(o, strategy);
+    let book = Arc::new(Book::default());
+    let ctl = Controls {
+        publishing: Arc::new(AtomicBool::new(true)),
+        stop: CancellationToken::new(),
+    };
+    let every = Duration::from_secs_f64(1.0 / o.rate.max(0.01));
+    let mut tasks = Vec::new();
+    for room in &load.rooms {
+        for j in 0..o.members {
+            let name = format!("{room}-m{j}");
+            let m = Member {
+                user: name.clone(),
+                name,
+                room: room.clone(),
+                entry: cluster.gateway_ws(),
+                every,
+            };
+            tasks.push(tokio::spawn(client::run(m, book.clone(), ctl.clone())));
+        }
+    }
+    wait_joined(&book, Duration::from_secs(30)).await?;
+    let js = if load.specs.is_empty() {
+        None
+    } else {
+        let script = script_path()?;
+        Some(
+            js::Js::start(
+                &o.node,
+                &script,
+                &cluster.gateway_ws(),
+                &load.specs,
+                book.clone(),
+            )
+            .await?,
+        )
+    };
+    let api = tokio::spawn(api_publisher(
+        cluster.gateway_http(),
+        load.rooms.clone(),
+        book.clone(),
+        ctl.clone(),
+    ));
+    let pids = Arc::new(std::sync::Mutex::new(cluster.pids()));
+    let peaks = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let sampler = tokio::spawn(sample_memory(pids.clone(), peaks.clone(), ctl.stop.clone()));
+
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    let faults = schedule::draw(&Plan {
+        seed,
+        duration_s: duration as f64,
+        lease_s,
+        nodes,
+        rooms: load
+            .rooms
+            .iter()
+            .chain(load.specs.iter().flat_map(|s| s.rooms.iter().take(2)))
+            .cloned()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect(),
+        kinds: kinds.to_vec(),
+    });
+    let longest = faults.iter().map(|f| f.duration_s).fold(0.0, f64::max);
+    let silence_bound_ms = (20_000.0 + 2_000.0 * longest) as u64;
+    let mut by_kind = BTreeMap::new();
+    for f in &faults {
+        *by_kind.entry(f.kind.as_str().to_owned()).or_insert(0u64) += 1;
+    }
+    println!(
+        "{strategy}: load on ({} members of {} rooms, {} library clients); {} faults over {duration} s",
+        load.rooms.len() * o.members,
+        load.rooms.len(),
+        load.specs.len(),
+        faults.len()
+    );
+    // The timeline: each fault's start and end, in order.
+    let mut timeline: Vec<(f64, bool, usize)> = Vec::new();
+    for (i, f) in faults.iter().enumerate() {
+        timeline.push((f.at_s, true, i));
+        timeline.push((f.at_s + f.duration_s, false, i));
+    }
+    timeline.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let started = Instant::now();
+    let mut load_faults: BTreeMap<usize, CancellationToken> = BTreeMap::new();
+    let mut trouble = Vec::new();
+    for (t, begin, i) in timeline {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(t)).await;
+        let f = &faults[i];
+        let r = if begin {
+            println!(
+                "  {:>6.1} s  {} {} for {:.1} s",
+                started.elapsed().as_secs_f64(),
+                f.kind.as_str(),
+                f.target,
+                f.duration_s
+            );
+            match f.kind {
+                Kind::SlowReaders | Kind::Crowd => {
+                    let stop = CancellationToken::new();
+                    load_faults.insert(i, stop.clone());
+                    tokio::spawn(load_fault(
+                        f.kind,
+                        cluster.gateway_ws(),
+                        f.target.clone(),
+                        max_connections,
+                        book.clone(),
+                        stop,
+                    ));
+                    Ok(())
+                }
+                _ => cluster.begin(f).await,
+            }
+        } else {
+            if let Some(stop) = load_faults.remove(&i) {
+                stop.cancel();
+            }
+            cluster.end(f).await
+        };
+        if let Err(e) = r {
+            trouble.push(format!("{} {}: {e:#}", f.kind.as_str(), f.target));
+        }
+        *pids.lock().unwrap_or_else(|e| e.into_inner()) = cluster.pids();
+    }
+    println!("{strategy}: faults over; healing");
+    cluster
+        .heal()
+        .await
+        .context("the cluster did not come back")?;
+    *pids.lock().unwrap_or_else(|e| e.into_inner()) = cluster.pids();
+    // Stop publishing; let every member catch up.
+    ctl.publishing.store(false, Ordering::Relaxed);
+    let mut js = js;
+    if let Some(js) = js.as_mut() {
+        js.stop_publishing().await?;
+    }
+    let _ = api.await;
+    // Settled: nothing owed is missing, and no ack came for a second (a
+    // late ack would owe a message the members have not had time for).
+    let settle = Instant::now();
+    let mut acked_before = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (members, publishes) = book.snapshot();
+        let acked = publishes.iter().filter(|p| p.acked.is_some()).count();
+        let h = History {
+            members,
+            publishes,
+            silence_bound_ms: u64::MAX,
+            ..History::default()
+        };
+        let lost = checker::check(&h)
+            .1
+            .iter()
+            .filter(|v| v.kind == "lost")
+            .count();
+        let quiet = acked == std::mem::replace(&mut acked_before, acked);
+        if (lost == 0 && quiet && settle.elapsed() >= Duration::from_secs(3))
+            || settle.elapsed() > Duration::from_secs(60)
+        {
+            break;
+        }
+    }
+    // Presence, once the faults are over: exactly the members.
+    let presence = check_presence(&cluster.gateway_http(), &book, presence_ttl).await;
+    ctl.stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(js) = js {
+        js.stop().await?;
+    }
+    let _ = sampler.await;
+    let exits = cluster.stop().await;
+    let (members, publishes) = book.snapshot();
+    let node_bound = 256u64 << 20;
+    let memory = peaks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(p, peak)| MemoryPeak {
+            process: p.clone(),
+            peak_bytes: *peak,
+            bound_bytes: node_bound,
+        })
+        .collect();
+    let history = History {
+        members,
+        publishes,
+        presence,
+        memory,
+        silence_bound_ms,
+    };
+    std::fs::write(dir.join("history.json"), serde_json::to_string(&history)?)?;
+    let (checked, mut violations) = checker::check(&history);
+    for e in exits {
+        violations.push(Violation {
+            kind: "exit".into(),
+            room: String::new(),
+            member: None,
+            seq: None,
+            key: None,
+            detail: format!("did not stop cleanly on SIGTERM: {e}"),
+        });
+    }
+    for t in trouble {
+        violations.push(Violation {
+            kind: "fault".into(),
+            room: String::new(),
+            member: None,
+            seq: None,
+            key: None,
+            detail: format!("the fault could not be applied or undone: {t}"),
+        });
+    }
+    let replay = format!(
+        "deploy/loadtest/faults.sh --seed {seed} --strategies {strategy} --duration {duration}{} --out {}",
+        if o.kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" --kinds {}", o.kinds.join(","))
+        },
+        o.out.display()
+    );
+    Ok(Run {
+        strategy: strategy.as_str().to_owned(),
+        seed,
+        duration_s: duration,
+        faults,
+        checked,
+        violations,
+        silence_bound_ms,
+        by_kind,
+        replay,
+    })
+}
+
+/// `deploy/loadtest/faults-client.mjs`, from the repository the bench was
+/// built in (or the working directory).
+fn script_path() -> Result<PathBuf> {
+    let rel = "deploy/loadtest/faults-client.mjs";
+    let candidates = [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+        PathBuf::from(rel),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("{rel} not found (run from the repository)"))
+}
+
+/// Waits until every member recorded so far has joined once.
+async fn wait_joined(book: &Book, within: Duration) -> Result<()> {
+    let end = Instant::now() + within;
+    loop {
+        let (members, _) = book.snapshot();
+        let waiting = members.iter().filter(|m| m.events.is_empty()).count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("{waiting} members did not join within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A backend publishing through the server API: one message every 250 ms
+/// into one room after another, every other one with an `Idempotency-Key`
+/// (retried with it when the answer does not come: taken once), the rest
+/// without (not retried: an unknown outcome is not owed, and must not come
+/// twice).
+async fn api_publisher(gateway: String, rooms: Vec<String>, book: Arc<Book>, ctl: Controls) {
+    let mut n = 0u64;
+    while ctl.publishing.load(Ordering::Relaxed) && !ctl.stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        n += 1;
+        let room = &rooms[n as usize % rooms.len()];
+        let key = format!("api-{n}");
+        let keyed = n.is_multiple_of(2);
+        book.sent(&key, room, "api", client::now_ms());
+        let url = format!("{gateway}/api/rooms/{room}/publish");
+        let body = json!({"data": {"k": key}}).to_string();
+        let headers: Vec<(&str, &str)> = if keyed {
+            vec![("idempotency-key", key.as_str())]
+        } else {
+            Vec::new()
+        };
+        for attempt in 0..4 {
+            let r =
+                crate::http::post_json(&url, body.clone(), &headers, Duration::from_secs(15)).await;
+            if let Ok((200, b)) = &r {
+                if let Some(seq) = serde_json::from_slice::<serde_json::Value>(b)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                {
+                    book.acked(&key, seq);
+                }
+                break;
+            }
+            if !keyed || attempt == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+    }
+}
+
+/// Load faults: clients that join a room and never read (with a burst
+/// into the room to fill their queues), or more clients for a room than
+/// its node takes. They hold on until `stop`.
+async fn load_fault(
+    kind: Kind,
+    entry: String,
+    room: String,
+    max_connections: usize,
+    book: Arc<Book>,
+    stop: CancellationToken,
+) {
+    let count = match kind {
+        Kind::SlowReaders => 3,
+        _ => max_connections + 10,
+    };
+    let mut held = Vec::new();
+    for i in 0..count {
+        let url = format!("{entry}?room={room}&user={}-{i}", kind.as_str());
+        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        {
+            let join = json!({"type": "join", "room": room}).to_string();
+            if ws.send(join.into()).await.is_ok() {
+                held.push(ws);
+            }
+        }
+    }
+    if kind == Kind::SlowReaders {
+        burst(&entry, &room, &book, &stop).await;
+    }
+    stop.cancelled().await;
+    drop(held);
+}
+
+/// Publishes 500 messages of 4 KiB into `room` as fast as they are acked
+/// (recorded like any other publisher's).
+async fn burst(entry: &str, room: &str, book: &Book, stop: &CancellationToken) {
+    let url = format!("{entry}?room={room}&user=burst");
+    let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    else {
+        return;
+    };
+    let join = json!({"type": "join", "room": room}).to_string();
+    if ws.send(join.into()).await.is_err() {
+        return;
+    }
+    let pad = "x".repeat(4096);
+    let tag: u32 = rand::random();
+    let mut joined = false;
+    let mut sent = 0;
+    let mut in_flight = 0;
+    while !stop.is_cancelled() && (sent < 500 || in_flight > 0) {
+        while joined && sent < 500 && in_flight < 50 {
+            sent += 1;
+            in_flight += 1;
+            let key = format!("burst-{tag:08x}-{sent}");
+            book.sent(&key, room, "burst", client::now_ms());
+            let f =
+                json!({"type": "publish", "room": room, "id": key, "data": {"k": key, "p": pad}});
+            if ws.send(f.to_string().into()).await.is_err() {
+                return;
+            }
+        }
+        let next = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.cancelled() => return,
+        };
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = next else {
+            return;
+        };
+        let Ok(f) = serde_json::from_str::<turnout_proto::frames::ServerFrame>(t.as_str()) else {
+            continue;
+        };
+        match f {
+            turnout_proto::frames::ServerFrame::Joined { .. } => joined = true,
+            turnout_proto::frames::ServerFrame::Ack {
+                id: Some(id), seq, ..
+            } => {
+                in_flight -= 1;
+                book.acked(&id, seq);
+            }
+            turnout_proto::frames::ServerFrame::Error { id: Some(_), .. } => in_flight -= 1,
+            _ => {}
+        }
+    }
+}
+
+/// Samples every process's resident memory each second; keeps each peak.
+async fn sample_memory(
+    pids: Arc<std::sync::Mutex<Vec<(String, u32)>>>,
+    peaks: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let now = pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, pid) in now {
+            if let Some(kib) = crate::sample::rss_kib(pid) {
+                let mut p = peaks.lock().unwrap_or_else(|e| e.into_inner());
+                let e = p.entry(name).or_insert(0);
+                *e = (*e).max(kib * 1024);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Reads each room's presence until it lists exactly the room's members
+/// (3 × `presence_ttl` at most: a dead process's entries go within one).
+async fn check_presence(gateway: &str, book: &Book, ttl: Duration) -> Vec<PresenceCheck> {
+    let (members, _) = book.snapshot();
+    let mut rooms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in members {
+        rooms.entry(m.room).or_default().insert(m.user);
+    }
+    let end = Instant::now() + ttl * 3 + Duration::from_secs(5);
+    let mut out = Vec::new();
+    for (room, users) in rooms {
+        let url = format!("{gateway}/api/rooms/{room}/presence");
+        let mut seen = Vec::new();
+        loop {
+            if let Ok(v) = crate::http::get_json(&url).await {
+                seen = v["users"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|u| u.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let set: BTreeSet<String> = seen.iter().cloned().collect();
+                if set == users {
+                    break;
+                }
+            }
+            if Instant::now() > end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        out.push(PresenceCheck {
+            room,
+            expected: users.into_iter().collect(),
+            seen,
+        });
+    }
+    out
+}
