@@ -393,3 +393,104 @@ async fn an_evicted_epoch_or_seq_key_does_not_start_the_room_over() -> Result<()
     }
     Ok(())
 }
+
+/// `used_memory` of a Redis, from `INFO memory`.
+async fn used_memory(redis: &Redis) -> Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut redis.con().await?)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in {info}"))
+}
+
+/// Redis at `maxmemory` with `noeviction` refuses writes. The nodes keep
+/// their membership (a heartbeat and a lease renewal rewrite what is there,
+/// and may do so past `maxmemory`), so a sticky owner does not send its
+/// members away as if Redis were gone; publishes are refused `unavailable`
+/// (nothing stored) and go through once Redis has room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_refuses_writes_and_sends_nobody_away() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Sticky, |s| {
+        s.heartbeat_interval = Duration::from_millis(200);
+        s.heartbeat_ttl = Duration::from_secs(1);
+        s.presence_ttl = Duration::from_millis(1500);
+    })
+    .await?;
+    let gw = format!("{}?room=oom", c.gateway.ws_url());
+    let mut member = Client::connect(&gw).await?;
+    member.join("oom").await?;
+    let mut writer = Client::connect(&gw).await?;
+    writer.join("oom").await?;
+    assert_eq!(writer.publish("oom", json!(1), "o-1").await?, 1);
+    assert_eq!(member.messages_until("oom", 1).await?, vec![1]);
+    let mut con = c.redis.con().await?;
+    // Well below what it uses: every write that may grow memory is refused.
+    let full = used_memory(&c.redis).await? / 2;
+    redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", &full.to_string()][..])
+        .query_async::<()>(&mut con)
+        .await?;
+    // Three leases long: every heartbeat and renewal meanwhile meets OOM.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut refusals = 0;
+    while std::time::Instant::now() < until {
+        writer
+            .send_json(json!({"type": "publish", "room": "oom", "data": 2, "id": "o-2"}))
+            .await?;
+        assert_eq!(refused(&mut writer, "o-2").await?, "unavailable");
+        refusals += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await; // a client's backoff
+    }
+    assert!(refusals >= 5);
+    redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"][..])
+        .query_async::<()>(&mut con)
+        .await?;
+    assert_eq!(writer.publish("oom", json!(2), "o-2").await?, 2);
+    let f = member
+        .expect("the room's next frame", |f| {
+            matches!(
+                f,
+                ServerFrame::Message { .. }
+                    | ServerFrame::Reconnect { .. }
+                    | ServerFrame::Error { .. }
+            )
+        })
+        .await?;
+    assert!(matches!(f, ServerFrame::Message { seq: 2, .. }), "{f:?}");
+    assert_eq!(
+        metric(&c.nodes[0], "turnout_lease_lapses_total").await?,
+        0.0
+    );
+    Ok(())
+}
+
+/// turnout needs `maxmemory-policy noeviction`: a Redis that may evict its
+/// keys is named in every node's metrics (and, once, in its log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_turnouts_state_is_named() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut con = redis.con().await?;
+    for (k, v) in [("maxmemory", "512mb"), ("maxmemory-policy", "allkeys-lru")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async::<()>(&mut con)
+            .await?;
+    }
+    let node = start_node(node_settings(&redis.url(), Strategy::Pubsub)).await;
+    wait_for("the node to read Redis's memory", DEADLINE, || async {
+        (metric(&node, "turnout_redis_may_evict").await.ok()? == 1.0).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        metric(&node, "turnout_redis_maxmemory_bytes").await?,
+        (512u64 << 20) as f64
+    );
+    assert!(metric(&node, "turnout_redis_used_memory_bytes").await? > 0.0);
+    Ok(())
+}

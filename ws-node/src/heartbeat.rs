@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use turnout_common::redis::Con;
+use turnout_common::redis::{Con, memory, scripts};
 use turnout_proto::keys;
 
 /// Announces the node: no longer draining (a node restarting under the
@@ -88,26 +88,8 @@ pub(crate) async fn write(state: &Arc<NodeState>, announce: bool) -> bool {
     let sent = Instant::now();
     let info = state.node_info();
     let json = serde_json::to_string(&info).expect("NodeInfo serialises");
-    let ttl = state.settings.heartbeat_ttl.as_millis() as u64;
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("SET")
-        .arg(keys::node(&info.id))
-        .arg(json)
-        .arg("PX")
-        .arg(ttl)
-        .ignore()
-        .cmd("SADD")
-        .arg(keys::NODES)
-        .arg(&info.id)
-        .ignore();
-    if announce {
-        pipe.cmd("PUBLISH")
-            .arg(keys::MEMBERSHIP_CHANNEL)
-            .arg(&info.id)
-            .ignore();
-    }
-    match pipe.query_async::<()>(&mut con).await {
+    let beat = scripts::heartbeat(&info.id, &json, state.settings.heartbeat_ttl, announce);
+    match beat.invoke_async::<()>(&mut con).await {
         Ok(()) => {
             state.readiness.ok("redis");
             let ran_out = state.lease.renewed(sent, state.settings.heartbeat_ttl);
@@ -210,12 +192,82 @@ async fn verify(state: Arc<NodeState>) {
     tracing::info!("membership lease holds again; what this node holds was checked");
 }
 
+/// How often the node reads Redis's memory state.
+const MEMORY_EVERY: Duration = Duration::from_secs(10);
+
+/// What the node last said about Redis's memory, so each news is logged once.
+#[derive(Default)]
+struct MemoryNews {
+    /// The policy last warned about.
+    policy: Option<String>,
+    evicted_keys: u64,
+    nearly_full: bool,
+    /// INFO is refused (an ACL without it): not asked again.
+    refused: bool,
+}
+
+/// Reads Redis's memory state into the metrics; logs, once each, an
+/// eviction policy (turnout needs `noeviction`), keys evicted, and memory
+/// past 90 % of `maxmemory`.
+async fn watch_memory(state: &NodeState, con: &mut Con, news: &std::sync::Mutex<MemoryNews>) {
+    if news.lock().unwrap_or_else(|e| e.into_inner()).refused {
+        return;
+    }
+    let read = tokio::time::timeout(Duration::from_secs(2), memory::read(con)).await;
+    let m = match read {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            tracing::info!(
+                "Redis refuses INFO to this user: its memory is not watched (turnout_redis_* memory metrics absent)"
+            );
+            news.lock().unwrap_or_else(|e| e.into_inner()).refused = true;
+            return;
+        }
+        _ => return,
+    };
+    let metrics = &state.hub.metrics;
+    metrics.redis_used_memory.set(m.used as i64);
+    metrics.redis_maxmemory.set(m.max as i64);
+    metrics.redis_may_evict.set(m.may_evict() as i64);
+    metrics.redis_evicted_keys.set(m.evicted_keys as i64);
+    let mut news = news.lock().unwrap_or_else(|e| e.into_inner());
+    if m.may_evict() && news.policy.as_deref() != Some(m.policy.as_str()) {
+        tracing::error!(
+            policy = %m.policy,
+            maxmemory = m.max,
+            "Redis may evict turnout's state (publish ids, heartbeats, history): set maxmemory-policy noeviction (docs/OPERATIONS.md, Redis memory)"
+        );
+        news.policy = Some(m.policy.clone());
+    } else if !m.may_evict() {
+        news.policy = None;
+    }
+    if m.evicted_keys > news.evicted_keys && m.may_evict() {
+        tracing::warn!(
+            evicted_keys = m.evicted_keys,
+            "Redis evicted keys: rooms may start over, and resends within dedupe_window may be taken twice"
+        );
+    }
+    news.evicted_keys = m.evicted_keys;
+    let nearly_full = m.fill() > 0.9;
+    if nearly_full && !news.nearly_full {
+        tracing::warn!(
+            used = m.used,
+            maxmemory = m.max,
+            "Redis is past 90 % of maxmemory: at 100 % publishes and joins are refused (unavailable)"
+        );
+    }
+    news.nearly_full = nearly_full;
+}
+
 /// Heartbeats every `heartbeat_interval` until `stop`; every
-/// `presence_ttl / 3` renews the node's leases on its rooms.
+/// `presence_ttl / 3` renews the node's leases on its rooms, and every
+/// [`MEMORY_EVERY`] reads Redis's memory state.
 pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
     let settings = &state.settings;
     let mut tick = tokio::time::interval(settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let memory_news = Arc::new(std::sync::Mutex::new(MemoryNews::default()));
+    let mut last_memory: Option<tokio::time::Instant> = None;
     let mut ok = true;
     let renew_every = (settings.presence_ttl / 3).max(settings.heartbeat_interval);
     let mut last_renew = tokio::time::Instant::now();
@@ -247,8 +299,15 @@ pub(crate) async fn run(state: Arc<NodeState>, stop: CancellationToken) {
                 }
             }
         }
-        if state.redis.get().is_none() {
+        let Some(con) = state.redis.get() else {
             continue;
+        };
+        if state.hub.store.redis().is_some()
+            && last_memory.is_none_or(|t| t.elapsed() >= MEMORY_EVERY)
+        {
+            last_memory = Some(tokio::time::Instant::now());
+            let (state, news, mut con) = (state.clone(), memory_news.clone(), con.clone());
+            tokio::spawn(async move { watch_memory(&state, &mut con, &news).await });
         }
         // After an outage, announce again so routers see the node at once.
         let was_ok = ok;

@@ -481,7 +481,8 @@ impl Hub {
         };
         for c in conns.iter() {
             c.send_frame(&frame, &self.metrics);
-            c.kill(close::SERVICE_RESTART);
+            // The close says why too (`draining`, `lease_lost`).
+            c.kill_with(close::SERVICE_RESTART, reason);
         }
     }
 }

@@ -38,6 +38,10 @@ pub(crate) struct NodeMetrics {
     pub(crate) lease_lapses: IntCounter,
     pub(crate) replays_cut: IntCounter,
     pub(crate) tokens_expired: IntCounter,
+    pub(crate) redis_used_memory: IntGauge,
+    pub(crate) redis_maxmemory: IntGauge,
+    pub(crate) redis_may_evict: IntGauge,
+    pub(crate) redis_evicted_keys: IntGauge,
 }
 
 impl NodeMetrics {
@@ -165,6 +169,19 @@ impl NodeMetrics {
             tokens_expired: c(
                 "tokens_expired_total",
                 "Connections closed at their token's expiry (3010) without a refresh",
+            ),
+            redis_used_memory: g(
+                "redis_used_memory_bytes",
+                "Redis used_memory, read every 10 s (absent when the ACL user may not run INFO)",
+            ),
+            redis_maxmemory: g("redis_maxmemory_bytes", "Redis maxmemory (0: no limit)"),
+            redis_may_evict: g(
+                "redis_may_evict",
+                "1 when Redis has a maxmemory and a policy other than noeviction: it may evict turnout's state (docs/OPERATIONS.md, Redis memory)",
+            ),
+            redis_evicted_keys: g(
+                "redis_evicted_keys",
+                "Keys Redis evicted since it started (INFO stats evicted_keys)",
             ),
             registry,
         }

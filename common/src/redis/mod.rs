@@ -11,6 +11,7 @@
 //! - [`channels`]: subscriptions that follow what their owner wants.
 
 pub mod channels;
+pub mod memory;
 pub mod push;
 pub mod rooms;
 pub mod scripts;

@@ -27,6 +27,7 @@ script!(RENEW, "renew.lua");
 script!(CLAIM, "claim.lua");
 script!(FORGET, "forget.lua");
 script!(DROP_NODE, "drop_node.lua");
+script!(HEARTBEAT, "heartbeat.lua");
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -236,10 +237,32 @@ pub fn drop_node(id: &str, record: &str) -> ScriptInvocation<'static> {
     inv
 }
 
+/// `heartbeat.lua`: node `id`'s record `record` for `ttl`, and its place in
+/// the live set; `announce` tells routers at once.
+pub fn heartbeat(
+    id: &str,
+    record: &str,
+    ttl: Duration,
+    announce: bool,
+) -> ScriptInvocation<'static> {
+    let mut inv = HEARTBEAT.prepare_invoke();
+    inv.key(keys::node(id))
+        .key(keys::NODES)
+        .arg(record)
+        .arg(ms(ttl))
+        .arg(id)
+        .arg(if announce {
+            keys::MEMBERSHIP_CHANNEL
+        } else {
+            ""
+        });
+    inv
+}
+
 /// Every script, for loading them again after Redis lost its script cache
 /// (scripts sent in a pipeline are not reloaded by the client library).
-pub(crate) fn all() -> [&'static Script; 7] {
+pub(crate) fn all() -> [&'static Script; 8] {
     [
-        &PUBLISH, &HISTORY, &PRESENCE, &RENEW, &CLAIM, &FORGET, &DROP_NODE,
+        &PUBLISH, &HISTORY, &PRESENCE, &RENEW, &CLAIM, &FORGET, &DROP_NODE, &HEARTBEAT,
     ]
 }

@@ -515,10 +515,12 @@ impl Cluster {
             }
             Kind::EvictIds => self.evict_old_ids(&f.target).await?,
             Kind::RedisOom => {
-                let used = self.redis_used_memory().await?;
+                // Well below what it uses: every write that may grow memory
+                // is refused.
+                let full = self.redis_used_memory().await? / 2;
                 redis_cmd(
                     self.redis.port,
-                    &["CONFIG", "SET", "maxmemory", &used.to_string()],
+                    &["CONFIG", "SET", "maxmemory", &full.to_string()],
                 )
                 .await?;
             }

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- A node's periodic word for one room it has members in: renews its
 -- presence lease and, for a sticky owner, checks the room's owner record
 -- and keeps the placement pinned and its epoch counter alive. Returns
@@ -6,6 +7,8 @@
 -- owner record no longer names this node at its epoch (1 otherwise, and
 -- when no owner is given); seq, the room's latest seq, so that a node
 -- notices a message it never delivered in a room that went quiet.
+-- Allowed when Redis is at `maxmemory` (noeviction): it rewrites what is
+-- there, and a full Redis must refuse publishes, not cost a node its rooms.
 local presence_key = KEYS[1]   -- turnout:{room}:presence
 local holders_key  = KEYS[2]   -- turnout:{room}:holders
 local owner_key    = KEYS[3]   -- turnout:{room}:owner
