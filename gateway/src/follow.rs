@@ -29,8 +29,6 @@ use turnout_common::redis::{HistorySlice, RoomPushes};
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::names::RoomName;
 
-/// Pub/sub pushes buffered between the Redis reader and the rooms' rings.
-const PUSH_BUFFER: usize = 65_536;
 /// Items queued between a stream's task and its HTTP/gRPC response.
 const STREAM_QUEUE: usize = 64;
 /// Messages one history read returns while a stream catches up.
@@ -61,13 +59,33 @@ pub(crate) enum Item {
 enum Event {
     /// Seq, the history epoch it counts in, frame.
     Message(u64, Arc<str>, Arc<str>),
-    /// The room's channel was (re)subscribed: read what may have been missed.
+    /// The room's channel was (re)subscribed, or a message did not fit the
+    /// ring's bytes: read what may have been missed.
     Resync,
+}
+
+/// How much a gateway buffers for its room streams.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Each followed room's ring, in messages and in bytes.
+    pub(crate) ring: usize,
+    pub(crate) ring_bytes: usize,
+    /// Bytes one stream may have queued for its response.
+    pub(crate) stream_bytes: usize,
+    /// The pub/sub connection's buffer, in pushes and bytes.
+    pub(crate) bus: usize,
+    pub(crate) bus_bytes: usize,
 }
 
 struct Feed {
     tx: broadcast::Sender<Event>,
     streams: usize,
+    /// The sizes of the messages the ring holds, as it holds them (the
+    /// last `ring` sent), and their sum: a message that would take it past
+    /// `ring_bytes` goes as a `Resync` instead, and streams read it from
+    /// history.
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
 }
 
 #[derive(Clone)]
@@ -77,6 +95,7 @@ pub(crate) struct FollowMetrics {
     pub(crate) sent: IntCounter,
     pub(crate) caught_up: IntCounter,
     pub(crate) resets: IntCounter,
+    pub(crate) ring_full: IntCounter,
     pub(crate) push_dropped: IntCounter,
     pub(crate) redis_disconnects: IntCounter,
     pub(crate) redis_errors: IntCounter,
@@ -87,11 +106,9 @@ pub(crate) struct Follower {
     feeds: Mutex<HashMap<String, Feed>>,
     channels: turnout_common::redis::Channels,
     redis: Con,
-    buffer: usize,
+    bounds: Bounds,
     /// Who holds streams, and how many each may.
     pub(crate) book: Arc<crate::streams::Book>,
-    /// Bytes of messages one stream may have queued for its response.
-    stream_bytes: usize,
     metrics: FollowMetrics,
     stop: CancellationToken,
 }
@@ -106,20 +123,19 @@ pub(crate) struct Open {
 
 impl Follower {
     /// Connects the pub/sub connection and starts its tasks.
-    #[allow(clippy::too_many_arguments)] // called once, at start, by name
     pub(crate) async fn start(
         client: &turnout_common::redis::Redis,
         redis: Con,
-        buffer: usize,
+        bounds: Bounds,
         book: Arc<crate::streams::Book>,
-        stream_bytes: usize,
         metrics: FollowMetrics,
         readiness: turnout_common::readiness::Readiness,
         stop: CancellationToken,
     ) -> redis::RedisResult<Arc<Self>> {
         let (con, push_rx) = turnout_common::redis::pubsub_bounded(
             client,
-            PUSH_BUFFER,
+            bounds.bus,
+            bounds.bus_bytes,
             metrics.push_dropped.clone(),
         )
         .await?;
@@ -135,9 +151,8 @@ impl Follower {
                     stop.clone(),
                 ),
                 redis,
-                buffer,
+                bounds,
                 book,
-                stream_bytes,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             }
@@ -179,8 +194,10 @@ impl Follower {
             let feed = feeds.entry(room.to_owned()).or_insert_with(|| {
                 self.metrics.rooms.inc();
                 Feed {
-                    tx: broadcast::channel(self.buffer).0,
+                    tx: broadcast::channel(self.bounds.ring).0,
                     streams: 0,
+                    sizes: Default::default(),
+                    bytes: 0,
                 }
             });
             feed.streams += 1;
@@ -205,7 +222,7 @@ impl Follower {
             room: room.to_owned(),
             cursor: Cursor::new(since, epoch),
             out,
-            bytes: Arc::new(tokio::sync::Semaphore::new(self.stream_bytes)),
+            bytes: Arc::new(tokio::sync::Semaphore::new(self.bounds.stream_bytes)),
             until: open.until,
             ticket,
             _guard: guard,
@@ -238,10 +255,32 @@ impl Follower {
         Ok(out_rx)
     }
 
-    fn send(&self, room: &str, event: Event) {
-        if let Some(feed) = self.feeds().get(room) {
-            let _ = feed.tx.send(event);
+    fn send(&self, room: &str, mut event: Event) {
+        let mut feeds = self.feeds();
+        let Some(feed) = feeds.get_mut(room) else {
+            return;
+        };
+        let size = match &event {
+            Event::Message(_, _, frame) => frame.len(),
+            Event::Resync => 0,
+        };
+        if size > 0 && feed.bytes + size > self.bounds.ring_bytes {
+            // Past the ring's bytes: the streams read it from history.
+            self.metrics.ring_full.inc();
+            event = Event::Resync;
         }
+        // The ring holds the last `ring` events: so does the mirror.
+        let size = if matches!(event, Event::Resync) {
+            0
+        } else {
+            size
+        };
+        feed.sizes.push_back(size);
+        feed.bytes += size;
+        if feed.sizes.len() > self.bounds.ring {
+            feed.bytes -= feed.sizes.pop_front().unwrap_or(0);
+        }
+        let _ = feed.tx.send(event);
     }
 
     fn wanted(&self, room: &str) -> bool {
@@ -351,7 +390,7 @@ impl StreamState {
             }
             Item::Reset { .. } => 0,
         };
-        let want = (size as u32).clamp(1, self.follower.stream_bytes as u32);
+        let want = (size as u32).clamp(1, self.follower.bounds.stream_bytes as u32);
         let bytes = self.bytes.clone().acquire_many_owned(want).await.ok();
         let queued = Queued {
             item,

@@ -167,8 +167,13 @@ pub async fn run(
     let body_limit = settings.max_body_bytes;
     let strategy = settings.strategy;
     let api_key = settings.api_key.clone();
-    let buffer = settings.subscriber_buffer;
-    let stream_bytes = settings.stream_buffer_bytes;
+    let bounds = follow::Bounds {
+        ring: settings.subscriber_buffer,
+        ring_bytes: settings.subscriber_buffer_bytes,
+        stream_bytes: settings.stream_buffer_bytes,
+        bus: settings.bus_buffer,
+        bus_bytes: settings.bus_buffer_bytes,
+    };
     let book = streams::Book::new(streams::StreamLimits {
         backends: settings.max_subscribers,
         clients: settings.max_client_streams,
@@ -188,9 +193,8 @@ pub async fn run(
     let follower = follow::Follower::start(
         &client,
         redis,
-        buffer,
+        bounds,
         book,
-        stream_bytes,
         gw.metrics.follow.clone(),
         readiness,
         shutdown.child_token(),

@@ -94,6 +94,19 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_SUBSCRIBER_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriber_buffer: Option<usize>,
+    /// Bytes of live messages buffered per followed room; past it, streams
+    /// read the rest from history.
+    #[arg(long, env = "TURNOUT_SUBSCRIBER_BUFFER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriber_buffer_bytes: Option<usize>,
+    /// Pub/sub messages (and their bytes) buffered between the Redis reader
+    /// and the followed rooms.
+    #[arg(long, env = "TURNOUT_BUS_BUFFER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer: Option<usize>,
+    #[arg(long, env = "TURNOUT_BUS_BUFFER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer_bytes: Option<usize>,
     /// Interval of SSE keep-alive comments, e.g. 15s.
     #[arg(long, env = "TURNOUT_SSE_KEEPALIVE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,6 +151,9 @@ pub struct Settings {
     pub max_streams_per_ip: usize,
     pub stream_buffer_bytes: usize,
     pub subscriber_buffer: usize,
+    pub subscriber_buffer_bytes: usize,
+    pub bus_buffer: usize,
+    pub bus_buffer_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
 }
@@ -174,6 +190,9 @@ impl Default for Settings {
             max_streams_per_ip: 50,
             stream_buffer_bytes: 1 << 20,
             subscriber_buffer: 1024,
+            subscriber_buffer_bytes: 1 << 20,
+            bus_buffer: 65_536,
+            bus_buffer_bytes: 64 << 20,
             sse_keepalive: Duration::from_secs(15),
         }
     }
@@ -256,6 +275,9 @@ impl Validate for Settings {
         require_nonzero("max_streams_per_ip", self.max_streams_per_ip == 0)?;
         require_nonzero("stream_buffer_bytes", self.stream_buffer_bytes == 0)?;
         require_nonzero("subscriber_buffer", self.subscriber_buffer == 0)?;
+        require_nonzero("subscriber_buffer_bytes", self.subscriber_buffer_bytes == 0)?;
+        require_nonzero("bus_buffer", self.bus_buffer == 0)?;
+        require_nonzero("bus_buffer_bytes", self.bus_buffer_bytes == 0)?;
         require_nonzero("sse_keepalive", self.sse_keepalive.is_zero())?;
         require_nonzero("rpc_timeout", self.rpc_timeout.is_zero())?;
         require_nonzero("upstream_timeout", self.upstream_timeout.is_zero())?;

@@ -62,6 +62,10 @@ impl GatewayMetrics {
                 "stream_resets_total",
                 "Streams told `reset` because Redis lost the room's state",
             ),
+            ring_full: c(
+                "stream_ring_full_total",
+                "Room messages past a room ring's subscriber_buffer_bytes: its streams read them from history",
+            ),
             push_dropped: c(
                 "push_dropped_total",
                 "Room messages dropped because the push buffer was full (recovered from history)",

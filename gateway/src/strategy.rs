@@ -246,6 +246,7 @@ impl Gateway {
                 seq: reply.seq,
                 messages,
                 complete: reply.complete,
+                covered: reply.complete,
                 epoch: reply.epoch,
             });
         }

@@ -487,6 +487,8 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         drain_grace: Duration::from_secs(3),
         // Tests publish and join as fast as they can; the limits have their
         // own tests.
+        max_frame_rate: 1e6,
+        max_frame_burst: 1_000_000,
         max_publish_rate: 1e6,
         max_publish_burst: 1_000_000,
         max_join_rate: 1e6,

@@ -386,3 +386,78 @@ async fn rooms_per_connection_are_bounded_and_the_refusal_names_the_room() -> Re
     assert_eq!(a.join("one").await?, 0);
     Ok(())
 }
+
+/// Every frame costs: a client flooding pings, refreshes, garbage or
+/// publishes to rooms it never joined is refused (`rate_limited`; refused
+/// frames are strikes) and closed 1008, while a neighbour is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_cheap_or_refused_frames_are_limited() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| {
+        let d = turnout_ws_node::Settings::default();
+        s.max_frame_rate = d.max_frame_rate;
+        s.max_frame_burst = d.max_frame_burst;
+        s.max_join_rate = d.max_join_rate;
+        s.max_join_burst = d.max_join_burst;
+    })
+    .await?;
+    let url = c.nodes[0].ws_url();
+    let mut neighbour = Client::connect(&url).await?;
+    neighbour.join("calm").await?;
+    let floods: [(&str, serde_json::Value); 4] = [
+        ("pings", json!({"type": "ping"})),
+        ("garbage", json!("not an object")),
+        ("unknown types", json!({"type": "shout"})),
+        (
+            "publishes to a room not joined",
+            json!({"type": "publish", "room": "elsewhere", "data": 1}),
+        ),
+    ];
+    for (what, frame) in floods {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        let text = frame.to_string();
+        let mut sent = 0;
+        // Sends until the node closes the connection (or 5000 frames).
+        while sent < 5000 {
+            if ws.send(Message::Text(text.clone().into())).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let mut code = None;
+        let mut limited = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(DEADLINE, ws.next()).await {
+            match m {
+                Ok(Message::Close(f)) => {
+                    code = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(Message::Text(t)) if t.contains("rate_limited") => limited += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(
+            code,
+            Some(1008),
+            "{what}: closed for abuse ({sent} sent, {limited} limited)"
+        );
+        assert_eq!(
+            neighbour
+                .publish("calm", json!(what), what)
+                .await
+                .map(|_| ())
+                .ok(),
+            Some(()),
+            "the neighbour is served during the flood of {what}"
+        );
+    }
+    wait_for("four connections counted as abusive", DEADLINE, || async {
+        (metric(&c.nodes[0], "turnout_abusive_closed_total")
+            .await
+            .ok()?
+            >= 4.0)
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

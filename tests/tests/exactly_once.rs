@@ -494,3 +494,63 @@ async fn a_redis_that_may_evict_turnouts_state_is_named() -> Result<()> {
     assert!(metric(&node, "turnout_redis_used_memory_bytes").await? > 0.0);
     Ok(())
 }
+
+/// A member far behind in a room whose history is longer than a send
+/// queue: its replay comes in pages of at most half the queue (frames and
+/// bytes), each ending in `replay_until`, so it catches up instead of being
+/// closed as a slow consumer on every rejoin (3008, then the same `since`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_in_pages_within_its_queue() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut s = node_settings(&redis.url(), Strategy::Pubsub);
+    s.send_queue = 64;
+    s.history_size = 500;
+    let node = start_node(s).await;
+    let mut writer = Client::connect(&node.ws_url()).await?;
+    writer.join("far").await?;
+    for i in 1..=300u64 {
+        writer.publish("far", json!(i), &format!("f-{i}")).await?;
+    }
+    let mut reader = Client::connect(&node.ws_url()).await?;
+    let mut got = Vec::new();
+    let mut since = 0;
+    let mut pages = 0;
+    while since < 300 {
+        if pages > 0 {
+            reader
+                .send_json(json!({"type": "leave", "room": "far"}))
+                .await?;
+            reader
+                .expect("left", |f| matches!(f, ServerFrame::Left { .. }))
+                .await?;
+        }
+        pages += 1;
+        reader
+            .send_json(json!({"type": "join", "room": "far", "since": since}))
+            .await?;
+        let until = match reader
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await?
+        {
+            ServerFrame::Joined {
+                replay_until,
+                recovered,
+                ..
+            } => {
+                assert_eq!(recovered, Some(true), "a page is not a loss");
+                replay_until.unwrap_or(300)
+            }
+            _ => unreachable!(),
+        };
+        assert!(
+            until - since <= 32,
+            "a page is at most half the queue: {since}..{until}"
+        );
+        got.extend(reader.messages_until("far", until).await?);
+        since = until;
+    }
+    assert_eq!(got, (1..=300).collect::<Vec<_>>());
+    assert!(pages >= 10, "{pages} pages");
+    assert_eq!(metric(&node, "turnout_slow_consumers_total").await?, 0.0);
+    Ok(())
+}

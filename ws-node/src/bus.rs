@@ -15,7 +15,6 @@ use crate::metrics::NodeMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::sync::{Arc, Weak};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turnout_common::redis::Con;
 use turnout_common::redis::{Channels, RoomPushes};
@@ -23,19 +22,20 @@ use turnout_common::redis::{Channels, RoomPushes};
 /// The connection, before the hub that reads it exists.
 pub(crate) struct Bus {
     con: Con,
-    rx: mpsc::Receiver<redis::PushInfo>,
+    rx: turnout_common::redis::Pushes,
 }
 
 /// Connects the pub/sub connection and subscribes to `control`, this
 /// node's control channel.
 pub(crate) async fn connect(
     client: &turnout_common::redis::Redis,
-    buffer: usize,
+    (buffer, bytes): (usize, usize),
     metrics: &NodeMetrics,
     control: &str,
 ) -> redis::RedisResult<Bus> {
     let (mut con, rx) =
-        turnout_common::redis::pubsub_bounded(client, buffer, metrics.push_dropped.clone()).await?;
+        turnout_common::redis::pubsub_bounded(client, buffer, bytes, metrics.push_dropped.clone())
+            .await?;
     con.subscribe(control).await?;
     Ok(Bus { con, rx })
 }

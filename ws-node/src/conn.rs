@@ -45,7 +45,7 @@ impl Conn {
         id: ConnId,
         label: String,
         user: UserId,
-        send_queue: usize,
+        send_queue: (usize, usize),
         claims: Option<turnout_common::auth::Claims>,
         socket: WebSocket,
     ) -> Self {
@@ -54,7 +54,7 @@ impl Conn {
             id,
             label,
             user,
-            queue: SendQueue::new(send_queue),
+            queue: SendQueue::new(send_queue.0, send_queue.1),
             socket: Socket::new(socket),
             closed: CancellationToken::new(),
             close_code: AtomicU16::new(0),
@@ -350,37 +350,60 @@ fn released() -> axum::Error {
     axum::Error::new(std::io::Error::from(std::io::ErrorKind::NotConnected))
 }
 
-/// A connection's bounded queue of outgoing frames. Unlike a channel, which
-/// allocates a block of slots up front, it allocates nothing until the first
-/// frame, keeps only a few slots while idle and gives back what a burst took.
+/// A connection's bounded queue of outgoing frames, bounded in frames
+/// (`send_queue`) and in bytes (`send_queue_bytes`). Unlike a channel,
+/// which allocates a block of slots up front, it allocates nothing until
+/// the first frame, keeps only a few slots while idle and gives back what a
+/// burst took.
 struct SendQueue {
-    frames: std::sync::Mutex<std::collections::VecDeque<Message>>,
+    frames: std::sync::Mutex<Frames>,
     ready: tokio::sync::Notify,
     cap: usize,
+    cap_bytes: usize,
+}
+
+/// The queued frames and their bytes.
+#[derive(Default)]
+struct Frames {
+    q: std::collections::VecDeque<Message>,
+    bytes: usize,
+}
+
+/// What a frame costs the queue: its payload.
+fn size(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 2,
+    }
 }
 
 impl SendQueue {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, cap_bytes: usize) -> Self {
         SendQueue {
             frames: Default::default(),
             ready: tokio::sync::Notify::new(),
             cap,
+            cap_bytes,
         }
     }
 
-    fn frames(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Message>> {
+    fn frames(&self) -> std::sync::MutexGuard<'_, Frames> {
         self.frames.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// False when the queue is full.
+    /// False when the queue is full, in frames or in bytes (a frame larger
+    /// than the byte bound still goes into an empty queue).
     fn push(&self, msg: Message) -> bool {
-        let mut q = self.frames();
-        if q.len() >= self.cap {
+        let mut f = self.frames();
+        let n = size(&msg);
+        if f.q.len() >= self.cap || (!f.q.is_empty() && f.bytes + n > self.cap_bytes) {
             return false;
         }
-        let was_empty = q.is_empty();
-        q.push_back(msg);
-        drop(q);
+        let was_empty = f.q.is_empty();
+        f.q.push_back(msg);
+        f.bytes += n;
+        drop(f);
         if was_empty {
             // Stores a permit when the session is not waiting yet.
             self.ready.notify_one();
@@ -389,7 +412,7 @@ impl SendQueue {
     }
 
     fn is_empty(&self) -> bool {
-        self.frames().is_empty()
+        self.frames().q.is_empty()
     }
 
     fn clear(&self) {
@@ -398,16 +421,47 @@ impl SendQueue {
 
     /// Moves up to `max` frames to `out`; false when there were none.
     fn drain_into(&self, out: &mut Vec<Message>, max: usize) -> bool {
-        let mut q = self.frames();
-        if q.is_empty() {
+        let mut f = self.frames();
+        if f.q.is_empty() {
             return false;
         }
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
-        if q.is_empty() && q.capacity() > 64 {
+        let n = f.q.len().min(max);
+        let start = out.len();
+        out.extend(f.q.drain(..n));
+        f.bytes -= out[start..].iter().map(size).sum::<usize>();
+        if f.q.is_empty() && f.q.capacity() > 64 {
             // Give back what a burst took.
-            *q = Default::default();
+            f.q = Default::default();
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Message {
+        Message::Text("x".repeat(n).into())
+    }
+
+    #[test]
+    fn the_send_queue_is_bounded_in_frames_and_in_bytes() {
+        let q = SendQueue::new(4, 10_000);
+        assert!(q.push(text(3000)) && q.push(text(3000)) && q.push(text(3000)));
+        assert!(!q.push(text(3000)), "12,000 bytes would pass 10,000");
+        assert!(q.push(text(500)), "a small one still fits");
+        assert!(!q.push(text(1)), "4 frames: full");
+        let mut out = Vec::new();
+        assert!(q.drain_into(&mut out, 2));
+        assert_eq!(out.len(), 2);
+        assert_eq!(q.frames().bytes, 3500, "what left gives its bytes back");
+        assert!(q.push(text(3000)));
+        out.clear();
+        q.drain_into(&mut out, 10);
+        assert_eq!(q.frames().bytes, 0);
+        // A frame larger than the bound goes into an empty queue alone.
+        assert!(q.push(text(20_000)));
+        assert!(!q.push(text(1)));
     }
 }

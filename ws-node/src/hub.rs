@@ -51,8 +51,34 @@ pub(crate) struct Member {
     pub(crate) conn: Arc<Conn>,
     /// Highest seq queued to this member.
     pub(crate) after: u64,
-    /// While joining: live messages held back until the reply and replay are queued.
+    /// While joining: live messages held back until the reply and replay
+    /// are queued, and their bytes (bounded like the send queue).
     pub(crate) buffer: Option<Vec<(u64, Utf8Bytes)>>,
+    pub(crate) buffer_bytes: usize,
+}
+
+/// What the hub holds per connection and sends per join, at most.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// A connection's send queue, in frames and in bytes.
+    pub(crate) send_queue: usize,
+    pub(crate) send_queue_bytes: usize,
+    /// Presence lists and events stop at rooms this large.
+    pub(crate) presence_limit: u64,
+    /// Bytes one join's replay sends at most.
+    pub(crate) max_replay_bytes: usize,
+}
+
+impl Bounds {
+    /// What one join's replay may queue: `max_replay_bytes`, and half the
+    /// send queue (in frames and bytes), so that a replay never fills it
+    /// on its own (the client asks for the rest: `replay_until`).
+    pub(crate) fn replay(&self) -> (usize, usize) {
+        (
+            (self.send_queue / 2).max(1),
+            self.max_replay_bytes.min(self.send_queue_bytes / 2).max(1),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -79,11 +105,7 @@ pub(crate) struct Hub {
     pub(crate) strategy: Strategy,
     pub(crate) store: Store,
     pub(crate) rooms: DashMap<String, Room>,
-    pub(crate) send_queue: usize,
-    /// Presence lists and events stop at rooms this large.
-    pub(crate) presence_limit: u64,
-    /// Bytes one join's replay sends at most.
-    pub(crate) max_replay_bytes: usize,
+    pub(crate) bounds: Bounds,
 }
 
 impl Hub {
@@ -221,7 +243,10 @@ impl Hub {
         let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {
             if let Some(buf) = &mut m.buffer {
-                if buf.len() < self.send_queue {
+                let fits = buf.len() < self.bounds.send_queue
+                    && m.buffer_bytes + frame.len() <= self.bounds.send_queue_bytes;
+                if fits {
+                    m.buffer_bytes += frame.len();
                     buf.push((seq, frame.clone()));
                 } else {
                     m.conn.kill(close::SLOW_CONSUMER);
@@ -369,32 +394,42 @@ impl Hub {
         let keep = self.store.config().history_size.max(1);
         let resetting = self.rooms.get(room).is_some_and(|r| r.resetting);
         let mut read = true;
-        match self.store.history(room, cursor.last(), keep).await {
-            Ok(slice) if resetting || cursor.lost_state(&slice) => {
-                match self.store.history(room, 0, keep).await {
-                    Ok(all) => self.reset(room, all).await,
-                    Err(e) => {
-                        read = false;
-                        self.metrics.redis_errors.inc();
-                        tracing::warn!(room, error = %e, "history read after state loss failed")
+        let mut from = cursor.last();
+        loop {
+            match self.store.history(room, from, keep).await {
+                Ok(slice) if resetting || cursor.lost_state(&slice) => {
+                    match self.store.history(room, 0, keep).await {
+                        Ok(all) => self.reset(room, all).await,
+                        Err(e) => {
+                            read = false;
+                            self.metrics.redis_errors.inc();
+                            tracing::warn!(room, error = %e, "history read after state loss failed")
+                        }
                     }
                 }
-            }
-            Ok(slice) => {
-                if slice.seq > cursor.last() {
-                    self.metrics
-                        .gaps_repaired
-                        .inc_by(slice.messages.len() as u64);
-                    for (seq, frame) in slice.messages {
-                        self.deliver(room, seq, &slice.epoch, frame.into());
+                Ok(slice) => {
+                    let last = slice.messages.last().map(|m| m.0);
+                    if slice.seq > from {
+                        self.metrics
+                            .gaps_repaired
+                            .inc_by(slice.messages.len() as u64);
+                        for (seq, frame) in slice.messages {
+                            self.deliver(room, seq, &slice.epoch, frame.into());
+                        }
+                    }
+                    // A read is bounded in bytes: read on after it.
+                    if let Some(last) = last.filter(|&l| l < slice.seq && l > from) {
+                        from = last;
+                        continue;
                     }
                 }
+                Err(e) => {
+                    read = false;
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(room, error = %e, "history read to catch up failed");
+                }
             }
-            Err(e) => {
-                read = false;
-                self.metrics.redis_errors.inc();
-                tracing::warn!(room, error = %e, "history read to catch up failed");
-            }
+            break;
         }
         if let Some(mut r) = self.rooms.get_mut(room) {
             // A failed reset is tried again at the room's next message.
@@ -411,7 +446,13 @@ impl Hub {
         };
         tracing::warn!(room, old_seq = ?r.seq.last(), new_seq = all.seq, "room state was lost in Redis; members start over");
         self.metrics.room_resets.inc();
-        r.seq.reset(Some((all.seq, &all.epoch)));
+        // A read is bounded in bytes: what it did not bring comes as a gap.
+        let upto = if all.complete {
+            all.seq
+        } else {
+            all.messages.last().map_or(0, |m| m.0)
+        };
+        r.seq.reset(Some((upto, &all.epoch)));
         let joined = ServerFrame::Joined {
             room: room.to_owned(),
             seq: 0,
@@ -430,7 +471,7 @@ impl Hub {
                 m.conn
                     .push(Message::Text(frame.clone().into()), &self.metrics);
             }
-            m.after = all.seq;
+            m.after = upto;
         }
     }
 
@@ -494,19 +535,15 @@ impl Hub {
         metrics: NodeMetrics,
         strategy: Strategy,
         store: Store,
-        send_queue: usize,
-        presence_limit: u64,
-        max_replay_bytes: usize,
+        bounds: Bounds,
     ) -> Self {
         Hub {
-            max_replay_bytes,
             node_id,
             metrics,
             strategy,
             store,
             rooms: DashMap::new(),
-            send_queue,
-            presence_limit,
+            bounds,
         }
     }
 }

@@ -63,13 +63,15 @@ impl Hub {
             Some(s) => (s, self.store.config().history_size),
             None => (0, 0),
         };
+        // The replay's byte bound, plus one message: a replay cut there says
+        // where it stopped (`replay_until`).
+        let max_bytes = self.bounds.replay().1;
         let read = self.store.join(
             room,
-            since_arg,
-            limit,
+            (since_arg, limit, max_bytes),
             &conn.label,
             &conn.user,
-            self.presence_limit,
+            self.bounds.presence_limit,
         );
         let (slice, users) = match read.await {
             Ok(v) => v,
@@ -102,24 +104,28 @@ impl Hub {
         let same_epoch = client_epoch
             .as_deref()
             .is_none_or(|e| e.is_empty() || e == slice.epoch);
-        let recovered = since.map(|s| same_epoch && s <= slice.seq && slice.complete);
+        let recovered = since.map(|s| same_epoch && s <= slice.seq && slice.covered);
         let mut replay = if same_epoch {
             slice.messages
         } else {
             Vec::new()
         };
-        // A replay is bounded in bytes: what does not fit is asked for with
-        // another join (`since` = the last seq received), which the jump to
-        // the live messages tells the client to send.
+        // A replay is bounded in bytes and frames: what does not fit is
+        // asked for with another join (`since` = the last seq received),
+        // which the jump to the live messages tells the client to send.
+        let (max_frames, max_bytes) = self.bounds.replay();
         let mut bytes = 0usize;
         let mut replay_until = None;
-        if let Some(cut) = replay.iter().position(|(_, f)| {
+        if let Some(cut) = replay.iter().enumerate().position(|(i, (_, f))| {
             bytes += f.len();
-            bytes > self.max_replay_bytes
+            bytes > max_bytes || i >= max_frames
         }) {
-            self.metrics.replays_cut.inc();
             replay.truncate(cut.max(1));
-            replay_until = replay.last().map(|m| m.0);
+        }
+        // Cut here or by the read's own bound: the rest is asked for.
+        if let Some(&(last, _)) = replay.last().filter(|m| m.0 < slice.seq) {
+            self.metrics.replays_cut.inc();
+            replay_until = Some(last);
         }
         conn.send_frame(
             &ServerFrame::Joined {
@@ -134,7 +140,7 @@ impl Hub {
         );
         // Presence events are for rooms people can follow; a broadcast room
         // of thousands would turn every join into thousands of frames.
-        if users.connections <= self.presence_limit {
+        if users.connections <= self.bounds.presence_limit {
             self.announce(room, "join", conn).await;
         }
         let replayed = replay.len() as u64;
@@ -189,6 +195,7 @@ impl Hub {
                 conn: conn.clone(),
                 after: 0,
                 buffer: Some(Vec::new()),
+                buffer_bytes: 0,
             },
         );
         stale
@@ -235,7 +242,7 @@ impl Hub {
         let left = self
             .forget_presence(room, std::slice::from_ref(conn), last_here)
             .await;
-        if left.is_some_and(|n| n < self.presence_limit) {
+        if left.is_some_and(|n| n < self.bounds.presence_limit) {
             self.announce(room, "leave", conn).await;
         }
     }

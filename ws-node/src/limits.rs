@@ -1,6 +1,8 @@
-//! What one connection may do per unit of time: publishes, joins and
-//! leaves (token buckets), new rooms per minute (a sliding window), and how
-//! many refusals make it abuse (close 1008). Pure: time is passed
+//! What one connection may do per unit of time: frames of any kind,
+//! publishes, joins, leaves and token refreshes (token buckets), new rooms
+//! per minute (a sliding window), and how many refusals make it abuse
+//! (close 1008): being over a limit, and sending frames that are refused
+//! (bad JSON, unknown types, rooms not joined) alike. Pure: time is passed
 //! in, so the rules are unit-tested without a clock.
 
 use std::collections::VecDeque;
@@ -50,17 +52,22 @@ impl Bucket {
 /// Why a frame was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Over {
+    Frames,
     Publishes,
     Joins,
     NewRooms,
+    /// Not over a limit: a refused frame, counted as a strike.
+    Refused,
 }
 
 impl Over {
     pub(crate) fn message(self) -> &'static str {
         match self {
+            Over::Frames => "sending frames too fast",
             Over::Publishes => "publishing too fast",
-            Over::Joins => "joining and leaving too fast",
+            Over::Joins => "joining, leaving or refreshing too fast",
             Over::NewRooms => "too many different rooms in the last minute",
+            Over::Refused => "too many refused frames",
         }
     }
 }
@@ -68,6 +75,8 @@ impl Over {
 /// The settings behind [`Limits`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LimitSettings {
+    pub(crate) frame_rate: f64,
+    pub(crate) frame_burst: u32,
     pub(crate) publish_rate: f64,
     pub(crate) publish_burst: u32,
     pub(crate) join_rate: f64,
@@ -78,6 +87,7 @@ pub(crate) struct LimitSettings {
 /// One connection's limits.
 #[derive(Debug)]
 pub(crate) struct Limits {
+    frames: Bucket,
     publishes: Bucket,
     joins: Bucket,
     /// Rooms joined for the first time in the last minute, oldest first.
@@ -93,6 +103,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 impl Limits {
     pub(crate) fn new(s: LimitSettings, now: Instant) -> Self {
         Limits {
+            frames: Bucket::new(s.frame_rate, s.frame_burst, now),
             publishes: Bucket::new(s.publish_rate, s.publish_burst, now),
             joins: Bucket::new(s.join_rate, s.join_burst, now),
             recent_rooms: VecDeque::new(),
@@ -110,6 +121,25 @@ impl Limits {
             self.abusive = true;
         }
         Err(over)
+    }
+
+    /// Any frame, before it is read: pings, refreshes and frames that will
+    /// be refused cost as much as the rest.
+    pub(crate) fn frame(&mut self, now: Instant) -> Result<(), Over> {
+        let ok = self.frames.take(now);
+        self.verdict(ok, Over::Frames, now)
+    }
+
+    /// A frame was refused (bad JSON, unknown type, a room not joined…):
+    /// a strike, like a frame over a limit.
+    pub(crate) fn refused(&mut self, now: Instant) {
+        let _ = self.verdict(false, Over::Refused, now);
+    }
+
+    /// A token refresh (a signature check each): from the join bucket.
+    pub(crate) fn refresh(&mut self, now: Instant) -> Result<(), Over> {
+        let ok = self.joins.take(now);
+        self.verdict(ok, Over::Joins, now)
     }
 
     pub(crate) fn publish(&mut self, now: Instant) -> Result<(), Over> {
@@ -156,6 +186,8 @@ mod tests {
     fn limits(now: Instant) -> Limits {
         Limits::new(
             LimitSettings {
+                frame_rate: 20.0,
+                frame_burst: 40,
                 publish_rate: 10.0,
                 publish_burst: 2,
                 join_rate: 1.0,
@@ -226,6 +258,34 @@ mod tests {
             let _ = l.publish(at);
         }
         assert!(l.abusive());
+    }
+
+    #[test]
+    fn every_frame_counts_and_refused_frames_are_strikes() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        for _ in 0..40 {
+            assert!(l.frame(t).is_ok());
+        }
+        assert_eq!(l.frame(t), Err(Over::Frames));
+        assert!(
+            l.frame(t + Duration::from_millis(50)).is_ok(),
+            "20 a second"
+        );
+        // Refused frames add up to abuse like frames over a limit.
+        let mut l = limits(t);
+        for _ in 0..MAX_STRIKES {
+            l.refused(t);
+        }
+        assert!(!l.abusive());
+        l.refused(t);
+        assert!(l.abusive());
+        // Refreshes come from the join bucket.
+        let mut l = limits(t);
+        for _ in 0..3 {
+            assert!(l.refresh(t).is_ok());
+        }
+        assert_eq!(l.refresh(t), Err(Over::Joins));
     }
 
     #[test]

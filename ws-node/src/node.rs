@@ -388,7 +388,7 @@ async fn ws_handler(
         }
     };
     let max = state.settings.read_ceiling();
-    let queue = state.settings.send_queue;
+    let queue = (state.settings.send_queue, state.settings.send_queue_bytes);
     let st = state.clone();
     ws.max_message_size(max)
         .max_frame_size(max)

@@ -25,7 +25,11 @@ const FORGET_PATIENCE: Duration = Duration::from_secs(30);
 impl Hub {
     /// Users present in `room` across the cluster (at most `presence_limit`).
     pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
-        Ok(self.store.presence(room, self.presence_limit).await?.users)
+        Ok(self
+            .store
+            .presence(room, self.bounds.presence_limit)
+            .await?
+            .users)
     }
 
     /// Tells the room's members (on every node) that `conn`'s user joined or

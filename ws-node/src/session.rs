@@ -282,13 +282,24 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// and when that keeps happening, close 1008.
 fn over_limit(hub: &Hub, conn: &Conn, limits: &Limits, over: Over, room: &str, id: Option<String>) {
     hub.metrics.rate_limited.inc();
-    if limits.abusive() {
-        tracing::info!("closing a connection that keeps going over its limits");
-        conn.kill(close::POLICY);
+    if closed_for_abuse(conn, limits) {
         return;
+    }
+    if room.is_empty() {
+        return reject(hub, conn, ErrorCode::RateLimited, over.message());
     }
     let e = ErrorCode::RateLimited.into();
     send_room_error(hub, conn, e, room, id, over.message());
+}
+
+/// Closes (1008) a connection whose refusals add up to abuse.
+fn closed_for_abuse(conn: &Conn, limits: &Limits) -> bool {
+    if !limits.abusive() {
+        return false;
+    }
+    tracing::info!("closing a connection that keeps going over its limits");
+    conn.kill(close::POLICY);
+    true
 }
 
 async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, text: &str) {
@@ -300,15 +311,29 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
         return;
     }
     let now = std::time::Instant::now();
+    if let Err(over) = limits.frame(now) {
+        return over_limit(hub, conn, limits, over, "", None);
+    }
     let frame = match parse_client_frame(text) {
         Ok(f) => f,
-        Err(e) => return reject(hub, conn, e.code, e.message),
+        Err(e) => {
+            limits.refused(now);
+            if closed_for_abuse(conn, limits) {
+                return;
+            }
+            return reject(hub, conn, e.code, e.message);
+        }
     };
     match frame {
         ClientFrame::Ping => {
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
         }
-        ClientFrame::Refresh { token } => refresh(state, conn, &token).await,
+        ClientFrame::Refresh { token } => {
+            if let Err(over) = limits.refresh(now) {
+                return over_limit(hub, conn, limits, over, "", None);
+            }
+            refresh(state, conn, &token).await
+        }
         ClientFrame::Join { room, since, epoch } => {
             let limited = if conn.in_room(&room) {
                 limits.leave(now)
@@ -364,6 +389,10 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     &hub.metrics,
                 );
             } else {
+                limits.refused(now);
+                if closed_for_abuse(conn, limits) {
+                    return;
+                }
                 send_room_error(
                     hub,
                     conn,
@@ -376,6 +405,10 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
         }
         ClientFrame::Publish { room, data, id } => {
             if !conn.in_room(&room) {
+                limits.refused(now);
+                if closed_for_abuse(conn, limits) {
+                    return;
+                }
                 return send_room_error(
                     hub,
                     conn,

@@ -49,6 +49,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_SEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_queue: Option<usize>,
+    /// Bytes queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "TURNOUT_SEND_QUEUE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_queue_bytes: Option<usize>,
     /// Largest accepted client frame, in bytes.
     #[arg(long, env = "TURNOUT_MAX_FRAME_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_BUS_BUFFER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus_buffer: Option<usize>,
+    /// Bytes of pub/sub messages buffered between the Redis reader and fan-out.
+    #[arg(long, env = "TURNOUT_BUS_BUFFER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer_bytes: Option<usize>,
     /// HS256 secret for client tokens (at least 16 bytes).
     #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,6 +108,14 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_JWT_ISSUER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_issuer: Option<String>,
+    /// Frames of any kind per second one connection may sustain.
+    #[arg(long, env = "TURNOUT_MAX_FRAME_RATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_rate: Option<f64>,
+    /// Frames of any kind one connection may send in a burst.
+    #[arg(long, env = "TURNOUT_MAX_FRAME_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_burst: Option<u32>,
     /// Publishes per second one connection may sustain.
     #[arg(long, env = "TURNOUT_MAX_PUBLISH_RATE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,6 +193,7 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
     pub send_queue: usize,
+    pub send_queue_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_rooms_per_conn: usize,
     pub max_connections: usize,
@@ -188,6 +205,7 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
     pub bus_buffer: usize,
+    pub bus_buffer_bytes: usize,
     pub internal_token: Option<String>,
     pub insecure: bool,
     #[serde(with = "humantime_serde")]
@@ -200,6 +218,8 @@ pub struct Settings {
     pub jwt_public_key: Option<std::path::PathBuf>,
     pub jwt_audience: Option<String>,
     pub jwt_issuer: Option<String>,
+    pub max_frame_rate: f64,
+    pub max_frame_burst: u32,
     pub max_publish_rate: f64,
     pub max_publish_burst: u32,
     pub max_join_rate: f64,
@@ -233,6 +253,7 @@ impl Default for Settings {
             room_ttl: Duration::from_secs(24 * 3600),
             dedupe_window: Duration::from_secs(120),
             send_queue: 1024,
+            send_queue_bytes: 4 << 20,
             max_frame_bytes: 64 * 1024,
             max_rooms_per_conn: 100,
             max_connections: 20_000,
@@ -241,6 +262,7 @@ impl Default for Settings {
             presence_limit: 100,
             presence_ttl: Duration::from_secs(15),
             bus_buffer: 65_536,
+            bus_buffer_bytes: 64 << 20,
             internal_token: None,
             insecure: false,
             handshake_timeout: Duration::from_secs(10),
@@ -250,6 +272,8 @@ impl Default for Settings {
             jwt_public_key: None,
             jwt_audience: None,
             jwt_issuer: None,
+            max_frame_rate: 200.0,
+            max_frame_burst: 400,
             max_publish_rate: 50.0,
             max_publish_burst: 100,
             max_join_rate: 10.0,
@@ -304,12 +328,20 @@ impl Validate for Settings {
                 format!("`{url}` must be a ws:// or wss:// URL ending in /ws"),
             ));
         }
+        require_positive("max_frame_rate", self.max_frame_rate)?;
+        require_nonzero("max_frame_burst", self.max_frame_burst == 0)?;
         require_positive("max_publish_rate", self.max_publish_rate)?;
         require_nonzero("max_publish_burst", self.max_publish_burst == 0)?;
         require_positive("max_join_rate", self.max_join_rate)?;
         require_nonzero("max_join_burst", self.max_join_burst == 0)?;
         require_nonzero("max_rooms_per_minute", self.max_rooms_per_minute == 0)?;
         require_nonzero("max_replay_bytes", self.max_replay_bytes == 0)?;
+        if self.send_queue_bytes < self.max_frame_bytes {
+            return Err(SettingsError::invalid(
+                "send_queue_bytes",
+                "must be at least max_frame_bytes",
+            ));
+        }
         require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
         require_nonzero(
             "max_connect_burst_per_ip",
@@ -324,6 +356,8 @@ impl Validate for Settings {
         }
         for (key, v) in [
             ("send_queue", self.send_queue),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("bus_buffer_bytes", self.bus_buffer_bytes),
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_rooms_per_conn", self.max_rooms_per_conn),
             ("max_connections", self.max_connections),
@@ -359,6 +393,8 @@ impl Settings {
     /// One connection's limits.
     pub(crate) fn limits(&self) -> crate::limits::LimitSettings {
         crate::limits::LimitSettings {
+            frame_rate: self.max_frame_rate,
+            frame_burst: self.max_frame_burst,
             publish_rate: self.max_publish_rate,
             publish_burst: self.max_publish_burst,
             join_rate: self.max_join_rate,

@@ -130,35 +130,28 @@ impl Store {
     ) -> RedisResult<HistorySlice> {
         match self {
             Store::Redis(r) => rooms::history(&mut r.con.clone(), room, since, limit).await,
-            Store::Memory(m) => Ok(m.history(room, since, limit)),
+            Store::Memory(m) => Ok(m.history(room, since, limit, rooms::HISTORY_READ_BYTES)),
         }
     }
 
-    /// Reads history after `since` (at most `limit`), adds the member's
-    /// presence entry and reads who is there, in one step.
+    /// Reads history after `since` (at most `limit` messages and
+    /// `max_bytes` bytes), adds the member's presence entry and reads who
+    /// is there, in one step.
     pub(crate) async fn join(
         &self,
         room: &str,
-        since: u64,
-        limit: u64,
+        (since, limit, max_bytes): (u64, u64, usize),
         conn: &str,
         user: &str,
         presence_limit: u64,
     ) -> RedisResult<(HistorySlice, Presence)> {
+        let read = (since, limit, max_bytes);
         match self {
             Store::Redis(r) => {
                 let entry = r.entry(conn, user);
-                rooms::join(
-                    &mut r.con.clone(),
-                    room,
-                    since,
-                    limit,
-                    &entry,
-                    presence_limit,
-                )
-                .await
+                rooms::join(&mut r.con.clone(), room, read, &entry, presence_limit).await
             }
-            Store::Memory(m) => Ok(m.join(room, since, limit, conn, user, presence_limit)),
+            Store::Memory(m) => Ok(m.join(room, read, conn, user, presence_limit)),
         }
     }
 

@@ -17,7 +17,7 @@ pub mod rooms;
 pub mod scripts;
 
 pub use channels::Channels;
-pub use push::{RoomPushes, read_room_pushes};
+pub use push::{Pushes, RoomPushes, read_room_pushes};
 pub use rooms::{HistorySlice, Origin, Ownership, Presence, Published, Publisher, RoomConfig};
 
 use ::redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -393,23 +393,32 @@ pub async fn commands_patiently(
 }
 
 /// A pub/sub connection whose pushes go into a bounded buffer of `buffer`
-/// messages: a full buffer drops the push (the client library would
+/// messages and `max_bytes` bytes: a full buffer drops the push (the client library would
 /// otherwise drop it silently) and counts it in `dropped`, so the reader can
 /// repair the gap from history instead of stalling the connection.
 pub async fn pubsub_bounded(
     client: &Redis,
     buffer: usize,
+    max_bytes: usize,
     dropped: prometheus::IntCounter,
-) -> RedisResult<(Con, tokio::sync::mpsc::Receiver<::redis::PushInfo>)> {
+) -> RedisResult<(Con, Pushes)> {
     let (tx, rx) = tokio::sync::mpsc::channel::<::redis::PushInfo>(buffer);
-    let sender = move |info: ::redis::PushInfo| match tx.try_send(info) {
-        Ok(()) => Ok(()),
-        Err(e) => {
+    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = bytes.clone();
+    let sender = move |info: ::redis::PushInfo| {
+        use std::sync::atomic::Ordering;
+        let n = push::size(&info);
+        if held.load(Ordering::Acquire) + n > max_bytes {
             dropped.inc();
-            Err(e)
+            return Err(tokio::sync::mpsc::error::TrySendError::Full(info));
         }
+        held.fetch_add(n, Ordering::AcqRel);
+        tx.try_send(info).inspect_err(|_| {
+            held.fetch_sub(n, Ordering::AcqRel);
+            dropped.inc();
+        })
     };
-    Ok((client.pubsub(sender).await?, rx))
+    Ok((client.pubsub(sender).await?, Pushes { rx, bytes }))
 }
 
 /// Pings a pub/sub connection every 5 s so a silent failure is noticed (and

@@ -38,9 +38,37 @@ pub trait RoomPushes: Send + Sync + 'static {
     }
 }
 
+/// The pushes of one connection on their way to its reader, bounded in
+/// count and in bytes ([`super::pubsub_bounded`]).
+pub struct Pushes {
+    pub(crate) rx: mpsc::Receiver<PushInfo>,
+    /// Bytes buffered; the connection's sender adds, the reader takes off.
+    pub(crate) bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Pushes {
+    pub async fn recv(&mut self) -> Option<PushInfo> {
+        let p = self.rx.recv().await?;
+        self.bytes
+            .fetch_sub(size(&p), std::sync::atomic::Ordering::AcqRel);
+        Some(p)
+    }
+}
+
+/// What a push holds, for the buffer's byte bound: its payloads.
+pub(crate) fn size(p: &PushInfo) -> usize {
+    p.data
+        .iter()
+        .map(|v| match v {
+            Value::BulkString(b) => b.len(),
+            _ => 8,
+        })
+        .sum()
+}
+
 /// Reads `rx` until `stop`, handing every push to `handler`.
 pub async fn read_room_pushes<H: RoomPushes>(
-    mut rx: mpsc::Receiver<PushInfo>,
+    mut rx: Pushes,
     handler: std::sync::Arc<H>,
     stop: CancellationToken,
 ) {

@@ -121,8 +121,12 @@ pub struct HistorySlice {
     /// Messages after `since`, in order: (seq, frame JSON).
     pub messages: Vec<(u64, String)>,
     /// Whether every message after `since` up to `seq` is in `messages`
-    /// (false when history no longer holds some, or `limit` cut the slice).
+    /// (false when history no longer holds some, or the read's bound cut
+    /// the slice).
     pub complete: bool,
+    /// Whether history still holds every message after `since` (whether or
+    /// not this read brought them all).
+    pub covered: bool,
     /// The room's history epoch ("" before its first message).
     pub epoch: String,
 }
@@ -149,6 +153,7 @@ impl HistorySlice {
             seq,
             messages,
             complete,
+            covered,
             epoch,
         }
     }
@@ -172,14 +177,20 @@ impl HistorySlice {
     }
 }
 
-/// Reads messages after `since` (at most `limit`).
+/// Bytes of messages one history read returns at most (at least one
+/// message, whatever its size): a reader of a long history pages through
+/// it, and no read holds more than this in memory.
+pub const HISTORY_READ_BYTES: usize = 1 << 20;
+
+/// Reads messages after `since` (at most `limit`, and at most
+/// [`HISTORY_READ_BYTES`] of them).
 pub async fn history(
     con: &mut Con,
     room: &str,
     since: u64,
     limit: u64,
 ) -> RedisResult<HistorySlice> {
-    let raw: HistoryRaw = scripts::history(room, since, limit)
+    let raw: HistoryRaw = scripts::history(room, since, limit, HISTORY_READ_BYTES)
         .invoke_async(con)
         .await?;
     Ok(HistorySlice::from_raw(since, raw))
@@ -234,17 +245,17 @@ pub async fn presence(con: &mut Con, room: &str, limit: u64) -> RedisResult<Pres
 }
 
 /// A member joining a room: reads the room's history after `since` (at most
-/// `limit`), adds the member's presence entry and reads who is there (at
-/// most `presence_limit`), in one round trip.
+/// `limit` messages and `max_bytes` bytes), adds the member's presence
+/// entry and reads who is there (at most `presence_limit`), in one round
+/// trip.
 pub async fn join(
     con: &mut Con,
     room: &str,
-    since: u64,
-    limit: u64,
+    (since, limit, max_bytes): (u64, u64, usize),
     entry: &Entry<'_>,
     presence_limit: u64,
 ) -> RedisResult<(HistorySlice, Presence)> {
-    let history = scripts::history(room, since, limit);
+    let history = scripts::history(room, since, limit, max_bytes);
     let presence = scripts::presence(room, presence_limit, Some(entry));
     let mut pipe = ::redis::pipe();
     pipe.invoke_script(&history).invoke_script(&presence);
@@ -445,9 +456,11 @@ mod tests {
         // Nothing missed.
         assert!(HistorySlice::new(5, 5, 1, m(&[]), "e".into()).complete);
         // Trimmed: the oldest kept is 5, so 4 is gone.
-        assert!(!HistorySlice::new(3, 6, 5, m(&[5, 6]), "e".into()).complete);
-        // The limit cut the slice.
-        assert!(!HistorySlice::new(0, 9, 1, m(&[1, 2]), "e".into()).complete);
+        let trimmed = HistorySlice::new(3, 6, 5, m(&[5, 6]), "e".into());
+        assert!(!trimmed.complete && !trimmed.covered);
+        // The limit cut the slice: history still holds the rest.
+        let cut = HistorySlice::new(0, 9, 1, m(&[1, 2]), "e".into());
+        assert!(!cut.complete && cut.covered);
         // The room's state was lost: the client is ahead of the room.
         assert!(!HistorySlice::new(7, 2, 1, m(&[]), "e".into()).complete);
     }

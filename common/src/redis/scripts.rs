@@ -115,13 +115,14 @@ pub fn inbox_entry(a: &PublishArgs<'_>, seq: u64) -> Option<::redis::Cmd> {
 }
 
 /// `history.lua`: up to `limit` messages after `since`.
-pub fn history(room: &str, since: u64, limit: u64) -> ScriptInvocation<'static> {
+pub fn history(room: &str, since: u64, limit: u64, max_bytes: usize) -> ScriptInvocation<'static> {
     let mut inv = HISTORY.prepare_invoke();
     inv.key(keys::room_seq(room))
         .key(keys::room_history(room))
         .key(keys::room_epoch(room))
         .arg(format!("{}-0", since.saturating_add(1)))
-        .arg(limit);
+        .arg(limit)
+        .arg(max_bytes);
     inv
 }
 

@@ -30,14 +30,22 @@ struct Room {
 }
 
 impl Room {
-    fn slice(&self, since: u64, limit: u64) -> HistorySlice {
+    /// Messages after `since`: at most `limit`, and at most `max_bytes` of
+    /// them but at least one (as the Redis store reads them).
+    fn slice(&self, since: u64, limit: u64, max_bytes: usize) -> HistorySlice {
         let oldest = self.history.front().map(|m| m.0).unwrap_or(0);
+        let mut bytes = 0usize;
         let messages = self
             .history
             .iter()
             .filter(|m| m.0 > since)
             .take(limit as usize)
-            .cloned()
+            .enumerate()
+            .take_while(|(i, m)| {
+                bytes += m.1.len();
+                *i == 0 || bytes <= max_bytes
+            })
+            .map(|(_, m)| m.clone())
             .collect();
         HistorySlice::new(since, self.seq, oldest, messages, self.epoch.clone())
     }
@@ -124,9 +132,15 @@ impl MemoryStore {
         }
     }
 
-    pub(crate) fn history(&self, room: &str, since: u64, limit: u64) -> HistorySlice {
+    pub(crate) fn history(
+        &self,
+        room: &str,
+        since: u64,
+        limit: u64,
+        max_bytes: usize,
+    ) -> HistorySlice {
         match self.rooms().get(room) {
-            Some(r) => r.slice(since, limit),
+            Some(r) => r.slice(since, limit, max_bytes),
             None => HistorySlice::new(since, 0, 0, Vec::new(), String::new()),
         }
     }
@@ -134,8 +148,7 @@ impl MemoryStore {
     pub(crate) fn join(
         &self,
         room: &str,
-        since: u64,
-        limit: u64,
+        (since, limit, max_bytes): (u64, u64, usize),
         conn: &str,
         user: &str,
         presence_limit: u64,
@@ -144,7 +157,7 @@ impl MemoryStore {
         let r = rooms.entry(room.to_owned()).or_default();
         r.presence.insert(conn.to_owned(), user.to_owned());
         r.touched = Some(Instant::now());
-        (r.slice(since, limit), r.users(presence_limit))
+        (r.slice(since, limit, max_bytes), r.users(presence_limit))
     }
 
     pub(crate) fn presence(&self, room: &str, limit: u64) -> Presence {
@@ -220,7 +233,7 @@ mod tests {
         let second = s.publish("r", &parts("b"), None);
         assert_eq!((second.seq, &second.epoch), (2, &first.epoch));
         assert_eq!(s.publish("r", &parts("c"), None).seq, 3);
-        let (h, p) = s.join("r", 0, 100, "n-1", "alice", 10);
+        let (h, p) = s.join("r", (0, 100, usize::MAX), "n-1", "alice", 10);
         assert_eq!(h.seq, 3);
         assert!(!h.epoch.is_empty());
         assert_eq!(
@@ -228,9 +241,14 @@ mod tests {
             vec![2, 3]
         );
         assert!(!h.complete, "seq 1 fell out of the 2 kept");
-        assert!(s.history("r", 1, 100).complete);
+        assert!(s.history("r", 1, 100, usize::MAX).complete);
+        // A read bounded in bytes brings at least one message, and says the
+        // rest is still there.
+        let one = s.history("r", 1, 100, 1);
+        assert_eq!(one.messages.len(), 1);
+        assert!(!one.complete && one.covered);
         assert_eq!(p.users, vec!["alice"]);
-        s.join("r", 3, 0, "n-2", "alice", 10);
+        s.join("r", (3, 0, usize::MAX), "n-2", "alice", 10);
         assert_eq!(s.presence("r", 10).connections, 2);
         assert_eq!(s.presence("r", 10).users, vec!["alice"]);
         assert_eq!(s.leave("r", "n-1"), 1);
@@ -243,7 +261,11 @@ mod tests {
         assert!(!a.duplicate);
         let again = s.publish("r", &parts("a"), Some(("alice", "c-1")));
         assert_eq!((again.seq, again.duplicate), (a.seq, true));
-        assert_eq!(s.history("r", 0, 10).seq, 1, "the resend was not kept");
+        assert_eq!(
+            s.history("r", 0, 10, usize::MAX).seq,
+            1,
+            "the resend was not kept"
+        );
         let bob = s.publish("r", &parts("b"), Some(("bob", "c-1")));
         assert_eq!((bob.seq, bob.duplicate), (2, false), "another sender's id");
         let other_room = s.publish("q", &parts("a"), Some(("alice", "c-1")));
@@ -266,11 +288,11 @@ mod tests {
     #[test]
     fn empty_rooms_are_forgotten() {
         let s = store(10, Duration::ZERO);
-        s.join("quiet", 0, 0, "n-1", "a", 10);
+        s.join("quiet", (0, 0, usize::MAX), "n-1", "a", 10);
         s.leave("quiet", "n-1");
         assert_eq!(s.len(), 0, "no history: forgotten at once");
         s.publish("kept", &parts("x"), None);
-        s.join("busy", 0, 0, "n-2", "b", 10);
+        s.join("busy", (0, 0, usize::MAX), "n-2", "b", 10);
         assert_eq!(
             s.sweep(),
             1,
@@ -278,7 +300,7 @@ mod tests {
         );
         assert_eq!(s.len(), 1, "a room with members stays");
         assert_eq!(
-            s.history("kept", 0, 10).seq,
+            s.history("kept", 0, 10, usize::MAX).seq,
             0,
             "forgotten rooms start over"
         );

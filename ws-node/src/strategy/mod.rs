@@ -53,9 +53,12 @@ pub(crate) async fn start(
             metrics.clone(),
             strategy,
             store,
-            settings.send_queue,
-            settings.presence_limit,
-            settings.max_replay_bytes,
+            crate::hub::Bounds {
+                send_queue: settings.send_queue,
+                send_queue_bytes: settings.send_queue_bytes,
+                presence_limit: settings.presence_limit,
+                max_replay_bytes: settings.max_replay_bytes,
+            },
         )
     };
     let kind = settings.strategy;
@@ -82,7 +85,8 @@ pub(crate) async fn start(
         return Ok(None);
     };
     let control = turnout_proto::keys::node_control(node_id);
-    let bus = crate::bus::connect(client, settings.bus_buffer, metrics, &control).await?;
+    let buffer = (settings.bus_buffer, settings.bus_buffer_bytes);
+    let bus = crate::bus::connect(client, buffer, metrics, &control).await?;
     let bus_readiness = readiness.clone();
     let store = Store::Redis(RedisStore {
         con: con.clone(),
