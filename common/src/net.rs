@@ -16,13 +16,18 @@ use std::time::Instant;
 pub const CLIENT_IP_HEADER: &str = "x-turnout-client-ip";
 
 /// Header on a node's `503` to an upgrade, saying why it refused:
-/// [`REFUSED_FULL`] (at `max_connections`), `draining`, or `lease` (it
-/// lost contact with Redis). A gateway moves a client elsewhere for the
-/// last two; a sticky room stays on its full owner.
+/// [`REFUSED_FULL`] (at `max_connections`), [`REFUSED_BUSY`] (at
+/// `max_accept_rate`), `draining`, or `lease` (it lost contact with Redis).
+/// A gateway moves a client elsewhere for the last two; a sticky room stays
+/// on its full or busy owner.
 pub const REFUSAL_HEADER: &str = "x-turnout-refusal";
 
 /// [`REFUSAL_HEADER`]'s value for a node at `max_connections`.
 pub const REFUSED_FULL: &str = "full";
+
+/// [`REFUSAL_HEADER`]'s value for a node taking new connections at its
+/// `max_accept_rate`: busy for a moment.
+pub const REFUSED_BUSY: &str = "busy";
 
 /// The unit a limit counts: an IPv4 address, or an IPv6 /64.
 pub fn ip_key(ip: IpAddr) -> IpAddr {

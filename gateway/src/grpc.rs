@@ -14,7 +14,10 @@ pub(crate) struct GatewayService {
 }
 
 pub(crate) fn server(gw: Arc<Gateway>) -> GatewayServer<GatewayService> {
-    GatewayServer::new(GatewayService { gw })
+    // A request is bounded like an HTTP API body (`max_body_bytes`), plus
+    // room for the fields around the data: tonic's own default is 4 MiB.
+    let limit = gw.settings.max_body_bytes + 4096;
+    GatewayServer::new(GatewayService { gw }).max_decoding_message_size(limit)
 }
 
 pub(crate) use turnout_proto::bus::room_message;

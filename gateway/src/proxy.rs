@@ -29,10 +29,11 @@ fn is_upgrade(req: &Request) -> bool {
 
 /// Why an upgrade at one node did not happen.
 enum Upstream {
-    /// Refused with 503: draining or lost contact with Redis (`full`
-    /// false), or at its `max_connections` (`full`).
+    /// Refused with 503: draining or lost contact with Redis (`stays`
+    /// false), or at its `max_connections` or `max_accept_rate` (`stays`:
+    /// the node is fine, and a sticky room stays on it).
     Refused {
-        full: bool,
+        stays: bool,
     },
     Failed(String),
 }
@@ -91,8 +92,10 @@ async fn upgrade_at(
     match sender.send_request(up).await {
         Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
             let why = r.headers().get(turnout_common::net::REFUSAL_HEADER);
-            let full = why.is_some_and(|v| v == turnout_common::net::REFUSED_FULL);
-            Err(Upstream::Refused { full })
+            let stays = why.is_some_and(|v| {
+                v == turnout_common::net::REFUSED_FULL || v == turnout_common::net::REFUSED_BUSY
+            });
+            Err(Upstream::Refused { stays })
         }
         Ok(r) => Ok(r),
         Err(e) => Err(Upstream::Failed(format!("request: {e}"))),
@@ -151,8 +154,18 @@ pub(crate) async fn ws(
     // `upstream_timeout`; a node that did not make it is avoided for a while
     // and another is asked (sticky: the room is placed anew elsewhere).
     let mut failed: Vec<String> = Vec::new();
+    // Whether every node asked was fine but full or busy.
+    let mut only_busy = true;
     let (node, mut resp) = loop {
         if failed.len() >= 3 {
+            if only_busy {
+                let e = ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the ws-nodes take no more connections now (max_connections or max_accept_rate); retry later",
+                );
+                let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+                return (StatusCode::SERVICE_UNAVAILABLE, retry, e).into_response();
+            }
             let e = ApiError::new(ErrorCode::Unavailable, "no ws-node answered; retry");
             return (StatusCode::BAD_GATEWAY, e).into_response();
         }
@@ -163,13 +176,13 @@ pub(crate) async fn ws(
         let attempt = upgrade_at(&gw, &node, req.headers(), &path, &forwarded, peer.ip());
         let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
             Ok(Ok(r)) => break (node, r),
-            Ok(Err(Upstream::Refused { full: true })) if !gw.another_node_may_serve() => {
-                // Moving the room would send its members away: the room is
-                // full for now, not broken.
+            Ok(Err(Upstream::Refused { stays: true })) if !gw.another_node_may_serve() => {
+                // Moving the room would send its members away: the room's
+                // node is full or busy for now, not broken.
                 gw.metrics.upstream_errors.inc();
                 let e = ApiError::new(
                     ErrorCode::Unavailable,
-                    "the room's node is at max_connections; retry later",
+                    "the room's node takes no more connections now (max_connections or max_accept_rate); retry later",
                 );
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -178,15 +191,22 @@ pub(crate) async fn ws(
                 )
                     .into_response();
             }
-            Ok(Err(Upstream::Refused { .. })) => {
-                tracing::debug!(node = %node.id, "node refused the upgrade (draining, full or cut off); trying another");
+            Ok(Err(Upstream::Refused { stays })) => {
+                only_busy &= stays;
+                tracing::debug!(node = %node.id, "node refused the upgrade (draining, full, busy or cut off); trying another");
                 None
             }
-            Ok(Err(Upstream::Failed(e))) => Some(e),
-            Err(_) => Some(format!(
-                "no answer within {:?}",
-                gw.settings.upstream_timeout
-            )),
+            Ok(Err(Upstream::Failed(e))) => {
+                only_busy = false;
+                Some(e)
+            }
+            Err(_) => {
+                only_busy = false;
+                Some(format!(
+                    "no answer within {:?}",
+                    gw.settings.upstream_timeout
+                ))
+            }
         };
         gw.metrics.upstream_errors.inc();
         if let Some(why) = why {

@@ -496,6 +496,8 @@ pub fn node_settings(redis: &str, strategy: Strategy) -> turnout_ws_node::Settin
         max_rooms_per_minute: 1_000_000,
         max_connect_rate_per_ip: 1e6,
         max_connect_burst_per_ip: 1_000_000,
+        max_accept_rate: 1e6,
+        max_accept_burst: 1_000_000,
         ..Default::default()
     }
 }

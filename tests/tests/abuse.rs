@@ -461,3 +461,37 @@ async fn floods_of_cheap_or_refused_frames_are_limited() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A reconnect storm is admitted at the node's pace (`max_accept_rate`):
+/// past its burst, upgrades get 503 `busy` with a `Retry-After`, straight
+/// at the node and through the gateway; connections already open are not
+/// disturbed, and a retry a little later gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_admitted_at_the_nodes_pace() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| {
+        s.max_accept_rate = 2.0;
+        s.max_accept_burst = 3;
+    })
+    .await?;
+    let url = c.nodes[0].ws_url();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(&url).await?);
+    }
+    let busy = tokio_tungstenite::connect_async(url.as_str()).await;
+    match busy {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 503);
+            assert_eq!(r.headers()["x-turnout-refusal"], "busy");
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503 busy, got {other:?}"),
+    }
+    assert_eq!(upgrade_status(&c.gateway.ws_url()).await?, 503);
+    held[0].join("still").await?;
+    wait_for("a slot at the node's pace", DEADLINE, || async {
+        (upgrade_status(&url).await.ok()? == 101).then_some(())
+    })
+    .await?;
+    Ok(())
+}

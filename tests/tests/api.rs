@@ -671,3 +671,41 @@ async fn python_client_from_proto() -> Result<()> {
     let _ = std::fs::remove_dir_all(&gen_dir);
     Ok(())
 }
+
+/// gRPC requests are bounded like HTTP bodies: a `Publish` past
+/// `max_body_bytes` (and a `Deliver` past the node's `max_frame_bytes`) is
+/// refused, where tonic alone would take 4 MiB.
+#[tokio::test]
+async fn grpc_bodies_are_bounded_like_http_bodies() -> Result<()> {
+    let c = Cluster::start(1, Strategy::Pubsub).await?;
+    let big = format!("\"{}\"", "x".repeat(100 * 1024));
+    let mut gw = GatewayClient::connect(c.gateway.http()).await?;
+    let refused = gw
+        .publish(PublishRequest {
+            room: "big".into(),
+            data_json: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a publish past max_body_bytes");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    let small = gw
+        .publish(PublishRequest {
+            room: "big".into(),
+            data_json: format!("\"{}\"", "x".repeat(1024)),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(small.into_inner().seq, 1);
+    let mut node = turnout_proto::v1::node_client::NodeClient::connect(c.nodes[0].http()).await?;
+    let refused = node
+        .deliver(DeliverRequest {
+            room: "big".into(),
+            data_json: big,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a deliver past max_frame_bytes");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    Ok(())
+}

@@ -554,3 +554,46 @@ async fn a_member_far_behind_catches_up_in_pages_within_its_queue() -> Result<()
     assert_eq!(metric(&node, "turnout_slow_consumers_total").await?, 0.0);
     Ok(())
 }
+
+/// Sticky: a room's epoch counter outlives its owner record (pinned for
+/// `placement_ttl`) by as much again, and no longer: a client that joins
+/// room after room leaves nothing in Redis past twice `placement_ttl`
+/// (it was kept seven days while the room had members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_epoch_counter_is_kept_twice_placement_ttl() -> Result<()> {
+    let pin = Duration::from_secs(2);
+    let c = Cluster::start_with(1, Strategy::Sticky, |s| {
+        s.heartbeat_interval = Duration::from_millis(200);
+        s.heartbeat_ttl = Duration::from_secs(1);
+        s.presence_ttl = Duration::from_millis(1500);
+        s.placement_ttl = pin;
+    })
+    .await?;
+    let mut member = Client::connect(&format!("{}?room=pin", c.gateway.ws_url())).await?;
+    member.join("pin").await?;
+    let mut con = c.redis.con().await?;
+    // Each renewal sets it to twice the node's placement_ttl (the router's
+    // claim set it to the router's own, 60 s here).
+    let pin_ms = pin.as_millis() as i64;
+    wait_for("a renewal of the room's epoch counter", DEADLINE, || {
+        let mut con = con.clone();
+        async move {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg("turnout:{pin}:claims")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (ttl > pin_ms && ttl <= 2 * pin_ms).then_some(())
+        }
+    })
+    .await?;
+    let owner: i64 = redis::cmd("PTTL")
+        .arg("turnout:{pin}:owner")
+        .query_async(&mut con)
+        .await?;
+    assert!(
+        owner > 0 && owner <= pin.as_millis() as i64,
+        "owner kept {owner} ms"
+    );
+    Ok(())
+}

@@ -25,7 +25,10 @@ pub(crate) struct NodeService {
 }
 
 pub(crate) fn server(state: Arc<NodeState>) -> NodeServer<NodeService> {
-    NodeServer::new(NodeService { state })
+    // A `Deliver` carries one message: bounded like a client's frame
+    // (`max_frame_bytes`), plus room for the fields around it.
+    let limit = state.settings.max_frame_bytes + 4096;
+    NodeServer::new(NodeService { state }).max_decoding_message_size(limit)
 }
 
 #[tonic::async_trait]

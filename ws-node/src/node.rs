@@ -55,6 +55,8 @@ pub(crate) struct NodeState {
     pub(crate) readiness: Readiness,
     /// Connections per client address (IPv6: per /64).
     per_ip: Arc<turnout_common::net::IpSlots>,
+    /// New connections from everyone: a token bucket (`max_accept_rate`).
+    admission: std::sync::Mutex<crate::limits::Bucket>,
 }
 
 impl NodeState {
@@ -180,6 +182,11 @@ pub async fn run(
         rate: settings.max_connect_rate_per_ip,
         burst: settings.max_connect_burst_per_ip,
     });
+    let admission = std::sync::Mutex::new(crate::limits::Bucket::new(
+        settings.max_accept_rate,
+        settings.max_accept_burst,
+        std::time::Instant::now(),
+    ));
     let state = Arc::new(NodeState {
         hub,
         conns: DashMap::new(),
@@ -195,6 +202,7 @@ pub async fn run(
         lease: heartbeat::Lease::default(),
         readiness,
         per_ip,
+        admission,
     });
     if state.redis.get().is_none() {
         tokio::spawn(heartbeat::connect_later(
@@ -380,6 +388,18 @@ async fn ws_handler(
             "node is at max_connections",
         );
     };
+    let admitted = state
+        .admission
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(std::time::Instant::now());
+    if !admitted {
+        state.hub.metrics.rate_limited.inc();
+        return refuse(
+            turnout_common::net::REFUSED_BUSY,
+            "node takes new connections at max_accept_rate; retry shortly",
+        );
+    }
     let ip_slot = match state.per_ip.take(client_ip(&state, peer.ip(), &headers)) {
         Ok(slot) => slot,
         Err(refused) => {
@@ -411,11 +431,19 @@ async fn ws_handler(
         })
 }
 
-/// A `503` to an upgrade, with the reason a gateway acts on.
+/// A `503` to an upgrade, with the reason a gateway acts on (and, when
+/// the node is full or busy, when to try again).
 fn refuse(why: &'static str, message: &'static str) -> Response {
+    let retry = match why {
+        turnout_common::net::REFUSED_FULL => "5",
+        _ => "1",
+    };
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        [(turnout_common::net::REFUSAL_HEADER, why)],
+        [
+            (turnout_common::net::REFUSAL_HEADER, why),
+            (axum::http::header::RETRY_AFTER.as_str(), retry),
+        ],
         message,
     )
         .into_response()

@@ -154,6 +154,15 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connect_burst_per_ip: Option<u32>,
+    /// New WebSocket connections per second this node takes, from everyone
+    /// (a reconnect storm is admitted at this pace; 503 beyond).
+    #[arg(long, env = "TURNOUT_MAX_ACCEPT_RATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_accept_rate: Option<f64>,
+    /// New WebSocket connections this node takes at once.
+    #[arg(long, env = "TURNOUT_MAX_ACCEPT_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_accept_burst: Option<u32>,
     /// How often the node pings idle clients, e.g. 20s.
     #[arg(long, env = "TURNOUT_PING_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,6 +238,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     pub max_connect_rate_per_ip: f64,
     pub max_connect_burst_per_ip: u32,
+    pub max_accept_rate: f64,
+    pub max_accept_burst: u32,
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -283,6 +294,8 @@ impl Default for Settings {
             max_connections_per_ip: 1000,
             max_connect_rate_per_ip: 50.0,
             max_connect_burst_per_ip: 500,
+            max_accept_rate: 2000.0,
+            max_accept_burst: 10_000,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             inbox: false,
@@ -348,6 +361,8 @@ impl Validate for Settings {
             self.max_connect_burst_per_ip == 0,
         )?;
         require_positive("max_connect_rate_per_ip", self.max_connect_rate_per_ip)?;
+        require_positive("max_accept_rate", self.max_accept_rate)?;
+        require_nonzero("max_accept_burst", self.max_accept_burst == 0)?;
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return Err(SettingsError::invalid(
                 "idle_timeout",

@@ -190,13 +190,9 @@ pub fn renew(a: &RenewArgs<'_>) -> ScriptInvocation<'static> {
         .arg(owner)
         .arg(epoch)
         .arg(ms(a.pin))
-        .arg(ms(EPOCH_TTL));
+        .arg(ms(a.pin * 2));
     inv
 }
-
-/// While a room has members, its epoch counter outlives any placement by
-/// this long, so epochs only grow.
-pub const EPOCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `claim.lua`: `candidate` takes `room` unless it has an owner not in
 /// `gone` (nodes the caller found dead or draining); an empty candidate

@@ -6,8 +6,9 @@
 -- fences the old owner's publishes, and tells the old owner on its control
 -- channel. Atomic, so routers and nodes racing on one room always agree.
 -- An empty candidate only reads the owner. The epoch counter lives at least
--- `pin` after a claim; renew.lua keeps it for `epoch_ttl` while the room has
--- members, so a placement nobody joined leaves nothing behind for long.
+-- `pin` after a claim; renew.lua keeps it for twice `pin` after each renewal
+-- while the room has members (so it outlives the owner record, pinned for
+-- `pin`), and a room that empties leaves nothing behind for long.
 local owner_key  = KEYS[1]   -- turnout:{room}:owner
 local claims_key = KEYS[2]   -- turnout:{room}:claims
 local candidate  = ARGV[1]

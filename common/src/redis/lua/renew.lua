@@ -20,7 +20,7 @@ local ttl          = ARGV[3]   -- room_ttl, ms
 local owner        = ARGV[4]   -- '' = no ownership to check
 local owner_epoch  = ARGV[5]
 local pin          = ARGV[6]   -- placement_ttl, ms
-local epoch_ttl    = ARGV[7]   -- how long the epoch counter outlives placements, ms
+local epoch_ttl    = ARGV[7]   -- how long the epoch counter lives after this renewal (twice pin), ms
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
