@@ -297,10 +297,23 @@ impl Gateway {
     }
 
     /// Nodes to avoid now: `also`, and those that were slow recently.
+    /// Avoiding a slow node is a preference: when it would leave no live
+    /// node to try (a one-node cluster, every node slow a moment ago), the
+    /// slow ones are tried again.
     pub(crate) fn avoided(&self, also: &[String]) -> Vec<String> {
         self.slow.retain(|_, until| *until > Instant::now());
         let mut out: Vec<String> = also.to_vec();
-        out.extend(self.slow.iter().map(|e| e.key().clone()));
+        let slow: Vec<String> = self.slow.iter().map(|e| e.key().clone()).collect();
+        let any_left = self
+            .view
+            .borrow()
+            .reply
+            .nodes
+            .iter()
+            .any(|n| !n.draining && !also.contains(&n.id) && !slow.contains(&n.id));
+        if any_left {
+            out.extend(slow);
+        }
         out.sort_unstable();
         out.dedup();
         out

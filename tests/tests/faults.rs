@@ -478,3 +478,27 @@ async fn a_cut_between_gateway_and_node_moves_only_its_clients() -> Result<()> {
     assert!(metric(&gateway, "turnout_links_cut_total").await? >= 1.0);
     Ok(())
 }
+
+/// A node that did not answer an upgrade in time is avoided for a while,
+/// but not when it is the only one: once it answers again (a pause ended),
+/// clients get through at once instead of after the avoidance runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_node_is_tried_again_as_soon_as_it_answers() -> Result<()> {
+    let redis = Redis::start().await?;
+    let (_router, gateway) = front(&redis.url(), Strategy::Pubsub).await;
+    let n = node("only", &fast("pubsub", &redis.url())).await?;
+    live_nodes(&gateway, 1).await?;
+    let gw = format!("{}?room=one", gateway.ws_url());
+    n.pause()?;
+    // The upgrade waits for the paused node (upstream_timeout), fails,
+    // and the gateway marks the node slow.
+    assert_ne!(upgrade_status(&gw).await.unwrap_or(0), 101);
+    n.resume()?;
+    // Well within the ten seconds a slow node is avoided for.
+    let within = Duration::from_secs(5);
+    wait_for("an upgrade through the gateway", within, || async {
+        (upgrade_status(&gw).await.ok()? == 101).then_some(())
+    })
+    .await?;
+    Ok(())
+}

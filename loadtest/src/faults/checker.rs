@@ -184,10 +184,19 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
                             let changed = !prev.is_empty() && !e.is_empty() && e != prev;
                             if changed || *seq < last {
                                 // The room started over: counting goes on
-                                // from its seq now.
+                                // from its seq now, in another epoch (one
+                                // of this member's own while the room has
+                                // none yet, so that its seqs do not meet
+                                // the old ones).
                                 w.declared.push(*at);
                                 last = *seq;
                                 accept_jump = false;
+                                epoch = Some(if e.is_empty() {
+                                    format!("{prev}/after {at}")
+                                } else {
+                                    e.clone()
+                                });
+                                continue;
                             } else if *recovered == Some(false) {
                                 w.declared.push(*at);
                                 accept_jump = true;
@@ -520,6 +529,26 @@ mod tests {
             joined(290, 0, "e2", Some(false)),
             msg(310, 1, "k3"),
         ];
+        assert_eq!(check(&h).1, vec![]);
+    }
+
+    #[test]
+    fn a_room_that_starts_over_without_an_epoch_yet_is_not_confused_with_the_old() {
+        // A local server restarted: the room is new there, with no epoch
+        // until its first message; seq 1 again is another message.
+        let mut h = clean();
+        h.publishes.push(publish("k4", 400, Some(1)));
+        h.members = vec![member(
+            "a",
+            vec![
+                joined(10, 0, "e1", None),
+                msg(110, 1, "k1"),
+                msg(210, 2, "k2"),
+                msg(310, 3, "k3"),
+                joined(390, 0, "", Some(false)),
+                msg(410, 1, "k4"),
+            ],
+        )];
         assert_eq!(check(&h).1, vec![]);
     }
 

@@ -53,6 +53,10 @@ struct Run {
     silence_bound_ms: u64,
     /// Faults by kind.
     by_kind: BTreeMap<String, u64>,
+    /// How long messages took from their first send to a member: the
+    /// longest, the 99th percentile, and the longest of those sent while a
+    /// fault of each kind was on (or within 2 s after it ended).
+    latency_ms: Latency,
     /// The command that runs it again.
     replay: String,
 }
@@ -105,6 +109,12 @@ pub(crate) async fn run(o: FaultsOpts) -> Result<()> {
             run.checked.declared_lost,
             run.violations.len()
         );
+        println!(
+            "{strategy}: delivery latency max {} ms, p99 {} ms; worst around each kind of fault: {}",
+            run.latency_ms.max,
+            run.latency_ms.p99,
+            serde_json::to_string(&run.latency_ms.by_kind)?
+        );
         for v in run.violations.iter().take(20) {
             println!("  {}", serde_json::to_string(v)?);
         }
@@ -128,6 +138,55 @@ pub(crate) async fn run(o: FaultsOpts) -> Result<()> {
         println!("replay: {}", r.replay);
     }
     bail!("{} run(s) broke the delivery contract", failed.len())
+}
+
+#[derive(Serialize, Default)]
+struct Latency {
+    max: u64,
+    p99: u64,
+    by_kind: BTreeMap<String, u64>,
+}
+
+/// Delivery latencies of a run, overall and around each kind of fault
+/// (`start_ms`: the wall clock when the faults' timeline began).
+fn latencies(h: &History, faults: &[Fault], start_ms: u64) -> Latency {
+    let sent: std::collections::HashMap<&str, u64> = h
+        .publishes
+        .iter()
+        .map(|p| (p.key.as_str(), p.sent))
+        .collect();
+    let mut all = Vec::new();
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for m in &h.members {
+        for e in &m.events {
+            let checker::Event::Message { at, key, .. } = e else {
+                continue;
+            };
+            let Some(&s) = sent.get(key.as_str()) else {
+                continue;
+            };
+            let latency = at.saturating_sub(s);
+            all.push(latency);
+            let t = s.saturating_sub(start_ms) as f64 / 1000.0;
+            for f in faults {
+                if t >= f.at_s && t <= f.at_s + f.duration_s + 2.0 {
+                    let worst = by_kind.entry(f.kind.as_str().to_owned()).or_insert(0);
+                    *worst = (*worst).max(latency);
+                }
+            }
+        }
+    }
+    all.sort_unstable();
+    let p99 = all
+        .get((all.len() as f64 * 0.99) as usize)
+        .or(all.last())
+        .copied()
+        .unwrap_or(0);
+    Latency {
+        max: all.last().copied().unwrap_or(0),
+        p99,
+        by_kind,
+    }
 }
 
 /// Rooms and clients of a run.
@@ -279,6 +338,7 @@ async fn run_one(
     }
     timeline.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let started = Instant::now();
+    let start_ms = client::now_ms();
     let mut load_faults: BTreeMap<usize, CancellationToken> = BTreeMap::new();
     let mut trouble = Vec::new();
     for (t, begin, i) in timeline {
@@ -389,6 +449,7 @@ async fn run_one(
         silence_bound_ms,
     };
     std::fs::write(dir.join("history.json"), serde_json::to_string(&history)?)?;
+    let latency_ms = latencies(&history, &faults, start_ms);
     let (checked, mut violations) = checker::check(&history);
     for e in exits {
         violations.push(Violation {
@@ -428,6 +489,7 @@ async fn run_one(
         violations,
         silence_bound_ms,
         by_kind,
+        latency_ms,
         replay,
     })
 }
