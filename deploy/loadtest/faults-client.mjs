@@ -31,7 +31,14 @@ await Promise.all(
       pongTimeoutMs: 2000,
       publishTimeoutMs: 90_000,
     });
-    client.on("error", (e) => console.error(`${spec.name}: ${e.code}: ${e.message}`));
+    // What the library does, for the run's log (stderr).
+    const log = (what) => console.error(`${new Date().toISOString()} ${spec.name}: ${what}`);
+    client.on("error", (e) => log(`error ${e.code}: ${e.message}`));
+    client.on("disconnect", (d) => log(`closed ${d.code} ${d.reason} from ${d.node}; retry in ${d.retryInMs} ms`));
+    client.on("redirect", (r) => log(`redirect ${r.room} to ${r.url}`));
+    client.on("reconnect", (r) => log(`told to reconnect: ${r.reason}`));
+    client.on("rejoin", (r) => log(`rejoin ${r.room} after ${r.since}: ${r.reason}`));
+    client.on("welcome", (w) => log(`welcome from ${w.node}`));
     clients.push(client);
     const rooms = await Promise.all(
       spec.rooms.map((name) =>

@@ -147,76 +147,24 @@ pub(crate) async fn ws(
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
-    // A node can vanish or start draining between the router's last word and
-    // this request: then ask afresh, avoiding it, a few times.
-    // A node can vanish, stall or start draining between the router's last
-    // word and this request: each attempt (connect, request, response) has
-    // `upstream_timeout`; a node that did not make it is avoided for a while
-    // and another is asked (sticky: the room is placed anew elsewhere).
-    let mut failed: Vec<String> = Vec::new();
-    // Whether every node asked was fine but full or busy.
-    let mut only_busy = true;
-    let (node, mut resp) = loop {
-        if failed.len() >= 3 {
-            if only_busy {
-                let e = ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the ws-nodes take no more connections now (max_connections or max_accept_rate); retry later",
-                );
-                let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
-                return (StatusCode::SERVICE_UNAVAILABLE, retry, e).into_response();
-            }
-            let e = ApiError::new(ErrorCode::Unavailable, "no ws-node answered; retry");
-            return (StatusCode::BAD_GATEWAY, e).into_response();
+    // The whole search, the node's answer included, is bounded: a client
+    // waits at most this long for a refusal it can retry, never on a
+    // router or nodes slowed by a stalled Redis.
+    let within = gw.settings.upstream_timeout * 3;
+    let headers = req.headers().clone();
+    let search = find_upstream(&gw, room.as_ref(), &headers, &path, &forwarded, peer.ip());
+    let (node, mut resp) = match tokio::time::timeout(within, search).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(refusal)) => return refusal,
+        Err(_) => {
+            gw.metrics.upstream_errors.inc();
+            let e = ApiError::new(
+                ErrorCode::Unavailable,
+                format!("no ws-node took the connection within {within:?}; retry"),
+            );
+            let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+            return (StatusCode::SERVICE_UNAVAILABLE, retry, e).into_response();
         }
-        let node = match gw.pick(room.as_ref(), true, &failed).await {
-            Ok(n) => n,
-            Err(e) => return e.into_response(),
-        };
-        let attempt = upgrade_at(&gw, &node, req.headers(), &path, &forwarded, peer.ip());
-        let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
-            Ok(Ok(r)) => break (node, r),
-            Ok(Err(Upstream::Refused { stays: true })) if !gw.another_node_may_serve() => {
-                // Moving the room would send its members away: the room's
-                // node is full or busy for now, not broken.
-                gw.metrics.upstream_errors.inc();
-                let e = ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the room's node takes no more connections now (max_connections or max_accept_rate); retry later",
-                );
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
-                    e,
-                )
-                    .into_response();
-            }
-            Ok(Err(Upstream::Refused { stays })) => {
-                only_busy &= stays;
-                tracing::debug!(node = %node.id, "node refused the upgrade (draining, full, busy or cut off); trying another");
-                None
-            }
-            Ok(Err(Upstream::Failed(e))) => {
-                only_busy = false;
-                Some(e)
-            }
-            Err(_) => {
-                only_busy = false;
-                Some(format!(
-                    "no answer within {:?}",
-                    gw.settings.upstream_timeout
-                ))
-            }
-        };
-        gw.metrics.upstream_errors.inc();
-        if let Some(why) = why {
-            tracing::warn!(node = %node.id, error = %why, "upgrade at ws-node failed; avoiding it for a while");
-            gw.avoid_node(&node.id);
-        }
-        if let Some(r) = &room {
-            gw.forget_route(r);
-        }
-        failed.push(node.id.clone());
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -274,4 +222,93 @@ pub(crate) async fn ws(
         HeaderValue::from_str(&node.id).unwrap_or(HeaderValue::from_static("?")),
     );
     out.into_response()
+}
+
+/// Finds a node that takes the client's upgrade: asks for a node (the
+/// room's owner, sticky; the least loaded otherwise), forwards the upgrade,
+/// and on a refusal or failure asks again, avoiding the nodes that did not
+/// take it, a few times. `Err` is the answer to give the client.
+async fn find_upstream(
+    gw: &Gateway,
+    room: Option<&turnout_proto::names::RoomName>,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+    forwarded: &str,
+    client_ip: std::net::IpAddr,
+) -> Result<
+    (
+        turnout_proto::v1::NodeInfo,
+        hyper::Response<hyper::body::Incoming>,
+    ),
+    Response,
+> {
+    // A node can vanish, stall or start draining between the router's last
+    // word and this request: each attempt (connect, request, response) has
+    // `upstream_timeout`; a node that did not make it is avoided for a while
+    // and another is asked (sticky: the room is placed anew elsewhere).
+    let mut failed: Vec<String> = Vec::new();
+    // Whether every node asked was fine but full or busy.
+    let mut only_busy = true;
+    loop {
+        if failed.len() >= 3 {
+            if only_busy {
+                let e = ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the ws-nodes take no more connections now (max_connections or max_accept_rate); retry later",
+                );
+                let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+                return Err((StatusCode::SERVICE_UNAVAILABLE, retry, e).into_response());
+            }
+            let e = ApiError::new(ErrorCode::Unavailable, "no ws-node answered; retry");
+            return Err((StatusCode::BAD_GATEWAY, e).into_response());
+        }
+        let node = match gw.pick(room, true, &failed).await {
+            Ok(n) => n,
+            Err(e) => return Err(e.into_response()),
+        };
+        let attempt = upgrade_at(gw, &node, headers, path, forwarded, client_ip);
+        let why = match tokio::time::timeout(gw.settings.upstream_timeout, attempt).await {
+            Ok(Ok(r)) => return Ok((node, r)),
+            Ok(Err(Upstream::Refused { stays: true })) if !gw.another_node_may_serve() => {
+                // Moving the room would send its members away: the room's
+                // node is full or busy for now, not broken.
+                gw.metrics.upstream_errors.inc();
+                let e = ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the room's node takes no more connections now (max_connections or max_accept_rate); retry later",
+                );
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                    e,
+                )
+                    .into_response());
+            }
+            Ok(Err(Upstream::Refused { stays })) => {
+                only_busy &= stays;
+                tracing::debug!(node = %node.id, "node refused the upgrade (draining, full, busy or cut off); trying another");
+                None
+            }
+            Ok(Err(Upstream::Failed(e))) => {
+                only_busy = false;
+                Some(e)
+            }
+            Err(_) => {
+                only_busy = false;
+                Some(format!(
+                    "no answer within {:?}",
+                    gw.settings.upstream_timeout
+                ))
+            }
+        };
+        gw.metrics.upstream_errors.inc();
+        if let Some(why) = why {
+            tracing::warn!(node = %node.id, error = %why, "upgrade at ws-node failed; avoiding it for a while");
+            gw.avoid_node(&node.id);
+        }
+        if let Some(r) = room {
+            gw.forget_route(r);
+        }
+        failed.push(node.id.clone());
+    }
 }

@@ -597,3 +597,34 @@ async fn a_rooms_epoch_counter_is_kept_twice_placement_ttl() -> Result<()> {
     );
     Ok(())
 }
+
+/// A client's upgrade through the gateway is answered within three
+/// `upstream_timeout`s, finding the node included, even when a stalled
+/// Redis holds up the router: a refusal it can retry at once, rather than a
+/// wait past its own patience while the stall ends and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_through_the_gateway_is_answered_in_bounded_time() -> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let router = start_router(&url, Strategy::Sticky).await;
+    let mut gs = gateway_settings(&url, Strategy::Sticky, &[&router]);
+    gs.upstream_timeout = Duration::from_millis(500);
+    let gateway = start_gateway_with(gs).await;
+    let mut ns = node_settings(&url, Strategy::Sticky);
+    ns.heartbeat_ttl = Duration::from_secs(30);
+    let _node = start_node(ns).await;
+    live_nodes(&gateway, 1).await?;
+    redis.pause()?;
+    let started = std::time::Instant::now();
+    let status = upgrade_status(&format!("{}?room=fresh", gateway.ws_url())).await?;
+    let took = started.elapsed();
+    redis.resume()?;
+    assert_eq!(status, 503);
+    // Three upstream_timeouts, and a margin for a busy machine: the
+    // router's own Redis timeout (5 s) would be past it.
+    assert!(
+        took < Duration::from_millis(1500) + Duration::from_secs(2),
+        "{took:?}"
+    );
+    Ok(())
+}

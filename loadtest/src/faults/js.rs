@@ -69,6 +69,7 @@ impl Js {
         gateway_ws: &str,
         specs: &[Spec],
         book: Arc<Book>,
+        log: &Path,
     ) -> Result<Js> {
         let users: std::collections::HashMap<String, String> = specs
             .iter()
@@ -87,7 +88,7 @@ impl Js {
             .env("CLIENTS", serde_json::to_string(specs)?)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(log)?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {node} (Node.js >= 20) for {}", script.display()))?;

@@ -280,16 +280,10 @@ async fn run_one(
         None
     } else {
         let script = script_path()?;
-        Some(
-            js::Js::start(
-                &o.node,
-                &script,
-                &cluster.gateway_ws(),
-                &load.specs,
-                book.clone(),
-            )
-            .await?,
-        )
+        let log = dir.join("logs").join("turnout-client.log");
+        let entry = cluster.gateway_ws();
+        let js = js::Js::start(&o.node, &script, &entry, &load.specs, book.clone(), &log);
+        Some(js.await?)
     };
     let api = tokio::spawn(api_publisher(
         cluster.gateway_http(),
