@@ -237,6 +237,20 @@ pub async fn serve(
 
 /// The demo page: one self-contained file, no external assets. Served by
 /// the gateway, and by a `local` ws-node (a complete single-server chat).
+/// For `/ws`: a refused upgrade closes its connection (`Connection:
+/// close`). The connection was asked for a WebSocket; kept alive for more
+/// HTTP, it leaves a browser's (or Node's) WebSocket waiting for its close
+/// before it reports the failure, and the client's reconnect waits with it.
+pub async fn close_unless_upgraded(mut resp: axum::response::Response) -> axum::response::Response {
+    if resp.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 pub async fn demo_page() -> impl axum::response::IntoResponse {
     (
         [

@@ -56,7 +56,14 @@ fn http_routes() -> Vec<HttpRoute> {
         handler,
     };
     vec![
-        r("get", "/ws", false, get(proxy::ws)),
+        r(
+            "get",
+            "/ws",
+            false,
+            get(proxy::ws).layer(axum::middleware::map_response(
+                turnout_common::serve::close_unless_upgraded,
+            )),
+        ),
         r("get", "/api/route", false, get(api::route)),
         r("get", "/api/cluster", false, get(api::cluster)),
         r(

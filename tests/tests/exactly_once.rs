@@ -628,3 +628,39 @@ async fn an_upgrade_through_the_gateway_is_answered_in_bounded_time() -> Result<
     );
     Ok(())
 }
+
+/// A refused upgrade closes its connection, at the gateway and at a node:
+/// kept alive for more HTTP, a browser's or Node's WebSocket waits for the
+/// close before it reports the failure, and the client's reconnect waited
+/// with it (10 s of silence per try, seen by the fault campaign).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_closes_its_connection() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start().await?;
+    let router = start_router(&redis.url(), Strategy::Sticky).await;
+    let gateway = start_gateway(&redis.url(), Strategy::Sticky, &[&router]).await;
+    let mut ns = node_settings(&redis.url(), Strategy::Sticky);
+    ns.max_connections = 1;
+    let node = start_node(ns).await;
+    live_nodes(&gateway, 1).await?;
+    let _held = Client::connect(&node.ws_url()).await?;
+    // The gateway: no room for sticky (400); the node: full (503).
+    for (addr, what) in [(gateway.addr, "the gateway"), (node.addr, "a node")] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        let req = "GET /ws?user=x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        tcp.write_all(req.as_bytes()).await?;
+        let mut answer = Vec::new();
+        // Read to the end: the server closes, or the read times out.
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+            .await
+            .map_err(|_| anyhow::anyhow!("{what} kept a refused upgrade's connection open"))??;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.starts_with("HTTP/1.1 101"), "{what}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {answer}"
+        );
+    }
+    Ok(())
+}

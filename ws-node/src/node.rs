@@ -223,7 +223,12 @@ pub async fn run(
         ))
         .into_axum_router();
     let mut app = Router::new()
-        .route("/ws", get(ws_handler))
+        .route(
+            "/ws",
+            get(ws_handler).layer(axum::middleware::map_response(
+                turnout_common::serve::close_unless_upgraded,
+            )),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz_handler))
         .route("/metrics", get(metrics_handler))
