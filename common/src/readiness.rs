@@ -66,6 +66,11 @@ pub fn startup_app(readiness: Readiness) -> axum::Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(starting.clone()))
         .fallback(starting)
+        // A WebSocket upgrade refused while starting closes its connection
+        // too (see `close_unless_upgraded`).
+        .layer(axum::middleware::map_response(
+            crate::serve::close_unless_upgraded,
+        ))
 }
 
 #[cfg(test)]

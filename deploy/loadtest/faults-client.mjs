@@ -4,7 +4,8 @@
 // records for its checker:
 //   {"t":"joined","member","user","room","at","seq","epoch","recovered"}
 //   {"t":"message","member","room","at","seq","key"}
-//   {"t":"sent","key","room","publisher","at"}, {"t":"ack","key","seq"}
+//   {"t":"sent","key","room","publisher","at"}, {"t":"ack","key","seq"},
+//   {"t":"refused","key"} (the publish rejected: no ack will come)
 //   {"t":"ready"} once every room of every client is joined.
 // CLIENTS is a JSON array of {"name","user","rooms":[…],"every":ms}.
 // Lines on stdin: `stop-publishing`, `stop` (answered {"t":"done"}).
@@ -68,7 +69,10 @@ await Promise.all(
       out({ t: "sent", key, room: room.name, publisher: spec.name, at: Date.now() });
       room.publish({ k: key }, { id: key }).then(
         (r) => out({ t: "ack", key, seq: r.seq }),
-        (e) => console.error(`${key}: ${e.code}`),
+        (e) => {
+          log(`${key} refused: ${e.code}`);
+          out({ t: "refused", key });
+        },
       );
     };
     spec.start = () => timers.push(setInterval(publish, spec.every));

@@ -644,8 +644,15 @@ async fn a_refused_upgrade_closes_its_connection() -> Result<()> {
     let node = start_node(ns).await;
     live_nodes(&gateway, 1).await?;
     let _held = Client::connect(&node.ws_url()).await?;
+    // A gateway still starting (its Redis is not there): 503.
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let starting = spawn_gateway(gateway_settings(&nowhere, Strategy::Sticky, &[&router])).await;
     // The gateway: no room for sticky (400); the node: full (503).
-    for (addr, what) in [(gateway.addr, "the gateway"), (node.addr, "a node")] {
+    for (addr, what) in [
+        (gateway.addr, "the gateway"),
+        (node.addr, "a node"),
+        (starting.addr, "a starting gateway"),
+    ] {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
         let req = "GET /ws?user=x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";

@@ -403,7 +403,14 @@ export class Client {
             this.#onClose(ev.code, ev.reason);
         };
         ws.onerror = () => {
-            /* a close follows */
+            if (this.#ws !== ws)
+                return;
+            // A connection that never opened (refused, or its upgrade answered
+            // with an error) is over: Node's WebSocket reports it with `error`
+            // alone, no `close`, and waiting for one would hold the reconnect
+            // until the welcome timeout. After it opened, a close follows.
+            if (ws.readyState !== OPEN)
+                this.#drop(1006, "connection failed");
         };
     }
     #detach(ws) {

@@ -430,6 +430,22 @@ test("what cannot be sent is refused at once", async () => {
   await assert.rejects(c.join("q"), (e) => e.code === "closed");
 });
 
+test("a connection that fails with error and no close is tried again at once", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, connectTimeoutMs: 60_000, WebSocket: server.WebSocket });
+  const joining = c.join("r");
+  const s0 = await server.socket(0);
+  // Node's WebSocket on a refused upgrade: `error`, never `close`.
+  s0.readyState = 3;
+  s0.onerror?.({});
+  const { s } = await joined(server, 1, c, "r", 0);
+  await joining;
+  assert.equal(s0.closed?.code, 1000, "the failed socket was let go");
+  assert.equal(c.state, "open");
+  s.frame({ type: "message", room: "r", seq: 1, data: 1 });
+  c.close();
+});
+
 test("redirects back and forth back off", async () => {
   const server = fakeServer();
   const c = new Client("ws://gw/ws", { ...fast, minBackoffMs: 20, maxBackoffMs: 40, WebSocket: server.WebSocket });

@@ -162,7 +162,12 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
         let room = m.room.as_str();
         let who = Some(m.member.as_str());
         let mut w = Walk::default();
+        // The epoch as the member knows it (its last `joined`'s, as a client
+        // keeps it), and the segment its seqs count in for the checks
+        // across members: the epoch, or one of this member's own after a
+        // start-over into a room with no epoch yet.
         let mut epoch: Option<String> = None;
+        let mut segment = String::new();
         let mut last = 0u64;
         let mut accept_jump = false;
         let mut slowest = 0u64;
@@ -179,37 +184,37 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
                         None => {
                             w.first_join = Some(*at);
                             last = *seq;
+                            segment = e.clone();
                         }
                         Some(prev) => {
-                            let changed = !prev.is_empty() && !e.is_empty() && e != prev;
+                            let changed = !prev.is_empty() && e != prev;
                             if changed || *seq < last {
                                 // The room started over: counting goes on
-                                // from its seq now, in another epoch (one
-                                // of this member's own while the room has
-                                // none yet, so that its seqs do not meet
-                                // the old ones).
+                                // from its seq now.
                                 w.declared.push(*at);
                                 last = *seq;
                                 accept_jump = false;
-                                epoch = Some(if e.is_empty() {
-                                    format!("{prev}/after {at}")
+                                segment = if e.is_empty() {
+                                    format!("{segment}/after {at}")
                                 } else {
                                     e.clone()
-                                });
-                                continue;
-                            } else if *recovered == Some(false) {
-                                w.declared.push(*at);
-                                accept_jump = true;
+                                };
+                            } else {
+                                if *recovered == Some(false) {
+                                    w.declared.push(*at);
+                                    accept_jump = true;
+                                }
+                                if !e.is_empty() {
+                                    segment = e.clone();
+                                }
                             }
                         }
                     }
-                    if epoch.as_ref().is_none_or(|p| p.is_empty() || !e.is_empty()) {
-                        epoch = Some(e.clone());
-                    }
+                    epoch = Some(e.clone());
                 }
                 Event::Message { at, seq, key } => {
                     checked.delivered += 1;
-                    let e = epoch.clone().unwrap_or_default();
+                    let e = segment.clone();
                     let v = |kind: &str, detail: String| Violation {
                         seq: Some(*seq),
                         key: Some(key.clone()),
@@ -547,6 +552,30 @@ mod tests {
                 msg(310, 3, "k3"),
                 joined(390, 0, "", Some(false)),
                 msg(410, 1, "k4"),
+            ],
+        )];
+        assert_eq!(check(&h).1, vec![]);
+    }
+
+    #[test]
+    fn a_rejoin_in_the_epoch_a_new_room_took_is_no_start_over() {
+        // The room started over without an epoch (`joined` epoch ""), got
+        // one with its first message, and the member rejoins with since:
+        // the same room, its replay follows.
+        let mut h = clean();
+        h.publishes.push(publish("k4", 400, Some(1)));
+        h.publishes.push(publish("k5", 600, Some(2)));
+        h.members = vec![member(
+            "a",
+            vec![
+                joined(10, 0, "e1", None),
+                msg(110, 1, "k1"),
+                msg(210, 2, "k2"),
+                msg(310, 3, "k3"),
+                joined(390, 0, "", Some(false)),
+                msg(410, 1, "k4"),
+                joined(700, 2, "e2", Some(true)),
+                msg(701, 2, "k5"),
             ],
         )];
         assert_eq!(check(&h).1, vec![]);

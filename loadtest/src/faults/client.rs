@@ -30,6 +30,9 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) struct Book {
     members: Mutex<BTreeMap<(String, String), MemberLog>>,
     publishes: Mutex<HashMap<String, PublishLog>>,
+    /// Publishes sent and neither acked nor refused yet: a run has settled
+    /// only once there are none (an ack still to come owes a delivery).
+    open: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Book {
@@ -99,6 +102,10 @@ impl Book {
     }
 
     pub(crate) fn sent(&self, key: &str, room: &str, publisher: &str, at: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned());
         let mut p = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
         p.entry(key.to_owned()).or_insert_with(|| PublishLog {
             key: key.to_owned(),
@@ -110,10 +117,24 @@ impl Book {
     }
 
     pub(crate) fn acked(&self, key: &str, seq: u64) {
+        self.refused(key);
         let mut p = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = p.get_mut(key) {
             p.acked.get_or_insert(seq);
         }
+    }
+
+    /// A publish that will get no ack (refused for good, or given up on).
+    pub(crate) fn refused(&self, key: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Publishes still waiting for their answer.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Everything recorded so far.
@@ -360,7 +381,7 @@ pub(crate) async fn run(m: Member, book: Arc<Book>, ctl: Controls) {
                                         }
                                         _ => {
                                             // Refused for good: never stored, not owed.
-                                            pending.remove(i);
+                                            book.refused(&pending.remove(i).key);
                                         }
                                     }
                                 }

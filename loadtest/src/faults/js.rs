@@ -50,6 +50,9 @@ enum Line {
         key: String,
         seq: u64,
     },
+    Refused {
+        key: String,
+    },
     Ready,
     Done,
 }
@@ -128,6 +131,7 @@ impl Js {
                         at,
                     } => book.sent(&key, &room, &publisher, at),
                     Line::Ack { key, seq } => book.acked(&key, seq),
+                    Line::Refused { key } => book.refused(&key),
                     Line::Ready => {
                         let _ = ready_tx.send(true);
                     }

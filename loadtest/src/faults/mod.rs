@@ -386,14 +386,12 @@ async fn run_one(
         js.stop_publishing().await?;
     }
     let _ = api.await;
-    // Settled: nothing owed is missing, and no ack came for a second (a
-    // late ack would owe a message the members have not had time for).
+    // Settled: every publish has had its answer (an ack still to come
+    // would owe a delivery), and nothing owed is missing; or a minute.
     let settle = Instant::now();
-    let mut acked_before = usize::MAX;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (members, publishes) = book.snapshot();
-        let acked = publishes.iter().filter(|p| p.acked.is_some()).count();
         let h = History {
             members,
             publishes,
@@ -405,10 +403,7 @@ async fn run_one(
             .iter()
             .filter(|v| v.kind == "lost")
             .count();
-        let quiet = acked == std::mem::replace(&mut acked_before, acked);
-        if (lost == 0 && quiet && settle.elapsed() >= Duration::from_secs(3))
-            || settle.elapsed() > Duration::from_secs(60)
-        {
+        if (lost == 0 && book.in_flight() == 0) || settle.elapsed() > Duration::from_secs(60) {
             break;
         }
     }
@@ -554,6 +549,7 @@ async fn api_publisher(gateway: String, rooms: Vec<String>, book: Arc<Book>, ctl
                 break;
             }
             if !keyed || attempt == 3 {
+                book.refused(&key);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
@@ -649,7 +645,10 @@ async fn burst(entry: &str, room: &str, book: &Book, stop: &CancellationToken) {
                 in_flight -= 1;
                 book.acked(&id, seq);
             }
-            turnout_proto::frames::ServerFrame::Error { id: Some(_), .. } => in_flight -= 1,
+            turnout_proto::frames::ServerFrame::Error { id: Some(id), .. } => {
+                in_flight -= 1;
+                book.refused(&id);
+            }
             _ => {}
         }
     }
