@@ -422,5 +422,38 @@ mod fuzz {
                 Err(e) => prop_assert!(!e.message.is_empty()),
             }
         }
+
+        // The other half: a parser that refused everything would pass the
+        // tests above. Every well-formed frame is taken, as it was sent.
+        #[test]
+        fn well_formed_frames_are_taken_as_sent(
+            kind in 0..4u8,
+            room in "[A-Za-z0-9_.:@-]{1,64}",
+            since in prop::option::of(any::<u64>()),
+            data in json_value(),
+            id in prop::option::of("[A-Za-z0-9-]{1,64}"),
+        ) {
+            let v = match kind {
+                0 => serde_json::json!({"type": "join", "room": room, "since": since}),
+                1 => serde_json::json!({"type": "leave", "room": room}),
+                2 => serde_json::json!({"type": "publish", "room": room, "data": data, "id": id}),
+                _ => serde_json::json!({"type": "ping"}),
+            };
+            let parsed = parse_client_frame(&v.to_string());
+            match (kind, parsed) {
+                (0, Ok(ClientFrame::Join { room: r, since: s, .. })) => {
+                    prop_assert_eq!(r.as_str(), room.as_str());
+                    prop_assert_eq!(s, since);
+                }
+                (1, Ok(ClientFrame::Leave { room: r })) => prop_assert_eq!(r.as_str(), room.as_str()),
+                (2, Ok(ClientFrame::Publish { room: r, data: d, id: i })) => {
+                    prop_assert_eq!(r.as_str(), room.as_str());
+                    prop_assert_eq!(d.get(), data.to_string());
+                    prop_assert_eq!(i, id);
+                }
+                (3, Ok(ClientFrame::Ping)) => {}
+                (k, other) => prop_assert!(false, "kind {} {} parsed as {:?}", k, v, other),
+            }
+        }
     }
 }

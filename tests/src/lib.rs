@@ -38,7 +38,9 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released: whatever binds it
+/// next may lose it to another process, and must check it got it, as
+/// [`Redis`] does).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -53,18 +55,13 @@ pub struct Redis {
     child: Option<Child>,
     /// With persistence (append-only file, fsync always) in this folder.
     dir: Option<PathBuf>,
+    /// `requirepass`, when the server asks for one.
+    password: Option<String>,
 }
 
 impl Redis {
     pub async fn start() -> Result<Redis> {
-        let port = free_port();
-        let mut r = Redis {
-            port,
-            child: None,
-            dir: None,
-        };
-        r.spawn().await?;
-        Ok(r)
+        Self::start_on_a_free_port(None, None).await
     }
 
     /// A server on a given port (e.g. one a process was told to use before
@@ -74,6 +71,7 @@ impl Redis {
             port,
             child: None,
             dir: None,
+            password: None,
         };
         r.spawn().await?;
         Ok(r)
@@ -81,16 +79,37 @@ impl Redis {
 
     /// A server that keeps its data across restarts (AOF, fsync always).
     pub async fn start_persistent() -> Result<Redis> {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("turnout-redis-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "turnout-redis-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&dir)?;
-        let mut r = Redis {
-            port,
-            child: None,
-            dir: Some(dir),
-        };
-        r.spawn().await?;
-        Ok(r)
+        Self::start_on_a_free_port(Some(dir), None).await
+    }
+
+    /// A server that requires `password` (`requirepass`).
+    pub async fn start_locked(password: &str) -> Result<Redis> {
+        Self::start_on_a_free_port(None, Some(password.to_owned())).await
+    }
+
+    /// Starts on a free port; when another process took the port first,
+    /// on another one.
+    async fn start_on_a_free_port(dir: Option<PathBuf>, password: Option<String>) -> Result<Redis> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut r = Redis {
+                port: free_port(),
+                child: None,
+                dir: dir.clone(),
+                password: password.clone(),
+            };
+            match r.spawn().await {
+                Ok(()) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried")).context("no free port for redis-server")
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -109,26 +128,61 @@ impl Redis {
                 .arg(dir),
             None => cmd.args(["--appendonly", "no"]),
         };
-        let child = cmd
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (is it installed? .ci/run installs it)")?;
-        self.child = Some(child);
-        let url = self.url();
-        wait_for("redis-server to answer PING", DEADLINE, || {
+        let pid = child.id();
+        let url = self.auth_url();
+        // The server that answers must be this child: one that lost its
+        // port to another process exits, and a PING would reach the other.
+        let answered = wait_for("redis-server to answer PING", DEADLINE, || {
             let url = url.clone();
+            let exited = child.try_wait().ok().flatten();
             async move {
-                let client = redis::Client::open(url).ok()?;
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("redis-server exited: {status}")));
+                }
+                let client = redis::Client::open(url.as_str()).ok()?;
                 let mut con = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut con)
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut con)
                     .await
-                    .ok()
+                    .ok()?;
+                let theirs = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                Some(match theirs {
+                    Some(p) if p == pid => Ok(()),
+                    other => Err(anyhow::anyhow!(
+                        "{url} answered by another redis-server ({other:?})"
+                    )),
+                })
             }
         })
-        .await?;
+        .await
+        .and_then(|r| r);
+        if let Err(e) = answered {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        self.child = Some(child);
         Ok(())
+    }
+
+    /// The URL with the password, when there is one.
+    pub fn auth_url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -159,7 +213,7 @@ impl Redis {
     }
 
     pub async fn con(&self) -> Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url())?
+        Ok(redis::Client::open(self.auth_url())?
             .get_multiplexed_async_connection()
             .await?)
     }
@@ -458,10 +512,19 @@ impl Proc {
         self
     }
 
-    /// Stops cleanly and waits for the process to finish.
+    /// Stops cleanly and waits for the process to finish; fails the test
+    /// when it does not end within [`DEADLINE`], or ends in an error (its
+    /// `run` returned one, which panics its task).
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(DEADLINE, self.task).await;
+        match tokio::time::timeout(DEADLINE, self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the process at {} did not end cleanly: {e}", self.addr),
+            Err(_) => panic!(
+                "the process at {} did not stop within {DEADLINE:?}",
+                self.addr
+            ),
+        }
     }
 
     pub fn ws_url(&self) -> String {
@@ -1044,7 +1107,12 @@ pub async fn upgrade_status(url: &str) -> Result<u16> {
 /// The value of a counter or gauge on a process's `/metrics`, its first
 /// series (0 when it is not there yet).
 pub async fn metric(p: &Proc, name: &str) -> Result<f64> {
-    let (_, body) = http("GET", &format!("{}/metrics", p.http()), None, &[]).await?;
+    metric_at(&p.http(), name).await
+}
+
+/// [`metric`] of the process serving `base` (`http://host:port`).
+pub async fn metric_at(base: &str, name: &str) -> Result<f64> {
+    let (_, body) = http("GET", &format!("{base}/metrics"), None, &[]).await?;
     let text = String::from_utf8_lossy(&body);
     Ok(text
         .lines()
@@ -1080,6 +1148,19 @@ pub fn binary(name: &str) -> PathBuf {
     assert!(status.success(), "building {name} failed");
     assert!(path.exists(), "{} missing after build", path.display());
     path
+}
+
+/// A few random bits, for names that must not meet another test's.
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
 }
 
 /// Sends `sig` (e.g. `-STOP`) to process `pid` with kill(1).
@@ -1158,15 +1239,20 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM (a drain), and wait until the process has exited.
+    /// SIGTERM (a drain), and wait until the process has exited; fails
+    /// unless it exited with status 0.
     pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         signal(self.child.id(), "-TERM")?;
         let child = &mut self.child;
-        wait_for("the node to exit after SIGTERM", DEADLINE, || {
+        let status = wait_for("the node to exit after SIGTERM", DEADLINE, || {
             let status = child.try_wait().ok().flatten();
             async move { status }
         })
-        .await
+        .await?;
+        if !status.success() {
+            bail!("{} exited with {status} after SIGTERM", self.id);
+        }
+        Ok(status)
     }
 }
 
@@ -1216,46 +1302,73 @@ impl Proxy {
 /// connection it comes back through `entry` (the gateway); after a seq jump
 /// it rejoins; it always rejoins with `since` = the last seq it holds. What
 /// it received is recorded, so a test can check that every message arrived
-/// exactly once, in order.
+/// exactly once, in order; and so is every repair it made (a rejoin after a
+/// seq jump: history papered over a gap the server let through), every
+/// move, and what the server told it, so a test can say which of those its
+/// fault should cause, and that none happen without one.
 pub struct Follower {
-    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-    moves: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    log: std::sync::Arc<std::sync::Mutex<FollowLog>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`Follower`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct FollowLog {
+    /// Seqs received, in order (a seq received twice appears twice).
+    pub got: Vec<u64>,
+    /// Connections it had to leave (moved, told to reconnect, closed).
+    pub moves: u64,
+    /// Rejoins after a jump in seq.
+    pub repairs: u64,
+    /// Rejoins for the rest of a replay cut at `replay_until`.
+    pub pages: u64,
+    /// Reconnect reasons (`reconnect` frames) and error codes, in order.
+    pub told: Vec<String>,
+    /// Close codes of the connections that ended (None: no close frame).
+    pub closes: Vec<Option<u16>>,
 }
 
 impl Follower {
     /// Joins `room` at `first` (a node or gateway `/ws` URL with query) and
     /// follows it; `entry` is where it reconnects when told to.
     pub async fn start(first: &str, entry: &str, room: &str) -> Result<Follower> {
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let moves = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(FollowLog::default()));
         let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(follow(
             first.to_owned(),
             entry.to_owned(),
             room.to_owned(),
-            got.clone(),
-            moves.clone(),
+            log.clone(),
             joined_tx,
         ));
         tokio::time::timeout(DEADLINE, joined_rx)
             .await
             .context("follower did not join")???;
-        Ok(Follower { got, moves, task })
+        Ok(Follower { log, task })
     }
 
     /// Waits until seq `last` arrived; returns everything received.
     pub async fn until(&self, last: u64) -> Result<Vec<u64>> {
         wait_for(&format!("seq {last} at the follower"), DEADLINE, || async {
-            let got = self.got.lock().unwrap().clone();
+            let got = self.log().got;
             got.contains(&last).then_some(got)
         })
         .await
     }
 
+    /// What it saw so far.
+    pub fn log(&self) -> FollowLog {
+        self.log.lock().unwrap().clone()
+    }
+
     /// How often it had to move or reconnect.
     pub fn moves(&self) -> u64 {
-        self.moves.load(std::sync::atomic::Ordering::Relaxed)
+        self.log().moves
+    }
+
+    /// How often it rejoined to fill a jump in seq.
+    pub fn repairs(&self) -> u64 {
+        self.log().repairs
     }
 }
 
@@ -1269,17 +1382,17 @@ async fn follow(
     first: String,
     entry: String,
     room: String,
-    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-    moves: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    log: std::sync::Arc<std::sync::Mutex<FollowLog>>,
     joined: tokio::sync::oneshot::Sender<Result<()>>,
 ) {
     let mut joined = Some(joined);
     let mut url = first;
     let mut last: Option<u64> = None;
+    let record = |f: &dyn Fn(&mut FollowLog)| f(&mut log.lock().unwrap());
     loop {
         let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
             url = entry.clone();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await; // a client's backoff
             continue;
         };
         let join = |last: Option<u64>| match last {
@@ -1296,8 +1409,16 @@ async fn follow(
         let mut next = entry.clone();
         // A cut replay ends at this seq: then ask for the rest.
         let mut page_end: Option<u64> = None;
+        let mut close = None;
         while let Some(Ok(m)) = ws.next().await {
-            let Message::Text(t) = m else { continue };
+            let t = match m {
+                Message::Text(t) => t,
+                Message::Close(f) => {
+                    close = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => continue,
+            };
             let Ok(f) = serde_json::from_str::<ServerFrame>(t.as_str()) else {
                 continue;
             };
@@ -1317,36 +1438,44 @@ async fn follow(
                     let l = last.unwrap_or(0);
                     if seq <= l {
                         // Delivered twice: record it, the test will see.
-                        got.lock().unwrap().push(seq);
+                        record(&|g| g.got.push(seq));
                     } else if seq == l + 1 {
-                        got.lock().unwrap().push(seq);
+                        record(&|g| g.got.push(seq));
                         last = Some(seq);
                         if page_end == Some(seq) {
                             page_end = None;
+                            record(&|g| g.pages += 1);
                             let leave = serde_json::json!({"type": "leave", "room": room});
                             let _ = ws.send(Message::Text(leave.to_string().into())).await;
                             let _ = ws.send(Message::Text(join(last).to_string().into())).await;
                         }
                     } else {
                         // A jump: ask for what is missing.
+                        record(&|g| g.repairs += 1);
                         let leave = serde_json::json!({"type": "leave", "room": room});
                         let _ = ws.send(Message::Text(leave.to_string().into())).await;
                         let _ = ws.send(Message::Text(join(last).to_string().into())).await;
                     }
                 }
-                ServerFrame::Error { code, redirect, .. } if code == "wrong_node" => {
-                    if let Some(r) = redirect {
-                        next = format!("{r}?room={room}");
+                ServerFrame::Error { code, redirect, .. } => {
+                    record(&|g| g.told.push(code.clone()));
+                    if code == "wrong_node" {
+                        if let Some(r) = redirect {
+                            next = format!("{r}?room={room}");
+                        }
+                        break;
                     }
-                    break;
                 }
-                ServerFrame::Reconnect { .. } => break,
+                ServerFrame::Reconnect { reason } => record(&|g| g.told.push(reason.clone())),
                 _ => {}
             }
         }
-        moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        record(&|g| {
+            g.moves += 1;
+            g.closes.push(close);
+        });
         url = next;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // a client's backoff
     }
 }
 

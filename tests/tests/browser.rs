@@ -143,7 +143,7 @@ async fn scenario(strategy: Strategy) -> Result<()> {
         (w.contains("you are on") && !w.contains(&node_b)).then_some(w)
     })
     .await?;
-    let _ = node.task.await;
+    node.task.await?;
     // ana (moved too in sticky mode) says more; ben sees it, and all of it in order.
     wait_text(&a, "#where", "you are on").await?;
     say(&a, "after the move").await?;

@@ -104,13 +104,22 @@ async fn a_paused_sticky_owner_moves_its_members_when_it_resumes() -> Result<()>
         exactly(10),
         "moved and recovered, once each"
     );
-    assert!(reader.moves() >= 1);
+    let log = reader.log();
+    assert!(log.moves >= 1, "{log:?}");
+    assert!(log.told.contains(&"wrong_node".to_owned()), "{log:?}");
+    assert_eq!(
+        log.repairs, 0,
+        "a move recovers with since, no gap: {log:?}"
+    );
     eprintln!("reader recovered {:?} after SIGCONT", resumed.elapsed());
     Ok(())
 }
 
-/// A pubsub node paused past its lease: its members get everything that
-/// was published meanwhile, in order, once it resumes.
+/// A pubsub node paused past its lease, whose pub/sub connection Redis
+/// dropped meanwhile (as it does a subscriber that stops reading): what
+/// was published meanwhile reached it nowhere, and when it resumes it
+/// reconnects, subscribes again and reads it from history; its members get
+/// everything, in order, with no gap for them to repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_pubsub_node_delivers_everything_when_it_resumes() -> Result<()> {
     let redis = Redis::start().await?;
@@ -126,12 +135,30 @@ async fn a_paused_pubsub_node_delivers_everything_when_it_resumes() -> Result<()
     writer.publish("q", json!(1), "1").await?;
     assert_eq!(reader.until(1).await?, exactly(1));
     a.pause()?;
+    // Its lease runs out: the cluster counts it gone.
+    live_nodes(&gateway, 1).await?;
+    // Redis drops the paused node's pub/sub connection (b's too; b
+    // subscribes again at once), before anything is published to it.
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
+        .query_async(&mut redis.con().await?)
+        .await?;
+    assert!(killed >= 2, "{killed}");
     for i in 2..=20 {
         writer.publish("q", json!(i), &i.to_string()).await?;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the pause
     a.resume()?;
     assert_eq!(reader.until(20).await?, exactly(20));
+    let log = reader.log();
+    assert_eq!((log.moves, log.repairs), (0, 0), "{log:?}");
+    let a_http = a.http();
+    for m in ["turnout_lease_lapses_total", "turnout_resubscribed_total"] {
+        assert!(metric_at(&a_http, m).await? >= 1.0, "{m}");
+    }
+    assert!(
+        metric_at(&a_http, "turnout_gaps_repaired_total").await? >= 19.0,
+        "2..=20 read back from history"
+    );
     Ok(())
 }
 
@@ -339,30 +366,13 @@ async fn processes_wait_for_redis_and_say_why() -> Result<()> {
     c.join("r").await?;
 
     // A Redis that requires a password, and a node without one.
-    let locked = free_port();
-    let mut child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &locked.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--requirepass", "sesame-sesame-sesame"])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let n2 = spawn_node(node_settings(
-        &format!("redis://127.0.0.1:{locked}"),
-        Strategy::Pubsub,
-    ));
+    let locked = Redis::start_locked("sesame-sesame-sesame").await?;
+    let n2 = spawn_node(node_settings(&locked.url(), Strategy::Pubsub));
     let why = readyz_refusal(&n2, "uth").await?;
     assert!(
         why.contains("NOAUTH") || why.contains("uthentication"),
         "{why}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
     Ok(())
 }
 
@@ -399,6 +409,8 @@ async fn a_pubsub_node_cut_from_redis_catches_up() -> Result<()> {
     proxy.sever();
     proxy.heal();
     assert_eq!(reader.until(20).await?, exactly(20));
+    let log = reader.log();
+    assert_eq!((log.moves, log.repairs), (0, 0), "{log:?}");
     Ok(())
 }
 
@@ -419,7 +431,7 @@ async fn a_sticky_owner_cut_from_redis_sends_its_members_away() -> Result<()> {
     };
     let mut cut_settings = fast(&proxy.url());
     cut_settings.node_id = Some("cut".into());
-    let _cut_off = start_node(cut_settings).await;
+    let cut_off = start_node(cut_settings).await;
     live_nodes(&gateway, 1).await?;
     let gw = gateway.ws_url();
     // The room is placed on the only node, the one about to be cut off.
@@ -431,9 +443,15 @@ async fn a_sticky_owner_cut_from_redis_sends_its_members_away() -> Result<()> {
     proxy.cut();
     // The cut node's heartbeat runs out; new members go to the other node.
     live_nodes(&gateway, 1).await?;
+    // It cannot tell which rooms are still its own: it takes nobody, and
+    // has sent its members away.
+    assert_eq!(upgrade_status(&cut_off.ws_url()).await?, 503);
     publish_all(&gw, "s", 4, 8).await?;
     assert_eq!(reader.until(8).await?, exactly(8));
-    assert!(reader.moves() >= 1);
+    let log = reader.log();
+    assert!(log.told.contains(&"lease_lost".to_owned()), "{log:?}");
+    assert!(log.closes.contains(&Some(1012)), "{log:?}");
+    assert_eq!(log.repairs, 0, "{log:?}");
     proxy.heal();
     Ok(())
 }
@@ -475,6 +493,7 @@ async fn a_cut_between_gateway_and_node_moves_only_its_clients() -> Result<()> {
     assert!(cut_off.moves() >= 1, "moved off the cut node");
     assert_eq!(other.until(10).await?, exactly(10));
     assert_eq!(other.moves(), 0, "a client of another node did not notice");
+    assert_eq!((cut_off.repairs(), other.repairs()), (0, 0));
     assert!(metric(&gateway, "turnout_links_cut_total").await? >= 1.0);
     Ok(())
 }

@@ -123,6 +123,65 @@ async fn dedupe_window_zero_turns_it_off() -> Result<()> {
     Ok(())
 }
 
+/// A publish id is remembered for `dedupe_window`, and then no longer: a
+/// resend within it is a duplicate, one after it is published again (the
+/// id's key is gone from Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_id_is_forgotten_after_the_window() -> Result<()> {
+    let window = std::time::Duration::from_secs(1);
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| s.dedupe_window = window).await?;
+    let mut a = Client::connect(&format!("{}?user=w", c.nodes[0].ws_url())).await?;
+    a.join("win").await?;
+    assert_eq!(publish(&mut a, "win", "x", "once").await?, (1, false));
+    assert_eq!(publish(&mut a, "win", "x", "once").await?, (1, true));
+    let key = turnout_proto::keys::room_publish_id("win", "w", "once");
+    let mut con = c.redis.con().await?;
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut con).await?;
+    assert!(ttl > 0 && ttl <= window.as_millis() as i64, "kept {ttl} ms");
+    wait_for("the id to be forgotten", DEADLINE, || {
+        let (mut con, key) = (con.clone(), key.clone());
+        async move {
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await?;
+    assert_eq!(publish(&mut a, "win", "x", "once").await?, (2, false));
+    Ok(())
+}
+
+/// Two copies of one publish (same user, same id) racing on two pubsub
+/// nodes, as a client that resends on a new connection before the first
+/// answer came: one is stored, the other answered with its seq as a
+/// duplicate, and every member gets the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_racing_the_first_on_another_node_is_taken_once() -> Result<()> {
+    let c = Cluster::start(2, Strategy::Pubsub).await?;
+    let mut reader = Client::connect(&c.nodes[0].ws_url()).await?;
+    reader.join("race").await?;
+    for round in 0..20u64 {
+        let mut one = Client::connect(&format!("{}?user=racer", c.nodes[0].ws_url())).await?;
+        let mut two = Client::connect(&format!("{}?user=racer", c.nodes[1].ws_url())).await?;
+        one.join("race").await?;
+        two.join("race").await?;
+        let id = format!("r-{round}");
+        let (a, b) = tokio::join!(
+            publish(&mut one, "race", "same", &id),
+            publish(&mut two, "race", "same", &id)
+        );
+        let (a, b) = (a?, b?);
+        assert_eq!(a.0, b.0, "one seq for both copies");
+        assert!(a.1 != b.1, "exactly one of them a duplicate: {a:?} {b:?}");
+        let got = texts_until(&mut reader, "race", a.0).await?;
+        assert_eq!(got.len(), 1, "round {round}: delivered once: {got:?}");
+    }
+    Ok(())
+}
+
 async fn post(
     c: &Cluster,
     body: serde_json::Value,

@@ -233,14 +233,30 @@ async fn clean_stop_leaves_the_live_set_at_once_and_drains_clients() -> Result<(
         "{frames:?}"
     );
     assert_eq!(code, Some(1012));
-    let _ = node.task.await;
-    // Well inside the 3 s TTL: the node deregistered itself.
+    // It ran to its end without an error (a failed run panics its task).
+    node.task.await?;
+    // The node deregistered itself on the way out: its heartbeat record is
+    // gone at once, where a crash leaves it for its TTL (3 s) and a router
+    // needs two refused probes to drop it.
+    let id = a.node().to_owned();
+    let mut con = c.redis.con().await?;
+    let (record, member): (bool, bool) = redis::pipe()
+        .exists(turnout_proto::keys::node(&id))
+        .sismember(turnout_proto::keys::NODES, &id)
+        .query_async(&mut con)
+        .await?;
+    assert_eq!((record, member), (false, false), "{id} left the live set");
+    // And the gateway hears of it from the announcement, well inside the TTL.
+    let url = format!("{}/api/cluster", c.gateway.http());
     wait_for(
         "node gone from /api/cluster",
         Duration::from_millis(1500),
-        || async {
-            let v = c.wait_nodes(1).await.ok()?;
-            Some(v)
+        || {
+            let url = url.clone();
+            async move {
+                let v = http_get_json(&url).await.ok()?.1;
+                (v["nodes"].as_array()?.len() == 1).then_some(())
+            }
         },
     )
     .await?;

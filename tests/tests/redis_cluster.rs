@@ -192,7 +192,9 @@ async fn pubsub_delivers_on_a_redis_cluster_over_sharded_channels_only() -> Resu
 
 /// The members' view of a busy room whose shard changes under load:
 /// `change` runs once `before` messages are acked, while the rest are
-/// published; every member must see 1..=total once each, in order.
+/// published (the burst goes on until the change is over, and a little
+/// after, so the two overlap whatever the change takes); every member must
+/// see every seq once, in order.
 async fn busy_room_survives(
     strategy: Strategy,
     change: impl AsyncFnOnce(&RedisCluster, &str) -> Result<()>,
@@ -201,7 +203,7 @@ async fn busy_room_survives(
     let t = start(&rc, 2, strategy).await?;
     let room = "busy";
     let mut m = members(&t, strategy, room).await?;
-    let (before, total) = (40, 160);
+    let before = 40;
     let mut publisher = Client::connect(&match strategy {
         Strategy::Pubsub => t.nodes[0].ws_url(),
         _ => format!("{}?room={room}", t.gateway.ws_url()),
@@ -211,19 +213,37 @@ async fn busy_room_survives(
     for i in 1..=before {
         publish_until_acked(&mut publisher, room, i).await?;
     }
-    let go = tokio::spawn(async move {
-        let mut last = 0;
-        // A busy room's pace (100 messages/s), so what the room misses
-        // while its shard changes fits in its history (history_size 100).
-        let mut pace = tokio::time::interval(Duration::from_millis(10));
-        for i in before + 1..=total {
-            pace.tick().await;
-            last = publish_until_acked(&mut publisher, room, i).await?;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let changed = tokio_util::sync::CancellationToken::new();
+    let go = tokio::spawn({
+        let (acked, changed) = (acked.clone(), changed.clone());
+        async move {
+            let mut last = 0;
+            // A busy room's pace (50 messages/s), so what the room misses
+            // while its shard changes fits in its history (history_size 100).
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            let mut after = 0;
+            let mut i = before;
+            while after < 20 {
+                i += 1;
+                pace.tick().await;
+                last = publish_until_acked(&mut publisher, room, i).await?;
+                acked.store(i, std::sync::atomic::Ordering::Relaxed);
+                if changed.is_cancelled() {
+                    after += 1;
+                }
+            }
+            anyhow::Ok((i, last))
         }
-        anyhow::Ok(last)
     });
     change(&rc, room).await?;
-    let last = go.await??;
+    let at_change = acked.load(std::sync::atomic::Ordering::Relaxed);
+    changed.cancel();
+    let (total, last) = go.await??;
+    assert!(
+        at_change > before && at_change < total,
+        "the change ({at_change} acked when it ended) came in the middle of the burst (after {before}, before {total})"
+    );
     assert_eq!(last, total, "one seq per message: no id was taken twice");
     for cl in &mut m {
         let seqs = match cl.messages_until(room, last).await {

@@ -439,7 +439,7 @@ async fn drain_sends_reconnect_and_nobody_lands_back() -> Result<()> {
         );
         cl.join(room).await?;
     }
-    let _ = node.task.await;
+    node.task.await?;
     c.wait_nodes(2).await?;
     Ok(())
 }

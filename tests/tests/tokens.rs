@@ -5,7 +5,6 @@
 
 use anyhow::Result;
 use serde_json::json;
-use std::time::Duration;
 use turnout_proto::Strategy;
 use turnout_proto::frames::ServerFrame;
 use turnout_tests::*;
@@ -48,6 +47,7 @@ async fn connections_live_as_long_as_their_token() -> Result<()> {
         "{frames:?}"
     );
     // A refresh before the end keeps it open; one for another user is refused.
+    let first_exp = unix_now() + 2;
     let mut kept = Client::connect(&url(&token("bob", 2, json!({})))).await?;
     kept.join("r").await?;
     kept.send_json(json!({"type": "refresh", "token": token("eve", 600, json!({}))}))
@@ -59,9 +59,18 @@ async fn connections_live_as_long_as_their_token() -> Result<()> {
     .await?;
     kept.send_json(json!({"type": "refresh", "token": token("bob", 600, json!({}))}))
         .await?;
-    kept.expect("refreshed", |f| matches!(f, ServerFrame::Refreshed { .. }))
-        .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await; // past the first token's end
+    match kept
+        .expect("refreshed", |f| matches!(f, ServerFrame::Refreshed { .. }))
+        .await?
+    {
+        ServerFrame::Refreshed { exp } => assert!(exp >= unix_now() + 590, "refreshed.exp {exp}"),
+        _ => unreachable!(),
+    }
+    // The first token's end passes (exp is in whole seconds: one more).
+    wait_for("the first token's end", DEADLINE, || async {
+        (unix_now() > first_exp + 1).then_some(())
+    })
+    .await?;
     assert_eq!(kept.publish("r", json!("still here"), "k").await?, 1);
     // A fresh token with fewer rooms takes the connection out of the others.
     let rooms = json!({"rooms": ["r"]});

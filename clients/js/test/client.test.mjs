@@ -222,19 +222,24 @@ test("a terminal close code stops and rejects; 1012 and 3008 reconnect with grow
   const s2 = await server.socket(2);
   s2.welcome();
   await connecting;
+  s2.drop(3008, "slow consumer"); // up for less than 5 s: the backoff goes on growing
+  const s3 = await server.socket(3);
+  s3.welcome();
   const joining = c.join("r");
-  await s2.next(joinOf("r"));
+  await s3.next(joinOf("r"));
   const pending = c.publish("r", "x");
-  s2.drop(3500, "banned");
+  s3.drop(3500, "banned");
   await assert.rejects(pending, (e) => e.code === "closed" && e.closeCode === 3500);
   await assert.rejects(joining, (e) => e.closeCode === 3500, "a join under way is refused too");
   assert.equal(c.state, "closed");
-  assert.equal(waits.length, 3);
-  const [w0, w1] = waits.map((w) => w.retryInMs);
+  assert.equal(waits.length, 4);
+  const [w0, w1, w2] = waits.map((w) => w.retryInMs);
   assert.ok(w0 >= 50 && w0 <= 100, `first wait ${w0} in [50, 100]`);
   assert.ok(w1 >= 100 && w1 <= 200, `second wait ${w1} in [100, 200]`);
-  assert.equal(waits[2].retryInMs, null, "3500: no retry");
-  assert.equal(server.sockets.length, 3, "no reconnect after 3500");
+  assert.equal(waits[2].code, 3008);
+  assert.ok(w2 >= 200 && w2 <= 400, `after 3008 ${w2} in [200, 400]`);
+  assert.equal(waits[3].retryInMs, null, "3500: no retry");
+  assert.equal(server.sockets.length, 4, "no reconnect after 3500");
 });
 
 test("recovered: false is reported and the messages after the hole are taken", async () => {
