@@ -169,14 +169,20 @@ async fn dead_nodes_leave_the_live_set_and_port_ranges_work() -> Result<()> {
     drop(Client::connect(&url).await?); // it answers on the advertised port
 
     // SIGKILL: the port refuses connections, the router's probe sees it and
-    // the node leaves well before its 3 s heartbeat TTL.
+    // the node leaves before its heartbeat could have expired: the last one
+    // was at most 1 s (its interval) before the kill, and lives 3 s.
     crashed.0.kill()?;
     let _ = crashed.0.wait();
     let gone = wait_gone(&client, "crashed", Duration::from_secs(5)).await?;
-    assert!(gone < Duration::from_millis(1500), "took {gone:?}");
+    let (ttl, interval) = (Duration::from_secs(3), Duration::from_secs(1));
+    assert!(
+        gone < ttl - interval,
+        "took {gone:?}: the TTL, not the probe"
+    );
 
     // SIGSTOP: the port still accepts (the kernel answers), but heartbeats
-    // stop: the node leaves within its TTL (1 s + one 100 ms poll + slack)…
+    // stop: the node leaves with its TTL (1 s, plus two 100 ms polls and a
+    // second for a busy machine; a node never dropped fails at 5 s)…
     let frozen = spawn_node(&redis, "127.0.0.1:0", "frozen", "1s")?;
     wait_live(&client, "frozen").await?;
     let pid = frozen.0.id().to_string();
@@ -187,7 +193,8 @@ async fn dead_nodes_leave_the_live_set_and_port_ranges_work() -> Result<()> {
             .success()
     );
     let gone = wait_gone(&client, "frozen", Duration::from_secs(5)).await?;
-    assert!(gone <= Duration::from_millis(1600), "took {gone:?}");
+    let bound = Duration::from_secs(1) + Duration::from_millis(200) + Duration::from_secs(1);
+    assert!(gone <= bound, "took {gone:?}");
     // …and comes back when it runs again.
     assert!(
         Command::new("kill")

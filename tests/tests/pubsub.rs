@@ -246,11 +246,12 @@ async fn clean_stop_leaves_the_live_set_at_once_and_drains_clients() -> Result<(
         .query_async(&mut con)
         .await?;
     assert_eq!((record, member), (false, false), "{id} left the live set");
-    // And the gateway hears of it from the announcement, well inside the TTL.
+    // And the gateway hears of it from the announcement, before the
+    // heartbeat (3 s, written every second) could have expired.
     let url = format!("{}/api/cluster", c.gateway.http());
     wait_for(
         "node gone from /api/cluster",
-        Duration::from_millis(1500),
+        Duration::from_secs(2),
         || {
             let url = url.clone();
             async move {
@@ -260,6 +261,7 @@ async fn clean_stop_leaves_the_live_set_at_once_and_drains_clients() -> Result<(
         },
     )
     .await?;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // The stop itself is bounded by drain_grace (3 s here), with a margin.
+    assert!(started.elapsed() < Duration::from_secs(3) + Duration::from_secs(2));
     Ok(())
 }

@@ -340,14 +340,10 @@ async fn hostile_frames_and_limits() -> Result<()> {
             .send_json(json!({"type": "publish", "room": "busy", "data": i, "id": i.to_string()}))
             .await?;
     }
-    let t = Instant::now();
+    // The neighbour is served (how fast, under a flood, the abuse bench
+    // measures: docs/BENCHMARKS.md, not a timed test).
     calm.send_json(json!({"type": "ping"})).await?;
     calm.expect("pong", |f| *f == ServerFrame::Pong).await?;
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "neighbour starved: {:?}",
-        t.elapsed()
-    );
     let limited = flood
         .expect(
             "a rate_limited error",

@@ -358,8 +358,11 @@ async fn owner_killed_rooms_come_back_elsewhere_and_others_stay() -> Result<()> 
     );
     assert_ne!(back.node(), victim);
     assert_eq!(seq, last + 1, "history and seq survive the owner");
+    // The owner's death shows within its heartbeat TTL (1 s here); the
+    // room is placed anew at the next route. Two seconds of margin for a
+    // busy machine (the failover bench measures it: docs/BENCHMARKS.md).
     assert!(
-        recovered_in < Duration::from_secs(3),
+        recovered_in < Duration::from_secs(1) + Duration::from_secs(2),
         "took {recovered_in:?}"
     );
     // Rooms of the surviving nodes did not move.
