@@ -1014,6 +1014,22 @@ impl Client {
         }
     }
 
+    /// Reads until the connection closes; returns the close code and reason.
+    pub async fn recv_close_frame(&mut self) -> Result<Option<(u16, String)>> {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .context("no close within the deadline")?;
+            match m {
+                None | Some(Err(_)) => return Ok(None),
+                Some(Ok(Message::Close(f))) => {
+                    return Ok(f.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Returns the first frame matching `pred`; frames read past on the way
     /// stay queued, in order, for later reads.
     pub async fn expect(

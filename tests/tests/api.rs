@@ -146,8 +146,19 @@ async fn grpc_every_method(strategy: Strategy) -> Result<()> {
         .into_inner()
         .connections;
     assert_eq!(closed, 1);
-    let (_, code) = ws.recv_close().await?;
-    assert_eq!(code, Some(turnout_proto::codes::close::KICKED));
+    let close = ws.recv_close_frame().await?;
+    assert_eq!(
+        close,
+        Some((
+            turnout_proto::codes::close::KICKED,
+            "banned for spam".into()
+        ))
+    );
+    let mut kicked = 0.0;
+    for n in &c.nodes {
+        kicked += metric(n, "turnout_kicked_total").await?;
+    }
+    assert_eq!(kicked, 1.0);
     let none = gw
         .disconnect(DisconnectRequest {
             user: "alice".into(),

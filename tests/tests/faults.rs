@@ -195,6 +195,8 @@ async fn presence_follows_pauses_and_restarts() -> Result<()> {
     presence(vec!["bob"]).await?;
     a.resume()?;
     presence(vec!["alice", "bob"]).await?;
+    // It wrote its members again, having found its lease lapsed.
+    assert!(metric_at(&a.http(), "turnout_presence_reasserted_total").await? >= 1.0);
     // A crash, and a new process under the same id: alice was the old
     // process's member and must not come back with it.
     a.kill();

@@ -482,6 +482,11 @@ async fn evicted_room_state_starts_over_visibly() -> Result<()> {
             }
             assert_eq!(cl.messages_until("ev", 1).await?, vec![1], "{strategy}");
         }
+        let mut resets = 0.0;
+        for n in &c.nodes {
+            resets += metric(n, "turnout_room_resets_total").await?;
+        }
+        assert!(resets >= 1.0, "{strategy}: the reset was counted");
     }
     Ok(())
 }

@@ -380,6 +380,10 @@ async fn hostile_frames_and_limits() -> Result<()> {
         }
     }
     assert_eq!(code, Some(3009));
+    wait_for("the idle close counted", DEADLINE, || async {
+        (metric(&s.node, "turnout_idle_closed_total").await.ok()? >= 1.0).then_some(())
+    })
+    .await?;
 
     // Connections per client IP at the gateway.
     let gw = format!("{}?token={token}", s.gateway.ws_url());

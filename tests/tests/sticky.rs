@@ -236,6 +236,11 @@ async fn a_stale_owner_cannot_deliver() -> Result<()> {
     }
     b.send_json(json!({"type": "ping"})).await?;
     assert_eq!(b.recv().await?, ServerFrame::Pong);
+    let mut fenced = 0.0;
+    for n in &c.nodes {
+        fenced += metric(n, "turnout_fenced_total").await?;
+    }
+    assert!(fenced >= 1.0, "the stale owner counted the fence");
     Ok(())
 }
 
