@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 15) with libFuzzer.
+# Runs every fuzz target for SECONDS each (default 15) with libFuzzer,
+# starting from the committed seeds (fuzz/seeds/<target>: real frames, bus
+# payloads and script replies) and whatever fuzz/corpus/<target> gathered
+# before (not committed).
 #
 #   fuzz/run.sh [SECONDS]
 #
@@ -16,7 +19,8 @@ cargo fuzz build -s none --debug-assertions
 log=$(mktemp)
 for t in client_frame bus_payload redis_replies; do
   status=0
-  cargo fuzz run -s none --debug-assertions "$t" -- -max_total_time="$seconds" >"$log" 2>&1 || status=$?
+  mkdir -p "corpus/$t"
+  cargo fuzz run -s none --debug-assertions "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$seconds" >"$log" 2>&1 || status=$?
   echo "$t: $(grep -E '^Done' "$log" || echo 'no summary')"
   if [ $status -ne 0 ]; then
     tail -40 "$log"

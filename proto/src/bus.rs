@@ -115,27 +115,33 @@ pub fn encode(seq: u64, epoch: &str, frame: &str) -> String {
     format!("{seq} {epoch} {frame}")
 }
 
-/// A stored message frame as a gRPC `RoomMessage`.
+/// A stored message frame as a gRPC `RoomMessage`. The data goes through
+/// as it was published, byte for byte: valid JSON that a JSON value type
+/// would refuse (a number past `f64`, such as `1e999`) must not make a
+/// message unreadable for gRPC streams and history.
 pub fn room_message(frame: &str) -> Option<crate::v1::RoomMessage> {
-    match serde_json::from_str(frame).ok()? {
-        crate::frames::ServerFrame::Message {
-            room,
-            seq,
-            from,
-            node,
-            ts,
-            data,
-        } => Some(crate::v1::RoomMessage {
-            room,
-            seq,
-            from,
-            node,
-            ts,
-            data_json: data.to_string(),
-            epoch: String::new(),
-        }),
-        _ => None,
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        room: String,
+        seq: u64,
+        from: String,
+        node: String,
+        ts: u64,
+        #[serde(borrow)]
+        data: &'a RawValue,
     }
+    let m: Stored<'_> = serde_json::from_str(frame).ok()?;
+    (m.kind == "message").then(|| crate::v1::RoomMessage {
+        room: m.room,
+        seq: m.seq,
+        from: m.from,
+        node: m.node,
+        ts: m.ts,
+        data_json: m.data.get().to_owned(),
+        epoch: String::new(),
+    })
 }
 
 /// A gRPC `RoomMessage` as the frame clients get (the inverse of
@@ -154,6 +160,18 @@ pub fn seq_from_stream_id(id: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::frames::ServerFrame;
+
+    #[test]
+    fn data_past_a_json_value_type_goes_through_as_published() {
+        // Valid JSON, though past f64: found by fuzz/fuzz_targets/client_frame.rs.
+        for raw in ["1e999", r#"[5E0505920,2.5,null]"#, r#"{"n":-1e400}"#] {
+            let data = RawValue::from_string(raw.into()).unwrap();
+            let frame = frame_parts("r", "u", "n", 1, &data).render(3);
+            let m = room_message(&frame).expect("a message");
+            assert_eq!((m.seq, m.data_json.as_str()), (3, raw));
+        }
+        assert!(room_message(r#"{"type":"joined","room":"r","seq":1}"#).is_none());
+    }
 
     #[test]
     fn rendered_frame_parses_as_message() {
