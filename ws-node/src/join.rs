@@ -63,8 +63,8 @@ impl Hub {
             Some(s) => (s, self.store.config().history_size),
             None => (0, 0),
         };
-        // The replay's byte bound, plus one message: a replay cut there says
-        // where it stopped (`replay_until`).
+        // The read stops at the replay's byte bound (bringing one message
+        // at least): a replay cut there says where (`replay_until`).
         let max_bytes = self.bounds.replay().1;
         let read = self.store.join(
             room,
