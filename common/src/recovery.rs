@@ -120,13 +120,19 @@ pub async fn read_history(
             Err(e) => {
                 failed(&e);
                 let delay = backoff.next_delay();
-                if started.elapsed() + delay > patience {
+                if !retry_within(started.elapsed(), delay, patience) {
                     return Err(e);
                 }
                 tokio::time::sleep(delay).await;
             }
         }
     }
+}
+
+/// Whether a retry after `delay` still starts within `patience` of the
+/// first try (`elapsed` ago).
+fn retry_within(elapsed: Duration, delay: Duration, patience: Duration) -> bool {
+    elapsed + delay <= patience
 }
 
 #[cfg(test)]
@@ -161,6 +167,16 @@ mod tests {
         assert!(!c.epoch_changed("e1"));
         assert!(c.epoch_changed("e2"));
         assert_eq!(c.epoch(), "e1", "only a reset moves it");
+    }
+
+    #[test]
+    fn retries_only_within_patience() {
+        let s = Duration::from_secs;
+        assert!(retry_within(s(1), s(1), s(5)));
+        assert!(retry_within(s(4), s(1), s(5)), "up to the patience itself");
+        assert!(!retry_within(s(4), s(2), s(5)), "the retry would start past it");
+        assert!(!retry_within(s(6), s(0), s(5)));
+        assert!(retry_within(s(0), s(5), s(5)));
     }
 
     #[test]

@@ -230,6 +230,23 @@ mod tests {
     }
 
     #[test]
+    fn a_known_epoch_is_kept_and_a_new_one_noticed() {
+        let mut s: Sequencer<&str> = Sequencer::default();
+        s.start_at(3, "e1");
+        // A later read of the room does not move the start or its epoch.
+        s.start_at(5, "e2");
+        assert_eq!((s.last(), s.cursor().epoch()), (Some(3), "e1"));
+        assert!(!s.epoch_changed("e1"));
+        assert!(!s.epoch_changed(""), "no epoch says nothing");
+        assert!(s.epoch_changed("e2"));
+        // An epoch still unknown is learnt from a read.
+        let mut s: Sequencer<&str> = Sequencer::default();
+        s.start_at(0, "");
+        s.start_at(0, "e3");
+        assert_eq!(s.cursor().epoch(), "e3");
+    }
+
+    #[test]
     fn first_message_sets_the_start() {
         let mut s = Sequencer::default();
         assert_eq!(s.last(), None);
@@ -246,6 +263,7 @@ mod tests {
         s.start_at(0, "");
         assert_eq!(s.offer(3, "c"), Offer::Held { repair: true });
         assert_eq!(s.offer(4, "d"), Offer::Held { repair: false });
+        assert!(!s.settled(), "messages are held: the repair goes on");
         assert_eq!(s.gap(), Some((0, 3)));
         // The missing ones arrive late, out of order.
         assert_eq!(s.offer(2, "b"), Offer::Held { repair: false });
