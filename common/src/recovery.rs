@@ -110,13 +110,26 @@ pub async fn read_history(
     patience: Duration,
     failed: impl Fn(&::redis::RedisError),
 ) -> ::redis::RedisResult<HistorySlice> {
+    retrying(patience, failed, || {
+        let mut c = con.clone();
+        async move { crate::redis::rooms::history(&mut c, room, since, limit).await }
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, with backoff, while a retry still
+/// starts within `patience` of the first try.
+async fn retrying<T, F: Future<Output = ::redis::RedisResult<T>>>(
+    patience: Duration,
+    failed: impl Fn(&::redis::RedisError),
+    mut attempt: impl FnMut() -> F,
+) -> ::redis::RedisResult<T> {
     let started = tokio::time::Instant::now();
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        let mut c = con.clone();
-        match crate::redis::rooms::history(&mut c, room, since, limit).await {
-            Ok(slice) => return Ok(slice),
+        match attempt().await {
+            Ok(v) => return Ok(v),
             Err(e) => {
                 failed(&e);
                 let delay = backoff.next_delay();
@@ -174,7 +187,10 @@ mod tests {
         let s = Duration::from_secs;
         assert!(retry_within(s(1), s(1), s(5)));
         assert!(retry_within(s(4), s(1), s(5)), "up to the patience itself");
-        assert!(!retry_within(s(4), s(2), s(5)), "the retry would start past it");
+        assert!(
+            !retry_within(s(4), s(2), s(5)),
+            "the retry would start past it"
+        );
         assert!(!retry_within(s(6), s(0), s(5)));
         assert!(retry_within(s(0), s(5), s(5)));
     }
@@ -194,5 +210,48 @@ mod tests {
         assert!(unknown.lost_state(&slice(9, "e3")));
         unknown.reset(0, "e3");
         assert_eq!((unknown.last(), unknown.epoch()), (0, "e3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_retried_within_patience_and_no_longer() {
+        use std::cell::Cell;
+        let broken = || ::redis::RedisError::from((::redis::ErrorKind::Io, "broken pipe"));
+        let tries = Cell::new(0u32);
+        let failures = Cell::new(0u32);
+        let got = retrying(
+            Duration::from_secs(5),
+            |_| failures.set(failures.get() + 1),
+            || {
+                tries.set(tries.get() + 1);
+                let n = tries.get();
+                async move { if n < 4 { Err(broken()) } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(got.ok(), Some(4), "the fourth try succeeds");
+        assert_eq!(failures.get(), 3);
+        // Redis that stays away: given up once the next retry would start
+        // past patience, well before any backoff grows unbounded.
+        tries.set(0);
+        let started = tokio::time::Instant::now();
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(60),
+            retrying(
+                Duration::from_secs(2),
+                |_| {},
+                || {
+                    tries.set(tries.get() + 1);
+                    async { Err::<(), _>(broken()) }
+                },
+            ),
+        )
+        .await;
+        assert!(matches!(gave_up, Ok(Err(_))), "gave up: {gave_up:?}");
+        assert!(
+            started.elapsed() <= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(tries.get() > 2, "retried: {}", tries.get());
     }
 }

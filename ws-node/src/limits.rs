@@ -303,4 +303,39 @@ mod tests {
         assert!(refused > 500, "{refused}");
         assert!(!l.abusive());
     }
+
+    #[test]
+    fn a_refused_join_does_not_use_up_a_new_room() {
+        let t = Instant::now();
+        let mut l = limits(t);
+        for _ in 0..3 {
+            assert!(l.leave(t).is_ok());
+        }
+        assert_eq!(l.join("a", t), Err(Over::Joins));
+        let t1 = t + Duration::from_secs(1);
+        assert!(l.join("b", t1).is_ok());
+        let t2 = t + Duration::from_secs(2);
+        assert!(l.join("c", t2).is_ok(), "only b and c are new this minute");
+    }
+
+    #[test]
+    fn each_refusal_says_what_it_is() {
+        let all = [
+            Over::Frames,
+            Over::Publishes,
+            Over::Joins,
+            Over::NewRooms,
+            Over::Refused,
+        ];
+        for (word, over) in ["frames", "publishing", "joining", "rooms", "refused"]
+            .iter()
+            .zip(all)
+        {
+            assert!(
+                over.message().contains(word),
+                "{over:?}: {}",
+                over.message()
+            );
+        }
+    }
 }

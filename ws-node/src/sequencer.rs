@@ -186,10 +186,7 @@ impl<F> Sequencer<F> {
         if !same_gap {
             return None;
         }
-        let skip_to = first_found
-            .filter(|&f| f < first_pending)
-            .unwrap_or(first_pending)
-            - 1;
+        let skip_to = first_found.map_or(first_pending, |f| f.min(first_pending)) - 1;
         let lost = skip_to - last;
         self.cursor.advance(skip_to);
         let mut ready = Vec::new();

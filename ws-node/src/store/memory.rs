@@ -88,12 +88,21 @@ impl MemoryStore {
         parts: &FrameParts,
         id: Option<(&str, &str)>,
     ) -> Published {
+        self.publish_at(room, parts, id, Instant::now())
+    }
+
+    fn publish_at(
+        &self,
+        room: &str,
+        parts: &FrameParts,
+        id: Option<(&str, &str)>,
+        now: Instant,
+    ) -> Published {
         let mut rooms = self.rooms();
         let r = rooms.entry(room.to_owned()).or_default();
-        let now = Instant::now();
         let window = self.cfg.dedupe_window;
         while let Some((at, _)) = r.id_order.front() {
-            if now.duration_since(*at) < window {
+            if now.saturating_duration_since(*at) < window {
                 break;
             }
             if let Some((_, key)) = r.id_order.pop_front() {
@@ -114,13 +123,13 @@ impl MemoryStore {
         if r.seq == 1 {
             r.epoch = epoch_now();
         }
-        r.touched = Some(Instant::now());
-        if self.cfg.history_size > 0 {
-            r.history.push_back((r.seq, parts.render(r.seq)));
-            while r.history.len() as u64 > self.cfg.history_size {
-                r.history.pop_front();
-            }
-        }
+        r.touched = Some(now);
+        r.history.push_back((r.seq, parts.render(r.seq)));
+        let excess = r
+            .history
+            .len()
+            .saturating_sub(self.cfg.history_size as usize);
+        r.history.drain(..excess);
         if let Some(key) = key {
             r.ids.insert(key.clone(), r.seq);
             r.id_order.push_back((now, key));
@@ -184,10 +193,18 @@ impl MemoryStore {
 
     /// Forgets rooms nobody has been in for `room_ttl`; returns how many.
     pub(crate) fn sweep(&self) -> usize {
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> usize {
         let ttl = self.cfg.room_ttl;
         let mut rooms = self.rooms();
         let before = rooms.len();
-        rooms.retain(|_, r| !r.presence.is_empty() || r.touched.is_some_and(|t| t.elapsed() < ttl));
+        rooms.retain(|_, r| {
+            !r.presence.is_empty()
+                || r.touched
+                    .is_some_and(|t| now.saturating_duration_since(t) < ttl)
+        });
         before - rooms.len()
     }
 
@@ -303,6 +320,117 @@ mod tests {
             s.history("kept", 0, 10, usize::MAX).seq,
             0,
             "forgotten rooms start over"
+        );
+    }
+
+    #[test]
+    fn publish_ids_last_exactly_the_window() {
+        let s = store(10, Duration::from_secs(60));
+        let t = Instant::now();
+        let first = s.publish_at("r", &parts("a"), Some(("alice", "c-1")), t);
+        let early = Duration::from_secs(59);
+        let within = s.publish_at("r", &parts("a"), Some(("alice", "c-1")), t + early);
+        assert_eq!((within.seq, within.duplicate), (first.seq, true));
+        let after = s.publish_at(
+            "r",
+            &parts("a"),
+            Some(("alice", "c-1")),
+            t + Duration::from_secs(60),
+        );
+        assert_eq!(
+            (after.seq, after.duplicate),
+            (2, false),
+            "the window is over"
+        );
+        // The id is taken again from then on.
+        let again = s.publish_at(
+            "r",
+            &parts("a"),
+            Some(("alice", "c-1")),
+            t + Duration::from_secs(61),
+        );
+        assert_eq!((again.seq, again.duplicate), (2, true));
+    }
+
+    #[test]
+    fn no_history_kept_at_size_zero() {
+        let s = store(0, Duration::from_secs(60));
+        assert_eq!(s.publish("r", &parts("a"), None).seq, 1);
+        let h = s.history("r", 0, 10, usize::MAX);
+        assert_eq!((h.seq, h.messages.len()), (1, 0));
+        assert!(!h.complete, "seq 1 is not there to read");
+    }
+
+    #[test]
+    fn a_byte_bound_counts_whole_messages() {
+        let s = store(10, Duration::from_secs(60));
+        for text in ["a", "b", "c"] {
+            s.publish("r", &parts(text), None);
+        }
+        let all = s.history("r", 0, 10, usize::MAX);
+        let two: usize = all.messages[..2].iter().map(|m| m.1.len()).sum();
+        let read = s.history("r", 0, 10, two);
+        assert_eq!(
+            read.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![1, 2],
+            "exactly two messages' bytes bring two"
+        );
+        assert_eq!(s.history("r", 0, 10, two - 1).messages.len(), 1);
+        assert_eq!(s.history("r", 0, 2, usize::MAX).messages.len(), 2, "limit");
+        let after_two = s.history("r", 2, 10, usize::MAX);
+        assert_eq!(
+            after_two.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![3]
+        );
+    }
+
+    #[test]
+    fn presence_is_bounded_and_leaving_keeps_the_room_for_the_rest() {
+        let s = store(10, Duration::from_secs(60));
+        s.join("r", (0, 0, usize::MAX), "n-1", "alice", 10);
+        s.join("r", (0, 0, usize::MAX), "n-2", "bob", 10);
+        let one = s.presence("r", 1);
+        assert_eq!((one.users.len(), one.connections), (1, 2));
+        assert_eq!(s.presence("r", 0).users.len(), 1, "at least one name");
+        assert_eq!(s.leave("r", "n-1"), 1);
+        assert_eq!(
+            s.presence("r", 10).users,
+            vec!["bob"],
+            "the room is still there"
+        );
+        assert_eq!(s.leave("r", "n-2"), 0);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.leave("r", "n-2"), 0, "a room that is gone");
+        // A room with history outlives its last member (until room_ttl).
+        s.publish("h", &parts("x"), None);
+        s.join("h", (0, 0, usize::MAX), "n-3", "carol", 10);
+        assert_eq!(s.leave("h", "n-3"), 0);
+        assert_eq!(s.history("h", 0, 10, usize::MAX).seq, 1);
+    }
+
+    #[test]
+    fn idle_rooms_last_exactly_room_ttl() {
+        let ttl = Duration::from_secs(30);
+        let s = store(10, ttl);
+        let t = Instant::now();
+        s.publish_at("r", &parts("x"), None, t);
+        assert_eq!(s.sweep_at(t + ttl - Duration::from_millis(1)), 0);
+        assert_eq!(s.history("r", 0, 10, usize::MAX).seq, 1);
+        assert_eq!(s.sweep_at(t + ttl), 1);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn epochs_are_the_clock_in_microseconds() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let s = store(10, Duration::from_secs(60));
+        let epoch: u128 = s.publish("r", &parts("a"), None).epoch.parse().unwrap();
+        assert!(
+            epoch >= before && epoch < before + 60_000_000,
+            "{epoch} vs {before}"
         );
     }
 }
