@@ -50,15 +50,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
+node_count() {
+  curl -fsS "$base/api/cluster" 2>/dev/null |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).nodes.length))' 2>/dev/null
+}
 wait_ready() {
   for _ in $(seq 1 120); do
-    if curl -fsS "$base/readyz" >/dev/null 2>&1 &&
-       [ "$(curl -fsS "$base/api/cluster" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).nodes.length))')" = 3 ]; then
+    if curl -fsS "$base/readyz" >/dev/null 2>&1 && [ "$(node_count)" = 3 ]; then
       return 0
     fi
     sleep 0.5
   done
   echo "the cluster did not become ready with 3 nodes" >&2
+  c ps >&2; c logs --tail 30 >&2
+  return 1
+}
+# Holds a fault until the cluster has seen it: the node's lease lapsed and
+# it left the membership (two nodes listed).
+wait_lapsed() {
+  for _ in $(seq 1 120); do
+    [ "$(node_count)" = 2 ] && return 0
+    sleep 0.5
+  done
+  echo "$1: its lease did not lapse within 60 s" >&2
   c ps >&2; c logs --tail 30 >&2
   return 1
 }
@@ -110,12 +124,14 @@ for strategy in ${STRATEGIES:-pubsub sticky}; do
   c start "$n" >/dev/null 2>&1; wait_ready
   n=$(busiest); c stop "$n" >/dev/null 2>&1; mark 2 "stop $n (drain)"
   c start "$n" >/dev/null 2>&1; wait_ready
-  # The faults below last a few seconds: long enough for leases to lapse.
-  n=$(busiest); docker pause "$(container "$n")" >/dev/null; sleep 5
-  docker unpause "$(container "$n")" >/dev/null; mark 3 "pause $n for 5 s"
-  n=$(busiest); docker network disconnect "${COMPOSE_PROJECT_NAME}_data" "$(container "$n")"; sleep 5
+  # The faults below last until the node's lease has lapsed.
+  n=$(busiest); docker pause "$(container "$n")" >/dev/null; wait_lapsed "paused $n"
+  docker unpause "$(container "$n")" >/dev/null; mark 3 "pause $n past its lease"
+  wait_ready
+  n=$(busiest); docker network disconnect "${COMPOSE_PROJECT_NAME}_data" "$(container "$n")"; wait_lapsed "$n cut off from Redis"
   docker network connect --alias "$n" "${COMPOSE_PROJECT_NAME}_data" "$(container "$n")"
-  mark 4 "$n cut off from Redis for 5 s"
+  mark 4 "$n cut off from Redis past its lease"
+  wait_ready
   # Cut between the gateway and one node: only its clients notice, and they
   # move (the mark is taken while the cut lasts).
   n=$(busiest); docker network disconnect "${COMPOSE_PROJECT_NAME}_edge" "$(container "$n")"
