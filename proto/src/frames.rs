@@ -64,10 +64,16 @@ struct RawFrame {
     kind: Option<String>,
     room: Option<String>,
     since: Option<u64>,
+    // `"data": null` is a payload like any other, not a missing field.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     id: Option<String>,
     epoch: Option<String>,
     token: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses and validates one client text frame.
@@ -274,6 +280,11 @@ mod tests {
             parse_client_frame(r#"{"type":"ping"}"#),
             Ok(ClientFrame::Ping)
         ));
+        // A null payload is data, not a missing field.
+        match parse_client_frame(r#"{"type":"publish","room":"r1","data":null}"#).unwrap() {
+            ClientFrame::Publish { data, .. } => assert_eq!(data.get(), "null"),
+            f => panic!("{f:?}"),
+        }
     }
 
     #[test]

@@ -1202,33 +1202,49 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `turnout-ws-node` on a free port with `env` (TURNOUT_* settings)
-    /// and waits until it serves.
+    /// and waits until it serves. A port taken in between by another
+    /// process is found out (the node exits, or another node answers) and
+    /// another port is tried.
     pub async fn start(id: &str, env: &[(&str, &str)]) -> Result<NodeProcess> {
-        let port = free_port();
-        let mut cmd = Command::new(binary("turnout-ws-node"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
-            .env("TURNOUT_INSECURE", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().context("starting turnout-ws-node")?;
-        let p = NodeProcess {
-            child,
-            id: id.to_owned(),
-            port,
-        };
-        let url = format!("{}/metrics", p.http());
-        wait_for(&format!("{id} to serve"), DEADLINE, || {
-            let url = url.clone();
-            async move {
-                let (status, _) = http("GET", &url, None, &[]).await.ok()?;
-                (status == 200).then_some(())
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = free_port();
+            let mut cmd = Command::new(binary("turnout-ws-node"));
+            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
+                .env("TURNOUT_INSECURE", "true")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-        })
-        .await?;
-        Ok(p)
+            let child = cmd.spawn().context("starting turnout-ws-node")?;
+            let mut p = NodeProcess {
+                child,
+                id: id.to_owned(),
+                port,
+            };
+            let url = format!("{}/api/cluster", p.http());
+            let end = Instant::now() + DEADLINE;
+            let exited = loop {
+                if let Some(status) = p.child.try_wait()? {
+                    break status;
+                }
+                if let Ok((200, body)) = http("GET", &url, None, &[]).await {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if v["nodes"][0]["id"] == id {
+                        return Ok(p);
+                    }
+                }
+                if Instant::now() > end {
+                    bail!("{id} did not serve on port {port} within {DEADLINE:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if tries == 5 {
+                bail!("{id} exited at start ({exited}), on 5 ports in turn");
+            }
+        }
     }
 
     pub fn http(&self) -> String {
