@@ -221,11 +221,16 @@ impl Hub {
             tokio::spawn(async move { hub.resync(&room).await });
             return;
         }
+        self.offer(&mut r, room, seq, frame);
+    }
+
+    /// Runs one message of the room's current epoch through its sequencer.
+    fn offer(self: &Arc<Self>, r: &mut Room, room: &str, seq: u64, frame: Utf8Bytes) {
         match r.seq.offer(seq, frame) {
             Offer::Now(frame) => {
-                self.fan_out(&mut r, seq, frame);
+                self.fan_out(r, seq, frame);
                 while let Some((seq, frame)) = r.seq.next_ready() {
-                    self.fan_out(&mut r, seq, frame);
+                    self.fan_out(r, seq, frame);
                 }
             }
             Offer::Duplicate => self.metrics.duplicates_dropped.inc(),
@@ -439,11 +444,21 @@ impl Hub {
     }
 
     /// Starts the room over at the state Redis now holds.
-    async fn reset(&self, room: &str, all: HistorySlice) {
+    async fn reset(self: &Arc<Self>, room: &str, all: HistorySlice) {
         let presence = self.presence(room).await.unwrap_or_default();
         let Some(mut r) = self.rooms.get_mut(room) else {
             return;
         };
+        if r.seq.in_epoch(&all.epoch) {
+            // Another resync (the bus's, a new epoch's message, a catch-up)
+            // started the room over at this epoch already: within an epoch
+            // seq never goes back, so what this read brings beyond it is
+            // delivered as usual, and nothing is replayed twice.
+            for (seq, frame) in all.messages {
+                self.offer(&mut r, room, seq, frame.into());
+            }
+            return;
+        }
         tracing::warn!(room, old_seq = ?r.seq.last(), new_seq = all.seq, "room state was lost in Redis; members start over");
         self.metrics.room_resets.inc();
         // A read is bounded in bytes: what it did not bring comes as a gap.

@@ -79,6 +79,12 @@ impl<F> Sequencer<F> {
         self.cursor.epoch_changed(epoch)
     }
 
+    /// Whether the room already counts in history epoch `epoch` (known, and
+    /// not ""): a reset to it would replay what members have.
+    pub(crate) fn in_epoch(&self, epoch: &str) -> bool {
+        self.started && !epoch.is_empty() && self.cursor.epoch() == epoch
+    }
+
     /// Starts over at `seq` in `epoch` (the room's state was lost in Redis),
     /// or forgets everything (`None`: the room moved away and back).
     pub(crate) fn reset(&mut self, to: Option<(u64, &str)>) {
@@ -311,6 +317,21 @@ mod tests {
         s.offer(9, "i");
         let (lost, ready) = s.give_up(6, 9, None).unwrap();
         assert_eq!((lost, seqs(&ready)), (2, vec![9]));
+    }
+
+    #[test]
+    fn a_room_is_in_the_epoch_it_counts_in() {
+        let mut s = Sequencer::<&str>::default();
+        assert!(!s.in_epoch("e1"), "not started");
+        s.start_at(0, "");
+        assert!(!s.in_epoch(""), "\"\" says nothing");
+        assert!(!s.in_epoch("e1"));
+        s.reset(Some((3, "e1")));
+        assert!(s.in_epoch("e1"));
+        assert!(!s.in_epoch("e2"));
+        assert!(!s.in_epoch(""));
+        s.reset(None);
+        assert!(!s.in_epoch("e1"), "forgotten");
     }
 
     #[test]
