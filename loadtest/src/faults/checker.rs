@@ -57,6 +57,9 @@ pub enum Event {
     },
     /// A message handed to the application.
     Message { at: u64, seq: u64, key: String },
+    /// The client met a jump in seq (`seq` after `after`) and rejoined with
+    /// `since` to fill it, as the protocol says: counted, not handed on.
+    Repair { at: u64, seq: u64, after: u64 },
 }
 
 /// One message a client or the server API published.
@@ -70,6 +73,9 @@ pub struct PublishLog {
     pub sent: u64,
     /// The seq its ack gave; None when no ack came (refused, or unknown).
     pub acked: Option<u64>,
+    /// Acks of its resends that named another seq than the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_acks: Vec<u64>,
 }
 
 /// A room's presence once the faults were over, next to its members' users.
@@ -115,6 +121,9 @@ pub struct Checked {
     /// Messages members were told they lost (history could not fill the
     /// hole): allowed, counted.
     pub declared_lost: u64,
+    /// Jumps in seq that clients repaired by rejoining with `since`.
+    #[serde(default)]
+    pub repairs: u64,
 }
 
 /// What one member's log says, as the checker walks it.
@@ -150,9 +159,9 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
     };
     let pubs: HashMap<&str, &PublishLog> =
         h.publishes.iter().map(|p| (p.key.as_str(), p)).collect();
-    // Per room: (epoch, seq) -> key, and key -> (epoch, seq), across members.
-    let mut at_seq: HashMap<(&str, String, u64), (&str, &str)> = HashMap::new();
-    let mut seq_of: HashMap<(&str, &str, String), u64> = HashMap::new();
+    // Every delivery as (room, segment, seq, key, member), for the checks
+    // across members once each member's segments are known.
+    let mut deliveries: Vec<(&str, String, u64, &str, &str)> = Vec::new();
     // Per room: every seq a key was delivered at, and whether the room
     // changed epochs (an ack's seq then may count in another epoch).
     let mut delivered_at: HashMap<&str, HashSet<u64>> = HashMap::new();
@@ -171,15 +180,22 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
         let mut last = 0u64;
         let mut accept_jump = false;
         let mut slowest = 0u64;
+        // This member's deliveries: those made before it learnt the room's
+        // epoch ("") count in the epoch it learns next, unless the room
+        // started over in between.
+        let mut mine: Vec<(String, u64, &str)> = Vec::new();
         for ev in &m.events {
             match ev {
+                Event::Repair { .. } => checked.repairs += 1,
                 Event::Joined {
                     at,
                     seq,
                     epoch: e,
                     recovered,
                 } => {
-                    epochs.entry(room).or_default().insert(e.clone());
+                    if !e.is_empty() {
+                        epochs.entry(room).or_default().insert(e.clone());
+                    }
                     match &epoch {
                         None => {
                             w.first_join = Some(*at);
@@ -205,6 +221,11 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
                                     accept_jump = true;
                                 }
                                 if !e.is_empty() {
+                                    if segment.is_empty() {
+                                        for d in mine.iter_mut().filter(|d| d.0.is_empty()) {
+                                            d.0 = e.clone();
+                                        }
+                                    }
                                     segment = e.clone();
                                 }
                             }
@@ -260,30 +281,14 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
                     slowest = slowest.max(at.saturating_sub(p.sent));
                     w.got.entry(key.clone()).or_insert((e.clone(), *seq, *at));
                     delivered_at.entry(p.key.as_str()).or_default().insert(*seq);
-                    match at_seq.get(&(room, e.clone(), *seq)) {
-                        Some((other, member)) if *other != key.as_str() => out.push(v(
-                            "divergent",
-                            format!("{member} got {other} at this seq of epoch {e}"),
-                        )),
-                        Some(_) => {}
-                        None => {
-                            at_seq
-                                .insert((room, e.clone(), *seq), (key.as_str(), m.member.as_str()));
-                        }
-                    }
-                    match seq_of.get(&(room, key.as_str(), e.clone())) {
-                        Some(s) if s != seq => out.push(v(
-                            "doubled",
-                            format!("stored twice: also at seq {s} of epoch {e}"),
-                        )),
-                        Some(_) => {}
-                        None => {
-                            seq_of.insert((room, key.as_str(), e.clone()), *seq);
-                        }
-                    }
+                    mine.push((e, *seq, key.as_str()));
                 }
             }
         }
+        deliveries.extend(
+            mine.into_iter()
+                .map(|(e, seq, key)| (room, e, seq, key, m.member.as_str())),
+        );
         if slowest > h.silence_bound_ms {
             out.push(violation(
                 "silent",
@@ -296,6 +301,37 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
             ));
         }
         walks.push(w);
+    }
+    // One seq of one epoch is one message for everyone, and one message
+    // has one seq.
+    let mut at_seq: HashMap<(&str, &str, u64), (&str, &str)> = HashMap::new();
+    let mut seq_of: HashMap<(&str, &str, &str), u64> = HashMap::new();
+    for (room, e, seq, key, member) in &deliveries {
+        let v = |kind: &str, detail: String| Violation {
+            seq: Some(*seq),
+            key: Some((*key).to_owned()),
+            ..violation(kind, room, Some(member), detail)
+        };
+        match at_seq.get(&(room, e.as_str(), *seq)) {
+            Some((other, who)) if other != key => out.push(v(
+                "divergent",
+                format!("{who} got {other} at this seq of epoch {e}"),
+            )),
+            Some(_) => {}
+            None => {
+                at_seq.insert((room, e.as_str(), *seq), (key, member));
+            }
+        }
+        match seq_of.get(&(room, key, e.as_str())) {
+            Some(s) if s != seq => out.push(v(
+                "doubled",
+                format!("stored twice: also at seq {s} of epoch {e}"),
+            )),
+            Some(_) => {}
+            None => {
+                seq_of.insert((room, key, e.as_str()), *seq);
+            }
+        }
     }
     // Every acked message reached every member that was in the room when
     // it was sent, or the member was told afterwards that it lost some.
@@ -342,15 +378,18 @@ pub fn check(h: &History) -> (Checked, Vec<Violation>) {
             continue;
         };
         let one_epoch = epochs.get(p.room.as_str()).is_none_or(|e| e.len() <= 1);
-        if one_epoch && !seqs.contains(&acked) {
+        let wrong = std::iter::once(acked)
+            .chain(p.other_acks.iter().copied())
+            .find(|a| !seqs.contains(a));
+        if let Some(wrong) = wrong.filter(|_| one_epoch) {
             out.push(Violation {
-                seq: Some(acked),
+                seq: Some(wrong),
                 key: Some(p.key.clone()),
                 ..violation(
                     "ack_mismatch",
                     &p.room,
                     None,
-                    format!("acked at seq {acked}, delivered at {seqs:?}"),
+                    format!("acked at seq {wrong}, delivered at {seqs:?}"),
                 )
             });
         }
@@ -416,6 +455,7 @@ mod tests {
             publisher: "p".into(),
             sent,
             acked,
+            other_acks: Vec::new(),
         }
     }
 
@@ -478,7 +518,8 @@ mod tests {
                 publishes: 3,
                 acked: 3,
                 delivered: 6,
-                declared_lost: 0
+                declared_lost: 0,
+                repairs: 0,
             }
         );
     }
@@ -630,6 +671,76 @@ mod tests {
         let mut h = clean();
         h.publishes[1].acked = Some(7);
         assert_eq!(kinds(&h), vec!["ack_mismatch"]);
+    }
+
+    /// As in a campaign: the first members join a room with no messages
+    /// yet, so their `joined` has no epoch; they are held to the same
+    /// checks as those who joined later.
+    fn joined_empty() -> History {
+        let mut h = clean();
+        h.members[0].events[0] = joined(10, 0, "", None);
+        h.members[1].events[0] = joined(20, 0, "", None);
+        h.members.push(member(
+            "c",
+            vec![
+                joined(150, 1, "e1", None),
+                msg(210, 2, "k2"),
+                msg(310, 3, "k3"),
+            ],
+        ));
+        h
+    }
+
+    #[test]
+    fn members_that_joined_before_the_first_message_are_checked_alike() {
+        let h = joined_empty();
+        assert_eq!(check(&h).1, vec![]);
+        // An ack naming another seq is seen in a room whose first members
+        // knew no epoch.
+        let mut bad = joined_empty();
+        bad.publishes[2].acked = Some(9);
+        assert_eq!(kinds(&bad), vec!["ack_mismatch"]);
+        // `a` never learnt the epoch; `c` got another message at seq 3.
+        let mut bad = joined_empty();
+        bad.publishes.push(publish("k9", 290, None));
+        if let Event::Message { key, .. } = &mut bad.members[2].events[2] {
+            *key = "k9".into();
+        }
+        let k = kinds(&bad);
+        assert!(k.contains(&"divergent".to_owned()), "{k:?}");
+        // `b` learnt the epoch at its rejoin: what it got before counts
+        // in it, and meets `c`'s.
+        let mut bad = joined_empty();
+        bad.members[0].events.truncate(1);
+        bad.publishes.push(publish("k9", 105, None));
+        if let Event::Message { key, .. } = &mut bad.members[1].events[1] {
+            *key = "k9".into();
+        }
+        bad.members[2].events.insert(1, msg(160, 1, "k1"));
+        let k = kinds(&bad);
+        assert!(k.contains(&"divergent".to_owned()), "{k:?}");
+    }
+
+    #[test]
+    fn a_resends_ack_naming_another_seq_is_a_mismatch() {
+        let mut h = clean();
+        h.publishes[1].other_acks = vec![3];
+        assert_eq!(kinds(&h), vec!["ack_mismatch"]);
+    }
+
+    #[test]
+    fn repaired_jumps_are_counted() {
+        let mut h = clean();
+        h.members[0].events.insert(
+            2,
+            Event::Repair {
+                at: 205,
+                seq: 3,
+                after: 1,
+            },
+        );
+        let (checked, v) = check(&h);
+        assert_eq!((checked.repairs, v), (1, vec![]));
     }
 
     #[test]

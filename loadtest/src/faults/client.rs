@@ -88,6 +88,16 @@ impl Book {
         self.member(member, user, room, ev);
     }
 
+    /// A jump in seq the member repaired by rejoining.
+    pub(crate) fn repair(&self, member: &str, user: &str, room: &str, seq: u64, after: u64) {
+        let ev = Event::Repair {
+            at: now_ms(),
+            seq,
+            after,
+        };
+        self.member(member, user, room, ev);
+    }
+
     /// A member that will join `room` (so that one that never manages to
     /// is checked too).
     pub(crate) fn expect(&self, member: &str, user: &str, room: &str) {
@@ -113,6 +123,7 @@ impl Book {
             publisher: publisher.to_owned(),
             sent: at,
             acked: None,
+            other_acks: Vec::new(),
         });
     }
 
@@ -120,7 +131,13 @@ impl Book {
         self.refused(key);
         let mut p = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = p.get_mut(key) {
-            p.acked.get_or_insert(seq);
+            match p.acked {
+                None => p.acked = Some(seq),
+                Some(first) if first != seq && !p.other_acks.contains(&seq) => {
+                    p.other_acks.push(seq)
+                }
+                Some(_) => {}
+            }
         }
     }
 
@@ -326,18 +343,23 @@ pub(crate) async fn run(m: Member, book: Arc<Book>, ctl: Controls) {
                                 continue;
                             }
                             let last = place.last.unwrap_or(0);
+                            let key = data["k"].as_str().unwrap_or("");
                             if seq <= last {
+                                // The server sent it again, or out of order:
+                                // recorded for the checker to name, not
+                                // counted as the room's progress.
+                                book.message(&m.name, &m.user, &m.room, seq, key);
                                 continue;
                             }
                             if seq > last + 1 && !place.accept_jump {
                                 // A hole: history fills it after a rejoin.
+                                book.repair(&m.name, &m.user, &m.room, seq, last);
                                 phase = Phase::Leaving;
                                 out.push(json!({"type": "leave", "room": m.room}).to_string());
                                 continue;
                             }
                             place.accept_jump = false;
                             place.last = Some(seq);
-                            let key = data["k"].as_str().unwrap_or("");
                             book.message(&m.name, &m.user, &m.room, seq, key);
                             if place.replay_until.is_some_and(|u| seq >= u) {
                                 place.replay_until = None;

@@ -100,13 +100,14 @@ pub(crate) async fn run(o: FaultsOpts) -> Result<()> {
             .await
             .with_context(|| format!("{strategy} (logs in {})", dir.join("logs").display()))?;
         println!(
-            "{strategy}: {} faults, {} members, {} publishes ({} acked), {} deliveries, {} declared lost, {} violation(s)",
+            "{strategy}: {} faults, {} members, {} publishes ({} acked), {} deliveries, {} declared lost, {} repaired jumps, {} violation(s)",
             run.faults.len(),
             run.checked.members,
             run.checked.publishes,
             run.checked.acked,
             run.checked.delivered,
             run.checked.declared_lost,
+            run.checked.repairs,
             run.violations.len()
         );
         println!(
