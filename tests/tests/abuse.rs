@@ -509,3 +509,51 @@ async fn a_reconnect_storm_is_admitted_at_the_nodes_pace() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A join or publish refused for sending frames too fast names its room
+/// (and the publish its id): a client can tell which one to retry, instead
+/// of waiting on it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_refused_for_its_rate_names_what_it_refused() -> Result<()> {
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| {
+        // One frame back every ten seconds: none while the test sends.
+        s.max_frame_rate = 0.1;
+        s.max_frame_burst = 3;
+    })
+    .await?;
+    let mut a = Client::connect(&c.nodes[0].ws_url()).await?;
+    a.join("fast").await?; // one frame of the burst
+    for i in 0..6 {
+        a.send_json(json!({"type": "publish", "room": "fast", "data": i, "id": format!("p{i}")}))
+            .await?;
+    }
+    a.send_json(json!({"type": "join", "room": "other"}))
+        .await?;
+    let mut refused = Vec::new();
+    while refused.len() < 5 {
+        match a
+            .expect("a refusal", |f| matches!(f, ServerFrame::Error { .. }))
+            .await?
+        {
+            ServerFrame::Error { code, room, id, .. } => {
+                assert_eq!(code, "rate_limited");
+                refused.push((room.unwrap_or_default(), id.unwrap_or_default()));
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Two publishes fit the burst after the join; the rest are refused,
+    // each by name.
+    let want: Vec<(String, String)> = [
+        ("fast", "p2"),
+        ("fast", "p3"),
+        ("fast", "p4"),
+        ("fast", "p5"),
+        ("other", ""),
+    ]
+    .iter()
+    .map(|(r, i)| (r.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(refused, want);
+    Ok(())
+}

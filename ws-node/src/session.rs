@@ -312,7 +312,14 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
     }
     let now = std::time::Instant::now();
     if let Err(over) = limits.frame(now) {
-        return over_limit(hub, conn, limits, over, "", None);
+        // The refusal names the join or publish it refuses (its room, and
+        // the publish's id), so that the client can retry that one.
+        let (room, id) = match parse_client_frame(text) {
+            Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room }) => (room, None),
+            Ok(ClientFrame::Publish { room, id, .. }) => (room, id),
+            _ => return over_limit(hub, conn, limits, over, "", None),
+        };
+        return over_limit(hub, conn, limits, over, &room, id);
     }
     let frame = match parse_client_frame(text) {
         Ok(f) => f,
