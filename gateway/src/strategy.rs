@@ -164,8 +164,21 @@ impl Gateway {
         if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
             return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
         }
-        let own_key = id.is_none();
-        let id = id.unwrap_or_else(|| format!("api-{:016x}", rand::random::<u64>()));
+        // Sticky: a cached owner may have lost the room; ask again once.
+        let attempts = if self.strategy() == Strategy::Sticky {
+            2
+        } else {
+            1
+        };
+        // Only a publish that may be tried twice needs a key of the
+        // gateway's own (each key costs the store an entry for
+        // `dedupe_window`); "" is no key.
+        let own_key = id.is_none() && attempts > 1;
+        let id = match id {
+            Some(id) => id,
+            None if own_key => format!("api-{:016x}", rand::random::<u64>()),
+            None => String::new(),
+        };
         if id.len() > turnout_proto::frames::MAX_ID_LEN {
             return Err(ApiError::new(
                 ErrorCode::BadFrame,
@@ -175,12 +188,6 @@ impl Gateway {
                 ),
             ));
         }
-        // Sticky: a cached owner may have lost the room; ask again once.
-        let attempts = if self.strategy() == Strategy::Sticky {
-            2
-        } else {
-            1
-        };
         for attempt in 1..=attempts {
             let node = self.api_node(room).await?;
             let mut client = self.node_client(&node)?;
