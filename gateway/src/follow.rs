@@ -81,7 +81,7 @@ struct Feed {
     tx: broadcast::Sender<Event>,
     streams: usize,
     /// The sizes of the messages the ring holds, as it holds them (the
-    /// last `ring` sent), and their sum: a message that would take it past
+    /// last `ring` sent, less those every stream has read), and their sum: a message that would take it past
     /// `ring_bytes` goes as a `Resync` instead, and streams read it from
     /// history.
     sizes: std::collections::VecDeque<usize>,
@@ -260,6 +260,12 @@ impl Follower {
         let Some(feed) = feeds.get_mut(room) else {
             return;
         };
+        // What every stream has read is no longer held (the channel drops a
+        // value once all its receivers have it): the mirror keeps the bytes
+        // of what is still queued, the last `tx.len()` sent.
+        while feed.sizes.len() > feed.tx.len() {
+            feed.bytes -= feed.sizes.pop_front().unwrap_or(0);
+        }
         let size = match &event {
             Event::Message(_, _, frame) => frame.len(),
             Event::Resync => 0,

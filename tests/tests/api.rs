@@ -227,6 +227,37 @@ async fn subscribe_handover_sticky() -> Result<()> {
     subscribe_handover(Strategy::Sticky).await
 }
 
+/// A stream that keeps up holds nothing in its room's ring: messages past
+/// `subscriber_buffer_bytes` in all go to it live, not as cues to read
+/// history (which, past `history_size`, would no longer hold them).
+#[tokio::test]
+async fn a_stream_that_keeps_up_is_served_live_past_the_rings_bytes() -> Result<()> {
+    let strategy = Strategy::Pubsub;
+    let c = Cluster::start(1, strategy).await?;
+    let mut settings = gateway_settings(&c.redis.url(), strategy, &[&c.router]);
+    settings.subscriber_buffer_bytes = 64 * 1024;
+    let gw = start_gateway_with(settings).await;
+    let room = "big";
+    let mut sse = Sse::open(&format!("{}/api/rooms/{room}/events", gw.http()), &[]).await?;
+    assert_eq!(sse.status, 200);
+    let data = json!("x".repeat(4096));
+    // The first message shows the stream is live.
+    http_publish(&c, room, data.clone()).await?;
+    assert_eq!(sse.seqs_until(1).await?, vec![1]);
+    // 200 × 4 KiB: 800 KiB through a ring of 64 KiB, one at a time.
+    for _ in 2..=200 {
+        http_publish(&c, room, data.clone()).await?;
+    }
+    assert_eq!(sse.seqs_until(200).await?, (2..=200).collect::<Vec<_>>());
+    assert_eq!(
+        metric_at(&gw.http(), "turnout_stream_ring_full_total").await?,
+        0.0,
+        "no message went as a cue to read history"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
 /// SSE: `id:` = `<seq>:<epoch>`, resume with `Last-Event-ID` gives no gap, keep-alives flow.
 async fn sse_resume(strategy: Strategy) -> Result<()> {
     let c = Cluster::start(1, strategy).await?;
