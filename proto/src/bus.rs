@@ -64,6 +64,25 @@ impl FrameParts {
     pub fn render(&self, seq: u64) -> String {
         format!("{}{}{}", self.prefix, seq, self.suffix)
     }
+
+    /// The frame of a message that began history epoch `epoch`: it names
+    /// the epoch, so that a member that joined the room before it had one
+    /// learns it (what the Redis script builds then).
+    pub fn render_in(&self, seq: u64, epoch: &str) -> String {
+        format!(
+            "{}{},\"epoch\":\"{}\"{}",
+            self.prefix, seq, epoch, self.suffix
+        )
+    }
+
+    /// The frame as a publish's outcome says it was stored.
+    pub fn rendered(&self, seq: u64, epoch: &str, first_of_epoch: bool) -> String {
+        if first_of_epoch {
+            self.render_in(seq, epoch)
+        } else {
+            self.render(seq)
+        }
+    }
 }
 
 /// A bus payload: a room message with its seq, or a presence event.
@@ -183,11 +202,13 @@ mod tests {
             ServerFrame::Message {
                 room,
                 seq,
+                epoch,
                 from,
                 node,
                 ts,
                 data,
             } => {
+                assert_eq!(epoch, None);
                 assert_eq!(room, "r\"1");
                 assert_eq!(seq, 42);
                 assert_eq!(from, "u1");
@@ -201,6 +222,28 @@ mod tests {
         let (seq, epoch, body) = decode(payload.as_bytes()).unwrap();
         assert_eq!((seq, epoch), (42, "17951"));
         assert_eq!(body, frame.as_bytes());
+    }
+
+    #[test]
+    fn the_first_message_of_an_epoch_names_it() {
+        let data = RawValue::from_string("1".into()).unwrap();
+        let parts = frame_parts("r", "u", "n", 7, &data);
+        let frame = parts.rendered(1, "1700000000123456", true);
+        match serde_json::from_str(&frame).unwrap() {
+            ServerFrame::Message { seq, epoch, .. } => {
+                assert_eq!((seq, epoch.as_deref()), (1, Some("1700000000123456")))
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+        assert_eq!(
+            room_message(&frame).unwrap().seq,
+            1,
+            "still a stored message"
+        );
+        assert_eq!(
+            parts.rendered(2, "1700000000123456", false),
+            parts.render(2)
+        );
     }
 
     #[test]

@@ -193,6 +193,10 @@ pub enum ServerFrame {
     Message {
         room: String,
         seq: u64,
+        /// On the first message of a history epoch only: the epoch, for a
+        /// member that joined the room before it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         from: String,
         node: String,
         ts: u64,

@@ -677,3 +677,67 @@ async fn a_refused_upgrade_closes_its_connection() -> Result<()> {
     }
     Ok(())
 }
+
+/// A member that joined a room before its first message (`joined` with no
+/// epoch) learns the epoch from that message, which names it: no other
+/// frame would tell it, and a rejoin after the room's state was lost must
+/// say which epoch its `since` counts in. Later messages carry none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_message_of_an_epoch_names_it() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Local] {
+        let c = Cluster::start(1, strategy).await?;
+        let url = c.nodes[0].ws_url();
+        let mut early = Client::connect(&format!("{url}?user=early")).await?;
+        early
+            .send_json(json!({"type": "join", "room": "fresh"}))
+            .await?;
+        match early
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await?
+        {
+            ServerFrame::Joined { seq, epoch, .. } => {
+                assert_eq!((seq, epoch.as_str()), (0, ""), "{strategy}: an empty room")
+            }
+            _ => unreachable!(),
+        }
+        early.publish("fresh", json!(1), "one").await?;
+        early.publish("fresh", json!(2), "two").await?;
+        let mut late = Client::connect(&format!("{url}?user=late")).await?;
+        late.send_json(json!({"type": "join", "room": "fresh"}))
+            .await?;
+        let room_epoch = match late
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await?
+        {
+            ServerFrame::Joined { epoch, .. } => epoch,
+            _ => unreachable!(),
+        };
+        assert!(!room_epoch.is_empty(), "{strategy}");
+        let mut epochs = Vec::new();
+        while epochs.len() < 2 {
+            if let ServerFrame::Message { seq, epoch, .. } = early.recv().await? {
+                epochs.push((seq, epoch));
+            }
+        }
+        assert_eq!(
+            epochs,
+            vec![(1, Some(room_epoch.clone())), (2, None)],
+            "{strategy}"
+        );
+        // What history replays is the message as sent.
+        late.send_json(json!({"type": "leave", "room": "fresh"}))
+            .await?;
+        late.expect("left", |f| matches!(f, ServerFrame::Left { .. }))
+            .await?;
+        late.send_json(json!({"type": "join", "room": "fresh", "since": 0, "epoch": room_epoch}))
+            .await?;
+        let first = late
+            .expect("seq 1", |f| matches!(f, ServerFrame::Message { .. }))
+            .await?;
+        assert!(
+            matches!(&first, ServerFrame::Message { seq: 1, epoch: Some(e), .. } if *e == room_epoch),
+            "{strategy}: {first:?}"
+        );
+    }
+    Ok(())
+}

@@ -926,6 +926,9 @@ export class Client {
     }
     r.acceptJump = false;
     r.lastSeq = seq;
+    // Joined before the room had an epoch: its first message names it, and
+    // a rejoin must say which epoch `since` counts in.
+    if (r.epoch === "" && typeof f.epoch === "string") r.epoch = f.epoch;
     const m: Message = { room: r.name, seq, from: f.from, node: f.node, ts: f.ts, data: f.data };
     call(() => r.handlers.onMessage?.(m));
     if (r.replayUntil !== null && seq >= r.replayUntil) {

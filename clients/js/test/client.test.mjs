@@ -110,6 +110,21 @@ test("joins, sees messages once in order, rejoins with since after a drop", asyn
   assert.equal(c.state, "closed");
 });
 
+test("a room joined before its first message learns its epoch from that message", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const got = [];
+  c.join("r", { onMessage: (m) => got.push(m.seq) });
+  const { s } = await joined(server, 0, c, "r", 0, { epoch: "" });
+  s.frame({ type: "message", room: "r", seq: 1, epoch: "e7", from: "b", node: "n", ts: 1, data: 1 });
+  s.frame({ type: "message", room: "r", seq: 2, from: "b", node: "n", ts: 1, data: 2 });
+  s.drop(1006);
+  const { j } = await joined(server, 1, c, "r", 2, { epoch: "e7", recovered: true });
+  assert.deepEqual(got, [1, 2]);
+  assert.deepEqual([j.since, j.epoch], [2, "e7"], "the rejoin says which epoch since counts in");
+  c.close();
+});
+
 test("a seq jump rejoins with since and takes the replay", async () => {
   const server = fakeServer();
   const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });

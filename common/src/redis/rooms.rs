@@ -61,6 +61,9 @@ pub struct Published {
     /// The publish id was accepted before (within `dedupe_window`): `seq`
     /// is the first one's, and nothing was published now.
     pub duplicate: bool,
+    /// This message began the epoch: its frame names the epoch
+    /// ([`bus::FrameParts::render_in`]).
+    pub first_of_epoch: bool,
 }
 
 /// Runs the publish script; returns what it assigned, or `None` when the
@@ -93,7 +96,7 @@ pub async fn publish(
         dedupe: id.map(|id| (origin.sender(), id, cfg.dedupe_window)),
         cluster: con.is_cluster(),
     };
-    let (seq, epoch, duplicate): (i64, String, u8) =
+    let (seq, epoch, duplicate, first): (i64, String, u8, u8) =
         scripts::publish(&args).invoke_async(con).await?;
     let Ok(seq) = u64::try_from(seq) else {
         return Ok(None);
@@ -110,6 +113,7 @@ pub async fn publish(
         seq,
         epoch,
         duplicate: duplicate == 1,
+        first_of_epoch: first == 1,
     }))
 }
 

@@ -338,7 +338,7 @@ pub(crate) async fn run(m: Member, book: Arc<Book>, ctl: Controls) {
                             phase = Phase::Joining;
                             out.push(join_frame(&m.room, &place));
                         }
-                        ServerFrame::Message { seq, data, .. } => {
+                        ServerFrame::Message { seq, epoch, data, .. } => {
                             if phase != Phase::Joined {
                                 continue;
                             }
@@ -360,6 +360,13 @@ pub(crate) async fn run(m: Member, book: Arc<Book>, ctl: Controls) {
                             }
                             place.accept_jump = false;
                             place.last = Some(seq);
+                            // Joined before the room had an epoch: the first
+                            // message of one names it.
+                            if place.epoch.is_empty()
+                                && let Some(e) = epoch
+                            {
+                                place.epoch = e;
+                            }
                             book.message(&m.name, &m.user, &m.room, seq, key);
                             if place.replay_until.is_some_and(|u| seq >= u) {
                                 place.replay_until = None;

@@ -117,14 +117,17 @@ impl MemoryStore {
                 seq: *seq,
                 epoch: r.epoch.clone(),
                 duplicate: true,
+                first_of_epoch: false,
             };
         }
         r.seq += 1;
-        if r.seq == 1 {
+        let first_of_epoch = r.seq == 1;
+        if first_of_epoch {
             r.epoch = epoch_now();
         }
         r.touched = Some(now);
-        r.history.push_back((r.seq, parts.render(r.seq)));
+        let frame = parts.rendered(r.seq, &r.epoch, first_of_epoch);
+        r.history.push_back((r.seq, frame));
         let excess = r
             .history
             .len()
@@ -138,6 +141,7 @@ impl MemoryStore {
             seq: r.seq,
             epoch: r.epoch.clone(),
             duplicate: false,
+            first_of_epoch,
         }
     }
 

@@ -24,7 +24,8 @@ pub(crate) async fn publish(
         .await?
         .ok_or_else(|| RoomError::from(ErrorCode::Internal))?;
     if !p.duplicate {
-        hub.deliver(room, p.seq, &p.epoch, parts.render(p.seq).into());
+        let frame = parts.rendered(p.seq, &p.epoch, p.first_of_epoch);
+        hub.deliver(room, p.seq, &p.epoch, frame.into());
     }
     Ok(p)
 }

@@ -84,7 +84,8 @@ impl Sticky {
         match published {
             Some(p) => {
                 if !p.duplicate {
-                    hub.deliver(room, p.seq, &p.epoch, parts.render(p.seq).into());
+                    let frame = parts.rendered(p.seq, &p.epoch, p.first_of_epoch);
+                    hub.deliver(room, p.seq, &p.epoch, frame.into());
                 } else if hub.last_seq(room).is_some_and(|last| p.seq > last) {
                     // A resend of a publish whose reply was lost, ahead of
                     // what the members got.

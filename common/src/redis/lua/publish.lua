@@ -2,14 +2,15 @@
 -- history, publishes it on the room's channel and, for a client's message
 -- with the inbox on, appends it to the backend inbox: one atomic step, so a
 -- message on the bus always has its seq and is already in history and in
--- the inbox. Returns {seq, epoch, 0} (the room's history epoch, which the
--- bus message carries too), or {-1, '', 0} when `owner` is set and the
+-- the inbox. Returns {seq, epoch, 0, first} (the room's history epoch, which
+-- the bus message carries too; first = 1 when this message began the epoch,
+-- and its frame names it), or {-1, '', 0, 0} when `owner` is set and the
 -- room's owner record no longer names that node at that epoch (a stale
 -- sticky owner cannot deliver).
 --
 -- Idempotent publish: with `dedupe_key` set (the room's key for this
 -- sender's publish id) a publish whose id was accepted within the window
--- is not published again; it returns {seq of the first, epoch, 1}.
+-- is not published again; it returns {seq of the first, epoch, 1, 0}.
 local seq_key     = KEYS[1]   -- turnout:{room}:seq
 local hist_key    = KEYS[2]   -- turnout:{room}:hist
 local owner_key   = KEYS[3]   -- turnout:{room}:owner
@@ -31,12 +32,12 @@ local publish_cmd = ARGV[12]  -- 'PUBLISH', or 'SPUBLISH' on a Redis Cluster (th
 
 if owner ~= '' then
   local o = redis.call('HMGET', owner_key, 'node', 'epoch')
-  if o[1] ~= owner or o[2] ~= owner_epoch then return {-1, '', 0} end
+  if o[1] ~= owner or o[2] ~= owner_epoch then return {-1, '', 0, 0} end
 end
 if dedupe_ms > 0 then
   local first = redis.call('GET', dedupe_key)
   if first then
-    return {tonumber(first), redis.call('GET', epoch_key) or '', 1}
+    return {tonumber(first), redis.call('GET', epoch_key) or '', 1, 0}
   end
 end
 local seq = redis.call('INCR', seq_key)
@@ -63,12 +64,19 @@ elseif not epoch and last then
 elseif epoch then
   redis.call('PEXPIRE', epoch_key, ttl)
 end
+local frame
+local first = 0
 if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('SET', epoch_key, epoch, 'PX', ttl)
+  -- The first message of an epoch names it: a member that joined the room
+  -- before it had one learns the epoch its seqs count in.
+  frame = prefix .. seq .. ',"epoch":"' .. epoch .. '"' .. suffix
+  first = 1
+else
+  frame = prefix .. seq .. suffix
 end
-local frame = prefix .. seq .. suffix
 if keep > 0 then
   redis.call('XADD', hist_key, 'MAXLEN', keep, seq .. '-0', 'f', frame, 'e', epoch)
   redis.call('PEXPIRE', hist_key, ttl)
@@ -82,4 +90,4 @@ end
 if dedupe_ms > 0 then
   redis.call('SET', dedupe_key, seq, 'PX', dedupe_ms)
 end
-return {seq, epoch, 0}
+return {seq, epoch, 0, first}
