@@ -58,8 +58,23 @@ impl Book {
         epoch: &str,
         recovered: Option<bool>,
     ) {
+        self.joined_at(member, user, room, now_ms(), seq, epoch, recovered);
+    }
+
+    /// A `joined` seen at `at` (Unix ms: the moment the client saw it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn joined_at(
+        &self,
+        member: &str,
+        user: &str,
+        room: &str,
+        at: u64,
+        seq: u64,
+        epoch: &str,
+        recovered: Option<bool>,
+    ) {
         let ev = Event::Joined {
-            at: now_ms(),
+            at,
             seq,
             epoch: epoch.to_owned(),
             recovered,
