@@ -81,9 +81,9 @@ struct Feed {
     tx: broadcast::Sender<Event>,
     streams: usize,
     /// The sizes of the messages the ring holds, as it holds them (the
-    /// last `ring` sent, less those every stream has read), and their sum: a message that would take it past
-    /// `ring_bytes` goes as a `Resync` instead, and streams read it from
-    /// history.
+    /// last `ring` sent, less those every stream has read), and their sum:
+    /// a message that would take it past `ring_bytes` goes as a `Resync`
+    /// instead, and streams read it from history.
     sizes: std::collections::VecDeque<usize>,
     bytes: usize,
 }
