@@ -20,6 +20,13 @@ async fn numsub(redis: &Redis, room: &str) -> Result<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_delivery_without_duplicates() -> Result<()> {
     let c = Cluster::start(3, Strategy::Pubsub).await?;
+    // In a cluster the gateway serves the demo page, not the nodes (a
+    // `local` node alone serves it: tests/tests/local.rs).
+    let demo = |body: &[u8]| String::from_utf8_lossy(body).contains("turnout demo");
+    let (_, body) = http("GET", &format!("{}/", c.nodes[0].http()), None, &[]).await?;
+    assert!(!demo(&body), "a pubsub node's / is not the demo page");
+    let (status, body) = http("GET", &format!("{}/", c.gateway.http()), None, &[]).await?;
+    assert!(status == 200 && demo(&body), "the gateway's / is");
     let mut a1 = Client::connect(&c.nodes[0].ws_url()).await?;
     let mut a2 = Client::connect(&c.nodes[0].ws_url()).await?;
     let mut b = Client::connect(&c.nodes[1].ws_url()).await?;
