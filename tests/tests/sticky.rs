@@ -501,3 +501,59 @@ async fn both_fan_out_paths_keep_rooms_in_order() -> Result<()> {
     );
     Ok(())
 }
+
+/// A notice that a room was claimed at an epoch this node does not hold
+/// it below (the node claimed it back meanwhile, or the notice is stale)
+/// moves nobody; a claim above the node's epoch moves the room's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_claim_notice_moves_nobody() -> Result<()> {
+    let c = Cluster::start(1, Strategy::Sticky).await?;
+    let mut m = Client::connect(&c.nodes[0].ws_url()).await?;
+    m.join("kept").await?;
+    m.join("taken").await?;
+    let node = m.node().to_owned();
+    let mut con = c.redis.con().await?;
+    let epoch = |room: &str| {
+        let key = turnout_proto::keys::room_owner(room);
+        let mut con = con.clone();
+        async move {
+            let e: Option<u64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("epoch")
+                .query_async(&mut con)
+                .await?;
+            anyhow::Ok(e.unwrap_or_default())
+        }
+    };
+    let (kept, taken) = (epoch("kept").await?, epoch("taken").await?);
+    assert!(kept > 0 && taken > 0);
+    let control = turnout_proto::keys::node_control(&node);
+    // Stale: at the node's own epoch, and below it. Then a real one for the
+    // other room; notices are read in order.
+    for notice in [
+        format!("moved kept {kept} ghost"),
+        format!("moved kept {} ghost", kept - 1),
+        format!("moved taken {} ghost", taken + 1),
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&control)
+            .arg(notice)
+            .query_async(&mut con)
+            .await?;
+    }
+    match m
+        .expect("the move", |f| matches!(f, ServerFrame::Error { .. }))
+        .await?
+    {
+        ServerFrame::Error { code, room, .. } => {
+            assert_eq!(
+                (code.as_str(), room.as_deref()),
+                ("wrong_node", Some("taken"))
+            )
+        }
+        _ => unreachable!(),
+    }
+    // `kept` stayed: its member still publishes and hears itself.
+    assert_eq!(m.publish("kept", json!("still here"), "p1").await?, 1);
+    Ok(())
+}
