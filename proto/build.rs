@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".turnout.v1",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
-        .type_attribute(".turnout.v1", "#[serde(default)]")
+        .message_attribute(".turnout.v1", "#[serde(default)]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -21,9 +21,11 @@ pub mod backoff;
 pub mod grpc;
 pub mod metrics;
 pub mod net;
+pub mod placement;
 pub mod readiness;
 pub mod recovery;
 pub mod redis;
+pub mod relay;
 pub mod serve;
 pub mod settings;
 

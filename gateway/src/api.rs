@@ -61,7 +61,13 @@ pub(crate) async fn route(
     let room = q.room.map(room_name).transpose()?;
     may_use_room(&gw, &headers, uri.query(), room.as_deref())?;
     let node = gw.route(room.as_ref()).await?;
-    Ok(Json(json!({"node": node.id, "url": node.url})).into_response())
+    let mut body = json!({"node": node.id, "url": node.url});
+    if let Some(room) = &room
+        && let Some(owner) = gw.owner_now(room).await?
+    {
+        body["owner"] = json!(owner);
+    }
+    Ok(Json(body).into_response())
 }
 
 #[derive(Deserialize)]

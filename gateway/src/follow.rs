@@ -101,10 +101,18 @@ pub(crate) struct FollowMetrics {
     pub(crate) redis_errors: IntCounter,
 }
 
-/// Follows rooms on Redis for the streams of one gateway.
+/// Where a gateway hears a room's messages.
+enum Source {
+    /// The room's Redis channel (sticky, pubsub).
+    Bus(turnout_common::redis::Channels),
+    /// A follow stream from the room's owner node (relay).
+    Relay(Arc<turnout_common::relay::Links>),
+}
+
+/// Follows rooms for the streams of one gateway.
 pub(crate) struct Follower {
     feeds: Mutex<HashMap<String, Feed>>,
-    channels: turnout_common::redis::Channels,
+    channels: Source,
     redis: Con,
     bounds: Bounds,
     /// Who holds streams, and how many each may.
@@ -122,6 +130,43 @@ pub(crate) struct Open {
 }
 
 impl Follower {
+    /// Strategy relay: follows rooms at their owners, with no pub/sub
+    /// connection (`me`: the gateway's id).
+    pub(crate) fn start_relay(
+        me: &str,
+        token: turnout_common::auth::InternalToken,
+        redis: Con,
+        bounds: Bounds,
+        book: Arc<crate::streams::Book>,
+        metrics: FollowMetrics,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let links = turnout_common::relay::Links::new(
+            turnout_common::relay::Settings {
+                me: me.to_owned(),
+                token,
+                pin: crate::strategy::RELAY_PIN,
+                load_factor: turnout_common::placement::LOAD_FACTOR,
+            },
+            redis.clone(),
+            turnout_common::relay::LinkMetrics::default(),
+            stop.clone(),
+        );
+        let follower = Arc::new(Follower {
+            feeds: Mutex::new(HashMap::new()),
+            channels: Source::Relay(links.clone()),
+            redis,
+            bounds,
+            book,
+            metrics,
+            stop,
+        });
+        let weak: std::sync::Weak<dyn turnout_common::relay::Follower> =
+            Arc::downgrade(&follower) as _;
+        links.set_follower(weak);
+        follower
+    }
+
     /// Connects the pub/sub connection and starts its tasks.
     pub(crate) async fn start(
         client: &turnout_common::redis::Redis,
@@ -144,12 +189,12 @@ impl Follower {
             let wanted = move |room: &str| me.upgrade().is_some_and(|f| f.wanted(room));
             Follower {
                 feeds: Mutex::new(HashMap::new()),
-                channels: turnout_common::redis::Channels::start(
+                channels: Source::Bus(turnout_common::redis::Channels::start(
                     con.clone(),
                     wanted,
                     metrics.redis_errors.clone(),
                     stop.clone(),
-                ),
+                )),
                 redis,
                 bounds,
                 book,
@@ -209,7 +254,15 @@ impl Follower {
             (feed.tx.subscribe(), guard)
         };
         // Subscribed before history is read: nothing falls between the two.
-        if let Err(e) = self.channels.ensure(room).await {
+        let ensured = match &self.channels {
+            Source::Bus(c) => c.ensure(room).await,
+            Source::Relay(links) => links
+                .attach(room)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = ensured {
             tracing::warn!(room, error = %e, "cannot subscribe to the room's channel");
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -311,7 +364,9 @@ impl RoomPushes for Follower {
     }
 
     fn unsubscribed(&self, room: &str) {
-        self.channels.lost(room);
+        if let Source::Bus(c) = &self.channels {
+            c.lost(room);
+        }
     }
 
     fn disconnected(&self) {
@@ -320,6 +375,32 @@ impl RoomPushes for Follower {
             "Redis pub/sub connection of room streams lost; reconnecting and resubscribing"
         );
     }
+}
+
+/// Strategy relay: what the rooms' owners send this gateway.
+impl turnout_common::relay::Follower for Follower {
+    fn message(&self, room: &str, seq: u64, epoch: &str, frame: String) {
+        self.send(
+            room,
+            Event::Message(seq, Arc::from(epoch), Arc::from(frame)),
+        );
+    }
+
+    // Presence events carry no seq and are not streamed.
+    fn presence(&self, _room: &str, _origin: &str, _frame: String) {}
+
+    fn catch_up(&self, room: &str) {
+        self.send(room, Event::Resync);
+    }
+
+    fn wanted(&self, room: &str) -> bool {
+        Follower::wanted(self, room)
+    }
+
+    fn unreachable(&self, _room: &str) {}
+
+    // A gateway owns no room.
+    fn owned_here(&self, _room: &str, _epoch: u64) {}
 }
 
 /// Releases a stream's share of its room when the stream ends.
@@ -338,7 +419,10 @@ impl Drop for StreamGuard {
             if feed.streams == 0 {
                 feeds.remove(&self.room);
                 f.metrics.rooms.dec();
-                f.channels.release(&self.room);
+                match &f.channels {
+                    Source::Bus(c) => c.release(&self.room),
+                    Source::Relay(links) => links.detach(&self.room),
+                }
             }
         }
     }

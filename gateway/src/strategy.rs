@@ -5,6 +5,7 @@
 //! | --- | --- | --- | --- |
 //! | sticky | the room's owner (router) | the owner (`Node.Deliver`) | Redis |
 //! | pubsub | least-loaded node | any node | Redis |
+//! | relay | least-loaded node | any node (it sends it to the owner) | Redis; streams follow the room's owner |
 //! | local | least-loaded node | the room's home node | the home node (no streams) |
 //!
 //! In `local` every node has its own copy of each room; the server API
@@ -22,6 +23,17 @@ use turnout_proto::names::{RoomName, UserId};
 use turnout_proto::v1::{
     DeliverReply, DeliverRequest, HistoryRequest, NodeInfo, PresenceRequest, RouteRequest,
 };
+
+/// How long a room a gateway places (relay, to stream it) stays pinned
+/// unused; its owner keeps it pinned with its own `placement_ttl` while
+/// anyone follows it.
+pub(crate) const RELAY_PIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether room streams follow each room at its owner node (relay) rather
+/// than on its Redis channel.
+pub(crate) fn follows_rooms_at_owners(strategy: Strategy) -> bool {
+    strategy == Strategy::Relay
+}
 
 fn no_node() -> ApiError {
     ApiError::new(ErrorCode::Unavailable, "no live ws-node")
@@ -43,7 +55,7 @@ impl Gateway {
     ) -> Result<NodeInfo, ApiError> {
         let avoid = self.avoided(avoid);
         match self.strategy() {
-            Strategy::Pubsub | Strategy::Local => {
+            Strategy::Pubsub | Strategy::Relay | Strategy::Local => {
                 let view = self.view.borrow().clone();
                 self.picker
                     .least_loaded(&view, record, &avoid)
@@ -67,7 +79,7 @@ impl Gateway {
     pub(crate) fn another_node_may_serve(&self) -> bool {
         match self.strategy() {
             Strategy::Sticky => false,
-            Strategy::Pubsub | Strategy::Local => true,
+            Strategy::Pubsub | Strategy::Relay | Strategy::Local => true,
         }
     }
 
@@ -75,7 +87,7 @@ impl Gateway {
     async fn api_node(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
         match self.strategy() {
             Strategy::Sticky => self.owner(room, &self.avoided(&[])).await,
-            Strategy::Pubsub => self.pick(Some(room), false, &[]).await,
+            Strategy::Pubsub | Strategy::Relay => self.pick(Some(room), false, &[]).await,
             Strategy::Local => {
                 let view = self.view.borrow().clone();
                 let live: Vec<&NodeInfo> =
@@ -138,6 +150,23 @@ impl Gateway {
             ErrorCode::Unavailable,
             "no router could place the room; retry",
         ))
+    }
+
+    /// Relay: the node that owns `room` now ("" when none does); None in
+    /// the other strategies (sticky's owner is where clients go).
+    pub(crate) async fn owner_now(&self, room: &RoomName) -> Result<Option<String>, ApiError> {
+        if self.strategy() != Strategy::Relay {
+            return Ok(None);
+        }
+        let mut con = self.redis.clone();
+        let owner =
+            turnout_common::redis::rooms::claim(&mut con, room, "", std::time::Duration::ZERO, &[])
+                .await
+                .map_err(|e| {
+                    tracing::warn!(room = %room, error = %e, "owner read failed");
+                    ApiError::new(ErrorCode::Unavailable, "owner unknown; retry")
+                })?;
+        Ok(Some(owner.node))
     }
 
     /// Forgets a cached owner that turned out wrong.

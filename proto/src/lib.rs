@@ -39,6 +39,9 @@ pub enum Strategy {
     Sticky,
     /// Clients land anywhere; nodes relay room messages over Redis pub/sub.
     Pubsub,
+    /// Clients land anywhere; each room's owner node sequences its messages
+    /// and streams them to the nodes holding its members (no Redis pub/sub).
+    Relay,
 }
 
 impl Strategy {
@@ -47,6 +50,7 @@ impl Strategy {
             Strategy::Local => "local",
             Strategy::Sticky => "sticky",
             Strategy::Pubsub => "pubsub",
+            Strategy::Relay => "relay",
         }
     }
 }
@@ -64,8 +68,9 @@ impl std::str::FromStr for Strategy {
             "local" => Ok(Strategy::Local),
             "sticky" => Ok(Strategy::Sticky),
             "pubsub" => Ok(Strategy::Pubsub),
+            "relay" => Ok(Strategy::Relay),
             other => Err(format!(
-                "`{other}` is not a strategy; accepted values: sticky, pubsub, local"
+                "`{other}` is not a strategy; accepted values: sticky, pubsub, relay, local"
             )),
         }
     }

@@ -106,6 +106,7 @@ impl RouterService {
             return Ok(RouteReply {
                 node: Some(candidate.clone()),
                 epoch: 0,
+                owner: String::new(),
             });
         }
         let mut con = self.redis.clone();
@@ -143,6 +144,7 @@ impl RouterService {
                 .ok_or_else(|| Status::unavailable("room owner unknown; retry"))?,
         };
         Ok(RouteReply {
+            owner: node.id.clone(),
             node: Some(node),
             epoch: owner.epoch,
         })
@@ -196,9 +198,23 @@ impl Router for RouterService {
                 .map(|node| RouteReply {
                     node: Some(node.clone()),
                     epoch: 0,
+                    owner: String::new(),
                 })
                 .ok_or_else(|| Status::unavailable("no live ws-node")),
             Strategy::Sticky => self.place(&room, &snap, &avoid).await,
+            // Relay: the client goes to the least-loaded node; the room is
+            // placed on its owner as in sticky.
+            Strategy::Relay => match least_loaded(&snap.nodes, &avoid) {
+                Some(node) => {
+                    let placed = self.place(&room, &snap, &avoid).await?;
+                    Ok(RouteReply {
+                        node: Some(node.clone()),
+                        epoch: placed.epoch,
+                        owner: placed.node.map(|n| n.id).unwrap_or_default(),
+                    })
+                }
+                None => Err(Status::unavailable("no live ws-node")),
+            },
         };
         self.metrics
             .routes

@@ -120,7 +120,7 @@ async fn scenario(strategy: Strategy) -> Result<()> {
     let node_a = open_and_join(&a, &url, "ana", "demo").await?;
     let node_b = open_and_join(&b, &url, "ben", "demo").await?;
     match strategy {
-        Strategy::Pubsub | Strategy::Local => assert_ne!(
+        Strategy::Pubsub | Strategy::Relay | Strategy::Local => assert_ne!(
             node_a, node_b,
             "least-loaded placement puts two pages on two nodes"
         ),

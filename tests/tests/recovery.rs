@@ -55,7 +55,7 @@ async fn replay_and_live_meet_without_gap_or_duplicate() -> Result<()> {
     for strategy in [Strategy::Pubsub, Strategy::Sticky] {
         let c = Cluster::start_with(2, strategy, |s| s.history_size = 10_000).await?;
         let url = match strategy {
-            Strategy::Pubsub | Strategy::Local => c.nodes[0].ws_url(),
+            Strategy::Pubsub | Strategy::Relay | Strategy::Local => c.nodes[0].ws_url(),
             Strategy::Sticky => format!("{}?room=flow", c.gateway.ws_url()),
         };
         let mut p = Client::connect(&url).await?;
@@ -69,7 +69,7 @@ async fn replay_and_live_meet_without_gap_or_duplicate() -> Result<()> {
         });
         // Join with since while the publisher runs at full speed.
         let joiner_url = match strategy {
-            Strategy::Pubsub | Strategy::Local => c.nodes[1].ws_url(),
+            Strategy::Pubsub | Strategy::Relay | Strategy::Local => c.nodes[1].ws_url(),
             Strategy::Sticky => url.clone(),
         };
         let mut since = 0;
@@ -187,7 +187,7 @@ async fn restart_loses_nothing(strategy: Strategy) -> Result<()> {
     let redis = Redis::start_persistent().await?;
     let mut c = Cluster::start_on(redis, 3, strategy, |_| {}).await?;
     let url = |i: usize| match strategy {
-        Strategy::Pubsub | Strategy::Local => c.nodes[i].ws_url(),
+        Strategy::Pubsub | Strategy::Relay | Strategy::Local => c.nodes[i].ws_url(),
         Strategy::Sticky => format!("{}?room=chaos", c.gateway.ws_url()),
     };
     let mut listeners = Vec::new();

@@ -99,7 +99,7 @@ impl RoomPushes for Relay {
             (Some("moved"), Some(room), Some(epoch), Some(owner)) => {
                 if let Ok(epoch) = epoch.parse() {
                     let how = crate::strategy::sticky::Lost::ClaimedAt(epoch);
-                    crate::strategy::sticky::Sticky::lost(&self.0, room, how, Some(owner));
+                    self.0.strategy.lost(&self.0, room, how, Some(owner));
                 }
             }
             _ => tracing::debug!(channel, "unknown control message ignored"),
@@ -117,10 +117,7 @@ impl RoomPushes for Relay {
     }
 
     fn unsubscribed(&self, room: &str) {
-        if let crate::strategy::Strategy::Pubsub(p) = &self.0.strategy {
-            self.0.metrics.channels_moved.inc();
-            p.channels.lost(room);
-        }
+        self.0.strategy.channel_lost(&self.0, room);
     }
 
     fn disconnected(&self) {

@@ -150,3 +150,96 @@ impl Node for NodeService {
         }))
     }
 }
+
+/// `turnout.v1.Relay`: the owner's side of strategy relay.
+pub(crate) struct RelayService {
+    state: Arc<NodeState>,
+}
+
+pub(crate) fn relay_server(
+    state: Arc<NodeState>,
+) -> turnout_proto::v1::relay_server::RelayServer<RelayService> {
+    // A publish carries one message, bounded like a client's frame.
+    let limit = state.settings.max_frame_bytes + 4096;
+    turnout_proto::v1::relay_server::RelayServer::new(RelayService { state })
+        .max_decoding_message_size(limit)
+}
+
+impl RelayService {
+    fn relay(&self) -> Result<&crate::strategy::relay::Relay, Status> {
+        self.state
+            .hub
+            .strategy
+            .relay()
+            .ok_or_else(|| Status::failed_precondition("this node does not run strategy relay"))
+    }
+}
+
+type BatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<turnout_proto::v1::RelayBatch, Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl turnout_proto::v1::relay_server::Relay for RelayService {
+    async fn publish(
+        &self,
+        req: Request<turnout_proto::v1::RelayPublishRequest>,
+    ) -> Result<Response<turnout_proto::v1::RelayPublishReply>, Status> {
+        let relay = self.relay()?;
+        relay
+            .inner()
+            .serve_publish(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type FollowStream = BatchStream;
+
+    async fn follow(
+        &self,
+        req: Request<tonic::Streaming<turnout_proto::v1::FollowRequest>>,
+    ) -> Result<Response<BatchStream>, Status> {
+        use turnout_proto::v1::follow_request::Op;
+        let inner = self.relay()?.inner().clone();
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "a peer".to_owned());
+        let mut requests = req.into_inner();
+        let (id, out, rx) = inner.open_stream(peer);
+        let reader = inner.clone();
+        let stream_out = out.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    r = requests.message() => r,
+                    _ = stream_out.closed.cancelled() => break,
+                };
+                let Ok(Some(r)) = next else { break };
+                match Op::try_from(r.op) {
+                    Ok(Op::Attach) => reader.attach(id, &stream_out, &r.room).await,
+                    Ok(Op::Detach) => reader.detach(id, &stream_out, &r.room),
+                    Ok(Op::Presence) => reader.presence(id, &r.room, r.origin, r.frame),
+                    Err(_) => tracing::debug!(op = r.op, "unknown follow request ignored"),
+                }
+            }
+            reader.close_stream(id);
+        });
+        let stream = futures_util::stream::unfold(
+            (rx, out, inner, id),
+            |(mut rx, out, inner, id)| async move {
+                match out.next_batch(&mut rx).await {
+                    Some(items) => Some((
+                        Ok(turnout_proto::v1::RelayBatch { items }),
+                        (rx, out, inner, id),
+                    )),
+                    None => {
+                        inner.close_stream(id);
+                        None
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -174,7 +174,10 @@ async fn verify(state: Arc<NodeState>) {
             break;
         }
         // Redis answered but the heartbeat is not through yet: wait for it.
-        if !matches!(renewed, Ok(true)) && !sent_away && state.hub.strategy.sticky().is_some() {
+        if !matches!(renewed, Ok(true))
+            && !sent_away
+            && state.hub.strategy.sends_clients_away_without_lease()
+        {
             sent_away = true;
             tracing::warn!(
                 connections = state.conns.len(),

@@ -23,6 +23,13 @@ pub(crate) struct NodeMetrics {
     pub(crate) redis_disconnects: IntCounter,
     pub(crate) resubscribed: IntCounter,
     pub(crate) channels_moved: IntCounter,
+    pub(crate) relay_forwarded: IntCounter,
+    pub(crate) relay_items_sent: IntCounter,
+    pub(crate) relay_items_received: IntCounter,
+    pub(crate) relay_reattached: IntCounter,
+    pub(crate) relay_owned: IntGauge,
+    pub(crate) relay_links: IntGauge,
+    pub(crate) relay_streams: IntGauge,
     pub(crate) redis_errors: IntCounter,
     pub(crate) replayed: IntCounter,
     pub(crate) fenced: IntCounter,
@@ -112,6 +119,31 @@ impl NodeMetrics {
             channels_moved: c(
                 "channels_moved_total",
                 "Room channels a Redis Cluster unsubscribed (slot moved, failover), subscribed again",
+            ),
+            relay_forwarded: c(
+                "relay_forwarded_total",
+                "Publishes this node sent to the room's owner on another node (relay)",
+            ),
+            relay_items_sent: c(
+                "relay_items_sent_total",
+                "Messages and presence events this node sent down follow streams as a room's owner (relay)",
+            ),
+            relay_items_received: c(
+                "relay_items_received_total",
+                "Items this node received from rooms' owners on follow streams (relay)",
+            ),
+            relay_reattached: c(
+                "relay_reattached_total",
+                "Rooms attached again after their owner moved, died or dropped this node's stream (relay)",
+            ),
+            relay_owned: g("relay_owned_rooms", "Rooms this node owns (relay)"),
+            relay_links: g(
+                "relay_links",
+                "Follow streams this node has open to rooms' owners (relay)",
+            ),
+            relay_streams: g(
+                "relay_streams",
+                "Follow streams other nodes and gateways have open to this node (relay)",
             ),
             redis_errors: c("redis_errors_total", "Redis commands that failed"),
             replayed: c(

@@ -149,6 +149,8 @@ pub async fn run(
         } else {
             0
         },
+        // The strategy says whether messages go on the room's channel.
+        bus: true,
     };
     // Stops background tasks after the drain completes.
     let stop = CancellationToken::new();
@@ -221,6 +223,10 @@ pub async fn run(
             grpc::server(state.clone()),
             internal.checker(),
         ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            grpc::relay_server(state.clone()),
+            internal.checker(),
+        ))
         .into_axum_router();
     let mut app = Router::new()
         .route(
@@ -285,6 +291,7 @@ async fn drain(state: &Arc<NodeState>) {
     if tokio::time::timeout(SHUTDOWN_CALL, announce).await.is_err() {
         tracing::warn!("Redis did not take the draining mark in time; draining anyway");
     }
+    state.hub.strategy.drain();
     state.hub.send_away(&state.conns, "draining");
     state.sessions.close();
     if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())

@@ -113,7 +113,7 @@ impl Hub {
         let Some(redis) = self.store.redis() else {
             return true;
         };
-        let sticky = self.strategy.sticky();
+        let pin = self.strategy.owner_pin();
         let rooms = self.room_epochs();
         if rooms.is_empty() {
             return true;
@@ -121,11 +121,11 @@ impl Hub {
         let args: Vec<(String, Option<(&str, u64)>)> = rooms
             .iter()
             .map(|(room, epoch)| {
-                let owner = sticky.map(|_| (self.node_id.as_str(), *epoch));
+                let owner = pin.map(|_| (self.node_id.as_str(), *epoch));
                 (room.clone(), owner)
             })
             .collect();
-        let pin = sticky.map(|s| s.pin).unwrap_or_default();
+        let pin = pin.unwrap_or_default();
         let results = match redis.renew(&args, pin).await {
             Ok(r) => r,
             Err(e) => {
@@ -138,7 +138,7 @@ impl Hub {
         for ((room, epoch), renewed) in rooms.iter().zip(results) {
             if !renewed.owned {
                 let how = crate::strategy::sticky::Lost::NotAt(*epoch);
-                crate::strategy::sticky::Sticky::lost(self, room, how, None);
+                self.strategy.lost(self, room, how, None);
                 continue;
             }
             if renewed.lost {

@@ -18,6 +18,9 @@ pub struct RoomConfig {
     pub room_ttl: Duration,
     /// Entries kept in the backend inbox stream (0 = inbox off).
     pub inbox_size: u64,
+    /// Whether each message is also published on the room's Redis channel
+    /// (false in strategy relay, where the owner streams it to the nodes).
+    pub bus: bool,
     /// How long a publish id is remembered, so that a resend is accepted
     /// once (zero: not at all).
     pub dedupe_window: Duration,
@@ -95,6 +98,7 @@ pub async fn publish(
         },
         dedupe: id.map(|id| (origin.sender(), id, cfg.dedupe_window)),
         cluster: con.is_cluster(),
+        bus: cfg.bus,
     };
     let (seq, epoch, duplicate, first): (i64, String, u8, u8) =
         scripts::publish(&args).invoke_async(con).await?;

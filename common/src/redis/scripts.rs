@@ -50,6 +50,8 @@ pub struct PublishArgs<'a> {
     /// On a Redis Cluster: publish with `SPUBLISH`, and leave the inbox
     /// to the caller.
     pub cluster: bool,
+    /// Publish the message on the room's channel.
+    pub bus: bool,
 }
 
 pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
@@ -90,7 +92,11 @@ pub fn publish(a: &PublishArgs<'_>) -> ScriptInvocation<'static> {
         .arg(user)
         .arg(a.room)
         .arg(dedupe_ms)
-        .arg(if a.cluster { "SPUBLISH" } else { "PUBLISH" });
+        .arg(match (a.bus, a.cluster) {
+            (false, _) => "",
+            (true, true) => "SPUBLISH",
+            (true, false) => "PUBLISH",
+        });
     inv
 }
 

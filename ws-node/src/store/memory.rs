@@ -238,6 +238,7 @@ mod tests {
             room_ttl: ttl,
             inbox_size: 0,
             dedupe_window: Duration::from_secs(60),
+            bus: false,
         })
     }
 
@@ -300,6 +301,7 @@ mod tests {
             room_ttl: Duration::from_secs(60),
             inbox_size: 0,
             dedupe_window: Duration::ZERO,
+            bus: false,
         });
         s.publish("r", &parts("a"), Some(("alice", "c-1")));
         let again = s.publish("r", &parts("a"), Some(("alice", "c-1")));

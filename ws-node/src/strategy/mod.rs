@@ -6,12 +6,14 @@
 //! | [`local`] | always | in memory, delivered here | never | in place |
 //! | [`sticky`] | claim ownership (epoch) | fenced by owner and epoch, delivered here | not needed: every member is here | in place |
 //! | [`pubsub`] | always | anyone, delivered when it comes back | the room's channel | queued |
+//! | [`relay`] | always | sent to the owner, delivered when it comes back | the owner's follow stream | queued |
 //!
 //! The hub (rooms, ordering, join hand-over) and the sessions call only
 //! the methods here; none of them matches on the strategy.
 
 pub(crate) mod local;
 pub(crate) mod pubsub;
+pub(crate) mod relay;
 pub(crate) mod sticky;
 
 use crate::hub::{Hub, RoomError};
@@ -33,6 +35,7 @@ pub(crate) enum Strategy {
     Local(local::Local),
     Sticky(sticky::Sticky),
     Pubsub(pubsub::Pubsub),
+    Relay(relay::Relay),
 }
 
 /// Builds the node's hub for `settings.strategy`: the strategy, its store
@@ -84,6 +87,11 @@ pub(crate) async fn start(
     else {
         return Ok(None);
     };
+    // Relay: the owner streams each message to the nodes, not Redis.
+    let cfg = RoomConfig {
+        bus: kind != turnout_proto::Strategy::Relay,
+        ..cfg
+    };
     let control = turnout_proto::keys::node_control(node_id);
     let buffer = (settings.bus_buffer, settings.bus_buffer_bytes);
     let bus = crate::bus::connect(client, buffer, metrics, &control).await?;
@@ -94,17 +102,48 @@ pub(crate) async fn start(
         holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
         lease: settings.presence_ttl,
     });
-    let hub = Arc::new_cyclic(|weak| {
+    let links = turnout_common::relay::Links::new(
+        turnout_common::relay::Settings {
+            me: node_id.to_owned(),
+            token: turnout_common::auth::InternalToken::new(settings.internal_token.as_deref())
+                .unwrap_or_default(),
+            pin: settings.placement_ttl,
+            load_factor: turnout_common::placement::LOAD_FACTOR,
+        },
+        con.clone(),
+        turnout_common::relay::LinkMetrics {
+            items_received: Some(metrics.relay_items_received.clone()),
+            reattached: Some(metrics.relay_reattached.clone()),
+            links: Some(metrics.relay_links.clone()),
+        },
+        stop.clone(),
+    );
+    let hub = Arc::new_cyclic(|weak: &std::sync::Weak<Hub>| {
         let strategy = match kind {
             turnout_proto::Strategy::Sticky => Strategy::Sticky(sticky::Sticky {
                 pin: settings.placement_ttl,
             }),
-            _ => Strategy::Pubsub(pubsub::Pubsub {
+            turnout_proto::Strategy::Pubsub => Strategy::Pubsub(pubsub::Pubsub {
                 channels: bus.channels(weak.clone(), metrics, stop.clone()),
             }),
+            turnout_proto::Strategy::Relay => Strategy::Relay(relay::Relay::new(
+                node_id,
+                settings.placement_ttl,
+                buffer,
+                weak.clone(),
+                metrics,
+                links.clone(),
+            )),
+            turnout_proto::Strategy::Local => unreachable!("strategy local returned above"),
         };
         hub(strategy, store)
     });
+    if let Strategy::Relay(r) = &hub.strategy {
+        let follower: Arc<dyn turnout_common::relay::Follower> =
+            Arc::new(relay::ToHub(Arc::downgrade(&hub)));
+        r.set_follower(follower);
+        r.keep_owned(stop.clone());
+    }
     bus.start(hub.clone(), bus_readiness, stop.clone());
     Ok(Some((hub, Some(con))))
 }
@@ -115,6 +154,7 @@ impl Strategy {
             Strategy::Local(_) => turnout_proto::Strategy::Local,
             Strategy::Sticky(_) => turnout_proto::Strategy::Sticky,
             Strategy::Pubsub(_) => turnout_proto::Strategy::Pubsub,
+            Strategy::Relay(_) => turnout_proto::Strategy::Relay,
         }
     }
 
@@ -123,7 +163,7 @@ impl Strategy {
     pub(crate) async fn admit(&self, hub: &Hub, room: &RoomName) -> Result<u64, RoomError> {
         match self {
             Strategy::Sticky(s) => s.own(hub, room).await,
-            Strategy::Local(_) | Strategy::Pubsub(_) => Ok(0),
+            Strategy::Local(_) | Strategy::Pubsub(_) | Strategy::Relay(_) => Ok(0),
         }
     }
 
@@ -132,14 +172,17 @@ impl Strategy {
     pub(crate) async fn open(&self, room: &str) -> Result<(), RoomError> {
         match self {
             Strategy::Pubsub(p) => p.open(room).await,
+            Strategy::Relay(r) => r.open(room).await,
             Strategy::Local(_) | Strategy::Sticky(_) => Ok(()),
         }
     }
 
     /// The room's last member here left.
     pub(crate) fn close(&self, room: &str) {
-        if let Strategy::Pubsub(p) = self {
-            p.close(room);
+        match self {
+            Strategy::Pubsub(p) => p.close(room),
+            Strategy::Relay(r) => r.close(room),
+            Strategy::Local(_) | Strategy::Sticky(_) => {}
         }
     }
 
@@ -156,15 +199,17 @@ impl Strategy {
             Strategy::Local(_) => local::publish(hub, room, parts, origin, id).await,
             Strategy::Sticky(s) => s.publish(hub, room, parts, origin, id).await,
             Strategy::Pubsub(_) => pubsub::publish(hub, room, parts, origin, id).await,
+            Strategy::Relay(r) => r.publish(hub, room, parts, origin, id).await,
         }
     }
 
     /// Whether a message of a room of `members` is written to idle members'
     /// sockets in place. Pubsub fan-out runs on the one task that reads the
-    /// bus, which must keep up with Redis whatever clients do: it queues.
+    /// bus, which must keep up with Redis whatever clients do, and relay's
+    /// on the task that reads a follow stream: they queue.
     pub(crate) fn direct_fan_out(&self, members: usize) -> bool {
         match self {
-            Strategy::Pubsub(_) => false,
+            Strategy::Pubsub(_) | Strategy::Relay(_) => false,
             Strategy::Local(_) | Strategy::Sticky(_) => members <= DIRECT_FAN_OUT,
         }
     }
@@ -174,6 +219,7 @@ impl Strategy {
     pub(crate) async fn announce(&self, hub: &Hub, room: &str, origin: &str, frame: String) {
         match self {
             Strategy::Pubsub(p) => p.announce(hub, room, origin, frame).await,
+            Strategy::Relay(r) => r.announce(hub, room, origin, frame),
             Strategy::Local(_) | Strategy::Sticky(_) => {
                 hub.deliver_presence(room, origin, frame.into())
             }
@@ -186,11 +232,68 @@ impl Strategy {
         matches!(self, Strategy::Local(_))
     }
 
-    /// Sticky: the ownership this node must keep checking and pinning.
-    pub(crate) fn sticky(&self) -> Option<&sticky::Sticky> {
+    /// Sticky: how long the placements of the rooms this node has members
+    /// in stay pinned; the periodic renewal checks that it still owns each
+    /// at the epoch it holds (None: rooms are not owned by their members'
+    /// node).
+    pub(crate) fn owner_pin(&self) -> Option<std::time::Duration> {
         match self {
-            Strategy::Sticky(s) => Some(s),
-            _ => None,
+            Strategy::Sticky(s) => Some(s.pin),
+            Strategy::Local(_) | Strategy::Pubsub(_) | Strategy::Relay(_) => None,
+        }
+    }
+
+    /// Whether a node that cannot renew its lease sends its clients away at
+    /// once. Sticky: its rooms will be placed elsewhere, and its members
+    /// must meet there. The others keep their clients: what they miss is
+    /// read back from history once Redis answers, and a full Redis outage
+    /// would otherwise send every client of every node away at once.
+    pub(crate) fn sends_clients_away_without_lease(&self) -> bool {
+        matches!(self, Strategy::Sticky(_))
+    }
+
+    /// This node lost `room` (sticky, relay): `how` says how it learned,
+    /// `new_owner` names the node that claimed it, when known.
+    pub(crate) fn lost(
+        &self,
+        hub: &Arc<Hub>,
+        room: &str,
+        how: sticky::Lost,
+        new_owner: Option<&str>,
+    ) {
+        match self {
+            Strategy::Sticky(_) => sticky::Sticky::lost(hub, room, how, new_owner),
+            Strategy::Relay(r) => r.lost(
+                room,
+                match how {
+                    sticky::Lost::ClaimedAt(epoch) => Some(epoch),
+                    sticky::Lost::NotAt(_) => None,
+                },
+            ),
+            Strategy::Local(_) | Strategy::Pubsub(_) => {}
+        }
+    }
+
+    /// Redis moved a room's channel to another shard (pubsub on a cluster).
+    pub(crate) fn channel_lost(&self, hub: &Hub, room: &str) {
+        if let Strategy::Pubsub(p) = self {
+            hub.metrics.channels_moved.inc();
+            p.channels.lost(room);
+        }
+    }
+
+    /// The node drains: relay hands the rooms it owns to other nodes.
+    pub(crate) fn drain(&self) {
+        if let Strategy::Relay(r) = self {
+            r.drain();
+        }
+    }
+
+    /// Relay: the owner side of the node's `Relay` service.
+    pub(crate) fn relay(&self) -> Option<&relay::Relay> {
+        match self {
+            Strategy::Relay(r) => Some(r),
+            Strategy::Local(_) | Strategy::Sticky(_) | Strategy::Pubsub(_) => None,
         }
     }
 }

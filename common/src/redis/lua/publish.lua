@@ -28,7 +28,7 @@ local inbox_size  = ARGV[8]   -- '0' = not to the inbox
 local user        = ARGV[9]
 local room        = ARGV[10]
 local dedupe_ms   = tonumber(ARGV[11])  -- dedupe_window, ms; 0 = no id to remember
-local publish_cmd = ARGV[12]  -- 'PUBLISH', or 'SPUBLISH' on a Redis Cluster (the room's shard only)
+local publish_cmd = ARGV[12]  -- 'PUBLISH', or 'SPUBLISH' on a Redis Cluster (the room's shard only); '' = not on the channel (relay)
 
 if owner ~= '' then
   local o = redis.call('HMGET', owner_key, 'node', 'epoch')
@@ -82,7 +82,9 @@ if keep > 0 then
   redis.call('PEXPIRE', hist_key, ttl)
 end
 redis.call('PEXPIRE', seq_key, ttl)
-redis.call(publish_cmd, channel, seq .. ' ' .. epoch .. ' ' .. frame)
+if publish_cmd ~= '' then
+  redis.call(publish_cmd, channel, seq .. ' ' .. epoch .. ' ' .. frame)
+end
 if inbox_size ~= '0' then
   redis.call('XADD', inbox_key, 'MAXLEN', inbox_size, '*',
     'room', room, 'seq', seq, 'user', user, 'message', frame)

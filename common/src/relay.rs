@@ -1,0 +1,496 @@
+//! Strategy `relay`, the follower's side: links from a process to the
+//! owners of the rooms it follows (a ws-node with members of a room, or a
+//! gateway streaming a room to a backend).
+//!
+//! One link per owner node carries one long-lived gRPC stream
+//! (`turnout.v1.Relay/Follow`): the follower attaches and detaches rooms on
+//! it, and the owner sends the attached rooms' messages, many rooms per
+//! batch. A room is attached once its owner said `ATTACHED`: every message
+//! published after that comes down the stream, and whatever came before it
+//! is the follower's to read from history (as a join does).
+//!
+//! When a link breaks (the owner died, was cut off, or dropped a follower
+//! that fell too far behind) or the owner says a room `MOVED`, the room is
+//! attached again wherever it lives now, in the background and with
+//! backoff, and then caught up from history ([`Follower::catch_up`]): the
+//! members stay where they are and lose nothing that history holds.
+
+use crate::auth::InternalToken;
+use crate::backoff::Backoff;
+use crate::redis::Con;
+use dashmap::{DashMap, DashSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
+use turnout_proto::v1::relay_client::RelayClient;
+use turnout_proto::v1::relay_item::Kind;
+use turnout_proto::v1::{FollowRequest, RelayItem, follow_request::Op};
+
+/// How long a follower waits for an owner to answer an attach.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A gRPC client of a room owner's `Relay` service, with the internal token.
+pub type Client = RelayClient<InterceptedService<Channel, InternalToken>>;
+
+/// What the process does with what the owners send.
+pub trait Follower: Send + Sync + 'static {
+    /// A message of `room`: its seq, history epoch and client frame.
+    fn message(&self, room: &str, seq: u64, epoch: &str, frame: String);
+    /// A presence event of a member on another node.
+    fn presence(&self, room: &str, origin: &str, frame: String);
+    /// History may hold messages of `room` that were not streamed here
+    /// (after a re-attach, or a publish whose outcome the owner could not
+    /// learn): read it after what was delivered.
+    fn catch_up(&self, room: &str);
+    /// Whether `room` is still followed here (a re-attach stops when not).
+    fn wanted(&self, room: &str) -> bool;
+    /// The owner could not be reached for `room` (once per outage).
+    fn unreachable(&self, room: &str);
+    /// This process itself owns `room` at `epoch` (ws-nodes only).
+    fn owned_here(&self, room: &str, epoch: u64);
+}
+
+/// Where an attach landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// The room's owner is this process, at this epoch.
+    Here(u64),
+    /// Another node owns the room and streams it here.
+    At(String),
+}
+
+/// Why an attach failed; every one is retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no live node can own the room")]
+    NoOwner,
+    #[error("the owner {0} did not answer the attach")]
+    Unreachable(String),
+}
+
+/// Counters a link keeps (the process registers them).
+#[derive(Clone, Default)]
+pub struct LinkMetrics {
+    pub items_received: Option<prometheus::IntCounter>,
+    pub reattached: Option<prometheus::IntCounter>,
+    pub links: Option<prometheus::IntGauge>,
+}
+
+/// How a process follows rooms.
+pub struct Settings {
+    /// This process's id: a ws-node's node id (it may own rooms), or a
+    /// gateway's (it never does).
+    pub me: String,
+    pub token: InternalToken,
+    /// How long an unused placement stays pinned to its owner.
+    pub pin: Duration,
+    /// Placement's load bound (as the routers'; by rooms owned).
+    pub load_factor: f64,
+}
+
+/// One process's links to room owners.
+pub struct Links {
+    settings: Settings,
+    con: Con,
+    metrics: LinkMetrics,
+    follower: OnceLock<Weak<dyn Follower>>,
+    /// Open links by owner node id.
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Followed rooms and the owner each is attached at.
+    attached: DashMap<String, String>,
+    /// Rooms being attached again in the background.
+    reattaching: DashSet<String>,
+    stop: CancellationToken,
+}
+
+struct Link {
+    owner: String,
+    client: Client,
+    up: mpsc::UnboundedSender<FollowRequest>,
+    /// Attaches waiting for the owner's answer (true: attached).
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<bool>>>>,
+    dead: CancellationToken,
+}
+
+impl Links {
+    pub fn new(
+        settings: Settings,
+        con: Con,
+        metrics: LinkMetrics,
+        stop: CancellationToken,
+    ) -> Arc<Links> {
+        Arc::new(Links {
+            settings,
+            con,
+            metrics,
+            follower: OnceLock::new(),
+            links: Mutex::new(HashMap::new()),
+            attached: DashMap::new(),
+            reattaching: DashSet::new(),
+            stop,
+        })
+    }
+
+    /// Who handles what the owners send; set once, before the first attach.
+    pub fn set_follower(&self, follower: Weak<dyn Follower>) {
+        let _ = self.follower.set(follower);
+    }
+
+    fn follower(&self) -> Option<Arc<dyn Follower>> {
+        self.follower.get().and_then(Weak::upgrade)
+    }
+
+    /// The owner `room` is attached at here, if any.
+    pub fn attached_at(&self, room: &str) -> Option<String> {
+        self.attached.get(room).map(|o| o.clone())
+    }
+
+    /// The owner of `room` now, placing it when it has none (or its owner
+    /// is dead, draining, or in `avoid`: nodes this process could not reach).
+    pub async fn owner(
+        &self,
+        room: &str,
+        avoid: &[String],
+    ) -> Result<crate::redis::Ownership, AttachError> {
+        let mut con = self.con.clone();
+        let owner = crate::placement::owner(
+            &mut con,
+            room,
+            self.settings.pin,
+            self.settings.load_factor,
+            avoid,
+        )
+        .await?;
+        if owner.node.is_empty() {
+            return Err(AttachError::NoOwner);
+        }
+        Ok(owner)
+    }
+
+    /// Attaches `room`: from the moment this returns, its owner streams
+    /// every message published into it here. Tries a few owners (a room may
+    /// be moving) and gives up with a retryable error.
+    pub async fn attach(self: &Arc<Self>, room: &str) -> Result<Attached, AttachError> {
+        let mut avoid: Vec<String> = Vec::new();
+        let mut last = AttachError::NoOwner;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
+        for _ in 0..4 {
+            let owner = self.owner(room, &avoid).await?;
+            if owner.node == self.settings.me {
+                self.attached.insert(room.to_owned(), owner.node);
+                if let Some(f) = self.follower() {
+                    f.owned_here(room, owner.epoch);
+                }
+                return Ok(Attached::Here(owner.epoch));
+            }
+            let link = match self.link(&owner.node).await {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::debug!(room, owner = %owner.node, error = %e, "owner unreachable");
+                    avoid.push(owner.node.clone());
+                    last = e;
+                    continue;
+                }
+            };
+            match link.attach(room).await {
+                Some(true) => {
+                    self.attached.insert(room.to_owned(), owner.node.clone());
+                    if link.dead.is_cancelled() {
+                        // The link broke meanwhile; its re-attach may have
+                        // missed this room.
+                        continue;
+                    }
+                    return Ok(Attached::At(owner.node));
+                }
+                // Not the owner (any more): ask Redis again.
+                Some(false) => last = AttachError::Unreachable(owner.node),
+                None => {
+                    avoid.push(owner.node.clone());
+                    last = AttachError::Unreachable(owner.node);
+                }
+            }
+            backoff.wait().await;
+        }
+        Err(last)
+    }
+
+    /// Stops following `room` here.
+    pub fn detach(&self, room: &str) {
+        let Some((_, owner)) = self.attached.remove(room) else {
+            return;
+        };
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .cloned();
+        if let Some(link) = link {
+            link.send(Op::Detach, room, "", "");
+        }
+    }
+
+    /// Sends a presence event of a member here to the room's other nodes,
+    /// through its owner (best effort: presence carries no seq).
+    pub fn presence(&self, room: &str, origin: &str, frame: &str) -> bool {
+        let Some(owner) = self.attached_at(room) else {
+            return false;
+        };
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .cloned();
+        match link {
+            Some(link) => {
+                link.send(Op::Presence, room, origin, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A client of `owner`'s `Relay` service (the link's channel).
+    pub async fn client(self: &Arc<Self>, owner: &str) -> Result<Client, AttachError> {
+        Ok(self.link(owner).await?.client.clone())
+    }
+
+    /// The room's owner said it no longer owns it, or the link to it broke:
+    /// attach it again wherever it lives now, then catch up from history.
+    pub fn reattach(self: &Arc<Self>, room: &str) {
+        if !self.reattaching.insert(room.to_owned()) {
+            return;
+        }
+        self.attached.remove(room);
+        let links = self.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+            let mut told = false;
+            loop {
+                let Some(f) = links.follower() else { break };
+                if !f.wanted(&room) || links.stop.is_cancelled() {
+                    break;
+                }
+                match links.attach(&room).await {
+                    Ok(at) => {
+                        if let Some(m) = &links.metrics.reattached {
+                            m.inc();
+                        }
+                        tracing::info!(room, ?at, "room attached again; catching up from history");
+                        f.catch_up(&room);
+                        break;
+                    }
+                    Err(e) => {
+                        if !told {
+                            told = true;
+                            tracing::warn!(room, error = %e, "the room's owner cannot be reached; retrying");
+                            f.unreachable(&room);
+                        }
+                    }
+                }
+                drop(f);
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = links.stop.cancelled() => break,
+                }
+            }
+            links.reattaching.remove(&room);
+            // Detached meanwhile: the owner may stream it still.
+            let still = links.follower().is_some_and(|f| f.wanted(&room));
+            if !still {
+                links.detach(&room);
+            }
+        });
+    }
+
+    /// The open link to `owner`, or a new one.
+    async fn link(self: &Arc<Self>, owner: &str) -> Result<Arc<Link>, AttachError> {
+        if let Some(l) = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(owner)
+            && !l.dead.is_cancelled()
+        {
+            return Ok(l.clone());
+        }
+        let mut con = self.con.clone();
+        let info = crate::redis::node_info(&mut con, owner)
+            .await?
+            .ok_or_else(|| AttachError::Unreachable(owner.to_owned()))?;
+        let channel = Channel::from_shared(info.internal_url.clone())
+            .map_err(|_| AttachError::Unreachable(owner.to_owned()))?
+            .connect_timeout(CALL_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let client = RelayClient::with_interceptor(channel, self.settings.token.clone())
+            .max_decoding_message_size(usize::MAX);
+        let (up, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            owner: owner.to_owned(),
+            client: client.clone(),
+            up,
+            waiting: Mutex::new(HashMap::new()),
+            dead: CancellationToken::new(),
+        });
+        {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = links.get(owner)
+                && !l.dead.is_cancelled()
+            {
+                return Ok(l.clone());
+            }
+            links.insert(owner.to_owned(), link.clone());
+            if let Some(g) = &self.metrics.links {
+                g.set(links.len() as i64);
+            }
+        }
+        let links = self.clone();
+        let reader = link.clone();
+        tokio::spawn(async move {
+            let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+            let mut client = reader.client.clone();
+            let why = tokio::select! {
+                r = client.follow(requests) => match r {
+                    Ok(stream) => links.read(&reader, stream.into_inner()).await,
+                    Err(s) => s.message().to_owned(),
+                },
+                _ = links.stop.cancelled() => "stopping".to_owned(),
+            };
+            links.lost(&reader, &why);
+        });
+        Ok(link)
+    }
+
+    /// Reads a follow stream until it ends; returns why it ended.
+    async fn read(
+        self: &Arc<Self>,
+        link: &Link,
+        mut stream: tonic::Streaming<turnout_proto::v1::RelayBatch>,
+    ) -> String {
+        loop {
+            let batch = tokio::select! {
+                b = stream.message() => b,
+                _ = self.stop.cancelled() => return "stopping".into(),
+            };
+            let batch = match batch {
+                Ok(Some(b)) => b,
+                Ok(None) => return "the owner ended the stream".into(),
+                Err(s) => return s.message().to_owned(),
+            };
+            if let Some(m) = &self.metrics.items_received {
+                m.inc_by(batch.items.len() as u64);
+            }
+            let Some(f) = self.follower() else {
+                return "stopping".into();
+            };
+            for item in batch.items {
+                self.handle(link, &*f, item);
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, link: &Link, f: &dyn Follower, item: RelayItem) {
+        let RelayItem {
+            kind,
+            room,
+            seq,
+            epoch,
+            frame,
+            origin,
+        } = item;
+        match Kind::try_from(kind) {
+            Ok(Kind::Message) => f.message(&room, seq, &epoch, frame),
+            Ok(Kind::Presence) => f.presence(&room, &origin, frame),
+            Ok(Kind::Attached) => link.answer(&room, true),
+            Ok(Kind::NotOwner) => link.answer(&room, false),
+            Ok(Kind::CatchUp) => f.catch_up(&room),
+            Ok(Kind::Moved) => {
+                if self.attached_at(&room).as_deref() == Some(link.owner.as_str()) {
+                    self.reattach(&room);
+                }
+            }
+            Err(_) => tracing::debug!(kind, "unknown relay item ignored"),
+        }
+    }
+
+    /// A link ended: every room attached through it is attached again.
+    fn lost(self: &Arc<Self>, link: &Arc<Link>, why: &str) {
+        link.dead.cancel();
+        link.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            if links.get(&link.owner).is_some_and(|l| Arc::ptr_eq(l, link)) {
+                links.remove(&link.owner);
+            }
+            if let Some(g) = &self.metrics.links {
+                g.set(links.len() as i64);
+            }
+        }
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let rooms: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|a| a.value() == &link.owner)
+            .map(|a| a.key().clone())
+            .collect();
+        if !rooms.is_empty() {
+            tracing::warn!(owner = %link.owner, rooms = rooms.len(), why, "relay link lost; attaching its rooms again");
+        }
+        for room in rooms {
+            self.reattach(&room);
+        }
+    }
+}
+
+impl Link {
+    fn send(&self, op: Op, room: &str, origin: &str, frame: &str) {
+        let _ = self.up.send(FollowRequest {
+            op: op as i32,
+            room: room.to_owned(),
+            origin: origin.to_owned(),
+            frame: frame.to_owned(),
+        });
+    }
+
+    /// Asks the owner to stream `room` here; None when it did not answer.
+    async fn attach(&self, room: &str) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room.to_owned())
+            .or_default()
+            .push(tx);
+        self.send(Op::Attach, room, "", "");
+        tokio::select! {
+            r = tokio::time::timeout(CALL_TIMEOUT, rx) => r.ok()?.ok(),
+            _ = self.dead.cancelled() => None,
+        }
+    }
+
+    fn answer(&self, room: &str, attached: bool) {
+        let waiters = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(attached);
+        }
+    }
+}

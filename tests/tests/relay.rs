@@ -1,0 +1,223 @@
+//! The relay strategy end to end: each room owned by one node, which
+//! sequences its messages and streams them to the nodes holding members;
+//! no room message crosses Redis pub/sub.
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use serde_json::json;
+use std::time::Duration;
+use turnout_proto::Strategy;
+use turnout_proto::frames::ServerFrame;
+use turnout_tests::*;
+
+/// The room's owner as `/api/route` names it.
+async fn owner_of(c: &Cluster, room: &str) -> Result<String> {
+    let (status, v) = http_get_json(&format!("{}/api/route?room={room}", c.gateway.http())).await?;
+    anyhow::ensure!(status == 200, "route: {status} {v}");
+    Ok(v["owner"]
+        .as_str()
+        .context("no owner in /api/route")?
+        .to_owned())
+}
+
+/// Publishes with `id` until acked (an owner that moves answers
+/// `unavailable` meanwhile; the resend with the same id is taken once).
+async fn publish_until_acked(cl: &mut Client, room: &str, i: u64) -> Result<u64> {
+    let id = format!("p-{i}");
+    let mut tries = 0;
+    loop {
+        match cl.publish(room, json!({ "i": i }), &id).await {
+            Ok(seq) => return Ok(seq),
+            // Refused (`unavailable` while the room moves): resend.
+            Err(_) if tries < 200 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_every_node_get_each_message_once_in_order_and_redis_carries_none() -> Result<()>
+{
+    let c = Cluster::start(3, Strategy::Relay).await?;
+    // A subscriber on the room's channel: with relay, Redis carries none
+    // of the room's messages.
+    let channel = turnout_proto::keys::room_channel("r1");
+    let mut spy = redis::Client::open(c.redis.url())?
+        .get_async_pubsub()
+        .await?;
+    spy.subscribe(&channel).await?;
+    let mut members = Vec::new();
+    for n in &c.nodes {
+        for _ in 0..2 {
+            let mut cl = Client::connect(&n.ws_url()).await?;
+            assert_eq!(cl.join("r1").await?, 0);
+            members.push(cl);
+        }
+    }
+    let owner = owner_of(&c, "r1").await?;
+    let ids: Vec<String> = members.iter().map(|m| m.node().to_owned()).collect();
+    assert!(
+        ids.contains(&owner),
+        "the owner {owner} is one of the nodes {ids:?}"
+    );
+    // Publishers on every node at once.
+    let per = 30u64;
+    let mut tasks = Vec::new();
+    for (k, n) in c.nodes.iter().enumerate() {
+        let url = n.ws_url();
+        tasks.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await?;
+            p.join("r1").await?;
+            let mut seqs = Vec::new();
+            for i in 0..per {
+                seqs.push(
+                    p.publish("r1", json!({"k": k, "i": i}), &format!("{k}-{i}"))
+                        .await?,
+                );
+            }
+            Ok::<_, anyhow::Error>(seqs)
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await??);
+    }
+    acked.sort_unstable();
+    let total = per * c.nodes.len() as u64;
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "one seq per publish"
+    );
+    for m in &mut members {
+        let seqs = m.messages_until("r1", total).await?;
+        assert_eq!(
+            seqs,
+            (1..=total).collect::<Vec<_>>(),
+            "member on {}",
+            m.node()
+        );
+    }
+    // The first message on the channel is a marker of the test's own.
+    let mut con = c.redis.con().await?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("marker")
+        .query_async(&mut con)
+        .await?;
+    let first = tokio::time::timeout(DEADLINE, spy.on_message().next())
+        .await?
+        .context("spy stream ended")?;
+    assert_eq!(
+        first.get_payload::<String>()?,
+        "marker",
+        "a room message went over Redis pub/sub"
+    );
+    // The owner relayed; the others forwarded their publishes to it.
+    for n in &c.nodes {
+        let forwarded = metric(n, "turnout_relay_forwarded_total").await?;
+        let sent = metric(n, "turnout_relay_items_sent_total").await?;
+        let (_, v) = http_get_json(&format!("{}/api/cluster", n.http())).await?;
+        let id = v["nodes"][0]["id"].as_str().unwrap_or_default().to_owned();
+        if id == owner {
+            assert_eq!(forwarded, 0.0, "the owner publishes its own");
+            assert!(
+                sent >= (2 * total) as f64,
+                "two followers got every message: {sent}"
+            );
+        } else {
+            assert_eq!(
+                forwarded, per as f64,
+                "{id} sent its publishes to the owner"
+            );
+            assert_eq!(sent, 0.0, "{id} owns nothing");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_dies_and_members_elsewhere_lose_nothing() -> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let router = start_router(&url, Strategy::Relay).await;
+    let gateway = start_gateway(&url, Strategy::Relay, &[&router]).await;
+    // The room is placed while the doomed node is the only one.
+    let mut doomed = NodeProcess::start(
+        "doomed",
+        &[("TURNOUT_REDIS_URL", &url), ("TURNOUT_STRATEGY", "relay")],
+    )
+    .await?;
+    live_nodes(&gateway, 1).await?;
+    let (status, body) = http(
+        "POST",
+        &format!("{}/api/rooms/hot/publish", gateway.http()),
+        Some(json!({"data": "first"}).to_string()),
+        &[],
+    )
+    .await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let a = start_node(node_settings(&url, Strategy::Relay)).await;
+    let b = start_node(node_settings(&url, Strategy::Relay)).await;
+    live_nodes(&gateway, 3).await?;
+    let (_, v) = http_get_json(&format!("{}/api/route?room=hot", gateway.http())).await?;
+    assert_eq!(v["owner"], "doomed", "{v}");
+    let mut on_a = Client::connect(&a.ws_url()).await?;
+    let mut on_b = Client::connect(&b.ws_url()).await?;
+    assert_eq!(on_a.join("hot").await?, 1);
+    assert_eq!(on_b.join("hot").await?, 1);
+    let total = 200u64;
+    let url_b = b.ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&url_b).await?;
+        p.join("hot").await?;
+        let mut seqs = Vec::new();
+        for i in 0..total {
+            seqs.push(publish_until_acked(&mut p, "hot", i).await?);
+        }
+        Ok::<_, anyhow::Error>(seqs)
+    });
+    // Kill the owner mid-stream.
+    let early = on_a.messages_until("hot", 40).await?;
+    doomed.kill();
+    let rest = on_a.messages_until("hot", total + 1).await?;
+    let mut seqs = publisher.await??;
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "one seq per publish"
+    );
+    let got: Vec<u64> = early.into_iter().chain(rest).collect();
+    assert_eq!(
+        got,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "member on a: every message once, in order"
+    );
+    assert_eq!(
+        on_b.messages_until("hot", total + 1).await?,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "member on b"
+    );
+    let (_, v) = http_get_json(&format!("{}/api/route?room=hot", gateway.http())).await?;
+    assert_ne!(v["owner"], "doomed", "the room was placed again: {v}");
+    assert!(
+        metric(&a, "turnout_relay_reattached_total").await? >= 1.0,
+        "a attached the room again"
+    );
+    // Both stayed connected: nothing told them to leave.
+    for cl in [&mut on_a, &mut on_b] {
+        cl.send_json(json!({"type": "ping"})).await?;
+        loop {
+            match cl.recv().await? {
+                ServerFrame::Pong => break,
+                ServerFrame::Reconnect { .. } => panic!("a member was sent away"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
