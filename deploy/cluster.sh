@@ -2,7 +2,7 @@
 # Local turnout cluster as plain processes: redis-server, router, gateway and
 # ws-nodes, with logs and pid files under $RUN_DIR.
 #
-#   deploy/cluster.sh up [--strategy sticky|pubsub|local] [--nodes N]
+#   deploy/cluster.sh up [--strategy sticky|pubsub|relay|local] [--nodes N]
 #   deploy/cluster.sh status
 #   deploy/cluster.sh stop NODE      # SIGTERM one ws-node (drain), e.g. node-2
 #   deploy/cluster.sh kill NODE      # SIGKILL one ws-node (crash)
@@ -151,7 +151,7 @@ up() {
       *) die "unknown option $1" ;;
     esac
   done
-  case $STRATEGY in sticky|pubsub|local) ;; *) die "--strategy must be sticky, pubsub or local" ;; esac
+  case $STRATEGY in sticky|pubsub|relay|local) ;; *) die "--strategy must be sticky, pubsub, relay or local" ;; esac
   ensure_redis_server
   ensure_curl
   mkdir -p "$RUN_DIR"

@@ -18,8 +18,9 @@
 use crate::auth::InternalToken;
 use crate::backoff::Backoff;
 use crate::redis::Con;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -30,8 +31,21 @@ use turnout_proto::v1::relay_client::RelayClient;
 use turnout_proto::v1::relay_item::Kind;
 use turnout_proto::v1::{FollowRequest, RelayItem, follow_request::Op};
 
-/// How long a follower waits for an owner to answer an attach.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower waits for an owner to answer an attach or a
+/// publish: past the owner's own Redis timeout, so that a slow Redis makes
+/// a late answer, not a room taken from a live owner.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Requests a link queues for its owner at most (attach, detach, presence):
+/// past it the link is dropped and its rooms attached again.
+const UP_QUEUE: usize = 65_536;
+
+/// The largest batch a follower takes from an owner.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// How often a follower checks that each room it follows is attached at
+/// the owner Redis names (a lost `MOVED`, a detach that raced a rejoin).
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// A gRPC client of a room owner's `Relay` service, with the internal token.
 pub type Client = RelayClient<InterceptedService<Channel, InternalToken>>;
@@ -52,6 +66,8 @@ pub trait Follower: Send + Sync + 'static {
     fn unreachable(&self, room: &str);
     /// This process itself owns `room` at `epoch` (ws-nodes only).
     fn owned_here(&self, room: &str, epoch: u64);
+    /// Every room followed here.
+    fn rooms(&self) -> Vec<String>;
 }
 
 /// Where an attach landed.
@@ -104,15 +120,18 @@ pub struct Links {
     links: Mutex<HashMap<String, Arc<Link>>>,
     /// Followed rooms and the owner each is attached at.
     attached: DashMap<String, String>,
-    /// Rooms being attached again in the background.
-    reattaching: DashSet<String>,
+    /// Rooms being attached again in the background; true: asked again
+    /// meanwhile, so the task goes round once more.
+    reattaching: DashMap<String, bool>,
     stop: CancellationToken,
 }
 
 struct Link {
     owner: String,
     client: Client,
-    up: mpsc::UnboundedSender<FollowRequest>,
+    up: mpsc::Sender<FollowRequest>,
+    /// The owner's port refused the connection: its process is gone.
+    refused: AtomicBool,
     /// Attaches waiting for the owner's answer (true: attached).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<bool>>>>,
     dead: CancellationToken,
@@ -132,14 +151,62 @@ impl Links {
             follower: OnceLock::new(),
             links: Mutex::new(HashMap::new()),
             attached: DashMap::new(),
-            reattaching: DashSet::new(),
+            reattaching: DashMap::new(),
             stop,
         })
     }
 
-    /// Who handles what the owners send; set once, before the first attach.
-    pub fn set_follower(&self, follower: Weak<dyn Follower>) {
-        let _ = self.follower.set(follower);
+    /// Who handles what the owners send; set once, before the first
+    /// attach. Starts the periodic check of what is followed here.
+    pub fn set_follower(self: &Arc<Self>, follower: Weak<dyn Follower>) {
+        if self.follower.set(follower).is_err() {
+            return;
+        }
+        let links = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RECHECK) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(links) = links.upgrade() else { return };
+                links.recheck().await;
+            }
+        });
+    }
+
+    /// Attaches again every followed room that is not attached, or is
+    /// attached at a node that Redis no longer names as its owner.
+    async fn recheck(self: &Arc<Self>) {
+        use futures_util::StreamExt;
+        let Some(f) = self.follower() else { return };
+        let rooms = f.rooms();
+        drop(f);
+        let checks = futures_util::stream::iter(rooms)
+            .filter_map(|room| async move {
+                if self.reattaching.contains_key(&room) {
+                    return None;
+                }
+                let Some(at) = self.attached_at(&room) else {
+                    return Some((room, None));
+                };
+                let mut con = self.con.clone();
+                let owner = crate::redis::rooms::claim(&mut con, &room, "", Duration::ZERO, &[])
+                    .await
+                    .ok()?;
+                (owner.node != at).then_some((room, Some((at, owner.node))))
+            })
+            .collect::<Vec<_>>()
+            .await;
+        for (room, mismatch) in checks {
+            tracing::info!(
+                room,
+                ?mismatch,
+                "followed room not attached at its owner; attaching it again"
+            );
+            self.reattach(&room);
+        }
     }
 
     fn follower(&self) -> Option<Arc<dyn Follower>> {
@@ -193,28 +260,38 @@ impl Links {
                 Ok(link) => link,
                 Err(e) => {
                     tracing::debug!(room, owner = %owner.node, error = %e, "owner unreachable");
-                    avoid.push(owner.node.clone());
                     last = e;
+                    backoff.wait().await;
                     continue;
                 }
             };
-            match link.attach(room).await {
-                Some(true) => {
-                    self.attached.insert(room.to_owned(), owner.node.clone());
-                    if link.dead.is_cancelled() {
-                        // The link broke meanwhile; its re-attach may have
-                        // missed this room.
-                        continue;
-                    }
-                    return Ok(Attached::At(owner.node));
+            // Recorded before it is asked: a `MOVED` or the link's loss
+            // that comes before the answer is read finds the room here.
+            self.attached.insert(room.to_owned(), owner.node.clone());
+            let answer = link.attach(room).await;
+            if answer == Some(true) {
+                if link.dead.is_cancelled() {
+                    // The link broke meanwhile.
+                    continue;
                 }
-                // Not the owner (any more): ask Redis again.
-                Some(false) => last = AttachError::Unreachable(owner.node),
-                None => {
-                    avoid.push(owner.node.clone());
-                    last = AttachError::Unreachable(owner.node);
-                }
+                return Ok(Attached::At(owner.node));
             }
+            self.attached.remove_if(room, |_, at| *at == owner.node);
+            if answer.is_none() && !link.dead.is_cancelled() {
+                // A live link with no answer in time: the owner is slow or
+                // stalled. Ask again later rather than take its room.
+                return Err(AttachError::Unreachable(owner.node));
+            }
+            if answer.is_none() && link.refused.load(Ordering::Acquire) {
+                // Nothing listens at the owner's port: its process is gone,
+                // and the room is placed anew without waiting for its
+                // heartbeat to expire. An owner that is only slow or cut
+                // off keeps its rooms (taking them would move them back and
+                // forth); members are told `unavailable` meanwhile.
+                avoid.push(owner.node.clone());
+            }
+            // Not the owner (any more), or no answer: ask Redis again.
+            last = AttachError::Unreachable(owner.node);
             backoff.wait().await;
         }
         Err(last)
@@ -265,10 +342,16 @@ impl Links {
     /// The room's owner said it no longer owns it, or the link to it broke:
     /// attach it again wherever it lives now, then catch up from history.
     pub fn reattach(self: &Arc<Self>, room: &str) {
-        if !self.reattaching.insert(room.to_owned()) {
-            return;
-        }
         self.attached.remove(room);
+        match self.reattaching.entry(room.to_owned()) {
+            dashmap::Entry::Occupied(mut e) => {
+                *e.get_mut() = true;
+                return;
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(false);
+            }
+        }
         let links = self.clone();
         let room = room.to_owned();
         tokio::spawn(async move {
@@ -302,7 +385,17 @@ impl Links {
                     _ = links.stop.cancelled() => break,
                 }
             }
-            links.reattaching.remove(&room);
+            // Asked again meanwhile (the link it attached at broke, or the
+            // room moved on): once more.
+            let again = links
+                .reattaching
+                .remove_if(&room, |_, again| !*again)
+                .is_none();
+            if again {
+                links.reattaching.remove(&room);
+                links.reattach(&room);
+                return;
+            }
             // Detached meanwhile: the owner may stream it still.
             let still = links.follower().is_some_and(|f| f.wanted(&room));
             if !still {
@@ -333,12 +426,13 @@ impl Links {
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
         let client = RelayClient::with_interceptor(channel, self.settings.token.clone())
-            .max_decoding_message_size(usize::MAX);
-        let (up, rx) = mpsc::unbounded_channel();
+            .max_decoding_message_size(MAX_BATCH_BYTES);
+        let (up, rx) = mpsc::channel(UP_QUEUE);
         let link = Arc::new(Link {
             owner: owner.to_owned(),
             client: client.clone(),
             up,
+            refused: AtomicBool::new(false),
             waiting: Mutex::new(HashMap::new()),
             dead: CancellationToken::new(),
         });
@@ -357,14 +451,20 @@ impl Links {
         let links = self.clone();
         let reader = link.clone();
         tokio::spawn(async move {
-            let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+            let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
             let mut client = reader.client.clone();
             let why = tokio::select! {
                 r = client.follow(requests) => match r {
                     Ok(stream) => links.read(&reader, stream.into_inner()).await,
-                    Err(s) => s.message().to_owned(),
+                    Err(s) => {
+                        if refused(&s) {
+                            reader.refused.store(true, Ordering::Release);
+                        }
+                        s.message().to_owned()
+                    }
                 },
                 _ = links.stop.cancelled() => "stopping".to_owned(),
+                _ = reader.dead.cancelled() => "its request queue overflowed".to_owned(),
             };
             links.lost(&reader, &why);
         });
@@ -457,14 +557,35 @@ impl Links {
     }
 }
 
+/// Whether a failed call found nothing listening at the owner's port.
+fn refused(s: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl Link {
     fn send(&self, op: Op, room: &str, origin: &str, frame: &str) {
-        let _ = self.up.send(FollowRequest {
+        let req = FollowRequest {
             op: op as i32,
             room: room.to_owned(),
             origin: origin.to_owned(),
             frame: frame.to_owned(),
-        });
+        };
+        if let Err(mpsc::error::TrySendError::Full(req)) = self.up.try_send(req) {
+            // Presence is best effort; an attach or detach must not be
+            // lost: the link goes, and its rooms are attached again.
+            if req.op != Op::Presence as i32 {
+                self.dead.cancel();
+            }
+        }
     }
 
     /// Asks the owner to stream `room` here; None when it did not answer.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs the same workload on a local, a sticky and a pubsub cluster and writes
-# DIR/local.json, DIR/sticky.json, DIR/pubsub.json and DIR/report.html.
+# Runs the same workload on a local, a sticky, a pubsub and a relay cluster and
+# writes DIR/local.json, DIR/sticky.json, DIR/pubsub.json, DIR/relay.json and
+# DIR/report.html.
 # local is the baseline: servers that share nothing, so the report shows
 # what it fails to deliver to members on other servers.
 #
 #   deploy/loadtest/compare.sh [--quick] [--out DIR] [-- turnout-bench run options]
 #
-# --quick: a small chat workload that finishes the three runs within about 2 minutes.
+# --quick: a small chat workload that finishes the four runs within about 3 minutes.
 # STRATEGIES="sticky pubsub" (the environment) picks fewer.
 # Default: the design's chat workload (1,000 rooms x 10 members x 1 msg/s).
 # Options after -- go to `turnout-bench run` (e.g. -- --scenario broadcast --members 2000).
@@ -41,7 +42,7 @@ bench=$here/target/release/turnout-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 "$here/deploy/cluster.sh" down >/dev/null 2>&1 || true
-strategies=${STRATEGIES:-local sticky pubsub}
+strategies=${STRATEGIES:-local sticky pubsub relay}
 for strategy in $strategies; do
   echo "== $strategy"
   "$here/deploy/cluster.sh" up --strategy "$strategy" >/dev/null

@@ -401,6 +401,10 @@ impl turnout_common::relay::Follower for Follower {
 
     // A gateway owns no room.
     fn owned_here(&self, _room: &str, _epoch: u64) {}
+
+    fn rooms(&self) -> Vec<String> {
+        self.feeds().keys().cloned().collect()
+    }
 }
 
 /// Releases a stream's share of its room when the stream ends.

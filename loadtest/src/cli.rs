@@ -56,7 +56,7 @@ pub struct FaultsOpts {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Strategies to run, comma-separated.
-    #[arg(long, default_value = "sticky,pubsub", value_delimiter = ',')]
+    #[arg(long, default_value = "sticky,pubsub,relay", value_delimiter = ',')]
     pub strategies: Vec<String>,
     /// Seconds in which faults start, per strategy (default: 60 with
     /// --quick, else 1800).

@@ -204,13 +204,15 @@ impl Router for RouterService {
             Strategy::Sticky => self.place(&room, &snap, &avoid).await,
             // Relay: the client goes to the least-loaded node; the room is
             // placed on its owner as in sticky.
+            // Nodes the client could not reach keep their rooms: only
+            // their heartbeats decide that.
             Strategy::Relay => match least_loaded(&snap.nodes, &avoid) {
                 Some(node) => {
-                    let placed = self.place(&room, &snap, &avoid).await?;
+                    let placed = self.place(&room, &snap, &[]).await.ok();
                     Ok(RouteReply {
                         node: Some(node.clone()),
-                        epoch: placed.epoch,
-                        owner: placed.node.map(|n| n.id).unwrap_or_default(),
+                        epoch: placed.as_ref().map_or(0, |p| p.epoch),
+                        owner: placed.map(|p| p.owner).unwrap_or_default(),
                     })
                 }
                 None => Err(Status::unavailable("no live ws-node")),

@@ -181,6 +181,11 @@ async fn grpc_every_method_sticky() -> Result<()> {
     grpc_every_method(Strategy::Sticky).await
 }
 
+#[tokio::test]
+async fn grpc_every_method_relay() -> Result<()> {
+    grpc_every_method(Strategy::Relay).await
+}
+
 /// A Subscribe resumed while publishers run sees every seq once, in order:
 /// the hand-over from history to live has no gap and no duplicate.
 async fn subscribe_handover(strategy: Strategy) -> Result<()> {
@@ -225,6 +230,11 @@ async fn subscribe_handover_pubsub() -> Result<()> {
 #[tokio::test]
 async fn subscribe_handover_sticky() -> Result<()> {
     subscribe_handover(Strategy::Sticky).await
+}
+
+#[tokio::test]
+async fn subscribe_handover_relay() -> Result<()> {
+    subscribe_handover(Strategy::Relay).await
 }
 
 /// A stream that keeps up holds nothing in its room's ring: messages past
@@ -331,6 +341,11 @@ async fn sse_resume_pubsub() -> Result<()> {
 #[tokio::test]
 async fn sse_resume_sticky() -> Result<()> {
     sse_resume(Strategy::Sticky).await
+}
+
+#[tokio::test]
+async fn sse_resume_relay() -> Result<()> {
+    sse_resume(Strategy::Relay).await
 }
 
 const SECRET: &str = "an-sse-test-secret-of-32-bytes!!";
@@ -496,6 +511,11 @@ async fn inbox_sticky() -> Result<()> {
     inbox(Strategy::Sticky).await
 }
 
+#[tokio::test]
+async fn inbox_relay() -> Result<()> {
+    inbox(Strategy::Relay).await
+}
+
 /// Without the setting nothing is appended.
 #[tokio::test]
 async fn inbox_off_by_default() -> Result<()> {
@@ -659,6 +679,11 @@ async fn streams_survive_redis_restart_pubsub() -> Result<()> {
 #[tokio::test]
 async fn streams_survive_redis_restart_sticky() -> Result<()> {
     streams_survive_redis_restart(Strategy::Sticky).await
+}
+
+#[tokio::test]
+async fn streams_survive_redis_restart_relay() -> Result<()> {
+    streams_survive_redis_restart(Strategy::Relay).await
 }
 
 /// A Python client generated from `proto/` with grpcio-tools (PyPI)

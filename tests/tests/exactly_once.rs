@@ -156,7 +156,7 @@ async fn an_api_publish_retried_through_a_redis_stall_is_stored_once() -> Result
 /// room's seq and history by hand, with no push at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_a_node_never_heard_of_is_read_back_in_a_quiet_room() -> Result<()> {
-    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Relay] {
         let redis = Redis::start().await?;
         let mut s = node_settings(&redis.url(), strategy);
         s.heartbeat_interval = Duration::from_millis(200);
@@ -261,7 +261,7 @@ async fn a_full_sticky_owner_keeps_its_room_and_its_members() -> Result<()> {
 async fn a_stream_resumed_across_a_lost_room_state_starts_over() -> Result<()> {
     use turnout_proto::v1::SubscribeRequest;
     use turnout_proto::v1::gateway_client::GatewayClient;
-    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Relay] {
         let c = Cluster::start(1, strategy).await?;
         let api = c.gateway.http();
         let publish = |i: u64| {
@@ -354,7 +354,7 @@ async fn a_stream_resumed_across_a_lost_room_state_starts_over() -> Result<()> {
 /// `recovered: false` and sent the whole history again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_epoch_or_seq_key_does_not_start_the_room_over() -> Result<()> {
-    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Relay] {
         let c = Cluster::start(1, strategy).await?;
         let mut member = Client::connect(&format!("{}?room=ev", c.gateway.ws_url())).await?;
         member.join("ev").await?;
@@ -684,7 +684,12 @@ async fn a_refused_upgrade_closes_its_connection() -> Result<()> {
 /// say which epoch its `since` counts in. Later messages carry none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_message_of_an_epoch_names_it() -> Result<()> {
-    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Local] {
+    for strategy in [
+        Strategy::Pubsub,
+        Strategy::Sticky,
+        Strategy::Relay,
+        Strategy::Local,
+    ] {
         let c = Cluster::start(1, strategy).await?;
         let url = c.nodes[0].ws_url();
         let mut early = Client::connect(&format!("{url}?user=early")).await?;

@@ -52,7 +52,7 @@ async fn seq_is_dense_under_concurrent_publishers_on_three_nodes() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_and_live_meet_without_gap_or_duplicate() -> Result<()> {
-    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Relay] {
         let c = Cluster::start_with(2, strategy, |s| s.history_size = 10_000).await?;
         let url = match strategy {
             Strategy::Pubsub | Strategy::Relay | Strategy::Local => c.nodes[0].ws_url(),
@@ -181,6 +181,11 @@ async fn redis_restart_loses_nothing_and_every_node_resumes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_loses_nothing_sticky() -> Result<()> {
     restart_loses_nothing(Strategy::Sticky).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_relay() -> Result<()> {
+    restart_loses_nothing(Strategy::Relay).await
 }
 
 async fn restart_loses_nothing(strategy: Strategy) -> Result<()> {
@@ -445,7 +450,7 @@ async fn expect_presence(c: &mut Client, room: &str, event: &str, user: &str) ->
 /// instead of having it dropped as an old seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_room_state_starts_over_visibly() -> Result<()> {
-    for strategy in [Strategy::Pubsub, Strategy::Sticky] {
+    for strategy in [Strategy::Pubsub, Strategy::Sticky, Strategy::Relay] {
         let c = Cluster::start(2, strategy).await?;
         let url = |i: usize| match strategy {
             Strategy::Sticky => format!("{}?room=ev", c.gateway.ws_url()),

@@ -120,8 +120,7 @@ async fn members_on_every_node_get_each_message_once_in_order_and_redis_carries_
     for n in &c.nodes {
         let forwarded = metric(n, "turnout_relay_forwarded_total").await?;
         let sent = metric(n, "turnout_relay_items_sent_total").await?;
-        let (_, v) = http_get_json(&format!("{}/api/cluster", n.http())).await?;
-        let id = v["nodes"][0]["id"].as_str().unwrap_or_default().to_owned();
+        let id = id_of(n).await?;
         if id == owner {
             assert_eq!(forwarded, 0.0, "the owner publishes its own");
             assert!(
@@ -219,5 +218,171 @@ async fn the_owner_dies_and_members_elsewhere_lose_nothing() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The node id a node process reports (its `welcome`).
+async fn id_of(p: &Proc) -> Result<String> {
+    Ok(Client::connect(&p.ws_url()).await?.node().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_owner_hands_its_rooms_on_and_members_elsewhere_lose_nothing() -> Result<()> {
+    let mut c = Cluster::start(3, Strategy::Relay).await?;
+    let mut ids = Vec::new();
+    for n in &c.nodes {
+        ids.push(id_of(n).await?);
+    }
+    // Members on two nodes; the room's owner (placed when the first
+    // attached it) is one of the three. Find a room owned by a third node.
+    let mut room = String::new();
+    let mut members = None;
+    for k in 0..20 {
+        let r = format!("calm-{k}");
+        let mut a = Client::connect(&c.nodes[0].ws_url()).await?;
+        let mut b = Client::connect(&c.nodes[1].ws_url()).await?;
+        assert_eq!(a.join(&r).await?, 0);
+        assert_eq!(b.join(&r).await?, 0);
+        if owner_of(&c, &r).await? == ids[2] {
+            room = r;
+            members = Some((a, b));
+            break;
+        }
+    }
+    let (mut on_x, mut on_y) = members.context("no room of 20 was placed on the third node")?;
+    let owner_node = c.nodes.remove(2);
+    let total = 150u64;
+    let url_y = c.nodes[1].ws_url();
+    let r = room.clone();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&url_y).await?;
+        p.join(&r).await?;
+        let mut seqs = Vec::new();
+        for i in 0..total {
+            seqs.push(publish_until_acked(&mut p, &r, i).await?);
+        }
+        Ok::<_, anyhow::Error>(seqs)
+    });
+    let early = on_x.messages_until(&room, 30).await?;
+    owner_node.stop().await;
+    let rest = on_x.messages_until(&room, total).await?;
+    let mut seqs = publisher.await??;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "one seq per publish");
+    let got: Vec<u64> = early.into_iter().chain(rest).collect();
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "member on x");
+    assert_eq!(
+        on_y.messages_until(&room, total).await?,
+        (1..=total).collect::<Vec<_>>()
+    );
+    let now = owner_of(&c, &room).await?;
+    assert!(
+        now != ids[2] && ids.contains(&now),
+        "placed on a live node: {now}"
+    );
+    Ok(())
+}
+
+/// Seqs of `room` until `last`, and whether the member was told
+/// `unavailable` for the room meanwhile.
+async fn follow_until(cl: &mut Client, room: &str, last: u64) -> Result<(Vec<u64>, bool)> {
+    let (mut seqs, mut told) = (Vec::new(), false);
+    loop {
+        match cl.recv().await? {
+            ServerFrame::Message { room: r, seq, .. } if r == room => {
+                seqs.push(seq);
+                if seq >= last {
+                    return Ok((seqs, told));
+                }
+            }
+            ServerFrame::Error {
+                code,
+                room: Some(r),
+                id: None,
+                ..
+            } if code == "unavailable" && r == room => told = true,
+            ServerFrame::Reconnect { .. } => anyhow::bail!("a member was sent away"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_owner_is_replaced_its_members_are_told_and_nothing_is_lost_or_doubled()
+-> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    let router = start_router(&url, Strategy::Relay).await;
+    let gateway = start_gateway(&url, Strategy::Relay, &[&router]).await;
+    let stalled = NodeProcess::start(
+        "stalled",
+        &[("TURNOUT_REDIS_URL", &url), ("TURNOUT_STRATEGY", "relay")],
+    )
+    .await?;
+    live_nodes(&gateway, 1).await?;
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/rooms/slow/publish", gateway.http()),
+        Some(json!({"data": "first"}).to_string()),
+        &[],
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let a = start_node(node_settings(&url, Strategy::Relay)).await;
+    let b = start_node(node_settings(&url, Strategy::Relay)).await;
+    live_nodes(&gateway, 3).await?;
+    let mut on_a = Client::connect(&a.ws_url()).await?;
+    assert_eq!(on_a.join("slow").await?, 1);
+    let mut on_b = Client::connect(&b.ws_url()).await?;
+    assert_eq!(on_b.join("slow").await?, 1);
+    let (_, v) = http_get_json(&format!("{}/api/route?room=slow", gateway.http())).await?;
+    assert_eq!(v["owner"], "stalled", "{v}");
+    let total = 60u64;
+    let url_b = b.ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&url_b).await?;
+        p.join("slow").await?;
+        let mut seqs = Vec::new();
+        for i in 0..total {
+            seqs.push(publish_until_acked(&mut p, "slow", i).await?);
+        }
+        Ok::<_, anyhow::Error>(seqs)
+    });
+    let (early, _) = follow_until(&mut on_a, "slow", 11).await?;
+    stalled.pause()?;
+    let (rest, _) = follow_until(&mut on_a, "slow", total + 1).await?;
+    let mut seqs = publisher.await??;
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "one seq per publish"
+    );
+    let got: Vec<u64> = early.into_iter().chain(rest).collect();
+    assert_eq!(
+        got,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    // b's publishes found the owner silent: b tells its members.
+    let (on_b_got, told) = follow_until(&mut on_b, "slow", total + 1).await?;
+    assert_eq!(on_b_got, (2..=total + 1).collect::<Vec<_>>(), "member on b");
+    assert!(
+        told,
+        "the member on b was told its room's owner could not be reached"
+    );
+    let (_, v) = http_get_json(&format!("{}/api/route?room=slow", gateway.http())).await?;
+    assert_ne!(
+        v["owner"], "stalled",
+        "placed anew while the owner was stalled: {v}"
+    );
+    // The stalled owner wakes up: it must not deliver or store anything more.
+    stalled.resume()?;
+    let mut p = Client::connect(&b.ws_url()).await?;
+    p.join("slow").await?;
+    let marker = publish_until_acked(&mut p, "slow", 1000).await?;
+    assert_eq!(marker, total + 2);
+    let (after, _) = follow_until(&mut on_a, "slow", marker).await?;
+    assert_eq!(after, vec![marker], "nothing doubled after the owner woke");
     Ok(())
 }

@@ -217,7 +217,7 @@ impl turnout_proto::v1::relay_server::Relay for RelayService {
                 };
                 let Ok(Some(r)) = next else { break };
                 match Op::try_from(r.op) {
-                    Ok(Op::Attach) => reader.attach(id, &stream_out, &r.room).await,
+                    Ok(Op::Attach) => reader.attach(id, &stream_out, r.room),
                     Ok(Op::Detach) => reader.detach(id, &stream_out, &r.room),
                     Ok(Op::Presence) => reader.presence(id, &r.room, r.origin, r.frame),
                     Err(_) => tracing::debug!(op = r.op, "unknown follow request ignored"),

@@ -168,6 +168,8 @@ async fn verify(state: Arc<NodeState>) {
     let mut backoff =
         turnout_common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut sent_away = false;
+    // Relay: rooms this node owns may be placed anew meanwhile.
+    state.hub.strategy.lease_lapsed();
     loop {
         let renewed = tokio::time::timeout(patience, state.hub.renew()).await;
         if matches!(renewed, Ok(true)) && state.lease.age() < ttl {

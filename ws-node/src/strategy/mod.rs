@@ -282,6 +282,14 @@ impl Strategy {
         }
     }
 
+    /// The node's membership lease lapsed: relay hands the rooms it owns on
+    /// (sticky finds out room by room in the renewal that follows).
+    pub(crate) fn lease_lapsed(&self) {
+        if let Strategy::Relay(r) = self {
+            r.lease_lapsed();
+        }
+    }
+
     /// The node drains: relay hands the rooms it owns to other nodes.
     pub(crate) fn drain(&self) {
         if let Strategy::Relay(r) = self {

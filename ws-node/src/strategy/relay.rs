@@ -81,6 +81,8 @@ pub(crate) struct Outbound {
     max_bytes: usize,
     pub(crate) closed: CancellationToken,
     rooms: Mutex<HashSet<String>>,
+    /// Attaches being checked in Redis; a detach meanwhile drops its room.
+    pending: Mutex<HashSet<String>>,
 }
 
 fn item_bytes(item: &RelayItem) -> usize {
@@ -240,6 +242,11 @@ impl Relay {
                     });
                 }
                 Ok(Err(s)) => {
+                    if s.code() != tonic::Code::InvalidArgument {
+                        // The owner may be gone or stalled: find the room's
+                        // owner afresh (the members here too).
+                        inner.links.reattach(room);
+                    }
                     return Err(unavailable(
                         "publish at the room's owner failed",
                         &s.message(),
@@ -247,6 +254,10 @@ impl Relay {
                     ));
                 }
                 Err(_) => {
+                    // Nothing comes from a silent owner: the members here
+                    // hear so too.
+                    hub.tell_unavailable(room);
+                    inner.links.reattach(room);
                     return Err(unavailable(
                         "publish at the room's owner timed out",
                         &"timeout",
@@ -286,13 +297,27 @@ impl Relay {
     /// A claim took `room` at epoch `claimed` (a notice on the control
     /// channel), or the periodic check found another owner.
     pub(crate) fn lost(&self, room: &str, claimed: Option<u64>) {
-        let stale = self
-            .0
-            .owned
-            .get(room)
-            .is_some_and(|o| claimed.is_none_or(|c| o.epoch < c));
-        if stale {
-            self.0.disown(room, "claimed by another node");
+        let held = self.0.owned.get(room).map(|o| o.epoch);
+        if let Some(epoch) = held
+            && claimed.is_none_or(|c| c != epoch)
+        {
+            self.0.disown(room, Some(epoch), "claimed by another node");
+        }
+    }
+
+    /// The node's lease lapsed: others may have placed its rooms anew, and
+    /// it cannot tell which while Redis does not answer. Every room it owns
+    /// goes: its followers attach them wherever Redis says.
+    pub(crate) fn lease_lapsed(&self) {
+        let rooms: Vec<String> = self.0.owned.iter().map(|o| o.key().clone()).collect();
+        if !rooms.is_empty() {
+            tracing::warn!(
+                rooms = rooms.len(),
+                "membership lease lapsed: handing every owned room on"
+            );
+        }
+        for room in rooms {
+            self.0.disown(&room, None, "lease lapsed");
         }
     }
 
@@ -301,7 +326,7 @@ impl Relay {
         self.0.draining.store(true, Ordering::Release);
         let rooms: Vec<String> = self.0.owned.iter().map(|o| o.key().clone()).collect();
         for room in rooms {
-            self.0.disown(&room, "draining");
+            self.0.disown(&room, None, "draining");
         }
     }
 
@@ -379,7 +404,7 @@ impl Inner {
             }
             None => {
                 self.metrics.fenced.inc();
-                self.disown(room, "publish fenced");
+                self.disown(room, Some(epoch), "publish fenced");
                 Ok(None)
             }
         }
@@ -406,7 +431,7 @@ impl Inner {
                 hub.metrics.redis_errors.inc();
                 unavailable("ownership check failed: Redis", &e, room)
             })?;
-        if owner.node != self.me {
+        if owner.node != self.me || self.draining.load(Ordering::Acquire) {
             return Ok(None);
         }
         let epoch = {
@@ -415,7 +440,8 @@ impl Inner {
                 streams: HashSet::new(),
                 here: false,
             });
-            o.epoch = o.epoch.max(owner.epoch);
+            // Redis's word (a claim counter that expired restarts low).
+            o.epoch = owner.epoch;
             o.epoch
         };
         // (Counted with no entry held: a map-wide read under an entry's
@@ -440,8 +466,11 @@ impl Inner {
 
     /// This node no longer owns `room`: its followers (and its own members)
     /// attach it again wherever it lives now.
-    fn disown(&self, room: &str, why: &str) {
-        let Some((_, o)) = self.owned.remove(room) else {
+    fn disown(&self, room: &str, epoch: Option<u64>, why: &str) {
+        let removed = self
+            .owned
+            .remove_if(room, |_, o| epoch.is_none_or(|e| o.epoch == e));
+        let Some((_, o)) = removed else {
             return;
         };
         self.metrics.relay_owned.set(self.owned.len() as i64);
@@ -480,6 +509,7 @@ impl Inner {
             max_bytes: self.buffer.1.max(1),
             closed: CancellationToken::new(),
             rooms: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashSet::new()),
         });
         self.streams.insert(id, out.clone());
         self.metrics.relay_streams.set(self.streams.len() as i64);
@@ -506,13 +536,40 @@ impl Inner {
         }
     }
 
-    /// A follower attaches `room` on stream `id`.
-    pub(crate) async fn attach(&self, id: u64, out: &Outbound, room: &str) {
-        let owned = match RoomName::parse(room.to_owned()) {
-            Ok(_) => self.owned_epoch(room).await,
-            Err(_) => Ok(None),
-        };
+    /// A follower attaches `room` on stream `id`: at once when this node
+    /// owns it already, otherwise after asking Redis, in a task of its own
+    /// so that one slow claim does not hold up the stream's other attaches.
+    pub(crate) fn attach(self: &Arc<Self>, id: u64, out: &Arc<Outbound>, room: String) {
+        if self.owned.contains_key(&room) {
+            self.attached(id, out, &room, Ok(Some(0)));
+            return;
+        }
+        out.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.clone());
+        let (inner, out) = (self.clone(), out.clone());
+        tokio::spawn(async move {
+            let owned = match RoomName::parse(room.clone()) {
+                Ok(_) => inner.owned_epoch(&room).await,
+                Err(_) => Ok(None),
+            };
+            let still = out
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&room);
+            if still {
+                inner.attached(id, &out, &room, owned);
+            }
+        });
+    }
+
+    fn attached(&self, id: u64, out: &Outbound, room: &str, owned: Result<Option<u64>, RoomError>) {
         let kind = match owned {
+            // The stream closed meanwhile (its follower fell behind): it
+            // attaches again on a new one.
+            Ok(Some(_)) if out.closed.is_cancelled() => return,
             Ok(Some(_)) => {
                 if let Some(mut o) = self.owned.get_mut(room) {
                     o.streams.insert(id);
@@ -532,6 +589,10 @@ impl Inner {
     }
 
     pub(crate) fn detach(&self, id: u64, out: &Outbound, room: &str) {
+        out.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
         out.rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -635,7 +696,7 @@ impl Inner {
         for (room, epoch, r) in checks {
             match r {
                 Ok(o) if o.node == self.me && o.epoch == epoch => {}
-                Ok(_) => self.disown(&room, "the owner record names another node"),
+                Ok(_) => self.disown(&room, Some(epoch), "the owner record names another node"),
                 Err(e) => {
                     hub.metrics.redis_errors.inc();
                     tracing::debug!(room, error = %e, "ownership check failed");
@@ -677,9 +738,16 @@ impl Follower for ToHub {
         hub.tell_unavailable(room);
     }
 
+    fn rooms(&self) -> Vec<String> {
+        self.0.upgrade().map(|h| h.room_names()).unwrap_or_default()
+    }
+
     fn owned_here(&self, room: &str, epoch: u64) {
         let Some(hub) = self.0.upgrade() else { return };
         if let crate::strategy::Strategy::Relay(r) = &hub.strategy {
+            if r.0.draining.load(Ordering::Acquire) {
+                return; // its members are being sent away
+            }
             {
                 let mut o = r.0.owned.entry(room.to_owned()).or_insert_with(|| Owned {
                     epoch,
@@ -687,7 +755,8 @@ impl Follower for ToHub {
                     here: true,
                 });
                 o.here = true;
-                o.epoch = o.epoch.max(epoch);
+                // Redis's word: a counter that expired restarts low.
+                o.epoch = epoch;
             }
             r.0.metrics.relay_owned.set(r.0.owned.len() as i64);
         }

@@ -24,7 +24,14 @@ if owner then
     if ARGV[i] == owner then gone = true break end
   end
   if not gone or candidate == '' or candidate == owner then
-    if candidate ~= '' then redis.call('PEXPIRE', owner_key, pin) end
+    if candidate ~= '' then
+      redis.call('PEXPIRE', owner_key, pin)
+      -- The epoch counter outlives the record it numbers (relay owners
+      -- renew their rooms this way), so a later claim never reuses an epoch.
+      if candidate == owner and redis.call('PTTL', claims_key) < 2 * tonumber(pin) then
+        redis.call('PEXPIRE', claims_key, 2 * tonumber(pin))
+      end
+    end
     return {owner, tonumber(o[2]), 0}
   end
 end
