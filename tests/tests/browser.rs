@@ -128,6 +128,10 @@ async fn scenario(strategy: Strategy) -> Result<()> {
     }
     wait_text(&a, "#strategy", strategy.as_str()).await?;
     wait_text(&a, "#nodes", &node_b).await?;
+    if strategy == Strategy::Relay {
+        // The panel names the node that owns the room.
+        wait_text(&a, "#nodes", "(owns demo)").await?;
+    }
 
     say(&a, "hello from ana").await?;
     let shown = wait_text(&b, "#messages", "hello from ana").await?;
@@ -219,4 +223,9 @@ async fn demo_page_chats_and_survives_a_node_stop_pubsub() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_chats_and_survives_a_node_stop_sticky() -> Result<()> {
     scenario(Strategy::Sticky).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_chats_and_survives_a_node_stop_relay() -> Result<()> {
+    scenario(Strategy::Relay).await
 }

@@ -83,13 +83,12 @@ impl Sticky {
         };
         match published {
             Some(p) => {
+                // A duplicate (a resend of a publish whose reply was lost)
+                // was delivered by the first try's catch-up, which runs
+                // until Redis answers.
                 if !p.duplicate {
                     let frame = parts.rendered(p.seq, &p.epoch, p.first_of_epoch);
                     hub.deliver(room, p.seq, &p.epoch, frame.into());
-                } else if hub.last_seq(room).is_some_and(|last| p.seq > last) {
-                    // A resend of a publish whose reply was lost, ahead of
-                    // what the members got.
-                    hub.catch_up(room);
                 }
                 Ok(p)
             }
