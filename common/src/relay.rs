@@ -62,8 +62,6 @@ pub trait Follower: Send + Sync + 'static {
     fn catch_up(&self, room: &str);
     /// Whether `room` is still followed here (a re-attach stops when not).
     fn wanted(&self, room: &str) -> bool;
-    /// The owner could not be reached for `room` (once per outage).
-    fn unreachable(&self, room: &str);
     /// This process itself owns `room` at `epoch` (ws-nodes only).
     fn owned_here(&self, room: &str, epoch: u64);
     /// Every room followed here.
@@ -268,7 +266,7 @@ impl Links {
             // Recorded before it is asked: a `MOVED` or the link's loss
             // that comes before the answer is read finds the room here.
             self.attached.insert(room.to_owned(), owner.node.clone());
-            let answer = link.attach(room).await;
+            let answer = link.attach(room, &self.settings.me).await;
             if answer == Some(true) {
                 if link.dead.is_cancelled() {
                     // The link broke meanwhile.
@@ -375,7 +373,6 @@ impl Links {
                         if !told {
                             told = true;
                             tracing::warn!(room, error = %e, "the room's owner cannot be reached; retrying");
-                            f.unreachable(&room);
                         }
                     }
                 }
@@ -588,8 +585,9 @@ impl Link {
         }
     }
 
-    /// Asks the owner to stream `room` here; None when it did not answer.
-    async fn attach(&self, room: &str) -> Option<bool> {
+    /// Asks the owner to stream `room` here (`me`: this process's id);
+    /// None when it did not answer.
+    async fn attach(&self, room: &str, me: &str) -> Option<bool> {
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -597,7 +595,7 @@ impl Link {
             .entry(room.to_owned())
             .or_default()
             .push(tx);
-        self.send(Op::Attach, room, "", "");
+        self.send(Op::Attach, room, me, "");
         tokio::select! {
             r = tokio::time::timeout(CALL_TIMEOUT, rx) => r.ok()?.ok(),
             _ = self.dead.cancelled() => None,

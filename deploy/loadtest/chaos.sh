@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Chaos runs, both strategies, under chat load with publishers on every node.
+# Chaos runs, each strategy (STRATEGIES, default "sticky pubsub relay"),
+# under chat load with publishers on every node.
 # Every client must end with every seq exactly once.
 #
 #   deploy/loadtest/chaos.sh [OUT_DIR] [extra turnout-bench options]
@@ -19,7 +20,7 @@ mkdir -p "$out"
 cluster=$here/deploy/cluster.sh
 load=(--scenario chat --rooms 100 --members 10 --rate 2 --warmup 3 --duration 25)
 runs=()
-for s in sticky pubsub; do
+for s in ${STRATEGIES:-sticky pubsub relay}; do
   rm -rf "${RUN_DIR:-$here/run}/appendonlydir"
   REDIS_PERSIST=1 "$here/deploy/loadtest/run.sh" "$s" "$out/chaos-$s.json" \
     --scenario failover --rooms 100 --members 10 --rate 2 --warmup 3 --duration 25 --kill-after 5 \

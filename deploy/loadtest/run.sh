@@ -2,12 +2,12 @@
 # Starts the local cluster with one strategy, runs one turnout-bench scenario
 # against it, and stops the cluster.
 #
-#   deploy/loadtest/run.sh sticky|pubsub OUT.json [turnout-bench run options]
+#   deploy/loadtest/run.sh sticky|pubsub|relay|local OUT.json [turnout-bench run options]
 #
 # e.g. deploy/loadtest/run.sh sticky /tmp/f.json --scenario failover --rooms 1000
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-strategy=${1:?strategy: sticky or pubsub}
+strategy=${1:?strategy: sticky, pubsub, relay or local}
 out=${2:?results file}
 shift 2
 export RUN_DIR=${RUN_DIR:-$here/run}

@@ -47,6 +47,9 @@ fn counted<T>(gw: &Gateway, op: &str, r: Result<T, ApiError>) -> Result<T, ApiEr
 #[derive(Deserialize)]
 pub(crate) struct RouteQuery {
     room: Option<String>,
+    /// Relay: also name the processes the room's messages go to.
+    #[serde(default)]
+    carriers: bool,
 }
 
 /// `GET /api/route`: where a client for `room` should connect. With auth
@@ -63,9 +66,12 @@ pub(crate) async fn route(
     let node = gw.route(room.as_ref()).await?;
     let mut body = json!({"node": node.id, "url": node.url});
     if let Some(room) = &room
-        && let Some(owner) = gw.owner_now(room).await?
+        && let Some((owner, carriers)) = gw.owner_now(room, q.carriers).await?
     {
         body["owner"] = json!(owner);
+        if let Some(carriers) = carriers {
+            body["carriers"] = json!(carriers);
+        }
     }
     Ok(Json(body).into_response())
 }

@@ -167,6 +167,15 @@ impl Follower {
         follower
     }
 
+    /// Relay: a client of `owner`'s `Relay` service (None in the other
+    /// strategies).
+    pub(crate) async fn relay_client(&self, owner: &str) -> Option<turnout_common::relay::Client> {
+        match &self.channels {
+            Source::Relay(links) => links.client(owner).await.ok(),
+            Source::Bus(_) => None,
+        }
+    }
+
     /// Connects the pub/sub connection and starts its tasks.
     pub(crate) async fn start(
         client: &turnout_common::redis::Redis,
@@ -396,8 +405,6 @@ impl turnout_common::relay::Follower for Follower {
     fn wanted(&self, room: &str) -> bool {
         Follower::wanted(self, room)
     }
-
-    fn unreachable(&self, _room: &str) {}
 
     // A gateway owns no room.
     fn owned_here(&self, _room: &str, _epoch: u64) {}

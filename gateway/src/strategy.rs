@@ -152,9 +152,15 @@ impl Gateway {
         ))
     }
 
-    /// Relay: the node that owns `room` now ("" when none does); None in
-    /// the other strategies (sticky's owner is where clients go).
-    pub(crate) async fn owner_now(&self, room: &RoomName) -> Result<Option<String>, ApiError> {
+    /// Relay: the node that owns `room` now ("" when none does) and, with
+    /// `carriers`, the processes its messages go to (the owner's answer;
+    /// empty when it did not give one); None in the other strategies
+    /// (sticky's owner is where clients go).
+    pub(crate) async fn owner_now(
+        &self,
+        room: &RoomName,
+        carriers: bool,
+    ) -> Result<Option<(String, Option<Vec<String>>)>, ApiError> {
         if self.strategy() != Strategy::Relay {
             return Ok(None);
         }
@@ -166,7 +172,23 @@ impl Gateway {
                     tracing::warn!(room = %room, error = %e, "owner read failed");
                     ApiError::new(ErrorCode::Unavailable, "owner unknown; retry")
                 })?;
-        Ok(Some(owner.node))
+        if !carriers || owner.node.is_empty() {
+            return Ok(Some((owner.node, None)));
+        }
+        let mut followers = Vec::new();
+        if let Some(mut client) = match self.follower.get() {
+            Some(f) => f.relay_client(&owner.node).await,
+            None => None,
+        } {
+            let req = turnout_proto::v1::CarriersRequest {
+                room: room.to_string(),
+            };
+            let call = tokio::time::timeout(self.settings.rpc_timeout, client.carriers(req));
+            if let Ok(Ok(reply)) = call.await {
+                followers = reply.into_inner().followers;
+            }
+        }
+        Ok(Some((owner.node, Some(followers))))
     }
 
     /// Forgets a cached owner that turned out wrong.

@@ -193,6 +193,16 @@ impl turnout_proto::v1::relay_server::Relay for RelayService {
             .map(Response::new)
     }
 
+    async fn carriers(
+        &self,
+        req: Request<turnout_proto::v1::CarriersRequest>,
+    ) -> Result<Response<turnout_proto::v1::CarriersReply>, Status> {
+        let relay = self.relay()?;
+        Ok(Response::new(
+            relay.inner().carriers(&req.into_inner().room),
+        ))
+    }
+
     type FollowStream = BatchStream;
 
     async fn follow(
@@ -217,7 +227,7 @@ impl turnout_proto::v1::relay_server::Relay for RelayService {
                 };
                 let Ok(Some(r)) = next else { break };
                 match Op::try_from(r.op) {
-                    Ok(Op::Attach) => reader.attach(id, &stream_out, r.room),
+                    Ok(Op::Attach) => reader.attach(id, &stream_out, r.room, &r.origin),
                     Ok(Op::Detach) => reader.detach(id, &stream_out, &r.room),
                     Ok(Op::Presence) => reader.presence(id, &r.room, r.origin, r.frame),
                     Err(_) => tracing::debug!(op = r.op, "unknown follow request ignored"),

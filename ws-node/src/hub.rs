@@ -529,26 +529,6 @@ impl Hub {
         }
     }
 
-    /// Tells the members of `room` that its messages cannot reach this node
-    /// for now (relay: the owner is unreachable). They stay joined: what
-    /// they miss is caught up from history once the room is reachable.
-    pub(crate) fn tell_unavailable(&self, room: &str) {
-        let Some(r) = self.rooms.get(room) else {
-            return;
-        };
-        let frame = ServerFrame::Error {
-            code: ErrorCode::Unavailable.as_str().to_owned(),
-            message: "the room's owner node cannot be reached; messages resume, caught up from history, when it is"
-                .into(),
-            room: Some(room.to_owned()),
-            id: None,
-            redirect: None,
-        };
-        for m in r.members.values() {
-            m.conn.send_frame(&frame, &self.metrics);
-        }
-    }
-
     /// Tells every connection to reconnect elsewhere (`reason`: draining,
     /// lease_lost) and closes it with 1012.
     pub(crate) fn send_away(&self, conns: &DashMap<ConnId, Arc<Conn>>, reason: &str) {

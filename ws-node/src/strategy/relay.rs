@@ -75,7 +75,8 @@ struct Owned {
 
 /// The owner's end of one follow stream.
 pub(crate) struct Outbound {
-    pub(crate) node: String,
+    /// The follower: its peer address, then its id once it attached a room.
+    pub(crate) node: Mutex<String>,
     tx: mpsc::Sender<RelayItem>,
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -98,7 +99,8 @@ impl Outbound {
             || self.tx.try_send(item).is_err()
         {
             if !self.closed.is_cancelled() {
-                tracing::warn!(follower = %self.node, "follow stream full: closing it (the follower catches up from history)");
+                let node = self.node.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tracing::warn!(follower = %node, "follow stream full: closing it (the follower catches up from history)");
             }
             self.closed.cancel();
         }
@@ -254,9 +256,6 @@ impl Relay {
                     ));
                 }
                 Err(_) => {
-                    // Nothing comes from a silent owner: the members here
-                    // hear so too.
-                    hub.tell_unavailable(room);
                     inner.links.reattach(room);
                     return Err(unavailable(
                         "publish at the room's owner timed out",
@@ -503,7 +502,7 @@ impl Inner {
         let (tx, rx) = mpsc::channel(self.buffer.0.max(1));
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let out = Arc::new(Outbound {
-            node,
+            node: Mutex::new(node),
             tx,
             bytes: AtomicUsize::new(0),
             max_bytes: self.buffer.1.max(1),
@@ -539,7 +538,16 @@ impl Inner {
     /// A follower attaches `room` on stream `id`: at once when this node
     /// owns it already, otherwise after asking Redis, in a task of its own
     /// so that one slow claim does not hold up the stream's other attaches.
-    pub(crate) fn attach(self: &Arc<Self>, id: u64, out: &Arc<Outbound>, room: String) {
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        id: u64,
+        out: &Arc<Outbound>,
+        room: String,
+        follower: &str,
+    ) {
+        if !follower.is_empty() {
+            *out.node.lock().unwrap_or_else(|e| e.into_inner()) = follower.to_owned();
+        }
         if self.owned.contains_key(&room) {
             self.attached(id, out, &room, Ok(Some(0)));
             return;
@@ -623,6 +631,29 @@ impl Inner {
         drop(o);
         if here && let Some(hub) = self.hub() {
             hub.deliver_presence(room, &origin, frame.into());
+        }
+    }
+
+    /// The owner's answer to `Relay.Carriers`.
+    pub(crate) fn carriers(&self, room: &str) -> turnout_proto::v1::CarriersReply {
+        let Some(o) = self.owned.get(room) else {
+            return Default::default();
+        };
+        let mut followers: Vec<String> = o
+            .streams
+            .iter()
+            .filter_map(|id| self.streams.get(id))
+            .map(|s| s.node.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        if o.here {
+            followers.push(self.me.clone());
+        }
+        followers.sort();
+        followers.dedup();
+        turnout_proto::v1::CarriersReply {
+            owned: true,
+            epoch: o.epoch,
+            followers,
         }
     }
 
@@ -731,11 +762,6 @@ impl Follower for ToHub {
 
     fn wanted(&self, room: &str) -> bool {
         self.0.upgrade().is_some_and(|h| h.has_room(room))
-    }
-
-    fn unreachable(&self, room: &str) {
-        let Some(hub) = self.0.upgrade() else { return };
-        hub.tell_unavailable(room);
     }
 
     fn rooms(&self) -> Vec<String> {
