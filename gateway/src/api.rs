@@ -63,7 +63,9 @@ pub(crate) async fn route(
 ) -> Result<Response, ApiError> {
     let room = q.room.map(room_name).transpose()?;
     may_use_room(&gw, &headers, uri.query(), room.as_deref())?;
-    let node = gw.route(room.as_ref()).await?;
+    // A look at where a room lives (`carriers`, the demo page's poll) is
+    // not a client on its way: it does not count against the node's load.
+    let node = gw.pick(room.as_ref(), !q.carriers, &[]).await?;
     let mut body = json!({"node": node.id, "url": node.url});
     if let Some(room) = &room
         && let Some((owner, carriers)) = gw.owner_now(room, q.carriers).await?

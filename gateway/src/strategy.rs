@@ -40,11 +40,6 @@ fn no_node() -> ApiError {
 }
 
 impl Gateway {
-    /// The node a new client for `room` should use.
-    pub(crate) async fn route(&self, room: Option<&RoomName>) -> Result<NodeInfo, ApiError> {
-        self.pick(room, true, &[]).await
-    }
-
     /// Picks a node for a client; `avoid` lists nodes that just failed to
     /// answer; `record` counts the pick against the node's load.
     pub(crate) async fn pick(
