@@ -746,3 +746,49 @@ async fn the_first_message_of_an_epoch_names_it() -> Result<()> {
     }
     Ok(())
 }
+
+/// A `join` for a room the connection is already in answers `joined` with
+/// the last seq the member was sent. It used to read that seq before the
+/// presence read and queue the frame after it, so a message fanned out in
+/// between came first and `joined` named the one before it: a client that
+/// took `joined` as its place asked for that message again and got it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_while_joined_names_the_last_seq_the_member_was_sent() -> Result<()> {
+    for strategy in [Strategy::Pubsub, Strategy::Relay] {
+        let c = Cluster::start(2, strategy).await?;
+        let mut m = Client::connect(&c.nodes[0].ws_url()).await?;
+        m.join("again").await?;
+        let url = c.nodes[1].ws_url();
+        let total = 1500u64;
+        let publisher = tokio::spawn(async move {
+            let mut p = Client::connect(&url).await?;
+            p.join("again").await?;
+            for i in 0..total {
+                p.publish("again", json!(i), &format!("a-{i}")).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        let (mut last, mut asked, mut behind) = (0, 0, Vec::new());
+        while last < total {
+            match m.recv().await? {
+                ServerFrame::Message { seq, .. } => {
+                    last = seq;
+                    if seq % 5 == 0 {
+                        m.send_json(json!({"type": "join", "room": "again"}))
+                            .await?;
+                        asked += 1;
+                    }
+                }
+                ServerFrame::Joined { seq, .. } if seq < last => behind.push((seq, last)),
+                _ => {}
+            }
+        }
+        publisher.await??;
+        assert!(asked > 100, "{strategy}: {asked} joins asked");
+        assert!(
+            behind.is_empty(),
+            "{strategy}: `joined` behind what was sent: {behind:?}"
+        );
+    }
+    Ok(())
+}

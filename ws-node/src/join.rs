@@ -28,25 +28,27 @@ impl Hub {
         client_epoch: Option<String>,
     ) -> Result<(), RoomError> {
         let epoch = self.strategy.admit(self, room).await?;
-        let already = self.rooms.get(room.as_str()).and_then(|r| {
-            r.members
-                .get(&conn.id)
-                .map(|m| (m.after, r.seq.cursor().epoch().to_owned()))
-        });
-        if let Some((after, epoch)) = already {
+        if self.is_member(room, conn) {
             let presence = self.presence(room).await.unwrap_or_default();
-            conn.send_frame(
-                &ServerFrame::Joined {
-                    room: room.to_string(),
-                    seq: after,
-                    epoch,
-                    presence,
-                    recovered: None,
-                    replay_until: None,
-                },
-                &self.metrics,
-            );
-            return Ok(());
+            // The seq is read, and the frame queued, under the room's lock:
+            // a message fanned out while presence was read comes before
+            // this `joined`, and the seq it names counts it.
+            if let Some(r) = self.rooms.get(room.as_str())
+                && let Some(m) = r.members.get(&conn.id)
+            {
+                conn.send_frame(
+                    &ServerFrame::Joined {
+                        room: room.to_string(),
+                        seq: m.after,
+                        epoch: r.seq.cursor().epoch().to_owned(),
+                        presence,
+                        recovered: None,
+                        replay_until: None,
+                    },
+                    &self.metrics,
+                );
+                return Ok(());
+            }
         }
         let stale = self.add_member(room, conn, epoch);
         if !stale.is_empty() {
