@@ -300,15 +300,18 @@ impl Links {
         let Some((_, owner)) = self.attached.remove(room) else {
             return;
         };
-        let link = self
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&owner)
-            .cloned();
-        if let Some(link) = link {
+        if let Some(link) = self.link_of(&owner) {
             link.send(Op::Detach, room, "", "");
         }
+    }
+
+    /// The open link to `owner`, if there is one.
+    fn link_of(&self, owner: &str) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(owner)
+            .cloned()
     }
 
     /// Sends a presence event of a member here to the room's other nodes,
@@ -317,13 +320,7 @@ impl Links {
         let Some(owner) = self.attached_at(room) else {
             return false;
         };
-        let link = self
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&owner)
-            .cloned();
-        match link {
+        match self.link_of(&owner) {
             Some(link) => {
                 link.send(Op::Presence, room, origin, frame);
                 true

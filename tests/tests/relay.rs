@@ -156,36 +156,75 @@ async fn members_on_every_node_get_each_message_once_in_order_and_redis_carries_
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_dies_and_members_elsewhere_lose_nothing() -> Result<()> {
+/// A room placed on a node process of its own: the process starts alone
+/// and takes the room's first message (so the room is placed there), then
+/// two more nodes start and a member of the room joins on each.
+struct PlacedAlone {
+    _redis: Redis,
+    _router: Proc,
+    gateway: Proc,
+    owner: NodeProcess,
+    a: Proc,
+    b: Proc,
+    on_a: Client,
+    on_b: Client,
+}
+
+async fn placed_alone(owner: &str, room: &str) -> Result<PlacedAlone> {
     let redis = Redis::start().await?;
     let url = redis.url();
     let router = start_router(&url, Strategy::Relay).await;
     let gateway = start_gateway(&url, Strategy::Relay, &[&router]).await;
-    // The room is placed while the doomed node is the only one.
-    let mut doomed = NodeProcess::start(
-        "doomed",
+    let owner_proc = NodeProcess::start(
+        owner,
         &[("TURNOUT_REDIS_URL", &url), ("TURNOUT_STRATEGY", "relay")],
     )
     .await?;
     live_nodes(&gateway, 1).await?;
     let (status, body) = http(
         "POST",
-        &format!("{}/api/rooms/hot/publish", gateway.http()),
+        &format!("{}/api/rooms/{room}/publish", gateway.http()),
         Some(json!({"data": "first"}).to_string()),
         &[],
     )
     .await?;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    anyhow::ensure!(
+        status == 200,
+        "first publish: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
     let a = start_node(node_settings(&url, Strategy::Relay)).await;
     let b = start_node(node_settings(&url, Strategy::Relay)).await;
     live_nodes(&gateway, 3).await?;
-    let (_, v) = http_get_json(&format!("{}/api/route?room=hot", gateway.http())).await?;
-    assert_eq!(v["owner"], "doomed", "{v}");
+    let (_, v) = http_get_json(&format!("{}/api/route?room={room}", gateway.http())).await?;
+    anyhow::ensure!(v["owner"] == owner, "not placed on {owner}: {v}");
     let mut on_a = Client::connect(&a.ws_url()).await?;
+    anyhow::ensure!(
+        on_a.join(room).await? == 1,
+        "a joined after other than seq 1"
+    );
     let mut on_b = Client::connect(&b.ws_url()).await?;
-    assert_eq!(on_a.join("hot").await?, 1);
-    assert_eq!(on_b.join("hot").await?, 1);
+    anyhow::ensure!(
+        on_b.join(room).await? == 1,
+        "b joined after other than seq 1"
+    );
+    Ok(PlacedAlone {
+        _redis: redis,
+        _router: router,
+        gateway,
+        owner: owner_proc,
+        a,
+        b,
+        on_a,
+        on_b,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_dies_and_members_elsewhere_lose_nothing() -> Result<()> {
+    let mut s = placed_alone("doomed", "hot").await?;
+    let (gateway, a, b) = (&s.gateway, &s.a, &s.b);
+    let (on_a, on_b, doomed) = (&mut s.on_a, &mut s.on_b, &mut s.owner);
     let total = 200u64;
     let url_b = b.ws_url();
     let publisher = tokio::spawn(async move {
@@ -222,11 +261,11 @@ async fn the_owner_dies_and_members_elsewhere_lose_nothing() -> Result<()> {
     let (_, v) = http_get_json(&format!("{}/api/route?room=hot", gateway.http())).await?;
     assert_ne!(v["owner"], "doomed", "the room was placed again: {v}");
     assert!(
-        metric(&a, "turnout_relay_reattached_total").await? >= 1.0,
+        metric(a, "turnout_relay_reattached_total").await? >= 1.0,
         "a attached the room again"
     );
     // Both stayed connected: nothing told them to leave.
-    for cl in [&mut on_a, &mut on_b] {
+    for cl in [on_a, on_b] {
         cl.send_json(json!({"type": "ping"})).await?;
         loop {
             match cl.recv().await? {
@@ -324,33 +363,9 @@ async fn follow_until(cl: &mut Client, room: &str, last: u64) -> Result<Vec<u64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_owner_is_replaced_publishes_are_refused_meanwhile_and_nothing_is_lost_or_doubled()
 -> Result<()> {
-    let redis = Redis::start().await?;
-    let url = redis.url();
-    let router = start_router(&url, Strategy::Relay).await;
-    let gateway = start_gateway(&url, Strategy::Relay, &[&router]).await;
-    let stalled = NodeProcess::start(
-        "stalled",
-        &[("TURNOUT_REDIS_URL", &url), ("TURNOUT_STRATEGY", "relay")],
-    )
-    .await?;
-    live_nodes(&gateway, 1).await?;
-    let (status, _) = http(
-        "POST",
-        &format!("{}/api/rooms/slow/publish", gateway.http()),
-        Some(json!({"data": "first"}).to_string()),
-        &[],
-    )
-    .await?;
-    assert_eq!(status, 200);
-    let a = start_node(node_settings(&url, Strategy::Relay)).await;
-    let b = start_node(node_settings(&url, Strategy::Relay)).await;
-    live_nodes(&gateway, 3).await?;
-    let mut on_a = Client::connect(&a.ws_url()).await?;
-    assert_eq!(on_a.join("slow").await?, 1);
-    let mut on_b = Client::connect(&b.ws_url()).await?;
-    assert_eq!(on_b.join("slow").await?, 1);
-    let (_, v) = http_get_json(&format!("{}/api/route?room=slow", gateway.http())).await?;
-    assert_eq!(v["owner"], "stalled", "{v}");
+    let mut s = placed_alone("stalled", "slow").await?;
+    let (gateway, b, stalled) = (&s.gateway, &s.b, &s.owner);
+    let (on_a, on_b) = (&mut s.on_a, &mut s.on_b);
     let total = 60u64;
     let url_b = b.ws_url();
     let publisher = tokio::spawn(async move {
@@ -364,9 +379,9 @@ async fn a_stalled_owner_is_replaced_publishes_are_refused_meanwhile_and_nothing
         }
         Ok::<_, anyhow::Error>((seqs, refused))
     });
-    let early = follow_until(&mut on_a, "slow", 11).await?;
+    let early = follow_until(on_a, "slow", 11).await?;
     stalled.pause()?;
-    let rest = follow_until(&mut on_a, "slow", total + 1).await?;
+    let rest = follow_until(on_a, "slow", total + 1).await?;
     let (mut seqs, refused) = publisher.await??;
     seqs.sort_unstable();
     assert_eq!(
@@ -380,7 +395,7 @@ async fn a_stalled_owner_is_replaced_publishes_are_refused_meanwhile_and_nothing
         (2..=total + 1).collect::<Vec<_>>(),
         "every message once, in order"
     );
-    let on_b_got = follow_until(&mut on_b, "slow", total + 1).await?;
+    let on_b_got = follow_until(on_b, "slow", total + 1).await?;
     assert_eq!(on_b_got, (2..=total + 1).collect::<Vec<_>>(), "member on b");
     // The silent owner's publishes were answered `unavailable`, not lost.
     assert!(
@@ -398,7 +413,7 @@ async fn a_stalled_owner_is_replaced_publishes_are_refused_meanwhile_and_nothing
     p.join("slow").await?;
     let marker = publish_until_acked(&mut p, "slow", 1000).await?;
     assert_eq!(marker, total + 2);
-    let after = follow_until(&mut on_a, "slow", marker).await?;
+    let after = follow_until(on_a, "slow", marker).await?;
     assert_eq!(after, vec![marker], "nothing doubled after the owner woke");
     Ok(())
 }
