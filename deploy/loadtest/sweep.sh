@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The strategy map: runs local, sticky and pubsub over a grid of workloads
+# The strategy map: runs local, sticky, pubsub and relay over a grid of workloads
 # (room size, rooms, publish rate, nodes, membership churn, one hot room) on
 # the local cluster, then fits per-operation costs to the runs, predicts
 # larger clusters and writes the verdict:
@@ -11,17 +11,17 @@
 #   DIR/report.html   crossover charts, predicted cost curves with the measured
 #                     points on them, the verdict table
 #
-# --quick: 3 strategies x nodes {1,3} x room sizes {2,50} at 10,000
+# --quick: 4 strategies x nodes {1,3} x room sizes {2,50} at 10,000
 #   deliveries/s, one run at 30,000 (3 nodes, rooms of 50), and 200 joins/s
-#   of churn at 3 nodes: 18 runs of 6 s (about 4 minutes here after the
+#   of churn at 3 nodes: 24 runs of 6 s (about 6 minutes here after the
 #   release build). A check that the tooling works: too few points per
 #   strategy for the model, which the report says.
-# Default (full): 3 strategies x nodes {1,2,4} x room sizes {2,10,100,1000}
+# Default (full): 4 strategies x nodes {1,2,4} x room sizes {2,10,100,1000}
 #   x two loads (10,000 and 40,000 deliveries/s offered), plus membership
 #   churn (100 and 400 joins/s) at 2 and 4 nodes and a crowd of 4,000
-#   connections at the same 10,000 deliveries/s: 93 runs of 10 s (27 min 27 s
-#   here). The room of 1,000 is the hot room: one room, ten publishers.
-# Environment: STRATEGIES (default "local sticky pubsub"), NODE_COUNTS,
+#   connections at the same 10,000 deliveries/s: 124 runs of 10 s (about 37
+#   minutes here). The room of 1,000 is the hot room: one room, ten publishers.
+# Environment: STRATEGIES (default "local sticky pubsub relay"), NODE_COUNTS,
 # ROOM_SIZES, LOADS, CHURN, CROWD, DURATION to change the grid; the ports of
 # deploy/cluster.sh (REDIS_PORT, GATEWAY_PORT, NODE_PORT_BASE, RUN_DIR).
 set -euo pipefail
@@ -56,7 +56,7 @@ else
   warmup=3
   drain=2
 fi
-strategies=${STRATEGIES:-local sticky pubsub}
+strategies=${STRATEGIES:-local sticky pubsub relay}
 mkdir -p "$out/runs"
 out=$(cd "$out" && pwd)
 rm -f "$out"/runs/*.json

@@ -30,6 +30,16 @@ pub(crate) async fn get_json(url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// GET a text document (a metrics page) within 3 s.
+pub(crate) async fn get_text(url: &str) -> Result<String> {
+    let uri: http::Uri = url.parse()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(3), CLIENT.get(uri)).await??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}");
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// The status a GET of `url` gets within 3 s; None when nothing answered.
 pub(crate) async fn get_status(url: &str) -> Option<u16> {
     let uri: http::Uri = url.parse().ok()?;

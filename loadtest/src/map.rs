@@ -3,8 +3,9 @@
 //!
 //! - `points`: one per run, the figures the comparison needs, each with the
 //!   run's full results.
-//! - `model`: per-operation costs (a delivery, a publish, a relay to a
-//!   subscribed node, a join, a held connection, a node, a room) fitted to
+//! - `model`: per-operation costs (a delivery, a publish, Redis's fan-out to
+//!   a subscribed node, a hop from one node to another, a join, a held
+//!   connection, a node, a room) fitted to
 //!   the points by non-negative least squares, the error on points held out
 //!   of the fit, and `predictions` for clusters larger than this machine.
 //! - `verdict`: which strategy for which workload, and where the winner
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-pub const STRATEGIES: [&str; 3] = ["local", "sticky", "pubsub"];
+pub const STRATEGIES: [&str; 4] = ["local", "sticky", "pubsub", "relay"];
 
 /// One measured run of the sweep.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -40,7 +41,13 @@ pub struct Point {
     pub saturated: bool,
     pub publishes_per_sec: f64,
     /// Pubsub: messages Redis sent to subscribed nodes per second.
-    pub relays_per_sec: f64,
+    #[serde(alias = "relays_per_sec")]
+    pub fanouts_per_sec: f64,
+    /// Relay: messages one ws-node sent another per second (publishes
+    /// forwarded to the owner, messages streamed to followers), counted by
+    /// the nodes.
+    #[serde(default)]
+    pub hops_per_sec: f64,
     pub joins_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -126,11 +133,12 @@ impl Point {
             offered_deliveries_per_sec: offered,
             saturated: d < 0.9 * offered,
             publishes_per_sec: publishes,
-            relays_per_sec: if r.strategy == "pubsub" {
+            fanouts_per_sec: if r.strategy == "pubsub" {
                 publishes * r.nodes_per_room
             } else {
                 0.0
             },
+            hops_per_sec: r.node_hops as f64 / secs,
             joins_per_sec: r.rejoins as f64 / secs,
             p50_ms: r.latency_ms.p50,
             p99_ms: r.latency_ms.p99,
@@ -161,7 +169,8 @@ impl Point {
 pub struct Load {
     pub deliveries: f64,
     pub publishes: f64,
-    pub relays: f64,
+    pub fanouts: f64,
+    pub hops: f64,
     pub joins: f64,
     pub connections: f64,
     pub nodes: f64,
@@ -173,7 +182,8 @@ impl From<&Point> for Load {
         Load {
             deliveries: p.deliveries_per_sec,
             publishes: p.publishes_per_sec,
-            relays: p.relays_per_sec,
+            fanouts: p.fanouts_per_sec,
+            hops: p.hops_per_sec,
             joins: p.joins_per_sec,
             connections: p.connections as f64,
             nodes: p.nodes as f64,
@@ -183,12 +193,17 @@ impl From<&Point> for Load {
 }
 
 /// The operations costs are fitted for; each is a column of the fit.
-const OPERATIONS: [(&str, &str); 7] = [
+const OPERATIONS: [(&str, &str); 8] = [
     ("delivery", "a message written to one member's socket"),
     ("publish", "a message accepted from a member"),
     (
-        "relay",
+        "fanout",
         "a message Redis sends to one subscribed node (pubsub)",
+    ),
+    (
+        "hop",
+        "a message one ws-node sends another over gRPC (relay: a publish forwarded to the owner, \
+         a message streamed to a follower)",
     ),
     (
         "join",
@@ -206,7 +221,8 @@ fn column(op: &str, l: &Load) -> f64 {
     match op {
         "delivery" => l.deliveries,
         "publish" => l.publishes,
-        "relay" => l.relays,
+        "fanout" => l.fanouts,
+        "hop" => l.hops,
         "join" => l.joins,
         "connection" => l.connections,
         "node" => l.nodes,
@@ -237,16 +253,18 @@ fn target(name: &str, p: &Point) -> f64 {
 }
 
 /// Operations that can cost a target anything: Redis never sees a
-/// delivery, and local has no Redis.
+/// delivery or a hop between nodes, local has no Redis, only pubsub has
+/// Redis fan out and only relay hops.
 fn applies(target: &str, op: &str, strategy: &str) -> bool {
     let redis = target.starts_with("redis");
-    if redis && (strategy == "local" || op == "delivery") {
+    if redis && (strategy == "local" || op == "delivery" || op == "hop") {
         return false;
     }
-    if op == "relay" && strategy != "pubsub" {
-        return false;
+    match op {
+        "fanout" => strategy == "pubsub",
+        "hop" => strategy == "relay",
+        _ => true,
     }
-    true
 }
 
 /// Costs of one target for one strategy.
@@ -403,7 +421,7 @@ pub struct Prediction {
     pub redis_commands_per_sec: f64,
     pub redis_bytes_per_sec: f64,
     /// Messages and bytes that go from one node to another (pubsub: via
-    /// Redis to each subscribed node).
+    /// Redis to each subscribed node; relay: to and from the owner).
     pub cross_node_messages_per_sec: f64,
     pub cross_node_bytes_per_sec: f64,
     /// Local: the share of deliveries that never happen.
@@ -480,20 +498,20 @@ pub fn fit(points: &[Point]) -> Model {
     );
     range.insert("redis_cpu_cores".into(), max(&|p| p.cpu_cores.redis));
     range.insert("joins_per_sec".into(), max(&|p| p.joins_per_sec));
-    let per_core = ["sticky", "pubsub"]
+    let per_core = SHARED
         .iter()
         .filter_map(|s| {
             let busiest = points
                 .iter()
                 .filter(|p| p.strategy == *s && p.cpu_cores.redis > 0.0)
                 .max_by(|a, b| a.cpu_cores.redis.total_cmp(&b.cpu_cores.redis))?;
-            // Less what the relays (pubsub's fan-out, not commands) cost.
-            let relay = fits
+            // Less what the fan-out (pubsub's, not commands) cost.
+            let fanout = fits
                 .iter()
                 .find(|f| f.strategy == *s && f.target == "redis_cpu")
-                .and_then(|f| f.costs.get("relay").copied())
+                .and_then(|f| f.costs.get("fanout").copied())
                 .unwrap_or(0.0);
-            let cores = busiest.cpu_cores.redis - busiest.relays_per_sec * relay / 1e6;
+            let cores = busiest.cpu_cores.redis - busiest.fanouts_per_sec * fanout / 1e6;
             (cores > 0.0).then(|| ((*s).to_owned(), busiest.redis_commands_per_sec / cores))
         })
         .collect();
@@ -523,7 +541,7 @@ pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions)
     let publishes = rooms * a.messages_per_member_per_sec;
     let spread = match strategy {
         // Members spread at random: the expected number of nodes with one.
-        "pubsub" | "local" => n * (1.0 - (1.0 - 1.0 / n).powf(m)),
+        "pubsub" | "local" | "relay" => n * (1.0 - (1.0 - 1.0 / n).powf(m)),
         _ => 1.0,
     };
     let deliveries = publishes * m;
@@ -536,8 +554,17 @@ pub fn workload(strategy: &str, nodes: usize, room_size: usize, a: &Assumptions)
             deliveries
         },
         publishes,
-        relays: if strategy == "pubsub" {
+        fanouts: if strategy == "pubsub" {
             publishes * spread
+        } else {
+            0.0
+        },
+        // Relay: the owner is placed apart from the members, so a publish
+        // crosses to it unless the publisher is on it (1 − 1/n), and the
+        // owner sends it to every node with members but itself
+        // (spread × (1 − 1/n)).
+        hops: if strategy == "relay" {
+            publishes * (1.0 - 1.0 / n) * (1.0 + spread)
         } else {
             0.0
         },
@@ -571,7 +598,7 @@ pub fn predict(
     let commands = model.eval(strategy, "redis_commands", &l);
     let redis_cpu = match model.redis_commands_per_core_second.get(strategy) {
         Some(per_core) if *per_core > 0.0 => {
-            commands / per_core + l.relays * model.cost(strategy, "redis_cpu", "relay") / 1e6
+            commands / per_core + l.fanouts * model.cost(strategy, "redis_cpu", "fanout") / 1e6
         }
         _ => model.eval(strategy, "redis_cpu", &l) / 1e6,
     };
@@ -581,15 +608,21 @@ pub fn predict(
     // busiest node holds a whole room: its own fixed cost and one room's
     // share of the rest. Otherwise the placement bound keeps each node
     // within 1.25 × the average.
-    let busiest = if strategy == "sticky" {
-        if l.rooms < n {
+    // Relay: the members spread, but with fewer rooms than nodes the owner
+    // of a room also takes its publishes and sends every hop of it (half a
+    // hop's fitted cost, which covers both ends).
+    let busiest = match strategy {
+        "sticky" if l.rooms < n => {
             let fixed = model.cost(strategy, "ws_node_cpu", "node") / 1e6;
             fixed + (node_cpu - fixed * n).max(0.0) / l.rooms
-        } else {
-            node_cpu / n * 1.25
         }
-    } else {
-        node_cpu / n
+        "sticky" => node_cpu / n * 1.25,
+        "relay" if l.rooms < n => {
+            let owner = l.publishes * model.cost(strategy, "ws_node_cpu", "publish")
+                + 0.5 * l.hops * model.cost(strategy, "ws_node_cpu", "hop");
+            node_cpu / n + owner / l.rooms / 1e6
+        }
+        _ => node_cpu / n,
     };
     let fits = strategy != "sticky" || m <= a.node_max_connections;
     let bytes_per_message = (a.payload_bytes + 120) as f64;
@@ -677,8 +710,8 @@ pub fn predict(
         },
         redis_commands_per_sec: commands,
         redis_bytes_per_sec: model.eval(strategy, "redis_bytes", &l),
-        cross_node_messages_per_sec: l.relays,
-        cross_node_bytes_per_sec: l.relays * bytes_per_message,
+        cross_node_messages_per_sec: l.fanouts + l.hops,
+        cross_node_bytes_per_sec: (l.fanouts + l.hops) * bytes_per_message,
         undelivered_share: if strategy == "local" {
             1.0 - local_delivered_share(m, n)
         } else {
@@ -707,12 +740,20 @@ pub struct Class {
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Crossover {
     pub nodes: usize,
-    /// The smallest room size from which pubsub is the pick (None: sticky
-    /// at every size scanned).
-    pub pubsub_from_room_size: Option<usize>,
+    /// The pick by room size: each strategy from the size it takes over.
+    pub picks: Vec<Segment>,
     /// The smallest room size sticky cannot hold on one node.
     pub sticky_stops_fitting_at: Option<usize>,
     pub text: String,
+}
+
+/// One strategy's stretch of room sizes in a crossover.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Segment {
+    pub from_room_size: usize,
+    pub strategy: String,
+    /// Why it is the pick there (from `pick`).
+    pub why: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -723,32 +764,84 @@ pub struct Verdict {
     pub warnings: Vec<String>,
 }
 
-/// Sticky or pubsub for rooms of `room_size` on `nodes` nodes, and why:
-/// sticky must hold a room on one node, and nodes are sized for the
-/// busiest, so a sticky cluster whose busiest node needs much more than
-/// pubsub's loses even when its total CPU is lower; otherwise the lower CPU
-/// per delivery (nodes, Redis, router and gateway together) wins.
+/// The strategies that share a cluster, which the verdict weighs.
+const SHARED: [&str; 3] = ["sticky", "pubsub", "relay"];
+
+/// Has the model CPU figures for `strategy`?
+fn cpu_known(model: &Model, strategy: &str) -> bool {
+    model
+        .fit(strategy, "ws_node_cpu")
+        .is_some_and(|f| f.costs.values().any(|c| *c > 0.0))
+}
+
+/// The pick for rooms of `room_size` on `nodes` nodes, why, and each shared
+/// strategy's prediction (in `SHARED`'s order). A strategy that cannot hold
+/// the room is out; nodes are sized for the busiest, so a strategy whose
+/// busiest node needs over 1.5 times the lightest busiest node is out (a
+/// whole hot room on one node); of the rest, the lowest CPU per delivery
+/// (nodes, Redis, router and gateway together) wins.
 fn pick(
     model: &Model,
     nodes: usize,
     room_size: usize,
     a: &Assumptions,
-) -> (&'static str, &'static str, Prediction, Prediction) {
-    let s = predict(model, "sticky", nodes, room_size, a);
-    let p = predict(model, "pubsub", nodes, room_size, a);
-    let (w, why) = if !s.fits {
-        ("pubsub", "sticky cannot hold the room on one node")
-    } else if s.cpu_busiest_node_cores > 1.5 * p.cpu_busiest_node_cores {
-        (
-            "pubsub",
-            "sticky's busiest node needs over 1.5 times pubsub's",
-        )
-    } else if p.cpu_us_per_delivery < s.cpu_us_per_delivery {
-        ("pubsub", "pubsub uses less CPU per delivery")
-    } else {
-        ("sticky", "sticky uses less CPU per delivery")
+) -> (&'static str, String, Vec<Prediction>) {
+    let preds: Vec<Prediction> = SHARED
+        .iter()
+        .map(|s| predict(model, s, nodes, room_size, a))
+        .collect();
+    let mut left: Vec<usize> = (0..SHARED.len())
+        .filter(|i| cpu_known(model, SHARED[*i]))
+        .collect();
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|i| SHARED[*i])
+            .collect::<Vec<_>>()
+            .join(" and ")
     };
-    (w, why, s, p)
+    let mut why = Vec::new();
+    let (fit, unfit): (Vec<usize>, Vec<usize>) = left.iter().partition(|i| preds[**i].fits);
+    if !unfit.is_empty() {
+        why.push(format!(
+            "{} cannot hold the room on one node",
+            names(&unfit)
+        ));
+    }
+    left = fit;
+    let lightest = left
+        .iter()
+        .map(|i| preds[*i].cpu_busiest_node_cores)
+        .fold(f64::INFINITY, f64::min);
+    let (cool, hot): (Vec<usize>, Vec<usize>) = left
+        .iter()
+        .partition(|i| preds[**i].cpu_busiest_node_cores <= 1.5 * lightest);
+    if !hot.is_empty() {
+        why.push(format!(
+            "{}'s busiest node needs over 1.5 times the lightest",
+            names(&hot)
+        ));
+    }
+    left = cool;
+    let Some(w) = left.iter().copied().min_by(|x, y| {
+        preds[*x]
+            .cpu_us_per_delivery
+            .total_cmp(&preds[*y].cpu_us_per_delivery)
+    }) else {
+        return ("pubsub", "no CPU figures to compare".into(), preds);
+    };
+    if left.len() > 1 {
+        why.push(format!("{} uses the least CPU per delivery", SHARED[w]));
+    }
+    (SHARED[w], why.join("; "), preds)
+}
+
+/// The measured hot room of one strategy: its busiest ws-node.
+#[derive(Clone, Copy)]
+struct Hot {
+    busiest: f64,
+    p99_ms: f64,
+    nodes: usize,
+    room_size: usize,
 }
 
 fn measured<'a>(points: &'a [Point], strategy: &str, f: impl Fn(&Point) -> bool) -> Vec<&'a Point> {
@@ -765,14 +858,16 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 
 pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
     let mut v = Verdict::default();
+    // Over the strategies the sweep ran (STRATEGIES may pick fewer).
     let min_points = STRATEGIES
         .iter()
         .map(|s| points.iter().filter(|p| p.strategy == *s).count())
+        .filter(|n| *n > 0)
         .min()
         .unwrap_or(0);
     if min_points < 8 {
         v.warnings.push(format!(
-            "{min_points} points per strategy: too few to fit seven costs with confidence; \
+            "{min_points} points per strategy: too few to fit eight costs with confidence; \
              read the measured points, and run the full sweep before acting on the predictions"
         ));
     }
@@ -799,7 +894,7 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
     }
 
     // One server.
-    let one: Vec<(&str, f64)> = STRATEGIES
+    let one: BTreeMap<&str, f64> = STRATEGIES
         .iter()
         .map(|s| {
             (
@@ -812,41 +907,49 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
             )
         })
         .collect();
-    if one.iter().all(|(_, c)| c.is_finite() && *c > 0.0) {
-        let local = one[0].1;
-        let best_shared = one[1].1.min(one[2].1);
-        let (pick, why) = if local <= best_shared {
+    let shared_one: Vec<(&str, f64)> = SHARED
+        .iter()
+        .map(|s| (*s, one[s]))
+        .filter(|(_, c)| c.is_finite() && *c > 0.0)
+        .collect();
+    let local = one["local"];
+    if local.is_finite() && local > 0.0 && !shared_one.is_empty() {
+        let best = shared_one
+            .iter()
+            .copied()
+            .min_by(|x, y| x.1.total_cmp(&y.1))
+            .expect("not empty");
+        let (pick, why) = if local <= best.1 {
             (
                 "local",
                 "it skips Redis. Keep it while one server holds your connections and traffic; it has no \
                  failover and its history dies with the process",
             )
-        } else if one[1].1 <= one[2].1 {
-            (
-                "sticky",
-                "on this machine Redis cost less than local's own bookkeeping",
-            )
         } else {
             (
-                "pubsub",
+                best.0,
                 "on this machine Redis cost less than local's own bookkeeping",
             )
         };
+        let others: Vec<String> = shared_one
+            .iter()
+            .map(|(s, c)| format!("{} ({s})", fmt_num(*c)))
+            .collect();
+        let mut numbers: BTreeMap<String, f64> = shared_one
+            .iter()
+            .map(|(s, c)| (format!("{s}_cpu_us_per_delivery"), *c))
+            .collect();
+        numbers.insert("local_cpu_us_per_delivery".into(), local);
+        numbers.insert("shared_over_local".into(), best.1 / local);
         v.classes.push(Class {
             workload: "everything fits on one server".into(),
             strategy: pick.into(),
             why: format!(
-                "On one node local delivers for {} µs of CPU per delivery against {} (sticky) and {} (pubsub): {why}.",
+                "On one node local delivers for {} µs of CPU per delivery against {}: {why}.",
                 fmt_num(local),
-                fmt_num(one[1].1),
-                fmt_num(one[2].1)
+                others.join(", ")
             ),
-            numbers: BTreeMap::from([
-                ("local_cpu_us_per_delivery".into(), local),
-                ("sticky_cpu_us_per_delivery".into(), one[1].1),
-                ("pubsub_cpu_us_per_delivery".into(), one[2].1),
-                ("shared_over_local".into(), best_shared / local),
-            ]),
+            numbers,
         });
     }
     // Local on more than one server.
@@ -862,7 +965,7 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         };
         v.classes.push(Class {
             workload: "more than one server, local".into(),
-            strategy: "sticky or pubsub".into(),
+            strategy: "sticky, pubsub or relay".into(),
             why: format!(
                 "Servers that share nothing failed to deliver {:.0} % of messages (measured, {range}): \
                  members on other servers never see them. Predicted for rooms of 10 on 10 nodes: {:.0} %.",
@@ -873,18 +976,28 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         });
     }
     // Small, mid and large rooms on big clusters, from the model.
-    let cpu_known = ["sticky", "pubsub"].iter().all(|s| {
-        model
-            .fit(s, "ws_node_cpu")
-            .is_some_and(|f| f.costs.values().any(|c| *c > 0.0))
-    });
-    if !cpu_known {
-        v.warnings.push(
-            "no CPU figures for sticky and pubsub (runs without --run-dir?): the model cannot compare them"
-                .into(),
-        );
+    let known: Vec<&str> = SHARED
+        .iter()
+        .copied()
+        .filter(|s| cpu_known(model, s))
+        .collect();
+    let missing: Vec<&str> = SHARED
+        .iter()
+        .copied()
+        .filter(|s| !known.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        v.warnings.push(format!(
+            "no CPU figures for {} (not in the sweep, or runs without --run-dir?): the model compares {}",
+            missing.join(" and "),
+            if known.len() > 1 {
+                known.join(", ")
+            } else {
+                "nothing".into()
+            }
+        ));
     }
-    let sizes: &[(&str, usize)] = if cpu_known {
+    let sizes: &[(&str, usize)] = if known.len() > 1 {
         &[
             ("many small rooms (chat, 2–10 members)", 10),
             ("mid-sized rooms (100 members)", 100),
@@ -900,48 +1013,48 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         let mut reasons = Vec::new();
         let mut lines = Vec::new();
         for n in PREDICT_NODES {
-            let (w, why, s, p) = pick(model, n, size, a);
+            let (w, why, preds) = pick(model, n, size, a);
             winners.push(w);
             reasons.push(why);
-            numbers.insert(
-                format!("sticky_cpu_us_per_delivery_{n}_nodes"),
-                s.cpu_us_per_delivery,
-            );
-            numbers.insert(
-                format!("pubsub_cpu_us_per_delivery_{n}_nodes"),
-                p.cpu_us_per_delivery,
-            );
-            numbers.insert(
-                format!("pubsub_redis_cpu_cores_{n}_nodes"),
-                p.redis_cpu_cores,
-            );
-            numbers.insert(
-                format!("sticky_busiest_node_cores_{n}_nodes"),
-                s.cpu_busiest_node_cores,
-            );
-            if !s.fits {
-                lines.push(format!(
-                    "{n} nodes: sticky cannot put {} members on one node; pubsub spreads them at {:.2} cores per node",
-                    fmt_num(size as f64),
-                    p.cpu_per_node_cores
-                ));
-            } else {
-                lines.push(format!(
-                    "{n} nodes: sticky {} µs, pubsub {} µs of CPU per delivery; Redis {:.2} cores (sticky) and {:.2} (pubsub){}; \
-                     busiest node {:.2} cores (sticky) and {:.2} (pubsub)",
-                    fmt_num(s.cpu_us_per_delivery),
-                    fmt_num(p.cpu_us_per_delivery),
-                    s.redis_cpu_cores,
-                    p.redis_cpu_cores,
-                    if p.redis_cpu_cores.max(s.redis_cpu_cores) > 0.8 {
-                        ", near or past one Redis core: shard Redis"
-                    } else {
-                        ""
-                    },
-                    s.cpu_busiest_node_cores,
-                    p.cpu_busiest_node_cores
-                ));
+            let mut cpu = Vec::new();
+            let mut redis = Vec::new();
+            let mut busiest = Vec::new();
+            for (s, p) in SHARED.iter().zip(&preds) {
+                if !known.contains(s) {
+                    continue;
+                }
+                numbers.insert(
+                    format!("{s}_cpu_us_per_delivery_{n}_nodes"),
+                    p.cpu_us_per_delivery,
+                );
+                numbers.insert(format!("{s}_redis_cpu_cores_{n}_nodes"), p.redis_cpu_cores);
+                numbers.insert(
+                    format!("{s}_busiest_node_cores_{n}_nodes"),
+                    p.cpu_busiest_node_cores,
+                );
+                if !p.fits {
+                    cpu.push(format!("{s} cannot hold the room"));
+                    continue;
+                }
+                cpu.push(format!("{s} {} µs", fmt_num(p.cpu_us_per_delivery)));
+                redis.push(format!("{:.2} ({s})", p.redis_cpu_cores));
+                busiest.push(format!("{:.2} ({s})", p.cpu_busiest_node_cores));
             }
+            let past_one = preds
+                .iter()
+                .filter(|p| p.fits)
+                .any(|p| p.redis_cpu_cores > 0.8);
+            lines.push(format!(
+                "{n} nodes: {} of CPU per delivery; Redis cores {}{}; busiest node cores {}",
+                cpu.join(", "),
+                redis.join(", "),
+                if past_one {
+                    ", near or past one Redis core: shard Redis"
+                } else {
+                    ""
+                },
+                busiest.join(", ")
+            ));
         }
         let pick = if winners.iter().all(|w| *w == winners[0]) {
             winners[0].to_owned()
@@ -953,20 +1066,28 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
                 .collect();
             at.join(", ")
         };
-        let mut why_all = reasons.clone();
-        why_all.dedup();
+        // Each reason once, in the order first given.
+        let mut why_all: Vec<&str> = Vec::new();
+        for r in reasons.iter().flat_map(|r| r.split("; ")) {
+            if !r.is_empty() && !why_all.contains(&r) {
+                why_all.push(r);
+            }
+        }
+        let why_all = why_all.join("; ");
         let reason = match pick.as_str() {
             "sticky" => format!(
-                "{}: each message is written to Redis once and delivered from the room's one node, \
-                 while pubsub also relays it through Redis to every node the room spans",
-                why_all.join("; ")
+                "{why_all}: each message is written to Redis once and delivered from the room's one node, \
+                 with no hop between nodes"
             ),
             "pubsub" => format!(
-                "{}: no node has to hold a whole room, and a relay through Redis is shared by all of \
-                 a room's members on that node",
-                why_all.join("; ")
+                "{why_all}: no node has to hold a whole room, and a relay through Redis is shared by all of \
+                 a room's members on that node"
             ),
-            _ => why_all.join("; "),
+            "relay" => format!(
+                "{why_all}: no node has to hold a whole room, Redis writes each message once and carries \
+                 none, and the owner sends it once to each node with members"
+            ),
+            _ => why_all,
         };
         v.classes.push(Class {
             workload: workload.into(),
@@ -976,7 +1097,7 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
         });
     }
     // The hot room, measured: one room over the largest cluster measured.
-    let hot = |strategy: &str| -> Option<(f64, f64, usize, usize)> {
+    let hot = |strategy: &str| -> Option<Hot> {
         let ps = measured(points, strategy, |p| {
             p.rooms == 1 && p.churn == 0.0 && p.nodes > 1
         });
@@ -989,114 +1110,132 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
             .filter(|(k, _)| k.starts_with("node"))
             .map(|(_, v)| *v)
             .fold(0.0, f64::max);
-        (busiest > 0.0).then_some((busiest, p.p99_ms, p.nodes, p.room_size))
+        (busiest > 0.0).then_some(Hot {
+            busiest,
+            p99_ms: p.p99_ms,
+            nodes: p.nodes,
+            room_size: p.room_size,
+        })
     };
-    if let (Some(s), Some(p)) = (hot("sticky"), hot("pubsub")) {
-        let w = if p.0 < s.0 { "pubsub" } else { "sticky" };
+    let hots: Vec<(&str, Hot)> = SHARED
+        .iter()
+        .filter_map(|s| hot(s).map(|h| (*s, h)))
+        .collect();
+    if hots.len() > 1 {
+        let w = hots
+            .iter()
+            .min_by(|x, y| x.1.busiest.total_cmp(&y.1.busiest))
+            .expect("not empty");
+        let first = hots[0].1;
+        let each: Vec<String> = hots
+            .iter()
+            .map(|(s, h)| format!("{s} {:.2} cores (p99 {} ms)", h.busiest, fmt_num(h.p99_ms)))
+            .collect();
+        let mut numbers = BTreeMap::new();
+        for (s, h) in &hots {
+            numbers.insert(format!("{s}_busiest_node_cores"), h.busiest);
+            numbers.insert(format!("{s}_p99_ms"), h.p99_ms);
+        }
         v.classes.push(Class {
-            workload: format!("one hot room (measured: {} members, {} nodes)", p.3, p.2),
-            strategy: w.into(),
+            workload: format!(
+                "one hot room (measured: {} members, {} nodes)",
+                first.room_size, first.nodes
+            ),
+            strategy: w.0.into(),
             why: format!(
-                "Sticky serves the whole room from its owner: the busiest ws-node used {:.2} cores (p99 {} ms); \
-                 pubsub spreads the members, its busiest node used {:.2} cores (p99 {} ms). {}",
-                s.0,
-                fmt_num(s.1),
-                p.0,
-                fmt_num(p.1),
-                if w == "pubsub" {
-                    "With more nodes, pubsub's busiest node gets lighter; sticky's does not."
+                "The busiest ws-node used {}. Sticky serves the whole room from its owner; pubsub spreads \
+                 the members and relays each message through Redis to every node; relay spreads the members \
+                 and its owner sends each message once to every other node. {}",
+                each.join(", "),
+                if w.0 == "sticky" {
+                    "Here the owner's load stayed below what the spread strategies added to their busiest node."
                 } else {
-                    "Here the owner's load stayed below what pubsub's relays added to its busiest node."
+                    "With more nodes, the spread strategies' busiest node gets lighter; sticky's does not."
                 }
             ),
-            numbers: BTreeMap::from([
-                ("sticky_busiest_node_cores".into(), s.0),
-                ("pubsub_busiest_node_cores".into(), p.0),
-                ("sticky_p99_ms".into(), s.1),
-                ("pubsub_p99_ms".into(), p.1),
-            ]),
+            numbers,
         });
     }
     // Churn, measured.
-    let churn: Vec<(&str, f64)> = ["sticky", "pubsub"]
+    let churn: Vec<(&str, f64)> = SHARED
         .iter()
         .map(|s| {
-            let c = model
-                .fit(s, "ws_node_cpu")
-                .and_then(|f| f.costs.get("join").copied())
-                .unwrap_or(f64::NAN)
-                + model
-                    .fit(s, "control_cpu")
-                    .and_then(|f| f.costs.get("join").copied())
-                    .unwrap_or(0.0)
-                + model
-                    .fit(s, "redis_cpu")
-                    .and_then(|f| f.costs.get("join").copied())
-                    .unwrap_or(0.0);
+            let c = model.cost(s, "ws_node_cpu", "join")
+                + model.cost(s, "control_cpu", "join")
+                + model.cost(s, "redis_cpu", "join");
             (*s, c)
         })
+        .filter(|(_, c)| *c > 0.0)
         .collect();
-    if churn.iter().all(|(_, c)| c.is_finite() && *c > 0.0) {
-        let (w, l) = if churn[0].1 <= churn[1].1 {
-            (churn[0], churn[1])
-        } else {
-            (churn[1], churn[0])
-        };
+    if churn.len() > 1 {
+        let w = churn
+            .iter()
+            .min_by(|x, y| x.1.total_cmp(&y.1))
+            .expect("not empty");
+        let each: Vec<String> = churn
+            .iter()
+            .map(|(s, c)| format!("{} µs ({s})", fmt_num(*c)))
+            .collect();
         v.classes.push(Class {
             workload: "heavy membership churn (members come and go)".into(),
             strategy: w.0.into(),
             why: format!(
-                "A leave and rejoin (route, connect, join with since) costs {} µs of CPU in {} against {} µs in {} \
-                 (fitted from the churn points). It matters when joins per second are within two orders of \
-                 magnitude of deliveries per second.",
-                fmt_num(w.1),
-                w.0,
-                fmt_num(l.1),
-                l.0
+                "A leave and rejoin (route, connect, join with since) costs {} of CPU (fitted from the churn \
+                 points). It matters when joins per second are within two orders of magnitude of deliveries \
+                 per second.",
+                each.join(", ")
             ),
-            numbers: BTreeMap::from([
-                ("sticky_join_cpu_us".into(), churn[0].1),
-                ("pubsub_join_cpu_us".into(), churn[1].1),
-            ]),
+            numbers: churn
+                .iter()
+                .map(|(s, c)| (format!("{s}_join_cpu_us"), *c))
+                .collect(),
         });
     }
     // Crossovers.
     let max_measured = points.iter().map(|p| p.nodes).max().unwrap_or(1);
     let mut node_counts = vec![max_measured.max(2)];
     node_counts.extend(PREDICT_NODES);
-    if !cpu_known {
+    if known.len() < 2 {
         node_counts.clear();
     }
     for n in node_counts {
-        let mut from = None;
+        let mut picks: Vec<Segment> = Vec::new();
         let mut stop = None;
-        let mut why = "";
         for size in SCAN {
-            let (w, reason, s, _) = pick(model, n, size, a);
-            if stop.is_none() && !s.fits {
+            let (w, why, preds) = pick(model, n, size, a);
+            if stop.is_none() && !preds[0].fits {
                 stop = Some(size);
             }
-            if from.is_none() && w == "pubsub" {
-                from = Some(size);
-                why = reason;
+            if picks.last().is_none_or(|s| s.strategy != w) {
+                picks.push(Segment {
+                    from_room_size: size,
+                    strategy: w.into(),
+                    why,
+                });
             }
         }
-        let text = match (from, stop) {
-            (Some(2), _) => format!("{n} nodes: pubsub at every room size ({why})"),
-            (Some(f), Some(s)) if f < s => format!(
-                "{n} nodes: sticky for rooms under {f} members; pubsub from {f} ({why}), and the only choice from {s}"
-            ),
-            (_, Some(s)) => format!(
-                "{n} nodes: sticky for every room it can hold; from {s} members only pubsub fits"
-            ),
-            (Some(f), None) => {
-                format!("{n} nodes: sticky under {f} members, pubsub from {f} ({why})")
-            }
-            (None, None) => format!("{n} nodes: sticky at every room size scanned"),
-        };
+        let mut parts = Vec::new();
+        for (i, s) in picks.iter().enumerate() {
+            let upto = picks.get(i + 1).map(|next| next.from_room_size);
+            let range = match (i, upto) {
+                (0, None) => "at every room size scanned".to_owned(),
+                (0, Some(u)) => format!("for rooms under {u}"),
+                (_, _) => format!("from {}", s.from_room_size),
+            };
+            let why = if i == 0 || s.why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.why)
+            };
+            parts.push(format!("{} {range}{why}", s.strategy));
+        }
+        let mut text = format!("{n} nodes: {}", parts.join("; "));
+        if let Some(s) = stop {
+            let _ = write!(text, "; sticky cannot hold rooms from {s} members");
+        }
         v.crossovers.push(Crossover {
             nodes: n,
-            pubsub_from_room_size: from,
+            picks,
             sticky_stops_fitting_at: stop,
             text,
         });
@@ -1153,8 +1292,9 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
          adds latency and per-byte cost the model does not have; cross-node bytes are given so \
          they can be checked against a link."
             .into(),
-        "Members are assumed to land on nodes at random (pubsub, local); an application that groups a \
-         room's members on fewer nodes makes pubsub cheaper than predicted."
+        "Members are assumed to land on nodes at random (pubsub, relay, local), and a relay room's owner \
+         apart from them; an application that groups a room's members on fewer nodes makes pubsub and \
+         relay cheaper than predicted."
             .into(),
         "Sticky assumes one room per connection; a client in rooms owned by several nodes needs a \
          connection to each, which the model does not count."
@@ -1207,7 +1347,7 @@ pub(crate) fn write(o: &MapOpts) -> Result<()> {
     Ok(())
 }
 
-const COLOR: [usize; 3] = [2, 0, 1]; // local green, sticky blue, pubsub red
+const COLOR: [usize; 4] = [2, 0, 1, 3]; // local green, sticky blue, pubsub red, relay the fourth
 
 fn color(strategy: &str) -> usize {
     STRATEGIES
@@ -1359,7 +1499,7 @@ fn charts(sweep: &Sweep) -> Vec<String> {
         },
     );
     out.push(plot(
-        "Deliveries from a publisher on another node: made (pubsub), lost (local)",
+        "Deliveries from a publisher on another node: made (pubsub, relay), lost (local)",
         "nodes",
         "% of deliveries",
         &s,
@@ -1377,7 +1517,7 @@ fn charts(sweep: &Sweep) -> Vec<String> {
     ));
     // Predictions beyond this machine.
     for n in PREDICT_NODES {
-        let s = predicted_series(sweep, &["sticky", "pubsub"], n, |p| p.cpu_us_per_delivery);
+        let s = predicted_series(sweep, &SHARED, n, |p| p.cpu_us_per_delivery);
         out.push(plot(
             &format!("Predicted CPU per delivery, {n} nodes"),
             "members per room (log)",
@@ -1387,13 +1527,9 @@ fn charts(sweep: &Sweep) -> Vec<String> {
             true,
         ));
     }
-    let mut s = predicted_series(sweep, &["sticky"], 100, |p| p.cpu_busiest_node_cores);
-    s.extend(predicted_series(sweep, &["pubsub"], 100, |p| {
-        p.cpu_per_node_cores
-    }));
-    s[0].name = "sticky, busiest node (model)".into();
-    if let Some(x) = s.get_mut(1) {
-        x.name = "pubsub, every node (model)".into();
+    let mut s = predicted_series(sweep, &SHARED, 100, |p| p.cpu_busiest_node_cores);
+    for x in &mut s {
+        x.name = x.name.replace(", 100 nodes", ", busiest node");
     }
     out.push(plot(
         "Predicted CPU of the busiest ws-node, 100 nodes",
@@ -1403,9 +1539,7 @@ fn charts(sweep: &Sweep) -> Vec<String> {
         true,
         true,
     ));
-    let s = predicted_series(sweep, &["sticky", "pubsub"], 100, |p| {
-        p.redis_commands_per_sec
-    });
+    let s = predicted_series(sweep, &SHARED, 100, |p| p.redis_commands_per_sec);
     out.push(plot(
         "Predicted Redis commands per second, 100 nodes",
         "members per room (log)",
@@ -1414,19 +1548,26 @@ fn charts(sweep: &Sweep) -> Vec<String> {
         true,
         true,
     ));
-    let s = vec![Series {
-        name: "pubsub from this room size".into(),
-        pts: sweep
-            .verdict
-            .crossovers
-            .iter()
-            .filter_map(|c| c.pubsub_from_room_size.map(|m| (c.nodes as f64, m as f64)))
-            .collect(),
-        color: 1,
-        dots: false,
-    }];
+    let s: Vec<Series> = SHARED
+        .iter()
+        .map(|s| Series {
+            name: format!("{s}: the smallest room it is picked for"),
+            pts: sweep
+                .verdict
+                .crossovers
+                .iter()
+                .filter_map(|c| {
+                    let seg = c.picks.iter().find(|x| x.strategy == *s)?;
+                    Some((c.nodes as f64, seg.from_room_size as f64))
+                })
+                .collect(),
+            color: color(s),
+            dots: true,
+        })
+        .filter(|s| !s.pts.is_empty())
+        .collect();
     out.push(plot(
-        "Crossover: the room size from which pubsub is the pick",
+        "Crossover: the smallest room size each strategy is picked for",
         "nodes (log)",
         "members per room (log)",
         &s,
@@ -1619,22 +1760,28 @@ mod tests {
             nodes.min(m) as f64
         };
         let deliveries = publishes * m as f64;
-        let relays = if strategy == "pubsub" {
+        let fanouts = if strategy == "pubsub" {
             publishes * spread
+        } else {
+            0.0
+        };
+        let hops = if strategy == "relay" {
+            publishes * (1.0 + spread)
         } else {
             0.0
         };
         let conns = (rooms * m) as f64;
         let node_us = 5.0 * deliveries
             + 20.0 * publishes
-            + 15.0 * relays
+            + 15.0 * fanouts
+            + 8.0 * hops
             + 300.0 * churn
             + 0.5 * conns
             + 2000.0 * nodes as f64;
         let redis_us = if strategy == "local" {
             0.0
         } else {
-            30.0 * publishes + 4.0 * relays + 50.0 * churn + 1.0 * rooms as f64
+            30.0 * publishes + 4.0 * fanouts + 50.0 * churn + 1.0 * rooms as f64
         };
         let cmds = if strategy == "local" {
             0.0
@@ -1652,7 +1799,8 @@ mod tests {
             connections: conns as u64,
             deliveries_per_sec: deliveries,
             publishes_per_sec: publishes,
-            relays_per_sec: relays,
+            fanouts_per_sec: fanouts,
+            hops_per_sec: hops,
             joins_per_sec: churn,
             nodes_per_room: spread,
             cpu_cores: Cores {
@@ -1711,21 +1859,52 @@ mod tests {
         };
         close("delivery", 5.0);
         close("publish", 20.0);
-        close("relay", 15.0);
+        close("fanout", 15.0);
         close("join", 300.0);
         close("node", 2000.0);
         assert!(f.held_out.max_error.unwrap() < 0.01, "{:?}", f.held_out);
-        // Sticky has no relay term; local no Redis at all.
+        // Sticky has no fan-out or hop term; local no Redis at all.
+        let sticky = &model.fit("sticky", "ws_node_cpu").unwrap().costs;
+        assert!(!sticky.contains_key("fanout") && !sticky.contains_key("hop"));
+        // Relay's hop is told apart from its publish and delivery.
+        let r = &model.fit("relay", "ws_node_cpu").unwrap().costs;
+        assert!((r["hop"] - 8.0).abs() < 0.08, "{r:?}");
+        assert!((r["delivery"] - 5.0).abs() < 0.05, "{r:?}");
+        assert!(!r.contains_key("fanout"));
         assert!(
             !model
-                .fit("sticky", "ws_node_cpu")
+                .fit("relay", "redis_cpu")
                 .unwrap()
                 .costs
-                .contains_key("relay")
+                .contains_key("hop")
         );
         assert!(model.fit("local", "redis_cpu").is_none());
         let r = model.fit("sticky", "redis_commands").unwrap();
         assert!((r.costs["publish"] - 3.0).abs() < 0.03, "{:?}", r.costs);
+    }
+
+    #[test]
+    fn a_dear_hop_hands_the_hot_room_to_pubsub() {
+        // The same grid with relay's hop five times dearer (40 µs).
+        let mut pts = grid();
+        for p in pts.iter_mut().filter(|p| p.strategy == "relay") {
+            p.cpu_cores.ws_nodes += 32.0 * p.hops_per_sec / 1e6;
+        }
+        let sweep = build(pts, assumptions(), "test");
+        let r = &sweep.model.fit("relay", "ws_node_cpu").unwrap().costs;
+        assert!((r["hop"] - 40.0).abs() < 0.4, "{r:?}");
+        let class = |w: &str| {
+            sweep
+                .verdict
+                .classes
+                .iter()
+                .find(|c| c.workload.starts_with(w))
+                .unwrap()
+                .strategy
+                .clone()
+        };
+        assert_eq!(class("one hot room"), "pubsub");
+        assert_eq!(class("many small rooms"), "sticky");
     }
 
     #[test]
@@ -1751,6 +1930,21 @@ mod tests {
         let small = p("pubsub", 100, 10);
         assert!((small.cross_node_messages_per_sec / small.publishes_per_sec - 9.56).abs() < 0.05);
         assert_eq!(p("sticky", 100, 10).cross_node_messages_per_sec, 0.0);
+        // Relay: to the owner unless the publisher is on it, then from it
+        // to every other node with members: 0.99 × (1 + 9.56).
+        let r = p("relay", 100, 10);
+        assert!((r.cross_node_messages_per_sec / r.publishes_per_sec - 10.45).abs() < 0.05);
+        assert_eq!(
+            r.redis_commands_per_sec,
+            p("sticky", 100, 10).redis_commands_per_sec
+        );
+        // A relay room larger than a node fits, its owner the busiest.
+        let big = p("relay", 10, 100_000);
+        assert!(big.fits && big.cpu_busiest_node_cores > big.cpu_per_node_cores);
+        assert_eq!(
+            p("relay", 10, 10).cpu_busiest_node_cores,
+            p("relay", 10, 10).cpu_per_node_cores
+        );
         // A sticky room larger than a node does not fit, and its node is hot.
         let hot = p("sticky", 10, 100_000);
         assert!(!hot.fits && hot.cpu_busiest_node_cores > 5.0 * hot.cpu_per_node_cores);
@@ -1758,7 +1952,8 @@ mod tests {
         // Local loses what crosses nodes.
         // (the sender's own copy always arrives: 9/10 of 49/50 do not).
         assert!((p("local", 50, 10).undelivered_share - 0.9 * 0.98).abs() < 1e-9);
-        // With these costs sticky wins small rooms, pubsub the hot room.
+        // With these costs sticky wins small rooms, relay (a hop costs less
+        // than pubsub's fan-out at both ends) the hot room.
         let v = &sweep.verdict;
         let class = |w: &str| {
             v.classes
@@ -1767,14 +1962,23 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(class("many small rooms").strategy, "sticky");
-        assert_eq!(class("one hot room").strategy, "pubsub");
+        assert_eq!(class("one hot room").strategy, "relay");
         assert_eq!(class("everything fits").strategy, "local");
         assert!(
             v.crossovers
                 .iter()
                 .all(|c| c.sticky_stops_fitting_at == Some(50_000))
         );
-        assert_eq!(sweep.model.predictions.len(), 3 * 3 * 5);
+        for c in &v.crossovers {
+            assert_eq!(c.picks[0].strategy, "sticky", "{}", c.text);
+            assert_eq!(c.picks.last().unwrap().strategy, "relay", "{}", c.text);
+            assert!(
+                c.picks
+                    .windows(2)
+                    .all(|w| w[0].from_room_size < w[1].from_room_size)
+            );
+        }
+        assert_eq!(sweep.model.predictions.len(), 4 * 3 * 5);
         let html = report(&sweep);
         assert!(html.contains("<circle") && html.contains("<polyline") && html.contains("Verdict"));
     }

@@ -208,3 +208,54 @@ async fn redis_memory_one(url: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Relay: messages the ws-nodes have sent one another over gRPC so far
+/// (publishes forwarded to a room's owner, items an owner streamed to its
+/// followers), from each node's `/metrics` beside its WebSocket URL. None
+/// when a node did not answer.
+pub(crate) async fn relay_hops(ws_urls: &[String]) -> Option<u64> {
+    let mut total = 0;
+    for url in ws_urls {
+        let base = url
+            .replacen("ws://", "http://", 1)
+            .replacen("wss://", "https://", 1);
+        let base = base.strip_suffix("/ws").unwrap_or(&base);
+        let page = crate::http::get_text(&format!("{base}/metrics"))
+            .await
+            .ok()?;
+        total += counter(&page, "turnout_relay_forwarded_total")
+            + counter(&page, "turnout_relay_items_sent_total");
+    }
+    Some(total)
+}
+
+/// A counter's value on a Prometheus text page, summed over its label
+/// sets (0 when absent).
+fn counter(page: &str, name: &str) -> u64 {
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    #[test]
+    fn counters_are_read_by_exact_name() {
+        let page = "# HELP turnout_relay_forwarded_total x\n\
+                    turnout_relay_forwarded_total{process=\"ws-node\",node=\"node-1\"} 12\n\
+                    turnout_relay_forwarded_total_other{node=\"x\"} 99\n\
+                    turnout_relay_forwarded_totals 98\n\
+                    turnout_relay_items_sent_total 3e2\n";
+        assert_eq!(super::counter(page, "turnout_relay_forwarded_total"), 12);
+        assert_eq!(super::counter(page, "turnout_relay_items_sent_total"), 300);
+        assert_eq!(super::counter(page, "turnout_missing_total"), 0);
+    }
+}

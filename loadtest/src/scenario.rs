@@ -327,6 +327,15 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         .map(sample::processes)
         .unwrap_or_default();
     let cpu0: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
+    let node_urls: Vec<String> = nodes_mid
+        .iter()
+        .filter_map(|n| n["url"].as_str().map(str::to_owned))
+        .collect();
+    let hops0 = if strategy == "relay" {
+        sample::relay_hops(&node_urls).await
+    } else {
+        None
+    };
     let redis0 = match &o.redis_url {
         Some(u) => sample::redis_counts(u).await,
         None => None,
@@ -441,6 +450,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     let bench_cpu_seconds = bench_cpu() - bench_cpu0;
     driver.stop().await?;
     let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
+    let hops1 = match hops0 {
+        Some(_) => sample::relay_hops(&node_urls).await,
+        None => None,
+    };
     let rss1: Vec<Option<u64>> = procs.iter().map(|(_, p)| sample::rss_kib(*p)).collect();
     let redis1 = match &o.redis_url {
         Some(u) => sample::redis_counts(u).await,
@@ -660,6 +673,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
             (delivered as f64 * cross_node_share).round() as u64
         },
         nodes_per_room: tally.nodes_per_room,
+        node_hops: match (hops0, hops1) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        },
         churn: o.churn,
         rejoins: totals.members.iter().map(|m| m.rejoins).sum(),
         duplicated: totals.duplicated,

@@ -435,6 +435,11 @@ pub struct RunResult {
     /// The mean number of nodes a room's members are on.
     #[serde(default)]
     pub nodes_per_room: f64,
+    /// Relay: messages the ws-nodes sent one another over gRPC in the
+    /// measured window (publishes forwarded to owners, items owners
+    /// streamed to followers), from their `turnout_relay_*` counters.
+    #[serde(default)]
+    pub node_hops: u64,
     /// Churn asked for (joins per second), and the joins after leaving on
     /// purpose that members made while measuring.
     #[serde(default)]

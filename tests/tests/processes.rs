@@ -376,7 +376,12 @@ async fn sweep_runs_count_churn_and_cross_node_traffic_and_map_them() -> Result<
     std::fs::create_dir_all(&dir)?;
     let bench = binary("turnout-bench");
     let mut files = Vec::new();
-    for strategy in [Strategy::Local, Strategy::Sticky, Strategy::Pubsub] {
+    for strategy in [
+        Strategy::Local,
+        Strategy::Sticky,
+        Strategy::Pubsub,
+        Strategy::Relay,
+    ] {
         let c = Cluster::start(2, strategy).await?;
         let name = format!("{strategy:?}").to_lowercase();
         for (members, churn) in [(2, "0"), (8, "20")] {
@@ -418,11 +423,21 @@ async fn sweep_runs_count_churn_and_cross_node_traffic_and_map_them() -> Result<
                 (_, 8) => assert!(spread > 1.5 && share > 0.2, "{name}: {spread} {share}"),
                 _ => {}
             }
+            // Relay: rooms of 8 on both nodes, so their owner streams to the
+            // other; the nodes' own counters say how often.
+            let hops = r["node_hops"].as_u64().unwrap_or(0);
+            match (strategy, members) {
+                (Strategy::Relay, 8) => assert!(hops > 0, "relay: no hop counted {r}"),
+                (Strategy::Relay, _) => {}
+                _ => assert_eq!(hops, 0, "{name}"),
+            }
             let cross = r["cross_node_deliveries"].as_u64().unwrap_or(0);
             let undelivered = r["undelivered_cross_node"].as_u64().unwrap_or(0);
             match strategy {
                 Strategy::Local if members == 8 => assert!(undelivered > 0 && cross == 0),
-                Strategy::Pubsub if members == 8 => assert!(cross > 0 && undelivered == 0),
+                Strategy::Pubsub | Strategy::Relay if members == 8 => {
+                    assert!(cross > 0 && undelivered == 0)
+                }
                 Strategy::Sticky => assert_eq!((cross, undelivered), (0, 0)),
                 _ => {}
             }
@@ -456,16 +471,23 @@ async fn sweep_runs_count_churn_and_cross_node_traffic_and_map_them() -> Result<
     assert!(status.success(), "turnout-bench map failed: {status}");
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("sweep.json"))?)?;
     let points = s["points"].as_array().expect("points");
-    assert_eq!(points.len(), 6);
+    assert_eq!(points.len(), 8);
     for p in points {
         assert_eq!(p["nodes"], 2, "{p}");
         assert!(p["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
         assert!(p["run"]["latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0);
-        let relays = p["relays_per_sec"].as_f64().unwrap_or(0.0);
-        assert_eq!(relays > 0.0, p["strategy"] == "pubsub", "{p}");
+        let fanouts = p["fanouts_per_sec"].as_f64().unwrap_or(0.0);
+        assert_eq!(fanouts > 0.0, p["strategy"] == "pubsub", "{p}");
+        let hops = p["hops_per_sec"].as_f64().unwrap_or(0.0);
+        if p["strategy"] != "relay" {
+            assert_eq!(hops, 0.0, "{p}");
+        } else if p["room_size"] == 8 {
+            assert!(hops > 0.0, "{p}");
+        }
     }
     let predictions = s["model"]["predictions"].as_array().expect("predictions");
-    assert_eq!(predictions.len(), 3 * 3 * 5);
+    // Every strategy is predicted, run or not.
+    assert_eq!(predictions.len(), 4 * 3 * 5);
     assert!(
         predictions
             .iter()
