@@ -209,24 +209,42 @@ async fn redis_memory_one(url: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Relay: messages the ws-nodes have sent one another over gRPC so far
+/// Relay: messages each ws-node has sent others over gRPC so far
 /// (publishes forwarded to a room's owner, items an owner streamed to its
-/// followers), from each node's `/metrics` beside its WebSocket URL. None
-/// when a node did not answer.
-pub(crate) async fn relay_hops(ws_urls: &[String]) -> Option<u64> {
-    let mut total = 0;
-    for url in ws_urls {
+/// followers), from its `/metrics` beside its WebSocket URL, all nodes at
+/// once. None when a node did not answer within 3 s.
+pub(crate) async fn relay_hops(ws_urls: &[String]) -> Option<Vec<u64>> {
+    if ws_urls.is_empty() {
+        return None;
+    }
+    let pages = futures_util::future::join_all(ws_urls.iter().map(|url| {
         let base = url
             .replacen("ws://", "http://", 1)
             .replacen("wss://", "https://", 1);
-        let base = base.strip_suffix("/ws").unwrap_or(&base);
-        let page = crate::http::get_text(&format!("{base}/metrics"))
-            .await
-            .ok()?;
-        total += counter(&page, "turnout_relay_forwarded_total")
-            + counter(&page, "turnout_relay_items_sent_total");
+        let base = base.strip_suffix("/ws").unwrap_or(&base).to_owned();
+        async move { crate::http::get_text(&format!("{base}/metrics")).await }
+    }))
+    .await;
+    pages
+        .into_iter()
+        .map(|p| {
+            let page = p.ok()?;
+            Some(
+                counter(&page, "turnout_relay_forwarded_total")
+                    + counter(&page, "turnout_relay_items_sent_total"),
+            )
+        })
+        .collect()
+}
+
+/// The hops of a window from each node's counts at its start and end;
+/// None when a node's count went down (it restarted: what it sent before
+/// is gone) or the nodes differ.
+pub(crate) fn hops_between(start: &[u64], end: &[u64]) -> Option<u64> {
+    if start.len() != end.len() {
+        return None;
     }
-    Some(total)
+    start.iter().zip(end).map(|(a, b)| b.checked_sub(*a)).sum()
 }
 
 /// A counter's value on a Prometheus text page, summed over its label
@@ -257,5 +275,13 @@ mod metrics_tests {
         assert_eq!(super::counter(page, "turnout_relay_forwarded_total"), 12);
         assert_eq!(super::counter(page, "turnout_relay_items_sent_total"), 300);
         assert_eq!(super::counter(page, "turnout_missing_total"), 0);
+    }
+
+    #[test]
+    fn hops_are_summed_per_node_and_a_restart_voids_them() {
+        use super::hops_between;
+        assert_eq!(hops_between(&[10, 20], &[15, 40]), Some(25));
+        assert_eq!(hops_between(&[10, 20], &[15, 5]), None);
+        assert_eq!(hops_between(&[10], &[15, 40]), None);
     }
 }

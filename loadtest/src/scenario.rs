@@ -450,13 +450,14 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     let bench_cpu_seconds = bench_cpu() - bench_cpu0;
     driver.stop().await?;
     let cpu1: Vec<Option<f64>> = procs.iter().map(|(_, p)| sample::cpu_seconds(*p)).collect();
-    let hops1 = match hops0 {
-        Some(_) => sample::relay_hops(&node_urls).await,
-        None => None,
-    };
     let rss1: Vec<Option<u64>> = procs.iter().map(|(_, p)| sample::rss_kib(*p)).collect();
     let redis1 = match &o.redis_url {
         Some(u) => sample::redis_counts(u).await,
+        None => None,
+    };
+    // After the window's other samples: a slow node must not stretch it.
+    let hops1 = match hops0 {
+        Some(_) => sample::relay_hops(&node_urls).await,
         None => None,
     };
     let rss_after = idle_pid.as_ref().and_then(|(_, p)| sample::rss_kib(*p));
@@ -674,8 +675,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         },
         nodes_per_room: tally.nodes_per_room,
         node_hops: match (hops0, hops1) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
-            _ => 0,
+            (Some(a), Some(b)) => sample::hops_between(&a, &b),
+            _ => None,
         },
         churn: o.churn,
         rejoins: totals.members.iter().map(|m| m.rejoins).sum(),

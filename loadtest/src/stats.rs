@@ -438,8 +438,10 @@ pub struct RunResult {
     /// Relay: messages the ws-nodes sent one another over gRPC in the
     /// measured window (publishes forwarded to owners, items owners
     /// streamed to followers), from their `turnout_relay_*` counters.
-    #[serde(default)]
-    pub node_hops: u64,
+    /// None: not relay, or not every node answered at both ends of the
+    /// window (a node died or restarted, or its page could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_hops: Option<u64>,
     /// Churn asked for (joins per second), and the joins after leaving on
     /// purpose that members made while measuring.
     #[serde(default)]
