@@ -515,3 +515,51 @@ async fn evicted_seq_counter_continues_after_history() -> Result<()> {
     assert_eq!(a.messages_until("cnt", 4).await?, vec![1, 2, 3, 4]);
     Ok(())
 }
+
+/// A node told to stop while Redis does not answer (its heartbeat, a publish
+/// and the drain's own announcement all waiting on it) still stops within
+/// `drain_grace` and the two leaving steps: whatever runs it (Kubernetes,
+/// compose, the fault campaign) kills it soon after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_within_its_grace_while_redis_stalls() -> Result<()> {
+    for strategy in [
+        Strategy::Sticky,
+        Strategy::Pubsub,
+        Strategy::Relay,
+        Strategy::Local,
+    ] {
+        let redis = Redis::start().await?;
+        let grace = Duration::from_secs(1);
+        let node = start_node(turnout_ws_node::Settings {
+            drain_grace: grace,
+            ..node_settings(&redis.url(), strategy)
+        })
+        .await;
+        let mut c = Client::connect(&node.ws_url()).await?;
+        c.join("stall").await?;
+        c.publish("stall", json!(1), "p1").await?;
+        redis.pause()?;
+        // A publish waits on Redis, and so does the heartbeat: the node
+        // says its lease may have lapsed once one went unanswered (a local
+        // node, which has no lease, once one timed out).
+        c.send_json(json!({"type": "publish", "room": "stall", "data": 2, "id": "p2"}))
+            .await?;
+        let needle = match strategy {
+            Strategy::Local => "heartbeat not acknowledged",
+            _ => "lease",
+        };
+        readyz_refusal(&node, needle).await?;
+        let bound = grace + 2 * turnout_ws_node::LEAVE_CALL;
+        let started = tokio::time::Instant::now();
+        node.stop.cancel();
+        let ended = tokio::time::timeout(bound + Duration::from_millis(500), node.task).await;
+        redis.resume()?;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "{strategy:?}: the node did not stop cleanly within {bound:?} (+0.5 s) while Redis \
+             stalled: {ended:?} after {:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}

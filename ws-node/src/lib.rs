@@ -37,5 +37,5 @@ pub mod settings;
 mod store;
 mod strategy;
 
-pub use node::{NodeError, run};
+pub use node::{LEAVE_CALL, NodeError, run};
 pub use settings::Settings;

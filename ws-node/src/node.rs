@@ -260,13 +260,21 @@ pub async fn run(
     }
     drain(&state).await;
     // Leave the live set before the port closes, so nobody is sent to a
-    // closed port in between.
+    // closed port in between. The heartbeat may be waiting on a Redis that
+    // does not answer: it is stopped where it is (a write it already sent
+    // still reaches Redis before the leaving one, on the same connection).
     stop.cancel();
+    heartbeat.abort();
     let _ = heartbeat.await;
     // Redis may be gone: leaving is best effort, the heartbeat expires anyway.
-    let _ = tokio::time::timeout(SHUTDOWN_CALL, heartbeat::deregister(&state)).await;
+    if tokio::time::timeout(LEAVE_CALL, heartbeat::deregister(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!("Redis did not answer the leaving call in time; the heartbeat will expire");
+    }
     server_stop.cancel();
-    match tokio::time::timeout(Duration::from_secs(2), server).await {
+    match tokio::time::timeout(LEAVE_CALL, server).await {
         Ok(Ok(r)) => r?,
         _ => tracing::debug!("HTTP server did not stop in time"),
     }
@@ -274,27 +282,36 @@ pub async fn run(
     Ok(())
 }
 
-/// How long a Redis call on the way out may take: a node must stop within
-/// its grace time even when Redis is gone.
-const SHUTDOWN_CALL: Duration = Duration::from_secs(2);
+/// How long each step after the drain may take (leaving the live set, closing
+/// the port): a node stops within `drain_grace` + 2 × this even when Redis
+/// does not answer.
+pub const LEAVE_CALL: Duration = Duration::from_secs(1);
+
+/// How long announcing the drain may take; it counts against `drain_grace`.
+const ANNOUNCE_CALL: Duration = Duration::from_secs(2);
 
 /// Drain: stop taking rooms, announce it, tell clients to reconnect (1012),
-/// and wait for their sessions within `drain_grace`.
+/// and wait for their sessions, all within `drain_grace`.
 async fn drain(state: &Arc<NodeState>) {
+    let grace = state.settings.drain_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     state.draining.store(true, Ordering::Release);
     let n = state.conns.len();
-    tracing::info!(connections = n, grace = ?state.settings.drain_grace, "draining");
+    tracing::info!(connections = n, ?grace, "draining");
     let announce = async {
         heartbeat::write(state, true).await;
         heartbeat::mark_draining(state, true).await;
     };
-    if tokio::time::timeout(SHUTDOWN_CALL, announce).await.is_err() {
+    if tokio::time::timeout(ANNOUNCE_CALL.min(grace), announce)
+        .await
+        .is_err()
+    {
         tracing::warn!("Redis did not take the draining mark in time; draining anyway");
     }
     state.hub.strategy.drain();
     state.hub.send_away(&state.conns, "draining");
     state.sessions.close();
-    if tokio::time::timeout(state.settings.drain_grace, state.sessions.wait())
+    if tokio::time::timeout_at(deadline, state.sessions.wait())
         .await
         .is_err()
     {

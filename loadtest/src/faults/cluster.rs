@@ -398,13 +398,17 @@ impl Cluster {
         let _ = redis_cmd(self.redis.port, &["CONFIG", "SET", "maxmemory", "0"]).await;
         let mut procs = vec![&mut self.router, &mut self.gateway];
         procs.extend(self.nodes.iter_mut().map(|n| &mut n.proc));
-        for p in procs {
+        // All run again before any is waited for: a gateway is ready only
+        // once it sees a node.
+        for p in &mut procs {
             if let Some(pid) = p.pid() {
                 let _ = signal(pid, "-CONT").await;
             }
             if !p.running() {
                 p.spawn().await?;
             }
+        }
+        for p in procs {
             p.wait_ready(Duration::from_secs(30)).await?;
         }
         self.wait_nodes(Duration::from_secs(30)).await
@@ -576,11 +580,18 @@ impl Cluster {
                 let node = self.node(&f.target)?;
                 // A drain that outlasts the fault is waited for: it must end
                 // within its grace time.
-                match node.proc.terminate(grace).await {
-                    Some(s) if s.success() => {}
-                    other => bail!("{} did not drain cleanly: {other:?}", node.id),
-                }
+                let status = node.proc.terminate(grace).await;
+                // Back either way, so that one bad drain does not leave the
+                // rest of the run a node short.
                 node.proc.spawn().await?;
+                match status {
+                    Some(s) if s.success() => {}
+                    Some(s) => bail!("{} did not drain cleanly: it exited with {s}", node.id),
+                    None => bail!(
+                        "{} did not drain cleanly: it still ran {grace:?} after SIGTERM (killed)",
+                        node.id
+                    ),
+                }
             }
             Kind::GatewayRestart => self.gateway.spawn().await?,
             Kind::RouterRestart => self.router.spawn().await?,
