@@ -89,6 +89,88 @@ impl SettingsError {
     }
 }
 
+/// Every key that some turnout process takes from a settings file. One
+/// file serves a whole cluster: each process passes over the keys of the
+/// others and refuses any key not here (a typo), naming it. Each process's
+/// tests check that its own keys are listed ([`unlisted_keys`]).
+pub const CLUSTER_KEYS: &[&str] = &[
+    "advertise_url",
+    "api_key",
+    "bus_buffer",
+    "bus_buffer_bytes",
+    "dedupe_window",
+    "drain_grace",
+    "handshake_timeout",
+    "heartbeat_interval",
+    "heartbeat_ttl",
+    "history_size",
+    "http2_keepalive",
+    "http_idle_timeout",
+    "idle_timeout",
+    "inbox",
+    "inbox_size",
+    "insecure",
+    "internal_token",
+    "jwt_audience",
+    "jwt_issuer",
+    "jwt_public_key",
+    "jwt_secret",
+    "listen",
+    "load_factor",
+    "max_accept_burst",
+    "max_accept_rate",
+    "max_body_bytes",
+    "max_client_streams",
+    "max_connect_burst_per_ip",
+    "max_connect_rate_per_ip",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_frame_burst",
+    "max_frame_bytes",
+    "max_frame_rate",
+    "max_join_burst",
+    "max_join_rate",
+    "max_placement_rate",
+    "max_publish_burst",
+    "max_publish_rate",
+    "max_replay_bytes",
+    "max_rooms_per_conn",
+    "max_rooms_per_minute",
+    "max_streams_per_ip",
+    "max_streams_per_user",
+    "max_subscribers",
+    "node_id",
+    "ping_interval",
+    "placement_ttl",
+    "poll_interval",
+    "presence_limit",
+    "presence_ttl",
+    "redis_ca_file",
+    "redis_cluster",
+    "redis_url",
+    "room_ttl",
+    "router_url",
+    "rpc_timeout",
+    "send_queue",
+    "send_queue_bytes",
+    "sse_keepalive",
+    "strategy",
+    "stream_buffer_bytes",
+    "subscriber_buffer",
+    "subscriber_buffer_bytes",
+    "upstream_timeout",
+];
+
+/// The keys of settings struct `T` missing from [`CLUSTER_KEYS`] (none, or
+/// a file holding them would be refused by every other process).
+pub fn unlisted_keys<'de, T: serde::Deserialize<'de>>() -> Vec<&'static str> {
+    serde_aux::serde_introspection::serde_introspect::<T>()
+        .iter()
+        .copied()
+        .filter(|k| !CLUSTER_KEYS.contains(k))
+        .collect()
+}
+
 /// Checks that need more than one field or more than a type.
 pub trait Validate {
     fn validate(&self) -> Result<(), SettingsError>;
@@ -117,7 +199,14 @@ where
             message: e.to_string(),
         })?;
         if let serde_json::Value::Object(map) = value {
-            merged.extend(map);
+            // Another process's keys are passed over; a key no process
+            // takes stays, and is refused by name below.
+            let own = serde_aux::serde_introspection::serde_introspect::<T>();
+            merged.extend(
+                map.into_iter().filter(|(k, _)| {
+                    own.contains(&k.as_str()) || !CLUSTER_KEYS.contains(&k.as_str())
+                }),
+            );
         }
     }
     let over =
@@ -299,6 +388,12 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_are_sorted_and_unique() {
+        assert!(CLUSTER_KEYS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(unlisted_keys::<S>(), ["n"]);
+    }
+
+    #[test]
     fn listen_specs() {
         let l: ListenSpec = "127.0.0.1:9000-9099".parse().unwrap();
         assert_eq!(l.ports, 9000..=9099);
@@ -332,6 +427,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+
+        // Another process's key is passed over, and only from the file.
+        std::fs::write(&file, "n = 2\napi_key = \"k\"\n").unwrap();
+        let s: S = load(&serde_json::json!({}), Some(&file)).unwrap();
+        assert_eq!(s.n, 2);
+        let e = load::<S, _>(&serde_json::json!({"api_key": "k"}), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api_key"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 }

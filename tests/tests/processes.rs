@@ -86,6 +86,39 @@ fn bad_settings_stop_the_process_naming_the_setting() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// One settings file serves the whole cluster: each process passes over the
+/// keys of the others, and every process names a key none takes.
+#[test]
+fn one_settings_file_serves_every_process() {
+    let dir = std::env::temp_dir().join(format!("turnout-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A key of each process, and one value every process refuses: a process
+    // that did not pass over another's key would name that key instead
+    // (keys are read in order, and these come before `strategy`).
+    let shared = dir.join("cluster.toml");
+    std::fs::write(
+        &shared,
+        "api_key = \"0123456789abcdef\"\nheartbeat_interval = \"500ms\"\n\
+         history_size = 50\nload_factor = 1.5\nrouter_url = \"http://router:7070\"\n\
+         strategy = \"roundrobin\"\n",
+    )
+    .unwrap();
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "api_key = \"0123456789abcdef\"\nhistory_sise = 5\n").unwrap();
+    for bin in ["turnout-ws-node", "turnout-router", "turnout-gateway"] {
+        let (code, err) = run_fail(bin, &[], &["--config", shared.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{bin}: {err}");
+        assert!(
+            err.contains("`strategy`") && !err.contains("api_key") && !err.contains("history_size"),
+            "{bin} passes over the others' keys: {err}"
+        );
+        let (code, err) = run_fail(bin, &[], &["--config", typo.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{bin}: {err}");
+        assert!(err.contains("history_sise"), "{bin} names the typo: {err}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 async fn live_ids(client: &mut RouterClient<Channel>) -> Vec<(String, String)> {
     match client.nodes(NodesRequest {}).await {
         Ok(r) => r

@@ -433,3 +433,17 @@ impl Settings {
         turnout_common::settings::load(&cli, cli.common.config.as_deref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// One settings file serves a whole cluster: the others pass over a
+    /// key only if it is listed.
+    #[test]
+    fn every_key_is_a_cluster_key() {
+        let unlisted = turnout_common::settings::unlisted_keys::<super::Settings>();
+        assert!(
+            unlisted.is_empty(),
+            "add {unlisted:?} to turnout_common::settings::CLUSTER_KEYS"
+        );
+    }
+}
