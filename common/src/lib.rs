@@ -15,11 +15,13 @@
 //! - [`readiness`]: what a process waits for, for `/readyz` and its log, and
 //!   the app it serves while it starts.
 //! - [`grpc`]: health and reflection services for every gRPC port.
+//! - [`namespaces`]: per-namespace room options (`[namespaces.<name>]`).
 
 pub mod auth;
 pub mod backoff;
 pub mod grpc;
 pub mod metrics;
+pub mod namespaces;
 pub mod net;
 pub mod placement;
 pub mod readiness;

@@ -139,6 +139,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "max_streams_per_ip",
     "max_streams_per_user",
     "max_subscribers",
+    "namespaces",
     "node_id",
     "ping_interval",
     "placement_ttl",

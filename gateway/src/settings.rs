@@ -156,6 +156,10 @@ pub struct Settings {
     pub bus_buffer_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// `[namespaces.<name>]` tables (the settings file only): the gateway
+    /// reads whether a namespace has presence.
+    pub namespaces:
+        std::collections::BTreeMap<String, turnout_common::namespaces::NamespaceSettings>,
 }
 
 impl Default for Settings {
@@ -194,11 +198,20 @@ impl Default for Settings {
             bus_buffer: 65_536,
             bus_buffer_bytes: 64 << 20,
             sse_keepalive: Duration::from_secs(15),
+            namespaces: Default::default(),
         }
     }
 }
 
 impl Settings {
+    /// Whether `room`'s namespace shows who is in its rooms.
+    pub fn presence_on(&self, room: &str) -> bool {
+        turnout_common::namespaces::namespace_of(room)
+            .and_then(|ns| self.namespaces.get(ns))
+            .and_then(|n| n.presence)
+            .unwrap_or(true)
+    }
+
     /// What every connection to this process may cost in time.
     pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
         turnout_common::serve::ServeLimits {
@@ -236,6 +249,7 @@ impl Settings {
 
 impl Validate for Settings {
     fn validate(&self) -> Result<(), SettingsError> {
+        turnout_common::namespaces::validate(&self.namespaces)?;
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
         require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;

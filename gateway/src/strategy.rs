@@ -314,6 +314,12 @@ impl Gateway {
 
     /// Users present in `room`.
     pub(crate) async fn presence(&self, room: &RoomName) -> Result<Vec<String>, ApiError> {
+        if !self.settings.presence_on(room) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "presence is off in this room's namespace (presence = false)",
+            ));
+        }
         if self.strategy() == Strategy::Local {
             let node = self.api_node(room).await?;
             let req = PresenceRequest {

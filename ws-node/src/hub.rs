@@ -171,7 +171,8 @@ impl Hub {
             }
             Some(_) => {
                 self.metrics.published.inc();
-                if matches!(origin, Origin::Client(_)) && self.store.config().inbox_size > 0 {
+                if matches!(origin, Origin::Client(_)) && self.store.global_config().inbox_size > 0
+                {
                     self.metrics.inbox_appended.inc();
                 }
             }
@@ -320,7 +321,7 @@ impl Hub {
             // after it, is lost: any change means messages were still
             // arriving (e.g. replies delayed by a Redis reconnect).
             let waiting_for_replies =
-                self.store.config().history_size == 0 && started.elapsed() < REPLY_WAIT;
+                self.store.config(&room).history_size == 0 && started.elapsed() < REPLY_WAIT;
             if !waiting_for_replies
                 && let Some((lost, ready)) = r.seq.give_up(last, first_pending, first_found)
             {
@@ -396,7 +397,7 @@ impl Hub {
             }
             return true;
         };
-        let keep = self.store.config().history_size.max(1);
+        let keep = self.store.config(room).history_size.max(1);
         let resetting = self.rooms.get(room).is_some_and(|r| r.resetting);
         let mut read = true;
         let mut from = cursor.last();

@@ -62,7 +62,7 @@ impl Hub {
             return Err(e);
         }
         let (since_arg, limit) = match since {
-            Some(s) => (s, self.store.config().history_size),
+            Some(s) => (s, self.store.config(room).history_size),
             None => (0, 0),
         };
         // The read stops at the replay's byte bound (bringing one message
@@ -75,7 +75,7 @@ impl Hub {
             &conn.user,
             self.bounds.presence_limit,
         );
-        let (slice, users) = match read.await {
+        let (slice, mut users) = match read.await {
             Ok(v) => v,
             Err(e) => {
                 self.metrics.redis_errors.inc();
@@ -96,6 +96,10 @@ impl Hub {
             }
             _ => return self.join_undone(room, conn).await,
         };
+        if !self.store.options(room).presence {
+            // Kept for the node's own bookkeeping, not shown.
+            users.users.clear();
+        }
         if users.new_lease && others {
             // The node's lease here had lapsed and was dropped with its
             // members' entries: write them again.

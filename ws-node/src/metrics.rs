@@ -10,6 +10,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) rooms: IntGauge,
     pub(crate) published: IntCounter,
     pub(crate) publish_duplicates: IntCounter,
+    pub(crate) publishes_forbidden: IntCounter,
     pub(crate) deliveries: IntCounter,
     pub(crate) deliveries_in_place: IntCounter,
     pub(crate) bus_messages: IntCounter,
@@ -66,6 +67,10 @@ impl NodeMetrics {
             publish_duplicates: c(
                 "publish_duplicates_total",
                 "Publishes whose id was accepted before (within dedupe_window): acked with the first seq, not published again",
+            ),
+            publishes_forbidden: c(
+                "publishes_forbidden_total",
+                "Client publishes refused because the room's namespace has client_publish = false",
             ),
             deliveries: c("deliveries_total", "Message frames sent to clients"),
             deliveries_in_place: c(

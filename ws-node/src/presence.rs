@@ -23,8 +23,12 @@ use turnout_proto::frames::ServerFrame;
 const FORGET_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Hub {
-    /// Users present in `room` across the cluster (at most `presence_limit`).
+    /// Users present in `room` across the cluster (at most `presence_limit`);
+    /// none in a namespace without presence.
     pub(crate) async fn presence(&self, room: &str) -> redis::RedisResult<Vec<String>> {
+        if !self.store.options(room).presence {
+            return Ok(Vec::new());
+        }
         Ok(self
             .store
             .presence(room, self.bounds.presence_limit)
@@ -35,6 +39,9 @@ impl Hub {
     /// Tells the room's members (on every node) that `conn`'s user joined or
     /// left. Best effort: presence events carry no seq and are not replayed.
     pub(crate) async fn announce(&self, room: &str, event: &str, conn: &Conn) {
+        if !self.store.options(room).presence {
+            return;
+        }
         let frame = ServerFrame::Presence {
             room: room.to_owned(),
             event: event.to_owned(),

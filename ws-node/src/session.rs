@@ -428,6 +428,18 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
             if let Err(over) = limits.publish(now) {
                 return over_limit(hub, conn, limits, over, &room, id);
             }
+            if !hub.store.options(&room).client_publish {
+                hub.metrics.publishes_forbidden.inc();
+                return send_room_error(
+                    hub,
+                    conn,
+                    ErrorCode::Forbidden.into(),
+                    &room,
+                    id,
+                    "clients do not publish in this room's namespace (client_publish = false); \
+                     the server API does",
+                );
+            }
             match hub
                 .publish(
                     &room,

@@ -3,6 +3,7 @@
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use turnout_common::namespaces::{NamespaceSettings, Namespaces, RoomOptions};
 use turnout_common::settings::{
     CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
     require_positive,
@@ -246,6 +247,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub inbox: bool,
     pub inbox_size: u64,
+    /// `[namespaces.<name>]` tables (the settings file only).
+    pub namespaces: std::collections::BTreeMap<String, NamespaceSettings>,
 }
 
 impl Default for Settings {
@@ -300,6 +303,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(60),
             inbox: false,
             inbox_size: 100_000,
+            namespaces: Default::default(),
         }
     }
 }
@@ -381,11 +385,23 @@ impl Validate for Settings {
         ] {
             require_nonzero(key, v == 0)?;
         }
+        turnout_common::namespaces::validate(&self.namespaces)?;
         Ok(())
     }
 }
 
 impl Settings {
+    /// Each room's options: its namespace's, over the global settings.
+    pub fn namespaces(&self) -> Namespaces {
+        let global = RoomOptions {
+            history_size: self.history_size,
+            room_ttl: self.room_ttl,
+            presence: true,
+            client_publish: true,
+        };
+        Namespaces::new(global, &self.namespaces)
+    }
+
     /// What every connection to this process may cost in time.
     pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
         turnout_common::serve::ServeLimits {

@@ -7,7 +7,9 @@ mod memory;
 pub(crate) use memory::MemoryStore;
 
 use redis::RedisResult;
+use std::sync::Arc;
 use std::time::Duration;
+use turnout_common::namespaces::{Namespaces, RoomOptions};
 use turnout_common::redis::scripts::{Entry, RenewArgs};
 use turnout_common::redis::{
     Con, HistorySlice, Origin, Presence, Published, Publisher, RoomConfig, rooms,
@@ -27,16 +29,18 @@ pub(crate) struct RedisStore {
     pub(crate) holder: String,
     /// How long this node's presence entries outlive its last renewal.
     pub(crate) lease: Duration,
+    /// Each room's options, by its namespace.
+    pub(crate) namespaces: Arc<Namespaces>,
 }
 
 impl RedisStore {
-    fn entry<'a>(&'a self, conn: &'a str, user: &'a str) -> Entry<'a> {
+    fn entry<'a>(&'a self, room: &str, conn: &'a str, user: &'a str) -> Entry<'a> {
         Entry {
             holder: &self.holder,
             conn,
             user,
             lease: self.lease,
-            room_ttl: self.cfg.room_ttl,
+            room_ttl: self.namespaces.of(room).room_ttl,
         }
     }
 
@@ -52,7 +56,7 @@ impl RedisStore {
                 room,
                 holder: &self.holder,
                 lease: self.lease,
-                room_ttl: self.cfg.room_ttl,
+                room_ttl: self.namespaces.of(room).room_ttl,
                 owner: *owner,
                 pin,
             })
@@ -75,17 +79,42 @@ impl RedisStore {
                 (room.clone(), fields)
             })
             .collect();
-        rooms::reassert(&mut self.con.clone(), &entries, self.cfg.room_ttl).await
+        let ttl = |room: &str| self.namespaces.of(room).room_ttl;
+        rooms::reassert(&mut self.con.clone(), &entries, &ttl).await
     }
 
     /// The presence field of one of this node's connections.
     pub(crate) fn field(&self, conn: &str) -> String {
-        self.entry(conn, "").field()
+        self.entry("", conn, "").field()
     }
 }
 
 impl Store {
-    pub(crate) fn config(&self) -> RoomConfig {
+    /// The node's room settings, with `room`'s own history size and time
+    /// to live (its namespace's).
+    pub(crate) fn config(&self, room: &str) -> RoomConfig {
+        let (cfg, namespaces) = match self {
+            Store::Redis(r) => (r.cfg, &r.namespaces),
+            Store::Memory(m) => (m.cfg, &m.namespaces),
+        };
+        let o = namespaces.of(room);
+        RoomConfig {
+            history_size: o.history_size,
+            room_ttl: o.room_ttl,
+            ..cfg
+        }
+    }
+
+    /// The options `room` runs with (its namespace's).
+    pub(crate) fn options(&self, room: &str) -> &RoomOptions {
+        match self {
+            Store::Redis(r) => r.namespaces.of(room),
+            Store::Memory(m) => m.namespaces.of(room),
+        }
+    }
+
+    /// The node's room settings, as the global settings give them.
+    pub(crate) fn global_config(&self) -> RoomConfig {
         match self {
             Store::Redis(r) => r.cfg,
             Store::Memory(m) => m.cfg,
@@ -112,7 +141,8 @@ impl Store {
         match self {
             Store::Redis(r) => {
                 let mut con = r.con.clone();
-                rooms::publish(&mut con, r.cfg, room, parts, publisher, origin, id).await
+                let cfg = self.config(room);
+                rooms::publish(&mut con, cfg, room, parts, publisher, origin, id).await
             }
             Store::Memory(m) => Ok(Some(m.publish(
                 room,
@@ -148,7 +178,7 @@ impl Store {
         let read = (since, limit, max_bytes);
         match self {
             Store::Redis(r) => {
-                let entry = r.entry(conn, user);
+                let entry = r.entry(room, conn, user);
                 rooms::join(&mut r.con.clone(), room, read, &entry, presence_limit).await
             }
             Store::Memory(m) => Ok(m.join(room, read, conn, user, presence_limit)),

@@ -319,13 +319,13 @@ pub async fn leave(
 pub async fn reassert(
     con: &mut Con,
     rooms: &[(String, Vec<(String, String)>)],
-    room_ttl: Duration,
+    room_ttl: &(dyn Fn(&str) -> Duration + Sync),
 ) -> RedisResult<()> {
     let write = |pipe: &mut ::redis::Pipeline, room: &str, entries: &[(String, String)]| {
         let key = keys::room_presence(room);
         pipe.hset_multiple(&key, entries)
             .ignore()
-            .pexpire(&key, room_ttl.as_millis() as i64)
+            .pexpire(&key, room_ttl(room).as_millis() as i64)
             .ignore();
     };
     let rooms = rooms.iter().filter(|(_, e)| !e.is_empty());

@@ -4,13 +4,16 @@
 //! is in are forgotten after `room_ttl` (at once when they hold no history).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use turnout_common::namespaces::Namespaces;
 use turnout_common::redis::{HistorySlice, Presence, Published, RoomConfig};
 use turnout_proto::bus::FrameParts;
 
 pub(crate) struct MemoryStore {
     pub(crate) cfg: RoomConfig,
+    /// Each room's history size and time to live, by its namespace.
+    pub(crate) namespaces: Arc<Namespaces>,
     rooms: Mutex<HashMap<String, Room>>,
 }
 
@@ -68,9 +71,10 @@ impl Room {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(cfg: RoomConfig) -> Self {
+    pub(crate) fn new(cfg: RoomConfig, namespaces: Arc<Namespaces>) -> Self {
         MemoryStore {
             cfg,
+            namespaces,
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -128,10 +132,8 @@ impl MemoryStore {
         r.touched = Some(now);
         let frame = parts.rendered(r.seq, &r.epoch, first_of_epoch);
         r.history.push_back((r.seq, frame));
-        let excess = r
-            .history
-            .len()
-            .saturating_sub(self.cfg.history_size as usize);
+        let keep = self.namespaces.of(room).history_size;
+        let excess = r.history.len().saturating_sub(keep as usize);
         r.history.drain(..excess);
         if let Some(key) = key {
             r.ids.insert(key.clone(), r.seq);
@@ -195,16 +197,17 @@ impl MemoryStore {
         left
     }
 
-    /// Forgets rooms nobody has been in for `room_ttl`; returns how many.
+    /// Forgets rooms nobody has been in for their `room_ttl` (their
+    /// namespace's `history_ttl`); returns how many.
     pub(crate) fn sweep(&self) -> usize {
         self.sweep_at(Instant::now())
     }
 
     fn sweep_at(&self, now: Instant) -> usize {
-        let ttl = self.cfg.room_ttl;
         let mut rooms = self.rooms();
         let before = rooms.len();
-        rooms.retain(|_, r| {
+        rooms.retain(|name, r| {
+            let ttl = self.namespaces.of(name).room_ttl;
             !r.presence.is_empty()
                 || r.touched
                     .is_some_and(|t| now.saturating_duration_since(t) < ttl)
@@ -231,15 +234,33 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
     use std::time::Duration;
+    use turnout_common::namespaces::{NamespaceSettings, RoomOptions};
 
     fn store(history: u64, ttl: Duration) -> MemoryStore {
-        MemoryStore::new(RoomConfig {
+        with_namespaces(history, ttl, &Default::default())
+    }
+
+    fn with_namespaces(
+        history: u64,
+        ttl: Duration,
+        named: &std::collections::BTreeMap<String, NamespaceSettings>,
+    ) -> MemoryStore {
+        let global = RoomOptions {
             history_size: history,
             room_ttl: ttl,
-            inbox_size: 0,
-            dedupe_window: Duration::from_secs(60),
-            bus: false,
-        })
+            presence: true,
+            client_publish: true,
+        };
+        MemoryStore::new(
+            RoomConfig {
+                history_size: history,
+                room_ttl: ttl,
+                inbox_size: 0,
+                dedupe_window: Duration::from_secs(60),
+                bus: false,
+            },
+            Arc::new(Namespaces::new(global, named)),
+        )
     }
 
     fn parts(text: &str) -> FrameParts {
@@ -296,13 +317,8 @@ mod tests {
 
     #[test]
     fn publish_ids_are_forgotten_after_the_window() {
-        let s = MemoryStore::new(RoomConfig {
-            history_size: 10,
-            room_ttl: Duration::from_secs(60),
-            inbox_size: 0,
-            dedupe_window: Duration::ZERO,
-            bus: false,
-        });
+        let mut s = store(10, Duration::from_secs(60));
+        s.cfg.dedupe_window = Duration::ZERO;
         s.publish("r", &parts("a"), Some(("alice", "c-1")));
         let again = s.publish("r", &parts("a"), Some(("alice", "c-1")));
         assert_eq!((again.seq, again.duplicate), (2, false), "window 0: off");
@@ -424,6 +440,33 @@ mod tests {
         assert_eq!(s.history("r", 0, 10, usize::MAX).seq, 1);
         assert_eq!(s.sweep_at(t + ttl), 1);
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn a_namespace_keeps_its_own_history_and_lives_its_own_ttl() {
+        let ttl = Duration::from_secs(30);
+        let short = Duration::from_secs(5);
+        let named = [(
+            "brief".to_owned(),
+            NamespaceSettings {
+                history_size: Some(1),
+                history_ttl: Some(short),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let s = with_namespaces(3, ttl, &named);
+        let t = Instant::now();
+        for text in ["a", "b", "c", "d"] {
+            s.publish_at("brief:r", &parts(text), None, t);
+            s.publish_at("r", &parts(text), None, t);
+        }
+        let kept = |room| s.history(room, 0, 10, usize::MAX).messages.len();
+        assert_eq!((kept("brief:r"), kept("r")), (1, 3));
+        assert_eq!(s.sweep_at(t + short - Duration::from_millis(1)), 0);
+        assert_eq!(s.sweep_at(t + short), 1, "the namespace's room goes first");
+        assert_eq!(s.history("r", 0, 10, usize::MAX).seq, 4);
+        assert_eq!(s.sweep_at(t + ttl), 1);
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub(crate) async fn start(
             },
         )
     };
+    let namespaces = Arc::new(settings.namespaces());
     let kind = settings.strategy;
     if kind == turnout_proto::Strategy::Local {
         // Room state stays in memory; Redis only lets a router and a gateway
@@ -76,7 +77,7 @@ pub(crate) async fn start(
                  the node joins a cluster's live set once Redis answers)"
             );
         }
-        let store = Store::Memory(MemoryStore::new(cfg));
+        let store = Store::Memory(MemoryStore::new(cfg, namespaces));
         return Ok(Some((
             Arc::new(hub(Strategy::Local(local::Local), store)),
             con,
@@ -101,6 +102,7 @@ pub(crate) async fn start(
         cfg,
         holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
         lease: settings.presence_ttl,
+        namespaces,
     });
     let links = turnout_common::relay::Links::new(
         turnout_common::relay::Settings {
