@@ -31,6 +31,12 @@ pub struct NamespaceSettings {
     /// Clients may publish; false: only the server API publishes here.
     /// Default true.
     pub client_publish: Option<bool>,
+    /// Ask the backend's join hook (`proxy_join_url`) before each client
+    /// join; default false.
+    pub join_proxy: Option<bool>,
+    /// Ask the backend's publish hook (`proxy_publish_url`) before each
+    /// client publish; default false.
+    pub publish_proxy: Option<bool>,
 }
 
 /// What one room runs with.
@@ -40,6 +46,8 @@ pub struct RoomOptions {
     pub room_ttl: Duration,
     pub presence: bool,
     pub client_publish: bool,
+    pub join_proxy: bool,
+    pub publish_proxy: bool,
 }
 
 /// Every namespace's options, and the global ones for the rest.
@@ -69,6 +77,8 @@ impl Namespaces {
                     room_ttl: s.history_ttl.unwrap_or(global.room_ttl),
                     presence: s.presence.unwrap_or(global.presence),
                     client_publish: s.client_publish.unwrap_or(global.client_publish),
+                    join_proxy: s.join_proxy.unwrap_or(global.join_proxy),
+                    publish_proxy: s.publish_proxy.unwrap_or(global.publish_proxy),
                 };
                 (name.clone(), o)
             })
@@ -148,6 +158,8 @@ mod tests {
             room_ttl: Duration::from_secs(3600),
             presence: true,
             client_publish: true,
+            join_proxy: false,
+            publish_proxy: false,
         }
     }
 

@@ -40,10 +40,12 @@ pub enum ErrorCode {
     TokenExpired,
     /// Server API and upgrades only: the HTTP request is not what the endpoint takes.
     BadRequest,
+    /// The backend refused a publish or an rpc (its hook answered an error).
+    Rejected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadFrame,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
         ErrorCode::BadRequest,
+        ErrorCode::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Rejected => "rejected",
         }
     }
 
@@ -91,6 +95,7 @@ impl ErrorCode {
             | ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::Rejected => 422,
             ErrorCode::NotJoined | ErrorCode::WrongNode => 409,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => 429,
             ErrorCode::Internal => 500,
@@ -108,6 +113,7 @@ impl ErrorCode {
             | ErrorCode::BadRequest => tonic::Code::InvalidArgument,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => tonic::Code::Unauthenticated,
             ErrorCode::Forbidden => tonic::Code::PermissionDenied,
+            ErrorCode::Rejected => tonic::Code::FailedPrecondition,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => tonic::Code::ResourceExhausted,
             ErrorCode::NotJoined | ErrorCode::WrongNode => tonic::Code::FailedPrecondition,
             ErrorCode::Draining | ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -147,6 +153,8 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// A frame exceeded `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
+    /// The backend did not answer the connect hook: reconnect with backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The node is restarting or draining: reconnect through the gateway.
     pub const SERVICE_RESTART: u16 = 1012;
     /// The client read too slowly and its send queue filled up; reconnect and
@@ -160,4 +168,7 @@ pub mod close {
     /// A backend disconnected the user (server API `Disconnect`); do not
     /// reconnect as is.
     pub const KICKED: u16 = 3500;
+    /// The backend's connect hook refused the connection (the reason is its
+    /// message); do not reconnect as is.
+    pub const REFUSED: u16 = 4403;
 }

@@ -31,6 +31,13 @@ pub enum ClientFrame {
     Refresh {
         token: String,
     },
+    /// A request to the backend's rpc hook, answered by `rpc_result` (or an
+    /// `error`) with the same `id`.
+    Rpc {
+        id: String,
+        method: String,
+        data: Box<RawValue>,
+    },
     Ping,
 }
 
@@ -39,6 +46,9 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// Longest accepted token in a `refresh` frame, in bytes.
 pub const MAX_TOKEN_LEN: usize = 8192;
+
+/// Longest accepted rpc `method`, in bytes.
+pub const MAX_METHOD_LEN: usize = 64;
 
 /// Why a client frame was refused: the code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +80,7 @@ struct RawFrame {
     id: Option<String>,
     epoch: Option<String>,
     token: Option<String>,
+    method: Option<String>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -141,6 +152,37 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             })
         }
         "ping" => Ok(ClientFrame::Ping),
+        "rpc" => {
+            let id = raw
+                .id
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `id`"))?;
+            if id.len() > MAX_ID_LEN {
+                return Err(FrameError::new(
+                    ErrorCode::BadFrame,
+                    format!("`id` must be at most {MAX_ID_LEN} bytes"),
+                ));
+            }
+            let method = raw
+                .method
+                .ok_or_else(|| FrameError::new(ErrorCode::BadFrame, "missing field `method`"))?;
+            if method.is_empty()
+                || method.len() > MAX_METHOD_LEN
+                || !method.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+                })
+            {
+                return Err(FrameError::new(
+                    ErrorCode::BadFrame,
+                    format!("`method` must be 1 to {MAX_METHOD_LEN} bytes of [A-Za-z0-9-_.:/@]"),
+                ));
+            }
+            let data = raw
+                .data
+                .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+            Ok(ClientFrame::Rpc { id, method, data })
+        }
         "refresh" => {
             let token = raw
                 .token
@@ -155,7 +197,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             Err(FrameError::new(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown frame type {shown:?}; expected join, leave, publish, refresh or ping"
+                    "unknown frame type {shown:?}; expected join, leave, publish, rpc, refresh or ping"
                 ),
             ))
         }
@@ -170,6 +212,9 @@ pub enum ServerFrame {
         node: String,
         strategy: String,
         conn: String,
+        /// What the backend's connect hook attached to the connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
     },
     Joined {
         room: String,
@@ -232,6 +277,11 @@ pub enum ServerFrame {
     /// A `refresh` was accepted: the connection lives until `exp`.
     Refreshed {
         exp: u64,
+    },
+    /// The backend's answer to an `rpc` frame.
+    RpcResult {
+        id: String,
+        data: serde_json::Value,
     },
     Pong,
 }
@@ -308,6 +358,25 @@ mod tests {
             code(r#"{"type":"join","room":"r","since":-1}"#),
             ErrorCode::BadFrame
         );
+        assert_eq!(code(r#"{"type":"rpc","method":"m"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"rpc","id":"","method":"m"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(code(r#"{"type":"rpc","id":"r1"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"rpc","id":"r1","method":"a b"}"#),
+            ErrorCode::BadFrame
+        );
+        let long = "m".repeat(MAX_METHOD_LEN + 1);
+        assert_eq!(
+            code(&format!(r#"{{"type":"rpc","id":"r1","method":"{long}"}}"#)),
+            ErrorCode::BadFrame
+        );
+        match parse_client_frame(r#"{"type":"rpc","id":"r1","method":"m"}"#).unwrap() {
+            ClientFrame::Rpc { data, .. } => assert_eq!(data.get(), "null", "data is optional"),
+            f => panic!("{f:?}"),
+        }
     }
 
     #[test]
@@ -434,6 +503,10 @@ mod fuzz {
                 }
                 Ok(ClientFrame::Ping) => prop_assert_eq!(v["type"].as_str(), Some("ping")),
                 Ok(ClientFrame::Refresh { token }) => prop_assert!(token.len() <= MAX_TOKEN_LEN),
+                Ok(ClientFrame::Rpc { id, method, .. }) => {
+                    prop_assert!(!id.is_empty() && id.len() <= MAX_ID_LEN);
+                    prop_assert!(!method.is_empty() && method.len() <= MAX_METHOD_LEN);
+                }
                 Err(e) => prop_assert!(!e.message.is_empty()),
             }
         }
@@ -442,7 +515,7 @@ mod fuzz {
         // tests above. Every well-formed frame is taken, as it was sent.
         #[test]
         fn well_formed_frames_are_taken_as_sent(
-            kind in 0..4u8,
+            kind in 0..5u8,
             room in "[A-Za-z0-9_.:@-]{1,64}",
             since in prop::option::of(any::<u64>()),
             data in json_value(),
@@ -452,6 +525,7 @@ mod fuzz {
                 0 => serde_json::json!({"type": "join", "room": room, "since": since}),
                 1 => serde_json::json!({"type": "leave", "room": room}),
                 2 => serde_json::json!({"type": "publish", "room": room, "data": data, "id": id}),
+                3 => serde_json::json!({"type": "rpc", "id": room, "method": room, "data": data}),
                 _ => serde_json::json!({"type": "ping"}),
             };
             let parsed = parse_client_frame(&v.to_string());
@@ -466,7 +540,12 @@ mod fuzz {
                     prop_assert_eq!(d.get(), data.to_string());
                     prop_assert_eq!(i, id);
                 }
-                (3, Ok(ClientFrame::Ping)) => {}
+                (3, Ok(ClientFrame::Rpc { id: i, method: m, data: d })) => {
+                    prop_assert_eq!(i, room.clone());
+                    prop_assert_eq!(m, room.clone());
+                    prop_assert_eq!(d.get(), data.to_string());
+                }
+                (4, Ok(ClientFrame::Ping)) => {}
                 (k, other) => prop_assert!(false, "kind {} {} parsed as {:?}", k, v, other),
             }
         }

@@ -950,6 +950,35 @@ impl Client {
         Ok(c)
     }
 
+    /// Connects to a server expected to refuse the connection after the
+    /// upgrade: returns its close code and reason, with the frames before it
+    /// (an `error`, never a `welcome`).
+    pub async fn refused(url: &str) -> Result<(Vec<ServerFrame>, Option<(u16, String)>)> {
+        let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .context("connect timed out")??;
+        let mut frames = Vec::new();
+        loop {
+            let m = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .context("no close within the deadline")?;
+            match m {
+                None | Some(Err(_)) => return Ok((frames, None)),
+                Some(Ok(Message::Close(f))) => {
+                    return Ok((frames, f.map(|f| (u16::from(f.code), f.reason.to_string()))));
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let f: ServerFrame = serde_json::from_str(t.as_str())?;
+                    if matches!(f, ServerFrame::Welcome { .. }) {
+                        bail!("welcomed: {f:?}");
+                    }
+                    frames.push(f);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The node this client landed on.
     pub fn node(&self) -> &str {
         match &self.welcome {

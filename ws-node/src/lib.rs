@@ -25,6 +25,7 @@ mod bus;
 mod conn;
 mod grpc;
 mod heartbeat;
+mod hooks;
 mod hub;
 mod join;
 mod limits;

@@ -64,7 +64,7 @@ impl Over {
     pub(crate) fn message(self) -> &'static str {
         match self {
             Over::Frames => "sending frames too fast",
-            Over::Publishes => "publishing too fast",
+            Over::Publishes => "publishing (or sending rpc) too fast",
             Over::Joins => "joining, leaving or refreshing too fast",
             Over::NewRooms => "too many different rooms in the last minute",
             Over::Refused => "too many refused frames",

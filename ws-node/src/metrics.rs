@@ -1,6 +1,8 @@
 //! The ws-node's metrics (all prefixed `turnout_`, see `docs/OPERATIONS.md`).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use turnout_common::metrics::register;
 
 #[derive(Clone)]
@@ -21,6 +23,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) messages_unrecoverable: IntCounter,
     pub(crate) slow_consumers: IntCounter,
     pub(crate) frame_errors: IntCounterVec,
+    pub(crate) hooks: crate::hooks::HookMetrics,
     pub(crate) redis_disconnects: IntCounter,
     pub(crate) resubscribed: IntCounter,
     pub(crate) channels_moved: IntCounter,
@@ -113,6 +116,31 @@ impl NodeMetrics {
                 )
                 .expect("valid metric"),
             ),
+            hooks: crate::hooks::HookMetrics {
+                calls: register(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "hook_calls_total",
+                            "Backend hook calls, by hook and outcome (granted, refused, failed: timed out, unreachable, unreadable or over proxy_max_inflight)",
+                        ),
+                        &["hook", "outcome"],
+                    )
+                    .expect("valid metric"),
+                ),
+                seconds: register(
+                    &registry,
+                    HistogramVec::new(
+                        HistogramOpts::new("hook_seconds", "Time a backend hook call took, by hook")
+                            .buckets(vec![
+                                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                                5.0,
+                            ]),
+                        &["hook"],
+                    )
+                    .expect("valid metric"),
+                ),
+            },
             redis_disconnects: c(
                 "redis_disconnects_total",
                 "Times the pub/sub connection to Redis dropped",

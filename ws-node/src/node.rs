@@ -57,6 +57,8 @@ pub(crate) struct NodeState {
     per_ip: Arc<turnout_common::net::IpSlots>,
     /// New connections from everyone: a token bucket (`max_accept_rate`).
     admission: std::sync::Mutex<crate::limits::Bucket>,
+    /// The backend's hooks (none configured: none called).
+    pub(crate) hooks: crate::hooks::Hooks,
 }
 
 impl NodeState {
@@ -124,6 +126,18 @@ pub async fn run(
         &missing,
     )?;
     let metrics = NodeMetrics::new(&node_id);
+    let hooks = crate::hooks::Hooks::new(
+        &node_id,
+        &crate::hooks::HookSettings {
+            urls: settings.hook_urls().map(|(_, url)| url),
+            timeout: settings.proxy_timeout,
+            max_inflight: settings.proxy_max_inflight,
+            max_reply_bytes: settings.proxy_max_reply_bytes,
+            max_rooms: settings.max_rooms_per_conn,
+        },
+        metrics.hooks.clone(),
+    )
+    .map_err(|e| turnout_common::settings::SettingsError::invalid(e.key, e.message))?;
     let client = turnout_common::redis::client(
         &settings.redis_url,
         settings.redis_ca_file.as_deref(),
@@ -205,6 +219,7 @@ pub async fn run(
         readiness,
         per_ip,
         admission,
+        hooks,
     });
     if state.redis.get().is_none() {
         tokio::spawn(heartbeat::connect_later(
@@ -444,10 +459,28 @@ async fn ws_handler(
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
-                let session = session::run(st.clone(), conn.clone());
+                // The backend's connect hook decides before `welcome`.
+                let (user, start, refused) = admit(&st, &label, user).await;
+                let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
+                if let Some((code, reason)) = refused {
+                    if code != turnout_proto::codes::close::REFUSED {
+                        conn.send_frame(
+                            &turnout_proto::frames::ServerFrame::error(
+                                turnout_proto::codes::ErrorCode::Unavailable,
+                                reason.clone(),
+                            ),
+                            &st.hub.metrics,
+                        );
+                    }
+                    conn.kill_with(code, &reason);
+                    session::close_refused(&conn).await;
+                    drop(permit);
+                    drop(ip_slot);
+                    return;
+                }
+                let session = session::run(st.clone(), conn.clone(), start);
                 tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
                 session.await;
                 if conn.close_code() == turnout_proto::codes::close::POLICY {
@@ -458,6 +491,48 @@ async fn ws_handler(
                 drop(ip_slot);
             })
         })
+}
+
+/// Asks the backend's connect hook, when there is one, about a new
+/// connection: its user from now on, what it starts with, or the close code
+/// and reason that refuse it (4403, the backend's message; 1013 when the
+/// backend did not answer).
+async fn admit(
+    state: &NodeState,
+    label: &str,
+    user: UserId,
+) -> (UserId, session::Start, Option<(u16, String)>) {
+    use crate::hooks::{Answer, Ask, Hook};
+    if !state.hooks.has(Hook::Connect) {
+        return (user, session::Start::default(), None);
+    }
+    let ask = Ask {
+        conn: label,
+        user: &user,
+        ..Default::default()
+    };
+    match state.hooks.call(Hook::Connect, ask).await {
+        Answer::Granted(g) => {
+            let start = session::Start {
+                data: g.data.and_then(|d| serde_json::from_str(d.get()).ok()),
+                rooms: g.rooms,
+            };
+            (g.user.unwrap_or(user), start, None)
+        }
+        Answer::Refused { message, .. } => (
+            user,
+            session::Start::default(),
+            Some((turnout_proto::codes::close::REFUSED, message)),
+        ),
+        Answer::Failed(_) => (
+            user,
+            session::Start::default(),
+            Some((
+                turnout_proto::codes::close::TRY_AGAIN_LATER,
+                "the backend did not answer; retry".to_owned(),
+            )),
+        ),
+    }
 }
 
 /// A `503` to an upgrade, with the reason a gateway acts on (and, when

@@ -2,6 +2,7 @@
 //! order and drains the bounded send queue, batching frames into one flush.
 
 use crate::conn::Conn;
+use crate::hooks::{Answer, Ask, Hook};
 use crate::hub::{Hub, RoomError};
 use crate::limits::{Limits, Over};
 use crate::node::NodeState;
@@ -12,13 +13,14 @@ use tracing::Instrument;
 use turnout_common::redis::Origin;
 use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::frames::{ClientFrame, ServerFrame, parse_client_frame};
+use turnout_proto::names::RoomName;
 
 /// Runs a session until the client leaves, the node drains or the
 /// connection is killed. One task per connection reads the client's frames
 /// in order and writes what the hub queued, batching queued frames into one
 /// flush; frames for an idle connection are written in place by whoever
 /// sends them (`Conn::push`).
-pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
+pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>, start: Start) {
     let span = tracing::debug_span!("session", node = %state.hub.node_id, conn = %conn.label, user = %conn.user);
     async move {
         let hub = &state.hub;
@@ -29,9 +31,15 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
                 node: hub.node_id.clone(),
                 strategy: hub.strategy.kind().as_str().to_owned(),
                 conn: conn.label.clone(),
+                data: start.data,
             },
             &hub.metrics,
         );
+        // Rooms the backend's connect hook chose: joined at once, as the
+        // client's own joins are (but not asked about again).
+        for room in start.rooms {
+            Box::pin(join(&state, &conn, room, None, None)).await;
+        }
         let settings = &state.settings;
         let mut limits = Limits::new(settings.limits(), std::time::Instant::now());
         let mut ping = tokio::time::interval_at(
@@ -117,14 +125,44 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
                     // A bug in handling one frame ends this session, not the process.
                     // Boxed: a frame's handling (Redis calls) takes memory
                     // only while it runs, not in every idle session.
-                    let handled = std::panic::AssertUnwindSafe(Box::pin(handle_text(
+                    let handling = std::panic::AssertUnwindSafe(Box::pin(handle_text(
                         &state,
                         &conn,
                         &mut limits,
                         text.as_str(),
                     )))
-                    .catch_unwind()
-                    .await;
+                    .catch_unwind();
+                    tokio::pin!(handling);
+                    // What the rooms send goes out while a frame waits on
+                    // Redis or the backend; the frame is always handled to
+                    // its end.
+                    let mut writing = true;
+                    let handled = loop {
+                        tokio::select! {
+                            biased;
+                            h = &mut handling => break h,
+                            _ = conn.queued(), if writing => {
+                                // As in the loop above: a killed connection
+                                // stops writing (and closes after the frame).
+                                let wrote = tokio::select! {
+                                    r = conn.write_queued(&mut batch, MAX_BATCH, false) => Some(r.is_ok()),
+                                    _ = &mut closed => None,
+                                };
+                                match wrote {
+                                    Some(true) => {}
+                                    Some(false) => {
+                                        write_failed = true;
+                                        writing = false;
+                                        conn.kill(close::NORMAL);
+                                    }
+                                    None => writing = false,
+                                }
+                            }
+                        }
+                    };
+                    if write_failed {
+                        break;
+                    }
                     if handled.is_err() {
                         hub.metrics.session_panics.inc();
                         tracing::error!("frame handling panicked; closing the session");
@@ -173,6 +211,23 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>) {
     }
     .instrument(span)
     .await
+}
+
+/// What the backend's connect hook gave a new connection.
+#[derive(Default)]
+pub(crate) struct Start {
+    /// Sent in `welcome`.
+    pub(crate) data: Option<serde_json::Value>,
+    /// Joined at once.
+    pub(crate) rooms: Vec<RoomName>,
+}
+
+/// Ends a connection refused before its session began (the connect hook):
+/// what was queued, then the close frame with the connection's code and
+/// reason.
+pub(crate) async fn close_refused(conn: &Conn) {
+    close_socket(conn, false).await;
+    conn.release_socket();
 }
 
 /// When a token that expires at `exp` (Unix seconds) runs out; far away
@@ -286,10 +341,84 @@ fn over_limit(hub: &Hub, conn: &Conn, limits: &Limits, over: Over, room: &str, i
         return;
     }
     if room.is_empty() {
-        return reject(hub, conn, ErrorCode::RateLimited, over.message());
+        return send_error(hub, conn, ErrorCode::RateLimited, id, over.message());
     }
     let e = ErrorCode::RateLimited.into();
     send_room_error(hub, conn, e, room, id, over.message());
+}
+
+/// An error about no room, naming the frame's `id` when it had one.
+fn send_error(hub: &Hub, conn: &Conn, code: ErrorCode, id: Option<String>, message: &str) {
+    hub.metrics
+        .frame_errors
+        .with_label_values(&[code.as_str()])
+        .inc();
+    conn.send_frame(
+        &ServerFrame::Error {
+            code: code.as_str().to_owned(),
+            message: message.to_owned(),
+            room: None,
+            id,
+            redirect: None,
+        },
+        &hub.metrics,
+    );
+}
+
+/// Joins `room` (the client's join, or one the connect hook chose).
+async fn join(
+    state: &NodeState,
+    conn: &Arc<Conn>,
+    room: RoomName,
+    since: Option<u64>,
+    epoch: Option<String>,
+) {
+    let hub = &state.hub;
+    match hub.join(conn, &room, since, epoch).await {
+        Ok(()) => conn.joined_room(&room),
+        Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
+    }
+}
+
+/// A client's `rpc`: the backend's rpc hook answers it.
+async fn rpc(
+    state: &NodeState,
+    conn: &Conn,
+    id: String,
+    method: &str,
+    data: &serde_json::value::RawValue,
+) {
+    let hub = &state.hub;
+    if !state.hooks.has(Hook::Rpc) {
+        let msg = "this server answers no rpc (no proxy_rpc_url)";
+        return send_error(hub, conn, ErrorCode::Rejected, Some(id), msg);
+    }
+    let ask = Ask {
+        conn: &conn.label,
+        user: &conn.user,
+        data: Some(data),
+        method: Some(method),
+        ..Default::default()
+    };
+    match state.hooks.call(Hook::Rpc, ask).await {
+        Answer::Granted(g) => {
+            let data = match g.data {
+                None => serde_json::Value::Null,
+                Some(d) => serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null),
+            };
+            conn.send_frame(&ServerFrame::RpcResult { id, data }, &hub.metrics);
+        }
+        Answer::Refused { message, .. } => {
+            send_error(hub, conn, ErrorCode::Rejected, Some(id), &message)
+        }
+        Answer::Failed(_) => send_error(
+            hub,
+            conn,
+            ErrorCode::Unavailable,
+            Some(id),
+            "the backend did not answer the rpc; retry",
+        ),
+    }
 }
 
 /// Closes (1008) a connection whose refusals add up to abuse.
@@ -317,6 +446,9 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
         let (room, id) = match parse_client_frame(text) {
             Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room }) => (room, None),
             Ok(ClientFrame::Publish { room, id, .. }) => (room, id),
+            Ok(ClientFrame::Rpc { id, .. }) => {
+                return over_limit(hub, conn, limits, over, "", Some(id));
+            }
             _ => return over_limit(hub, conn, limits, over, "", None),
         };
         return over_limit(hub, conn, limits, over, &room, id);
@@ -334,6 +466,12 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
     match frame {
         ClientFrame::Ping => {
             conn.send_frame(&ServerFrame::Pong, &hub.metrics);
+        }
+        ClientFrame::Rpc { id, method, data } => {
+            if let Err(over) = limits.publish(now) {
+                return over_limit(hub, conn, limits, over, "", Some(id));
+            }
+            rpc(state, conn, id, &method, &data).await
         }
         ClientFrame::Refresh { token } => {
             if let Err(over) = limits.refresh(now) {
@@ -378,10 +516,27 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     "your token does not allow this room",
                 );
             }
-            match hub.join(conn, &room, since, epoch).await {
-                Ok(()) => conn.joined_room(&room),
-                Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
+            if hub.store.options(&room).join_proxy && !conn.in_room(&room) {
+                let ask = Ask {
+                    conn: &conn.label,
+                    user: &conn.user,
+                    room: Some(&room),
+                    ..Default::default()
+                };
+                match state.hooks.call(Hook::Join, ask).await {
+                    Answer::Granted(_) => {}
+                    Answer::Refused { message, .. } => {
+                        let e = ErrorCode::Forbidden.into();
+                        return send_room_error(hub, conn, e, &room, None, &message);
+                    }
+                    Answer::Failed(_) => {
+                        let e = ErrorCode::Unavailable.into();
+                        let msg = "the backend did not answer the join; retry";
+                        return send_room_error(hub, conn, e, &room, None, msg);
+                    }
+                }
             }
+            join(state, conn, room, since, epoch).await
         }
         ClientFrame::Leave { room } => {
             if let Err(over) = limits.leave(now) {
@@ -428,7 +583,8 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
             if let Err(over) = limits.publish(now) {
                 return over_limit(hub, conn, limits, over, &room, id);
             }
-            if !hub.store.options(&room).client_publish {
+            let options = hub.store.options(&room);
+            if !options.client_publish {
                 hub.metrics.publishes_forbidden.inc();
                 return send_room_error(
                     hub,
@@ -439,6 +595,62 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     "clients do not publish in this room's namespace (client_publish = false); \
                      the server API does",
                 );
+            }
+            let mut data = data;
+            if options.publish_proxy {
+                // A resend of a publish already taken is acked as the
+                // first was, without asking the backend again.
+                if let Some(taken) = id.as_deref() {
+                    match hub.store.seen(&room, &conn.user, taken).await {
+                        Ok(Some(seq)) => {
+                            hub.metrics.publish_duplicates.inc();
+                            let ack = ServerFrame::Ack {
+                                id,
+                                seq,
+                                duplicate: true,
+                            };
+                            conn.send_frame(&ack, &hub.metrics);
+                            return;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            hub.metrics.redis_errors.inc();
+                            tracing::warn!(room = %room, error = %e, "publish id lookup failed: Redis");
+                            let e = ErrorCode::Unavailable.into();
+                            let msg = "publish failed; retry";
+                            return send_room_error(hub, conn, e, &room, id, msg);
+                        }
+                    }
+                }
+                let ask = Ask {
+                    conn: &conn.label,
+                    user: &conn.user,
+                    room: Some(&room),
+                    data: Some(&data),
+                    ..Default::default()
+                };
+                match state.hooks.call(Hook::Publish, ask).await {
+                    Answer::Granted(g) => {
+                        if let Some(replaced) = g.data {
+                            if replaced.get().len() > state.settings.max_frame_bytes {
+                                tracing::warn!(room = %room, bytes = replaced.get().len(), "the publish hook's data is over max_frame_bytes; refused");
+                                let e = ErrorCode::Unavailable.into();
+                                let msg = "the backend's answer was too big; retry";
+                                return send_room_error(hub, conn, e, &room, id, msg);
+                            }
+                            data = replaced;
+                        }
+                    }
+                    Answer::Refused { message, .. } => {
+                        let e = ErrorCode::Rejected.into();
+                        return send_room_error(hub, conn, e, &room, id, &message);
+                    }
+                    Answer::Failed(_) => {
+                        let e = ErrorCode::Unavailable.into();
+                        let msg = "the backend did not answer the publish; retry";
+                        return send_room_error(hub, conn, e, &room, id, msg);
+                    }
+                }
             }
             match hub
                 .publish(

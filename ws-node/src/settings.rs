@@ -180,6 +180,34 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_INBOX_SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbox_size: Option<u64>,
+    /// Backend hook asked before each connection is let in: http(s)://… or grpc://host:port.
+    #[arg(long, env = "TURNOUT_PROXY_CONNECT_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_connect_url: Option<String>,
+    /// Backend hook asked before a join in a namespace with join_proxy.
+    #[arg(long, env = "TURNOUT_PROXY_JOIN_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_join_url: Option<String>,
+    /// Backend hook asked before a publish in a namespace with publish_proxy.
+    #[arg(long, env = "TURNOUT_PROXY_PUBLISH_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_publish_url: Option<String>,
+    /// Backend hook that answers clients' `rpc` frames.
+    #[arg(long, env = "TURNOUT_PROXY_RPC_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_rpc_url: Option<String>,
+    /// How long a hook call may take before the client hears `unavailable`, e.g. 1s.
+    #[arg(long, env = "TURNOUT_PROXY_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_timeout: Option<String>,
+    /// Hook calls under way on this node at once; beyond, `unavailable`.
+    #[arg(long, env = "TURNOUT_PROXY_MAX_INFLIGHT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_max_inflight: Option<usize>,
+    /// Largest hook answer read, in bytes.
+    #[arg(long, env = "TURNOUT_PROXY_MAX_REPLY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_max_reply_bytes: Option<usize>,
 }
 
 /// The ws-node's settings after merging file, env and flags.
@@ -249,6 +277,14 @@ pub struct Settings {
     pub inbox_size: u64,
     /// `[namespaces.<name>]` tables (the settings file only).
     pub namespaces: std::collections::BTreeMap<String, NamespaceSettings>,
+    pub proxy_connect_url: Option<String>,
+    pub proxy_join_url: Option<String>,
+    pub proxy_publish_url: Option<String>,
+    pub proxy_rpc_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub proxy_timeout: Duration,
+    pub proxy_max_inflight: usize,
+    pub proxy_max_reply_bytes: usize,
 }
 
 impl Default for Settings {
@@ -304,6 +340,13 @@ impl Default for Settings {
             inbox: false,
             inbox_size: 100_000,
             namespaces: Default::default(),
+            proxy_connect_url: None,
+            proxy_join_url: None,
+            proxy_publish_url: None,
+            proxy_rpc_url: None,
+            proxy_timeout: Duration::from_secs(1),
+            proxy_max_inflight: 1000,
+            proxy_max_reply_bytes: 64 * 1024,
         }
     }
 }
@@ -386,11 +429,48 @@ impl Validate for Settings {
             require_nonzero(key, v == 0)?;
         }
         turnout_common::namespaces::validate(&self.namespaces)?;
+        for (key, url) in self.hook_urls() {
+            if let Some(url) = url {
+                crate::hooks::check_url(key, url)
+                    .map_err(|e| SettingsError::invalid(e.key, e.message))?;
+            }
+        }
+        for (name, ns) in &self.namespaces {
+            for (key, on, url) in [
+                ("join_proxy", ns.join_proxy, &self.proxy_join_url),
+                ("publish_proxy", ns.publish_proxy, &self.proxy_publish_url),
+            ] {
+                if on == Some(true) && url.is_none() {
+                    return Err(SettingsError::invalid(
+                        &format!("namespaces.{name}.{key}"),
+                        format!("needs proxy_{}_url, the hook to ask", &key[..key.len() - 6]),
+                    ));
+                }
+            }
+        }
+        require_nonzero("proxy_timeout", self.proxy_timeout.is_zero())?;
+        require_nonzero("proxy_max_inflight", self.proxy_max_inflight == 0)?;
+        if self.proxy_max_reply_bytes < 1024 {
+            return Err(SettingsError::invalid(
+                "proxy_max_reply_bytes",
+                "must be at least 1024",
+            ));
+        }
         Ok(())
     }
 }
 
 impl Settings {
+    /// The hook URL settings, by name, in [`crate::hooks::Hook::ALL`] order.
+    pub(crate) fn hook_urls(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            ("proxy_connect_url", self.proxy_connect_url.as_deref()),
+            ("proxy_join_url", self.proxy_join_url.as_deref()),
+            ("proxy_publish_url", self.proxy_publish_url.as_deref()),
+            ("proxy_rpc_url", self.proxy_rpc_url.as_deref()),
+        ]
+    }
+
     /// Each room's options: its namespace's, over the global settings.
     pub fn namespaces(&self) -> Namespaces {
         let global = RoomOptions {
@@ -398,6 +478,8 @@ impl Settings {
             room_ttl: self.room_ttl,
             presence: true,
             client_publish: true,
+            join_proxy: false,
+            publish_proxy: false,
         };
         Namespaces::new(global, &self.namespaces)
     }

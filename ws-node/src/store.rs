@@ -152,6 +152,25 @@ impl Store {
         }
     }
 
+    /// The seq publish `id` of `sender` got in `room`, when it was taken
+    /// within `dedupe_window`.
+    pub(crate) async fn seen(
+        &self,
+        room: &str,
+        sender: &str,
+        id: &str,
+    ) -> RedisResult<Option<u64>> {
+        match self {
+            Store::Redis(r) => {
+                if r.cfg.dedupe_window.is_zero() {
+                    return Ok(None);
+                }
+                rooms::seen(&mut r.con.clone(), room, sender, id).await
+            }
+            Store::Memory(m) => Ok(m.seen(room, sender, id)),
+        }
+    }
+
     pub(crate) async fn history(
         &self,
         room: &str,

@@ -204,6 +204,15 @@ pub async fn history(
     Ok(HistorySlice::from_raw(since, raw))
 }
 
+/// The seq publish `id` of `sender` got in `room`, while its id is
+/// remembered (`dedupe_window`; the publish script keeps it).
+pub async fn seen(con: &mut Con, room: &str, sender: &str, id: &str) -> RedisResult<Option<u64>> {
+    ::redis::cmd("GET")
+        .arg(keys::room_publish_id(room, sender, id))
+        .query_async(con)
+        .await
+}
+
 /// Who is in a room.
 #[derive(Debug, Clone, Default)]
 pub struct Presence {

@@ -26,9 +26,9 @@ struct Room {
     /// conn label → user.
     presence: HashMap<String, String>,
     touched: Option<Instant>,
-    /// Publish ids accepted within `dedupe_window`: "<sender>/<id>" → seq,
-    /// and the same in the order they came, to let them go.
-    ids: HashMap<String, u64>,
+    /// Publish ids accepted within `dedupe_window`: "<sender>/<id>" → seq
+    /// and when, and the same in the order they came, to let them go.
+    ids: HashMap<String, (u64, Instant)>,
     id_order: VecDeque<(Instant, String)>,
 }
 
@@ -116,7 +116,7 @@ impl MemoryStore {
         let key = id
             .filter(|_| !window.is_zero())
             .map(|(sender, id)| format!("{sender}/{id}"));
-        if let Some(seq) = key.as_ref().and_then(|k| r.ids.get(k)) {
+        if let Some((seq, _)) = key.as_ref().and_then(|k| r.ids.get(k)) {
             return Published {
                 seq: *seq,
                 epoch: r.epoch.clone(),
@@ -136,7 +136,7 @@ impl MemoryStore {
         let excess = r.history.len().saturating_sub(keep as usize);
         r.history.drain(..excess);
         if let Some(key) = key {
-            r.ids.insert(key.clone(), r.seq);
+            r.ids.insert(key.clone(), (r.seq, now));
             r.id_order.push_back((now, key));
         }
         Published {
@@ -145,6 +145,18 @@ impl MemoryStore {
             duplicate: false,
             first_of_epoch,
         }
+    }
+
+    /// The seq publish `id` of `sender` got in `room`, if it is still
+    /// remembered.
+    pub(crate) fn seen(&self, room: &str, sender: &str, id: &str) -> Option<u64> {
+        self.seen_at(room, sender, id, Instant::now())
+    }
+
+    fn seen_at(&self, room: &str, sender: &str, id: &str, now: Instant) -> Option<u64> {
+        let rooms = self.rooms();
+        let (seq, at) = rooms.get(room)?.ids.get(&format!("{sender}/{id}"))?;
+        (now.saturating_duration_since(*at) < self.cfg.dedupe_window).then_some(*seq)
     }
 
     pub(crate) fn history(
@@ -250,6 +262,8 @@ mod tests {
             room_ttl: ttl,
             presence: true,
             client_publish: true,
+            join_proxy: false,
+            publish_proxy: false,
         };
         MemoryStore::new(
             RoomConfig {
@@ -343,6 +357,23 @@ mod tests {
             0,
             "forgotten rooms start over"
         );
+    }
+
+    #[test]
+    fn a_taken_publish_id_is_seen_for_exactly_the_window() {
+        let s = store(10, Duration::from_secs(60));
+        let t = Instant::now();
+        assert_eq!(s.seen_at("r", "alice", "c-1", t), None, "no room yet");
+        s.publish_at("r", &parts("a"), None, t);
+        let taken = s.publish_at("r", &parts("b"), Some(("alice", "c-1")), t);
+        assert_eq!(taken.seq, 2);
+        let window = Duration::from_secs(60);
+        let just_before = t + window - Duration::from_millis(1);
+        assert_eq!(s.seen_at("r", "alice", "c-1", just_before), Some(2));
+        assert_eq!(s.seen("r", "alice", "c-1"), Some(2));
+        assert_eq!(s.seen_at("r", "alice", "c-1", t + window), None);
+        assert_eq!(s.seen_at("r", "bob", "c-1", t), None, "another sender's");
+        assert_eq!(s.seen_at("q", "alice", "c-1", t), None, "another room's");
     }
 
     #[test]
