@@ -22,6 +22,10 @@
 #   REDIS_SHARDS [0]: N > 0 runs a Redis Cluster of N masters instead of one
 #     Redis (ports REDIS_PORT..REDIS_PORT+N-1, cluster bus +10000), with
 #     REDIS_REPLICAS [0] replicas each; every process gets redis_cluster = true
+#   BACKEND [1]: 1 starts the example backend (deploy/examples/backend.py,
+#     needs python3) on BACKEND_PORT [8090] and gives the nodes its hooks:
+#     the `moderated:` rooms ask it before each join and publish, clients'
+#     `rpc` frames go to it, and it greets each connection (docs/BACKEND.md)
 #   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
 set -euo pipefail
 
@@ -30,6 +34,7 @@ REDIS_PORT=${REDIS_PORT:-6390}
 ROUTER_PORT=${ROUTER_PORT:-7070}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 NODE_PORT_BASE=${NODE_PORT_BASE:-9001}
+BACKEND_PORT=${BACKEND_PORT:-8090}
 RUN_DIR=${RUN_DIR:-$here/run}
 PROFILE=${PROFILE:-release}
 BIND=${BIND:-127.0.0.1}
@@ -119,6 +124,34 @@ start_redis() {
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
+# The example backend, and the settings file that gives `moderated:` rooms
+# its hooks (one file for every process). Without python3 the cluster runs
+# without it.
+start_backend() {
+  [ "${BACKEND:-1}" = 1 ] || return 0
+  if ! command -v python3 >/dev/null; then
+    echo "backend  (not started: no python3; the moderated: rooms ask nobody)"
+    return 0
+  fi
+  if ! pid_alive "$RUN_DIR/backend.pid"; then
+    python3 "$here/deploy/examples/backend.py" --port "$BACKEND_PORT" >>"$RUN_DIR/backend.log" 2>&1 &
+    echo $! >"$RUN_DIR/backend.pid"
+    wait_http "http://127.0.0.1:$BACKEND_PORT/healthz" 20 || die "the example backend is not ready; see $RUN_DIR/backend.log"
+  fi
+  printf '%s\n' "# Written by deploy/cluster.sh: the example backend's namespace." \
+    "[namespaces.moderated]" "join_proxy = true" "publish_proxy = true" >"$RUN_DIR/turnout.toml"
+  echo "backend  http://127.0.0.1:$BACKEND_PORT   (log: $RUN_DIR/backend.log)"
+}
+
+# The settings the backend brings to a ws-node started now (KEY=VALUE
+# words; none without the backend).
+backend_env() {
+  if pid_alive "$RUN_DIR/backend.pid" && [ -f "$RUN_DIR/turnout.toml" ]; then
+    local b=http://127.0.0.1:$BACKEND_PORT
+    echo "TURNOUT_CONFIG=$RUN_DIR/turnout.toml TURNOUT_PROXY_CONNECT_URL=$b/connect TURNOUT_PROXY_JOIN_URL=$b/join TURNOUT_PROXY_PUBLISH_URL=$b/publish TURNOUT_PROXY_RPC_URL=$b/rpc"
+  fi
+}
+
 start_node() { # index
   local i=$1 port=$(( NODE_PORT_BASE + $1 - 1 ))
   local id="node-$i"
@@ -135,7 +168,8 @@ start_node() { # index
     fi
     redis_url=redis://127.0.0.1:$redis_port
   fi
-  TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_url \
+  # shellcheck disable=SC2046 # the KEY=VALUE words are meant to split
+  env $(backend_env) TURNOUT_STRATEGY="$STRATEGY" TURNOUT_REDIS_URL="$redis_url" \
     "$bin_dir/turnout-ws-node" --listen "$BIND:$port" --node-id "$id" \
     >>"$RUN_DIR/$id.log" 2>&1 &
   echo $! >"$RUN_DIR/$id.pid"
@@ -167,6 +201,7 @@ up() {
 
   start_redis
   echo "redis    $redis_urls"
+  start_backend
 
   if ! pid_alive "$RUN_DIR/router.pid"; then
     TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_urls \
@@ -180,7 +215,9 @@ up() {
   for i in $(seq "$NODES"); do start_node "$i"; done
 
   if ! pid_alive "$RUN_DIR/gateway.pid"; then
-    TURNOUT_STRATEGY=$STRATEGY TURNOUT_REDIS_URL=$redis_urls \
+    # The gateway reads the namespaces too (presence).
+    # shellcheck disable=SC2046
+    env $(backend_env | tr ' ' '\n' | grep '^TURNOUT_CONFIG=') TURNOUT_STRATEGY="$STRATEGY" TURNOUT_REDIS_URL="$redis_urls" \
       TURNOUT_ROUTER_URL=http://127.0.0.1:$ROUTER_PORT \
       "$bin_dir/turnout-gateway" --listen "$BIND:$GATEWAY_PORT" --node-id gateway-1 \
       >>"$RUN_DIR/gateway.log" 2>&1 &
@@ -191,6 +228,9 @@ up() {
   echo "turnout is up ($STRATEGY, $NODES ws-nodes). Open http://127.0.0.1:$GATEWAY_PORT/"
   if [ "$STRATEGY" = local ]; then
     echo "local: the nodes share nothing; open two pages: members on different nodes do not see each other"
+  fi
+  if pid_alive "$RUN_DIR/backend.pid"; then
+    echo "backend: rooms named moderated:… (e.g. moderated:lobby) ask it before each join and publish"
   fi
   echo "cluster: curl -s http://127.0.0.1:$GATEWAY_PORT/api/cluster"
   echo "stop:    deploy/cluster.sh down"
@@ -234,6 +274,7 @@ down() {
   for f in "$RUN_DIR"/proxy-*.pid "$RUN_DIR"/gateway.pid "$RUN_DIR"/router.pid "$RUN_DIR"/node-*.pid; do
     pid_alive "$f" && kill -KILL "$(cat "$f")" 2>/dev/null
   done
+  if pid_alive "$RUN_DIR/backend.pid"; then kill "$(cat "$RUN_DIR/backend.pid")"; fi
   if pid_alive "$RUN_DIR/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN_DIR/redis.pid")"; fi
   for f in "$RUN_DIR"/redis-*.pid; do
     pid_alive "$f" && kill "$(cat "$f")"
@@ -271,5 +312,5 @@ case $cmd in
     [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")
     [ -f "$RUN_DIR/cuttable" ] && CUTTABLE=$(cat "$RUN_DIR/cuttable")
     start_node "${n#node-}" ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

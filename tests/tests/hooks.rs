@@ -642,3 +642,96 @@ async fn rpc_without_a_hook_is_rejected_and_bad_hook_urls_stop_the_node() -> Res
     assert!(bad(|s| s.proxy_rpc_url = Some("grpc://backend:9000".into())).is_ok());
     Ok(())
 }
+
+/// The example backend (deploy/examples/backend.py), as the demo runs it:
+/// a moderated namespace, rpc, and a user it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_backend_moderates_a_namespace() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/backend.py");
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await??
+        .unwrap_or_default();
+    let base = line
+        .strip_prefix("backend: listening on ")
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?;
+    let urls = ["connect", "join", "publish", "rpc"].map(|h| format!("{base}/{h}"));
+    let c = Cluster::start_with(2, Strategy::Pubsub, |s| {
+        s.namespaces = [(
+            "moderated".to_owned(),
+            NamespaceSettings {
+                join_proxy: Some(true),
+                publish_proxy: Some(true),
+                ..Default::default()
+            },
+        )]
+        .into();
+        s.proxy_connect_url = Some(urls[0].clone());
+        s.proxy_join_url = Some(urls[1].clone());
+        s.proxy_publish_url = Some(urls[2].clone());
+        s.proxy_rpc_url = Some(urls[3].clone());
+    })
+    .await?;
+    let (_, close) = Client::refused(&format!("{}?user=mallory", c.nodes[0].ws_url())).await?;
+    assert_eq!(close.map(|c| c.0), Some(4403));
+
+    let mut ann = Client::connect(&format!("{}?user=ann", c.nodes[0].ws_url())).await?;
+    assert!(
+        matches!(&ann.welcome, ServerFrame::Welcome { data: Some(d), .. } if d["greeting"] == "hello ann, from the backend"),
+        "{:?}",
+        ann.welcome
+    );
+    let mut bob = Client::connect(&format!("{}?user=bob", c.nodes[1].ws_url())).await?;
+    for cl in [&mut ann, &mut bob] {
+        cl.join("moderated:lobby").await?;
+    }
+    assert!(
+        matches!(try_join(&mut bob, "moderated:staff-room").await?, Err((code, _)) if code == "forbidden")
+    );
+    let seq = ann
+        .publish("moderated:lobby", json!({"text": " hi bob "}), "a-1")
+        .await?;
+    let refused = publish_answer(
+        &mut ann,
+        "moderated:lobby",
+        json!({"text": "buy spam now"}),
+        "a-2",
+    )
+    .await?;
+    assert!(
+        matches!(&refused, ServerFrame::Error { code, .. } if code == "rejected"),
+        "{refused:?}"
+    );
+    let last = ann
+        .publish("moderated:lobby", json!({"text": "bye"}), "a-3")
+        .await?;
+    assert_eq!(last, seq + 1, "the refused one was not stored");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let ServerFrame::Message { room, data, .. } = bob.recv().await?
+            && room == "moderated:lobby"
+        {
+            got.push(data);
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            json!({"text": "hi bob", "moderated": true}),
+            json!({"text": "bye", "moderated": true})
+        ]
+    );
+    let who = rpc(&mut bob, "r1", "whoami", Value::Null).await?;
+    assert!(
+        matches!(&who, ServerFrame::RpcResult { data, .. } if data["user"] == "bob"),
+        "{who:?}"
+    );
+    Ok(())
+}

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use turnout_proto::names::{RoomName, UserId};
 use turnout_proto::v1::proxy_client::ProxyClient;
 use turnout_proto::v1::{ProxyReply, ProxyRequest};
@@ -256,12 +257,19 @@ impl Hooks {
         let answer = match self.inflight.clone().try_acquire_owned() {
             Err(_) => Answer::Failed("too many hook calls under way (proxy_max_inflight)".into()),
             Ok(_permit) => {
+                let span = tracing::debug_span!(
+                    "hook",
+                    hook = hook.as_str(),
+                    conn = ask.conn,
+                    room = ask.room
+                );
                 let call = async {
                     match target {
                         Target::Http { uri, client } => self.http(uri, client, &ask).await,
                         Target::Grpc { client } => self.grpc(hook, client.clone(), &ask).await,
                     }
-                };
+                }
+                .instrument(span);
                 match tokio::time::timeout(self.timeout, call).await {
                     Ok(Ok(reply)) => self.check(hook, reply),
                     Ok(Err(e)) => Answer::Failed(e),

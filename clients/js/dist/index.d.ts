@@ -140,6 +140,7 @@ export interface ClientEvents {
         node: string;
         strategy: string;
         conn: string;
+        data?: unknown;
     }) => void;
     /** A room lives on another node (sticky): the client moves there. */
     redirect: (r: {
@@ -225,6 +226,16 @@ export declare class Client {
     leave(room: string): void;
     /** Publishes into a joined room; resolves on the ack, across reconnects. */
     publish(room: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    /**
+     * Asks the backend's rpc hook (`method`, `data`) over this connection;
+     * resolves with its answer, rejects with its refusal (`rejected`),
+     * `unavailable` (the backend did not answer: the call may be made
+     * again), `disconnected` (the connection ended first: whether the backend
+     * saw it is unknown) or `timeout`. Not resent by itself.
+     */
+    rpc(method: string, data?: unknown, opts?: {
+        timeoutMs?: number;
+    }): Promise<unknown>;
     /** Closes the connection for good; everything pending rejects with `closed`. */
     close(): void;
 }

@@ -147,7 +147,7 @@ export interface ClientEvents {
   /** The connection's state changed. */
   state: (state: ConnectionState) => void;
   /** A connection opened (on `node`). */
-  welcome: (w: { node: string; strategy: string; conn: string }) => void;
+  welcome: (w: { node: string; strategy: string; conn: string; data?: unknown }) => void;
   /** A room lives on another node (sticky): the client moves there. */
   redirect: (r: { room: string; url: string }) => void;
   /** The node asked its clients to reconnect (`draining`, `lease_lost`). */
@@ -179,7 +179,8 @@ const NAME = /^[A-Za-z0-9\-_.:@]{1,64}$/;
 // means limits set lower than its pace; it comes back after the longest
 // backoff rather than leave its user disconnected for good.
 function terminal(code: number): boolean {
-  return [1002, 1003, 1007, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999);
+  // 4403: the backend's connect hook refused the connection.
+  return [1002, 1003, 1007, 1009, 1010].includes(code) || (code >= 3500 && code <= 3999) || code === 4403;
 }
 
 /** The pace joins fall back to after a `rate_limited` join: one per this many ms, doubling on each further refusal. */
@@ -348,6 +349,8 @@ export class Client {
   /** Rooms left on this connection whose `left` has not come yet. */
   #leaving = new Map<string, { tries: number; timer?: ReturnType<typeof setTimeout> }>();
   #pending = new Map<string, Pending>();
+  /** Rpc calls waiting for their answer, by id. */
+  #calls = new Map<string, { resolve: (v: unknown) => void; reject: (e: TurnoutError) => void; timer?: ReturnType<typeof setTimeout> }>();
   #idPrefix: string;
   #nextId = 0;
   #listeners = new Map<keyof ClientEvents, Set<Listener>>();
@@ -504,6 +507,48 @@ export class Client {
     });
   }
 
+  /**
+   * Asks the backend's rpc hook (`method`, `data`) over this connection;
+   * resolves with its answer, rejects with its refusal (`rejected`),
+   * `unavailable` (the backend did not answer: the call may be made
+   * again), `disconnected` (the connection ended first: whether the backend
+   * saw it is unknown) or `timeout`. Not resent by itself.
+   */
+  rpc(method: string, data: unknown = null, opts: { timeoutMs?: number } = {}): Promise<unknown> {
+    const fail = (code: string, message: string) => Promise.reject(new TurnoutError(code, message));
+    if (this.#state === "closed") return fail("closed", "the client was closed");
+    if (!this.#isOpen()) return fail("disconnected", "not connected; call rpc once connected");
+    const id = `${this.#idPrefix}-r${++this.#nextId}`;
+    let frame: string;
+    try {
+      frame = JSON.stringify({ type: "rpc", id, method, data });
+    } catch (e) {
+      return fail("bad_frame", `data cannot be sent as JSON: ${(e as Error).message}`);
+    }
+    if (utf8Length(frame) > this.#opts.maxFrameBytes) {
+      return fail("too_large", `the rpc is over ${this.#opts.maxFrameBytes} bytes (maxFrameBytes)`);
+    }
+    return new Promise<unknown>((resolve, reject) => {
+      const call: { resolve: (v: unknown) => void; reject: (e: TurnoutError) => void; timer?: ReturnType<typeof setTimeout> } = { resolve, reject };
+      const timeoutMs = opts.timeoutMs ?? this.#opts.publishTimeoutMs;
+      if (timeoutMs > 0) {
+        call.timer = setTimeout(() => this.#answer(id, new TurnoutError("timeout", `no answer within ${timeoutMs} ms`)), timeoutMs);
+      }
+      this.#calls.set(id, call);
+      this.#send(frame);
+    });
+  }
+
+  /** Settles rpc `id` with an error, or with `value`. */
+  #answer(id: string, err?: TurnoutError, value?: unknown): void {
+    const call = this.#calls.get(id);
+    if (!call) return;
+    this.#calls.delete(id);
+    clearTimeout(call.timer);
+    if (err) call.reject(err);
+    else call.resolve(value);
+  }
+
   /** Closes the connection for good; everything pending rejects with `closed`. */
   close(): void {
     if (this.#state === "closed") return;
@@ -636,6 +681,10 @@ export class Client {
     this.#leaving.clear();
     for (const r of this.#rooms.values()) r.phase = "idle";
     for (const p of this.#pending.values()) p.sent = false;
+    // An rpc is not resent: its caller hears the connection ended.
+    for (const id of [...this.#calls.keys()]) {
+      this.#answer(id, new TurnoutError("disconnected", "the connection ended before the answer", { closeCode: code }));
+    }
     if (this.#state === "closed") return;
     if (terminal(code) || (code === 3010 && !this.#opts.refreshToken)) {
       this.#emit("disconnect", { code, reason, node, retryInMs: null });
@@ -691,6 +740,7 @@ export class Client {
       for (const w of r.waiters.splice(0)) w.reject(err);
     }
     for (const p of [...this.#pending.values()]) this.#settle(p, err);
+    for (const id of [...this.#calls.keys()]) this.#answer(id, err);
     if (emit) this.#emit("error", err);
   }
 
@@ -772,6 +822,8 @@ export class Client {
       case "refreshed":
         this.#scheduleRefresh();
         return;
+      case "rpc_result":
+        return this.#answer(String(f.id), undefined, f.data);
       default:
         return; // pong, and frames of later versions
     }
@@ -785,7 +837,7 @@ export class Client {
     this.#setState("open");
     this.#startPing();
     this.#scheduleRefresh();
-    this.#emit("welcome", { node: this.node, strategy: this.strategy, conn: String(f.conn ?? "") });
+    this.#emit("welcome", { node: this.node, strategy: this.strategy, conn: String(f.conn ?? ""), data: f.data });
     for (const w of this.#connectWaiters.splice(0)) w.resolve();
     for (const r of this.#rooms.values()) this.#sendJoin(r);
   }
@@ -957,6 +1009,7 @@ export class Client {
   #onError(f: Record<string, any>): void {
     const code = String(f.code ?? "internal");
     const err = new TurnoutError(code, String(f.message ?? code), { room: f.room });
+    if (typeof f.id === "string" && this.#calls.has(f.id)) return this.#answer(f.id, err);
     const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
     if (code === "wrong_node") {
       // Sticky: the room lives elsewhere. Move there (or, without a

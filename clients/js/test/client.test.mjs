@@ -616,3 +616,45 @@ test("a publish retried after a refusal holds back the ones behind it, without s
   assert.deepEqual([(await first).seq, (await second).seq], [1, 2]);
   c.close();
 });
+
+test("rpc resolves with the backend's answer, rejects with its refusal, and with disconnected when the connection ends first", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const welcomes = [];
+  c.on("welcome", (w) => welcomes.push(w.data));
+  const connecting = c.connect();
+  const s = await server.socket(0);
+  s.frame({ type: "welcome", node: "n", strategy: "pubsub", conn: "c1", data: { plan: "pro" } });
+  await connecting;
+  assert.deepEqual(welcomes, [{ plan: "pro" }], "the connect hook's data");
+  const asked = c.rpc("whoami", { x: 1 });
+  const f = await s.next((f) => f.type === "rpc");
+  assert.deepEqual([f.method, f.data], ["whoami", { x: 1 }]);
+  s.frame({ type: "rpc_result", id: f.id, data: { user: "alice" } });
+  assert.deepEqual(await asked, { user: "alice" });
+
+  const refused = c.rpc("nope");
+  const g = await s.next((g) => g.type === "rpc" && g.method === "nope");
+  s.frame({ type: "error", code: "rejected", message: "no method nope", id: g.id });
+  await assert.rejects(refused, (e) => e instanceof TurnoutError && e.code === "rejected" && e.message === "no method nope");
+
+  const cut = c.rpc("slow");
+  await s.next((h) => h.type === "rpc" && h.method === "slow");
+  s.drop(1006);
+  await assert.rejects(cut, (e) => e.code === "disconnected");
+  const s1 = await server.socket(1);
+  assert.equal(s1.sent.filter((h) => h.type === "rpc").length, 0, "an rpc is not resent");
+  c.close();
+  await assert.rejects(c.rpc("late"), (e) => e.code === "closed");
+});
+
+test("a connection the backend refused (4403) is not opened again", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const connecting = c.connect();
+  const s = await server.socket(0);
+  s.drop(4403, "banned");
+  await assert.rejects(connecting, (e) => e.closeCode === 4403 && e.message.includes("banned"));
+  assert.equal(c.state, "closed");
+  assert.equal(server.sockets.length, 1, "no second try");
+});
