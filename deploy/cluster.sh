@@ -25,7 +25,8 @@
 #   BACKEND [1]: 1 starts the example backend (deploy/examples/backend.py,
 #     needs python3) on BACKEND_PORT [8090] and gives the nodes its hooks:
 #     the `moderated:` rooms ask it before each join and publish, clients'
-#     `rpc` frames go to it, and it greets each connection (docs/BACKEND.md)
+#     `rpc` frames go to it, it greets each connection, and it prints the
+#     room and member events (webhooks) into run/backend.log (docs/BACKEND.md)
 #   TURNOUT_STRATEGY [pubsub]  and any other TURNOUT_* setting, passed through.
 set -euo pipefail
 
@@ -35,6 +36,8 @@ ROUTER_PORT=${ROUTER_PORT:-7070}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 NODE_PORT_BASE=${NODE_PORT_BASE:-9001}
 BACKEND_PORT=${BACKEND_PORT:-8090}
+# The demo's webhook secret (the backend checks the nodes' signatures).
+WEBHOOK_SECRET=${WEBHOOK_SECRET:-demo-webhook-secret-0123456789}
 RUN_DIR=${RUN_DIR:-$here/run}
 PROFILE=${PROFILE:-release}
 BIND=${BIND:-127.0.0.1}
@@ -134,7 +137,8 @@ start_backend() {
     return 0
   fi
   if ! pid_alive "$RUN_DIR/backend.pid"; then
-    python3 "$here/deploy/examples/backend.py" --port "$BACKEND_PORT" >>"$RUN_DIR/backend.log" 2>&1 &
+    python3 "$here/deploy/examples/backend.py" --port "$BACKEND_PORT" --webhook-secret "$WEBHOOK_SECRET" \
+      >>"$RUN_DIR/backend.log" 2>&1 &
     echo $! >"$RUN_DIR/backend.pid"
     wait_http "http://127.0.0.1:$BACKEND_PORT/healthz" 20 || die "the example backend is not ready; see $RUN_DIR/backend.log"
   fi
@@ -148,7 +152,7 @@ start_backend() {
 backend_env() {
   if pid_alive "$RUN_DIR/backend.pid" && [ -f "$RUN_DIR/turnout.toml" ]; then
     local b=http://127.0.0.1:$BACKEND_PORT
-    echo "TURNOUT_CONFIG=$RUN_DIR/turnout.toml TURNOUT_PROXY_CONNECT_URL=$b/connect TURNOUT_PROXY_JOIN_URL=$b/join TURNOUT_PROXY_PUBLISH_URL=$b/publish TURNOUT_PROXY_RPC_URL=$b/rpc"
+    echo "TURNOUT_CONFIG=$RUN_DIR/turnout.toml TURNOUT_PROXY_CONNECT_URL=$b/connect TURNOUT_PROXY_JOIN_URL=$b/join TURNOUT_PROXY_PUBLISH_URL=$b/publish TURNOUT_PROXY_RPC_URL=$b/rpc TURNOUT_WEBHOOK_URL=$b/webhook TURNOUT_WEBHOOK_SECRET=$WEBHOOK_SECRET"
   fi
 }
 
@@ -312,5 +316,5 @@ case $cmd in
     [ -f "$RUN_DIR/strategy" ] && STRATEGY=$(cat "$RUN_DIR/strategy")
     [ -f "$RUN_DIR/cuttable" ] && CUTTABLE=$(cat "$RUN_DIR/cuttable")
     start_node "${n#node-}" ;;
-  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

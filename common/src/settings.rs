@@ -167,6 +167,13 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "subscriber_buffer",
     "subscriber_buffer_bytes",
     "upstream_timeout",
+    "webhook_batch",
+    "webhook_queue",
+    "webhook_queue_bytes",
+    "webhook_retries",
+    "webhook_secret",
+    "webhook_timeout",
+    "webhook_url",
 ];
 
 /// The keys of settings struct `T` missing from [`CLUSTER_KEYS`] (none, or

@@ -24,11 +24,16 @@ What it decides (docs/BACKEND.md has the whole exchange):
   500 characters; one with a blocked word is refused (error `rejected`, not
   stored); the rest is stored as `{"text": ..., "moderated": true}`;
 - rpc: `whoami` (your user id), `echo` (your data back), `time` (the
-  backend's clock in ms); any other method is refused.
+  backend's clock in ms); any other method is refused;
+- webhooks (TURNOUT_WEBHOOK_URL=http://127.0.0.1:8090/webhook, with the
+  same secret as --webhook-secret): checks each batch's signature, drops
+  events it has seen (by id: delivery is at least once) and prints the rest.
 
 Each answer is `{"result": {...}}` or `{"error": {"code": N, "message": "..."}}`.
 """
 import argparse
+import hashlib
+import hmac
 import json
 import sys
 import time
@@ -79,8 +84,15 @@ def rpc(req):
     return refuse(404, f"no method {method!r}")
 
 
+def signed(body, header, secret):
+    want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(want, header or "")
+
+
 class Handler(BaseHTTPRequestHandler):
     banned = frozenset()
+    webhook_secret = None
+    seen = set()
     server_version = "turnout-example-backend"
 
     def do_POST(self):
@@ -88,8 +100,12 @@ class Handler(BaseHTTPRequestHandler):
         if length > 1 << 20:
             self.send_error(413)
             return
+        body = self.rfile.read(length)
+        if self.path == "/webhook":
+            self.webhook(body)
+            return
         try:
-            req = json.loads(self.rfile.read(length) or b"{}")
+            req = json.loads(body or b"{}")
         except json.JSONDecodeError:
             self.send_error(400, "not JSON")
             return
@@ -110,6 +126,18 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def webhook(self, body):
+        if self.webhook_secret and not signed(body, self.headers.get("X-Turnout-Signature"), self.webhook_secret):
+            self.send_error(401, "bad signature")
+            return
+        for event in json.loads(body).get("events", []):
+            if event["id"] in self.seen:
+                continue
+            self.seen.add(event["id"])
+            print(f"webhook: {event['kind']} {event['room']} {event['user']}", flush=True)
+        self.send_response(204)
+        self.end_headers()
+
     def do_GET(self):
         # A health check for whoever starts it.
         if self.path == "/healthz":
@@ -129,8 +157,10 @@ def main():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--banned", default="mallory", help="comma-separated user ids refused at connect")
+    p.add_argument("--webhook-secret", help="the nodes' webhook_secret: batches without its signature are refused")
     args = p.parse_args()
     Handler.banned = frozenset(u for u in args.banned.split(",") if u)
+    Handler.webhook_secret = args.webhook_secret
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(f"backend: listening on http://{args.host}:{server.server_address[1]}", flush=True)
     try:

@@ -650,7 +650,13 @@ async fn the_example_backend_moderates_a_namespace() -> Result<()> {
     use tokio::io::AsyncBufReadExt;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/backend.py");
     let mut child = tokio::process::Command::new("python3")
-        .args([script, "--port", "0"])
+        .args([
+            script,
+            "--port",
+            "0",
+            "--webhook-secret",
+            "example-webhook-secret",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -677,6 +683,8 @@ async fn the_example_backend_moderates_a_namespace() -> Result<()> {
         s.proxy_join_url = Some(urls[1].clone());
         s.proxy_publish_url = Some(urls[2].clone());
         s.proxy_rpc_url = Some(urls[3].clone());
+        s.webhook_url = Some(format!("{base}/webhook"));
+        s.webhook_secret = Some("example-webhook-secret".into());
     })
     .await?;
     let (_, close) = Client::refused(&format!("{}?user=mallory", c.nodes[0].ws_url())).await?;
@@ -732,6 +740,18 @@ async fn the_example_backend_moderates_a_namespace() -> Result<()> {
     assert!(
         matches!(&who, ServerFrame::RpcResult { data, .. } if data["user"] == "bob"),
         "{who:?}"
+    );
+    // The webhooks it took (signed with the secret it checks).
+    let mut printed = Vec::new();
+    while !printed.contains(&"webhook: member_joined moderated:lobby bob".to_owned()) {
+        match tokio::time::timeout(DEADLINE, lines.next_line()).await?? {
+            Some(l) => printed.push(l),
+            None => bail!("the backend ended; it printed {printed:?}"),
+        }
+    }
+    assert!(
+        printed.contains(&"webhook: room_occupied moderated:lobby ann".to_owned()),
+        "{printed:?}"
     );
     Ok(())
 }

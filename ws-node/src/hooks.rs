@@ -123,7 +123,7 @@ struct ReplyError {
     message: String,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 enum Target {
     Http {
@@ -430,7 +430,7 @@ impl Hooks {
 
 /// One client for every http(s) hook: pooled connections, the system's CA
 /// certificates for https (none are needed for http alone).
-fn http_client(https_needed: bool) -> Result<HttpClient, String> {
+pub(crate) fn http_client(https_needed: bool) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);

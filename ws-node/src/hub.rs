@@ -106,9 +106,18 @@ pub(crate) struct Hub {
     pub(crate) store: Store,
     pub(crate) rooms: DashMap<String, Room>,
     pub(crate) bounds: Bounds,
+    /// Room and member events for the backend, when `webhook_url` is set.
+    pub(crate) webhooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
 }
 
 impl Hub {
+    /// Tells the backend about `room` and `user`, when webhooks are on.
+    pub(crate) fn webhook(&self, kind: crate::webhooks::Kind, room: &str, user: &str) {
+        if let Some(w) = self.webhooks.get() {
+            w.send(kind, room, user);
+        }
+    }
+
     pub(crate) fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }
@@ -560,6 +569,7 @@ impl Hub {
             store,
             rooms: DashMap::new(),
             bounds,
+            webhooks: std::sync::OnceLock::new(),
         }
     }
 }

@@ -144,6 +144,10 @@ impl Hub {
             },
             &self.metrics,
         );
+        if users.connections == 1 {
+            self.webhook(crate::webhooks::Kind::RoomOccupied, room, &conn.user);
+        }
+        self.webhook(crate::webhooks::Kind::MemberJoined, room, &conn.user);
         // Presence events are for rooms people can follow; a broadcast room
         // of thousands would turn every join into thousands of frames.
         if users.connections <= self.bounds.presence_limit {
@@ -248,6 +252,10 @@ impl Hub {
         let left = self
             .forget_presence(room, std::slice::from_ref(conn), last_here)
             .await;
+        self.webhook(crate::webhooks::Kind::MemberLeft, room, &conn.user);
+        if left == Some(0) {
+            self.webhook(crate::webhooks::Kind::RoomVacated, room, &conn.user);
+        }
         if left.is_some_and(|n| n < self.bounds.presence_limit) {
             self.announce(room, "leave", conn).await;
         }

@@ -37,6 +37,7 @@ mod session;
 pub mod settings;
 mod store;
 mod strategy;
+mod webhooks;
 
 pub use node::{LEAVE_CALL, NodeError, run};
 pub use settings::Settings;

@@ -24,6 +24,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) slow_consumers: IntCounter,
     pub(crate) frame_errors: IntCounterVec,
     pub(crate) hooks: crate::hooks::HookMetrics,
+    pub(crate) webhooks: crate::webhooks::WebhookMetrics,
     pub(crate) redis_disconnects: IntCounter,
     pub(crate) resubscribed: IntCounter,
     pub(crate) channels_moved: IntCounter,
@@ -137,6 +138,19 @@ impl NodeMetrics {
                                 5.0,
                             ]),
                         &["hook"],
+                    )
+                    .expect("valid metric"),
+                ),
+            },
+            webhooks: crate::webhooks::WebhookMetrics {
+                events: register(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "webhook_events_total",
+                            "Webhook events by outcome: sent (taken by the backend), dropped (the queue was full), failed (every try of their batch failed)",
+                        ),
+                        &["outcome"],
                     )
                     .expect("valid metric"),
                 ),

@@ -180,6 +180,24 @@ pub async fn run(
         let _ = server.await;
         return Ok(());
     };
+    if let Some(url) = settings.webhook_url.as_deref() {
+        let webhooks = crate::webhooks::Webhooks::start(
+            &node_id,
+            &crate::webhooks::WebhookSettings {
+                url,
+                secret: settings.webhook_secret.as_deref(),
+                batch: settings.webhook_batch,
+                queue: settings.webhook_queue,
+                queue_bytes: settings.webhook_queue_bytes,
+                timeout: settings.webhook_timeout,
+                retries: settings.webhook_retries,
+            },
+            metrics.webhooks.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| turnout_common::settings::SettingsError::invalid("webhook_url", e))?;
+        let _ = hub.webhooks.set(webhooks);
+    }
     let redis = OnceLock::new();
     if let Some(con) = con {
         let _ = redis.set(con);
@@ -282,10 +300,17 @@ pub async fn run(
     heartbeat.abort();
     let _ = heartbeat.await;
     // Redis may be gone: leaving is best effort, the heartbeat expires anyway.
-    if tokio::time::timeout(LEAVE_CALL, heartbeat::deregister(&state))
-        .await
-        .is_err()
-    {
+    // Meanwhile the webhook events of the drain get their one try.
+    let webhooks = async {
+        if let Some(w) = state.hub.webhooks.get() {
+            w.finish().await;
+        }
+    };
+    let (left, _) = tokio::join!(
+        tokio::time::timeout(LEAVE_CALL, heartbeat::deregister(&state)),
+        tokio::time::timeout(LEAVE_CALL, webhooks),
+    );
+    if left.is_err() {
         tracing::warn!("Redis did not answer the leaving call in time; the heartbeat will expire");
     }
     server_stop.cancel();

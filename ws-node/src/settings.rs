@@ -208,6 +208,34 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PROXY_MAX_REPLY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_max_reply_bytes: Option<usize>,
+    /// Where room and member events are POSTed (http:// or https://).
+    #[arg(long, env = "TURNOUT_WEBHOOK_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Key of the batches' HMAC-SHA256 signature (at least 16 bytes).
+    #[arg(long, env = "TURNOUT_WEBHOOK_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    /// Events per webhook POST at most.
+    #[arg(long, env = "TURNOUT_WEBHOOK_BATCH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_batch: Option<usize>,
+    /// Events waiting to be sent at most; beyond, dropped (counted).
+    #[arg(long, env = "TURNOUT_WEBHOOK_QUEUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_queue: Option<usize>,
+    /// Bytes of events waiting to be sent at most.
+    #[arg(long, env = "TURNOUT_WEBHOOK_QUEUE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_queue_bytes: Option<usize>,
+    /// How long one webhook POST may take, e.g. 5s.
+    #[arg(long, env = "TURNOUT_WEBHOOK_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_timeout: Option<String>,
+    /// Tries per batch (with backoff) before its events are given up.
+    #[arg(long, env = "TURNOUT_WEBHOOK_RETRIES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_retries: Option<u32>,
 }
 
 /// The ws-node's settings after merging file, env and flags.
@@ -285,6 +313,14 @@ pub struct Settings {
     pub proxy_timeout: Duration,
     pub proxy_max_inflight: usize,
     pub proxy_max_reply_bytes: usize,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_batch: usize,
+    pub webhook_queue: usize,
+    pub webhook_queue_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    pub webhook_retries: u32,
 }
 
 impl Default for Settings {
@@ -347,6 +383,13 @@ impl Default for Settings {
             proxy_timeout: Duration::from_secs(1),
             proxy_max_inflight: 1000,
             proxy_max_reply_bytes: 64 * 1024,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: 100,
+            webhook_queue: 10_000,
+            webhook_queue_bytes: 4 << 20,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_retries: 8,
         }
     }
 }
@@ -448,6 +491,33 @@ impl Validate for Settings {
                 }
             }
         }
+        if let Some(url) = &self.webhook_url {
+            turnout_common::settings::check_http_url("webhook_url", url)?;
+            match &self.webhook_secret {
+                Some(s) if s.len() < 16 => {
+                    return Err(SettingsError::invalid(
+                        "webhook_secret",
+                        "must be at least 16 bytes",
+                    ));
+                }
+                None if !self.insecure => {
+                    return Err(SettingsError::invalid(
+                        "webhook_secret",
+                        "webhook_url needs a secret to sign its batches (or insecure = true)",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (key, v) in [
+            ("webhook_batch", self.webhook_batch),
+            ("webhook_queue", self.webhook_queue),
+            ("webhook_queue_bytes", self.webhook_queue_bytes),
+            ("webhook_retries", self.webhook_retries as usize),
+        ] {
+            require_nonzero(key, v == 0)?;
+        }
+        require_nonzero("webhook_timeout", self.webhook_timeout.is_zero())?;
         require_nonzero("proxy_timeout", self.proxy_timeout.is_zero())?;
         require_nonzero("proxy_max_inflight", self.proxy_max_inflight == 0)?;
         if self.proxy_max_reply_bytes < 1024 {
