@@ -97,14 +97,6 @@ impl Namespaces {
     pub fn global_options(&self) -> &RoomOptions {
         &self.global
     }
-
-    /// The longest history any room keeps.
-    pub fn max_history_size(&self) -> u64 {
-        self.named
-            .values()
-            .map(|o| o.history_size)
-            .fold(self.global.history_size, u64::max)
-    }
 }
 
 /// The namespace of `room`: the part before its first `:`, if any.
@@ -194,7 +186,6 @@ mod tests {
         assert_eq!(ns.of("chatter:x"), &global());
         assert_eq!(ns.of("lobby:chat:x"), &global());
         assert!(!ns.of("news:a:b").client_publish);
-        assert_eq!(ns.max_history_size(), 100);
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "max_subscribers",
     "namespaces",
     "node_id",
+    "personal_rooms",
     "ping_interval",
     "placement_ttl",
     "poll_interval",

@@ -96,7 +96,57 @@ pub(crate) async fn publish(
 ) -> Result<Response, ApiError> {
     let result = async {
         let room = room_name(room)?;
-        let body: PublishBody = serde_json::from_slice(&body).map_err(|e| {
+        let (data, from, id) = publish_args(&headers, &body)?;
+        gw.publish(&room, data, from, id).await
+    };
+    let reply = counted(&gw, "publish", result.await)?;
+    let mut out = json!({"seq": reply.seq});
+    if reply.duplicate {
+        out["duplicate"] = json!(true);
+    }
+    Ok(Json(out).into_response())
+}
+
+/// `POST /api/users/{user}/publish`: into the user's personal room `#user`,
+/// which every connection of the user is in, on every node.
+pub(crate) async fn publish_to_user(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let result = async {
+        let user = user_id(user, "user")?;
+        let (data, from, id) = publish_args(&headers, &body)?;
+        gw.publish_to_user(&user, data, from, id).await
+    };
+    let reply = counted(&gw, "publish_to_user", result.await)?;
+    let mut out = json!({"room": reply.room});
+    if reply.per_node.is_empty() {
+        out["seq"] = json!(reply.seq);
+        if reply.duplicate {
+            out["duplicate"] = json!(true);
+        }
+    } else {
+        // Strategy local: each node numbers its own copy of the room.
+        let seqs: serde_json::Map<String, serde_json::Value> = reply
+            .per_node
+            .iter()
+            .map(|(node, seq)| (node.clone(), json!(seq)))
+            .collect();
+        out["seqs"] = json!(seqs);
+    }
+    Ok(Json(out).into_response())
+}
+
+/// A publish body (`{"data": …, "from": …, "id": …}`) and the
+/// `Idempotency-Key` header: (data as JSON text, from, id).
+fn publish_args(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, Option<turnout_proto::names::UserId>, Option<String>), ApiError> {
+    {
+        let body: PublishBody = serde_json::from_slice(body).map_err(|e| {
             let msg = e.to_string();
             let msg = msg.split(" at line").next().unwrap_or("");
             bad(
@@ -128,15 +178,8 @@ pub(crate) async fn publish(
             }
             (a, b) => a.or(b).filter(|id| !id.is_empty()),
         };
-        gw.publish(&room, body.data.get().to_owned(), from, id)
-            .await
-    };
-    let reply = counted(&gw, "publish", result.await)?;
-    let mut out = json!({"seq": reply.seq});
-    if reply.duplicate {
-        out["duplicate"] = json!(true);
+        Ok((body.data.get().to_owned(), from, id))
     }
-    Ok(Json(out).into_response())
 }
 
 #[derive(Deserialize)]
@@ -320,7 +363,15 @@ fn may_use_room(
     let token = turnout_common::auth::token_from(headers, query)
         .ok_or(turnout_common::auth::AuthError::Missing);
     match token.and_then(|t| auth.verify(&t)) {
-        Ok(claims) if room.is_none_or(|r| claims.may_join(r)) => Ok(Caller::Client(claims)),
+        // A user's own personal room, whatever the rooms claim says.
+        Ok(claims)
+            if room.is_none_or(|r| {
+                claims.may_join(r)
+                    || r.strip_prefix(turnout_proto::names::PERSONAL) == Some(claims.sub.as_str())
+            }) =>
+        {
+            Ok(Caller::Client(claims))
+        }
         Ok(_) => Err(bad(
             ErrorCode::Forbidden,
             "the token's rooms claim does not include this room",
@@ -354,6 +405,25 @@ pub(crate) async fn events(
             ));
         };
         let caller = may_use_room(&gw, &headers, uri.query(), Some(&room))?;
+        // The backend decides who joins these: a client reads them over a
+        // WebSocket, where the join hook is asked.
+        if !matches!(caller, Caller::Backend) && gw.settings.join_proxy_on(&room) {
+            return Err(bad(
+                ErrorCode::Forbidden,
+                "this room's namespace asks the backend before each join (join_proxy): \
+                 follow it over a WebSocket",
+            ));
+        }
+        if !matches!(caller, Caller::Backend)
+            && let Some(user) = room.personal_user()
+            && !matches!(&caller, Caller::Client(c) if c.sub == user)
+            && !matches!(caller, Caller::Anyone)
+        {
+            return Err(bad(
+                ErrorCode::Forbidden,
+                "a personal room is its own user's alone",
+            ));
+        }
         let ip = peer.ip();
         let (holder, until) = match caller {
             Caller::Backend => (Holder::Backend, None),

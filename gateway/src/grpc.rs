@@ -44,6 +44,29 @@ impl GatewayApi for GatewayService {
         }))
     }
 
+    async fn publish_to_user(
+        &self,
+        req: Request<PublishToUserRequest>,
+    ) -> Result<Response<PublishToUserReply>, Status> {
+        let r = req.into_inner();
+        let user = user_id(r.user, "user")?;
+        let from = Some(r.from)
+            .filter(|f| !f.is_empty())
+            .map(|f| user_id(f, "from"))
+            .transpose()?;
+        let id = Some(r.id).filter(|id| !id.is_empty());
+        let reply = self
+            .gw
+            .publish_to_user(&user, r.data_json, from, id)
+            .await?;
+        Ok(Response::new(PublishToUserReply {
+            room: reply.room,
+            seq: reply.seq,
+            duplicate: reply.duplicate,
+            node_seqs: reply.per_node.into_iter().collect(),
+        }))
+    }
+
     async fn history(
         &self,
         req: Request<HistoryRequest>,

@@ -87,6 +87,12 @@ fn http_routes() -> Vec<HttpRoute> {
             true,
             post(api::disconnect),
         ),
+        r(
+            "post",
+            "/api/users/{user}/publish",
+            true,
+            post(api::publish_to_user),
+        ),
         r("get", "/api/openapi.json", false, get(api::openapi)),
         r("get", "/", false, get(turnout_common::serve::demo_page)),
         r(

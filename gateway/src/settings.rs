@@ -204,6 +204,14 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Whether `room`'s namespace asks the backend's join hook.
+    pub fn join_proxy_on(&self, room: &str) -> bool {
+        turnout_common::namespaces::namespace_of(room)
+            .and_then(|ns| self.namespaces.get(ns))
+            .and_then(|n| n.join_proxy)
+            .unwrap_or(false)
+    }
+
     /// Whether `room`'s namespace shows who is in its rooms.
     pub fn presence_on(&self, room: &str) -> bool {
         turnout_common::namespaces::namespace_of(room)

@@ -39,6 +39,16 @@ fn no_node() -> ApiError {
     ApiError::new(ErrorCode::Unavailable, "no live ws-node")
 }
 
+/// What a publish to a user did.
+pub(crate) struct UserPublished {
+    /// The personal room, `#user`.
+    pub(crate) room: String,
+    pub(crate) seq: u64,
+    pub(crate) duplicate: bool,
+    /// Strategy local: each node's seq for its own copy of the room.
+    pub(crate) per_node: Vec<(String, u64)>,
+}
+
 impl Gateway {
     /// Picks a node for a client; `avoid` lists nodes that just failed to
     /// answer; `record` counts the pick against the node's load.
@@ -81,6 +91,15 @@ impl Gateway {
     /// The node the server API uses for `room`.
     async fn api_node(&self, room: &RoomName) -> Result<NodeInfo, ApiError> {
         match self.strategy() {
+            // A personal room has no owner in sticky (its user's
+            // connections are on any node): any node publishes into it.
+            Strategy::Sticky if room.personal_user().is_some() => {
+                let view = self.view.borrow().clone();
+                let avoid = self.avoided(&[]);
+                self.picker
+                    .least_loaded(&view, false, &avoid)
+                    .ok_or_else(no_node)
+            }
             Strategy::Sticky => self.owner(room, &self.avoided(&[])).await,
             Strategy::Pubsub | Strategy::Relay => self.pick(Some(room), false, &[]).await,
             Strategy::Local => {
@@ -197,6 +216,73 @@ impl Gateway {
     /// retried as is: it is taken once. Without one the gateway makes its
     /// own for its retry: a try that timed out or lost its answer may have
     /// been stored, and the retry must not store it again.
+    /// Publishes into `user`'s personal room. Strategy local: into each
+    /// node's own copy of it (the user's connections may be on any), each
+    /// numbered by its node.
+    pub(crate) async fn publish_to_user(
+        &self,
+        user: &UserId,
+        data_json: String,
+        from: Option<UserId>,
+        id: Option<String>,
+    ) -> Result<UserPublished, ApiError> {
+        let room = RoomName::personal(user);
+        if self.strategy() != Strategy::Local {
+            let reply = self.publish(&room, data_json, from, id).await?;
+            return Ok(UserPublished {
+                room: room.into_string(),
+                seq: reply.seq,
+                duplicate: reply.duplicate,
+                per_node: Vec::new(),
+            });
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(&data_json).is_err() {
+            return Err(ApiError::new(ErrorCode::BadJson, "data is not valid JSON"));
+        }
+        let nodes: Vec<NodeInfo> = self
+            .view
+            .borrow()
+            .reply
+            .nodes
+            .iter()
+            .filter(|n| !n.draining)
+            .cloned()
+            .collect();
+        if nodes.is_empty() {
+            return Err(no_node());
+        }
+        let from = from
+            .map(UserId::into_string)
+            .unwrap_or_else(|| "api".to_owned());
+        let calls = nodes.iter().map(|node| {
+            let req = DeliverRequest {
+                room: room.to_string(),
+                data_json: data_json.clone(),
+                from: from.clone(),
+                epoch: 0,
+                id: id.clone().unwrap_or_default(),
+            };
+            async move {
+                let mut client = self.node_client(node)?;
+                client
+                    .deliver(req)
+                    .await
+                    .map(|r| (node.id.clone(), r.into_inner().seq))
+                    .map_err(|s| {
+                        tracing::warn!(node = %node.id, error = %s.message(), "Deliver failed");
+                        ApiError::new(ErrorCode::Unavailable, s.message())
+                    })
+            }
+        });
+        let per_node = futures_util::future::try_join_all(calls).await?;
+        Ok(UserPublished {
+            room: room.into_string(),
+            seq: 0,
+            duplicate: false,
+            per_node,
+        })
+    }
+
     pub(crate) async fn publish(
         &self,
         room: &RoomName,

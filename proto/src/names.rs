@@ -50,10 +50,17 @@ fn check(s: &str, max: usize) -> Result<(), NameError> {
     }
 }
 
-/// A room name: 1 to 64 bytes of `[A-Za-z0-9-_.:@]`.
+/// A room name: 1 to 64 bytes of `[A-Za-z0-9-_.:@]`, or a personal room:
+/// `#` and a user id (its user's own room).
 pub fn check_room(s: &str) -> Result<(), NameError> {
-    check(s, MAX_ROOM_LEN)
+    match s.strip_prefix(PERSONAL) {
+        Some(user) => check_user(user),
+        None => check(s, MAX_ROOM_LEN),
+    }
 }
+
+/// What starts a personal room's name: `#alice` is alice's.
+pub const PERSONAL: char = '#';
 
 /// A user id: 1 to 64 bytes of `[A-Za-z0-9-_.:@]`.
 pub fn check_user(s: &str) -> Result<(), NameError> {
@@ -156,6 +163,23 @@ name_type!(
     check_user
 );
 
+impl RoomName {
+    /// The personal room of `user`: every connection of the user is in it.
+    pub fn personal(user: &UserId) -> RoomName {
+        RoomName(format!("{PERSONAL}{user}"))
+    }
+
+    /// Whose personal room this is, if it is one.
+    pub fn personal_user(&self) -> Option<&str> {
+        self.0.strip_prefix(PERSONAL)
+    }
+}
+
+/// Whether `room` is a personal room (`#user`).
+pub fn is_personal(room: &str) -> bool {
+    room.starts_with(PERSONAL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +194,20 @@ mod tests {
             Err(NameError::TooLong { max: 64 })
         );
         assert_eq!(check_room("é"), Err(NameError::BadChar('é')));
+        // A personal room: `#` and a user id, nothing else with a `#`.
+        assert!(check_room("#alice").is_ok());
+        assert!(check_room(&format!("#{}", "u".repeat(64))).is_ok());
+        assert_eq!(check_room("#"), Err(NameError::Empty));
+        assert_eq!(check_room("##a"), Err(NameError::BadChar('#')));
+        assert_eq!(check_room("a#b"), Err(NameError::BadChar('#')));
+        let alice = UserId::parse("alice").unwrap();
+        let room = RoomName::personal(&alice);
+        assert_eq!(
+            (room.as_str(), room.personal_user()),
+            ("#alice", Some("alice"))
+        );
+        assert_eq!(RoomName::parse("lobby").unwrap().personal_user(), None);
+        assert!(is_personal("#alice") && !is_personal("alice"));
     }
 
     #[test]

@@ -755,3 +755,49 @@ async fn the_example_backend_moderates_a_namespace() -> Result<()> {
     );
     Ok(())
 }
+
+/// A client that stops reading while its rpc waits on a slow backend: the
+/// call still ends at `proxy_timeout` and gives its slot back, though the
+/// node cannot write to that client meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_a_hook_call_past_its_timeout() -> Result<()> {
+    let logic = Arc::new(Logic::default());
+    let backend = HttpBackend::start(logic.clone(), 0).await?;
+    let c = cluster(Strategy::Local, &http_urls(&backend), |s| {
+        s.proxy_timeout = Duration::from_millis(300);
+        s.proxy_max_inflight = 1;
+        s.send_queue = 100_000;
+        s.send_queue_bytes = 256 << 20;
+    })
+    .await?;
+    let node = c.nodes[0].ws_url();
+    let mut stuck = Client::connect(&format!("{node}?user=stuck")).await?;
+    stuck.join("big").await?;
+    let mut other = Client::connect(&format!("{node}?user=other")).await?;
+    other.join("big").await?;
+    stuck
+        .send_json(json!({"type": "rpc", "id": "s1", "method": "slow"}))
+        .await?;
+    tokio::time::timeout(DEADLINE, logic.slow_arrived.notified()).await?;
+    // While its rpc waits: more than the sockets between the node and
+    // `stuck` hold, so the node's writes to it block (it reads nothing from
+    // here on).
+    let blob = "x".repeat(60_000);
+    let mut last = 0;
+    for i in 0..300 {
+        last = other.publish("big", json!(blob), &format!("b{i}")).await?;
+    }
+    assert_eq!(other.messages_until("big", last).await?.len(), 300);
+    // The node's one hook slot comes back once the stuck call times out.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    for i in 0.. {
+        match rpc(&mut other, &format!("o{i}"), "echo", json!(1)).await? {
+            ServerFrame::RpcResult { .. } => break,
+            refused if tokio::time::Instant::now() > end => {
+                bail!("the slot never came back: {refused:?}")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -72,18 +72,25 @@ impl Conn {
         self.claims().as_ref().is_none_or(|c| c.may_join(room))
     }
 
+    /// Whether `sub` is the subject of the connection's token (a fresh
+    /// token must be for the same one, whatever user the connect hook named).
+    pub(crate) fn same_subject(&self, sub: &str) -> bool {
+        self.claims().as_ref().is_some_and(|c| c.sub == sub)
+    }
+
     /// When the client's token expires (Unix seconds), if it has one.
     pub(crate) fn expires(&self) -> Option<u64> {
         self.claims().as_ref().map(|c| c.exp)
     }
 
     /// Takes the claims of a fresh token (same subject); returns the rooms
-    /// the connection is in that they no longer allow.
+    /// the connection is in that they no longer allow (its personal room is
+    /// the user's whatever they say).
     pub(crate) fn refresh(&self, claims: turnout_common::auth::Claims) -> Vec<String> {
         let lost = self
             .rooms()
             .iter()
-            .filter(|r| !claims.may_join(r))
+            .filter(|r| !claims.may_join(r) && !turnout_proto::names::is_personal(r))
             .cloned()
             .collect();
         *self.claims() = Some(claims);
@@ -98,8 +105,11 @@ impl Conn {
         self.rooms().contains(room)
     }
 
+    /// Rooms joined, the personal room aside (it does not count against
+    /// `max_rooms_per_conn`).
     pub(crate) fn room_count(&self) -> usize {
-        self.rooms().len()
+        let rooms = self.rooms();
+        rooms.len() - usize::from(rooms.iter().any(|r| turnout_proto::names::is_personal(r)))
     }
 
     pub(crate) fn joined_room(&self, room: &str) {

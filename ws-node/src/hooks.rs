@@ -143,6 +143,9 @@ pub(crate) struct HookSettings<'a> {
     pub(crate) max_reply_bytes: usize,
     /// Most rooms a connect hook may join a connection to.
     pub(crate) max_rooms: usize,
+    /// Largest `data` a result may carry (`max_frame_bytes`: it goes to
+    /// clients in a frame).
+    pub(crate) max_data_bytes: usize,
 }
 
 /// Counts and times every call, by hook and outcome.
@@ -160,6 +163,7 @@ pub(crate) struct Hooks {
     inflight: Arc<Semaphore>,
     max_reply_bytes: usize,
     max_rooms: usize,
+    max_data_bytes: usize,
     metrics: HookMetrics,
 }
 
@@ -238,6 +242,7 @@ impl Hooks {
             inflight: Arc::new(Semaphore::new(s.max_inflight)),
             max_reply_bytes: s.max_reply_bytes,
             max_rooms: s.max_rooms,
+            max_data_bytes: s.max_data_bytes,
             metrics,
         })
     }
@@ -395,6 +400,15 @@ impl Hooks {
             },
             (None, None) => Answer::Failed("the answer holds neither result nor error".into()),
             (Some(r), None) => {
+                if let Some(d) = &r.data
+                    && d.get().len() > self.max_data_bytes
+                {
+                    return Answer::Failed(format!(
+                        "result data of {} bytes; at most max_frame_bytes ({})",
+                        d.get().len(),
+                        self.max_data_bytes
+                    ));
+                }
                 let user = match r.user.filter(|_| hook == Hook::Connect) {
                     None => None,
                     Some(u) => match UserId::parse(u) {

@@ -122,8 +122,9 @@ impl Hub {
         self.rooms.contains_key(room)
     }
 
+    /// Rooms with members here, personal rooms aside.
     pub(crate) fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.metrics.rooms.get().max(0) as usize
     }
 
     pub(crate) fn room_names(&self) -> Vec<String> {
@@ -515,7 +516,7 @@ impl Hub {
         let Some((_, r)) = removed else {
             return;
         };
-        self.metrics.rooms.dec();
+        self.metrics.room_gauge(room).dec();
         self.strategy.close(room);
         let members: Vec<Arc<Conn>> = r.members.into_values().map(|m| m.conn).collect();
         self.tell_moved(room, &members, redirect);

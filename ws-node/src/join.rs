@@ -18,7 +18,8 @@ use turnout_proto::names::RoomName;
 
 impl Hub {
     /// Joins `conn` to `room`: admits the room, registers the member,
-    /// queues `joined` and the replay after `since`, then switches the
+    /// queues `joined` (unless `quiet`: the personal room a connection is
+    /// put in at start) and the replay after `since`, then switches the
     /// member to live delivery.
     pub(crate) async fn join(
         self: &Arc<Self>,
@@ -26,6 +27,7 @@ impl Hub {
         room: &RoomName,
         since: Option<u64>,
         client_epoch: Option<String>,
+        quiet: bool,
     ) -> Result<(), RoomError> {
         let epoch = self.strategy.admit(self, room).await?;
         if self.is_member(room, conn) {
@@ -35,6 +37,7 @@ impl Hub {
             // this `joined`, and the seq it names counts it.
             if let Some(r) = self.rooms.get(room.as_str())
                 && let Some(m) = r.members.get(&conn.id)
+                && !quiet
             {
                 conn.send_frame(
                     &ServerFrame::Joined {
@@ -133,21 +136,26 @@ impl Hub {
             self.metrics.replays_cut.inc();
             replay_until = Some(last);
         }
-        conn.send_frame(
-            &ServerFrame::Joined {
-                room: room.to_string(),
-                seq: slice.seq,
-                epoch: slice.epoch.clone(),
-                presence: users.users,
-                recovered,
-                replay_until,
-            },
-            &self.metrics,
-        );
-        if users.connections == 1 {
-            self.webhook(crate::webhooks::Kind::RoomOccupied, room, &conn.user);
+        if !quiet {
+            conn.send_frame(
+                &ServerFrame::Joined {
+                    room: room.to_string(),
+                    seq: slice.seq,
+                    epoch: slice.epoch.clone(),
+                    presence: users.users,
+                    recovered,
+                    replay_until,
+                },
+                &self.metrics,
+            );
         }
-        self.webhook(crate::webhooks::Kind::MemberJoined, room, &conn.user);
+        // Personal rooms come and go with every connection: no events.
+        if room.personal_user().is_none() {
+            if users.connections == 1 {
+                self.webhook(crate::webhooks::Kind::RoomOccupied, room, &conn.user);
+            }
+            self.webhook(crate::webhooks::Kind::MemberJoined, room, &conn.user);
+        }
         // Presence events are for rooms people can follow; a broadcast room
         // of thousands would turn every join into thousands of frames.
         if users.connections <= self.bounds.presence_limit {
@@ -183,7 +191,7 @@ impl Hub {
     /// are returned, to be sent to rejoin.
     fn add_member(&self, room: &RoomName, conn: &Arc<Conn>, epoch: u64) -> Vec<Arc<Conn>> {
         let mut r = self.rooms.entry(room.to_string()).or_insert_with(|| {
-            self.metrics.rooms.inc();
+            self.metrics.room_gauge(room).inc();
             Room {
                 epoch,
                 ..Room::default()
@@ -252,9 +260,11 @@ impl Hub {
         let left = self
             .forget_presence(room, std::slice::from_ref(conn), last_here)
             .await;
-        self.webhook(crate::webhooks::Kind::MemberLeft, room, &conn.user);
-        if left == Some(0) {
-            self.webhook(crate::webhooks::Kind::RoomVacated, room, &conn.user);
+        if !turnout_proto::names::is_personal(room) {
+            self.webhook(crate::webhooks::Kind::MemberLeft, room, &conn.user);
+            if left == Some(0) {
+                self.webhook(crate::webhooks::Kind::RoomVacated, room, &conn.user);
+            }
         }
         if left.is_some_and(|n| n < self.bounds.presence_limit) {
             self.announce(room, "leave", conn).await;
@@ -276,7 +286,7 @@ impl Hub {
             .remove_if(room, |_, r| r.members.is_empty())
             .is_some();
         if emptied {
-            self.metrics.rooms.dec();
+            self.metrics.room_gauge(room).dec();
             self.strategy.close(room);
         }
         Some(emptied)

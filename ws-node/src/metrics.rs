@@ -10,6 +10,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) registry: Registry,
     pub(crate) connections: IntGauge,
     pub(crate) rooms: IntGauge,
+    pub(crate) personal_rooms: IntGauge,
     pub(crate) published: IntCounter,
     pub(crate) publish_duplicates: IntCounter,
     pub(crate) publishes_forbidden: IntCounter,
@@ -63,7 +64,14 @@ impl NodeMetrics {
         let g = |name: &str, help: &str| turnout_common::metrics::gauge(&registry, name, help);
         NodeMetrics {
             connections: g("connections", "Open client WebSocket connections"),
-            rooms: g("rooms", "Rooms with at least one member on this node"),
+            rooms: g(
+                "rooms",
+                "Rooms with at least one member on this node (personal rooms aside)",
+            ),
+            personal_rooms: g(
+                "personal_rooms",
+                "Personal rooms (#user) with a connection on this node",
+            ),
             published: c(
                 "messages_published_total",
                 "Messages published through this node",
@@ -263,6 +271,17 @@ impl NodeMetrics {
                 "Keys Redis evicted since it started (INFO stats evicted_keys)",
             ),
             registry,
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// The gauge that counts `room`: personal rooms apart.
+    pub(crate) fn room_gauge(&self, room: &str) -> &IntGauge {
+        if turnout_proto::names::is_personal(room) {
+            &self.personal_rooms
+        } else {
+            &self.rooms
         }
     }
 }

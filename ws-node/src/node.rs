@@ -134,6 +134,7 @@ pub async fn run(
             max_inflight: settings.proxy_max_inflight,
             max_reply_bytes: settings.proxy_max_reply_bytes,
             max_rooms: settings.max_rooms_per_conn,
+            max_data_bytes: settings.max_frame_bytes,
         },
         metrics.hooks.clone(),
     )
@@ -281,7 +282,11 @@ pub async fn run(
     let app = app.with_state(state.clone()).merge(grpc_routes);
 
     let strategy = state.hub.strategy.kind();
-    heartbeat::register(&state).await;
+    // Redis may stall here: a stop asked meanwhile is not kept waiting.
+    tokio::select! {
+        _ = heartbeat::register(&state) => {}
+        _ = shutdown.cancelled() => {}
+    }
     let heartbeat = tokio::spawn(heartbeat::run(state.clone(), stop.clone()));
     tokio::spawn(heartbeat::watch_lease(state.clone(), stop.clone()));
     let _ = apps.send(app);
@@ -441,6 +446,7 @@ async fn ws_handler(
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let label = format!("{}-{id}", state.hub.node_id);
     // A token's subject wins over the `user` parameter.
+    let named = claims.is_some() || q.user.is_some();
     let user = match claims.as_ref().map(|c| c.sub.clone()).or(q.user) {
         Some(u) => match UserId::parse(u) {
             Ok(u) => u,
@@ -487,7 +493,8 @@ async fn ws_handler(
             let tracker = st.sessions.clone();
             tracker.track_future(async move {
                 // The backend's connect hook decides before `welcome`.
-                let (user, start, refused) = admit(&st, &label, user).await;
+                let (user, mut start, refused) = admit(&st, &label, user).await;
+                start.named |= named;
                 let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
                 if let Some((code, reason)) = refused {
                     if code != turnout_proto::codes::close::REFUSED {
@@ -541,6 +548,7 @@ async fn admit(
             let start = session::Start {
                 data: g.data.and_then(|d| serde_json::from_str(d.get()).ok()),
                 rooms: g.rooms,
+                named: g.user.is_some(),
             };
             (g.user.unwrap_or(user), start, None)
         }

@@ -39,7 +39,8 @@ impl Hub {
     /// Tells the room's members (on every node) that `conn`'s user joined or
     /// left. Best effort: presence events carry no seq and are not replayed.
     pub(crate) async fn announce(&self, room: &str, event: &str, conn: &Conn) {
-        if !self.store.options(room).presence {
+        // (A personal room's members are its one user's own connections.)
+        if !self.store.options(room).presence || turnout_proto::names::is_personal(room) {
             return;
         }
         let frame = ServerFrame::Presence {
@@ -128,7 +129,10 @@ impl Hub {
         let args: Vec<(String, Option<(&str, u64)>)> = rooms
             .iter()
             .map(|(room, epoch)| {
-                let owner = pin.map(|_| (self.node_id.as_str(), *epoch));
+                // Sticky's personal rooms have no owner to check.
+                let owner = pin
+                    .filter(|_| !turnout_proto::names::is_personal(room))
+                    .map(|_| (self.node_id.as_str(), *epoch));
                 (room.clone(), owner)
             })
             .collect();

@@ -35,10 +35,26 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>, start: Start) {
             },
             &hub.metrics,
         );
-        // Rooms the backend's connect hook chose: joined at once, as the
-        // client's own joins are (but not asked about again).
-        for room in start.rooms {
-            Box::pin(join(&state, &conn, room, None, None)).await;
+        // A drain that began while the connect hook was asked missed this
+        // connection: it goes the way the others went.
+        if state.draining() {
+            let frame = ServerFrame::Reconnect {
+                reason: "draining".into(),
+            };
+            conn.send_frame(&frame, &hub.metrics);
+            conn.kill_with(close::SERVICE_RESTART, "draining");
+        }
+        // The user's personal room, and the rooms the backend's connect
+        // hook chose: joined at once, as the client's own joins are (but
+        // not asked about again).
+        let personal = (state.settings.personal_rooms && start.named)
+            .then(|| (RoomName::personal(&conn.user), true));
+        let chosen = start.rooms.into_iter().map(|r| (r, false));
+        for (room, quiet) in personal.into_iter().chain(chosen) {
+            if conn.is_closed() || state.draining() {
+                break;
+            }
+            Box::pin(join(&state, &conn, room, None, None, quiet)).await;
         }
         let settings = &state.settings;
         let mut limits = Limits::new(settings.limits(), std::time::Instant::now());
@@ -134,32 +150,61 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>, start: Start) {
                     .catch_unwind();
                     tokio::pin!(handling);
                     // What the rooms send goes out while a frame waits on
-                    // Redis or the backend; the frame is always handled to
-                    // its end.
+                    // Redis or the backend: one write at a time, polled
+                    // beside the frame's handling, so that neither waits
+                    // for the other (a client that stops reading does not
+                    // hold up a hook call's timeout). The frame is always
+                    // handled to its end; a write under way then is
+                    // finished after it. As in the loop above, a killed
+                    // connection stops writing (it closes after the frame).
                     let mut writing = true;
+                    type Write<'a> = std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Result<(), axum::Error>> + Send + 'a>,
+                    >;
+                    let mut write: Option<Write<'_>> = None;
                     let handled = loop {
                         tokio::select! {
                             biased;
                             h = &mut handling => break h,
-                            _ = conn.queued(), if writing => {
-                                // As in the loop above: a killed connection
-                                // stops writing (and closes after the frame).
-                                let wrote = tokio::select! {
-                                    r = conn.write_queued(&mut batch, MAX_BATCH, false) => Some(r.is_ok()),
-                                    _ = &mut closed => None,
-                                };
-                                match wrote {
-                                    Some(true) => {}
-                                    Some(false) => {
-                                        write_failed = true;
-                                        writing = false;
-                                        conn.kill(close::NORMAL);
-                                    }
-                                    None => writing = false,
+                            // (Built even when disabled: select! makes every
+                            // branch's future, polling only enabled ones.)
+                            r = async {
+                                match write.as_mut() {
+                                    Some(w) => w.await,
+                                    None => std::future::pending().await,
                                 }
+                            }, if write.is_some() => {
+                                write = None;
+                                if r.is_err() {
+                                    write_failed = true;
+                                    writing = false;
+                                    conn.kill(close::NORMAL);
+                                }
+                            }
+                            _ = &mut closed, if write.is_some() => {
+                                write = None;
+                                writing = false;
+                            }
+                            _ = conn.queued(), if writing && write.is_none() => {
+                                // Its own batch: this path is the rare one.
+                                let conn = &conn;
+                                write = Some(Box::pin(async move {
+                                    conn.write_queued(&mut Vec::new(), MAX_BATCH, false).await
+                                }));
                             }
                         }
                     };
+                    if let Some(w) = write.take() {
+                        tokio::select! {
+                            r = w => {
+                                if r.is_err() {
+                                    write_failed = true;
+                                    conn.kill(close::NORMAL);
+                                }
+                            }
+                            _ = &mut closed => {}
+                        }
+                    }
                     if write_failed {
                         break;
                     }
@@ -220,6 +265,10 @@ pub(crate) struct Start {
     pub(crate) data: Option<serde_json::Value>,
     /// Joined at once.
     pub(crate) rooms: Vec<RoomName>,
+    /// The user was named (a token, `user`, the connect hook): its
+    /// connection joins the user's personal room (an anonymous one has
+    /// nobody to address it).
+    pub(crate) named: bool,
 }
 
 /// Ends a connection refused before its session began (the connect hook):
@@ -365,16 +414,19 @@ fn send_error(hub: &Hub, conn: &Conn, code: ErrorCode, id: Option<String>, messa
     );
 }
 
-/// Joins `room` (the client's join, or one the connect hook chose).
+/// Joins `room` (the client's join, or one the connect hook chose);
+/// `quiet`: without `joined` (the personal room a connection is put in at
+/// start: a client that never asked for it is not surprised by one).
 async fn join(
     state: &NodeState,
     conn: &Arc<Conn>,
     room: RoomName,
     since: Option<u64>,
     epoch: Option<String>,
+    quiet: bool,
 ) {
     let hub = &state.hub;
-    match hub.join(conn, &room, since, epoch).await {
+    match hub.join(conn, &room, since, epoch, quiet).await {
         Ok(()) => conn.joined_room(&room),
         Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
     }
@@ -505,16 +557,31 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     "node is draining; reconnect through the gateway",
                 );
             }
-            if !conn.may_join(&room) {
-                let e = ErrorCode::Forbidden.into();
-                return send_room_error(
-                    hub,
-                    conn,
-                    e,
-                    &room,
-                    None,
-                    "your token does not allow this room",
-                );
+            match room.personal_user() {
+                Some(_) if !state.settings.personal_rooms => {
+                    let e = ErrorCode::Forbidden.into();
+                    let msg = "personal rooms are off on this cluster (personal_rooms)";
+                    return send_room_error(hub, conn, e, &room, None, msg);
+                }
+                Some(user) if user != conn.user.as_str() => {
+                    let e = ErrorCode::Forbidden.into();
+                    let msg = "a personal room is its own user's alone";
+                    return send_room_error(hub, conn, e, &room, None, msg);
+                }
+                // Your own: whatever the token's rooms say.
+                Some(_) => {}
+                None if !conn.may_join(&room) => {
+                    let e = ErrorCode::Forbidden.into();
+                    return send_room_error(
+                        hub,
+                        conn,
+                        e,
+                        &room,
+                        None,
+                        "your token does not allow this room",
+                    );
+                }
+                None => {}
             }
             if hub.store.options(&room).join_proxy && !conn.in_room(&room) {
                 let ask = Ask {
@@ -536,7 +603,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     }
                 }
             }
-            join(state, conn, room, since, epoch).await
+            join(state, conn, room, since, epoch, false).await
         }
         ClientFrame::Leave { room } => {
             if let Err(over) = limits.leave(now) {
@@ -631,13 +698,8 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                 };
                 match state.hooks.call(Hook::Publish, ask).await {
                     Answer::Granted(g) => {
+                        // Checked: at most max_frame_bytes.
                         if let Some(replaced) = g.data {
-                            if replaced.get().len() > state.settings.max_frame_bytes {
-                                tracing::warn!(room = %room, bytes = replaced.get().len(), "the publish hook's data is over max_frame_bytes; refused");
-                                let e = ErrorCode::Unavailable.into();
-                                let msg = "the backend's answer was too big; retry";
-                                return send_room_error(hub, conn, e, &room, id, msg);
-                            }
                             data = replaced;
                         }
                     }
@@ -689,7 +751,7 @@ async fn refresh(state: &NodeState, conn: &Arc<Conn>, token: &str) {
         );
     };
     let claims = match auth.verify(token) {
-        Ok(c) if c.sub == conn.user.as_str() => c,
+        Ok(c) if conn.same_subject(&c.sub) => c,
         Ok(_) => {
             return reject(
                 hub,

@@ -208,6 +208,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PROXY_MAX_REPLY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_max_reply_bytes: Option<usize>,
+    /// Put every connection of user U in its personal room `#U` (true/false).
+    #[arg(long, env = "TURNOUT_PERSONAL_ROOMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personal_rooms: Option<bool>,
     /// Where room and member events are POSTed (http:// or https://).
     #[arg(long, env = "TURNOUT_WEBHOOK_URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +317,7 @@ pub struct Settings {
     pub proxy_timeout: Duration,
     pub proxy_max_inflight: usize,
     pub proxy_max_reply_bytes: usize,
+    pub personal_rooms: bool,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
     pub webhook_batch: usize,
@@ -383,6 +388,7 @@ impl Default for Settings {
             proxy_timeout: Duration::from_secs(1),
             proxy_max_inflight: 1000,
             proxy_max_reply_bytes: 64 * 1024,
+            personal_rooms: true,
             webhook_url: None,
             webhook_secret: None,
             webhook_batch: 100,
@@ -479,6 +485,14 @@ impl Validate for Settings {
             }
         }
         for (name, ns) in &self.namespaces {
+            // The room's keys, presence included, live this long: a room's
+            // members must not drop out between two renewals.
+            if ns.history_ttl.is_some_and(|t| t < self.presence_ttl) {
+                return Err(SettingsError::invalid(
+                    &format!("namespaces.{name}.history_ttl"),
+                    "must be at least presence_ttl",
+                ));
+            }
             for (key, on, url) in [
                 ("join_proxy", ns.join_proxy, &self.proxy_join_url),
                 ("publish_proxy", ns.publish_proxy, &self.proxy_publish_url),
@@ -509,22 +523,42 @@ impl Validate for Settings {
                 _ => {}
             }
         }
-        for (key, v) in [
-            ("webhook_batch", self.webhook_batch),
-            ("webhook_queue", self.webhook_queue),
-            ("webhook_queue_bytes", self.webhook_queue_bytes),
-            ("webhook_retries", self.webhook_retries as usize),
+        require_nonzero("webhook_retries", self.webhook_retries == 0)?;
+        let minute = Duration::from_secs(60);
+        for (key, d) in [
+            ("proxy_timeout", self.proxy_timeout),
+            ("webhook_timeout", self.webhook_timeout),
         ] {
-            require_nonzero(key, v == 0)?;
+            if d.is_zero() || d > minute {
+                return Err(SettingsError::invalid(
+                    key,
+                    "must be more than 0 and at most 1m",
+                ));
+            }
         }
-        require_nonzero("webhook_timeout", self.webhook_timeout.is_zero())?;
-        require_nonzero("proxy_timeout", self.proxy_timeout.is_zero())?;
-        require_nonzero("proxy_max_inflight", self.proxy_max_inflight == 0)?;
-        if self.proxy_max_reply_bytes < 1024 {
-            return Err(SettingsError::invalid(
+        for (key, v, lo, hi) in [
+            ("proxy_max_inflight", self.proxy_max_inflight, 1, 100_000),
+            (
                 "proxy_max_reply_bytes",
-                "must be at least 1024",
-            ));
+                self.proxy_max_reply_bytes,
+                1024,
+                16 << 20,
+            ),
+            ("webhook_batch", self.webhook_batch, 1, 10_000),
+            ("webhook_queue", self.webhook_queue, 1, 10_000_000),
+            (
+                "webhook_queue_bytes",
+                self.webhook_queue_bytes,
+                1024,
+                1 << 30,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(SettingsError::invalid(
+                    key,
+                    format!("must be between {lo} and {hi}"),
+                ));
+            }
         }
         Ok(())
     }

@@ -169,8 +169,8 @@ const MAX_ID_BYTES = 64;
 const OPEN = 1;
 /** A connection up this long counts as healthy: backoff and redirect streaks start over. */
 const STABLE_MS = 5_000;
-/** Room names and user ids, as the server checks them. */
-const NAME = /^[A-Za-z0-9\-_.:@]{1,64}$/;
+/** Room names as the server checks them: a name, or a personal room (`#` and a user id). */
+const ROOM = /^#?[A-Za-z0-9\-_.:@]{1,64}$/;
 
 // Close codes after which reconnecting as is would fail the same way: a
 // protocol error, bad data, a frame too big, and the "do not reconnect as
@@ -435,9 +435,11 @@ export class Client {
     if (this.#state === "closed") {
       return Promise.reject(new TurnoutError("closed", "the client was closed", { room }));
     }
-    if (typeof room !== "string" || !NAME.test(room)) {
+    if (typeof room !== "string" || !ROOM.test(room)) {
       return Promise.reject(
-        new TurnoutError("bad_name", "a room name is 1-64 bytes of [A-Za-z0-9-_.:@]", { room: String(room) }),
+        new TurnoutError("bad_name", "a room name is 1-64 bytes of [A-Za-z0-9-_.:@] (a personal room: # and a user id)", {
+          room: String(room),
+        }),
       );
     }
     const existing = this.#rooms.get(room);
@@ -1011,9 +1013,11 @@ export class Client {
     const err = new TurnoutError(code, String(f.message ?? code), { room: f.room });
     if (typeof f.id === "string" && this.#calls.has(f.id)) return this.#answer(f.id, err);
     const p = typeof f.id === "string" ? this.#pending.get(f.id) : undefined;
-    if (code === "wrong_node") {
+    const tracked = typeof f.room === "string" && this.#rooms.has(f.room);
+    if (code === "wrong_node" && (tracked || p)) {
       // Sticky: the room lives elsewhere. Move there (or, without a
-      // redirect, ask the gateway again) and rejoin everything.
+      // redirect, ask the gateway again) and rejoin everything. (A room
+      // the server joined us to that we do not follow is no reason to.)
       const url = typeof f.redirect === "string" ? f.redirect : null;
       if (url) this.#emit("redirect", { room: String(f.room ?? ""), url });
       if (this.#openedAt && Date.now() - this.#openedAt >= STABLE_MS) this.#redirectStreak = 0;

@@ -658,3 +658,17 @@ test("a connection the backend refused (4403) is not opened again", async () => 
   assert.equal(c.state, "closed");
   assert.equal(server.sockets.length, 1, "no second try");
 });
+
+test("wrong_node about a room it does not follow (one the server joined it to) moves nothing", async () => {
+  const server = fakeServer();
+  const c = new Client("ws://gw/ws", { ...fast, WebSocket: server.WebSocket });
+  const errors = [];
+  c.on("error", (e) => errors.push(e.code));
+  const joining = c.join("mine");
+  await joined(server, 0, c, "mine", 0);
+  await joining;
+  server.sockets[0].frame({ type: "error", code: "wrong_node", message: "elsewhere", room: "hook:room", redirect: "ws://other/ws" });
+  assert.equal(server.sockets[0].closed, null, "the connection stays");
+  assert.deepEqual(errors, ["wrong_node"]);
+  c.close();
+});

@@ -580,18 +580,23 @@ impl Cluster {
                 let node = self.node(&f.target)?;
                 // A drain that outlasts the fault is waited for: it must end
                 // within its grace time.
+                let was_running = node.proc.running();
                 let status = node.proc.terminate(grace).await;
                 // Back either way, so that one bad drain does not leave the
                 // rest of the run a node short.
-                node.proc.spawn().await?;
+                let respawned = node.proc.spawn().await;
                 match status {
                     Some(s) if s.success() => {}
                     Some(s) => bail!("{} did not drain cleanly: it exited with {s}", node.id),
+                    None if !was_running => {
+                        bail!("{} was not running when its drain ended", node.id)
+                    }
                     None => bail!(
                         "{} did not drain cleanly: it still ran {grace:?} after SIGTERM (killed)",
                         node.id
                     ),
                 }
+                respawned?;
             }
             Kind::GatewayRestart => self.gateway.spawn().await?,
             Kind::RouterRestart => self.router.spawn().await?,

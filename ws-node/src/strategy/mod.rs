@@ -10,6 +10,10 @@
 //!
 //! The hub (rooms, ordering, join hand-over) and the sessions call only
 //! the methods here; none of them matches on the strategy.
+//!
+//! Personal rooms (`#user`) hold one user's connections wherever they are,
+//! so in sticky, where a room's members meet on its owner, they are rooms
+//! of the pubsub kind: no owner, reached over their Redis channel.
 
 pub(crate) mod local;
 pub(crate) mod pubsub;
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use turnout_common::redis::{Con, Origin, Published, RoomConfig};
 use turnout_proto::bus::FrameParts;
-use turnout_proto::names::RoomName;
+use turnout_proto::names::{RoomName, is_personal};
 
 /// Rooms up to this many members are fanned out by writing to each idle
 /// member's socket in place; larger rooms queue every frame and let the
@@ -124,6 +128,9 @@ pub(crate) async fn start(
         let strategy = match kind {
             turnout_proto::Strategy::Sticky => Strategy::Sticky(sticky::Sticky {
                 pin: settings.placement_ttl,
+                personal: pubsub::Pubsub {
+                    channels: bus.channels(weak.clone(), metrics, stop.clone()),
+                },
             }),
             turnout_proto::Strategy::Pubsub => Strategy::Pubsub(pubsub::Pubsub {
                 channels: bus.channels(weak.clone(), metrics, stop.clone()),
@@ -164,6 +171,7 @@ impl Strategy {
     /// room at (sticky ownership; 0 otherwise).
     pub(crate) async fn admit(&self, hub: &Hub, room: &RoomName) -> Result<u64, RoomError> {
         match self {
+            Strategy::Sticky(_) if room.personal_user().is_some() => Ok(0),
             Strategy::Sticky(s) => s.own(hub, room).await,
             Strategy::Local(_) | Strategy::Pubsub(_) | Strategy::Relay(_) => Ok(0),
         }
@@ -175,6 +183,7 @@ impl Strategy {
         match self {
             Strategy::Pubsub(p) => p.open(room).await,
             Strategy::Relay(r) => r.open(room).await,
+            Strategy::Sticky(s) if is_personal(room) => s.personal.open(room).await,
             Strategy::Local(_) | Strategy::Sticky(_) => Ok(()),
         }
     }
@@ -184,6 +193,7 @@ impl Strategy {
         match self {
             Strategy::Pubsub(p) => p.close(room),
             Strategy::Relay(r) => r.close(room),
+            Strategy::Sticky(s) if is_personal(room) => s.personal.close(room),
             Strategy::Local(_) | Strategy::Sticky(_) => {}
         }
     }
@@ -199,6 +209,9 @@ impl Strategy {
     ) -> Result<Published, RoomError> {
         match self {
             Strategy::Local(_) => local::publish(hub, room, parts, origin, id).await,
+            Strategy::Sticky(_) if room.personal_user().is_some() => {
+                pubsub::publish(hub, room, parts, origin, id).await
+            }
             Strategy::Sticky(s) => s.publish(hub, room, parts, origin, id).await,
             Strategy::Pubsub(_) => pubsub::publish(hub, room, parts, origin, id).await,
             Strategy::Relay(r) => r.publish(hub, room, parts, origin, id).await,
@@ -222,6 +235,9 @@ impl Strategy {
         match self {
             Strategy::Pubsub(p) => p.announce(hub, room, origin, frame).await,
             Strategy::Relay(r) => r.announce(hub, room, origin, frame),
+            Strategy::Sticky(s) if is_personal(room) => {
+                s.personal.announce(hub, room, origin, frame).await
+            }
             Strategy::Local(_) | Strategy::Sticky(_) => {
                 hub.deliver_presence(room, origin, frame.into())
             }
@@ -276,12 +292,16 @@ impl Strategy {
         }
     }
 
-    /// Redis moved a room's channel to another shard (pubsub on a cluster).
+    /// Redis moved a room's channel to another shard (pubsub on a cluster;
+    /// sticky's personal rooms).
     pub(crate) fn channel_lost(&self, hub: &Hub, room: &str) {
-        if let Strategy::Pubsub(p) = self {
-            hub.metrics.channels_moved.inc();
-            p.channels.lost(room);
-        }
+        let channels = match self {
+            Strategy::Pubsub(p) => &p.channels,
+            Strategy::Sticky(s) => &s.personal.channels,
+            Strategy::Local(_) | Strategy::Relay(_) => return,
+        };
+        hub.metrics.channels_moved.inc();
+        channels.lost(room);
     }
 
     /// The node's membership lease lapsed: relay hands the rooms it owns on

@@ -29,6 +29,8 @@ pub(crate) enum Lost {
 pub(crate) struct Sticky {
     /// How long an unused placement stays pinned to its owner.
     pub(crate) pin: Duration,
+    /// Personal rooms (`#user`): no owner; their channels, as in pubsub.
+    pub(crate) personal: super::pubsub::Pubsub,
 }
 
 fn unavailable(hub: &Hub, room: &str, e: &redis::RedisError, what: &str) -> RoomError {
