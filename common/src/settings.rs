@@ -152,6 +152,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "proxy_max_inflight",
     "proxy_max_reply_bytes",
     "proxy_publish_url",
+    "proxy_refresh_url",
     "proxy_rpc_url",
     "proxy_timeout",
     "redis_ca_file",

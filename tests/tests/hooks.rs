@@ -176,6 +176,7 @@ impl GrpcBackend {
                     user,
                     rooms,
                     data: data.map(|d| d.to_string().into_bytes()),
+                    expire_at: None,
                 }),
                 error: None,
             },
@@ -214,10 +215,16 @@ impl Proxy for GrpcBackend {
     ) -> Result<tonic::Response<ProxyReply>, tonic::Status> {
         self.answer("rpc", r.into_inner()).await
     }
+    async fn on_refresh(
+        &self,
+        r: tonic::Request<ProxyRequest>,
+    ) -> Result<tonic::Response<ProxyReply>, tonic::Status> {
+        self.answer("refresh", r.into_inner()).await
+    }
 }
 
-async fn grpc_backend(logic: Arc<Logic>) -> Result<(u16, CancellationToken)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+async fn grpc_backend(logic: Arc<Logic>, port: u16) -> Result<(u16, CancellationToken)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = listener.local_addr()?.port();
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -510,7 +517,7 @@ async fn http_hooks_local() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_hooks() -> Result<()> {
     let logic = Arc::new(Logic::default());
-    let (port, _stop) = grpc_backend(logic.clone()).await?;
+    let (port, stop) = grpc_backend(logic.clone(), 0).await?;
     let url = format!("grpc://127.0.0.1:{port}");
     let urls = [url.clone(), url.clone(), url.clone(), url];
     let c = cluster(Strategy::Pubsub, &urls, |_| {}).await?;
@@ -522,6 +529,34 @@ async fn grpc_hooks() -> Result<()> {
         matches!(&broke, ServerFrame::Error { code, .. } if code == "unavailable"),
         "{broke:?}"
     );
+    // Too slow: unavailable after proxy_timeout.
+    let slow = rpc(&mut ann, "r10", "slow", Value::Null).await?;
+    assert!(
+        matches!(&slow, ServerFrame::Error { code, .. } if code == "unavailable"),
+        "{slow:?}"
+    );
+    // The backend goes away, then comes back on its port: asked again.
+    stop.cancel();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    for i in 0.. {
+        match rpc(&mut ann, &format!("g{i}"), "echo", json!(1)).await? {
+            ServerFrame::Error { code, .. } if code == "unavailable" => break,
+            _ if tokio::time::Instant::now() > end => bail!("the stopped backend still answers"),
+            _ => {}
+        }
+    }
+    let (_, _back) = grpc_backend(logic.clone(), port).await?;
+    let end = tokio::time::Instant::now() + DEADLINE;
+    for i in 0.. {
+        match rpc(&mut ann, &format!("h{i}"), "echo", json!(2)).await? {
+            ServerFrame::RpcResult { data, .. } => {
+                assert_eq!(data, json!(2));
+                break;
+            }
+            other if tokio::time::Instant::now() > end => bail!("not asked again: {other:?}"),
+            _ => {}
+        }
+    }
     Ok(())
 }
 
@@ -799,5 +834,90 @@ async fn a_client_that_stops_reading_does_not_hold_a_hook_call_past_its_timeout(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// The connect hook gives a connection an end (`expire_at`): when it comes
+/// the refresh hook extends it, then ends it (4403); a refresh hook that does
+/// not answer ends it with 1013 (reconnect, asking the connect hook again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_hook_extends_then_ends_a_session() -> Result<()> {
+    #[derive(Default)]
+    struct Refreshes(Mutex<Vec<String>>);
+    async fn connect(Json(_req): Json<Value>) -> Json<Value> {
+        let soon = turnout_proto::now_ms() / 1000 + 1;
+        Json(json!({"result": {"expire_at": soon}}))
+    }
+    async fn refresh(State(seen): State<Arc<Refreshes>>, Json(req): Json<Value>) -> Json<Value> {
+        let user = req["user"].as_str().unwrap_or_default().to_owned();
+        let n = {
+            let mut seen = seen.0.lock().unwrap();
+            seen.push(user.clone());
+            seen.iter().filter(|u| **u == user).count()
+        };
+        if user == "flaky" {
+            // No answer in time.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let soon = turnout_proto::now_ms() / 1000 + 1;
+        Json(match n {
+            1 => json!({"result": {"expire_at": soon}}),
+            _ => json!({"error": {"code": 1, "message": "session over"}}),
+        })
+    }
+    let seen = Arc::new(Refreshes::default());
+    let app = axum::Router::new()
+        .route("/connect", axum::routing::post(connect))
+        .route("/refresh", axum::routing::post(refresh))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let c = Cluster::start_with(1, Strategy::Pubsub, |s| {
+        s.proxy_connect_url = Some(format!("{base}/connect"));
+        s.proxy_refresh_url = Some(format!("{base}/refresh"));
+        s.proxy_timeout = Duration::from_millis(500);
+    })
+    .await?;
+    let node = c.nodes[0].ws_url();
+    let mut temp = Client::connect(&format!("{node}?user=temp")).await?;
+    let mut flaky = Client::connect(&format!("{node}?user=flaky")).await?;
+    // Extended once: alive after its first refresh.
+    wait_for("the first refresh", DEADLINE, || async {
+        seen.0
+            .lock()
+            .unwrap()
+            .contains(&"temp".to_owned())
+            .then_some(())
+    })
+    .await?;
+    temp.send_json(json!({"type": "ping"})).await?;
+    temp.expect("pong", |f| matches!(f, ServerFrame::Pong))
+        .await?;
+    // Then ended by the backend.
+    assert_eq!(
+        temp.recv_close_frame().await?,
+        Some((4403, "session over".to_owned()))
+    );
+    assert_eq!(
+        seen.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == "temp")
+            .count(),
+        2
+    );
+    // No answer: ended, to reconnect.
+    let (frames, close) = flaky.recv_close().await?;
+    assert_eq!(close, Some(1013));
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Error { code, .. } if code == "unavailable")),
+        "{frames:?}"
+    );
     Ok(())
 }

@@ -38,6 +38,9 @@ pub(crate) struct Conn {
     /// The client's token claims, when tokens are required; replaced by a
     /// `refresh` (its session), read by its joins.
     claims: std::sync::Mutex<Option<turnout_common::auth::Claims>>,
+    /// When the backend's connect or refresh hook said the connection ends
+    /// (Unix seconds; 0: never).
+    expire_at: std::sync::atomic::AtomicU64,
 }
 
 impl Conn {
@@ -60,6 +63,7 @@ impl Conn {
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
             rooms: Default::default(),
+            expire_at: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -78,9 +82,29 @@ impl Conn {
         self.claims().as_ref().is_some_and(|c| c.sub == sub)
     }
 
-    /// When the client's token expires (Unix seconds), if it has one.
+    /// When the connection ends (Unix seconds): its token's expiry or the
+    /// backend's `expire_at`, the earlier; None without either.
     pub(crate) fn expires(&self) -> Option<u64> {
-        self.claims().as_ref().map(|c| c.exp)
+        let token = self.claims().as_ref().map(|c| c.exp);
+        let hook = self.hook_expiry();
+        match (token, hook) {
+            (Some(t), Some(h)) => Some(t.min(h)),
+            (t, h) => t.or(h),
+        }
+    }
+
+    /// The backend's `expire_at` for this connection, if it set one.
+    pub(crate) fn hook_expiry(&self) -> Option<u64> {
+        match self.expire_at.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    /// Sets (or, with None, lifts) the backend's `expire_at`.
+    pub(crate) fn set_hook_expiry(&self, at: Option<u64>) {
+        self.expire_at
+            .store(at.unwrap_or(0), std::sync::atomic::Ordering::Release);
     }
 
     /// Takes the claims of a fresh token (same subject); returns the rooms

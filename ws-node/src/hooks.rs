@@ -33,10 +33,17 @@ pub(crate) enum Hook {
     Join,
     Publish,
     Rpc,
+    Refresh,
 }
 
 impl Hook {
-    pub(crate) const ALL: [Hook; 4] = [Hook::Connect, Hook::Join, Hook::Publish, Hook::Rpc];
+    pub(crate) const ALL: [Hook; 5] = [
+        Hook::Connect,
+        Hook::Join,
+        Hook::Publish,
+        Hook::Rpc,
+        Hook::Refresh,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +51,7 @@ impl Hook {
             Hook::Join => "join",
             Hook::Publish => "publish",
             Hook::Rpc => "rpc",
+            Hook::Refresh => "refresh",
         }
     }
 
@@ -54,6 +62,7 @@ impl Hook {
             Hook::Join => "proxy_join_url",
             Hook::Publish => "proxy_publish_url",
             Hook::Rpc => "proxy_rpc_url",
+            Hook::Refresh => "proxy_refresh_url",
         }
     }
 }
@@ -82,6 +91,9 @@ pub(crate) struct Granted {
     pub(crate) rooms: Vec<RoomName>,
     /// Connect: sent in `welcome`; publish: replaces the data; rpc: the answer.
     pub(crate) data: Option<Box<RawValue>>,
+    /// Connect, refresh: when the connection ends (Unix seconds) unless the
+    /// refresh hook extends it.
+    pub(crate) expire_at: Option<u64>,
 }
 
 /// How a hook call ended.
@@ -112,6 +124,7 @@ struct ReplyResult {
     #[serde(default)]
     rooms: Vec<String>,
     data: Option<Box<RawValue>>,
+    expire_at: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +150,7 @@ enum Target {
 
 /// The hook settings of one node.
 pub(crate) struct HookSettings<'a> {
-    pub(crate) urls: [Option<&'a str>; 4],
+    pub(crate) urls: [Option<&'a str>; 5],
     pub(crate) timeout: Duration,
     pub(crate) max_inflight: usize,
     pub(crate) max_reply_bytes: usize,
@@ -158,7 +171,7 @@ pub(crate) struct HookMetrics {
 /// This node's hooks.
 pub(crate) struct Hooks {
     node: String,
-    targets: [Option<Target>; 4],
+    targets: [Option<Target>; 5],
     timeout: Duration,
     inflight: Arc<Semaphore>,
     max_reply_bytes: usize,
@@ -197,7 +210,7 @@ impl Hooks {
         metrics: HookMetrics,
     ) -> Result<Hooks, HookError> {
         let mut http: Option<HttpClient> = None;
-        let mut targets: [Option<Target>; 4] = [None, None, None, None];
+        let mut targets: [Option<Target>; 5] = [None, None, None, None, None];
         for (hook, url) in Hook::ALL.into_iter().zip(s.urls) {
             let Some(url) = url else { continue };
             check_url(hook.setting(), url)?;
@@ -356,6 +369,7 @@ impl Hooks {
             Hook::Join => client.on_join(req).await,
             Hook::Publish => client.on_publish(req).await,
             Hook::Rpc => client.on_rpc(req).await,
+            Hook::Refresh => client.on_refresh(req).await,
         }
         .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))?
         .into_inner();
@@ -364,6 +378,7 @@ impl Hooks {
             Some(r) => Some(ReplyResult {
                 user: r.user,
                 rooms: r.rooms,
+                expire_at: r.expire_at,
                 data: match r.data {
                     None => None,
                     Some(bytes) => {
@@ -432,10 +447,14 @@ impl Hooks {
                         }
                     }
                 }
+                let expire_at = r
+                    .expire_at
+                    .filter(|_| matches!(hook, Hook::Connect | Hook::Refresh));
                 Answer::Granted(Granted {
                     user,
                     rooms,
                     data: r.data,
+                    expire_at,
                 })
             }
         }

@@ -496,6 +496,7 @@ async fn ws_handler(
                 let (user, mut start, refused) = admit(&st, &label, user).await;
                 start.named |= named;
                 let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
+                conn.set_hook_expiry(start.expire_at);
                 if let Some((code, reason)) = refused {
                     if code != turnout_proto::codes::close::REFUSED {
                         conn.send_frame(
@@ -549,6 +550,7 @@ async fn admit(
                 data: g.data.and_then(|d| serde_json::from_str(d.get()).ok()),
                 rooms: g.rooms,
                 named: g.user.is_some(),
+                expire_at: g.expire_at,
             };
             (g.user.unwrap_or(user), start, None)
         }

@@ -84,6 +84,16 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>, start: Start) {
                         expiry.as_mut().reset(deadline(expires));
                         continue;
                     }
+                    // The backend's expiry came (not the token's): its
+                    // refresh hook decides.
+                    if conn.hook_expiry().is_some() && conn.hook_expiry() == expires {
+                        if !Box::pin(refresh_by_hook(&state, &conn)).await {
+                            break;
+                        }
+                        expires = conn.expires();
+                        expiry.as_mut().reset(deadline(expires));
+                        continue;
+                    }
                     hub.metrics.tokens_expired.inc();
                     conn.send_frame(
                         &ServerFrame::error(
@@ -269,6 +279,9 @@ pub(crate) struct Start {
     /// connection joins the user's personal room (an anonymous one has
     /// nobody to address it).
     pub(crate) named: bool,
+    /// When the connection ends unless the refresh hook extends it (Unix
+    /// seconds).
+    pub(crate) expire_at: Option<u64>,
 }
 
 /// Ends a connection refused before its session began (the connect hook):
@@ -429,6 +442,53 @@ async fn join(
     match hub.join(conn, &room, since, epoch, quiet).await {
         Ok(()) => conn.joined_room(&room),
         Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
+    }
+}
+
+/// The backend's `expire_at` for `conn` came: its refresh hook may extend
+/// it (a later `expire_at`) or lift it (none); a refusal ends the
+/// connection (4403), and so does no answer (1013: reconnect, which asks
+/// the connect hook again). Without a refresh hook the connection ends
+/// (3010). Returns whether it lives on.
+async fn refresh_by_hook(state: &NodeState, conn: &Conn) -> bool {
+    let hub = &state.hub;
+    if !state.hooks.has(Hook::Refresh) {
+        hub.metrics.tokens_expired.inc();
+        conn.send_frame(
+            &ServerFrame::error(ErrorCode::TokenExpired, "your session expired; reconnect"),
+            &hub.metrics,
+        );
+        conn.kill_with(close::TOKEN_EXPIRED, "session expired");
+        return false;
+    }
+    let ask = Ask {
+        conn: &conn.label,
+        user: &conn.user,
+        ..Default::default()
+    };
+    match state.hooks.call(Hook::Refresh, ask).await {
+        Answer::Granted(g) => {
+            let now = turnout_proto::now_ms() / 1000;
+            // An `expire_at` already past would end it at once: the
+            // backend meant to end it, and says so by refusing.
+            conn.set_hook_expiry(g.expire_at.filter(|&e| e > now));
+            true
+        }
+        Answer::Refused { message, .. } => {
+            conn.kill_with(close::REFUSED, &message);
+            false
+        }
+        Answer::Failed(_) => {
+            conn.send_frame(
+                &ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "the backend did not answer the session's refresh; reconnect",
+                ),
+                &hub.metrics,
+            );
+            conn.kill_with(close::TRY_AGAIN_LATER, "the backend did not answer; retry");
+            false
+        }
     }
 }
 

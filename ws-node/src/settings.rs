@@ -196,6 +196,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PROXY_RPC_URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_rpc_url: Option<String>,
+    /// Backend hook asked when a connection's expire_at (from the connect hook) comes.
+    #[arg(long, env = "TURNOUT_PROXY_REFRESH_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_refresh_url: Option<String>,
     /// How long a hook call may take before the client hears `unavailable`, e.g. 1s.
     #[arg(long, env = "TURNOUT_PROXY_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +317,7 @@ pub struct Settings {
     pub proxy_join_url: Option<String>,
     pub proxy_publish_url: Option<String>,
     pub proxy_rpc_url: Option<String>,
+    pub proxy_refresh_url: Option<String>,
     #[serde(with = "humantime_serde")]
     pub proxy_timeout: Duration,
     pub proxy_max_inflight: usize,
@@ -385,6 +390,7 @@ impl Default for Settings {
             proxy_join_url: None,
             proxy_publish_url: None,
             proxy_rpc_url: None,
+            proxy_refresh_url: None,
             proxy_timeout: Duration::from_secs(1),
             proxy_max_inflight: 1000,
             proxy_max_reply_bytes: 64 * 1024,
@@ -566,12 +572,13 @@ impl Validate for Settings {
 
 impl Settings {
     /// The hook URL settings, by name, in [`crate::hooks::Hook::ALL`] order.
-    pub(crate) fn hook_urls(&self) -> [(&'static str, Option<&str>); 4] {
+    pub(crate) fn hook_urls(&self) -> [(&'static str, Option<&str>); 5] {
         [
             ("proxy_connect_url", self.proxy_connect_url.as_deref()),
             ("proxy_join_url", self.proxy_join_url.as_deref()),
             ("proxy_publish_url", self.proxy_publish_url.as_deref()),
             ("proxy_rpc_url", self.proxy_rpc_url.as_deref()),
+            ("proxy_refresh_url", self.proxy_refresh_url.as_deref()),
         ]
     }
 
