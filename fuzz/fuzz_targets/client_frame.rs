@@ -2,7 +2,9 @@
 //! and what it accepts keeps the rules (names, lengths).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use turnout_proto::frames::{ClientFrame, MAX_ID_LEN, MAX_TOKEN_LEN, parse_client_frame};
+use turnout_proto::frames::{
+    ClientFrame, MAX_ID_LEN, MAX_METHOD_LEN, MAX_TOKEN_LEN, parse_client_frame,
+};
 use turnout_proto::names::check_room;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(serde_json_valid(data.get()));
         }
         Ok(ClientFrame::Refresh { token }) => assert!(token.len() <= MAX_TOKEN_LEN),
+        Ok(ClientFrame::Rpc { id, method, data }) => {
+            assert!(!id.is_empty() && id.len() <= MAX_ID_LEN);
+            assert!(!method.is_empty() && method.len() <= MAX_METHOD_LEN);
+            assert!(serde_json_valid(data.get()));
+        }
         Ok(ClientFrame::Ping) => {}
         Err(e) => assert!(!e.message.is_empty()),
     }

@@ -66,6 +66,13 @@ impl Gateway {
                     .least_loaded(&view, record, &avoid)
                     .ok_or_else(no_node)
             }
+            // A personal room has no owner: any node serves it.
+            Strategy::Sticky if room.is_some_and(|r| r.personal_user().is_some()) => {
+                let view = self.view.borrow().clone();
+                self.picker
+                    .least_loaded(&view, record, &avoid)
+                    .ok_or_else(no_node)
+            }
             Strategy::Sticky => {
                 let room = room.ok_or_else(|| {
                     ApiError::new(
@@ -210,15 +217,11 @@ impl Gateway {
         self.route_cache.remove(room);
     }
 
-    /// Publishes into `room` through a ws-node; returns the seq, and
-    /// whether the idempotency key `id` was accepted before (the seq is
-    /// then the first publish's). With a key, a publish that failed may be
-    /// retried as is: it is taken once. Without one the gateway makes its
-    /// own for its retry: a try that timed out or lost its answer may have
-    /// been stored, and the retry must not store it again.
     /// Publishes into `user`'s personal room. Strategy local: into each
     /// node's own copy of it (the user's connections may be on any), each
     /// numbered by its node.
+    /// A failure on one node fails the call: with an `id`, a retry is
+    /// taken once by the nodes that took the first.
     pub(crate) async fn publish_to_user(
         &self,
         user: &UserId,
@@ -283,6 +286,12 @@ impl Gateway {
         })
     }
 
+    /// Publishes into `room` through a ws-node; returns the seq, and
+    /// whether the idempotency key `id` was accepted before (the seq is
+    /// then the first publish's). With a key, a publish that failed may be
+    /// retried as is: it is taken once. Without one the gateway makes its
+    /// own for its retry: a try that timed out or lost its answer may have
+    /// been stored, and the retry must not store it again.
     pub(crate) async fn publish(
         &self,
         room: &RoomName,

@@ -844,8 +844,12 @@ async fn a_client_that_stops_reading_does_not_hold_a_hook_call_past_its_timeout(
 async fn the_refresh_hook_extends_then_ends_a_session() -> Result<()> {
     #[derive(Default)]
     struct Refreshes(Mutex<Vec<String>>);
-    async fn connect(Json(_req): Json<Value>) -> Json<Value> {
+    async fn connect(Json(req): Json<Value>) -> Json<Value> {
         let soon = turnout_proto::now_ms() / 1000 + 1;
+        if req["user"] == "forever" {
+            // Not a time: a failed answer, not a session without end.
+            return Json(json!({"result": {"expire_at": u64::MAX}}));
+        }
         Json(json!({"result": {"expire_at": soon}}))
     }
     async fn refresh(State(seen): State<Arc<Refreshes>>, Json(req): Json<Value>) -> Json<Value> {
@@ -858,6 +862,11 @@ async fn the_refresh_hook_extends_then_ends_a_session() -> Result<()> {
         if user == "flaky" {
             // No answer in time.
             tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        if user == "stale" {
+            // The old expire_at back: not an extension.
+            let now = turnout_proto::now_ms() / 1000;
+            return Json(json!({"result": {"expire_at": now}}));
         }
         let soon = turnout_proto::now_ms() / 1000 + 1;
         Json(match n {
@@ -884,6 +893,13 @@ async fn the_refresh_hook_extends_then_ends_a_session() -> Result<()> {
     let node = c.nodes[0].ws_url();
     let mut temp = Client::connect(&format!("{node}?user=temp")).await?;
     let mut flaky = Client::connect(&format!("{node}?user=flaky")).await?;
+    let mut stale = Client::connect(&format!("{node}?user=stale")).await?;
+    let (_, close) = Client::refused(&format!("{node}?user=forever")).await?;
+    assert_eq!(
+        close.map(|c| c.0),
+        Some(1013),
+        "an expire_at that is no time"
+    );
     // Extended once: alive after its first refresh.
     wait_for("the first refresh", DEADLINE, || async {
         seen.0
@@ -909,6 +925,11 @@ async fn the_refresh_hook_extends_then_ends_a_session() -> Result<()> {
             .filter(|u| *u == "temp")
             .count(),
         2
+    );
+    // An expire_at not later than now ends it.
+    assert_eq!(
+        stale.recv_close_frame().await?,
+        Some((3010, "session expired".to_owned()))
     );
     // No answer: ended, to reconnect.
     let (frames, close) = flaky.recv_close().await?;

@@ -119,6 +119,24 @@ async fn check(strategy: Strategy) -> Result<()> {
     let got = personal_until(&mut ann1, "ann", &json!("over grpc")).await?;
     assert_eq!(got, [(2, json!("over grpc"))], "{s:?}");
 
+    // Sticky: a client sent through the gateway with its personal room as
+    // the hint lands on a node, and nothing claims the room.
+    if s == Strategy::Sticky {
+        let url = format!("{}?room=%23ann&user=ann", c.gateway.ws_url());
+        let mut hinted = Client::connect(&url).await?;
+        hinted.send_json(json!({"type": "ping"})).await?;
+        hinted
+            .expect("pong", |f| matches!(f, ServerFrame::Pong))
+            .await?;
+        let mut con = c.redis.con().await?;
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(turnout_proto::keys::room_owner("#ann"))
+            .arg("node")
+            .query_async(&mut con)
+            .await?;
+        assert_eq!(owner, None, "a personal room has no owner");
+    }
+
     // Missed while away: recovered with `since`, like any room's.
     drop(ann0);
     publish_to(&c, "ann", json!("while away")).await?;

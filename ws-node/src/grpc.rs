@@ -146,7 +146,14 @@ impl Node for NodeService {
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         Ok(Response::new(StatsReply {
             node: Some(self.state.node_info()),
-            rooms: self.state.hub.room_names(),
+            // Personal rooms are named after users: not listed.
+            rooms: self
+                .state
+                .hub
+                .room_names()
+                .into_iter()
+                .filter(|r| !turnout_proto::names::is_personal(r))
+                .collect(),
         }))
     }
 }

@@ -442,6 +442,13 @@ impl Hooks {
                     }
                     for room in r.rooms {
                         match RoomName::parse(room) {
+                            // The personal room is the user's alone, joined
+                            // by itself.
+                            Ok(room) if room.personal_user().is_some() => {
+                                return Answer::Failed(format!(
+                                    "result room {room}: a personal room is not the hook's to give"
+                                ));
+                            }
                             Ok(room) => rooms.push(room),
                             Err(e) => return Answer::Failed(format!("result room {e}")),
                         }
@@ -450,6 +457,10 @@ impl Hooks {
                 let expire_at = r
                     .expire_at
                     .filter(|_| matches!(hook, Hook::Connect | Hook::Refresh));
+                // Unix seconds: past about 2200 is a mistake, not a date.
+                if expire_at.is_some_and(|e| e > 7_258_118_400) {
+                    return Answer::Failed("result expire_at is not a time (Unix seconds)".into());
+                }
                 Answer::Granted(Granted {
                     user,
                     rooms,

@@ -520,7 +520,7 @@ impl Hub {
         self.strategy.close(room);
         let members: Vec<Arc<Conn>> = r.members.into_values().map(|m| m.conn).collect();
         self.tell_moved(room, &members, redirect);
-        self.forget_presence(room, &members, true).await;
+        self.forget_presence(room, &members, true, true).await;
     }
 
     /// Tells members of a room that moved to rejoin it at `redirect`.

@@ -37,8 +37,10 @@ impl Hub {
             // this `joined`, and the seq it names counts it.
             if let Some(r) = self.rooms.get(room.as_str())
                 && let Some(m) = r.members.get(&conn.id)
-                && !quiet
             {
+                if quiet {
+                    return Ok(());
+                }
                 conn.send_frame(
                     &ServerFrame::Joined {
                         room: room.to_string(),
@@ -58,7 +60,7 @@ impl Hub {
             let here = crate::strategy::sticky::node_url(self, &self.node_id).await;
             self.tell_moved(room, &stale, here);
             // The joining member stays: the node keeps its lease on the room.
-            self.forget_presence(room, &stale, false).await;
+            self.forget_presence(room, &stale, false, true).await;
         }
         if let Err(e) = self.strategy.open(room).await {
             self.remove_member(room, conn.id);
@@ -85,7 +87,7 @@ impl Hub {
                 tracing::warn!(room = %room, error = %e, "join failed: Redis");
                 // Redis may have run the join before failing to answer.
                 let last_here = self.remove_member(room, conn.id).unwrap_or(false);
-                self.forget_presence(room, std::slice::from_ref(conn), last_here)
+                self.forget_presence(room, std::slice::from_ref(conn), last_here, false)
                     .await;
                 return Err(ErrorCode::Unavailable.into());
             }
@@ -149,13 +151,6 @@ impl Hub {
                 &self.metrics,
             );
         }
-        // Personal rooms come and go with every connection: no events.
-        if room.personal_user().is_none() {
-            if users.connections == 1 {
-                self.webhook(crate::webhooks::Kind::RoomOccupied, room, &conn.user);
-            }
-            self.webhook(crate::webhooks::Kind::MemberJoined, room, &conn.user);
-        }
         // Presence events are for rooms people can follow; a broadcast room
         // of thousands would turn every join into thousands of frames.
         if users.connections <= self.bounds.presence_limit {
@@ -169,6 +164,13 @@ impl Hub {
         if !self.go_live(room, conn, slice.seq) {
             return self.join_undone(room, conn).await;
         }
+        // Personal rooms come and go with every connection: no events.
+        if room.personal_user().is_none() {
+            if users.connections == 1 {
+                self.webhook(crate::webhooks::Kind::RoomOccupied, room, &conn.user);
+            }
+            self.webhook(crate::webhooks::Kind::MemberJoined, room, &conn.user);
+        }
         Ok(())
     }
 
@@ -180,7 +182,7 @@ impl Hub {
         conn: &Arc<Conn>,
     ) -> Result<(), RoomError> {
         let last_here = !self.has_room(room);
-        self.forget_presence(room, std::slice::from_ref(conn), last_here)
+        self.forget_presence(room, std::slice::from_ref(conn), last_here, false)
             .await;
         Err(ErrorCode::WrongNode.into())
     }
@@ -258,14 +260,8 @@ impl Hub {
     /// presence entry goes, and the others hear it left.
     pub(crate) async fn left(self: &Arc<Self>, room: &str, conn: &Arc<Conn>, last_here: bool) {
         let left = self
-            .forget_presence(room, std::slice::from_ref(conn), last_here)
+            .forget_presence(room, std::slice::from_ref(conn), last_here, true)
             .await;
-        if !turnout_proto::names::is_personal(room) {
-            self.webhook(crate::webhooks::Kind::MemberLeft, room, &conn.user);
-            if left == Some(0) {
-                self.webhook(crate::webhooks::Kind::RoomVacated, room, &conn.user);
-            }
-        }
         if left.is_some_and(|n| n < self.bounds.presence_limit) {
             self.announce(room, "leave", conn).await;
         }

@@ -69,19 +69,41 @@ impl Hub {
     /// node has no members left there); returns the room's remaining
     /// entries. When Redis does not answer, keeps trying in the background,
     /// for the connections that have not joined the room again meanwhile.
+    ///
+    /// With `events` (the members had joined: not a join that failed on
+    /// its way), the backend hears `member_left` for each, and
+    /// `room_vacated` once the room has nobody left.
     pub(crate) async fn forget_presence(
         self: &Arc<Self>,
         room: &str,
         conns: &[Arc<Conn>],
         last_here: bool,
+        events: bool,
     ) -> Option<u64> {
+        // Personal rooms come and go with every connection: no events.
+        let events = events && !turnout_proto::names::is_personal(room);
+        if events {
+            for c in conns {
+                self.webhook(crate::webhooks::Kind::MemberLeft, room, &c.user);
+            }
+        }
+        let vacated = |hub: &Hub, left: u64| {
+            if events && left == 0 {
+                let user = conns.last().map_or("", |c| c.user.as_str());
+                hub.webhook(crate::webhooks::Kind::RoomVacated, room, user);
+            }
+        };
         let labels: Vec<&str> = conns.iter().map(|c| c.label.as_str()).collect();
         match self.store.leave(room, &labels, last_here).await {
-            Ok(left) => Some(left),
+            Ok(left) => {
+                vacated(self, left);
+                Some(left)
+            }
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::debug!(room, error = %e, "presence removal failed; retrying");
                 let (hub, room, conns) = (self.clone(), room.to_owned(), conns.to_vec());
+                let last_user = conns.last().map(|c| c.user.to_string()).unwrap_or_default();
                 tokio::spawn(async move {
                     let started = tokio::time::Instant::now();
                     let mut backoff = turnout_common::backoff::Backoff::new(
@@ -98,7 +120,13 @@ impl Hub {
                             .collect();
                         let last_here = last_here && !hub.has_room(&room);
                         match hub.store.leave(&room, &gone, last_here).await {
-                            Ok(_) => return,
+                            Ok(left) => {
+                                if events && left == 0 {
+                                    let kind = crate::webhooks::Kind::RoomVacated;
+                                    hub.webhook(kind, &room, &last_user);
+                                }
+                                return;
+                            }
                             Err(_) => hub.metrics.redis_errors.inc(),
                         }
                     }
@@ -232,7 +260,8 @@ impl Hub {
                 .filter(|c| !self.is_member(&room, c))
                 .collect();
             if !left.is_empty() {
-                self.forget_presence(&room, &left, !self.has_room(&room))
+                // Their leave told the backend already.
+                self.forget_presence(&room, &left, !self.has_room(&room), false)
                     .await;
             }
         }

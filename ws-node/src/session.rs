@@ -54,7 +54,20 @@ pub(crate) async fn run(state: Arc<NodeState>, conn: Arc<Conn>, start: Start) {
             if conn.is_closed() || state.draining() {
                 break;
             }
-            Box::pin(join(&state, &conn, room, None, None, quiet)).await;
+            let joined = Box::pin(join(&state, &conn, room, None, None, quiet)).await;
+            if quiet && !joined {
+                // A connection must be in its personal room: without it,
+                // messages to its user would pass it by. It comes back.
+                conn.send_frame(
+                    &ServerFrame::error(
+                        ErrorCode::Unavailable,
+                        "could not join your personal room; reconnect",
+                    ),
+                    &hub.metrics,
+                );
+                conn.kill_with(close::TRY_AGAIN_LATER, "personal room unavailable; retry");
+                break;
+            }
         }
         let settings = &state.settings;
         let mut limits = Limits::new(settings.limits(), std::time::Instant::now());
@@ -296,13 +309,15 @@ pub(crate) async fn close_refused(conn: &Conn) {
 /// without a token.
 fn deadline(exp: Option<u64>) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    match exp {
+    let far = std::time::Duration::from_secs(100 * 365 * 86_400);
+    let left = match exp {
         Some(exp) => {
             let left = exp.saturating_sub(turnout_proto::now_ms() / 1000);
-            now + std::time::Duration::from_secs(left)
+            std::time::Duration::from_secs(left).min(far)
         }
-        None => now + std::time::Duration::from_secs(100 * 365 * 86_400),
-    }
+        None => far,
+    };
+    now + left
 }
 
 /// Frames written per flush at most.
@@ -437,11 +452,17 @@ async fn join(
     since: Option<u64>,
     epoch: Option<String>,
     quiet: bool,
-) {
+) -> bool {
     let hub = &state.hub;
     match hub.join(conn, &room, since, epoch, quiet).await {
-        Ok(()) => conn.joined_room(&room),
-        Err(e) => send_room_error(hub, conn, e, &room, None, "join failed; retry"),
+        Ok(()) => {
+            conn.joined_room(&room);
+            true
+        }
+        Err(e) => {
+            send_room_error(hub, conn, e, &room, None, "join failed; retry");
+            false
+        }
     }
 }
 
@@ -469,10 +490,26 @@ async fn refresh_by_hook(state: &NodeState, conn: &Conn) -> bool {
     match state.hooks.call(Hook::Refresh, ask).await {
         Answer::Granted(g) => {
             let now = turnout_proto::now_ms() / 1000;
-            // An `expire_at` already past would end it at once: the
-            // backend meant to end it, and says so by refusing.
-            conn.set_hook_expiry(g.expire_at.filter(|&e| e > now));
-            true
+            match g.expire_at {
+                // Not later than now: the session ends (a backend that
+                // sends the old expire_at back did not extend it).
+                Some(e) if e <= now => {
+                    hub.metrics.tokens_expired.inc();
+                    conn.send_frame(
+                        &ServerFrame::error(
+                            ErrorCode::TokenExpired,
+                            "your session expired; reconnect",
+                        ),
+                        &hub.metrics,
+                    );
+                    conn.kill_with(close::TOKEN_EXPIRED, "session expired");
+                    false
+                }
+                later => {
+                    conn.set_hook_expiry(later);
+                    true
+                }
+            }
         }
         Answer::Refused { message, .. } => {
             conn.kill_with(close::REFUSED, &message);
@@ -663,7 +700,7 @@ async fn handle_text(state: &NodeState, conn: &Arc<Conn>, limits: &mut Limits, t
                     }
                 }
             }
-            join(state, conn, room, since, epoch, false).await
+            join(state, conn, room, since, epoch, false).await;
         }
         ClientFrame::Leave { room } => {
             if let Err(over) = limits.leave(now) {

@@ -181,7 +181,7 @@ impl Sender {
                     rx.close();
                     while rx.recv_many(&mut batch, self.batch).await > 0 {
                         self.release(&batch);
-                        self.deliver(&batch, 1).await;
+                        self.deliver(&batch, 1, &stop).await;
                         batch.clear();
                     }
                     return;
@@ -191,7 +191,7 @@ impl Sender {
                 return;
             }
             self.release(&batch);
-            self.deliver(&batch, self.retries).await;
+            self.deliver(&batch, self.retries, &stop).await;
             batch.clear();
         }
     }
@@ -201,8 +201,10 @@ impl Sender {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Sends one batch, trying up to `tries` times with backoff.
-    async fn deliver(&self, batch: &[Event], tries: u32) {
+    /// Sends one batch, trying up to `tries` times with backoff; a node
+    /// that stops gives up its retries (what is queued then gets its one
+    /// try).
+    async fn deliver(&self, batch: &[Event], tries: u32, stop: &CancellationToken) {
         let body = match serde_json::to_vec(&Batch { events: batch }) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
@@ -236,7 +238,10 @@ impl Sender {
             }
             if attempt < tries {
                 tracing::debug!(attempt, error = %last_error, "webhook batch failed; trying again");
-                backoff.wait().await;
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = stop.cancelled() => break,
+                }
             }
         }
         self.metrics
@@ -267,8 +272,13 @@ impl Sender {
             .map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        // The body is not needed; dropping it frees the connection.
-        drop(resp);
+        // Read (a little of) the body, so the connection goes back to the
+        // pool.
+        let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            resp.into_body(),
+            64 * 1024,
+        ))
+        .await;
         if status.is_success() {
             Ok(())
         } else {

@@ -280,6 +280,9 @@ impl Strategy {
         new_owner: Option<&str>,
     ) {
         match self {
+            // A personal room has no owner to lose (a stray claim of one
+            // moves nobody).
+            Strategy::Sticky(_) if is_personal(room) => {}
             Strategy::Sticky(_) => sticky::Sticky::lost(hub, room, how, new_owner),
             Strategy::Relay(r) => r.lost(
                 room,
