@@ -188,6 +188,16 @@ pub fn unlisted_keys<'de, T: serde::Deserialize<'de>>() -> Vec<&'static str> {
         .collect()
 }
 
+/// Fails (a test's check) when settings struct `T` has keys missing from
+/// [`CLUSTER_KEYS`].
+pub fn assert_keys_listed<'de, T: serde::Deserialize<'de>>() {
+    let unlisted = unlisted_keys::<T>();
+    assert!(
+        unlisted.is_empty(),
+        "add {unlisted:?} to turnout_common::settings::CLUSTER_KEYS"
+    );
+}
+
 /// Checks that need more than one field or more than a type.
 pub trait Validate {
     fn validate(&self) -> Result<(), SettingsError>;

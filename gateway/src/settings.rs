@@ -204,18 +204,21 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The table of `room`'s namespace, if the file has one.
+    fn namespace(&self, room: &str) -> Option<&turnout_common::namespaces::NamespaceSettings> {
+        turnout_common::namespaces::namespace_of(room).and_then(|ns| self.namespaces.get(ns))
+    }
+
     /// Whether `room`'s namespace asks the backend's join hook.
     pub fn join_proxy_on(&self, room: &str) -> bool {
-        turnout_common::namespaces::namespace_of(room)
-            .and_then(|ns| self.namespaces.get(ns))
+        self.namespace(room)
             .and_then(|n| n.join_proxy)
             .unwrap_or(false)
     }
 
     /// Whether `room`'s namespace shows who is in its rooms.
     pub fn presence_on(&self, room: &str) -> bool {
-        turnout_common::namespaces::namespace_of(room)
-            .and_then(|ns| self.namespaces.get(ns))
+        self.namespace(room)
             .and_then(|n| n.presence)
             .unwrap_or(true)
     }
@@ -313,10 +316,6 @@ mod tests {
     /// key only if it is listed.
     #[test]
     fn every_key_is_a_cluster_key() {
-        let unlisted = turnout_common::settings::unlisted_keys::<super::Settings>();
-        assert!(
-            unlisted.is_empty(),
-            "add {unlisted:?} to turnout_common::settings::CLUSTER_KEYS"
-        );
+        turnout_common::settings::assert_keys_listed::<super::Settings>();
     }
 }

@@ -59,20 +59,13 @@ impl Gateway {
         avoid: &[String],
     ) -> Result<NodeInfo, ApiError> {
         let avoid = self.avoided(avoid);
+        // A personal room has no owner, in sticky either: any node serves it.
+        let personal = room.is_some_and(|r| r.personal_user().is_some());
         match self.strategy() {
             Strategy::Pubsub | Strategy::Relay | Strategy::Local => {
-                let view = self.view.borrow().clone();
-                self.picker
-                    .least_loaded(&view, record, &avoid)
-                    .ok_or_else(no_node)
+                self.least_loaded(record, &avoid)
             }
-            // A personal room has no owner: any node serves it.
-            Strategy::Sticky if room.is_some_and(|r| r.personal_user().is_some()) => {
-                let view = self.view.borrow().clone();
-                self.picker
-                    .least_loaded(&view, record, &avoid)
-                    .ok_or_else(no_node)
-            }
+            Strategy::Sticky if personal => self.least_loaded(record, &avoid),
             Strategy::Sticky => {
                 let room = room.ok_or_else(|| {
                     ApiError::new(
@@ -83,6 +76,13 @@ impl Gateway {
                 self.owner(room, &avoid).await
             }
         }
+    }
+
+    fn least_loaded(&self, record: bool, avoid: &[String]) -> Result<NodeInfo, ApiError> {
+        let view = self.view.borrow().clone();
+        self.picker
+            .least_loaded(&view, record, avoid)
+            .ok_or_else(no_node)
     }
 
     /// Whether a client refused by its node may be sent to another. Not in
@@ -101,11 +101,7 @@ impl Gateway {
             // A personal room has no owner in sticky (its user's
             // connections are on any node): any node publishes into it.
             Strategy::Sticky if room.personal_user().is_some() => {
-                let view = self.view.borrow().clone();
-                let avoid = self.avoided(&[]);
-                self.picker
-                    .least_loaded(&view, false, &avoid)
-                    .ok_or_else(no_node)
+                self.pick(Some(room), false, &[]).await
             }
             Strategy::Sticky => self.owner(room, &self.avoided(&[])).await,
             Strategy::Pubsub | Strategy::Relay => self.pick(Some(room), false, &[]).await,

@@ -141,10 +141,6 @@ mod tests {
     /// key only if it is listed.
     #[test]
     fn every_key_is_a_cluster_key() {
-        let unlisted = turnout_common::settings::unlisted_keys::<super::Settings>();
-        assert!(
-            unlisted.is_empty(),
-            "add {unlisted:?} to turnout_common::settings::CLUSTER_KEYS"
-        );
+        turnout_common::settings::assert_keys_listed::<super::Settings>();
     }
 }

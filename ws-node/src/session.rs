@@ -473,14 +473,18 @@ async fn join(
 /// (3010). Returns whether it lives on.
 async fn refresh_by_hook(state: &NodeState, conn: &Conn) -> bool {
     let hub = &state.hub;
-    if !state.hooks.has(Hook::Refresh) {
+    // The backend's session is over: 3010.
+    let expired = || {
         hub.metrics.tokens_expired.inc();
         conn.send_frame(
             &ServerFrame::error(ErrorCode::TokenExpired, "your session expired; reconnect"),
             &hub.metrics,
         );
         conn.kill_with(close::TOKEN_EXPIRED, "session expired");
-        return false;
+        false
+    };
+    if !state.hooks.has(Hook::Refresh) {
+        return expired();
     }
     let ask = Ask {
         conn: &conn.label,
@@ -493,18 +497,7 @@ async fn refresh_by_hook(state: &NodeState, conn: &Conn) -> bool {
             match g.expire_at {
                 // Not later than now: the session ends (a backend that
                 // sends the old expire_at back did not extend it).
-                Some(e) if e <= now => {
-                    hub.metrics.tokens_expired.inc();
-                    conn.send_frame(
-                        &ServerFrame::error(
-                            ErrorCode::TokenExpired,
-                            "your session expired; reconnect",
-                        ),
-                        &hub.metrics,
-                    );
-                    conn.kill_with(close::TOKEN_EXPIRED, "session expired");
-                    false
-                }
+                Some(e) if e <= now => expired(),
                 later => {
                     conn.set_hook_expiry(later);
                     true
