@@ -127,9 +127,9 @@ start_redis() {
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
-# The example backend, and the settings file that gives `moderated:` rooms
-# its hooks (one file for every process). Without python3 the cluster runs
-# without it.
+# The example backend. The settings file that gives `moderated:` rooms its
+# hooks (deploy/examples/turnout.toml, one file for every process) goes to
+# the processes with it. Without python3 the cluster runs without both.
 start_backend() {
   [ "${BACKEND:-1}" = 1 ] || return 0
   if ! command -v python3 >/dev/null; then
@@ -142,17 +142,15 @@ start_backend() {
     echo $! >"$RUN_DIR/backend.pid"
     wait_http "http://127.0.0.1:$BACKEND_PORT/healthz" 20 || die "the example backend is not ready; see $RUN_DIR/backend.log"
   fi
-  printf '%s\n' "# Written by deploy/cluster.sh: the example backend's namespace." \
-    "[namespaces.moderated]" "join_proxy = true" "publish_proxy = true" >"$RUN_DIR/turnout.toml"
   echo "backend  http://127.0.0.1:$BACKEND_PORT   (log: $RUN_DIR/backend.log)"
 }
 
 # The settings the backend brings to a ws-node started now (KEY=VALUE
 # words; none without the backend).
 backend_env() {
-  if pid_alive "$RUN_DIR/backend.pid" && [ -f "$RUN_DIR/turnout.toml" ]; then
+  if pid_alive "$RUN_DIR/backend.pid"; then
     local b=http://127.0.0.1:$BACKEND_PORT
-    echo "TURNOUT_CONFIG=$RUN_DIR/turnout.toml TURNOUT_PROXY_CONNECT_URL=$b/connect TURNOUT_PROXY_JOIN_URL=$b/join TURNOUT_PROXY_PUBLISH_URL=$b/publish TURNOUT_PROXY_RPC_URL=$b/rpc TURNOUT_WEBHOOK_URL=$b/webhook TURNOUT_WEBHOOK_SECRET=$WEBHOOK_SECRET"
+    echo "TURNOUT_CONFIG=$here/deploy/examples/turnout.toml TURNOUT_PROXY_CONNECT_URL=$b/connect TURNOUT_PROXY_JOIN_URL=$b/join TURNOUT_PROXY_PUBLISH_URL=$b/publish TURNOUT_PROXY_RPC_URL=$b/rpc TURNOUT_WEBHOOK_URL=$b/webhook TURNOUT_WEBHOOK_SECRET=$WEBHOOK_SECRET"
   fi
 }
 

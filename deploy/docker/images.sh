@@ -11,12 +11,16 @@
 #                  like the official one where compose relies on it (given
 #                  no config file, protected mode off; `redis-server` as the
 #                  default command), /data as working directory, user redis.
+#   python:3-slim  a stand-in for the official image, made of the host's
+#                  python3 and its standard library (no site-packages): the
+#                  example backend (deploy/examples/backend.py) needs
+#                  nothing more.
 #
 #   deploy/docker/images.sh            # builds the release binaries first
 #   SKIP_BUILD=1 deploy/docker/images.sh
 #
 # With a registry, `docker compose up --build` builds turnout:local from the
-# Dockerfile instead and pulls redis:7.
+# Dockerfile instead and pulls redis:7 and python:3-slim.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -28,6 +32,7 @@ if ! command -v redis-server >/dev/null; then
   echo "images.sh: the redis:7 stand-in is made from the host's redis-server (apt-get install redis-server)" >&2
   exit 1
 fi
+command -v python3 >/dev/null || { echo "images.sh: the python:3-slim stand-in is made from the host's python3" >&2; exit 1; }
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --locked --bins
@@ -116,5 +121,26 @@ tar -C "$fs" -c . | docker import \
   --change 'LABEL org.opencontainers.image.source="stand-in for redis:7: deploy/docker/images.sh"' \
   - redis:7 >/dev/null
 
+# python:3-slim (stand-in): the interpreter where it lives on the host (it
+# finds its standard library relative to itself), linked from /usr/local/bin.
+fs="$work/python"
+base_fs "$fs"
+read -r py_exe py_lib < <(python3 -c 'import os, sys, sysconfig; print(os.path.realpath(sys.executable), sysconfig.get_paths()["stdlib"])')
+install -D -m 0755 "$py_exe" "$fs$py_exe"
+ln -s "$py_exe" "$fs/usr/local/bin/python3"
+ln -s "$py_exe" "$fs/usr/local/bin/python"
+mkdir -p "$fs$py_lib"
+tar -C "$py_lib" -c --exclude=site-packages --exclude=dist-packages --exclude=__pycache__ \
+  --exclude=./test --exclude="./config-*" --exclude=./idlelib --exclude=./tkinter --exclude=./turtledemo --exclude=./ensurepip . |
+  tar -C "$fs$py_lib" -x
+install -m 0755 "$(readlink -f /bin/sh)" "$fs/bin/sh"
+with_libs "$fs" "$fs$py_exe" "$fs/bin/sh" $(find "$fs$py_lib" -name '*.so')
+tar -C "$fs" -c . | docker import \
+  --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
+  --change 'CMD ["python3"]' \
+  --change 'LABEL org.opencontainers.image.source="stand-in for python:3-slim: deploy/docker/images.sh"' \
+  - python:3-slim >/dev/null
+
 size() { docker image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f MB", $1 / 1e6 }'; }
-echo "turnout:local $(size turnout:local), redis:7 $(size redis:7) (stand-in: $(redis-server --version | awk '{ print $3 }'))"
+echo "turnout:local $(size turnout:local), redis:7 $(size redis:7) (stand-in: $(redis-server --version | awk '{ print $3 }')), python:3-slim $(size python:3-slim) (stand-in: $(python3 -c 'import platform; print(platform.python_version())'))"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The compose cluster, checked from the host like a user, in each strategy:
-# the demo page, library clients on different nodes chatting through the
+# the demo page; the example backend in the loop (clients/js/e2e/backend.mjs:
+# a banned user refused, a moderated room, rpc, a message to a user, and the
+# webhooks it was sent); library clients on different nodes chatting through the
 # gateway (clients/js/e2e/chat.mjs) while one node is killed, one stopped
 # (a drain), one paused, one cut off from Redis and one from the gateway;
 # every member must end with every acked message exactly once, in order;
@@ -110,6 +112,18 @@ for strategy in ${STRATEGIES:-pubsub sticky}; do
   lib=$(curl -fsS "$base/turnout-client.js")
   grep -q "export class Client" <<<"$lib" || { echo "no client library at $base/turnout-client.js" >&2; exit 1; }
   [ "$(curl -fsS "$base/api/cluster" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).strategy))')" = "$strategy" ]
+
+  # The backend decides: every check in backend.mjs goes through it.
+  GATEWAY="ws://127.0.0.1:$TURNOUT_GATEWAY_PORT/ws" API="$base" \
+    node --experimental-websocket --no-warnings clients/js/e2e/backend.mjs
+  # ... and hears of rooms and members (signed webhooks, checked by it).
+  for _ in $(seq 1 60); do
+    c logs --no-color backend 2>/dev/null | grep -q "webhook: member_joined moderated:lobby bob" && break
+    sleep 0.5
+  done
+  c logs --no-color backend | grep -q "webhook: member_joined moderated:lobby bob" ||
+    { echo "the backend was sent no member_joined for moderated:lobby" >&2; c logs --tail 30 backend >&2; exit 1; }
+  echo "  the backend moderated, answered rpc and got its webhooks"
 
   fifos=$(mktemp -d)
   mkfifo "$fifos/in" "$fifos/out"

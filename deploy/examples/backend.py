@@ -36,11 +36,14 @@ import hashlib
 import hmac
 import json
 import sys
+import threading
 import time
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BLOCKED = {"spam", "scam", "badword"}
 MAX_TEXT = 500
+SEEN = 100_000
 
 
 def refuse(code, message):
@@ -92,7 +95,10 @@ def signed(body, header, secret):
 class Handler(BaseHTTPRequestHandler):
     banned = frozenset()
     webhook_secret = None
-    seen = set()
+    # The last SEEN event ids, to drop redeliveries (bounded: a demo runs
+    # for days).
+    seen = OrderedDict()
+    seen_lock = threading.Lock()
     server_version = "turnout-example-backend"
 
     def do_POST(self):
@@ -131,9 +137,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(401, "bad signature")
             return
         for event in json.loads(body).get("events", []):
-            if event["id"] in self.seen:
-                continue
-            self.seen.add(event["id"])
+            with self.seen_lock:
+                if event["id"] in self.seen:
+                    continue
+                self.seen[event["id"]] = None
+                if len(self.seen) > SEEN:
+                    self.seen.popitem(last=False)
             print(f"webhook: {event['kind']} {event['room']} {event['user']}", flush=True)
         self.send_response(204)
         self.end_headers()

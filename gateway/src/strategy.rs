@@ -59,22 +59,16 @@ impl Gateway {
         avoid: &[String],
     ) -> Result<NodeInfo, ApiError> {
         let avoid = self.avoided(avoid);
-        // A personal room has no owner, in sticky either: any node serves it.
-        let personal = room.is_some_and(|r| r.personal_user().is_some());
-        match self.strategy() {
-            Strategy::Pubsub | Strategy::Relay | Strategy::Local => {
-                self.least_loaded(record, &avoid)
-            }
-            Strategy::Sticky if personal => self.least_loaded(record, &avoid),
-            Strategy::Sticky => {
-                let room = room.ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::BadFrame,
-                        "sticky strategy: `room` is required to find the room's node",
-                    )
-                })?;
+        match (self.strategy(), room) {
+            // Sticky: a room's members meet on its owner. A personal room
+            // has no owner, and a client that names no room (one that joins
+            // later, or only takes rpc and its personal room) may start
+            // anywhere: a join of a room owned elsewhere is answered
+            // `wrong_node` with the owner's URL.
+            (Strategy::Sticky, Some(room)) if room.personal_user().is_none() => {
                 self.owner(room, &avoid).await
             }
+            _ => self.least_loaded(record, &avoid),
         }
     }
 

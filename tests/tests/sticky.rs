@@ -50,14 +50,33 @@ async fn members_of_a_room_meet_on_its_owner() -> Result<()> {
         .query_async(&mut con)
         .await?;
     assert!(channels.is_empty(), "{channels:?}");
-    // Without a room the gateway cannot know where to go.
-    let (status, _) = http("GET", &format!("{}/api/route", c.gateway.http()), None, &[]).await?;
-    assert_eq!(status, 400);
-    let err = Client::connect(&c.gateway.ws_url())
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("400"), "{err}");
+    // Without a room a client may start on any node; a join of a room
+    // owned elsewhere sends it to the owner.
+    let (status, v) = http_get_json(&format!("{}/api/route", c.gateway.http())).await?;
+    assert_eq!(status, 200, "{v}");
+    let owner = route(&c, "alpha").await?;
+    let owner_url = node_url(&c, &owner).await?;
+    let mut elsewhere = None;
+    for _ in 0..c.nodes.len() * 4 {
+        let mut cl = Client::connect(&c.gateway.ws_url()).await?;
+        if cl.node() != owner {
+            elsewhere = Some(cl);
+            break;
+        }
+        // On the owner itself the join just works.
+        assert!(cl.join("alpha").await? >= 1);
+    }
+    let mut elsewhere = elsewhere.expect("roomless clients spread over the nodes");
+    elsewhere
+        .send_json(json!({"type": "join", "room": "alpha"}))
+        .await?;
+    match elsewhere.recv().await? {
+        ServerFrame::Error { code, redirect, .. } => {
+            assert_eq!(code, "wrong_node");
+            assert_eq!(redirect, Some(owner_url));
+        }
+        other => panic!("{other:?}"),
+    }
     // API publish lands on the owner too.
     let (status, body) = http(
         "POST",
