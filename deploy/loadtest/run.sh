@@ -12,6 +12,8 @@ out=${2:?results file}
 shift 2
 export RUN_DIR=${RUN_DIR:-$here/run}
 export REDIS_PORT=${REDIS_PORT:-6390}
+# The bench measures turnout, not the example backend's hooks.
+export BACKEND=${BACKEND:-0}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 # REDIS_SHARDS=N (cluster.sh) runs on a Redis Cluster: sample every node.
 redis_url=redis://127.0.0.1:$REDIS_PORT

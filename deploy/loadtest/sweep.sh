@@ -62,6 +62,8 @@ out=$(cd "$out" && pwd)
 rm -f "$out"/runs/*.json
 export RUN_DIR=${RUN_DIR:-$here/run}
 export REDIS_PORT=${REDIS_PORT:-6390}
+# The bench measures turnout, not the example backend's hooks.
+export BACKEND=${BACKEND:-0}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 
 # The workload of one point: about CONNS connections, the offered

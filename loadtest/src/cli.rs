@@ -33,6 +33,10 @@ pub enum Command {
     /// GET a URL; exit 0 on a 2xx answer within the timeout, 1 otherwise
     /// (container health checks, in images without curl).
     Probe(ProbeOpts),
+    /// The floor: a bare one-process WebSocket fan-out (no Redis, no
+    /// history) that speaks the bench's frames, so `run` measures it like a
+    /// cluster and the report compares against it.
+    Floor(FloorOpts),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -86,6 +90,17 @@ pub struct FaultsOpts {
     /// Without turnout-client members.
     #[arg(long)]
     pub no_js: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FloorOpts {
+    /// Address to listen on (`run --gateway http://ADDR`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Write the process id here: a run's `--run-dir` with this file in it
+    /// samples the floor's CPU and memory.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

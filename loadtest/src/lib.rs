@@ -7,19 +7,23 @@
 //! - `member`: one simulated client: connect, join, publish, receive, reconnect.
 //! - `stats`: latency histograms, loss/duplicate/reorder accounting, results JSON.
 //! - `sample`: CPU/RSS of cluster processes from /proc, Redis INFO deltas.
-//! - `report`: the side-by-side HTML report with SVG charts.
+//! - `report`: the side-by-side HTML report.
+//! - `svg`: the charts of the report and the strategy map.
 //! - [`map`]: the strategy map of a sweep: fitted costs, predictions, verdict.
 //! - [`faults`]: the fault campaign: a seeded schedule of faults, the
 //!   cluster it runs against, protocol-following clients that record what
 //!   they see, and the checker that reads their records.
 //! - `http`: the few HTTP calls the bench makes to the gateway.
 //! - `abuse`: the attackers of the `abuse` scenario.
+//! - `floor`: `turnout-bench floor`, the bare fan-out every strategy is
+//!   measured against.
 //! - `proxy`: `turnout-bench proxy`, a TCP proxy that cuts the network on a signal.
 //! - `turnout-bench probe URL` (in `http`): an HTTP health probe for images without curl.
 
 mod abuse;
 pub mod cli;
 pub mod faults;
+mod floor;
 mod http;
 mod load;
 pub mod map;
@@ -29,6 +33,7 @@ mod report;
 mod sample;
 mod scenario;
 pub mod stats;
+mod svg;
 
 use clap::Parser;
 
@@ -42,5 +47,6 @@ pub async fn main() -> anyhow::Result<()> {
         cli::Command::Faults(opts) => faults::run(opts).await,
         cli::Command::Proxy(opts) => proxy::run(opts).await,
         cli::Command::Probe(opts) => http::probe(&opts).await,
+        cli::Command::Floor(opts) => floor::run(opts).await,
     }
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use turnout_proto::Strategy;
 
 struct Plan {
     rooms: Vec<String>,
@@ -220,6 +221,8 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         .strategy
         .clone()
         .unwrap_or_else(|| cluster["strategy"].as_str().unwrap_or("?").to_owned());
+    // The strategy the cluster runs (None: the floor, or an unknown one).
+    let kind: Option<Strategy> = cluster["strategy"].as_str().and_then(|s| s.parse().ok());
     let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
     let plan = plan(&o, &nodes)?;
     let n = plan.members.len() as u64;
@@ -331,7 +334,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         .iter()
         .filter_map(|n| n["url"].as_str().map(str::to_owned))
         .collect();
-    let hops0 = if strategy == "relay" {
+    let hops0 = if kind == Some(Strategy::Relay) {
         sample::relay_hops(&node_urls).await
     } else {
         None
@@ -484,7 +487,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
 
     // Every room's last seq, from history (local servers number each room
     // on their own: the tally reads that from what members saw).
-    let local = strategy == "local";
+    let local = kind == Some(Strategy::Local);
     let mut last_seq = vec![0u64; plan.rooms.len()];
     if o.scenario != Scenario::Idle && !local {
         for (i, room) in plan.rooms.iter().enumerate() {
@@ -528,9 +531,10 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         .collect();
     let node_cpu: f64 = processes
         .iter()
-        .filter(|p| p.name.starts_with("node"))
+        .filter(|p| p.name.starts_with("node") || p.name == "floor")
         .map(|p| p.cpu_seconds)
         .sum();
+    let server_cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
     let redis = match (redis0, redis1) {
         (Some(a), Some(b)) => {
             let commands = b.commands.saturating_sub(a.commands);
@@ -698,6 +702,11 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         } else {
             0.0
         },
+        server_deliveries_per_cpu_second: if server_cpu > 0.0 {
+            delivered as f64 / server_cpu
+        } else {
+            0.0
+        },
         processes,
         nodes: nodes_mid
             .iter()
@@ -759,8 +768,8 @@ fn print_summary(r: &RunResult) {
     }
     if r.ws_node_deliveries_per_cpu_second > 0.0 {
         println!(
-            "  ws-node deliveries per CPU-second: {:.0}",
-            r.ws_node_deliveries_per_cpu_second
+            "  ws-node deliveries per CPU-second: {:.0}; every server process: {:.0}",
+            r.ws_node_deliveries_per_cpu_second, r.server_deliveries_per_cpu_second
         );
     }
     if r.redis.commands > 0 {

@@ -456,6 +456,11 @@ pub struct RunResult {
     pub throughput: Vec<u64>,
     pub processes: Vec<ProcessStats>,
     pub ws_node_deliveries_per_cpu_second: f64,
+    /// Deliveries per CPU-second of every sampled server process (nodes,
+    /// Redis, router, gateway; the floor's one process): what issue-level
+    /// efficiency targets compare. 0 without --run-dir.
+    #[serde(default)]
+    pub server_deliveries_per_cpu_second: f64,
     pub nodes: Vec<NodeStats>,
     pub redis: RedisStats,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,7 +29,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The two ways of scaling WebSockets past one server, and the baseline
 /// they fix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// The default is `pubsub`, as in every process's settings.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Servers that share nothing: each serves only its own clients, with
@@ -38,6 +41,7 @@ pub enum Strategy {
     /// Every room has one owner node; all its members connect there.
     Sticky,
     /// Clients land anywhere; nodes relay room messages over Redis pub/sub.
+    #[default]
     Pubsub,
     /// Clients land anywhere; each room's owner node sequences its messages
     /// and streams them to the nodes holding its members (no Redis pub/sub).

@@ -398,6 +398,107 @@ async fn bench_runs_with_worker_processes_and_reports() -> Result<()> {
     Ok(())
 }
 
+/// The floor (`turnout-bench floor`): the bench drives it like a cluster,
+/// samples its one process through its pid file, and the report gives a
+/// run's server deliveries per CPU-second as a share of the floor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_measures_the_floor_and_compares_runs_with_it() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("turnout-floor-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bench = binary("turnout-bench");
+    let mut floor = tokio::process::Command::new(&bench)
+        .args(["floor", "--listen", "127.0.0.1:0", "--pid-file"])
+        .arg(dir.join("floor.pid"))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // It says where it listens once it does.
+    let mut lines = tokio::io::BufReader::new(floor.stderr.take().expect("piped")).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await??
+        .unwrap_or_default();
+    let base = line
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http://"))
+        .unwrap_or_else(|| panic!("floor said {line:?}"))
+        .to_owned();
+    let out = dir.join("floor.json");
+    let status = tokio::process::Command::new(&bench)
+        .args([
+            "run",
+            "--quiet",
+            "--scenario",
+            "chat",
+            "--rooms",
+            "6",
+            "--members",
+            "5",
+        ])
+        .args([
+            "--rate",
+            "4",
+            "--warmup",
+            "1",
+            "--duration",
+            "3",
+            "--drain",
+            "1",
+        ])
+        .args(["--gateway", &base, "--run-dir"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    assert!(status.success(), "turnout-bench run failed: {status}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    assert_eq!(r["strategy"], "floor");
+    assert_eq!(r["connections"], 30);
+    for field in ["lost", "duplicated", "reordered", "publish_errors"] {
+        assert_eq!(r[field], 0, "{field}: {r}");
+    }
+    let delivered = r["delivered"].as_u64().unwrap_or(0);
+    assert!(delivered > 1000, "delivered {delivered}");
+    let procs = r["processes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["name"] == "floor" && p["cpu_seconds"].as_f64() > Some(0.0)),
+        "the floor's CPU was not sampled: {procs:?}"
+    );
+    let per_cpu = r["server_deliveries_per_cpu_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(per_cpu > 0.0, "{r}");
+    // A run at half the floor's efficiency on the same workload reads 50 %.
+    let mut half = r.clone();
+    half["strategy"] = "pubsub".into();
+    half["server_deliveries_per_cpu_second"] = (per_cpu / 2.0).into();
+    let other = dir.join("half.json");
+    std::fs::write(&other, serde_json::to_vec(&half)?)?;
+    let html = dir.join("report.html");
+    let status = tokio::process::Command::new(&bench)
+        .arg("report")
+        .args([&out, &other])
+        .arg("--out")
+        .arg(&html)
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    assert!(status.success());
+    let page = std::fs::read_to_string(&html)?;
+    assert!(
+        page.contains("<td>50 %</td>"),
+        "no share of the floor in the report"
+    );
+    floor.start_kill()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The strategy map over real runs: `turnout-bench run` with membership
 /// churn against a local, a sticky, a pubsub and a relay cluster of two nodes, then
 /// `turnout-bench map`. The runs must count the churn and where deliveries
