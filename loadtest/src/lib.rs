@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`cli`]: subcommands and options (`run`, `report`).
-//! - `scenario`: the workloads (chat, broadcast, idle, failover) and the run loop.
+//! - `scenario`: the run loop of every scenario (chat, broadcast, idle,
+//!   failover, abuse); `workload`: its rooms and members; `summary`: what
+//!   it prints.
 //! - `load`: clients in this process or spread over worker processes.
 //! - `member`: one simulated client: connect, join, publish, receive, reconnect.
 //! - `stats`: latency histograms, loss/duplicate/reorder accounting, results JSON.
@@ -33,7 +35,9 @@ mod report;
 mod sample;
 mod scenario;
 pub mod stats;
+mod summary;
 mod svg;
+mod workload;
 
 use clap::Parser;
 

@@ -3,109 +3,16 @@
 
 use crate::cli::{RunOpts, Scenario};
 use crate::load::{Load, Partial, Progress, Workers};
-use crate::member::MemberCfg;
 use crate::sample;
 use crate::stats::*;
+use crate::summary::print_summary;
+use crate::workload::plan;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use turnout_proto::Strategy;
-
-struct Plan {
-    rooms: Vec<String>,
-    members: Vec<MemberCfg>,
-    publishers_per_room: usize,
-}
-
-fn plan(o: &RunOpts, nodes: &[serde_json::Value]) -> Result<Plan> {
-    let padding: Arc<str> = "x".repeat(o.payload).into();
-    let every = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
-    let (rooms, members_per_room, publishers) = match o.scenario {
-        Scenario::Chat | Scenario::Failover | Scenario::Abuse => {
-            (o.rooms, o.members, o.publishers.unwrap_or(o.members))
-        }
-        Scenario::Broadcast => (1, o.members, o.publishers.unwrap_or(5)),
-        Scenario::Idle => {
-            let rooms = (o.connections / 10).max(1);
-            (rooms, o.connections.div_ceil(rooms), 0)
-        }
-    };
-    let fixed_url = if o.scenario == Scenario::Idle {
-        let node = match &o.node {
-            Some(id) => nodes
-                .iter()
-                .find(|n| n["id"] == id.as_str())
-                .with_context(|| format!("no node {id}"))?,
-            None => nodes.first().context("no live node")?,
-        };
-        Some(node["url"].as_str().context("node without url")?.to_owned())
-    } else {
-        None
-    };
-    let tag = o
-        .tag
-        .clone()
-        .unwrap_or_else(|| std::process::id().to_string());
-    let room_names: Vec<String> = (0..rooms).map(|i| format!("bench-{tag}-{i}")).collect();
-    let total = match o.scenario {
-        Scenario::Idle => o.connections,
-        _ => rooms * members_per_room,
-    };
-    let source_ips = match o.source_ips {
-        // Nodes and gateways count connections per address (1,000 at
-        // once, 500 opened at once and 50/s after): spread clients so a run
-        // measures load, and a failover's reconnects, not those limits.
-        0 => total.div_ceil(100).clamp(1, 250) as u32,
-        n => (n as u32).min(253),
-    };
-    // Each member leaves and comes back every `total / churn` seconds.
-    if !o.churn.is_finite() || o.churn < 0.0 {
-        bail!("--churn takes joins per second, 0 or more");
-    }
-    let churn_every = (o.churn > 0.0 && o.scenario != Scenario::Idle)
-        .then(|| Duration::from_secs_f64(total as f64 / o.churn).max(Duration::from_millis(1)));
-    let mut members = Vec::new();
-    let mut sender = 0u32;
-    for (ri, room) in room_names.iter().enumerate() {
-        for m in 0..members_per_room {
-            if members.len()
-                >= if o.scenario == Scenario::Idle {
-                    o.connections
-                } else {
-                    usize::MAX
-                }
-            {
-                break;
-            }
-            // From 127.0.0.2 up: 127.0.0.1 is the abuse scenario's attackers'.
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (sender % source_ips) as u8));
-            members.push(MemberCfg {
-                room: room.clone(),
-                room_idx: ri,
-                sender,
-                publish_every: (m < publishers).then_some(every),
-                padding: padding.clone(),
-                mode: o.mode,
-                gateway: o.gateway.trim_end_matches('/').to_owned(),
-                source_ip: ip,
-                fixed_url: fixed_url
-                    .as_ref()
-                    .map(|u| format!("{u}?room={room}&user=b{sender}")),
-                churn_every,
-            });
-            sender += 1;
-        }
-    }
-    Ok(Plan {
-        rooms: room_names,
-        members,
-        publishers_per_room: publishers.min(members_per_room),
-    })
-}
 
 fn progress(quiet: bool) -> ProgressBar {
     if quiet {
@@ -724,103 +631,4 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     print_summary(&result);
     eprintln!("results: {}", o.out.display());
     Ok(())
-}
-
-fn print_summary(r: &RunResult) {
-    let l = &r.latency_ms;
-    println!(
-        "{} {} ({}): {} connections, {:.0} deliveries/s, latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; \
-         published {} (errors {}), lost {}, duplicated {}, reordered {}, replayed {}, reconnects {}",
-        r.strategy,
-        r.scenario,
-        r.mode,
-        r.connections,
-        r.deliveries_per_sec,
-        l.p50,
-        l.p99,
-        l.p999,
-        l.max,
-        r.published,
-        r.publish_errors,
-        r.lost,
-        r.duplicated,
-        r.reordered,
-        r.replayed,
-        r.reconnects
-    );
-    if r.undelivered_cross_node > 0 {
-        println!(
-            "  local: {} deliveries never happened: publisher and member on different servers \
-             ({:.1} % of what a shared cluster delivers)",
-            r.undelivered_cross_node,
-            100.0 * r.undelivered_share
-        );
-    }
-    println!(
-        "  bench      cpu {:>7.2}s  ({} process(es))",
-        r.bench_cpu_seconds, r.workers
-    );
-    for p in &r.processes {
-        println!(
-            "  {:<10} cpu {:>7.2}s  {:>8.1} cpu-s/M deliveries  rss {:>7} KiB",
-            p.name, p.cpu_seconds, p.cpu_seconds_per_million_deliveries, p.rss_kib
-        );
-    }
-    if r.ws_node_deliveries_per_cpu_second > 0.0 {
-        println!(
-            "  ws-node deliveries per CPU-second: {:.0}; every server process: {:.0}",
-            r.ws_node_deliveries_per_cpu_second, r.server_deliveries_per_cpu_second
-        );
-    }
-    if r.redis.commands > 0 {
-        println!(
-            "  redis: {:.0} commands/s, {:.3} per delivery; used_memory {} -> {} bytes",
-            r.redis.commands_per_sec,
-            r.redis.commands_per_delivery,
-            r.redis.memory_before,
-            r.redis.memory_after
-        );
-    }
-    if let Some(f) = &r.failover {
-        println!(
-            "  failover: killed {}, {} members in {} rooms affected, recovery ms p50 {:.0} max {:.0}, not recovered {}",
-            f.killed,
-            f.members_affected,
-            f.rooms_affected,
-            f.recovery_ms_p50,
-            f.recovery_ms_max,
-            f.not_recovered
-        );
-    }
-    if r.silence_ms.max > 0.0 {
-        println!(
-            "  silence: each member's longest time without a message: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            r.silence_ms.p50, r.silence_ms.p99, r.silence_ms.max
-        );
-    }
-    for d in &r.disruptions {
-        println!(
-            "  chaos at {}s `{}`: {} members told to move (or cut off), after p50 {:.0} ms, max {:.0} ms",
-            d.at_s, d.command, d.members_moved, d.told_ms_p50, d.told_ms_max
-        );
-    }
-    if let Some(a) = &r.attackers {
-        println!(
-            "  attackers: {} frames sent, {} refused, {} connections closed by the cluster, \
-             {} silent sockets closed, streams {} opened / {} refused; their CPU {:.2}s (nice 19, within the bench's)",
-            a.frames_sent,
-            a.refused,
-            a.closed,
-            a.silent_sockets_closed,
-            a.streams_opened,
-            a.streams_refused,
-            a.cpu_seconds
-        );
-    }
-    if let Some(i) = &r.idle {
-        println!(
-            "  idle: {} connections on {}: RSS {} -> {} KiB, {:.2} KiB per connection",
-            i.connections, i.node, i.rss_kib_before, i.rss_kib_after, i.kib_per_connection
-        );
-    }
 }
