@@ -157,6 +157,7 @@ impl Load {
                 base: m.seen.base,
                 unique: m.seen.unique,
                 highest: m.seen.highest,
+                contiguous: m.seen.contiguous,
                 acked: m.acked,
                 max_ack: m.max_ack,
                 moves: m.moves.clone(),

@@ -411,6 +411,24 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
     pb.finish_and_clear();
     let tally = crate::stats::tally(&totals.members, (!local).then_some(&last_seq[..]));
     let lost = tally.lost;
+    if lost > 0 && !local {
+        // Where to look: the first message each of a few members missed.
+        let missed = totals.members.iter().filter_map(|m| {
+            let last = last_seq.get(m.room).copied().unwrap_or(0);
+            let n = m.missing(last);
+            (n > 0).then(|| (m, n, last))
+        });
+        for (m, n, last) in missed.take(10) {
+            eprintln!(
+                "lost: a member of {} on {} missed {n} of seqs {}..={last}, first {} (joined at {})",
+                plan.rooms[m.room],
+                m.node,
+                m.base.unwrap_or(0) + 1,
+                m.contiguous + 1,
+                m.base.unwrap_or(0),
+            );
+        }
+    }
     let cross_node_share =
         tally.cross_node as f64 / (tally.cross_node + tally.same_node).max(1) as f64;
 

@@ -180,6 +180,10 @@ pub(crate) struct MemberSummary {
     pub(crate) base: Option<u64>,
     pub(crate) unique: u64,
     pub(crate) highest: u64,
+    /// Every seq in (base, contiguous] was seen: the first one missed,
+    /// if any, is the next.
+    #[serde(default)]
+    pub(crate) contiguous: u64,
     pub(crate) acked: u64,
     pub(crate) max_ack: u64,
     /// When it was told to go or lost its connection (Unix ms).

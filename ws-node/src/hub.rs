@@ -254,7 +254,7 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
+    pub(crate) fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
         let direct = self.strategy.direct_fan_out(r.members.len());
         let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {
@@ -285,7 +285,7 @@ impl Hub {
 
     /// Fills a gap in `room` from history, or skips it when history no longer
     /// holds the missing messages (members then see the jump in seq).
-    async fn repair(self: Arc<Self>, room: String) {
+    pub(crate) async fn repair(self: Arc<Self>, room: String) {
         let started = tokio::time::Instant::now();
         let mut backoff = turnout_common::backoff::Backoff::new(
             Duration::from_millis(50),

@@ -96,7 +96,16 @@ impl Hub {
         // were sent away): this join did not happen here.
         let others = match self.rooms.get_mut(room.as_str()) {
             Some(mut r) if r.members.contains_key(&conn.id) => {
-                r.seq.start_at(slice.seq, &slice.epoch);
+                // What arrived while the read was under way waited for it.
+                let started = r.seq.start_at(slice.seq, &slice.epoch);
+                for (seq, frame) in started.ready {
+                    self.fan_out(&mut r, seq, frame);
+                }
+                if started.repair {
+                    let hub = self.clone();
+                    let room = room.to_string();
+                    tokio::spawn(async move { hub.repair(room).await });
+                }
                 r.members.len() > 1
             }
             _ => return self.join_undone(room, conn).await,

@@ -4,7 +4,10 @@
 //! what it hands back.
 //!
 //! The next seq is handed back at once, an early one is held, a duplicate is
-//! dropped. A gap that stays open asks the hub (once) to repair it: the hub
+//! dropped. Messages that arrive before the room's start is known (a join's
+//! read of the room is under way) are held until it is: they may come out
+//! of order (relay's owner sends each message when its own store answers),
+//! so none of them can say where the room starts. A gap that stays open asks the hub (once) to repair it: the hub
 //! reads the missing range from history and [`Sequencer::fill`]s it in, or,
 //! when history no longer holds it, [`Sequencer::give_up`] skips it.
 
@@ -22,6 +25,14 @@ pub(crate) enum Offer<F> {
     Held { repair: bool },
 }
 
+/// What setting the start released: the held messages now in order, and
+/// whether a gap stays open behind them (start repairing it).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Started<F> {
+    pub(crate) ready: Vec<(u64, F)>,
+    pub(crate) repair: bool,
+}
+
 /// Messages a repair hands back, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Filled<F> {
@@ -33,7 +44,7 @@ pub(crate) struct Filled<F> {
 #[derive(Debug)]
 pub(crate) struct Sequencer<F> {
     cursor: Cursor,
-    /// False until the first join's read or the first message sets the start.
+    /// False until the first join's read sets the start.
     started: bool,
     /// Messages that arrived ahead of a gap.
     pending: BTreeMap<u64, F>,
@@ -61,14 +72,29 @@ impl<F> Sequencer<F> {
         &self.cursor
     }
 
-    /// Sets the start from a join's read of the room, unless messages
-    /// already set it; learns the room's history epoch.
-    pub(crate) fn start_at(&mut self, seq: u64, epoch: &str) {
+    /// Sets the start from a join's read of the room, unless an earlier
+    /// join's did; learns the room's history epoch. The messages held
+    /// meanwhile are released from there: those at or below `seq` are in
+    /// what the join read, the next ones go out, and a gap before the rest
+    /// is to be repaired.
+    pub(crate) fn start_at(&mut self, seq: u64, epoch: &str) -> Started<F> {
         if !self.started {
             self.started = true;
             self.cursor = Cursor::new(seq, epoch);
-        } else if !epoch.is_empty() && self.cursor.epoch().is_empty() {
+            let mut ready = Vec::new();
+            while let Some(m) = self.next_ready() {
+                ready.push(m);
+            }
+            let repair = !self.pending.is_empty() && !self.repairing;
+            self.repairing |= repair;
+            return Started { ready, repair };
+        }
+        if !epoch.is_empty() && self.cursor.epoch().is_empty() {
             self.cursor = Cursor::new(self.cursor.last(), epoch);
+        }
+        Started {
+            ready: Vec::new(),
+            repair: false,
         }
     }
 
@@ -103,8 +129,9 @@ impl<F> Sequencer<F> {
 
     pub(crate) fn offer(&mut self, seq: u64, frame: F) -> Offer<F> {
         if !self.started {
-            self.started = true;
-            self.cursor = Cursor::new(seq.saturating_sub(1), self.cursor.epoch().to_owned());
+            // Where the room starts is the join's read to say.
+            self.pending.insert(seq, frame);
+            return Offer::Held { repair: false };
         }
         match self.cursor.classify(seq) {
             Step::Duplicate => Offer::Duplicate,
@@ -250,14 +277,34 @@ mod tests {
     }
 
     #[test]
-    fn first_message_sets_the_start() {
+    fn messages_before_the_start_wait_for_it() {
         let mut s = Sequencer::default();
         assert_eq!(s.last(), None);
-        assert_eq!(s.offer(10, "x"), Offer::Now("x"));
-        // A join's read that comes after does not move it back.
-        s.start_at(8, "e");
-        assert_eq!(s.last(), Some(10));
+        // Out of order, before the join's read answered: neither can say
+        // where the room starts (taking 10 as the first would lose 9).
+        assert_eq!(s.offer(10, "j"), Offer::Held { repair: false });
+        assert_eq!(s.offer(8, "h"), Offer::Held { repair: false });
+        assert_eq!(s.last(), None);
+        // The read says 7: 8 goes out, 9 is missing, so 10 waits for a repair.
+        let started = s.start_at(7, "e");
+        assert_eq!(seqs(&started.ready), vec![8]);
+        assert!(started.repair);
+        assert_eq!(s.gap(), Some((8, 10)));
+        let f = s.fill([(9, "i")], 10);
+        assert_eq!(seqs(&f.ready), vec![9, 10]);
+        assert!(s.settled());
         assert_eq!(s.cursor().epoch(), "e");
+        // What the read already counted is not sent again; a later read
+        // does not move the start.
+        let mut s = Sequencer::default();
+        s.offer(3, "c");
+        s.offer(2, "b");
+        let started = s.start_at(3, "e");
+        assert_eq!((started.ready.len(), started.repair), (0, false));
+        assert!(s.settled());
+        assert_eq!(s.start_at(1, "e").ready.len(), 0);
+        assert_eq!(s.last(), Some(3));
+        assert_eq!(s.offer(4, "d"), Offer::Now("d"));
     }
 
     #[test]
@@ -344,9 +391,11 @@ mod tests {
         assert_eq!(s.next_ready(), None);
         assert_eq!((s.last(), s.cursor().epoch()), (Some(5), "e2"));
         assert_eq!(s.offer(6, "f"), Offer::Now("f"));
-        // Moved away and back: the start is unknown again.
+        // Moved away and back: the start is unknown again, until the
+        // join that brought the room back read it.
         s.reset(None);
         assert_eq!(s.last(), None);
-        assert_eq!(s.offer(40, "x"), Offer::Now("x"));
+        assert_eq!(s.offer(40, "x"), Offer::Held { repair: false });
+        assert_eq!(seqs(&s.start_at(39, "e2").ready), vec![40]);
     }
 }
