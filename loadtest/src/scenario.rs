@@ -416,7 +416,7 @@ pub(crate) async fn run(o: RunOpts) -> Result<()> {
         let missed = totals.members.iter().filter_map(|m| {
             let last = last_seq.get(m.room).copied().unwrap_or(0);
             let n = m.missing(last);
-            (n > 0).then(|| (m, n, last))
+            (n > 0).then_some((m, n, last))
         });
         for (m, n, last) in missed.take(10) {
             eprintln!(
