@@ -289,9 +289,11 @@ mod tests {
         let started = s.start_at(7, "e");
         assert_eq!(seqs(&started.ready), vec![8]);
         assert!(started.repair);
+        // That repair is under way: a later message does not ask again.
+        assert_eq!(s.offer(11, "k"), Offer::Held { repair: false });
         assert_eq!(s.gap(), Some((8, 10)));
         let f = s.fill([(9, "i")], 10);
-        assert_eq!(seqs(&f.ready), vec![9, 10]);
+        assert_eq!(seqs(&f.ready), vec![9, 10, 11]);
         assert!(s.settled());
         assert_eq!(s.cursor().epoch(), "e");
         // What the read already counted is not sent again; a later read
