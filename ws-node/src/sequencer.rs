@@ -74,14 +74,18 @@ impl<F> Sequencer<F> {
 
     /// Sets the start from a join's read of the room, unless an earlier
     /// join's did; learns the room's history epoch. The messages held
-    /// meanwhile are released from there: those at or below `seq` are in
-    /// what the join read, the next ones go out, and a gap before the rest
-    /// is to be repaired.
+    /// meanwhile are all released, in seq order: those at or below `seq`
+    /// too, as another join still under way may have read less (each
+    /// joining member takes what is above its own read); after them the
+    /// ones that follow `seq`, and a gap before the rest is to be repaired.
     pub(crate) fn start_at(&mut self, seq: u64, epoch: &str) -> Started<F> {
         if !self.started {
             self.started = true;
             self.cursor = Cursor::new(seq, epoch);
-            let mut ready = Vec::new();
+            let later = self.pending.split_off(&(seq + 1));
+            let mut ready: Vec<(u64, F)> = std::mem::replace(&mut self.pending, later)
+                .into_iter()
+                .collect();
             while let Some(m) = self.next_ready() {
                 ready.push(m);
             }
@@ -296,17 +300,24 @@ mod tests {
         assert_eq!(seqs(&f.ready), vec![9, 10, 11]);
         assert!(s.settled());
         assert_eq!(s.cursor().epoch(), "e");
-        // What the read already counted is not sent again; a later read
-        // does not move the start.
+        // What the first read already counted still goes out (in order):
+        // a join under way may have read less; each member takes what is
+        // above its own read. A later read does not move the start.
         let mut s = Sequencer::default();
         s.offer(3, "c");
         s.offer(2, "b");
+        s.offer(5, "e");
         let started = s.start_at(3, "e");
-        assert_eq!((started.ready.len(), started.repair), (0, false));
+        assert_eq!(seqs(&started.ready), vec![2, 3]);
+        assert!(started.repair, "4 is missing");
+        assert_eq!(s.gap(), Some((3, 5)));
+        let f = s.fill([(4, "d")], 5);
+        assert_eq!(seqs(&f.ready), vec![4, 5]);
         assert!(s.settled());
         assert_eq!(s.start_at(1, "e").ready.len(), 0);
-        assert_eq!(s.last(), Some(3));
-        assert_eq!(s.offer(4, "d"), Offer::Now("d"));
+        assert_eq!(s.last(), Some(5));
+        assert_eq!(s.offer(4, "d"), Offer::Duplicate);
+        assert_eq!(s.offer(6, "f"), Offer::Now("f"));
     }
 
     #[test]
