@@ -106,6 +106,11 @@ impl Hub {
                     let room = room.to_string();
                     tokio::spawn(async move { hub.repair(room).await });
                 }
+                if started.resync {
+                    let hub = self.clone();
+                    let room = room.to_string();
+                    tokio::spawn(async move { hub.resync(&room).await });
+                }
                 r.members.len() > 1
             }
             _ => return self.join_undone(room, conn).await,
@@ -170,7 +175,8 @@ impl Hub {
             conn.push(Message::Text(frame.into()), &self.metrics);
         }
         self.metrics.replayed.inc_by(replayed);
-        if !self.go_live(room, conn, slice.seq) {
+        let missed = self.missed(room, conn, slice.seq, &slice.epoch).await;
+        if !self.go_live(room, conn, slice.seq, missed) {
             return self.join_undone(room, conn).await;
         }
         // Personal rooms come and go with every connection: no events.
@@ -230,9 +236,62 @@ impl Hub {
         stale
     }
 
-    /// Flushes what the joining member's buffer caught above `seq` and
-    /// switches it to live delivery; false when the member is gone.
-    fn go_live(&self, room: &str, conn: &Arc<Conn>, seq: u64) -> bool {
+    /// What the joining member's buffer lacks between its read (`seq`) and
+    /// where the room's order stands, read from history. A join that read
+    /// less than the read that started the room here (reads of one fresh
+    /// room under way at once) may have missed some: a message at or below
+    /// the room's position that arrives after the start is a duplicate for
+    /// the room, but not for this member.
+    async fn missed(
+        &self,
+        room: &str,
+        conn: &Arc<Conn>,
+        seq: u64,
+        epoch: &str,
+    ) -> Vec<(u64, axum::extract::ws::Utf8Bytes)> {
+        let last = {
+            let Some(r) = self.rooms.get(room) else {
+                return Vec::new();
+            };
+            let (Some(m), Some(last)) = (r.members.get(&conn.id), r.seq.last()) else {
+                return Vec::new();
+            };
+            match &m.buffer {
+                Some(buffer) if !covers(buffer, seq, last) => last,
+                _ => return Vec::new(),
+            }
+        };
+        match self.store.history(room, seq, last - seq).await {
+            Ok(h) if h.epoch == epoch => {
+                let found: Vec<_> = h
+                    .messages
+                    .into_iter()
+                    .filter(|m| m.0 <= last)
+                    .map(|(s, f)| (s, f.into()))
+                    .collect();
+                self.metrics.gaps_repaired.inc_by(found.len() as u64);
+                found
+            }
+            // The room started over: the reset tells its members.
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(room, error = %e, "history read for a join's missed messages failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Flushes what the joining member's buffer caught above `seq`, with
+    /// `missed` (from history) in its place, and switches it to live
+    /// delivery; false when the member is gone.
+    fn go_live(
+        &self,
+        room: &str,
+        conn: &Arc<Conn>,
+        seq: u64,
+        missed: Vec<(u64, axum::extract::ws::Utf8Bytes)>,
+    ) -> bool {
         let Some(mut r) = self.rooms.get_mut(room) else {
             return false;
         };
@@ -241,7 +300,15 @@ impl Hub {
         };
         m.after = seq;
         let (mut n, mut in_place) = (0, 0);
-        for (seq, frame) in m.buffer.take().unwrap_or_default() {
+        let buffer = m.buffer.take().unwrap_or_default();
+        let frames = if missed.is_empty() {
+            buffer
+        } else {
+            let mut all: std::collections::BTreeMap<_, _> = missed.into_iter().collect();
+            all.extend(buffer);
+            all.into_iter().collect()
+        };
+        for (seq, frame) in frames {
             if seq > m.after {
                 m.after = seq;
                 match m.conn.push_as(Message::Text(frame), &self.metrics, true) {
@@ -295,5 +362,52 @@ impl Hub {
             self.strategy.close(room);
         }
         Some(emptied)
+    }
+}
+
+/// Whether `buffer` (seqs ascending, as fanned out) holds every seq after
+/// `after` up to `last`.
+fn covers<F>(buffer: &[(u64, F)], after: u64, last: u64) -> bool {
+    let mut next = after + 1;
+    for &(seq, _) in buffer {
+        if next > last {
+            break;
+        }
+        if seq == next {
+            next += 1;
+        } else if seq > next {
+            return false;
+        }
+    }
+    next > last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    fn buffer(seqs: &[u64]) -> Vec<(u64, ())> {
+        seqs.iter().map(|&s| (s, ())).collect()
+    }
+
+    #[test]
+    fn a_buffer_covers_what_follows_the_read() {
+        assert!(covers(&buffer(&[]), 5, 5), "nothing since the read");
+        assert!(covers(&buffer(&[6, 7]), 5, 7));
+        // Released at the start: at or below this member's read as well.
+        assert!(covers(&buffer(&[3, 4, 5, 6, 7]), 5, 7));
+        assert!(
+            covers(&buffer(&[6, 7, 8]), 5, 7),
+            "ahead of the room's last is fine"
+        );
+        // Another join's read started the room at 7; 6 came after it.
+        assert!(!covers(&buffer(&[]), 5, 7));
+        assert!(!covers(&buffer(&[7]), 5, 7));
+        assert!(!covers(&buffer(&[6, 8]), 5, 8));
+        assert!(!covers(&buffer(&[6]), 5, 7));
+        assert!(
+            covers(&buffer(&[6, 9]), 5, 6),
+            "past the room's last says nothing"
+        );
     }
 }

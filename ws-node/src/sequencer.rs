@@ -31,6 +31,10 @@ pub(crate) enum Offer<F> {
 pub(crate) struct Started<F> {
     pub(crate) ready: Vec<(u64, F)>,
     pub(crate) repair: bool,
+    /// Messages of another history epoch than the read's came meanwhile
+    /// (Redis lost the room's state around the read): they were dropped,
+    /// and the room is to catch up from history (`Hub::resync`).
+    pub(crate) resync: bool,
 }
 
 /// Messages a repair hands back, in order.
@@ -49,6 +53,9 @@ pub(crate) struct Sequencer<F> {
     /// Messages that arrived ahead of a gap.
     pending: BTreeMap<u64, F>,
     repairing: bool,
+    /// Before the start: a message of an epoch other than the held ones'
+    /// was turned away.
+    turned_away: bool,
 }
 
 impl<F> Default for Sequencer<F> {
@@ -58,6 +65,7 @@ impl<F> Default for Sequencer<F> {
             started: false,
             pending: BTreeMap::new(),
             repairing: false,
+            turned_away: false,
         }
     }
 }
@@ -78,20 +86,36 @@ impl<F> Sequencer<F> {
     /// too, as another join still under way may have read less (each
     /// joining member takes what is above its own read); after them the
     /// ones that follow `seq`, and a gap before the rest is to be repaired.
+    ///
+    /// Held messages count in the epoch the first of them named. When the
+    /// read names another (Redis lost the room's state between them), their
+    /// seqs say nothing about the read's: they are dropped, and the room
+    /// catches up from history instead (`resync`), as it does when a
+    /// message of a third epoch was turned away meanwhile.
     pub(crate) fn start_at(&mut self, seq: u64, epoch: &str) -> Started<F> {
         if !self.started {
             self.started = true;
+            let held = self.cursor.epoch();
+            let other_epoch = !epoch.is_empty() && !held.is_empty() && held != epoch;
+            let resync = other_epoch || self.turned_away;
+            if other_epoch {
+                self.pending.clear();
+            }
+            let epoch = if epoch.is_empty() { held } else { epoch };
             self.cursor = Cursor::new(seq, epoch);
+            self.turned_away = false;
             let later = self.pending.split_off(&(seq + 1));
             let mut ready: Vec<(u64, F)> = std::mem::replace(&mut self.pending, later)
                 .into_iter()
                 .collect();
-            while let Some(m) = self.next_ready() {
-                ready.push(m);
-            }
+            self.drain(&mut ready);
             let repair = !self.pending.is_empty() && !self.repairing;
             self.repairing |= repair;
-            return Started { ready, repair };
+            return Started {
+                ready,
+                repair,
+                resync,
+            };
         }
         if !epoch.is_empty() && self.cursor.epoch().is_empty() {
             self.cursor = Cursor::new(self.cursor.last(), epoch);
@@ -99,14 +123,18 @@ impl<F> Sequencer<F> {
         Started {
             ready: Vec::new(),
             repair: false,
+            resync: false,
         }
     }
 
     /// Whether a message in `epoch` belongs to another history epoch than
     /// the room's (Redis lost the room's state and it started over); an
-    /// epoch seen for the first time is learnt.
+    /// epoch seen for the first time is learnt. Before the start, the epoch
+    /// is the held messages': the start then catches up (see `start_at`).
     pub(crate) fn epoch_changed(&mut self, epoch: &str) -> bool {
-        self.cursor.epoch_changed(epoch)
+        let changed = self.cursor.epoch_changed(epoch);
+        self.turned_away |= changed && !self.started;
+        changed
     }
 
     /// Whether the room already counts in history epoch `epoch` (known, and
@@ -119,6 +147,7 @@ impl<F> Sequencer<F> {
     /// or forgets everything (`None`: the room moved away and back).
     pub(crate) fn reset(&mut self, to: Option<(u64, &str)>) {
         self.pending.clear();
+        self.turned_away = false;
         match to {
             Some((seq, epoch)) => {
                 self.started = true;
@@ -149,6 +178,13 @@ impl<F> Sequencer<F> {
                 self.repairing = true;
                 Offer::Held { repair }
             }
+        }
+    }
+
+    /// Moves every held message that is now in order to `ready`.
+    fn drain(&mut self, ready: &mut Vec<(u64, F)>) {
+        while let Some(m) = self.next_ready() {
+            ready.push(m);
         }
     }
 
@@ -198,9 +234,7 @@ impl<F> Sequencer<F> {
             }
         }
         let from_history = ready.len() as u64;
-        while let Some(m) = self.next_ready() {
-            ready.push(m);
-        }
+        self.drain(&mut ready);
         Filled {
             ready,
             from_history,
@@ -227,9 +261,7 @@ impl<F> Sequencer<F> {
         let lost = skip_to - last;
         self.cursor.advance(skip_to);
         let mut ready = Vec::new();
-        while let Some(m) = self.next_ready() {
-            ready.push(m);
-        }
+        self.drain(&mut ready);
         Some((lost, ready))
     }
 
@@ -318,6 +350,55 @@ mod tests {
         assert_eq!(s.last(), Some(5));
         assert_eq!(s.offer(4, "d"), Offer::Duplicate);
         assert_eq!(s.offer(6, "f"), Offer::Now("f"));
+    }
+
+    #[test]
+    fn held_messages_of_another_epoch_than_the_read_are_dropped() {
+        // Held in e1; the read names e2 (the room's state was lost between
+        // them): seqs 4 and 5 of e1 say nothing about e2's.
+        let mut s = Sequencer::default();
+        assert!(!s.epoch_changed("e1"), "the first epoch is learnt");
+        s.offer(5, "e1:5");
+        s.offer(4, "e1:4");
+        let started = s.start_at(3, "e2");
+        assert_eq!(started.ready, vec![], "nothing of e1 goes out");
+        assert!(started.resync && !started.repair);
+        assert_eq!((s.last(), s.cursor().epoch()), (Some(3), "e2"));
+        assert_eq!(s.gap(), None, "nothing is held");
+        assert_eq!(s.offer(4, "e2:4"), Offer::Now("e2:4"));
+        // The same epoch: held messages go out, no catch-up.
+        let mut s = Sequencer::default();
+        assert!(!s.epoch_changed("e1"));
+        s.offer(4, "e1:4");
+        let started = s.start_at(3, "e1");
+        assert_eq!((seqs(&started.ready), started.resync), (vec![4], false));
+        // A read before the room's first message names no epoch: the held
+        // messages' is the room's.
+        let mut s = Sequencer::default();
+        assert!(!s.epoch_changed("e1"));
+        s.offer(1, "e1:1");
+        let started = s.start_at(0, "");
+        assert_eq!((seqs(&started.ready), started.resync), (vec![1], false));
+        assert_eq!(s.cursor().epoch(), "e1");
+        assert!(!s.epoch_changed("e1"));
+        // A message of another epoch than the held ones' was turned away
+        // before the start: whichever the read names, the room catches up.
+        let mut s = Sequencer::default();
+        assert!(!s.epoch_changed("e1"));
+        s.offer(1, "e1:1");
+        assert!(s.epoch_changed("e2"), "turned away");
+        let started = s.start_at(0, "e1");
+        assert_eq!((seqs(&started.ready), started.resync), (vec![1], true));
+        // Once started, a new epoch is the hub's to reset, not the start's.
+        assert!(s.epoch_changed("e2"));
+        s.reset(Some((7, "e2")));
+        assert!(!s.start_at(9, "e2").resync);
+        // A reset forgets what was turned away before it.
+        let mut s = Sequencer::<&str>::default();
+        assert!(!s.epoch_changed("e1"));
+        assert!(s.epoch_changed("e2"));
+        s.reset(None);
+        assert!(!s.start_at(0, "e1").resync);
     }
 
     #[test]
