@@ -142,5 +142,23 @@ tar -C "$fs" -c . | docker import \
   --change 'LABEL org.opencontainers.image.source="stand-in for python:3-slim: deploy/docker/images.sh"' \
   - python:3-slim >/dev/null
 
+# prom/prometheus (stand-in, for `docker compose --profile monitoring`):
+# Debian's prometheus binary, when the host has it.
+if command -v prometheus >/dev/null; then
+  fs="$work/prometheus"
+  base_fs "$fs"
+  install -D -m 0755 "$(command -v prometheus)" "$fs/bin/prometheus"
+  with_libs "$fs" "$fs/bin/prometheus"
+  mkdir -p "$fs/prometheus" && chown 65534:65534 "$fs/prometheus"
+  tar -C "$fs" -c . | docker import \
+    --change 'USER 65534:65534' \
+    --change 'WORKDIR /prometheus' \
+    --change 'EXPOSE 9090' \
+    --change 'ENTRYPOINT ["/bin/prometheus"]' \
+    --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+    --change 'LABEL org.opencontainers.image.source="stand-in for prom/prometheus: deploy/docker/images.sh"' \
+    - prom/prometheus:v2.42.0 >/dev/null
+fi
+
 size() { docker image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f MB", $1 / 1e6 }'; }
 echo "turnout:local $(size turnout:local), redis:7 $(size redis:7) (stand-in: $(redis-server --version | awk '{ print $3 }')), python:3-slim $(size python:3-slim) (stand-in: $(python3 -c 'import platform; print(platform.python_version())'))"

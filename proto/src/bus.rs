@@ -85,6 +85,22 @@ impl FrameParts {
     }
 }
 
+/// A message frame's `ts` (when it was published, in ms since the epoch),
+/// found without parsing the frame: its first `,"ts":` is the field (a
+/// quote inside a JSON string is escaped, and `data` comes after it).
+pub fn frame_ts(frame: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b",\"ts\":";
+    let at = frame.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// A bus payload: a room message with its seq, or a presence event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload<'a> {
@@ -179,6 +195,21 @@ pub fn seq_from_stream_id(id: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::frames::ServerFrame;
+
+    #[test]
+    fn a_frames_ts_is_found_without_parsing_it() {
+        let data = RawValue::from_string(r#"{"ts":1,"x":",\"ts\":2"}"#.into()).unwrap();
+        let parts = frame_parts("r", r#"a,"ts":3"#, "n1", 1_700_000_000_123, &data);
+        assert_eq!(
+            frame_ts(parts.render(7).as_bytes()),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            frame_ts(parts.render_in(7, "e").as_bytes()),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(frame_ts(br#"{"type":"presence","room":"r"}"#), None);
+    }
 
     #[test]
     fn data_past_a_json_value_type_goes_through_as_published() {

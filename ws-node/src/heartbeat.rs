@@ -91,6 +91,11 @@ pub(crate) async fn write(state: &Arc<NodeState>, announce: bool) -> bool {
     let beat = scripts::heartbeat(&info.id, &json, state.settings.heartbeat_ttl, announce);
     match beat.invoke_async::<()>(&mut con).await {
         Ok(()) => {
+            state
+                .hub
+                .metrics
+                .heartbeat_seconds
+                .observe(sent.elapsed().as_secs_f64());
             state.readiness.ok("redis");
             let ran_out = state.lease.renewed(sent, state.settings.heartbeat_ttl);
             // A local node holds nothing in Redis a lapse could take away.
@@ -145,6 +150,7 @@ fn lapsed(state: &Arc<NodeState>, why: &str) {
         return;
     }
     state.hub.metrics.lease_lapses.inc();
+    state.hub.metrics.lease_lapsed.set(1);
     tracing::warn!("membership lease may have lapsed ({why}); checking what this node still holds");
     state
         .readiness
@@ -193,6 +199,7 @@ async fn verify(state: Arc<NodeState>) {
         backoff.wait().await;
     }
     state.lease.lapsed.store(false, Ordering::Release);
+    state.hub.metrics.lease_lapsed.set(0);
     state.readiness.ok("lease");
     tracing::info!("membership lease holds again; what this node holds was checked");
 }

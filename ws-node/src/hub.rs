@@ -255,6 +255,10 @@ impl Hub {
     }
 
     pub(crate) fn fan_out(&self, r: &mut Room, seq: u64, frame: Utf8Bytes) {
+        if let Some(ts) = turnout_proto::bus::frame_ts(frame.as_bytes()) {
+            let late = turnout_proto::now_ms().saturating_sub(ts);
+            self.metrics.delivery_seconds.observe(late as f64 / 1000.0);
+        }
         let direct = self.strategy.direct_fan_out(r.members.len());
         let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {

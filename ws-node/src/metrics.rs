@@ -1,7 +1,7 @@
 //! The ws-node's metrics (all prefixed `turnout_`, see `docs/OPERATIONS.md`).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use turnout_common::metrics::register;
 
@@ -49,6 +49,9 @@ pub(crate) struct NodeMetrics {
     pub(crate) inbox_appended: IntCounter,
     pub(crate) presence_reasserted: IntCounter,
     pub(crate) lease_lapses: IntCounter,
+    pub(crate) lease_lapsed: IntGauge,
+    pub(crate) heartbeat_seconds: Histogram,
+    pub(crate) delivery_seconds: Histogram,
     pub(crate) replays_cut: IntCounter,
     pub(crate) tokens_expired: IntCounter,
     pub(crate) redis_used_memory: IntGauge,
@@ -58,8 +61,18 @@ pub(crate) struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(node_id: &str) -> Self {
-        let registry = turnout_common::metrics::registry("ws-node", &[("node", node_id)]);
+    pub(crate) fn new(node_id: &str, strategy: turnout_proto::Strategy) -> Self {
+        let registry = turnout_common::metrics::registry(
+            "ws-node",
+            &[("node", node_id), ("strategy", strategy.as_str())],
+        );
+        let h = |name: &str, help: &str, buckets: &[f64]| {
+            register(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                    .expect("valid metric"),
+            )
+        };
         let c = |name: &str, help: &str| turnout_common::metrics::counter(&registry, name, help);
         let g = |name: &str, help: &str| turnout_common::metrics::gauge(&registry, name, help);
         NodeMetrics {
@@ -151,17 +164,25 @@ impl NodeMetrics {
                 ),
             },
             webhooks: crate::webhooks::WebhookMetrics {
-                events: register(
-                    &registry,
-                    IntCounterVec::new(
-                        Opts::new(
-                            "webhook_events_total",
-                            "Webhook events by outcome: sent (taken by the backend), dropped (the queue was full), failed (every try of their batch failed)",
-                        ),
-                        &["outcome"],
-                    )
-                    .expect("valid metric"),
-                ),
+                events: {
+                    let events = register(
+                        &registry,
+                        IntCounterVec::new(
+                            Opts::new(
+                                "webhook_events_total",
+                                "Webhook events by outcome: sent (taken by the backend), dropped (the queue was full), failed (every try of their batch failed)",
+                            ),
+                            &["outcome"],
+                        )
+                        .expect("valid metric"),
+                    );
+                    // At 0 from the start: an alert on a loss needs the
+                    // series before the first one.
+                    for outcome in ["sent", "dropped", "failed"] {
+                        events.with_label_values(&[outcome]);
+                    }
+                    events
+                },
             },
             redis_disconnects: c(
                 "redis_disconnects_total",
@@ -248,6 +269,20 @@ impl NodeMetrics {
             lease_lapses: c(
                 "lease_lapses_total",
                 "Times this node's membership lease may have run out (paused, or Redis unreachable)",
+            ),
+            lease_lapsed: g(
+                "lease_lapsed",
+                "1 while this node's membership lease may have run out and what it holds is not checked again: it takes no clients",
+            ),
+            heartbeat_seconds: h(
+                "heartbeat_seconds",
+                "Round trip of the node's heartbeat to Redis: Redis's latency as this node sees it",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            delivery_seconds: h(
+                "delivery_seconds",
+                "From a message's publish (its ts, the publishing node's clock) to its fan-out on this node, once per message",
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             ),
             replays_cut: c(
                 "replays_cut_total",

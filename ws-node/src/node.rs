@@ -125,7 +125,7 @@ pub async fn run(
         settings.insecure,
         &missing,
     )?;
-    let metrics = NodeMetrics::new(&node_id);
+    let metrics = NodeMetrics::new(&node_id, settings.strategy);
     let hooks = crate::hooks::Hooks::new(
         &node_id,
         &crate::hooks::HookSettings {
