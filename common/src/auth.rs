@@ -237,12 +237,15 @@ impl InternalToken {
         &self,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
         let want = self.0.clone();
-        move |req: Request<()>| match &want {
-            None => Ok(req),
-            Some(want) => match req.metadata().get(INTERNAL_TOKEN_HEADER) {
-                Some(got) if ct_eq(got.as_bytes(), want.as_bytes()) => Ok(req),
-                _ => Err(Status::unauthenticated("internal token missing or wrong")),
-            },
+        move |mut req: Request<()>| {
+            if let Some(want) = &want {
+                match req.metadata().get(INTERNAL_TOKEN_HEADER) {
+                    Some(got) if ct_eq(got.as_bytes(), want.as_bytes()) => {}
+                    _ => return Err(Status::unauthenticated("internal token missing or wrong")),
+                }
+            }
+            crate::telemetry::extract(&mut req);
+            Ok(req)
         }
     }
 }
@@ -253,6 +256,7 @@ impl Interceptor for InternalToken {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert(INTERNAL_TOKEN_HEADER, v.clone());
         }
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

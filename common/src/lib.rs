@@ -30,16 +30,7 @@ pub mod redis;
 pub mod relay;
 pub mod serve;
 pub mod settings;
-
-/// Installs the global `tracing` subscriber (`RUST_LOG`, default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
-}
+pub mod telemetry;
 
 /// This build's version, reported in heartbeats and `/api/cluster`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

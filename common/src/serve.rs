@@ -284,20 +284,22 @@ pub enum RunError {
     Settings(#[from] SettingsError),
 }
 
-/// The body of every binary's `main`: settings, logging, bind, run until
-/// SIGINT/SIGTERM. A settings problem exits with code 2 and a message naming
-/// the setting.
-pub async fn main<S, F, Fut>(
-    name: &str,
-    settings: Result<S, SettingsError>,
-    listen: impl Fn(&S) -> &ListenSpec,
-    run: F,
-) -> ExitCode
+/// What [`main`] needs of a process's settings.
+pub trait Served {
+    fn listen(&self) -> &ListenSpec;
+    fn node_id(&self) -> Option<&str>;
+    fn traces(&self) -> crate::telemetry::TraceSettings;
+}
+
+/// The body of every binary's `main`: settings, logging (and tracing),
+/// bind, run until SIGINT/SIGTERM, then send the traces still queued. A
+/// settings problem exits with code 2 and a message naming the setting.
+pub async fn main<S, F, Fut>(name: &str, settings: Result<S, SettingsError>, run: F) -> ExitCode
 where
+    S: Served,
     F: FnOnce(TcpListener, S, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), RunError>>,
 {
-    crate::init_logging();
     let settings = match settings {
         Ok(s) => s,
         Err(e) => {
@@ -305,12 +307,16 @@ where
             return ExitCode::from(2);
         }
     };
-    let listener = match bind(listen(&settings)).await {
+    let instance = settings
+        .node_id()
+        .map_or_else(crate::settings::host_name, str::to_owned);
+    let _telemetry = crate::telemetry::init(name, &instance, &settings.traces());
+    let listener = match bind(settings.listen()).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
                 "{name}: setting `listen`: cannot bind {}: {e}",
-                listen(&settings)
+                settings.listen()
             );
             return ExitCode::from(2);
         }

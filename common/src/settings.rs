@@ -69,6 +69,16 @@ pub struct CommonCli {
     #[arg(long, env = "TURNOUT_HTTP2_KEEPALIVE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_keepalive: Option<String>,
+    /// OTLP/HTTP collector URL for traces, e.g. http://collector:4318
+    /// (`/v1/traces` is added); unset: tracing off.
+    #[arg(long, env = "TURNOUT_OTLP_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this process starts that are kept, 0 to 1
+    /// (default 1); a trace a caller started is kept if the caller kept it.
+    #[arg(long, env = "TURNOUT_OTLP_SAMPLE_RATIO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_sample_ratio: Option<f64>,
 }
 
 /// A setting that could not be used; the message names the setting.
@@ -141,6 +151,8 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "max_subscribers",
     "namespaces",
     "node_id",
+    "otlp_endpoint",
+    "otlp_sample_ratio",
     "personal_rooms",
     "ping_interval",
     "placement_ttl",

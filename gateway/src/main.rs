@@ -3,7 +3,6 @@ async fn main() -> std::process::ExitCode {
     turnout_common::serve::main(
         "turnout-gateway",
         turnout_gateway::Settings::from_args(),
-        |s| &s.listen,
         turnout_gateway::run,
     )
     .await

@@ -282,6 +282,7 @@ impl Gateway {
     /// retried as is: it is taken once. Without one the gateway makes its
     /// own for its retry: a try that timed out or lost its answer may have
     /// been stored, and the retry must not store it again.
+    #[tracing::instrument(target = "otel", name = "gateway.publish", skip_all, fields(room = %room))]
     pub(crate) async fn publish(
         &self,
         room: &RoomName,

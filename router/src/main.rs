@@ -3,7 +3,6 @@ async fn main() -> std::process::ExitCode {
     turnout_common::serve::main(
         "turnout-router",
         turnout_router::Settings::from_args(),
-        |s| &s.listen,
         turnout_router::run,
     )
     .await

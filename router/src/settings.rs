@@ -64,6 +64,10 @@ pub struct Settings {
     pub http_idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub http2_keepalive: Duration,
+    /// OTLP/HTTP collector for traces (None: tracing off).
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this process starts that are kept.
+    pub otlp_sample_ratio: f64,
 }
 
 impl Default for Settings {
@@ -84,6 +88,8 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             http2_keepalive: Duration::from_secs(20),
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Validate for Settings {
         require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
         require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
         require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
+        turnout_common::telemetry::check(self.otlp_endpoint.as_deref(), self.otlp_sample_ratio)?;
         check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
         require_nonzero("poll_interval", self.poll_interval.is_zero())?;
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
@@ -132,6 +139,23 @@ impl Settings {
     pub fn from_args() -> Result<Self, SettingsError> {
         let cli = Cli::parse();
         turnout_common::settings::load(&cli, cli.common.config.as_deref())
+    }
+}
+
+impl turnout_common::serve::Served for Settings {
+    fn listen(&self) -> &ListenSpec {
+        &self.listen
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    fn traces(&self) -> turnout_common::telemetry::TraceSettings {
+        turnout_common::telemetry::TraceSettings {
+            endpoint: self.otlp_endpoint.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+        }
     }
 }
 

@@ -291,33 +291,68 @@ impl NodeProcess {
     /// process is found out (the node exits, or another node answers) and
     /// another port is tried.
     pub async fn start(id: &str, env: &[(&str, &str)]) -> Result<NodeProcess> {
+        Self::spawn("turnout-ws-node", id, &[], env).await
+    }
+
+    /// Another binary of the workspace (`turnout-gateway`, `turnout-router`)
+    /// as a real process, with `args` and `env`: serving once its
+    /// `/metrics` carry its id.
+    pub async fn start_other(
+        binary: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess> {
+        Self::spawn(binary, id, args, env).await
+    }
+
+    async fn spawn(
+        name: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess> {
         let mut tries = 0;
         loop {
             tries += 1;
             let port = free_port();
-            let mut cmd = Command::new(binary("turnout-ws-node"));
+            let mut cmd = Command::new(binary(name));
             cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
+                .args(args)
                 .env("TURNOUT_INSECURE", "true")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             for (k, v) in env {
                 cmd.env(k, v);
             }
-            let child = cmd.spawn().context("starting turnout-ws-node")?;
+            let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
             let mut p = NodeProcess {
                 child,
                 id: id.to_owned(),
                 port,
             };
-            let url = format!("{}/api/cluster", p.http());
+            let node = name == "turnout-ws-node";
+            // A node serves once it is in the cluster; another process
+            // once its metrics name it (not another process on the port).
+            let url = if node {
+                format!("{}/api/cluster", p.http())
+            } else {
+                format!("{}/metrics", p.http())
+            };
             let end = Instant::now() + DEADLINE;
             let exited = loop {
                 if let Some(status) = p.child.try_wait()? {
                     break status;
                 }
                 if let Ok((200, body)) = http("GET", &url, None, &[]).await {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if v["nodes"][0]["id"] == id {
+                    let serving = if node {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        v["nodes"][0]["id"] == id
+                    } else {
+                        String::from_utf8_lossy(&body).contains(&format!("=\"{id}\""))
+                    };
+                    if serving {
                         return Ok(p);
                     }
                 }

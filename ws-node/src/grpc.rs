@@ -31,13 +31,9 @@ pub(crate) fn server(state: Arc<NodeState>) -> NodeServer<NodeService> {
     NodeServer::new(NodeService { state }).max_decoding_message_size(limit)
 }
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn deliver(
-        &self,
-        req: Request<DeliverRequest>,
-    ) -> Result<Response<DeliverReply>, Status> {
-        let req = req.into_inner();
+impl NodeService {
+    /// A server API publish (`Deliver`), within its trace's span.
+    async fn deliver_in(&self, req: DeliverRequest) -> Result<Response<DeliverReply>, Status> {
         let room = room_arg(req.room)?;
         let from = if req.from.is_empty() {
             "api".to_owned()
@@ -68,6 +64,19 @@ impl Node for NodeService {
             seq: published.seq,
             duplicate: published.duplicate,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn deliver(
+        &self,
+        req: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(target: turnout_common::telemetry::TARGET, "node.deliver");
+        turnout_common::telemetry::continue_trace(&span, req.extensions());
+        self.deliver_in(req.into_inner()).instrument(span).await
     }
 
     async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
@@ -192,10 +201,18 @@ impl turnout_proto::v1::relay_server::Relay for RelayService {
         &self,
         req: Request<turnout_proto::v1::RelayPublishRequest>,
     ) -> Result<Response<turnout_proto::v1::RelayPublishReply>, Status> {
+        use tracing::Instrument;
         let relay = self.relay()?;
+        let span = tracing::info_span!(
+            target: turnout_common::telemetry::TARGET,
+            "relay.publish",
+            node = %self.state.hub.node_id,
+        );
+        turnout_common::telemetry::continue_trace(&span, req.extensions());
         relay
             .inner()
             .serve_publish(req.into_inner())
+            .instrument(span)
             .await
             .map(Response::new)
     }

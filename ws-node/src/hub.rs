@@ -196,6 +196,7 @@ impl Hub {
     /// on) and `Api` for the server API's; `id`, the publish id (or
     /// idempotency key), makes a resend within `dedupe_window` an ack of
     /// the first.
+    #[tracing::instrument(target = "otel", name = "node.publish", skip_all, fields(room = %room, node = %self.node_id))]
     pub(crate) async fn publish(
         self: &Arc<Self>,
         room: &RoomName,

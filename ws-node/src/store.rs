@@ -140,9 +140,19 @@ impl Store {
     ) -> RedisResult<Option<Published>> {
         match self {
             Store::Redis(r) => {
+                use tracing::Instrument;
                 let mut con = r.con.clone();
                 let cfg = self.config(room);
-                rooms::publish(&mut con, cfg, room, parts, publisher, origin, id).await
+                let span = tracing::info_span!(
+                    target: turnout_common::telemetry::TARGET,
+                    "redis publish.lua",
+                    db.system.name = "redis",
+                    db.operation.name = "publish",
+                    room,
+                );
+                rooms::publish(&mut con, cfg, room, parts, publisher, origin, id)
+                    .instrument(span)
+                    .await
             }
             Store::Memory(m) => Ok(Some(m.publish(
                 room,
