@@ -104,21 +104,22 @@ pub fn init(service: &str, instance: &str, settings: &TraceSettings) -> Telemetr
             }
         }
     });
-    let traces = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service.to_owned()))
-            .with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target(TARGET, tracing::Level::TRACE),
-            )
-    });
-    if provider.is_some() {
-        let _ = PROPAGATOR.set(TraceContextPropagator::new());
-    }
-    let _ = tracing_subscriber::registry()
-        .with(log)
-        .with(traces)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(log);
+    // Without an exporter, no layer at all (not an empty one): a span of
+    // TARGET is then never wanted, and its callsite stays disabled.
+    let _ = match &provider {
+        Some(p) => {
+            let _ = PROPAGATOR.set(TraceContextPropagator::new());
+            let traces = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service.to_owned()))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target(TARGET, tracing::Level::TRACE),
+                );
+            registry.with(traces).try_init()
+        }
+        None => registry.try_init(),
+    };
     Telemetry(provider)
 }
 

@@ -311,11 +311,11 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() -> Result
             r["name"], r["lastError"]
         );
     }
-    // Healthy cluster: nothing fires.
-    let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
+    // Healthy cluster: no alert is even pending.
+    let active: Vec<&Value> = rules.iter().filter(|r| r["state"] != "inactive").collect();
     assert!(
-        firing.is_empty(),
-        "alerts firing on a healthy cluster: {firing:?}"
+        active.is_empty(),
+        "alerts active on a healthy cluster: {active:?}"
     );
 
     traffic.cancel();

@@ -194,6 +194,7 @@ async fn verify(state: Arc<NodeState>) {
             state.hub.send_away(&state.conns, "lease_lost");
         }
         if state.draining() {
+            state.hub.metrics.lease_lapsed.set(0);
             return;
         }
         backoff.wait().await;

@@ -214,6 +214,11 @@ impl Hooks {
         for (hook, url) in Hook::ALL.into_iter().zip(s.urls) {
             let Some(url) = url else { continue };
             check_url(hook.setting(), url)?;
+            // At 0 from the start: a rate of failures needs the series
+            // before the first one.
+            for outcome in ["granted", "refused", "failed"] {
+                metrics.calls.with_label_values(&[hook.as_str(), outcome]);
+            }
             let uri: http::Uri = url.parse().expect("checked above");
             let target = if uri.scheme_str() == Some("grpc") {
                 let authority = uri.authority().expect("checked above");

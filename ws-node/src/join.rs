@@ -94,6 +94,8 @@ impl Hub {
         };
         // The room may have been taken from this node meanwhile (its members
         // were sent away): this join did not happen here.
+        // (The room's guard is dropped with this statement: `join_undone`
+        // below reads the same map.)
         let others = match self.rooms.get_mut(room.as_str()) {
             Some(mut r) if r.members.contains_key(&conn.id) => {
                 // What arrived while the read was under way waited for it.
@@ -111,9 +113,12 @@ impl Hub {
                     let room = room.to_string();
                     tokio::spawn(async move { hub.resync(&room).await });
                 }
-                r.members.len() > 1
+                Some(r.members.len() > 1)
             }
-            _ => return self.join_undone(room, conn).await,
+            _ => None,
+        };
+        let Some(others) = others else {
+            return self.join_undone(room, conn).await;
         };
         if !self.store.options(room).presence {
             // Kept for the node's own bookkeeping, not shown.
@@ -175,7 +180,21 @@ impl Hub {
             conn.push(Message::Text(frame.into()), &self.metrics);
         }
         self.metrics.replayed.inc_by(replayed);
-        let missed = self.missed(room, conn, slice.seq, &slice.epoch).await;
+        let Some(missed) = self.missed(room, conn, slice.seq, &slice.epoch).await else {
+            // Redis lost the room's state after this join read it, and the
+            // room started over meanwhile: what this member was told no
+            // longer holds. It reconnects and resumes, and hears the room
+            // started over (`recovered: false`) as the others did.
+            self.remove_member(room, conn.id);
+            conn.send_frame(
+                &ServerFrame::Reconnect {
+                    reason: "room_reset".into(),
+                },
+                &self.metrics,
+            );
+            conn.kill_with(turnout_proto::codes::close::SERVICE_RESTART, "room_reset");
+            return Ok(());
+        };
         if !self.go_live(room, conn, slice.seq, missed) {
             return self.join_undone(room, conn).await;
         }
@@ -241,28 +260,37 @@ impl Hub {
     /// less than the read that started the room here (reads of one fresh
     /// room under way at once) may have missed some: a message at or below
     /// the room's position that arrives after the start is a duplicate for
-    /// the room, but not for this member.
+    /// the room, but not for this member. None when the room started over
+    /// in another history epoch than the one this join read (Redis lost its
+    /// state meanwhile).
     async fn missed(
         &self,
         room: &str,
         conn: &Arc<Conn>,
         seq: u64,
         epoch: &str,
-    ) -> Vec<(u64, axum::extract::ws::Utf8Bytes)> {
+    ) -> Option<Vec<(u64, axum::extract::ws::Utf8Bytes)>> {
         let last = {
             let Some(r) = self.rooms.get(room) else {
-                return Vec::new();
+                return Some(Vec::new());
             };
+            let now = r.seq.cursor().epoch();
+            if r.seq.last().is_some() && !now.is_empty() && !epoch.is_empty() && now != epoch {
+                return None;
+            }
             let (Some(m), Some(last)) = (r.members.get(&conn.id), r.seq.last()) else {
-                return Vec::new();
+                return Some(Vec::new());
             };
             match &m.buffer {
                 Some(buffer) if !covers(buffer, seq, last) => last,
-                _ => return Vec::new(),
+                _ => return Some(Vec::new()),
             }
         };
-        match self.store.history(room, seq, last - seq).await {
-            Ok(h) if h.epoch == epoch => {
+        // A short read (its byte bound) or a failed one leaves a jump in
+        // seq, which the client repairs by joining again with `since`.
+        Some(match self.store.history(room, seq, last - seq).await {
+            // A read before the room's first message names no epoch.
+            Ok(h) if h.epoch == epoch || epoch.is_empty() => {
                 let found: Vec<_> = h
                     .messages
                     .into_iter()
@@ -272,14 +300,14 @@ impl Hub {
                 self.metrics.gaps_repaired.inc_by(found.len() as u64);
                 found
             }
-            // The room started over: the reset tells its members.
+            // The room started over since: its next message resets it.
             Ok(_) => Vec::new(),
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(room, error = %e, "history read for a join's missed messages failed");
                 Vec::new()
             }
-        }
+        })
     }
 
     /// Flushes what the joining member's buffer caught above `seq`, with
