@@ -39,7 +39,7 @@ pub(crate) fn count(gw: &Gateway, op: &str, ok: bool) {
 }
 
 /// Counts the outcome of an API call under `op` and passes it on.
-fn counted<T>(gw: &Gateway, op: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+pub(crate) fn counted<T>(gw: &Gateway, op: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
     count(gw, op, r.is_ok());
     r
 }

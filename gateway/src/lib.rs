@@ -15,6 +15,7 @@
 //! - `links`: health probes of the nodes clients are spliced to; a node that
 //!   stops answering has its spliced connections closed.
 
+mod admin;
 mod api;
 mod cluster;
 mod follow;
@@ -93,8 +94,13 @@ fn http_routes() -> Vec<HttpRoute> {
             true,
             post(api::publish_to_user),
         ),
+        r("get", "/api/admin/rooms", true, get(admin::rooms)),
+        r("get", "/api/admin/users/{user}", true, get(admin::user)),
+        r("post", "/api/nodes/{node}/drain", true, post(admin::drain)),
         r("get", "/api/openapi.json", false, get(api::openapi)),
         r("get", "/", false, get(turnout_common::serve::demo_page)),
+        // The page holds no data: what it shows needs the API key.
+        r("get", "/admin", false, get(admin::page)),
         r(
             "get",
             "/turnout-client.js",

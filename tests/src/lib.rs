@@ -7,12 +7,14 @@
 //! processes), [`web`] (HTTP, SSE, metrics), [`ws`] (WebSocket clients),
 //! [`jwt`] (tokens); here, the waits and process helpers they share.
 
+pub mod chromium;
 pub mod jwt;
 pub mod procs;
 pub mod redis_procs;
 pub mod web;
 pub mod ws;
 
+pub use chromium::*;
 pub use jwt::*;
 pub use procs::*;
 pub use redis_procs::*;

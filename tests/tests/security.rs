@@ -269,7 +269,7 @@ async fn server_api_needs_the_key_and_internal_grpc_the_token() -> Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let mut r = tonic::Request::new(turnout_proto::v1::StatsRequest {});
+    let mut r = tonic::Request::new(turnout_proto::v1::StatsRequest::default());
     r.metadata_mut()
         .insert("x-internal-token", "wrong".parse()?);
     assert_eq!(

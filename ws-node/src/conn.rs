@@ -145,6 +145,13 @@ impl Conn {
         self.rooms().remove(room)
     }
 
+    /// The rooms joined, sorted.
+    pub(crate) fn room_list(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.rooms().iter().cloned().collect();
+        rooms.sort();
+        rooms
+    }
+
     pub(crate) fn take_rooms(&self) -> Vec<String> {
         self.rooms().drain().collect()
     }

@@ -9,8 +9,9 @@ use turnout_proto::codes::{ErrorCode, close};
 use turnout_proto::names::{RoomName, UserId};
 use turnout_proto::v1::node_server::{Node, NodeServer};
 use turnout_proto::v1::{
-    DeliverReply, DeliverRequest, DisconnectReply, DisconnectRequest, DrainReply, DrainRequest,
-    HistoryReply, HistoryRequest, PresenceReply, PresenceRequest, StatsReply, StatsRequest,
+    ConnectionInfo, DeliverReply, DeliverRequest, DisconnectReply, DisconnectRequest, DrainReply,
+    DrainRequest, HistoryReply, HistoryRequest, PresenceReply, PresenceRequest, RoomStats,
+    StatsReply, StatsRequest,
 };
 
 /// Most messages one `History` call returns.
@@ -23,6 +24,11 @@ fn room_arg(room: String) -> Result<RoomName, Status> {
 pub(crate) struct NodeService {
     state: Arc<NodeState>,
 }
+
+/// Rooms one `Stats` call describes at most.
+const MAX_TOP_ROOMS: u32 = 1000;
+/// Connections of one user one `Stats` call lists at most.
+const MAX_USER_CONNECTIONS: usize = 1000;
 
 pub(crate) fn server(state: Arc<NodeState>) -> NodeServer<NodeService> {
     // A `Deliver` carries one message: bounded like a client's frame
@@ -152,17 +158,59 @@ impl Node for NodeService {
         Ok(Response::new(PresenceReply { users }))
     }
 
-    async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let req = req.into_inner();
+        let hub = &self.state.hub;
+        // Personal rooms are named after users: not listed.
+        let rooms: Vec<String> = hub
+            .room_names()
+            .into_iter()
+            .filter(|r| !turnout_proto::names::is_personal(r))
+            .collect();
+        let room_stats = if req.top_rooms == 0 {
+            Vec::new()
+        } else {
+            let owned = hub.strategy.owned_rooms(hub);
+            let mut stats: Vec<RoomStats> = rooms
+                .iter()
+                .chain(owned.iter().filter(|r| !hub.has_room(r)))
+                .filter(|r| !turnout_proto::names::is_personal(r))
+                .map(|room| {
+                    let (members, seq) = hub.rooms.get(room.as_str()).map_or((0, 0), |r| {
+                        (r.members.len() as u64, r.seq.last().unwrap_or(0))
+                    });
+                    RoomStats {
+                        room: room.clone(),
+                        members,
+                        seq,
+                        owned: owned.contains(room),
+                    }
+                })
+                .collect();
+            stats.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
+            stats.truncate(req.top_rooms.min(MAX_TOP_ROOMS) as usize);
+            stats
+        };
+        let connections = if req.user.is_empty() {
+            Vec::new()
+        } else {
+            self.state
+                .conns
+                .iter()
+                .filter(|c| c.user.as_str() == req.user)
+                .take(MAX_USER_CONNECTIONS)
+                .map(|c| ConnectionInfo {
+                    id: c.id,
+                    user: c.user.to_string(),
+                    rooms: c.room_list(),
+                })
+                .collect()
+        };
         Ok(Response::new(StatsReply {
             node: Some(self.state.node_info()),
-            // Personal rooms are named after users: not listed.
-            rooms: self
-                .state
-                .hub
-                .room_names()
-                .into_iter()
-                .filter(|r| !turnout_proto::names::is_personal(r))
-                .collect(),
+            rooms,
+            room_stats,
+            connections,
         }))
     }
 }
