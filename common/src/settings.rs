@@ -81,6 +81,63 @@ pub struct CommonCli {
     pub otlp_sample_ratio: Option<f64>,
 }
 
+/// Client token flags, for the processes that check tokens (gateway,
+/// ws-node). Flattened into their `Cli`.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct JwtCli {
+    /// HS256 secret for client tokens (at least 16 bytes).
+    #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// Path of a PEM RSA public key for RS256 client tokens.
+    #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<String>,
+    /// Audience client tokens must name (`aud`), when set.
+    #[arg(long, env = "TURNOUT_JWT_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Issuer client tokens must name (`iss`), when set.
+    #[arg(long, env = "TURNOUT_JWT_ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+}
+
+/// Limits per client address, for the processes that take client
+/// connections (gateway, ws-node). Flattened into their `Cli`.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct PerIpCli {
+    /// WebSocket connections one client IP (IPv6: one /64) may hold on
+    /// this process.
+    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New WebSocket connections per second one client address may open
+    /// (IPv6: per /64).
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_RATE_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_rate_per_ip: Option<f64>,
+    /// New WebSocket connections one client address may open in a burst.
+    #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connect_burst_per_ip: Option<u32>,
+}
+
+/// The buffer between a process's Redis pub/sub reader and what it feeds
+/// (ws-node: fan-out; gateway: followed rooms). Flattened into their `Cli`.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct BusCli {
+    /// Pub/sub messages buffered between the Redis reader and what it feeds.
+    #[arg(long, env = "TURNOUT_BUS_BUFFER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer: Option<usize>,
+    /// Bytes of pub/sub messages buffered between the Redis reader and what
+    /// it feeds.
+    #[arg(long, env = "TURNOUT_BUS_BUFFER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_buffer_bytes: Option<usize>,
+}
+
 /// A setting that could not be used; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {

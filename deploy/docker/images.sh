@@ -15,6 +15,8 @@
 #                  python3 and its standard library (no site-packages): the
 #                  example backend (deploy/examples/backend.py) needs
 #                  nothing more.
+#   prom/prometheus:v2.42.0  when the host has Debian's prometheus: its
+#                  binary, for `docker compose --profile monitoring`.
 #
 #   deploy/docker/images.sh            # builds the release binaries first
 #   SKIP_BUILD=1 deploy/docker/images.sh
@@ -162,3 +164,6 @@ fi
 
 size() { docker image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.1f MB", $1 / 1e6 }'; }
 echo "turnout:local $(size turnout:local), redis:7 $(size redis:7) (stand-in: $(redis-server --version | awk '{ print $3 }')), python:3-slim $(size python:3-slim) (stand-in: $(python3 -c 'import platform; print(platform.python_version())'))"
+if command -v prometheus >/dev/null; then
+  echo "prom/prometheus:v2.42.0 $(size prom/prometheus:v2.42.0) (stand-in: $(prometheus --version 2>&1 | awk 'NR == 1 { print $3 }'))"
+fi

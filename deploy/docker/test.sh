@@ -40,9 +40,14 @@ export COMPOSE_PROJECT_NAME="turnout-test-$$"
 # default 100 would hold 2.5 s: a member still reconnecting would then see
 # `recovered: false`, as documented. Keep a minute's worth.
 export TURNOUT_HISTORY_SIZE=2400
-export TURNOUT_GATEWAY_PORT
+export TURNOUT_GATEWAY_PORT TURNOUT_PROMETHEUS_PORT
 TURNOUT_GATEWAY_PORT=$(free_port)
 base="http://127.0.0.1:$TURNOUT_GATEWAY_PORT"
+# Prometheus too (the `monitoring` profile), when its image is there.
+if docker image inspect prom/prometheus:v2.42.0 >/dev/null 2>&1; then
+  export COMPOSE_PROFILES=monitoring
+  TURNOUT_PROMETHEUS_PORT=$(free_port)
+fi
 c() { "${compose[@]}" "$@"; }
 container() { c ps -q "$1"; }
 
@@ -112,6 +117,22 @@ for strategy in ${STRATEGIES:-pubsub sticky}; do
   lib=$(curl -fsS "$base/turnout-client.js")
   grep -q "export class Client" <<<"$lib" || { echo "no client library at $base/turnout-client.js" >&2; exit 1; }
   [ "$(curl -fsS "$base/api/cluster" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).strategy))')" = "$strategy" ]
+
+  if [ -n "${COMPOSE_PROFILES:-}" ]; then
+    # Prometheus scrapes every process and has loaded the alert rules.
+    prom="http://127.0.0.1:$TURNOUT_PROMETHEUS_PORT"
+    up=""
+    for _ in $(seq 1 60); do
+      up=$(curl -fsS "$prom/api/v1/query?query=count(up%7Bjob%3D~%22turnout.*%22%7D%3D%3D1)" 2>/dev/null |
+        node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s).data.result;console.log(r.length?r[0].value[1]:0)})' 2>/dev/null || true)
+      [ "$up" = 5 ] && break
+      sleep 1
+    done
+    [ "$up" = 5 ] || { echo "Prometheus sees $up of 5 turnout targets up" >&2; c logs --tail 30 prometheus >&2; exit 1; }
+    rules=$(curl -fsS "$prom/api/v1/rules" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const g=JSON.parse(s).data.groups.filter(g=>g.name==="turnout");console.log(g.length?g[0].rules.length:0)})')
+    [ "$rules" -ge 8 ] || { echo "Prometheus loaded $rules turnout alert rules" >&2; exit 1; }
+    echo "  Prometheus: 5 targets up, $rules alert rules loaded"
+  fi
 
   # The backend decides: every check in backend.mjs goes through it.
   GATEWAY="ws://127.0.0.1:$TURNOUT_GATEWAY_PORT/ws" API="$base" \

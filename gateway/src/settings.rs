@@ -36,39 +36,10 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_BODY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
-    /// HS256 secret for client tokens (at least 16 bytes).
-    #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_secret: Option<String>,
-    /// Path of a PEM RSA public key for RS256 client tokens.
-    #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_public_key: Option<String>,
-    /// Audience client tokens must name (`aud`), when set.
-    #[arg(long, env = "TURNOUT_JWT_AUDIENCE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_audience: Option<String>,
-    /// Issuer client tokens must name (`iss`), when set.
-    #[arg(long, env = "TURNOUT_JWT_ISSUER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_issuer: Option<String>,
     /// Key required in X-API-Key on the server API (HTTP and gRPC).
     #[arg(long, env = "TURNOUT_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
-    /// WebSocket connections one client IP may hold through this gateway.
-    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_ip: Option<usize>,
-    /// New WebSocket connections per second one client address may open
-    /// (IPv6: per /64).
-    #[arg(long, env = "TURNOUT_MAX_CONNECT_RATE_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connect_rate_per_ip: Option<f64>,
-    /// New WebSocket connections one client address may open in a burst.
-    #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connect_burst_per_ip: Option<u32>,
     /// Room streams of backends (API key) this gateway serves at once.
     #[arg(long, env = "TURNOUT_MAX_SUBSCRIBERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,18 +70,19 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_SUBSCRIBER_BUFFER_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriber_buffer_bytes: Option<usize>,
-    /// Pub/sub messages (and their bytes) buffered between the Redis reader
-    /// and the followed rooms.
-    #[arg(long, env = "TURNOUT_BUS_BUFFER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_buffer: Option<usize>,
-    #[arg(long, env = "TURNOUT_BUS_BUFFER_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_buffer_bytes: Option<usize>,
     /// Interval of SSE keep-alive comments, e.g. 15s.
     #[arg(long, env = "TURNOUT_SSE_KEEPALIVE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse_keepalive: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub jwt: turnout_common::settings::JwtCli,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub per_ip: turnout_common::settings::PerIpCli,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bus: turnout_common::settings::BusCli,
 }
 
 /// The gateway's settings after merging file, env and flags.

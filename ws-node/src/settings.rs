@@ -85,30 +85,6 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_PRESENCE_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_ttl: Option<String>,
-    /// Pub/sub messages buffered between the Redis reader and fan-out.
-    #[arg(long, env = "TURNOUT_BUS_BUFFER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_buffer: Option<usize>,
-    /// Bytes of pub/sub messages buffered between the Redis reader and fan-out.
-    #[arg(long, env = "TURNOUT_BUS_BUFFER_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bus_buffer_bytes: Option<usize>,
-    /// HS256 secret for client tokens (at least 16 bytes).
-    #[arg(long, env = "TURNOUT_JWT_SECRET", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_secret: Option<String>,
-    /// Path of a PEM RSA public key for RS256 client tokens.
-    #[arg(long, env = "TURNOUT_JWT_PUBLIC_KEY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_public_key: Option<String>,
-    /// Audience client tokens must name (`aud`), when set.
-    #[arg(long, env = "TURNOUT_JWT_AUDIENCE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_audience: Option<String>,
-    /// Issuer client tokens must name (`iss`), when set.
-    #[arg(long, env = "TURNOUT_JWT_ISSUER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_issuer: Option<String>,
     /// Frames of any kind per second one connection may sustain.
     #[arg(long, env = "TURNOUT_MAX_FRAME_RATE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,19 +118,6 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_MAX_REPLAY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_replay_bytes: Option<usize>,
-    /// WebSocket connections one client IP (IPv6: one /64) may hold on this node.
-    #[arg(long, env = "TURNOUT_MAX_CONNECTIONS_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_ip: Option<usize>,
-    /// New WebSocket connections per second one client address may open
-    /// (IPv6: per /64).
-    #[arg(long, env = "TURNOUT_MAX_CONNECT_RATE_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connect_rate_per_ip: Option<f64>,
-    /// New WebSocket connections one client address may open in a burst.
-    #[arg(long, env = "TURNOUT_MAX_CONNECT_BURST_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connect_burst_per_ip: Option<u32>,
     /// New WebSocket connections per second this node takes, from everyone
     /// (a reconnect storm is admitted at this pace; 503 beyond).
     #[arg(long, env = "TURNOUT_MAX_ACCEPT_RATE")]
@@ -244,6 +207,15 @@ pub struct Cli {
     #[arg(long, env = "TURNOUT_WEBHOOK_RETRIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_retries: Option<u32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub jwt: turnout_common::settings::JwtCli,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub per_ip: turnout_common::settings::PerIpCli,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bus: turnout_common::settings::BusCli,
 }
 
 /// The ws-node's settings after merging file, env and flags.
