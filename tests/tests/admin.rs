@@ -162,5 +162,7 @@ async fn the_admin_page_shows_the_cluster_disconnects_a_user_and_drains_a_node()
 
     stop.cancel();
     assert!(publisher.await?? > 0);
+    // Ends the browser (chromedriver alone would leave it running).
+    b.close().await?;
     Ok(())
 }
