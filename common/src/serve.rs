@@ -291,6 +291,30 @@ pub trait Served {
     fn traces(&self) -> crate::telemetry::TraceSettings;
 }
 
+/// Implements [`Served`] for a process's settings struct, from its
+/// `listen`, `node_id`, `otlp_endpoint` and `otlp_sample_ratio` fields.
+#[macro_export]
+macro_rules! impl_served {
+    ($settings:ty) => {
+        impl $crate::serve::Served for $settings {
+            fn listen(&self) -> &$crate::settings::ListenSpec {
+                &self.listen
+            }
+
+            fn node_id(&self) -> Option<&str> {
+                self.node_id.as_deref()
+            }
+
+            fn traces(&self) -> $crate::telemetry::TraceSettings {
+                $crate::telemetry::TraceSettings {
+                    endpoint: self.otlp_endpoint.clone(),
+                    sample_ratio: self.otlp_sample_ratio,
+                }
+            }
+        }
+    };
+}
+
 /// The body of every binary's `main`: settings, logging (and tracing),
 /// bind, run until SIGINT/SIGTERM, then send the traces still queued. A
 /// settings problem exits with code 2 and a message naming the setting.

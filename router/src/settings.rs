@@ -142,22 +142,7 @@ impl Settings {
     }
 }
 
-impl turnout_common::serve::Served for Settings {
-    fn listen(&self) -> &ListenSpec {
-        &self.listen
-    }
-
-    fn node_id(&self) -> Option<&str> {
-        self.node_id.as_deref()
-    }
-
-    fn traces(&self) -> turnout_common::telemetry::TraceSettings {
-        turnout_common::telemetry::TraceSettings {
-            endpoint: self.otlp_endpoint.clone(),
-            sample_ratio: self.otlp_sample_ratio,
-        }
-    }
-}
+turnout_common::impl_served!(Settings);
 
 #[cfg(test)]
 mod tests {

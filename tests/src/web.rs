@@ -191,3 +191,18 @@ pub async fn metric_at(base: &str, name: &str) -> Result<f64> {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0))
 }
+
+/// Serves `app` (a stand-in backend, a receiver) on a free port of
+/// 127.0.0.1 until the returned token is cancelled; returns its base URL.
+pub async fn serve_app(app: axum::Router) -> Result<(String, tokio_util::sync::CancellationToken)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+    });
+    Ok((base, stop))
+}

@@ -206,16 +206,7 @@ async fn granting_backend() -> Result<(String, CancellationToken)> {
         Json(json!({"result": {}}))
     }
     let app = axum::Router::new().route("/connect", axum::routing::post(grant));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
-    });
-    Ok((base, stop))
+    serve_app(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

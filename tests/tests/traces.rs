@@ -83,15 +83,7 @@ async fn receiver() -> Result<(String, Arc<Mutex<Vec<Span>>>, CancellationToken)
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
-    });
+    let (url, stop) = serve_app(app).await?;
     Ok((url, spans, stop))
 }
 
