@@ -375,9 +375,16 @@ impl Inner {
             return Ok(None);
         };
         let span = tracing::debug_span!("relay_publish", room = %room, epoch);
-        let _entered = span.enter();
         let owner = Publisher::Owner(&self.me, epoch);
-        let published = match hub.store_publish(room, parts, owner, origin, id).await {
+        let stored = tracing::Instrument::instrument(
+            hub.store_publish(room, parts, owner, origin, id),
+            span.clone(),
+        )
+        .await;
+        // Entered only now: a guard held across an await would leave the
+        // span entered on the thread for whatever task ran there meanwhile.
+        let _entered = span.enter();
+        let published = match stored {
             Ok(p) => p,
             Err(e) => {
                 // The script may have run with its reply lost: the message
