@@ -5,11 +5,13 @@
 use crate::state::{ApiError, Gateway, user_id};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use turnout_proto::Strategy;
 use turnout_proto::codes::ErrorCode;
 use turnout_proto::v1::{NodeInfo, StatsReply, StatsRequest};
 
@@ -19,7 +21,14 @@ pub(crate) const MAX_TOP_ROOMS: u32 = 1000;
 /// The admin page: a login form for the API key, then the cluster's live
 /// view, polled from the calls below.
 pub(crate) async fn page() -> impl IntoResponse {
-    Html(include_str!("admin.html"))
+    (
+        [
+            // Not to be framed by another site (clickjacking the buttons).
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        Html(include_str!("admin.html")),
+    )
 }
 
 impl Gateway {
@@ -30,10 +39,17 @@ impl Gateway {
             let req = req.clone();
             async move {
                 let answer = match self.node_client(&node) {
-                    Ok(mut client) => client.stats(req).await.map(|r| r.into_inner()).ok(),
-                    Err(_) => None,
+                    Ok(mut client) => client
+                        .stats(req)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_owned()),
+                    Err(e) => Err(e.message),
                 };
-                (node, answer)
+                if let Err(e) = &answer {
+                    tracing::warn!(node = %node.id, error = %e, "Stats failed");
+                }
+                (node, answer.ok())
             }
         });
         let mut answered = Vec::new();
@@ -54,9 +70,9 @@ pub(crate) struct TopQuery {
 }
 
 /// `GET /api/admin/rooms?top=N`: the rooms with the most members across
-/// the cluster (100 by default, at most 1,000), each with its members per
-/// node, its seq (the page turns its change into a message rate) and its
-/// owner (sticky, relay).
+/// the cluster (100 by default, at most 1,000; from each node's own top
+/// `N`), each with its members per node, its seq (the page turns its change
+/// into a message rate) and its owner as Redis records it (sticky, relay).
 pub(crate) async fn rooms(
     State(gw): State<Arc<Gateway>>,
     Query(q): Query<TopQuery>,
@@ -68,10 +84,10 @@ pub(crate) async fn rooms(
             user: String::new(),
         })
         .await;
+    let strategy = gw.strategy();
     struct Room {
         members: u64,
         seq: u64,
-        owner: Option<String>,
         nodes: Vec<Value>,
     }
     let mut rooms: HashMap<String, Room> = HashMap::new();
@@ -80,26 +96,49 @@ pub(crate) async fn rooms(
             let r = rooms.entry(s.room.clone()).or_insert(Room {
                 members: 0,
                 seq: 0,
-                owner: None,
                 nodes: Vec::new(),
             });
             r.members += s.members;
-            r.seq = r.seq.max(s.seq);
-            if s.owned {
-                r.owner = Some(node.id.clone());
-            }
-            if s.members > 0 {
-                r.nodes.push(json!({"node": node.id, "members": s.members}));
-            }
+            // One room's seq, wherever it is delivered; in local each
+            // server numbers its own copy, and the room's messages are
+            // all of them.
+            r.seq = if strategy == Strategy::Local {
+                r.seq + s.seq
+            } else {
+                r.seq.max(s.seq)
+            };
+            r.nodes.push(json!({"node": node.id, "members": s.members}));
         }
     }
     let mut list: Vec<(String, Room)> = rooms.into_iter().collect();
     list.sort_by(|a, b| b.1.members.cmp(&a.1.members).then_with(|| a.0.cmp(&b.0)));
     list.truncate(top as usize);
+    // Owners as Redis has them (a room's members may all be on nodes that
+    // do not own it, and during a handover two nodes hold it).
+    let owners = futures_util::future::join_all(list.iter().map(|(room, _)| {
+        let mut con = gw.redis.clone();
+        async move {
+            if !matches!(strategy, Strategy::Sticky | Strategy::Relay) {
+                return None;
+            }
+            let owner = turnout_common::redis::rooms::claim(
+                &mut con,
+                room,
+                "",
+                std::time::Duration::ZERO,
+                &[],
+            )
+            .await
+            .ok()?;
+            (!owner.node.is_empty()).then_some(owner.node)
+        }
+    }))
+    .await;
     let rooms: Vec<Value> = list
         .into_iter()
-        .map(|(room, r)| {
-            json!({"room": room, "members": r.members, "seq": r.seq, "owner": r.owner, "nodes": r.nodes})
+        .zip(owners)
+        .map(|((room, r), owner)| {
+            json!({"room": room, "members": r.members, "seq": r.seq, "owner": owner, "nodes": r.nodes})
         })
         .collect();
     crate::api::count(&gw, "admin_rooms", true);
@@ -137,24 +176,27 @@ pub(crate) async fn user(
 }
 
 /// `POST /api/nodes/{node}/drain`: the node tells its clients to reconnect
-/// elsewhere and leaves the cluster (as at SIGTERM; the process stays up
-/// until it is stopped).
+/// elsewhere, leaves the cluster and exits, as at SIGTERM. The last node
+/// still serving is not drained: its clients would have nowhere to go.
 pub(crate) async fn drain(
     State(gw): State<Arc<Gateway>>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
-        let info = gw
-            .view
-            .borrow()
-            .reply
-            .nodes
+        let nodes = gw.view.borrow().reply.nodes.clone();
+        let info = nodes
             .iter()
             .find(|n| n.id == node)
             .cloned()
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::BadRequest, format!("no live node {node:?}"))
             })?;
+        if !info.draining && nodes.iter().all(|n| n.id == node || n.draining) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("{node} is the last node serving: its clients would have nowhere to go"),
+            ));
+        }
         let mut client = gw.node_client(&info)?;
         let reply = client
             .drain(turnout_proto::v1::DrainRequest {})

@@ -27,8 +27,9 @@ pub(crate) struct NodeService {
 
 /// Rooms one `Stats` call describes at most.
 const MAX_TOP_ROOMS: u32 = 1000;
-/// Connections of one user one `Stats` call lists at most.
-const MAX_USER_CONNECTIONS: usize = 1000;
+/// Connections of one user one `Stats` call lists at most (each with up
+/// to `max_rooms_per_conn` rooms: the reply stays well under gRPC's 4 MiB).
+const MAX_USER_CONNECTIONS: usize = 200;
 
 pub(crate) fn server(state: Arc<NodeState>) -> NodeServer<NodeService> {
     // A `Deliver` carries one message: bounded like a client's frame
@@ -161,34 +162,39 @@ impl Node for NodeService {
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         let req = req.into_inner();
         let hub = &self.state.hub;
+        let admin = req.top_rooms > 0 || !req.user.is_empty();
         // Personal rooms are named after users: not listed.
-        let rooms: Vec<String> = hub
-            .room_names()
-            .into_iter()
-            .filter(|r| !turnout_proto::names::is_personal(r))
-            .collect();
+        let rooms: Vec<String> = if admin {
+            Vec::new()
+        } else {
+            hub.room_names()
+                .into_iter()
+                .filter(|r| !turnout_proto::names::is_personal(r))
+                .collect()
+        };
         let room_stats = if req.top_rooms == 0 {
             Vec::new()
         } else {
-            let owned = hub.strategy.owned_rooms(hub);
-            let mut stats: Vec<RoomStats> = rooms
+            let mut stats: Vec<RoomStats> = hub
+                .rooms
                 .iter()
-                .chain(owned.iter().filter(|r| !hub.has_room(r)))
-                .filter(|r| !turnout_proto::names::is_personal(r))
-                .map(|room| {
-                    let (members, seq) = hub.rooms.get(room.as_str()).map_or((0, 0), |r| {
-                        (r.members.len() as u64, r.seq.last().unwrap_or(0))
-                    });
-                    RoomStats {
-                        room: room.clone(),
-                        members,
-                        seq,
-                        owned: owned.contains(room),
-                    }
+                .filter(|r| !turnout_proto::names::is_personal(r.key()))
+                .map(|r| RoomStats {
+                    room: r.key().clone(),
+                    members: r.members.len() as u64,
+                    seq: r.seq.last().unwrap_or(0),
                 })
                 .collect();
-            stats.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
-            stats.truncate(req.top_rooms.min(MAX_TOP_ROOMS) as usize);
+            // The busiest first: only those are sorted.
+            let by_members = |a: &RoomStats, b: &RoomStats| {
+                b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room))
+            };
+            let top = req.top_rooms.min(MAX_TOP_ROOMS) as usize;
+            if stats.len() > top {
+                stats.select_nth_unstable_by(top, by_members);
+                stats.truncate(top);
+            }
+            stats.sort_unstable_by(by_members);
             stats
         };
         let connections = if req.user.is_empty() {

@@ -167,16 +167,6 @@ impl Strategy {
         }
     }
 
-    /// Rooms this node owns (sticky: those it serves, with members here;
-    /// relay: those it orders, with or without members here).
-    pub(crate) fn owned_rooms(&self, hub: &Hub) -> std::collections::HashSet<String> {
-        match self {
-            Strategy::Relay(r) => r.owned_rooms(),
-            Strategy::Sticky(_) => hub.room_names().into_iter().collect(),
-            Strategy::Local(_) | Strategy::Pubsub(_) => Default::default(),
-        }
-    }
-
     /// Whether this node may serve `room`; returns the epoch it holds the
     /// room at (sticky ownership; 0 otherwise).
     pub(crate) async fn admit(&self, hub: &Hub, room: &RoomName) -> Result<u64, RoomError> {

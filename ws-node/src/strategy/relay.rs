@@ -307,11 +307,6 @@ impl Relay {
     /// The node's lease lapsed: others may have placed its rooms anew, and
     /// it cannot tell which while Redis does not answer. Every room it owns
     /// goes: its followers attach them wherever Redis says.
-    /// The rooms this node orders.
-    pub(crate) fn owned_rooms(&self) -> std::collections::HashSet<String> {
-        self.0.owned.iter().map(|o| o.key().clone()).collect()
-    }
-
     pub(crate) fn lease_lapsed(&self) {
         let rooms: Vec<String> = self.0.owned.iter().map(|o| o.key().clone()).collect();
         if !rooms.is_empty() {
