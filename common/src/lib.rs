@@ -16,6 +16,8 @@
 //!   the app it serves while it starts.
 //! - [`grpc`]: health and reflection services for every gRPC port.
 //! - [`namespaces`]: per-namespace room options (`[namespaces.<name>]`).
+//! - [`process_settings`]: the macro that declares each process's settings,
+//!   with the keys several processes share declared once.
 
 pub mod auth;
 pub mod backoff;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod net;
 pub mod placement;
+pub mod process_settings;
 pub mod readiness;
 pub mod recovery;
 pub mod redis;

@@ -1,12 +1,9 @@
 //! Router settings (see the README's settings table and `docs/CONFIG.md`).
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::time::Duration;
-use turnout_common::settings::{
-    CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
-};
-use turnout_proto::Strategy;
+use turnout_common::settings::{CommonCli, SettingsError, require_nonzero};
 
 /// Flags and environment variables; every one is optional and overrides the file.
 #[derive(Parser, Serialize, Debug, Default)]
@@ -40,67 +37,23 @@ pub struct Cli {
     pub max_placement_rate: Option<f64>,
 }
 
-/// The router's settings after merging file, env and flags.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    pub strategy: Strategy,
-    pub redis_url: String,
-    pub redis_ca_file: Option<std::path::PathBuf>,
-    pub redis_cluster: bool,
-    pub listen: ListenSpec,
-    pub node_id: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    pub load_factor: f64,
-    #[serde(with = "humantime_serde")]
-    pub placement_ttl: Duration,
-    pub max_placement_rate: f64,
-    pub internal_token: Option<String>,
-    pub insecure: bool,
-    #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub http_idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub http2_keepalive: Duration,
-    /// OTLP/HTTP collector for traces (None: tracing off).
-    pub otlp_endpoint: Option<String>,
-    /// Share of the traces this process starts that are kept.
-    pub otlp_sample_ratio: f64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            strategy: Strategy::Pubsub,
-            redis_url: "redis://127.0.0.1:6379".into(),
-            redis_ca_file: None,
-            redis_cluster: false,
-            listen: "0.0.0.0:7070".parse().expect("valid default"),
-            node_id: None,
-            poll_interval: Duration::from_millis(250),
-            load_factor: 1.25,
-            placement_ttl: Duration::from_secs(60),
-            max_placement_rate: 500.0,
-            internal_token: None,
-            insecure: false,
-            handshake_timeout: Duration::from_secs(10),
-            http_idle_timeout: Duration::from_secs(60),
-            http2_keepalive: Duration::from_secs(20),
-            otlp_endpoint: None,
-            otlp_sample_ratio: 1.0,
-        }
+turnout_common::process_settings! {
+    /// The router's settings after merging file, env and flags.
+    pub struct Settings {
+        cli: Cli;
+        listen: "0.0.0.0:7070";
+        shared: [];
+        #[serde(with = "humantime_serde")]
+        pub poll_interval: Duration = Duration::from_millis(250),
+        pub load_factor: f64 = 1.25,
+        #[serde(with = "humantime_serde")]
+        pub placement_ttl: Duration = Duration::from_secs(60),
+        pub max_placement_rate: f64 = 500.0,
     }
 }
 
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), SettingsError> {
-        require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
-        require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
-        require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
-        turnout_common::telemetry::check(self.otlp_endpoint.as_deref(), self.otlp_sample_ratio)?;
-        check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
+impl Settings {
+    fn validate_own(&self) -> Result<(), SettingsError> {
         require_nonzero("poll_interval", self.poll_interval.is_zero())?;
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
             return Err(SettingsError::invalid(
@@ -124,25 +77,6 @@ impl Validate for Settings {
         Ok(())
     }
 }
-
-impl Settings {
-    /// What every connection to this process may cost in time.
-    pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
-        turnout_common::serve::ServeLimits {
-            handshake: self.handshake_timeout,
-            idle: self.http_idle_timeout,
-            http2_keepalive: self.http2_keepalive,
-        }
-    }
-
-    /// Parses flags and env, reads the file, validates.
-    pub fn from_args() -> Result<Self, SettingsError> {
-        let cli = Cli::parse();
-        turnout_common::settings::load(&cli, cli.common.config.as_deref())
-    }
-}
-
-turnout_common::impl_served!(Settings);
 
 #[cfg(test)]
 mod tests {

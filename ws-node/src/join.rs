@@ -185,7 +185,15 @@ impl Hub {
             // room started over meanwhile: what this member was told no
             // longer holds. It reconnects and resumes, and hears the room
             // started over (`recovered: false`) as the others did.
-            self.remove_member(room, conn.id);
+            // Its presence entry goes too, and the others, who heard it
+            // join, hear it leave; the backend heard nothing of it yet.
+            if let Some(last_here) = self.remove_member(room, conn.id) {
+                self.forget_presence(room, std::slice::from_ref(conn), last_here, false)
+                    .await;
+                if users.connections <= self.bounds.presence_limit {
+                    self.announce(room, "leave", conn).await;
+                }
+            }
             conn.send_frame(
                 &ServerFrame::Reconnect {
                     reason: "room_reset".into(),

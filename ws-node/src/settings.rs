@@ -1,14 +1,10 @@
 //! ws-node settings (see the README's settings table and `docs/CONFIG.md`).
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::time::Duration;
-use turnout_common::namespaces::{NamespaceSettings, Namespaces, RoomOptions};
-use turnout_common::settings::{
-    CommonCli, ListenSpec, SettingsError, Validate, check_redis_url, require_nonzero,
-    require_positive,
-};
-use turnout_proto::Strategy;
+use turnout_common::namespaces::{Namespaces, RoomOptions};
+use turnout_common::settings::{CommonCli, SettingsError, require_nonzero, require_positive};
 
 /// Flags and environment variables; every one is optional and overrides the file.
 #[derive(Parser, Serialize, Debug, Default)]
@@ -218,179 +214,73 @@ pub struct Cli {
     pub bus: turnout_common::settings::BusCli,
 }
 
-/// The ws-node's settings after merging file, env and flags.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    pub strategy: Strategy,
-    pub redis_url: String,
-    pub redis_ca_file: Option<std::path::PathBuf>,
-    pub redis_cluster: bool,
-    pub listen: ListenSpec,
-    pub node_id: Option<String>,
-    pub advertise_url: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_ttl: Duration,
-    pub history_size: u64,
-    #[serde(with = "humantime_serde")]
-    pub room_ttl: Duration,
-    #[serde(with = "humantime_serde")]
-    pub dedupe_window: Duration,
-    pub send_queue: usize,
-    pub send_queue_bytes: usize,
-    pub max_frame_bytes: usize,
-    pub max_rooms_per_conn: usize,
-    pub max_connections: usize,
-    #[serde(with = "humantime_serde")]
-    pub drain_grace: Duration,
-    #[serde(with = "humantime_serde")]
-    pub placement_ttl: Duration,
-    pub presence_limit: u64,
-    #[serde(with = "humantime_serde")]
-    pub presence_ttl: Duration,
-    pub bus_buffer: usize,
-    pub bus_buffer_bytes: usize,
-    pub internal_token: Option<String>,
-    pub insecure: bool,
-    #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub http_idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub http2_keepalive: Duration,
-    /// OTLP/HTTP collector for traces (None: tracing off).
-    pub otlp_endpoint: Option<String>,
-    /// Share of the traces this process starts that are kept.
-    pub otlp_sample_ratio: f64,
-    pub jwt_secret: Option<String>,
-    pub jwt_public_key: Option<std::path::PathBuf>,
-    pub jwt_audience: Option<String>,
-    pub jwt_issuer: Option<String>,
-    pub max_frame_rate: f64,
-    pub max_frame_burst: u32,
-    pub max_publish_rate: f64,
-    pub max_publish_burst: u32,
-    pub max_join_rate: f64,
-    pub max_join_burst: u32,
-    pub max_rooms_per_minute: usize,
-    pub max_replay_bytes: usize,
-    pub max_connections_per_ip: usize,
-    pub max_connect_rate_per_ip: f64,
-    pub max_connect_burst_per_ip: u32,
-    pub max_accept_rate: f64,
-    pub max_accept_burst: u32,
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    pub inbox: bool,
-    pub inbox_size: u64,
-    /// `[namespaces.<name>]` tables (the settings file only).
-    pub namespaces: std::collections::BTreeMap<String, NamespaceSettings>,
-    pub proxy_connect_url: Option<String>,
-    pub proxy_join_url: Option<String>,
-    pub proxy_publish_url: Option<String>,
-    pub proxy_rpc_url: Option<String>,
-    pub proxy_refresh_url: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub proxy_timeout: Duration,
-    pub proxy_max_inflight: usize,
-    pub proxy_max_reply_bytes: usize,
-    pub personal_rooms: bool,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_batch: usize,
-    pub webhook_queue: usize,
-    pub webhook_queue_bytes: usize,
-    #[serde(with = "humantime_serde")]
-    pub webhook_timeout: Duration,
-    pub webhook_retries: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            strategy: Strategy::Pubsub,
-            redis_url: "redis://127.0.0.1:6379".into(),
-            redis_ca_file: None,
-            redis_cluster: false,
-            listen: "0.0.0.0:9000".parse().expect("valid default"),
-            node_id: None,
-            advertise_url: None,
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_ttl: Duration::from_secs(3),
-            history_size: 100,
-            room_ttl: Duration::from_secs(24 * 3600),
-            dedupe_window: Duration::from_secs(120),
-            send_queue: 1024,
-            send_queue_bytes: 4 << 20,
-            max_frame_bytes: 64 * 1024,
-            max_rooms_per_conn: 100,
-            max_connections: 20_000,
-            drain_grace: Duration::from_secs(10),
-            placement_ttl: Duration::from_secs(60),
-            presence_limit: 100,
-            presence_ttl: Duration::from_secs(15),
-            bus_buffer: 65_536,
-            bus_buffer_bytes: 64 << 20,
-            internal_token: None,
-            insecure: false,
-            handshake_timeout: Duration::from_secs(10),
-            http_idle_timeout: Duration::from_secs(60),
-            http2_keepalive: Duration::from_secs(20),
-            otlp_endpoint: None,
-            otlp_sample_ratio: 1.0,
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            max_frame_rate: 200.0,
-            max_frame_burst: 400,
-            max_publish_rate: 50.0,
-            max_publish_burst: 100,
-            max_join_rate: 10.0,
-            max_join_burst: 100,
-            max_rooms_per_minute: 200,
-            max_replay_bytes: 1 << 20,
-            max_connections_per_ip: 1000,
-            max_connect_rate_per_ip: 50.0,
-            max_connect_burst_per_ip: 500,
-            max_accept_rate: 2000.0,
-            max_accept_burst: 10_000,
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            inbox: false,
-            inbox_size: 100_000,
-            namespaces: Default::default(),
-            proxy_connect_url: None,
-            proxy_join_url: None,
-            proxy_publish_url: None,
-            proxy_rpc_url: None,
-            proxy_refresh_url: None,
-            proxy_timeout: Duration::from_secs(1),
-            proxy_max_inflight: 1000,
-            proxy_max_reply_bytes: 64 * 1024,
-            personal_rooms: true,
-            webhook_url: None,
-            webhook_secret: None,
-            webhook_batch: 100,
-            webhook_queue: 10_000,
-            webhook_queue_bytes: 4 << 20,
-            webhook_timeout: Duration::from_secs(5),
-            webhook_retries: 8,
-        }
+turnout_common::process_settings! {
+    /// The ws-node's settings after merging file, env and flags.
+    pub struct Settings {
+        cli: Cli;
+        listen: "0.0.0.0:9000";
+        shared: [jwt, per_ip, bus, namespaces];
+        pub advertise_url: Option<String> = None,
+        #[serde(with = "humantime_serde")]
+        pub heartbeat_interval: Duration = Duration::from_secs(1),
+        #[serde(with = "humantime_serde")]
+        pub heartbeat_ttl: Duration = Duration::from_secs(3),
+        pub history_size: u64 = 100,
+        #[serde(with = "humantime_serde")]
+        pub room_ttl: Duration = Duration::from_secs(24 * 3600),
+        #[serde(with = "humantime_serde")]
+        pub dedupe_window: Duration = Duration::from_secs(120),
+        pub send_queue: usize = 1024,
+        pub send_queue_bytes: usize = 4 << 20,
+        pub max_frame_bytes: usize = 64 * 1024,
+        pub max_rooms_per_conn: usize = 100,
+        pub max_connections: usize = 20_000,
+        #[serde(with = "humantime_serde")]
+        pub drain_grace: Duration = Duration::from_secs(10),
+        #[serde(with = "humantime_serde")]
+        pub placement_ttl: Duration = Duration::from_secs(60),
+        pub presence_limit: u64 = 100,
+        #[serde(with = "humantime_serde")]
+        pub presence_ttl: Duration = Duration::from_secs(15),
+        pub max_frame_rate: f64 = 200.0,
+        pub max_frame_burst: u32 = 400,
+        pub max_publish_rate: f64 = 50.0,
+        pub max_publish_burst: u32 = 100,
+        pub max_join_rate: f64 = 10.0,
+        pub max_join_burst: u32 = 100,
+        pub max_rooms_per_minute: usize = 200,
+        pub max_replay_bytes: usize = 1 << 20,
+        pub max_accept_rate: f64 = 2000.0,
+        pub max_accept_burst: u32 = 10_000,
+        #[serde(with = "humantime_serde")]
+        pub ping_interval: Duration = Duration::from_secs(20),
+        #[serde(with = "humantime_serde")]
+        pub idle_timeout: Duration = Duration::from_secs(60),
+        pub inbox: bool = false,
+        pub inbox_size: u64 = 100_000,
+        pub proxy_connect_url: Option<String> = None,
+        pub proxy_join_url: Option<String> = None,
+        pub proxy_publish_url: Option<String> = None,
+        pub proxy_rpc_url: Option<String> = None,
+        pub proxy_refresh_url: Option<String> = None,
+        #[serde(with = "humantime_serde")]
+        pub proxy_timeout: Duration = Duration::from_secs(1),
+        pub proxy_max_inflight: usize = 1000,
+        pub proxy_max_reply_bytes: usize = 64 * 1024,
+        pub personal_rooms: bool = true,
+        pub webhook_url: Option<String> = None,
+        pub webhook_secret: Option<String> = None,
+        pub webhook_batch: usize = 100,
+        pub webhook_queue: usize = 10_000,
+        pub webhook_queue_bytes: usize = 4 << 20,
+        #[serde(with = "humantime_serde")]
+        pub webhook_timeout: Duration = Duration::from_secs(5),
+        pub webhook_retries: u32 = 8,
     }
 }
 
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), SettingsError> {
-        require_nonzero("handshake_timeout", self.handshake_timeout.is_zero())?;
-        require_nonzero("http_idle_timeout", self.http_idle_timeout.is_zero())?;
-        require_nonzero("http2_keepalive", self.http2_keepalive.is_zero())?;
-        turnout_common::telemetry::check(self.otlp_endpoint.as_deref(), self.otlp_sample_ratio)?;
-        check_redis_url("redis_url", &self.redis_url, self.redis_cluster)?;
+impl Settings {
+    fn validate_own(&self) -> Result<(), SettingsError> {
         require_nonzero("heartbeat_interval", self.heartbeat_interval.is_zero())?;
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
             return Err(SettingsError::invalid(
@@ -436,12 +326,6 @@ impl Validate for Settings {
                 "must be at least max_frame_bytes",
             ));
         }
-        require_nonzero("max_connections_per_ip", self.max_connections_per_ip == 0)?;
-        require_nonzero(
-            "max_connect_burst_per_ip",
-            self.max_connect_burst_per_ip == 0,
-        )?;
-        require_positive("max_connect_rate_per_ip", self.max_connect_rate_per_ip)?;
         require_positive("max_accept_rate", self.max_accept_rate)?;
         require_nonzero("max_accept_burst", self.max_accept_burst == 0)?;
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
@@ -453,16 +337,13 @@ impl Validate for Settings {
         for (key, v) in [
             ("send_queue", self.send_queue),
             ("send_queue_bytes", self.send_queue_bytes),
-            ("bus_buffer_bytes", self.bus_buffer_bytes),
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_rooms_per_conn", self.max_rooms_per_conn),
             ("max_connections", self.max_connections),
-            ("bus_buffer", self.bus_buffer),
             ("inbox_size", self.inbox_size as usize),
         ] {
             require_nonzero(key, v == 0)?;
         }
-        turnout_common::namespaces::validate(&self.namespaces)?;
         for (key, url) in self.hook_urls() {
             if let Some(url) = url {
                 crate::hooks::check_url(key, url)
@@ -574,25 +455,6 @@ impl Settings {
         Namespaces::new(global, &self.namespaces)
     }
 
-    /// What every connection to this process may cost in time.
-    pub fn serve_limits(&self) -> turnout_common::serve::ServeLimits {
-        turnout_common::serve::ServeLimits {
-            handshake: self.handshake_timeout,
-            idle: self.http_idle_timeout,
-            http2_keepalive: self.http2_keepalive,
-        }
-    }
-
-    /// How client tokens are checked.
-    pub fn jwt(&self) -> turnout_common::auth::JwtSettings<'_> {
-        turnout_common::auth::JwtSettings {
-            secret: self.jwt_secret.as_deref(),
-            public_key: self.jwt_public_key.as_deref(),
-            audience: self.jwt_audience.as_deref(),
-            issuer: self.jwt_issuer.as_deref(),
-        }
-    }
-
     /// One connection's limits.
     pub(crate) fn limits(&self) -> crate::limits::LimitSettings {
         crate::limits::LimitSettings {
@@ -614,15 +476,7 @@ impl Settings {
             .saturating_mul(4)
             .max(self.max_frame_bytes + 4096)
     }
-
-    /// Parses flags and env, reads the file, validates.
-    pub fn from_args() -> Result<Self, SettingsError> {
-        let cli = Cli::parse();
-        turnout_common::settings::load(&cli, cli.common.config.as_deref())
-    }
 }
-
-turnout_common::impl_served!(Settings);
 
 #[cfg(test)]
 mod tests {
