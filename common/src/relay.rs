@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::redis::Con;
 use dashmap::DashMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +29,9 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 use turnout_proto::v1::relay_client::RelayClient;
 use turnout_proto::v1::relay_item::Kind;
-use turnout_proto::v1::{FollowRequest, RelayItem, follow_request::Op};
+use turnout_proto::v1::{
+    FollowRequest, RelayItem, RelayPublishReply, RelayPublishRequest, follow_request::Op,
+};
 
 /// How long a follower waits for an owner to answer an attach or a
 /// publish: past the owner's own Redis timeout, so that a slow Redis makes
@@ -132,6 +134,9 @@ struct Link {
     refused: AtomicBool,
     /// Attaches waiting for the owner's answer (true: attached).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<bool>>>>,
+    /// Publishes waiting for the owner's answer, by call number.
+    calls: Mutex<HashMap<u64, oneshot::Sender<Result<RelayPublishReply, tonic::Status>>>>,
+    next_call: AtomicU64,
     dead: CancellationToken,
 }
 
@@ -329,6 +334,24 @@ impl Links {
         }
     }
 
+    /// Publishes at the room's owner `owner`, on the link's follow stream:
+    /// one message each way on a stream already open (a call of its own
+    /// would open an HTTP/2 stream per publish), and many publishes in one
+    /// write under load. Fails `unavailable` when the link breaks before
+    /// the answer, `deadline_exceeded` past [`CALL_TIMEOUT`]: either way
+    /// the outcome is unknown, as a call's would be.
+    pub async fn publish(
+        self: &Arc<Self>,
+        owner: &str,
+        req: RelayPublishRequest,
+    ) -> Result<RelayPublishReply, tonic::Status> {
+        let link = self
+            .link(owner)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        link.publish(req).await
+    }
+
     /// A client of `owner`'s `Relay` service (the link's channel).
     pub async fn client(self: &Arc<Self>, owner: &str) -> Result<Client, AttachError> {
         Ok(self.link(owner).await?.client.clone())
@@ -428,6 +451,8 @@ impl Links {
             up,
             refused: AtomicBool::new(false),
             waiting: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
             dead: CancellationToken::new(),
         });
         {
@@ -501,8 +526,13 @@ impl Links {
             epoch,
             frame,
             origin,
+            call,
+            reply,
+            code,
+            error,
         } = item;
         match Kind::try_from(kind) {
+            Ok(Kind::Published) => link.published(call, reply, code, error),
             Ok(Kind::Message) => f.message(&room, seq, &epoch, frame),
             Ok(Kind::Presence) => f.presence(&room, &origin, frame),
             Ok(Kind::Attached) => link.answer(&room, true),
@@ -524,6 +554,8 @@ impl Links {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // Their publishes' outcome is unknown: each caller hears so.
+        link.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
         {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             if links.get(&link.owner).is_some_and(|l| Arc::ptr_eq(l, link)) {
@@ -567,12 +599,16 @@ fn refused(s: &tonic::Status) -> bool {
 
 impl Link {
     fn send(&self, op: Op, room: &str, origin: &str, frame: &str) {
-        let req = FollowRequest {
+        self.push(FollowRequest {
             op: op as i32,
             room: room.to_owned(),
             origin: origin.to_owned(),
             frame: frame.to_owned(),
-        };
+            ..Default::default()
+        });
+    }
+
+    fn push(&self, req: FollowRequest) {
         if let Err(mpsc::error::TrySendError::Full(req)) = self.up.try_send(req) {
             // Presence is best effort; an attach or detach must not be
             // lost: the link goes, and its rooms are attached again.
@@ -599,6 +635,60 @@ impl Link {
         }
     }
 
+    /// Sends a publish up the stream and waits for its answer.
+    async fn publish(
+        &self,
+        mut req: RelayPublishRequest,
+    ) -> Result<RelayPublishReply, tonic::Status> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call, tx);
+        req.trace = crate::telemetry::context_fields();
+        self.push(FollowRequest {
+            op: Op::Publish as i32,
+            publish: Some(req),
+            call,
+            ..Default::default()
+        });
+        let lost = || tonic::Status::unavailable("the link to the room's owner broke");
+        let answer = tokio::select! {
+            r = tokio::time::timeout(CALL_TIMEOUT, rx) => match r {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(lost()),
+                Err(_) => Err(tonic::Status::deadline_exceeded("the room's owner did not answer in time")),
+            },
+            _ = self.dead.cancelled() => Err(lost()),
+        };
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&call);
+        answer
+    }
+
+    /// The owner's answer to publish `call`.
+    fn published(&self, call: u64, reply: Option<RelayPublishReply>, code: i32, error: String) {
+        let Some(tx) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&call)
+        else {
+            return;
+        };
+        let answer = match (reply, tonic::Code::from_i32(code)) {
+            (Some(reply), tonic::Code::Ok) => Ok(reply),
+            (None, tonic::Code::Ok) => Err(tonic::Status::internal(
+                "the room's owner answered without a reply",
+            )),
+            (_, code) => Err(tonic::Status::new(code, error)),
+        };
+        let _ = tx.send(answer);
+    }
+
     fn answer(&self, room: &str, attached: bool) {
         let waiters = self
             .waiting
@@ -608,5 +698,88 @@ impl Link {
         for w in waiters.into_iter().flatten() {
             let _ = w.send(attached);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let (up, _rx) = mpsc::channel(4);
+        Link {
+            owner: "owner".into(),
+            client: RelayClient::with_interceptor(channel, InternalToken::new(None).unwrap()),
+            up,
+            refused: AtomicBool::new(false),
+            waiting: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+            dead: CancellationToken::new(),
+        }
+    }
+
+    fn waiting(
+        link: &Link,
+        call: u64,
+    ) -> oneshot::Receiver<Result<RelayPublishReply, tonic::Status>> {
+        let (tx, rx) = oneshot::channel();
+        link.calls.lock().unwrap().insert(call, tx);
+        rx
+    }
+
+    /// Each answer on the stream reaches the publish with its call number,
+    /// as the reply or as the status the owner gave.
+    #[tokio::test]
+    async fn a_publish_hears_its_own_answer() {
+        let link = link();
+        let (a, b, c, d) = (
+            waiting(&link, 1),
+            waiting(&link, 2),
+            waiting(&link, 3),
+            waiting(&link, 4),
+        );
+        let reply = RelayPublishReply {
+            seq: 7,
+            epoch: "e".into(),
+            ..Default::default()
+        };
+        link.published(2, Some(reply.clone()), 0, String::new());
+        link.published(
+            1,
+            None,
+            tonic::Code::InvalidArgument as i32,
+            "bad frame".into(),
+        );
+        link.published(3, None, 0, String::new());
+        link.published(9, Some(reply.clone()), 0, String::new());
+        assert_eq!(b.await.unwrap().unwrap(), reply);
+        let e = a.await.unwrap().unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "bad frame")
+        );
+        assert_eq!(c.await.unwrap().unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(link.calls.lock().unwrap().len(), 1, "call 4 still waits");
+        drop(d);
+    }
+
+    /// A publish whose link breaks before the answer hears `unavailable`
+    /// (its outcome is unknown), and leaves nothing behind.
+    #[tokio::test]
+    async fn a_publish_on_a_broken_link_is_unavailable() {
+        let link = Arc::new(link());
+        let publishing = {
+            let link = link.clone();
+            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
+        };
+        while link.calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        link.dead.cancel();
+        let e = publishing.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(link.calls.lock().unwrap().is_empty());
     }
 }

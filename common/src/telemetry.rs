@@ -182,6 +182,31 @@ pub fn continue_trace(span: &tracing::Span, extensions: &http::Extensions) {
     }
 }
 
+/// The current span's trace context as fields, for a message that
+/// carries it itself (a publish on a relay follow stream); empty when
+/// tracing is off.
+pub fn context_fields() -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    if let Some(p) = PROPAGATOR.get() {
+        let cx = tracing::Span::current().context();
+        p.inject_context(&cx, &mut fields);
+    }
+    fields
+}
+
+/// Makes `span` a child of the span whose context `fields` carry
+/// ([`context_fields`]), if they carry one.
+pub fn continue_trace_from(
+    span: &tracing::Span,
+    fields: &std::collections::HashMap<String, String>,
+) {
+    if let Some(p) = PROPAGATOR.get()
+        && !fields.is_empty()
+    {
+        let _ = span.set_parent(p.extract(fields));
+    }
+}
+
 /// Checks the `otlp_*` settings: an http:// URL (the exporter speaks plain
 /// HTTP: run a collector beside the process), a ratio from 0 to 1.
 pub fn check(endpoint: Option<&str>, ratio: f64) -> Result<(), crate::settings::SettingsError> {

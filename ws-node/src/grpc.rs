@@ -308,6 +308,7 @@ impl turnout_proto::v1::relay_server::Relay for RelayService {
                     Ok(Op::Attach) => reader.attach(id, &stream_out, r.room, &r.origin),
                     Ok(Op::Detach) => reader.detach(id, &stream_out, &r.room),
                     Ok(Op::Presence) => reader.presence(id, &r.room, r.origin, r.frame),
+                    Ok(Op::Publish) => reader.publish_from(&stream_out, r.call, r.publish),
                     Err(_) => tracing::debug!(op = r.op, "unknown follow request ignored"),
                 }
             }

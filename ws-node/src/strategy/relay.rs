@@ -87,7 +87,13 @@ pub(crate) struct Outbound {
 }
 
 fn item_bytes(item: &RelayItem) -> usize {
-    item.room.len() + item.epoch.len() + item.frame.len() + item.origin.len() + 16
+    item.room.len()
+        + item.epoch.len()
+        + item.frame.len()
+        + item.origin.len()
+        + item.error.len()
+        + item.reply.as_ref().map_or(0, |r| r.epoch.len() + 16)
+        + 16
 }
 
 impl Outbound {
@@ -221,17 +227,10 @@ impl Relay {
                 sender: origin.sender().to_owned(),
                 client: matches!(origin, Origin::Client(_)),
                 id: id.unwrap_or_default().to_owned(),
+                trace: Default::default(),
             };
-            let mut client = inner
-                .links
-                .client(&node)
-                .await
-                .map_err(|e| unavailable("the room's owner cannot be reached", &e, room))?;
-            let call =
-                tokio::time::timeout(turnout_common::relay::CALL_TIMEOUT, client.publish(req));
-            match call.await {
-                Ok(Ok(reply)) => {
-                    let r = reply.into_inner();
+            match inner.links.publish(&node, req).await {
+                Ok(r) => {
                     if r.not_owner {
                         continue;
                     }
@@ -243,7 +242,7 @@ impl Relay {
                         first_of_epoch: r.first_of_epoch,
                     });
                 }
-                Ok(Err(s)) => {
+                Err(s) => {
                     if s.code() != tonic::Code::InvalidArgument {
                         // The owner may be gone or stalled: find the room's
                         // owner afresh (the members here too).
@@ -252,14 +251,6 @@ impl Relay {
                     return Err(unavailable(
                         "publish at the room's owner failed",
                         &s.message(),
-                        room,
-                    ));
-                }
-                Err(_) => {
-                    inner.links.reattach(room);
-                    return Err(unavailable(
-                        "publish at the room's owner timed out",
-                        &"timeout",
                         room,
                     ));
                 }
@@ -401,7 +392,7 @@ impl Inner {
                             seq: p.seq,
                             epoch: p.epoch.clone(),
                             frame: frame.clone(),
-                            origin: String::new(),
+                            ..Default::default()
                         },
                     );
                     hub.deliver(room, p.seq, &p.epoch, frame.into());
@@ -662,6 +653,44 @@ impl Inner {
             epoch: o.epoch,
             followers,
         }
+    }
+
+    /// A publish a follower sent on its follow stream (`PUBLISH`): served
+    /// as a `Relay.Publish` call is, and answered `PUBLISHED` on the
+    /// stream with the follower's call number.
+    pub(crate) fn publish_from(
+        self: &Arc<Self>,
+        out: &Arc<Outbound>,
+        call: u64,
+        req: Option<RelayPublishRequest>,
+    ) {
+        use tracing::Instrument;
+        let inner = self.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            let answer = match req {
+                Some(req) => {
+                    let span = tracing::info_span!(
+                        target: turnout_common::telemetry::TARGET,
+                        "relay.publish",
+                        node = %inner.me,
+                    );
+                    turnout_common::telemetry::continue_trace_from(&span, &req.trace);
+                    inner.serve_publish(req).instrument(span).await
+                }
+                None => Err(ErrorCode::BadFrame.status("PUBLISH without a publish")),
+            };
+            let mut item = item(Kind::Published, "");
+            item.call = call;
+            match answer {
+                Ok(reply) => item.reply = Some(reply),
+                Err(s) => {
+                    item.code = s.code() as i32;
+                    item.error = s.message().to_owned();
+                }
+            }
+            out.send(item);
+        });
     }
 
     /// The owner's answer to `Relay.Publish`.
