@@ -18,6 +18,9 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run one scenario against a running cluster and write its results as JSON.
+    /// An option given twice takes its last value (scripts pass their
+    /// defaults first, then the caller's).
+    #[command(args_override_self = true)]
     Run(RunOpts),
     /// Render results (JSON files from `run`) as one HTML page with SVG charts.
     Report(ReportOpts),
@@ -280,4 +283,33 @@ pub struct MapOpts {
     /// Predictions: a ws-node's max_connections (the largest sticky room).
     #[arg(long, default_value_t = 20_000.0)]
     pub node_max_connections: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// compare.sh passes its default workload, then the caller's options
+    /// (`compare.sh -- --scenario broadcast`): the caller's win.
+    #[test]
+    fn an_option_given_twice_to_run_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "turnout-bench",
+            "run",
+            "--scenario",
+            "chat",
+            "--members",
+            "10",
+            "--scenario",
+            "broadcast",
+            "--members",
+            "5000",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!((run.scenario, run.members), (Scenario::Broadcast, 5000));
+    }
 }

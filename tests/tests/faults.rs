@@ -523,3 +523,40 @@ async fn the_only_node_is_tried_again_as_soon_as_it_answers() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A node whose rooms have no members left here writes nothing when it
+/// writes its presence again: an empty pipeline is an error to Redis's
+/// client, which the node counted and logged as a Redis failure (seen in a
+/// saturated run, after the node had sent every client away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_presence_again_with_nobody_here_writes_nothing() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut con = turnout_common::redis::client(&redis.url(), None, false)?
+        .commands()
+        .await?;
+    let ttl = |_: &str| Duration::from_secs(60);
+    use turnout_common::redis::rooms::reassert;
+    reassert(&mut con, &[], &ttl).await?;
+    reassert(&mut con, &[("empty".into(), vec![])], &ttl).await?;
+    reassert(
+        &mut con,
+        &[
+            ("empty".into(), vec![]),
+            ("lobby".into(), vec![("n1/1/c1".into(), "alice".into())]),
+        ],
+        &ttl,
+    )
+    .await?;
+    let mut plain = redis.con().await?;
+    let lobby: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(turnout_proto::keys::room_presence("lobby"))
+        .query_async(&mut plain)
+        .await?;
+    assert_eq!(lobby.get("n1/1/c1").map(String::as_str), Some("alice"));
+    let empty: u8 = redis::cmd("EXISTS")
+        .arg(turnout_proto::keys::room_presence("empty"))
+        .query_async(&mut plain)
+        .await?;
+    assert_eq!(empty, 0);
+    Ok(())
+}

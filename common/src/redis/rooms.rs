@@ -351,6 +351,10 @@ pub async fn reassert(
     for (room, entries) in rooms {
         write(&mut pipe, room, entries);
     }
+    // Nothing to write (no members here): an empty pipeline is an error.
+    if pipe.is_empty() {
+        return Ok(());
+    }
     pipe.query_async(con).await
 }
 
