@@ -445,16 +445,7 @@ impl Links {
         let client = RelayClient::with_interceptor(channel, self.settings.token.clone())
             .max_decoding_message_size(MAX_BATCH_BYTES);
         let (up, rx) = mpsc::channel(UP_QUEUE);
-        let link = Arc::new(Link {
-            owner: owner.to_owned(),
-            client: client.clone(),
-            up,
-            refused: AtomicBool::new(false),
-            waiting: Mutex::new(HashMap::new()),
-            calls: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(0),
-            dead: CancellationToken::new(),
-        });
+        let link = Arc::new(Link::new(owner, client.clone(), up));
         {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(l) = links.get(owner)
@@ -598,6 +589,19 @@ fn refused(s: &tonic::Status) -> bool {
 }
 
 impl Link {
+    fn new(owner: &str, client: Client, up: mpsc::Sender<FollowRequest>) -> Link {
+        Link {
+            owner: owner.to_owned(),
+            client,
+            up,
+            refused: AtomicBool::new(false),
+            waiting: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+            dead: CancellationToken::new(),
+        }
+    }
+
     fn send(&self, op: Op, room: &str, origin: &str, frame: &str) {
         self.push(FollowRequest {
             op: op as i32,
@@ -708,16 +712,8 @@ mod tests {
     fn link() -> Link {
         let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
         let (up, _rx) = mpsc::channel(4);
-        Link {
-            owner: "owner".into(),
-            client: RelayClient::with_interceptor(channel, InternalToken::new(None).unwrap()),
-            up,
-            refused: AtomicBool::new(false),
-            waiting: Mutex::new(HashMap::new()),
-            calls: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(0),
-            dead: CancellationToken::new(),
-        }
+        let client = RelayClient::with_interceptor(channel, InternalToken::new(None).unwrap());
+        Link::new("owner", client, up)
     }
 
     fn waiting(
