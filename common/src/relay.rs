@@ -135,7 +135,7 @@ struct Link {
     /// Attaches waiting for the owner's answer (true: attached).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<bool>>>>,
     /// Publishes waiting for the owner's answer, by call number.
-    calls: Mutex<HashMap<u64, oneshot::Sender<Result<RelayPublishReply, tonic::Status>>>>,
+    calls: Calls,
     next_call: AtomicU64,
     dead: CancellationToken,
 }
@@ -574,6 +574,21 @@ impl Links {
     }
 }
 
+/// Publishes waiting for their owner's answer, by call number.
+type Calls = Mutex<HashMap<u64, oneshot::Sender<Result<RelayPublishReply, tonic::Status>>>>;
+
+/// Removes a publish's call from its link's `calls` when dropped.
+struct Forget<'a>(&'a Calls, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
 /// Whether a failed call found nothing listening at the owner's port.
 fn refused(s: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
@@ -657,8 +672,13 @@ impl Link {
             call,
             ..Default::default()
         });
+        // However this ends (the caller may give up first), the call is
+        // forgotten.
+        let _forget = Forget(&self.calls, call);
         let lost = || tonic::Status::unavailable("the link to the room's owner broke");
         let answer = tokio::select! {
+            // An answer read just before the link broke is the answer.
+            biased;
             r = tokio::time::timeout(CALL_TIMEOUT, rx) => match r {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) => Err(lost()),
@@ -666,10 +686,6 @@ impl Link {
             },
             _ = self.dead.cancelled() => Err(lost()),
         };
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&call);
         answer
     }
 
@@ -759,6 +775,46 @@ mod tests {
         assert_eq!(c.await.unwrap().unwrap_err().code(), tonic::Code::Internal);
         assert_eq!(link.calls.lock().unwrap().len(), 1, "call 4 still waits");
         drop(d);
+    }
+
+    /// An answer that came in just before the link broke is the answer: a
+    /// publish that was stored is not reported failed.
+    #[tokio::test]
+    async fn an_answer_read_before_the_link_broke_wins() {
+        let link = Arc::new(link());
+        let publishing = {
+            let link = link.clone();
+            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
+        };
+        while link.calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let call = *link.calls.lock().unwrap().keys().next().unwrap();
+        let reply = RelayPublishReply {
+            seq: 3,
+            ..Default::default()
+        };
+        // Both before the publishing task runs again.
+        link.published(call, Some(reply.clone()), 0, String::new());
+        link.dead.cancel();
+        assert_eq!(publishing.await.unwrap().unwrap(), reply);
+    }
+
+    /// A caller that gives up (its own deadline dropped it) leaves no call
+    /// behind for an answer that may never come.
+    #[tokio::test]
+    async fn a_publish_given_up_leaves_nothing_behind() {
+        let link = Arc::new(link());
+        let publishing = {
+            let link = link.clone();
+            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
+        };
+        while link.calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        publishing.abort();
+        assert!(publishing.await.unwrap_err().is_cancelled());
+        assert!(link.calls.lock().unwrap().is_empty());
     }
 
     /// A publish whose link breaks before the answer hears `unavailable`

@@ -229,8 +229,12 @@ pub(crate) struct RelayService {
 pub(crate) fn relay_server(
     state: Arc<NodeState>,
 ) -> turnout_proto::v1::relay_server::RelayServer<RelayService> {
-    // A publish carries one message, bounded like a client's frame.
-    let limit = state.settings.max_frame_bytes + 4096;
+    // A publish carries one message, bounded like a client's frame (or a
+    // `Deliver`: `max_frame_bytes` and 4 KiB), rendered once around its
+    // data with the room, sender and id beside it: twice that and 64 KiB
+    // holds any publish a node took. A follow request past it would end
+    // the whole stream, not fail one publish.
+    let limit = 2 * state.settings.max_frame_bytes + 64 * 1024;
     turnout_proto::v1::relay_server::RelayServer::new(RelayService { state })
         .max_decoding_message_size(limit)
 }

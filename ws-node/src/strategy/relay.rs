@@ -1,7 +1,8 @@
 //! `relay`: clients land on any node; each room has one owner node, placed
 //! and fenced as in sticky (rendezvous hashing, a claim with an epoch).
 //!
-//! - A publish on any node goes to the owner (`Relay.Publish`), which runs
+//! - A publish on any node goes to the owner (up the follow stream to it,
+//!   `PUBLISH`; or as a `Relay.Publish` call, which older nodes make), which runs
 //!   the publish script fenced by its epoch (same dedupe, same history) and
 //!   hands the message to every node holding members of the room, over
 //!   one follow stream per node pair (`Relay.Follow`, many rooms per batch),
@@ -40,6 +41,13 @@ const BATCH: usize = 512;
 
 /// How many owners a publish tries before it answers `unavailable`.
 const PUBLISH_TRIES: usize = 3;
+
+/// Publishes one follower may have under way at an owner at once, as
+/// HTTP/2 bounded them when each was a call of its own (hyper's 200
+/// streams per connection): beyond, `unavailable` at once. A follower's
+/// publishes are its clients', each waiting for its answer, so this is
+/// reached only when the owner's Redis stalls.
+const PUBLISHES_PER_STREAM: usize = 1024;
 
 pub(crate) struct Relay(pub(crate) Arc<Inner>);
 
@@ -84,6 +92,8 @@ pub(crate) struct Outbound {
     rooms: Mutex<HashSet<String>>,
     /// Attaches being checked in Redis; a detach meanwhile drops its room.
     pending: Mutex<HashSet<String>>,
+    /// Publishes of this follower under way here ([`PUBLISHES_PER_STREAM`]).
+    publishes: Arc<tokio::sync::Semaphore>,
 }
 
 fn item_bytes(item: &RelayItem) -> usize {
@@ -190,7 +200,7 @@ impl Relay {
     }
 
     /// A client's or the API's publish on this node: sent to the owner
-    /// (this node, or another over `Relay.Publish`). The message reaches
+    /// (this node, or another up the follow stream to it). The message reaches
     /// this node's members from the owner, like everyone else's.
     pub(crate) async fn publish(
         &self,
@@ -507,6 +517,7 @@ impl Inner {
             closed: CancellationToken::new(),
             rooms: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashSet::new()),
+            publishes: Arc::new(tokio::sync::Semaphore::new(PUBLISHES_PER_STREAM)),
         });
         self.streams.insert(id, out.clone());
         self.metrics.relay_streams.set(self.streams.len() as i64);
@@ -665,9 +676,28 @@ impl Inner {
         req: Option<RelayPublishRequest>,
     ) {
         use tracing::Instrument;
+        let answered = move |answer: Result<RelayPublishReply, tonic::Status>| {
+            let mut item = item(Kind::Published, "");
+            item.call = call;
+            match answer {
+                Ok(reply) => item.reply = Some(reply),
+                Err(s) => {
+                    item.code = s.code() as i32;
+                    item.error = s.message().to_owned();
+                }
+            }
+            item
+        };
+        let Ok(permit) = out.publishes.clone().try_acquire_owned() else {
+            out.send(answered(Err(tonic::Status::unavailable(
+                "too many publishes under way at the room's owner",
+            ))));
+            return;
+        };
         let inner = self.clone();
         let out = out.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let answer = match req {
                 Some(req) => {
                     let span = tracing::info_span!(
@@ -680,16 +710,7 @@ impl Inner {
                 }
                 None => Err(ErrorCode::BadFrame.status("PUBLISH without a publish")),
             };
-            let mut item = item(Kind::Published, "");
-            item.call = call;
-            match answer {
-                Ok(reply) => item.reply = Some(reply),
-                Err(s) => {
-                    item.code = s.code() as i32;
-                    item.error = s.message().to_owned();
-                }
-            }
-            out.send(item);
+            out.send(answered(answer));
         });
     }
 
