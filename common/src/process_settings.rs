@@ -19,7 +19,10 @@
 //! | `namespaces` | `[namespaces.<name>]` tables | gateway, ws-node |
 //!
 //! The process writes its own checks in `fn validate_own(&self)`; the
-//! generated `Validate` runs the shared checks first, then those.
+//! generated `Validate` runs the shared checks first, then those. The
+//! generated code names `clap`, `serde`, `humantime_serde` and
+//! `turnout_proto`: a crate that uses the macro depends on them (every
+//! turnout process does).
 
 /// Declares a process's `Settings`: the keys every process has, the
 /// shared groups it names, and its own keys (`pub key: Type = default`,

@@ -138,11 +138,14 @@ for strategy in ${STRATEGIES:-pubsub sticky}; do
   GATEWAY="ws://127.0.0.1:$TURNOUT_GATEWAY_PORT/ws" API="$base" \
     node --experimental-websocket --no-warnings clients/js/e2e/backend.mjs
   # ... and hears of rooms and members (signed webhooks, checked by it).
+  # (The log is read whole before it is searched: `logs | grep -q` fails
+  # under pipefail when grep's early exit cuts the writer off.)
+  heard() { local log; log=$(c logs --no-color backend 2>/dev/null) || true; grep -q "webhook: member_joined moderated:lobby bob" <<<"$log"; }
   for _ in $(seq 1 60); do
-    c logs --no-color backend 2>/dev/null | grep -q "webhook: member_joined moderated:lobby bob" && break
+    heard && break
     sleep 0.5
   done
-  c logs --no-color backend | grep -q "webhook: member_joined moderated:lobby bob" ||
+  heard ||
     { echo "the backend was sent no member_joined for moderated:lobby" >&2; c logs --tail 30 backend >&2; exit 1; }
   echo "  the backend moderated, answered rpc and got its webhooks"
 
