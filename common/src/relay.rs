@@ -741,6 +741,20 @@ mod tests {
         rx
     }
 
+    /// A publish on `link` under way: sent, and waiting for its answer.
+    async fn publishing(
+        link: &Arc<Link>,
+    ) -> tokio::task::JoinHandle<Result<RelayPublishReply, tonic::Status>> {
+        let task = {
+            let link = link.clone();
+            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
+        };
+        while link.calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
     /// Each answer on the stream reaches the publish with its call number,
     /// as the reply or as the status the owner gave.
     #[tokio::test]
@@ -782,13 +796,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_read_before_the_link_broke_wins() {
         let link = Arc::new(link());
-        let publishing = {
-            let link = link.clone();
-            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
-        };
-        while link.calls.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let publishing = publishing(&link).await;
         let call = *link.calls.lock().unwrap().keys().next().unwrap();
         let reply = RelayPublishReply {
             seq: 3,
@@ -805,13 +813,7 @@ mod tests {
     #[tokio::test]
     async fn a_publish_given_up_leaves_nothing_behind() {
         let link = Arc::new(link());
-        let publishing = {
-            let link = link.clone();
-            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
-        };
-        while link.calls.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let publishing = publishing(&link).await;
         publishing.abort();
         assert!(publishing.await.unwrap_err().is_cancelled());
         assert!(link.calls.lock().unwrap().is_empty());
@@ -822,13 +824,7 @@ mod tests {
     #[tokio::test]
     async fn a_publish_on_a_broken_link_is_unavailable() {
         let link = Arc::new(link());
-        let publishing = {
-            let link = link.clone();
-            tokio::spawn(async move { link.publish(RelayPublishRequest::default()).await })
-        };
-        while link.calls.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let publishing = publishing(&link).await;
         link.dead.cancel();
         let e = publishing.await.unwrap().unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
