@@ -417,3 +417,58 @@ async fn a_stalled_owner_is_replaced_publishes_are_refused_meanwhile_and_nothing
     assert_eq!(after, vec![marker], "nothing doubled after the owner woke");
     Ok(())
 }
+
+/// Presence crosses nodes through the room's owner both ways, including
+/// the leave of the last member on a node that does not own the room: that
+/// node stops following the room as the member goes, and the leave must
+/// still reach the owner's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_member_leaving_a_node_that_does_not_own_the_room_is_heard_leaving() -> Result<()>
+{
+    let c = Cluster::start(2, Strategy::Relay).await?;
+    let mut alice = Client::connect(&format!("{}?user=alice", c.nodes[0].ws_url())).await?;
+    alice.join("p").await?;
+    let mut bob = Client::connect(&format!("{}?user=bob", c.nodes[1].ws_url())).await?;
+    bob.join("p").await?;
+    expect_presence(&mut alice, "p", "join", "bob").await?;
+    let owner = owner_of(&c, "p").await?;
+    // `stays` is on the owner; `goes` is the only member on the other node.
+    let (mut stays, mut goes, gone) = if owner == alice.node() {
+        (alice, bob, "bob")
+    } else {
+        (bob, alice, "alice")
+    };
+    assert_ne!(stays.node(), goes.node());
+    goes.send_json(json!({"type": "leave", "room": "p"}))
+        .await?;
+    expect_presence(&mut stays, "p", "leave", gone).await?;
+    // And the other way: a member joining on the non-owner node is heard,
+    // and so is its connection closing.
+    goes.send_json(json!({"type": "join", "room": "p"})).await?;
+    expect_presence(&mut stays, "p", "join", gone).await?;
+    drop(goes);
+    expect_presence(&mut stays, "p", "leave", gone).await?;
+    // Then that node stops following the room: only the owner carries it.
+    let route = format!("{}/api/route?room=p&carriers=true", c.gateway.http());
+    wait_for("the emptied node to stop following", DEADLINE, || async {
+        let (_, v) = http_get_json(&route).await.ok()?;
+        (v["carriers"] == json!([owner])).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn expect_presence(c: &mut Client, room: &str, event: &str, user: &str) -> Result<()> {
+    let ev = c
+        .expect(&format!("presence {event}"), |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await?;
+    let want = ServerFrame::Presence {
+        room: room.into(),
+        event: event.into(),
+        user: user.into(),
+    };
+    anyhow::ensure!(ev == want, "{ev:?} instead of {want:?}");
+    Ok(())
+}

@@ -63,7 +63,9 @@ impl Hub {
             self.forget_presence(room, &stale, false, true).await;
         }
         if let Err(e) = self.strategy.open(room).await {
-            self.remove_member(room, conn.id);
+            if self.remove_member(room, conn.id) == Some(true) {
+                self.close_if_gone(room);
+            }
             return Err(e);
         }
         let (since_arg, limit) = match since {
@@ -89,6 +91,9 @@ impl Hub {
                 let last_here = self.remove_member(room, conn.id).unwrap_or(false);
                 self.forget_presence(room, std::slice::from_ref(conn), last_here, false)
                     .await;
+                if last_here {
+                    self.close_if_gone(room);
+                }
                 return Err(ErrorCode::Unavailable.into());
             }
         };
@@ -192,6 +197,9 @@ impl Hub {
                     .await;
                 if users.connections <= self.bounds.presence_limit {
                     self.announce(room, "leave", conn).await;
+                }
+                if last_here {
+                    self.close_if_gone(room);
                 }
             }
             conn.send_frame(
@@ -377,10 +385,26 @@ impl Hub {
         if left.is_some_and(|n| n < self.bounds.presence_limit) {
             self.announce(room, "leave", conn).await;
         }
+        if last_here {
+            self.close_if_gone(room);
+        }
+    }
+
+    /// Stops following `room` here (the strategy's `close`) unless it has
+    /// members here again. It comes after a leave is announced, not with
+    /// the removal: with relay the announcement travels up the room's
+    /// follow stream, which closing ends. The check and the close hold the
+    /// room's map shard, so no join slips between them (a join's `open`
+    /// follows its `add_member`).
+    pub(crate) fn close_if_gone(&self, room: &str) {
+        if let dashmap::Entry::Vacant(_held) = self.rooms.entry(room.to_owned()) {
+            self.strategy.close(room);
+        }
     }
 
     /// Takes `conn` out of `room`'s members; None when it was not one,
-    /// otherwise whether it was the last one here (the room is then gone).
+    /// otherwise whether it was the last one here (the room is then gone
+    /// here, and the caller closes it with [`Hub::close_if_gone`]).
     pub(crate) fn remove_member(&self, room: &str, conn: ConnId) -> Option<bool> {
         let removed = match self.rooms.get_mut(room) {
             Some(mut r) => r.members.remove(&conn).is_some(),
@@ -395,7 +419,6 @@ impl Hub {
             .is_some();
         if emptied {
             self.metrics.room_gauge(room).dec();
-            self.strategy.close(room);
         }
         Some(emptied)
     }
