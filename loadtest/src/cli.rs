@@ -27,6 +27,12 @@ pub enum Command {
     /// The strategy map: fit per-operation costs to a sweep's results, predict
     /// larger clusters, and write DIR/sweep.json and DIR/report.html.
     Map(MapOpts),
+    /// The capacity planner: a workload in your terms (connections, room
+    /// size, messages each member receives per second), answered for each
+    /// strategy from a sweep's model: nodes, the busiest node's cores, Redis
+    /// cores and shards, traffic, CPU per delivery, each with its expected
+    /// error, and a pick.
+    Plan(PlanOpts),
     /// The fault campaign: a seeded random schedule of faults against a
     /// cluster under load from protocol-following clients, checked from
     /// what every client recorded (deploy/loadtest/faults.sh).
@@ -263,14 +269,19 @@ pub struct ReportOpts {
 #[derive(Args, Debug, Clone)]
 pub struct MapOpts {
     /// Results files from `turnout-bench run` (a sweep's runs).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "points_from")]
     pub results: Vec<PathBuf>,
+    /// Map the points of an earlier sweep.json again (with this version's
+    /// model) instead of results files.
+    #[arg(long, conflicts_with = "results")]
+    pub points_from: Option<PathBuf>,
     /// Directory for sweep.json and report.html.
     #[arg(long)]
     pub out: PathBuf,
-    /// The grid's name in the report (e.g. quick, full).
-    #[arg(long, default_value = "custom")]
-    pub grid: String,
+    /// The grid's name in the report (e.g. quick, full; default: the
+    /// earlier sweep's with --points-from, else custom).
+    #[arg(long)]
+    pub grid: Option<String>,
     /// Predictions: connections each ws-node holds.
     #[arg(long, default_value_t = 10_000.0)]
     pub connections_per_node: f64,
@@ -283,6 +294,39 @@ pub struct MapOpts {
     /// Predictions: a ws-node's max_connections (the largest sticky room).
     #[arg(long, default_value_t = 20_000.0)]
     pub node_max_connections: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanOpts {
+    /// A sweep's sweep.json (`turnout-bench map` writes it;
+    /// docs/bench/sweep/sweep.json is the project's).
+    #[arg(long)]
+    pub sweep: PathBuf,
+    /// Connections the cluster holds in all.
+    #[arg(long)]
+    pub connections: u64,
+    /// Members of a room (connections that joined it).
+    #[arg(long)]
+    pub room_size: usize,
+    /// Messages per second each member receives (a room's publishes).
+    #[arg(long)]
+    pub messages_per_member: f64,
+    /// Nodes the cluster has: the answer is the load on them (default:
+    /// the fewest that hold the workload).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Cores of a node (default: those of the machine the sweep measured,
+    /// whose cores the figures are in).
+    #[arg(long)]
+    pub node_cores: Option<f64>,
+    /// A node's max_connections (default: the sweep's, 20,000 as the
+    /// setting's default): it bounds the connections per node and the
+    /// largest sticky room.
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// Print {"workload", "strategies", "pick"} as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

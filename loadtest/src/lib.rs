@@ -48,6 +48,7 @@ pub async fn main() -> anyhow::Result<()> {
         cli::Command::Run(opts) => scenario::run(opts).await,
         cli::Command::Report(opts) => report::write(&opts),
         cli::Command::Map(opts) => map::write(&opts),
+        cli::Command::Plan(opts) => map::plan::run(&opts),
         cli::Command::Faults(opts) => faults::run(opts).await,
         cli::Command::Proxy(opts) => proxy::run(opts).await,
         cli::Command::Probe(opts) => http::probe(&opts).await,

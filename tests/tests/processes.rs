@@ -659,8 +659,28 @@ async fn sweep_runs_count_churn_and_cross_node_traffic_and_map_them() -> Result<
             .expect("warnings")
             .is_empty()
     );
+    // Two points per strategy fit no costs: the planner says it cannot
+    // answer from them, and why.
+    let out = std::process::Command::new(&bench)
+        .arg("plan")
+        .arg("--sweep")
+        .arg(dir.join("sweep.json"))
+        .args([
+            "--connections",
+            "100000",
+            "--room-size",
+            "10",
+            "--messages-per-member",
+            "1",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too few runs"), "{err}");
     let page = std::fs::read_to_string(dir.join("report.html"))?;
-    assert!(page.contains("Verdict") && page.contains("<svg"));
+    assert!(
+        page.contains("The answer") && page.contains("id=\"planner\"") && page.contains("<svg")
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -163,6 +163,7 @@ pub(super) fn fit_one(
     tname: &str,
     unit: &str,
     points: &[&Point],
+    held_out: bool,
 ) -> Option<Fit> {
     let ops: Vec<&str> = OPERATIONS
         .iter()
@@ -195,7 +196,7 @@ pub(super) fn fit_one(
         .map(|(op, c)| ((*op).to_owned(), *c))
         .collect();
     let mut errors = Vec::new();
-    if points.len() > ops.len() {
+    if held_out && points.len() > ops.len() {
         for i in 0..points.len() {
             let measured = target(tname, points[i]);
             if measured <= 0.0 {
@@ -242,7 +243,15 @@ pub struct Model {
     /// commands per read and write), which a linear CPU fit cannot follow,
     /// while commands per operation are exact.
     pub redis_commands_per_core_second: BTreeMap<String, f64>,
+    /// Per strategy: Redis's CPU as a curve of its commands (and nodes),
+    /// which predictions of Redis cores use when the sweep gave one.
+    #[serde(default)]
+    pub redis_curves: BTreeMap<String, RedisCurve>,
     pub assumptions: Option<Assumptions>,
+    /// Per strategy, the median error of each figure the planner gives
+    /// (`plan::figure_errors`).
+    #[serde(default)]
+    pub figure_errors: BTreeMap<String, BTreeMap<String, f64>>,
     pub predictions: Vec<Prediction>,
     /// Where the model stops being trustworthy.
     pub limits: Vec<String>,
@@ -274,6 +283,12 @@ pub(super) fn hops_missing(p: &Point) -> bool {
 }
 
 pub fn fit(points: &[Point]) -> Model {
+    fit_with(points, true)
+}
+
+/// [`fit`], with each fit's held-out error or without it (a fit for a
+/// held-out error of its own, as the planner's).
+pub fn fit_with(points: &[Point], held_out: bool) -> Model {
     let mut fits = Vec::new();
     for s in STRATEGIES {
         let ps: Vec<&Point> = points
@@ -284,7 +299,7 @@ pub fn fit(points: &[Point]) -> Model {
             if s == Strategy::Local && t.starts_with("redis") {
                 continue;
             }
-            if let Some(f) = fit_one(s, t, unit, &ps) {
+            if let Some(f) = fit_one(s, t, unit, &ps, held_out) {
                 fits.push(f);
             }
         }
@@ -320,9 +335,17 @@ pub fn fit(points: &[Point]) -> Model {
             (cores > 0.0).then(|| (s.to_string(), busiest.redis_commands_per_sec / cores))
         })
         .collect();
+    let redis_curves = SHARED
+        .iter()
+        .filter_map(|s| {
+            let ps: Vec<&Point> = points.iter().filter(|p| p.strategy == *s).collect();
+            Some((s.to_string(), redis_curve(&ps)?))
+        })
+        .collect();
     Model {
         method: "per strategy and quantity, non-negative least squares of the measured rate \
-                 on the operation rates; held-out error by leaving each point out"
+                 on the operation rates; Redis's CPU a power of its commands and nodes (least \
+                 squares of the logarithms); held-out error by leaving each point out"
             .into(),
         operations: OPERATIONS
             .iter()
@@ -331,6 +354,101 @@ pub fn fit(points: &[Point]) -> Model {
         fits,
         measured_range: range,
         redis_commands_per_core_second: per_core,
+        redis_curves,
         ..Model::default()
     }
+}
+
+/// Redis's CPU cores as a curve of its command rate, plus what its
+/// fan-out to subscribed nodes (pubsub) and each node cost:
+/// `scale × commands^commands_exp + fanout_cores × fanouts + node_cores ×
+/// nodes`. Redis's CPU per command falls as its load rises (more commands
+/// per read and write, fewer wake-ups), which a cost per command cannot
+/// follow; fan-out and nodes cost in proportion.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct RedisCurve {
+    pub scale: f64,
+    pub commands_exp: f64,
+    /// Cores per message/s sent to a subscribed node.
+    pub fanout_cores: f64,
+    /// Cores per node.
+    pub node_cores: f64,
+    /// The most commands/s measured. Past it, the commands' cores are
+    /// taken to grow in proportion: no further saving is assumed.
+    pub max_commands: f64,
+}
+
+impl RedisCurve {
+    pub fn cores(&self, commands: f64, fanouts: f64, nodes: f64) -> f64 {
+        let own = if commands > 0.0 {
+            let c = commands.min(self.max_commands);
+            self.scale * c.powf(self.commands_exp) * (commands / c)
+        } else {
+            0.0
+        };
+        own + self.fanout_cores * fanouts + self.node_cores * nodes
+    }
+}
+
+/// The curve through `points`: for each exponent from 0.3 to 1.2 in steps
+/// of 0.01, non-negative least squares of the relative error; the best.
+/// The fan-out and node terms are left out where they did not vary. None
+/// with fewer than four points, or when no curve has a command term.
+pub fn redis_curve(points: &[&Point]) -> Option<RedisCurve> {
+    let ps: Vec<&&Point> = points
+        .iter()
+        .filter(|p| p.cpu_cores.redis > 0.0 && p.redis_commands_per_sec > 0.0)
+        .collect();
+    if ps.len() < 4 {
+        return None;
+    }
+    let fanned = ps.iter().any(|p| p.fanouts_per_sec > 0.0);
+    let varied = ps.iter().any(|p| p.nodes != ps[0].nodes);
+    let ones = vec![1.0; ps.len()];
+    let mut best: Option<(f64, RedisCurve)> = None;
+    for step in 30..=120 {
+        let exp = f64::from(step) / 100.0;
+        // Each row over the measured value: the fit's error is relative.
+        let rows: Vec<Vec<f64>> = ps
+            .iter()
+            .map(|p| {
+                let w = 1.0 / p.cpu_cores.redis;
+                let mut r = vec![p.redis_commands_per_sec.powf(exp) * w];
+                if fanned {
+                    r.push(p.fanouts_per_sec * w);
+                }
+                if varied {
+                    r.push(p.nodes as f64 * w);
+                }
+                r
+            })
+            .collect();
+        let Some(c) = nnls_fit(&rows, &ones) else {
+            continue;
+        };
+        if c[0] <= 0.0 {
+            continue;
+        }
+        let residual: f64 = rows
+            .iter()
+            .map(|r| (r.iter().zip(&c).map(|(x, k)| x * k).sum::<f64>() - 1.0).powi(2))
+            .sum();
+        if best.as_ref().is_none_or(|(b, _)| residual < *b) {
+            let mut k = c.iter().copied().skip(1);
+            best = Some((
+                residual,
+                RedisCurve {
+                    scale: c[0],
+                    commands_exp: exp,
+                    fanout_cores: if fanned { k.next().unwrap_or(0.0) } else { 0.0 },
+                    node_cores: if varied { k.next().unwrap_or(0.0) } else { 0.0 },
+                    max_commands: ps
+                        .iter()
+                        .map(|p| p.redis_commands_per_sec)
+                        .fold(0.0, f64::max),
+                },
+            ));
+        }
+    }
+    best.map(|(_, c)| c)
 }

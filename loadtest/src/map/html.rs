@@ -252,36 +252,58 @@ pub fn report(sweep: &Sweep) -> String {
          table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}\
          td:first-child,th:first-child,td.t{text-align:left}svg{max-width:100%;height:auto;margin:1em 0}code{background:#f4f4f4}\
          .warn{background:#fff4e0;border-left:4px solid #f0a030;padding:.5em 1em}\
+         td.warn{padding:3px 6px;text-align:left}\
+         #planner label{display:inline-block;margin:.3em 1em .3em 0;font-size:13px}#planner input{width:8em}\
          </style></head><body><h1>turnout: which strategy for which workload</h1>",
     );
+    // Warnings about one fit go beside it, in the fitted costs' table.
+    let fit_warning = |w: &str| {
+        sweep
+            .model
+            .fits
+            .iter()
+            .any(|f| w.starts_with(&format!("{} {}:", f.strategy, f.target)))
+    };
+    h.push_str(
+        "<h2 id=\"answer\">The answer</h2><table><tr><th>workload</th><th>pick</th><th class=\"t\">why</th></tr>",
+    );
+    for c in &sweep.verdict.classes {
+        // One line of why; the figures behind it fold out.
+        let (line, rest) = first_sentence(&c.why);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><b>{}</b></td><td class=\"t\">{}",
+            esc(&c.workload),
+            esc(&c.strategy),
+            esc(line)
+        );
+        if !rest.is_empty() {
+            let _ = write!(
+                h,
+                "<details><summary>the figures</summary>{}</details>",
+                esc(rest)
+            );
+        }
+        h.push_str("</td></tr>");
+    }
+    h.push_str("</table>");
+    for w in sweep.verdict.warnings.iter().filter(|w| !fit_warning(w)) {
+        let _ = write!(h, "<p class=\"warn\">{}</p>", esc(w));
+    }
     let _ = write!(
         h,
-        "<p>{} grid: {} measured runs on {} ({} cores). Lines are the fitted model, circles the measured runs.</p>",
+        "<p>From the {} grid: {} measured runs on {} ({} cores).</p><h3>Where the pick changes</h3><ul>",
         esc(&sweep.grid),
         sweep.points.len(),
         esc(&sweep.host),
         sweep.cores
     );
-    for w in &sweep.verdict.warnings {
-        let _ = write!(h, "<p class=\"warn\">{}</p>", esc(w));
-    }
-    h.push_str(
-        "<h2>Verdict</h2><table><tr><th>workload</th><th>pick</th><th class=\"t\">why</th></tr>",
-    );
-    for c in &sweep.verdict.classes {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td><b>{}</b></td><td class=\"t\">{}</td></tr>",
-            esc(&c.workload),
-            esc(&c.strategy),
-            esc(&c.why)
-        );
-    }
-    h.push_str("</table><h3>Crossovers</h3><ul>");
     for c in &sweep.verdict.crossovers {
         let _ = write!(h, "<li>{}</li>", esc(&c.text));
     }
-    h.push_str("</ul><h2>Charts</h2>");
+    h.push_str("</ul>");
+    planner(&mut h, sweep);
+    h.push_str("<h2>Charts</h2><p>Lines are the fitted model, circles the measured runs.</p>");
     for svg in charts(sweep) {
         h.push_str(&svg);
     }
@@ -289,7 +311,7 @@ pub fn report(sweep: &Sweep) -> String {
     for (op, _) in OPERATIONS {
         let _ = write!(h, "<th>{op}</th>");
     }
-    h.push_str("<th>held-out error (median / max)</th></tr>");
+    h.push_str("<th>held-out error (median / max)</th><th class=\"t\">note</th></tr>");
     for f in &sweep.model.fits {
         let _ = write!(
             h,
@@ -307,10 +329,23 @@ pub fn report(sweep: &Sweep) -> String {
         }
         let _ = write!(
             h,
-            "<td>{} / {}</td></tr>",
+            "<td>{} / {}</td>",
             pct(f.held_out.median_error),
             pct(f.held_out.max_error)
         );
+        let prefix = format!("{} {}:", f.strategy, f.target);
+        let notes: Vec<String> = sweep
+            .verdict
+            .warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix(&prefix))
+            .map(|w| esc(w.trim()))
+            .collect();
+        if notes.is_empty() {
+            h.push_str("<td></td></tr>");
+        } else {
+            let _ = write!(h, "<td class=\"warn\">{}</td></tr>", notes.join("; "));
+        }
     }
     h.push_str("</table><p>");
     for (op, what) in OPERATIONS {
@@ -400,4 +435,50 @@ pub fn report(sweep: &Sweep) -> String {
     }
     h.push_str("</ul></body></html>\n");
     h
+}
+
+/// The planner's form: `turnout-bench plan` in the page, on the model
+/// embedded as JSON (planner.js).
+fn planner(h: &mut String, sweep: &Sweep) {
+    let model = super::plan::page_model(sweep)
+        .to_string()
+        .replace("</", "<\\/");
+    let a = sweep.model.assumptions.clone();
+    let max = a.map_or(20_000.0, |a| a.node_max_connections);
+    let _ = write!(
+        h,
+        "<h2 id=\"plan\">Plan your cluster</h2>\
+         <p>Enter your workload: each strategy's answer from the fitted model, with the error each figure \
+         showed on the measured runs (each predicted by a model fitted without it). Nodes are sized so \
+         the busiest stays under {:.0} % of its cores, a Redis shard under {:.0} % of its one core. \
+         Figures are in the cores of the machine measured; <code>turnout-bench plan</code> gives the same answers.</p>\
+         <form id=\"planner\">\
+         <label>connections <input id=\"p-connections\" type=\"number\" min=\"1\" step=\"1\" value=\"100000\"></label>\
+         <label>room size <input id=\"p-room-size\" type=\"number\" min=\"1\" step=\"1\" value=\"10\"></label>\
+         <label>messages each member receives per second <input id=\"p-rate\" type=\"number\" min=\"0\" step=\"any\" value=\"1\"></label>\
+         <label>nodes (blank: the fewest that hold it) <input id=\"p-nodes\" type=\"number\" min=\"1\" step=\"1\"></label>\
+         <label>cores per node <input id=\"p-cores\" type=\"number\" min=\"0\" step=\"any\" value=\"{}\"></label>\
+         <label>max_connections per node <input id=\"p-max\" type=\"number\" min=\"1\" step=\"1\" value=\"{}\"></label>\
+         <button id=\"p-go\" type=\"submit\">Plan</button></form>\
+         <p id=\"p-error\" class=\"warn\" hidden></p>\
+         <p id=\"p-pick\"></p>\
+         <table><thead><tr><th>strategy</th><th>fits</th><th>nodes</th><th>connections per node</th><th>busiest node cores</th>\
+         <th>Redis cores (shards)</th><th>Redis MB/s</th><th>node to node MB/s</th><th>CPU µs per delivery</th></tr></thead>\
+         <tbody id=\"p-body\"></tbody></table><ul id=\"p-notes\"></ul><p><code id=\"p-command\"></code></p>\
+         <script type=\"application/json\" id=\"plan-model\">{model}</script><script>{}</script>",
+        100.0 * super::plan::NODE_UTILISATION,
+        100.0 * super::plan::REDIS_UTILISATION,
+        sweep.cores.max(1),
+        max,
+        include_str!("planner.js")
+    );
+}
+
+/// `text` split after its first sentence (a full stop and a space; a
+/// figure's decimal point has no space after it).
+pub(super) fn first_sentence(text: &str) -> (&str, &str) {
+    match text.find(". ") {
+        Some(i) => (&text[..=i], text[i + 2..].trim()),
+        None => (text, ""),
+    }
 }

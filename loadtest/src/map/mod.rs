@@ -15,6 +15,7 @@
 
 mod fit;
 mod html;
+pub mod plan;
 mod points;
 mod predict;
 mod verdict;
@@ -52,6 +53,7 @@ pub struct Sweep {
 
 pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
     let mut model = fit(&points);
+    model.figure_errors = plan::figure_errors(&points);
     for s in STRATEGIES {
         for n in PREDICT_NODES {
             for m in PREDICT_ROOM_SIZES {
@@ -110,11 +112,26 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
 }
 
 pub(crate) fn write(o: &MapOpts) -> Result<()> {
-    let points: Vec<Point> = crate::report::read_results(&o.results)?
-        .iter()
-        .zip(&o.results)
-        .map(|(r, p)| Point::from_run(&p.file_name().unwrap_or_default().to_string_lossy(), r))
-        .collect::<Result<_>>()?;
+    let (points, grid) = match &o.points_from {
+        Some(f) => {
+            let raw =
+                std::fs::read(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
+            let earlier: Sweep = serde_json::from_slice(&raw)
+                .map_err(|e| anyhow::anyhow!("{} is not a sweep.json: {e}", f.display()))?;
+            (earlier.points, earlier.grid)
+        }
+        None => (
+            crate::report::read_results(&o.results)?
+                .iter()
+                .zip(&o.results)
+                .map(|(r, p)| {
+                    Point::from_run(&p.file_name().unwrap_or_default().to_string_lossy(), r)
+                })
+                .collect::<Result<_>>()?,
+            "custom".to_owned(),
+        ),
+    };
+    let grid = o.grid.clone().unwrap_or(grid);
     if points.is_empty() {
         bail!("no results to map");
     }
@@ -126,7 +143,7 @@ pub(crate) fn write(o: &MapOpts) -> Result<()> {
         node_max_connections: o.node_max_connections,
         placement: "members land on nodes at random".into(),
     };
-    let sweep = build(points, a, &o.grid);
+    let sweep = build(points, a, &grid);
     std::fs::create_dir_all(&o.out)?;
     let json = o.out.join("sweep.json");
     std::fs::write(&json, serde_json::to_string_pretty(&sweep)?)?;
@@ -476,6 +493,119 @@ mod tests {
         }
         assert_eq!(sweep.model.predictions.len(), 4 * 3 * 5);
         let html = report(&sweep);
-        assert!(html.contains("<circle") && html.contains("<polyline") && html.contains("Verdict"));
+        assert!(
+            html.contains("<circle")
+                && html.contains("<polyline")
+                && html.contains("The answer")
+                && html.contains("id=\"planner\"")
+        );
+        // The page's model is JSON a script tag cannot end early.
+        let tag = "id=\"plan-model\">";
+        let start = html.find(tag).expect("model") + tag.len();
+        let end = start + html[start..].find("</script>").expect("end");
+        let m: serde_json::Value = serde_json::from_str(&html[start..end]).expect("JSON");
+        assert_eq!(m["strategies"].as_array().map(|v| v.len()), Some(4));
+    }
+
+    #[test]
+    fn the_redis_curve_recovers_a_power_of_commands_and_its_fanout_and_node_costs() {
+        let mut pts = grid();
+        for p in &mut pts {
+            p.cpu_cores.redis = 2e-4 * p.redis_commands_per_sec.powf(0.6)
+                + 5e-6 * p.fanouts_per_sec
+                + 1e-3 * p.nodes as f64;
+        }
+        let of = |s: Strategy| -> Vec<&Point> { pts.iter().filter(|p| p.strategy == s).collect() };
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-3 * want;
+        let c = redis_curve(&of(Strategy::Pubsub)).expect("a curve");
+        assert!((c.commands_exp - 0.6).abs() < 1e-9, "{c:?}");
+        assert!(
+            close(c.scale, 2e-4) && close(c.fanout_cores, 5e-6) && close(c.node_cores, 1e-3),
+            "{c:?}"
+        );
+        // Sticky fans nothing out: no fan-out term.
+        let s = redis_curve(&of(Strategy::Sticky)).expect("a curve");
+        assert_eq!(s.fanout_cores, 0.0);
+        assert!(
+            (s.commands_exp - 0.6).abs() < 1e-9 && close(s.node_cores, 1e-3),
+            "{s:?}"
+        );
+        // Past the most commands measured, the commands' cores grow in
+        // proportion.
+        let own = |k: f64| c.cores(k * c.max_commands, 0.0, 0.0);
+        assert!(close(own(10.0), 10.0 * own(1.0)));
+        // Too few points make no curve.
+        assert!(redis_curve(&of(Strategy::Sticky)[..3]).is_none());
+    }
+
+    #[test]
+    fn a_plan_takes_the_fewest_nodes_that_hold_the_workload() {
+        let sweep = build(grid(), assumptions(), "test");
+        let w = plan::Workload {
+            connections: 200_000.0,
+            room_size: 10,
+            messages_per_member: 2.0,
+            nodes: None,
+            node_cores: 4.0,
+            max_connections: 50_000.0,
+        };
+        let p = plan::plan(&sweep, &w);
+        assert_eq!(p.strategies.len(), 4);
+        for a in &p.strategies {
+            assert!(a.fits, "{a:?}");
+            assert_eq!(a.nodes_needed, Some(a.nodes));
+            assert!(a.busiest_node_cores <= 0.7 * 4.0);
+            assert!(a.connections_per_node <= 50_000.0);
+            if a.nodes > 4 {
+                // One node fewer would not hold it: its busiest node is over.
+                let fewer = plan::plan(
+                    &sweep,
+                    &plan::Workload {
+                        nodes: Some(a.nodes - 1),
+                        ..w.clone()
+                    },
+                );
+                let b = fewer
+                    .strategies
+                    .iter()
+                    .find(|b| b.strategy == a.strategy)
+                    .unwrap();
+                assert!(!b.fits, "{b:?}");
+            }
+        }
+        assert!(SHARED.contains(&p.pick.strategy));
+        // The same workload on the nodes one strategy needs: it fits there.
+        let sticky = p
+            .strategies
+            .iter()
+            .find(|a| a.strategy == Strategy::Sticky)
+            .unwrap();
+        let on = plan::plan(
+            &sweep,
+            &plan::Workload {
+                nodes: Some(sticky.nodes),
+                ..w.clone()
+            },
+        );
+        assert!(
+            on.strategies
+                .iter()
+                .any(|a| a.strategy == Strategy::Sticky && a.fits)
+        );
+    }
+
+    #[test]
+    fn counts_and_figures_read_as_people_write_them() {
+        assert_eq!(plan::count(1_234_567.4), "1,234,567");
+        assert_eq!(plan::count(999.0), "999");
+        assert_eq!(plan::count(1000.0), "1,000");
+        assert_eq!(plan::short(1.5), "1.5");
+        assert_eq!(plan::short(10.0), "10");
+        assert_eq!(plan::short(0.0723), "0.072");
+        assert_eq!(
+            first_sentence("It wins. 10 nodes: 1.5 µs."),
+            ("It wins.", "10 nodes: 1.5 µs.")
+        );
+        assert_eq!(first_sentence("12.5 µs"), ("12.5 µs", ""));
     }
 }

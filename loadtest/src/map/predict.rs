@@ -117,6 +117,23 @@ pub fn local_delivered_share(m: f64, n: f64) -> f64 {
     (1.0 + (m - 1.0) / n) / m
 }
 
+/// Redis's CPU cores under load `l`: from its predicted commands, on the
+/// fitted curve (`redis_curves`); for a sweep without one, its commands
+/// over what one Redis core ran (`redis_commands_per_core_second`) plus
+/// pubsub's fan-out, or the CPU fit.
+pub fn redis_cores(model: &Model, strategy: Strategy, l: &Load) -> f64 {
+    let commands = model.eval(strategy, "redis_commands", l);
+    if let Some(curve) = model.redis_curves.get(strategy.as_str()) {
+        return curve.cores(commands, l.fanouts, l.nodes);
+    }
+    match model.redis_commands_per_core_second.get(strategy.as_str()) {
+        Some(per_core) if *per_core > 0.0 => {
+            commands / per_core + l.fanouts * model.cost(strategy, "redis_cpu", "fanout") / 1e6
+        }
+        _ => model.eval(strategy, "redis_cpu", l) / 1e6,
+    }
+}
+
 pub fn predict(
     model: &Model,
     strategy: Strategy,
@@ -128,12 +145,7 @@ pub fn predict(
     let n = nodes as f64;
     let node_cpu = model.eval(strategy, "ws_node_cpu", &l) / 1e6;
     let commands = model.eval(strategy, "redis_commands", &l);
-    let redis_cpu = match model.redis_commands_per_core_second.get(strategy.as_str()) {
-        Some(per_core) if *per_core > 0.0 => {
-            commands / per_core + l.fanouts * model.cost(strategy, "redis_cpu", "fanout") / 1e6
-        }
-        _ => model.eval(strategy, "redis_cpu", &l) / 1e6,
-    };
+    let redis_cpu = redis_cores(model, strategy, &l);
     let control = model.eval(strategy, "control_cpu", &l) / 1e6;
     let m = room_size as f64;
     // Sticky: a room lives on one node. With fewer rooms than nodes, the

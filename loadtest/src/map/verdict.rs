@@ -178,7 +178,7 @@ pub fn verdict(points: &[Point], model: &Model, a: &Assumptions) -> Verdict {
                 100.0 * e,
                 match f.target.as_str() {
                     "redis_cpu" =>
-                        " (predictions take Redis cores from the command counts instead)",
+                        " (predictions take Redis cores from its curve over commands instead)",
                     "control_cpu" => " (a small share of the cluster's CPU: router and gateway)",
                     _ => "",
                 }
