@@ -303,14 +303,18 @@ pub struct PlanOpts {
     #[arg(long)]
     pub sweep: PathBuf,
     /// Connections the cluster holds in all.
-    #[arg(long)]
-    pub connections: u64,
+    #[arg(long, required_unless_present = "against")]
+    pub connections: Option<u64>,
     /// Members of a room (connections that joined it).
-    #[arg(long)]
-    pub room_size: usize,
+    #[arg(long, required_unless_present = "against")]
+    pub room_size: Option<usize>,
     /// Messages per second each member receives (a room's publishes).
+    #[arg(long, required_unless_present = "against")]
+    pub messages_per_member: Option<f64>,
+    /// Each member leaves and rejoins once this often, in seconds
+    /// (default: the sweep's assumption, 300).
     #[arg(long)]
-    pub messages_per_member: f64,
+    pub rejoin_every: Option<f64>,
     /// Nodes the cluster has: the answer is the load on them (default:
     /// the fewest that hold the workload).
     #[arg(long)]
@@ -327,6 +331,10 @@ pub struct PlanOpts {
     /// Print {"workload", "strategies", "pick"} as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Check the planner instead: for each results file of `turnout-bench
+    /// run`, the workload it ran predicted beside what it measured.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["connections", "room_size", "messages_per_member", "nodes"])]
+    pub against: Vec<PathBuf>,
 }
 
 #[cfg(test)]

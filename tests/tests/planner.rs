@@ -15,6 +15,7 @@ fn sweep() -> PathBuf {
 }
 
 /// One workload: the flags after `plan --sweep FILE`.
+#[derive(Clone)]
 struct W {
     connections: u64,
     room_size: u64,
@@ -91,7 +92,19 @@ fn check(w: &W, p: &Value) {
             (load - f(&a["busiest_node_cores"]) / cores).abs() < 1e-9,
             "{s}: load is cores over the node's"
         );
-        let conns = f(&a["connections_per_node"]);
+        let conns = f(&a["busiest_node_connections"]);
+        assert!(
+            conns >= f(&a["connections_per_node"]) - 1e-9,
+            "{s}: the busiest holds the mean at least"
+        );
+        if s == "sticky" {
+            // Whole rooms: the busiest node holds a multiple of the room.
+            let rooms = conns / w.room_size as f64;
+            assert!(
+                (rooms - rooms.round()).abs() < 1e-9 || rooms < 1.0,
+                "{s}: {a}"
+            );
+        }
         let fits = a["fits"].as_bool().unwrap();
         let room_fits = s != "sticky" || w.room_size <= w.max;
         assert_eq!(
@@ -99,9 +112,20 @@ fn check(w: &W, p: &Value) {
             room_fits && load <= 0.7 + 1e-9 && conns <= w.max as f64 + 1e-9,
             "{s}: fits exactly when the busiest node is under 70 % of its cores and its connections under max: {a}"
         );
-        if fits && w.nodes.is_none() {
+        if fits && w.nodes.is_none() && nodes > 1.0 {
             // The fewest: one node fewer would not hold it.
             assert_eq!(a["nodes_needed"], a["nodes"]);
+            let fewer = plan_json(&W {
+                nodes: Some(nodes as u64 - 1),
+                ..w.clone()
+            })
+            .expect("plan");
+            assert_eq!(
+                answer(&fewer, s)["fits"],
+                false,
+                "{s} on {} nodes",
+                nodes - 1.0
+            );
         }
         if s == "local" {
             assert_eq!(f(&a["redis_shards"]), 0.0);
@@ -117,8 +141,9 @@ fn check(w: &W, p: &Value) {
                 "redis_cores",
                 "cpu_us_per_delivery",
             ] {
-                let e = f(&a["error_pct"][k]);
+                let e = f(&a["error_pct_by_figure"][k]);
                 assert!(e > 0.0 && e < 100.0, "{s} {k}: error {e} %");
+                assert!(f(&a["error_pct"]) >= e, "the expected error is the largest");
             }
         }
         assert!(f(&a["cpu_us_per_delivery"]) > 0.0);
@@ -253,6 +278,41 @@ fn plans_answer_each_strategy_and_pick_one_that_holds_the_workload() -> Result<(
             answer(&i, s)
         );
     }
+
+    // Sticky's rooms sit whole on a node: three rooms of 10,000 do not fit
+    // two nodes of max_connections 15,000 (one would hold two rooms),
+    // whatever the mean says.
+    let whole = W {
+        connections: 30_000,
+        room_size: 10_000,
+        rate: 0.1,
+        nodes: None,
+        cores: 64.0,
+        max: 15_000,
+    };
+    let s = plan_json(&whole)?;
+    check(&whole, &s);
+    assert_eq!(answer(&s, "sticky")["nodes"], 3, "{s}");
+    assert_eq!(
+        f(&answer(&s, "sticky")["busiest_node_connections"]),
+        10_000.0
+    );
+    // Churn is a cost and, past what was measured, a note.
+    let calm = plan_json(&inside)?;
+    let mut args = inside.args();
+    args.extend(["--rejoin-every".into(), "1".into(), "--json".into()]);
+    let out = plan(&args)?;
+    assert!(out.status.success());
+    let churning: Value = serde_json::from_slice(&out.stdout)?;
+    for s in SHARED {
+        let (a, b) = (answer(&calm, s), answer(&churning, s));
+        assert!(
+            f(&b["cpu_us_per_delivery"]) > f(&a["cpu_us_per_delivery"]),
+            "{s}"
+        );
+        assert_eq!(b["outside_measured"], true, "{b}");
+        assert!(b["notes"].to_string().contains("joins/s per node"), "{b}");
+    }
     // The text form leads with the table and ends with the pick.
     let out = plan(&chat.args())?;
     assert!(out.status.success());
@@ -263,6 +323,52 @@ fn plans_answer_each_strategy_and_pick_one_that_holds_the_workload() -> Result<(
     );
     let pick = p["pick"]["strategy"].as_str().unwrap();
     assert!(text.contains(&format!("pick: {pick}.")), "{text}");
+    Ok(())
+}
+
+/// `--against`: the workload a run ran, predicted beside what it measured.
+#[test]
+fn plans_check_against_runs() -> Result<()> {
+    let run =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/compare-quick-sticky.json");
+    let r: Value = serde_json::from_slice(&std::fs::read(&run)?)?;
+    let out = Command::new(binary("turnout-bench"))
+        .arg("plan")
+        .arg("--sweep")
+        .arg(sweep())
+        .arg("--json")
+        .arg("--against")
+        .arg(&run)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Value = serde_json::from_slice(&out.stdout)?;
+    let c = &checks[0];
+    assert_eq!(c["strategy"], "sticky");
+    assert_eq!(f(&c["workload"]["room_size"]), f(&r["members"]));
+    assert_eq!(
+        f(&c["workload"]["nodes"]),
+        r["nodes"].as_array().unwrap().len() as f64
+    );
+    for k in ["ws_node_cores", "redis_cores", "cpu_us_per_delivery"] {
+        let (m, p) = (f(&c["measured"][k]), f(&c["predicted"][k]));
+        assert!(m > 0.0 && p > 0.0, "{k}: {c}");
+        let e = f(&c["error_pct"][k]);
+        assert!((e - 100.0 * (p - m) / m).abs() < 0.06, "{k}: {c}");
+    }
+    // A results file that is not a cluster's run is refused by name.
+    let out = Command::new(binary("turnout-bench"))
+        .arg("plan")
+        .arg("--sweep")
+        .arg(sweep())
+        .arg("--against")
+        .arg(sweep())
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sweep.json"));
     Ok(())
 }
 
@@ -474,8 +580,18 @@ async fn the_reports_planner_form_gives_the_commands_answers() -> Result<()> {
             Some(want),
             "{cli}"
         );
-        let text = pick.text().await?;
-        assert!(text.starts_with(&format!("Pick: {want}.")), "{text}");
+        // The same sentence, word for word.
+        let why = cli["pick"]["why"].as_str().unwrap();
+        let mut first = why.chars();
+        let head = first.next().map(|c| c.to_uppercase().collect::<String>());
+        assert_eq!(
+            pick.text().await?,
+            format!(
+                "Pick: {want}. {}{}.",
+                head.unwrap_or_default(),
+                first.as_str()
+            )
+        );
         for s in ["local", "sticky", "pubsub", "relay"] {
             let a = answer(&cli, s);
             let row = b
@@ -491,10 +607,18 @@ async fn the_reports_planner_form_gives_the_commands_answers() -> Result<()> {
                 f(&a["nodes"]),
                 "{s}: {a}"
             );
-            for k in ["busiest_node_cores", "cpu_us_per_delivery"] {
+            for (k, key) in [
+                ("busiest_node_cores", "busiest_node_cores"),
+                ("cpu_us_per_delivery", "cpu_us_per_delivery"),
+                ("redis", "redis_cores"),
+            ] {
                 let text = cell(&row, k).await?;
+                if s == "local" && k == "redis" {
+                    assert_eq!(text, "—");
+                    continue;
+                }
                 let page = shown(&text)?;
-                let want = f(&a[k]);
+                let want = f(&a[key]);
                 // As closely as the page's rounding shows it.
                 let places = text
                     .split_whitespace()
@@ -505,7 +629,21 @@ async fn the_reports_planner_form_gives_the_commands_answers() -> Result<()> {
                     (page - want).abs() <= 0.5 * 10f64.powi(-(places as i32)) + 1e-9,
                     "{s} {k}: page {page}, command {want}"
                 );
+                if k == "redis" {
+                    assert!(
+                        text.contains(&format!("({})", a["redis_shards"])),
+                        "{s}: {text}"
+                    );
+                }
             }
+            // The notes beside the row, word for word.
+            let notes: Vec<&str> = a["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            assert_eq!(cell(&row, "notes").await?, notes.join("; "), "{s}");
         }
     }
     // A bad workload: the page says what is wrong, as the command does.

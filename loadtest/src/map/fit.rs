@@ -344,8 +344,8 @@ pub fn fit_with(points: &[Point], held_out: bool) -> Model {
         .collect();
     Model {
         method: "per strategy and quantity, non-negative least squares of the measured rate \
-                 on the operation rates; Redis's CPU a power of its commands and nodes (least \
-                 squares of the logarithms); held-out error by leaving each point out"
+                 on the operation rates; Redis's CPU a curve over its commands plus its fan-out and \
+                 node costs (redis_curves); held-out error by leaving each point out"
             .into(),
         operations: OPERATIONS
             .iter()

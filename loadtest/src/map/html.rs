@@ -442,7 +442,9 @@ pub fn report(sweep: &Sweep) -> String {
 fn planner(h: &mut String, sweep: &Sweep) {
     let model = super::plan::page_model(sweep)
         .to_string()
-        .replace("</", "<\\/");
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     let a = sweep.model.assumptions.clone();
     let max = a.map_or(20_000.0, |a| a.node_max_connections);
     let _ = write!(
@@ -463,8 +465,9 @@ fn planner(h: &mut String, sweep: &Sweep) {
          <p id=\"p-error\" class=\"warn\" hidden></p>\
          <p id=\"p-pick\"></p>\
          <table><thead><tr><th>strategy</th><th>fits</th><th>nodes</th><th>connections per node</th><th>busiest node cores</th>\
-         <th>Redis cores (shards)</th><th>Redis MB/s</th><th>node to node MB/s</th><th>CPU µs per delivery</th></tr></thead>\
-         <tbody id=\"p-body\"></tbody></table><ul id=\"p-notes\"></ul><p><code id=\"p-command\"></code></p>\
+         <th>Redis cores (shards)</th><th>Redis MB/s</th><th>node to node MB/s</th><th>CPU µs per delivery</th>\
+         <th class=\"t\">notes (outside what was measured in orange)</th></tr></thead>\
+         <tbody id=\"p-body\"></tbody></table><p><code id=\"p-command\"></code></p>\
          <script type=\"application/json\" id=\"plan-model\">{model}</script><script>{}</script>",
         100.0 * super::plan::NODE_UTILISATION,
         100.0 * super::plan::REDIS_UTILISATION,

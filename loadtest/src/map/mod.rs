@@ -77,9 +77,10 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
         "Redis runs commands on one core: past about 0.8 of a core predicted, latency grows without \
          bound, which the linear model cannot show; shard it (redis_cluster) there."
             .into(),
-        "Predicted Redis cores are the predicted commands over what one Redis core ran at the \
-         busiest run (redis_commands_per_core_second): Redis's CPU per command falls as its load \
-         rises, so its linear CPU fit (in fits, with its held-out error) overstates fixed costs."
+        "Predicted Redis cores come from a curve over the predicted commands (redis_curves: \
+         Redis's CPU per command falls as its load rises, which its linear CPU fit in fits cannot \
+         follow), plus its fan-out and node costs; past the most commands measured they grow in \
+         proportion to commands."
             .into(),
         "The per-node cost (heartbeats, timers, polling) is fitted over 1 to a few nodes on a \
          machine whose cores they share, where every extra process also adds contention; at 50 \
@@ -548,6 +549,7 @@ mod tests {
             nodes: None,
             node_cores: 4.0,
             max_connections: 50_000.0,
+            rejoin_every_s: 300.0,
         };
         let p = plan::plan(&sweep, &w);
         assert_eq!(p.strategies.len(), 4);
@@ -595,6 +597,20 @@ mod tests {
     }
 
     #[test]
+    fn strings_from_a_sweep_cannot_end_the_pages_model_early() {
+        let mut sweep = build(grid(), assumptions(), "test");
+        sweep.host = "<!--<script></script>&".into();
+        let html = report(&sweep);
+        let tag = "id=\"plan-model\">";
+        let start = html.find(tag).expect("model") + tag.len();
+        let end = start + html[start..].find("</script>").expect("end");
+        let json = &html[start..end];
+        assert!(!json.contains('<') && !json.contains('>'), "{json}");
+        let m: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        assert_eq!(m["measured_on"], "<!--<script></script>& (0 cores)");
+    }
+
+    #[test]
     fn counts_and_figures_read_as_people_write_them() {
         assert_eq!(plan::count(1_234_567.4), "1,234,567");
         assert_eq!(plan::count(999.0), "999");
@@ -602,6 +618,13 @@ mod tests {
         assert_eq!(plan::short(1.5), "1.5");
         assert_eq!(plan::short(10.0), "10");
         assert_eq!(plan::short(0.0723), "0.072");
+        assert_eq!(
+            plan::short(0.0625),
+            "0.063",
+            "half away from zero, as the page"
+        );
+        assert_eq!(plan::short(0.00015), "1.5e-4");
+        assert_eq!(plan::count(62.5), "63");
         assert_eq!(
             first_sentence("It wins. 10 nodes: 1.5 µs."),
             ("It wins.", "10 nodes: 1.5 µs.")

@@ -23,6 +23,8 @@ pub const MAX_NODES: usize = 1_000;
 /// Bounds on what the planner is asked (a clear error beyond them).
 pub const MAX_CONNECTIONS: f64 = 1e9;
 pub const MAX_MESSAGES_PER_MEMBER: f64 = 1e4;
+/// One message a member in about three hours.
+pub const MIN_MESSAGES_PER_MEMBER: f64 = 1e-4;
 
 /// The workload, in a user's terms.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -37,6 +39,8 @@ pub struct Workload {
     pub node_cores: f64,
     /// A node's `max_connections` (the largest sticky room).
     pub max_connections: f64,
+    /// Each member leaves and rejoins once this often (seconds).
+    pub rejoin_every_s: f64,
 }
 
 /// What the planner assumes beyond the workload.
@@ -65,6 +69,8 @@ pub struct Answer {
     /// [`MAX_NODES`] does.
     pub nodes_needed: Option<usize>,
     pub connections_per_node: f64,
+    /// Connections on the busiest node (sticky: its rooms' members).
+    pub busiest_node_connections: f64,
     pub deliveries_per_sec: f64,
     pub busiest_node_cores: f64,
     /// `busiest_node_cores` over a node's cores.
@@ -84,9 +90,12 @@ pub struct Answer {
     pub cpu_us_per_delivery: f64,
     /// Local: the share of deliveries that never happen.
     pub undelivered_share: f64,
+    /// The expected error, in per cent: the largest of
+    /// `error_pct_by_figure`.
+    pub error_pct: f64,
     /// Median error, in per cent, each figure showed on the sweep's points,
     /// each predicted by a model fitted without it.
-    pub error_pct: BTreeMap<String, f64>,
+    pub error_pct_by_figure: BTreeMap<String, f64>,
     /// The workload lies outside what the sweep measured (`notes` say how).
     pub outside_measured: bool,
     pub notes: Vec<String>,
@@ -176,6 +185,8 @@ struct Measured {
     nodes: f64,
     connections_per_node: f64,
     deliveries_per_node: f64,
+    joins_per_node: f64,
+    redis_commands: f64,
 }
 
 fn measured(points: &[Point], s: Strategy) -> Option<Measured> {
@@ -196,17 +207,20 @@ fn measured(points: &[Point], s: Strategy) -> Option<Measured> {
         nodes: span(&|p| p.nodes as f64).1,
         connections_per_node: span(&|p| p.connections as f64 / p.nodes as f64).1,
         deliveries_per_node: span(&|p| p.deliveries_per_sec / p.nodes as f64).1,
+        joins_per_node: span(&|p| p.joins_per_sec / p.nodes as f64).1,
+        redis_commands: span(&|p| p.redis_commands_per_sec).1,
     })
 }
 
-/// How the workload on `nodes` nodes lies outside what was measured.
-fn outside(m: &Measured, w: &Workload, p: &Prediction) -> Vec<String> {
+/// How the workload on `nodes` nodes (Redis in `shards` shards) lies
+/// outside what was measured.
+fn outside(m: &Measured, w: &Workload, p: &Prediction, shards: usize) -> Vec<String> {
     let mut v = Vec::new();
     let n = p.nodes as f64;
     let size = w.room_size as f64;
     if size < m.room_size.0 || size > m.room_size.1 {
         v.push(format!(
-            "rooms of {} members, outside the {} to {} measured",
+            "rooms of {}, outside the {} to {} members measured",
             count(size),
             count(m.room_size.0),
             count(m.room_size.1)
@@ -215,7 +229,7 @@ fn outside(m: &Measured, w: &Workload, p: &Prediction) -> Vec<String> {
     let rate = w.messages_per_member;
     if rate < 0.5 * m.messages_per_member.0 || rate > 1.5 * m.messages_per_member.1 {
         v.push(format!(
-            "{} messages/s per member, outside the {} to {} measured",
+            "{} msg/s per member, outside the {} to {} measured",
             short(rate),
             short(m.messages_per_member.0),
             short(m.messages_per_member.1)
@@ -244,6 +258,22 @@ fn outside(m: &Measured, w: &Workload, p: &Prediction) -> Vec<String> {
             count(m.deliveries_per_node)
         ));
     }
+    let joins = w.connections / w.rejoin_every_s / n;
+    if joins > 1.5 * m.joins_per_node {
+        v.push(format!(
+            "{} joins/s per node, beyond the {} measured",
+            short(joins),
+            short(m.joins_per_node)
+        ));
+    }
+    let commands = p.redis_commands_per_sec / shards.max(1) as f64;
+    if shards > 0 && commands > 1.5 * m.redis_commands {
+        v.push(format!(
+            "{} Redis commands/s per shard, beyond the {} measured",
+            count(commands),
+            count(m.redis_commands)
+        ));
+    }
     v
 }
 
@@ -259,7 +289,7 @@ fn at(model: &Model, s: Strategy, w: &Workload, nodes: usize, base: &Assumptions
 
 /// Why `p` does not hold the workload on its nodes, if it does not.
 fn short_of(p: &Prediction, w: &Workload, a: &Assumptions) -> Option<String> {
-    let per_node = w.connections / p.nodes as f64;
+    let per_node = p.busiest_node_connections;
     if !p.fits {
         Some(format!(
             "a room of {} members is more than one node's max_connections ({})",
@@ -268,7 +298,7 @@ fn short_of(p: &Prediction, w: &Workload, a: &Assumptions) -> Option<String> {
         ))
     } else if per_node > a.node_max_connections {
         Some(format!(
-            "{} connections per node, more than max_connections ({})",
+            "{} connections on the busiest node, more than max_connections ({})",
             count(per_node),
             count(a.node_max_connections)
         ))
@@ -295,9 +325,9 @@ fn answer(sweep: &Sweep, errors: &BTreeMap<String, f64>, s: Strategy, w: &Worklo
         .clamp(1.0, MAX_NODES as f64);
     let nodes = w.nodes.or(needed).unwrap_or(by_connections as usize);
     let p = at(model, s, w, nodes, &base);
-    let short = short_of(&p, w, &base);
+    let shortfall = short_of(&p, w, &base);
     let mut notes = Vec::new();
-    if let Some(why) = &short {
+    if let Some(why) = &shortfall {
         notes.push(match (w.nodes, needed) {
             (Some(k), Some(n)) => format!("does not fit on {k} nodes: {why}; {n} would hold it"),
             (Some(k), None) => format!(
@@ -313,7 +343,7 @@ fn answer(sweep: &Sweep, errors: &BTreeMap<String, f64>, s: Strategy, w: &Worklo
     if s == Strategy::Local && p.undelivered_share > 0.0 {
         notes.push(format!(
             "servers share nothing: members miss the {:.0} % of messages sent on other servers",
-            100.0 * p.undelivered_share
+            (100.0 * p.undelivered_share).round()
         ));
     }
     let shards = if s == Strategy::Local {
@@ -324,19 +354,19 @@ fn answer(sweep: &Sweep, errors: &BTreeMap<String, f64>, s: Strategy, w: &Worklo
     if shards > 1 {
         notes.push(format!(
             "one Redis would need {} cores but runs commands on one: {shards} shards (redis_cluster)",
-            fmt_num(p.redis_cpu_cores)
+            short(p.redis_cpu_cores)
         ));
     }
     let mut out = Vec::new();
     if let Some(m) = measured(&sweep.points, s) {
-        out = outside(&m, w, &p);
+        out = outside(&m, w, &p, shards);
     } else {
         out.push(format!("the sweep measured no {s} runs"));
     }
     let outside_measured = !out.is_empty();
     notes.extend(out);
     let pct = |k: &str| errors.get(k).map(|e| (1000.0 * e).round() / 10.0);
-    let mut error_pct = BTreeMap::new();
+    let mut by_figure = BTreeMap::new();
     for (figure, from) in [
         ("nodes", "node_cores"),
         ("busiest_node_cores", "node_cores"),
@@ -346,15 +376,16 @@ fn answer(sweep: &Sweep, errors: &BTreeMap<String, f64>, s: Strategy, w: &Worklo
         ("cpu_us_per_delivery", "cpu_us_per_delivery"),
     ] {
         if let Some(e) = pct(from) {
-            error_pct.insert(figure.to_owned(), e);
+            by_figure.insert(figure.to_owned(), e);
         }
     }
     Answer {
         strategy: s,
-        fits: short.is_none(),
+        fits: shortfall.is_none(),
         nodes,
         nodes_needed: needed,
         connections_per_node: w.connections / nodes as f64,
+        busiest_node_connections: p.busiest_node_connections,
         deliveries_per_sec: p.deliveries_per_sec,
         busiest_node_cores: p.cpu_busiest_node_cores,
         busiest_node_load: p.cpu_busiest_node_cores / w.node_cores,
@@ -367,16 +398,18 @@ fn answer(sweep: &Sweep, errors: &BTreeMap<String, f64>, s: Strategy, w: &Worklo
         control_cores: p.control_cpu_cores,
         cpu_us_per_delivery: p.cpu_us_per_delivery,
         undelivered_share: p.undelivered_share,
-        error_pct,
+        error_pct: by_figure.values().copied().fold(0.0, f64::max),
+        error_pct_by_figure: by_figure,
         outside_measured,
         notes,
     }
 }
 
-/// The sweep's assumptions, with the workload's max_connections.
+/// The sweep's assumptions, with the workload's max_connections and churn.
 fn assumptions(sweep: &Sweep, w: &Workload) -> Assumptions {
     Assumptions {
         node_max_connections: w.max_connections,
+        rejoin_every_s: w.rejoin_every_s,
         ..sweep
             .model
             .assumptions
@@ -418,10 +451,13 @@ fn pick(answers: &[Answer], w: &Workload) -> Pick {
         .map(|a| format!("{} does not fit ({})", a.strategy, a.notes[0]))
         .collect();
     if fit.is_empty() {
-        let Some(c) = shared
-            .iter()
-            .min_by(|x, y| x.busiest_node_load.total_cmp(&y.busiest_node_load))
-        else {
+        // The fewest nodes that would hold it; else the lightest busiest node.
+        let Some(c) = shared.iter().min_by(|x, y| {
+            let need = |a: &Answer| a.nodes_needed.unwrap_or(usize::MAX);
+            need(x)
+                .cmp(&need(y))
+                .then(x.busiest_node_load.total_cmp(&y.busiest_node_load))
+        }) else {
             return Pick {
                 strategy: Strategy::Pubsub,
                 why: "the sweep has no model of the shared strategies".into(),
@@ -516,37 +552,43 @@ pub fn plan(sweep: &Sweep, w: &Workload) -> Plan {
 
 /// The workload of `o`, checked.
 pub fn workload_of(o: &PlanOpts, sweep: &Sweep) -> Result<Workload> {
+    let base = sweep
+        .model
+        .assumptions
+        .clone()
+        .unwrap_or_else(default_assumptions);
     let w = Workload {
-        connections: o.connections as f64,
-        room_size: o.room_size,
-        messages_per_member: o.messages_per_member,
+        connections: o.connections.unwrap_or(0) as f64,
+        room_size: o.room_size.unwrap_or(0),
+        messages_per_member: o.messages_per_member.unwrap_or(0.0),
+        rejoin_every_s: o.rejoin_every.unwrap_or(base.rejoin_every_s),
         nodes: o.nodes,
         node_cores: o.node_cores.unwrap_or(sweep.cores.max(1) as f64),
-        max_connections: o.max_connections.map(|m| m as f64).unwrap_or_else(|| {
-            sweep
-                .model
-                .assumptions
-                .as_ref()
-                .map_or(20_000.0, |a| a.node_max_connections)
-        }),
+        max_connections: o
+            .max_connections
+            .map_or(base.node_max_connections, |m| m as f64),
     };
     if !(1.0..=MAX_CONNECTIONS).contains(&w.connections) {
-        bail!("--connections must be 1 to {}", fmt_num(MAX_CONNECTIONS));
+        bail!("--connections must be 1 to {}", count(MAX_CONNECTIONS));
     }
     if w.room_size == 0 || w.room_size as f64 > w.connections {
         bail!(
             "--room-size must be 1 to --connections ({}): a room's members are connections",
-            fmt_num(w.connections)
+            count(w.connections)
         );
     }
-    if !(w.messages_per_member > 0.0 && w.messages_per_member <= MAX_MESSAGES_PER_MEMBER) {
+    if !(MIN_MESSAGES_PER_MEMBER..=MAX_MESSAGES_PER_MEMBER).contains(&w.messages_per_member) {
         bail!(
-            "--messages-per-member must be above 0 and at most {}",
-            fmt_num(MAX_MESSAGES_PER_MEMBER)
+            "--messages-per-member must be {} to {}",
+            short(MIN_MESSAGES_PER_MEMBER),
+            count(MAX_MESSAGES_PER_MEMBER)
         );
     }
     if w.nodes.is_some_and(|n| n == 0 || n > MAX_NODES) {
         bail!("--nodes must be 1 to {MAX_NODES}");
+    }
+    if !(1.0..=f64::MAX).contains(&w.rejoin_every_s) {
+        bail!("--rejoin-every must be 1 second or more");
     }
     if !(1.0..=1e8).contains(&w.max_connections) {
         bail!("--max-connections must be 1 to 100,000,000");
@@ -568,11 +610,14 @@ pub(crate) fn run(o: &PlanOpts) -> Result<()> {
     if sweep.points.is_empty() || sweep.model.fits.is_empty() {
         bail!("{} has no measured points to plan from", o.sweep.display());
     }
+    if !o.against.is_empty() {
+        return check(o, &sweep);
+    }
     let w = workload_of(o, &sweep)?;
     let p = plan(&sweep, &w);
-    if p.strategies.is_empty() {
+    if !p.strategies.iter().any(|a| SHARED.contains(&a.strategy)) {
         bail!(
-            "{} has too few runs to fit any strategy's costs: run a fuller sweep \
+            "{} has too few runs of sticky, pubsub or relay to fit their costs: run a fuller sweep \
              (deploy/loadtest/sweep.sh)",
             o.sweep.display()
         );
@@ -589,7 +634,7 @@ pub(crate) fn run(o: &PlanOpts) -> Result<()> {
 pub fn text(p: &Plan) -> String {
     let w = &p.workload;
     let mut t = format!(
-        "workload: {} connections in rooms of {}, each member receiving {} messages/s; nodes of {} cores, \
+        "workload: {} connections in rooms of {}, {} msg/s to each member; nodes of {} cores, \
          sized to {:.0} % of them{}\n\n",
         count(w.connections),
         count(w.room_size as f64),
@@ -616,9 +661,9 @@ pub fn text(p: &Plan) -> String {
     );
     for a in &p.strategies {
         let err = |k: &str| {
-            a.error_pct
+            a.error_pct_by_figure
                 .get(k)
-                .map(|e| format!(" ±{e:.0}%"))
+                .map(|e| format!(" ±{:.0}%", e.round()))
                 .unwrap_or_default()
         };
         let _ = writeln!(
@@ -634,7 +679,7 @@ pub fn text(p: &Plan) -> String {
             count(a.connections_per_node),
             format!(
                 "{}{}",
-                fmt_num(a.busiest_node_cores),
+                short(a.busiest_node_cores),
                 err("busiest_node_cores")
             ),
             if a.strategy == Strategy::Local {
@@ -642,16 +687,16 @@ pub fn text(p: &Plan) -> String {
             } else {
                 format!(
                     "{} ({}){}",
-                    fmt_num(a.redis_cores),
+                    short(a.redis_cores),
                     a.redis_shards,
                     err("redis_cores")
                 )
             },
-            fmt_num(a.redis_bytes_per_sec / 1e6),
-            fmt_num(a.cross_node_bytes_per_sec / 1e6),
+            short(a.redis_bytes_per_sec / 1e6),
+            short(a.cross_node_bytes_per_sec / 1e6),
             format!(
                 "{}{}",
-                fmt_num(a.cpu_us_per_delivery),
+                short(a.cpu_us_per_delivery),
                 err("cpu_us_per_delivery")
             ),
         );
@@ -679,9 +724,10 @@ pub fn text(p: &Plan) -> String {
     t
 }
 
-/// A count, rounded, with thousands separated: 1,000,000.
+/// A count, rounded (half away from zero), with thousands separated:
+/// 1,000,000.
 pub fn count(v: f64) -> String {
-    let digits = format!("{:.0}", v.abs());
+    let digits = format!("{:.0}", v.abs().round());
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -695,9 +741,25 @@ pub fn count(v: f64) -> String {
     out
 }
 
-/// A figure to three places at most, without trailing zeros: 1, 2.5, 0.072.
+/// A figure to three places at most, without trailing zeros: 1, 2.5,
+/// 0.072; below 0.001, as 1.5e-4. Rounded half away from zero, as the
+/// page's planner rounds.
 pub fn short(v: f64) -> String {
-    let s = fmt_num(v);
+    let a = v.abs();
+    if a > 0.0 && a < 0.001 {
+        return format!("{v:.1e}");
+    }
+    let places = if a >= 1000.0 {
+        0
+    } else if a >= 10.0 {
+        1
+    } else if a >= 0.1 {
+        2
+    } else {
+        3
+    };
+    let f = 10f64.powi(places);
+    let s = format!("{:.*}", places as usize, (v * f).round() / f);
     if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_owned()
     } else {
@@ -726,6 +788,8 @@ pub fn page_model(sweep: &Sweep) -> serde_json::Value {
                     "nodes": m.nodes,
                     "connections_per_node": m.connections_per_node,
                     "deliveries_per_node": m.deliveries_per_node,
+                    "joins_per_node": m.joins_per_node,
+                    "redis_commands": m.redis_commands,
                 }),
             ))
         })
@@ -753,5 +817,126 @@ pub fn page_model(sweep: &Sweep) -> serde_json::Value {
         "max_nodes": MAX_NODES,
         "max_connections": MAX_CONNECTIONS,
         "max_messages_per_member": MAX_MESSAGES_PER_MEMBER,
+        "min_messages_per_member": MIN_MESSAGES_PER_MEMBER,
     })
+}
+
+/// One run checked against the planner: the workload it ran, predicted.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Check {
+    pub file: String,
+    pub strategy: Strategy,
+    pub workload: Workload,
+    /// The run did not carry what it was offered (the machine was the limit).
+    pub saturated: bool,
+    pub outside_measured: bool,
+    /// ws_node_cores, redis_cores, cpu_us_per_delivery: measured,
+    /// predicted, and the error in per cent.
+    pub measured: BTreeMap<String, f64>,
+    pub predicted: BTreeMap<String, f64>,
+    pub error_pct: BTreeMap<String, f64>,
+}
+
+/// Checks the planner against runs (`--against`): each run's workload is
+/// planned on its own node count and the prediction set beside what the
+/// run measured.
+fn check(o: &PlanOpts, sweep: &Sweep) -> Result<()> {
+    let runs = crate::report::read_results(&o.against)?;
+    let mut checks = Vec::new();
+    for (r, f) in runs.iter().zip(&o.against) {
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let p = Point::from_run(&name, r)?;
+        let members = (p.rooms * p.room_size) as f64;
+        let w = Workload {
+            connections: members,
+            room_size: p.room_size,
+            // What each member was offered: its room's publishers' rate.
+            messages_per_member: p.publishers_per_room as f64 * p.rate,
+            nodes: Some(p.nodes),
+            node_cores: sweep.cores.max(1) as f64,
+            max_connections: 1e8,
+            rejoin_every_s: if p.joins_per_sec > 0.0 {
+                members / p.joins_per_sec
+            } else {
+                1e12
+            },
+        };
+        let plan = plan(sweep, &w);
+        let Some(a) = plan.strategies.iter().find(|a| a.strategy == p.strategy) else {
+            bail!("{name}: the sweep has no model of {}", p.strategy);
+        };
+        let measured = BTreeMap::from([
+            ("ws_node_cores".to_owned(), p.cpu_cores.ws_nodes),
+            ("redis_cores".to_owned(), p.cpu_cores.redis),
+            ("cpu_us_per_delivery".to_owned(), p.cpu_us_per_delivery),
+        ]);
+        let predicted = BTreeMap::from([
+            (
+                "ws_node_cores".to_owned(),
+                a.mean_node_cores * p.nodes as f64,
+            ),
+            ("redis_cores".to_owned(), a.redis_cores),
+            ("cpu_us_per_delivery".to_owned(), a.cpu_us_per_delivery),
+        ]);
+        let error_pct = measured
+            .iter()
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(k, m)| (k.clone(), (1000.0 * (predicted[k] - m) / m).round() / 10.0))
+            .collect();
+        checks.push(Check {
+            file: name,
+            strategy: p.strategy,
+            workload: w,
+            saturated: p.saturated,
+            outside_measured: a.outside_measured,
+            measured,
+            predicted,
+            error_pct,
+        });
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+        return Ok(());
+    }
+    let mut t = format!(
+        "{:<8} {:>5} {:>5} {:>9} {:>22} {:>22} {:>22}\n",
+        "strategy",
+        "nodes",
+        "room",
+        "msg/s/mbr",
+        "ws-node cores m/p/err",
+        "Redis cores m/p/err",
+        "µs/deliv. m/p/err"
+    );
+    let fig = |c: &Check, k: &str| {
+        format!(
+            "{}/{}/{}",
+            short(c.measured[k]),
+            short(c.predicted[k]),
+            c.error_pct
+                .get(k)
+                .map_or("—".into(), |e| format!("{e:+.0}%"))
+        )
+    };
+    for c in &checks {
+        let _ = writeln!(
+            t,
+            "{:<8} {:>5} {:>5} {:>9} {:>22} {:>22} {:>22}{}",
+            c.strategy.as_str(),
+            c.workload.nodes.unwrap_or(0),
+            c.workload.room_size,
+            short(c.workload.messages_per_member),
+            fig(c, "ws_node_cores"),
+            fig(c, "redis_cores"),
+            fig(c, "cpu_us_per_delivery"),
+            if c.saturated { "  (saturated)" } else { "" }
+        );
+    }
+    t.push_str("(m: measured, p: predicted from the sweep, err: (p − m) / m)\n");
+    print!("{t}");
+    Ok(())
 }

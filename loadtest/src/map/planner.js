@@ -19,17 +19,17 @@
   };
   const cost = (s, t, op) => { const f = fitOf(s, t); return f && op in f.costs ? f.costs[op] : 0; };
 
-  function fmtNum(v) {
-    if (v === 0) return "0";
-    const a = Math.abs(v);
-    return v.toFixed(a >= 1000 ? 0 : a >= 10 ? 1 : a >= 0.1 ? 2 : 3);
-  }
+  // As plan.rs's short and count: rounded half away from zero.
   function short(v) {
-    const s = fmtNum(v);
+    const a = Math.abs(v);
+    if (a > 0 && a < 0.001) return v.toExponential(1);
+    const places = a >= 1000 ? 0 : a >= 10 ? 1 : a >= 0.1 ? 2 : 3;
+    const f = Math.pow(10, places);
+    const s = (Math.sign(v) * Math.round(Math.abs(v) * f) / f).toFixed(places);
     return s.includes(".") ? s.replace(/0+$/, "").replace(/\.$/, "") : s;
   }
   function count(v) {
-    const d = Math.abs(v).toFixed(0);
+    const d = Math.round(Math.abs(v)).toFixed(0);
     let out = "";
     for (let i = 0; i < d.length; i++) {
       if (i > 0 && (d.length - i) % 3 === 0) out += ",";
@@ -84,12 +84,11 @@
     const nodeCpu = evalFit(s, "ws_node_cpu", l) / 1e6;
     const redis = redisCores(s, l);
     const control = evalFit(s, "control_cpu", l) / 1e6;
+    const busiestRooms = Math.min(Math.max(Math.ceil(l.rooms / n), Math.floor(1.25 * l.rooms / n), 1), l.rooms);
     let busiest;
-    if (s === "sticky" && l.rooms < n) {
+    if (s === "sticky") {
       const fixed = cost(s, "ws_node_cpu", "node") / 1e6;
-      busiest = fixed + Math.max(nodeCpu - fixed * n, 0) / l.rooms;
-    } else if (s === "sticky") {
-      busiest = nodeCpu / n * 1.25;
+      busiest = fixed + Math.max(nodeCpu - fixed * n, 0) * busiestRooms / l.rooms;
     } else if (s === "relay" && l.rooms < n) {
       const owner = l.publishes * cost(s, "ws_node_cpu", "publish") + 0.5 * l.hops * cost(s, "ws_node_cpu", "hop");
       busiest = nodeCpu / n + owner / l.rooms / 1e6;
@@ -98,6 +97,7 @@
     }
     return {
       nodes, deliveries: l.deliveries, nodeCpu, busiest, redis, control,
+      busiestConns: s === "sticky" ? busiestRooms * m : l.connections / n,
       fits: s !== "sticky" || m <= a.node_max_connections,
       cpuUs: l.deliveries > 0 ? (nodeCpu + redis + control) * 1e6 / l.deliveries : 0,
       redisCommands: evalFit(s, "redis_commands", l),
@@ -116,33 +116,39 @@
   }
 
   function shortOf(p, w, a) {
-    const perNode = w.connections / p.nodes;
+    const perNode = p.busiestConns;
     if (!p.fits) return `a room of ${count(w.room_size)} members is more than one node's max_connections (${count(a.node_max_connections)})`;
-    if (perNode > a.node_max_connections) return `${count(perNode)} connections per node, more than max_connections (${count(a.node_max_connections)})`;
+    if (perNode > a.node_max_connections) return `${count(perNode)} connections on the busiest node, more than max_connections (${count(a.node_max_connections)})`;
     if (p.busiest > M.node_utilisation * w.node_cores) {
       return `its busiest node needs ${short(p.busiest)} cores of ${short(w.node_cores)} (sized to ${(100 * M.node_utilisation).toFixed(0)} %)`;
     }
     return null;
   }
 
-  function outside(m, w, p) {
+  function outside(m, w, p, shards) {
     const v = [], n = p.nodes, size = w.room_size, rate = w.messages_per_member;
     if (size < m.room_size[0] || size > m.room_size[1]) {
-      v.push(`rooms of ${count(size)} members, outside the ${count(m.room_size[0])} to ${count(m.room_size[1])} measured`);
+      v.push(`rooms of ${count(size)}, outside the ${count(m.room_size[0])} to ${count(m.room_size[1])} members measured`);
     }
     if (rate < 0.5 * m.messages_per_member[0] || rate > 1.5 * m.messages_per_member[1]) {
-      v.push(`${short(rate)} messages/s per member, outside the ${short(m.messages_per_member[0])} to ${short(m.messages_per_member[1])} measured`);
+      v.push(`${short(rate)} msg/s per member, outside the ${short(m.messages_per_member[0])} to ${short(m.messages_per_member[1])} measured`);
     }
     if (n > m.nodes) v.push(`${count(n)} nodes, beyond the ${count(m.nodes)} measured`);
     const conns = w.connections / n;
     if (conns > 1.5 * m.connections_per_node) v.push(`${count(conns)} connections per node, beyond the ${count(m.connections_per_node)} measured`);
     const perNode = p.deliveries / n;
     if (perNode > 1.5 * m.deliveries_per_node) v.push(`${count(perNode)} deliveries/s per node, beyond the ${count(m.deliveries_per_node)} measured`);
+    const joins = w.connections / w.rejoin_every_s / n;
+    if (joins > 1.5 * m.joins_per_node) v.push(`${short(joins)} joins/s per node, beyond the ${short(m.joins_per_node)} measured`);
+    const commands = p.redisCommands / Math.max(shards, 1);
+    if (shards > 0 && commands > 1.5 * m.redis_commands) {
+      v.push(`${count(commands)} Redis commands/s per shard, beyond the ${count(m.redis_commands)} measured`);
+    }
     return v;
   }
 
   function answer(s, w) {
-    const base = Object.assign({}, M.assumptions, { node_max_connections: w.max_connections });
+    const base = Object.assign({}, M.assumptions, { node_max_connections: w.max_connections, rejoin_every_s: w.rejoin_every_s });
     let needed = null;
     for (let n = 1; n <= M.max_nodes; n++) {
       if (shortOf(at(s, w, n, base), w, base) === null) { needed = n; break; }
@@ -158,26 +164,30 @@
       else notes.push(`no count of nodes up to ${count(M.max_nodes)} holds it: ${why}`);
     }
     if (s === "local" && p.undelivered > 0) {
-      notes.push(`servers share nothing: members miss the ${(100 * p.undelivered).toFixed(0)} % of messages sent on other servers`);
+      notes.push(`servers share nothing: members miss the ${Math.round(100 * p.undelivered).toFixed(0)} % of messages sent on other servers`);
     }
     const shards = s === "local" ? 0 : Math.max(Math.ceil(p.redis / M.redis_utilisation), 1);
-    if (shards > 1) notes.push(`one Redis would need ${fmtNum(p.redis)} cores but runs commands on one: ${shards} shards (redis_cluster)`);
-    const out = M.measured[s] ? outside(M.measured[s], w, p) : [`the sweep measured no ${s} runs`];
+    if (shards > 1) notes.push(`one Redis would need ${short(p.redis)} cores but runs commands on one: ${shards} shards (redis_cluster)`);
+    const out = M.measured[s] ? outside(M.measured[s], w, p, shards) : [`the sweep measured no ${s} runs`];
     const e = M.errors[s] || {};
     const pct = (k) => (k in e ? Math.round(1000 * e[k]) / 10 : null);
+    const byFigure = {};
+    for (const [figure, from] of [["nodes", "node_cores"], ["busiest_node_cores", "node_cores"],
+      ["redis_cores", "redis_cores"], ["redis_shards", "redis_cores"],
+      ["redis_bytes_per_sec", "redis_bytes_per_sec"], ["cpu_us_per_delivery", "cpu_us_per_delivery"]]) {
+      if (pct(from) !== null) byFigure[figure] = pct(from);
+    }
     return {
       strategy: s, fits: why === null, nodes, nodes_needed: needed,
-      connections_per_node: w.connections / nodes, deliveries_per_sec: p.deliveries,
+      connections_per_node: w.connections / nodes, busiest_node_connections: p.busiestConns,
+      deliveries_per_sec: p.deliveries,
       busiest_node_cores: p.busiest, busiest_node_load: p.busiest / w.node_cores,
       mean_node_cores: p.nodeCpu / nodes, redis_cores: p.redis, redis_shards: shards,
       redis_commands_per_sec: p.redisCommands, redis_bytes_per_sec: p.redisBytes,
       cross_node_bytes_per_sec: p.crossBytes, control_cores: p.control,
       cpu_us_per_delivery: p.cpuUs, undelivered_share: p.undelivered,
-      error_pct: {
-        nodes: pct("node_cores"), busiest_node_cores: pct("node_cores"),
-        redis_cores: pct("redis_cores"), redis_shards: pct("redis_cores"),
-        redis_bytes_per_sec: pct("redis_bytes_per_sec"), cpu_us_per_delivery: pct("cpu_us_per_delivery"),
-      },
+      error_pct_by_figure: byFigure,
+      error_pct: Math.max(0, ...Object.values(byFigure)),
       outside_measured: out.length > 0,
       notes: notes.concat(out),
     };
@@ -189,7 +199,13 @@
     const unfit = shared.filter((a) => !a.fits).map((a) => `${a.strategy} does not fit (${a.notes[0]})`);
     const minBy = (xs, f) => xs.reduce((b, x) => (b === null || f(x) < f(b) ? x : b), null);
     if (fit.length === 0) {
-      const c = minBy(shared, (a) => a.busiest_node_load);
+      // The fewest nodes that would hold it; else the lightest busiest node.
+      const c = shared.reduce((b, x) => {
+        if (b === null) return x;
+        const nx = x.nodes_needed === null ? Infinity : x.nodes_needed;
+        const nb = b.nodes_needed === null ? Infinity : b.nodes_needed;
+        return nx < nb || (nx === nb && x.busiest_node_load < b.busiest_node_load) ? x : b;
+      }, null);
       if (!c) return { strategy: "pubsub", why: "the sweep has no model of the shared strategies" };
       return { strategy: c.strategy, why: `no strategy holds this workload; ${c.strategy} comes closest: ${c.notes[0]}` };
     }
@@ -214,6 +230,7 @@
     const w = {
       connections: num("p-connections"), room_size: num("p-room-size"), messages_per_member: num("p-rate"),
       nodes: num("p-nodes"), node_cores: num("p-cores"), max_connections: num("p-max"),
+      rejoin_every_s: M.assumptions.rejoin_every_s,
     };
     if (w.node_cores === null) w.node_cores = Math.max(M.cores, 1);
     if (w.max_connections === null) w.max_connections = M.assumptions.node_max_connections;
@@ -224,8 +241,8 @@
     if (!whole(w.room_size) || w.room_size < 1 || w.room_size > w.connections) {
       throw new Error(`room size must be 1 to the connections (${count(w.connections)}): a room's members are connections`);
     }
-    if (!(w.messages_per_member > 0 && w.messages_per_member <= M.max_messages_per_member)) {
-      throw new Error(`messages per member must be above 0 and at most ${count(M.max_messages_per_member)}`);
+    if (!(w.messages_per_member >= M.min_messages_per_member && w.messages_per_member <= M.max_messages_per_member)) {
+      throw new Error(`messages per member must be ${short(M.min_messages_per_member)} to ${count(M.max_messages_per_member)}`);
     }
     if (w.nodes !== null && (!whole(w.nodes) || w.nodes < 1 || w.nodes > M.max_nodes)) {
       throw new Error(`nodes must be 1 to ${count(M.max_nodes)}`);
@@ -247,9 +264,7 @@
   function show() {
     const err = document.getElementById("p-error");
     const body = document.getElementById("p-body");
-    const notes = document.getElementById("p-notes");
     body.textContent = "";
-    notes.textContent = "";
     let p;
     try {
       p = plan(read());
@@ -260,7 +275,7 @@
       return;
     }
     err.hidden = true;
-    const pm = (a, k) => (a.error_pct[k] != null ? ` ±${a.error_pct[k].toFixed(0)} %` : "");
+    const pm = (a, k) => (a.error_pct_by_figure[k] != null ? ` ±${Math.round(a.error_pct_by_figure[k]).toFixed(0)} %` : "");
     for (const a of p.strategies) {
       const tr = document.createElement("tr");
       tr.dataset.strategy = a.strategy;
@@ -273,12 +288,10 @@
       cell(tr, short(a.redis_bytes_per_sec / 1e6));
       cell(tr, short(a.cross_node_bytes_per_sec / 1e6));
       cell(tr, short(a.cpu_us_per_delivery) + pm(a, "cpu_us_per_delivery"), "cpu_us_per_delivery");
+      // The notes beside the figures they qualify.
+      cell(tr, a.notes.join("; "), "notes");
+      if (a.outside_measured) tr.lastChild.className = "warn";
       body.appendChild(tr);
-      for (const n of a.notes) {
-        const li = document.createElement("li");
-        li.textContent = `${a.strategy}: ${n}`;
-        notes.appendChild(li);
-      }
     }
     const pickEl = document.getElementById("p-pick");
     pickEl.dataset.strategy = p.pick.strategy;

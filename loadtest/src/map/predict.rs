@@ -38,6 +38,9 @@ pub struct Prediction {
     /// whole room on one node).
     pub cpu_per_node_cores: f64,
     pub cpu_busiest_node_cores: f64,
+    /// Connections on the busiest node (sticky: its rooms' members).
+    #[serde(default)]
+    pub busiest_node_connections: f64,
     pub redis_cpu_cores: f64,
     pub control_cpu_cores: f64,
     /// All cluster CPU per delivery.
@@ -148,19 +151,23 @@ pub fn predict(
     let redis_cpu = redis_cores(model, strategy, &l);
     let control = model.eval(strategy, "control_cpu", &l) / 1e6;
     let m = room_size as f64;
-    // Sticky: a room lives on one node. With fewer rooms than nodes, the
-    // busiest node holds a whole room: its own fixed cost and one room's
-    // share of the rest. Otherwise the placement bound keeps each node
-    // within 1.25 × the average.
+    // Sticky: a room lives on one node, with all its members. The busiest
+    // node holds whole rooms: as many as an even share rounded up, or as
+    // the placement bound allows (1.25 × the average, rounded down), at
+    // least one; its own fixed cost and those rooms' share of the rest.
     // Relay: the members spread, but with fewer rooms than nodes the owner
     // of a room also takes its publishes and sends every hop of it (half a
     // hop's fitted cost, which covers both ends).
+    let busiest_rooms = (l.rooms / n)
+        .ceil()
+        .max((1.25 * l.rooms / n).floor())
+        .max(1.0)
+        .min(l.rooms);
     let busiest = match strategy {
-        Strategy::Sticky if l.rooms < n => {
+        Strategy::Sticky => {
             let fixed = model.cost(strategy, "ws_node_cpu", "node") / 1e6;
-            fixed + (node_cpu - fixed * n).max(0.0) / l.rooms
+            fixed + (node_cpu - fixed * n).max(0.0) * busiest_rooms / l.rooms
         }
-        Strategy::Sticky => node_cpu / n * 1.25,
         Strategy::Relay if l.rooms < n => {
             let owner = l.publishes * model.cost(strategy, "ws_node_cpu", "publish")
                 + 0.5 * l.hops * model.cost(strategy, "ws_node_cpu", "hop");
@@ -245,6 +252,11 @@ pub fn predict(
         publishes_per_sec: l.publishes,
         cpu_per_node_cores: node_cpu / n,
         cpu_busiest_node_cores: busiest,
+        busiest_node_connections: if strategy == Strategy::Sticky {
+            busiest_rooms * m
+        } else {
+            l.connections / n
+        },
         redis_cpu_cores: redis_cpu,
         control_cpu_cores: control,
         cpu_us_per_delivery: if deliveries > 0.0 {
