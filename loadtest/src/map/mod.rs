@@ -113,13 +113,13 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
 }
 
 pub(crate) fn write(o: &MapOpts) -> Result<()> {
-    let (points, grid) = match &o.points_from {
+    let (points, grid, command) = match &o.points_from {
         Some(f) => {
             let raw =
                 std::fs::read(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
             let earlier: Sweep = serde_json::from_slice(&raw)
                 .map_err(|e| anyhow::anyhow!("{} is not a sweep.json: {e}", f.display()))?;
-            (earlier.points, earlier.grid)
+            (earlier.points, earlier.grid, Some(earlier.command))
         }
         None => (
             crate::report::read_results(&o.results)?
@@ -130,6 +130,7 @@ pub(crate) fn write(o: &MapOpts) -> Result<()> {
                 })
                 .collect::<Result<_>>()?,
             "custom".to_owned(),
+            None,
         ),
     };
     let grid = o.grid.clone().unwrap_or(grid);
@@ -144,7 +145,11 @@ pub(crate) fn write(o: &MapOpts) -> Result<()> {
         node_max_connections: o.node_max_connections,
         placement: "members land on nodes at random".into(),
     };
-    let sweep = build(points, a, &grid);
+    let mut sweep = build(points, a, &grid);
+    // Mapped again: the points' sweep is still the one that measured them.
+    if let Some(c) = command {
+        sweep.command = c;
+    }
     std::fs::create_dir_all(&o.out)?;
     let json = o.out.join("sweep.json");
     std::fs::write(&json, serde_json::to_string_pretty(&sweep)?)?;

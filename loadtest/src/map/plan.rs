@@ -187,6 +187,7 @@ struct Measured {
     deliveries_per_node: f64,
     joins_per_node: f64,
     redis_commands: f64,
+    rooms_per_node: f64,
 }
 
 fn measured(points: &[Point], s: Strategy) -> Option<Measured> {
@@ -209,6 +210,7 @@ fn measured(points: &[Point], s: Strategy) -> Option<Measured> {
         deliveries_per_node: span(&|p| p.deliveries_per_sec / p.nodes as f64).1,
         joins_per_node: span(&|p| p.joins_per_sec / p.nodes as f64).1,
         redis_commands: span(&|p| p.redis_commands_per_sec).1,
+        rooms_per_node: span(&|p| p.rooms as f64 / p.nodes as f64).1,
     })
 }
 
@@ -256,6 +258,14 @@ fn outside(m: &Measured, w: &Workload, p: &Prediction, shards: usize) -> Vec<Str
             "{} deliveries/s per node, beyond the {} measured",
             count(per_node),
             count(m.deliveries_per_node)
+        ));
+    }
+    let rooms = p.rooms / n;
+    if rooms > 1.5 * m.rooms_per_node {
+        v.push(format!(
+            "{} rooms per node, beyond the {} measured",
+            count(rooms),
+            count(m.rooms_per_node)
         ));
     }
     let joins = w.connections / w.rejoin_every_s / n;
@@ -790,6 +800,7 @@ pub fn page_model(sweep: &Sweep) -> serde_json::Value {
                     "deliveries_per_node": m.deliveries_per_node,
                     "joins_per_node": m.joins_per_node,
                     "redis_commands": m.redis_commands,
+                    "rooms_per_node": m.rooms_per_node,
                 }),
             ))
         })

@@ -84,7 +84,8 @@
     const nodeCpu = evalFit(s, "ws_node_cpu", l) / 1e6;
     const redis = redisCores(s, l);
     const control = evalFit(s, "control_cpu", l) / 1e6;
-    const busiestRooms = Math.min(Math.max(Math.ceil(l.rooms / n), Math.floor(1.25 * l.rooms / n), 1), l.rooms);
+    const even = l.rooms / n;
+    const busiestRooms = Math.min(Math.max(Math.min(Math.floor(1.25 * even), Math.ceil(even + 3 * Math.sqrt(even))), Math.ceil(even), 1), l.rooms);
     let busiest;
     if (s === "sticky") {
       const fixed = cost(s, "ws_node_cpu", "node") / 1e6;
@@ -98,6 +99,7 @@
     return {
       nodes, deliveries: l.deliveries, nodeCpu, busiest, redis, control,
       busiestConns: s === "sticky" ? busiestRooms * m : l.connections / n,
+      rooms: l.rooms,
       fits: s !== "sticky" || m <= a.node_max_connections,
       cpuUs: l.deliveries > 0 ? (nodeCpu + redis + control) * 1e6 / l.deliveries : 0,
       redisCommands: evalFit(s, "redis_commands", l),
@@ -138,6 +140,8 @@
     if (conns > 1.5 * m.connections_per_node) v.push(`${count(conns)} connections per node, beyond the ${count(m.connections_per_node)} measured`);
     const perNode = p.deliveries / n;
     if (perNode > 1.5 * m.deliveries_per_node) v.push(`${count(perNode)} deliveries/s per node, beyond the ${count(m.deliveries_per_node)} measured`);
+    const rooms = p.rooms / n;
+    if (rooms > 1.5 * m.rooms_per_node) v.push(`${count(rooms)} rooms per node, beyond the ${count(m.rooms_per_node)} measured`);
     const joins = w.connections / w.rejoin_every_s / n;
     if (joins > 1.5 * m.joins_per_node) v.push(`${short(joins)} joins/s per node, beyond the ${short(m.joins_per_node)} measured`);
     const commands = p.redisCommands / Math.max(shards, 1);

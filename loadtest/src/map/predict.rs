@@ -152,15 +152,18 @@ pub fn predict(
     let control = model.eval(strategy, "control_cpu", &l) / 1e6;
     let m = room_size as f64;
     // Sticky: a room lives on one node, with all its members. The busiest
-    // node holds whole rooms: as many as an even share rounded up, or as
-    // the placement bound allows (1.25 × the average, rounded down), at
-    // least one; its own fixed cost and those rooms' share of the rest.
+    // node holds whole rooms: an even share rounded up at least; at most
+    // what the placement bound allows (1.25 × the average, rounded down),
+    // and with many rooms about three standard deviations of hashing over
+    // the average; its own fixed cost and those rooms' share of the rest.
     // Relay: the members spread, but with fewer rooms than nodes the owner
     // of a room also takes its publishes and sends every hop of it (half a
     // hop's fitted cost, which covers both ends).
-    let busiest_rooms = (l.rooms / n)
-        .ceil()
-        .max((1.25 * l.rooms / n).floor())
+    let even = l.rooms / n;
+    let busiest_rooms = (1.25 * even)
+        .floor()
+        .min((even + 3.0 * even.sqrt()).ceil())
+        .max(even.ceil())
         .max(1.0)
         .min(l.rooms);
     let busiest = match strategy {
