@@ -172,6 +172,23 @@ impl Client {
         }
     }
 
+    /// Waits for a presence event and checks it says `event` of `user` in
+    /// `room`.
+    pub async fn expect_presence(&mut self, room: &str, event: &str, user: &str) -> Result<()> {
+        let ev = self
+            .expect(&format!("presence {event}"), |f| {
+                matches!(f, ServerFrame::Presence { .. })
+            })
+            .await?;
+        let want = ServerFrame::Presence {
+            room: room.into(),
+            event: event.into(),
+            user: user.into(),
+        };
+        anyhow::ensure!(ev == want, "{ev:?} instead of {want:?}");
+        Ok(())
+    }
+
     /// Joins and waits for `joined`; returns its seq.
     pub async fn join(&mut self, room: &str) -> Result<u64> {
         self.send_json(serde_json::json!({"type": "join", "room": room}))

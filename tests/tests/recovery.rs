@@ -320,7 +320,7 @@ async fn presence_across_nodes_with_events_and_dead_entries_dropped() -> Result<
         ServerFrame::Joined { presence, .. } => assert_eq!(presence, vec!["alice", "bob"]),
         other => panic!("{other:?}"),
     }
-    expect_presence(&mut alice, "p", "join", "bob").await?;
+    alice.expect_presence("p", "join", "bob").await?;
     // A crashed node's entries disappear once its heartbeat is gone.
     let mut con = c.redis.con().await?;
     let _: () = redis::cmd("HSET")
@@ -338,7 +338,7 @@ async fn presence_across_nodes_with_events_and_dead_entries_dropped() -> Result<
         .await?;
     assert!(!left, "dead entry removed");
     bob.send_json(json!({"type": "leave", "room": "p"})).await?;
-    expect_presence(&mut alice, "p", "leave", "bob").await?;
+    alice.expect_presence("p", "leave", "bob").await?;
     let (_, v) = http_get_json(&format!("{}/api/rooms/p/presence", c.gateway.http())).await?;
     assert_eq!(v["users"], json!(["alice"]));
     Ok(())
@@ -423,24 +423,6 @@ async fn join_survives_a_flushed_script_cache() -> Result<()> {
     }
     // The replay after since=0 came with it.
     assert_eq!(b.messages_until("cache", 1).await?, vec![1]);
-    Ok(())
-}
-
-/// Waits for a presence event and checks what it says.
-async fn expect_presence(c: &mut Client, room: &str, event: &str, user: &str) -> Result<()> {
-    let ev = c
-        .expect(&format!("presence {event}"), |f| {
-            matches!(f, ServerFrame::Presence { .. })
-        })
-        .await?;
-    assert_eq!(
-        ev,
-        ServerFrame::Presence {
-            room: room.into(),
-            event: event.into(),
-            user: user.into()
-        }
-    );
     Ok(())
 }
 
