@@ -237,37 +237,30 @@ fn outside(m: &Measured, w: &Workload, p: &Prediction, shards: usize) -> Vec<Str
             short(m.messages_per_member.1)
         ));
     }
-    if n > m.nodes {
-        v.push(format!(
-            "{} nodes, beyond the {} measured",
-            count(n),
-            count(m.nodes)
-        ));
-    }
-    let conns = w.connections / n;
-    if conns > 1.5 * m.connections_per_node {
-        v.push(format!(
-            "{} connections per node, beyond the {} measured",
-            count(conns),
-            count(m.connections_per_node)
-        ));
-    }
-    let per_node = p.deliveries_per_sec / n;
-    if per_node > 1.5 * m.deliveries_per_node {
-        v.push(format!(
-            "{} deliveries/s per node, beyond the {} measured",
-            count(per_node),
-            count(m.deliveries_per_node)
-        ));
-    }
-    let rooms = p.rooms / n;
-    if rooms > 1.5 * m.rooms_per_node {
-        v.push(format!(
-            "{} rooms per node, beyond the {} measured",
-            count(rooms),
-            count(m.rooms_per_node)
-        ));
-    }
+    // Past the most measured by `margin` (rates: half again; nodes: any).
+    let mut beyond = |value: f64, seen: f64, margin: f64, what: &str| {
+        if value > margin * seen {
+            v.push(format!(
+                "{} {what}, beyond the {} measured",
+                count(value),
+                count(seen)
+            ));
+        }
+    };
+    beyond(n, m.nodes, 1.0, "nodes");
+    beyond(
+        w.connections / n,
+        m.connections_per_node,
+        1.5,
+        "connections per node",
+    );
+    beyond(
+        p.deliveries_per_sec / n,
+        m.deliveries_per_node,
+        1.5,
+        "deliveries/s per node",
+    );
+    beyond(p.rooms / n, m.rooms_per_node, 1.5, "rooms per node");
     let joins = w.connections / w.rejoin_every_s / n;
     if joins > 1.5 * m.joins_per_node {
         v.push(format!(
