@@ -79,7 +79,7 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
             .into(),
         "Predicted Redis cores come from a curve over the predicted commands (redis_curves: \
          Redis's CPU per command falls as its load rises, which its linear CPU fit in fits cannot \
-         follow), plus its fan-out and node costs; past the most commands measured they grow in \
+         follow), plus its fan-out, join and node costs; past the most commands measured they grow in \
          proportion to commands."
             .into(),
         "The per-node cost (heartbeats, timers, polling) is fitted over 1 to a few nodes on a \
@@ -431,6 +431,37 @@ mod tests {
     }
 
     #[test]
+    fn saturated_runs_stay_out_of_the_fit() {
+        // A run the machine could not carry: it delivered less than was
+        // offered and its CPU is what the machine had. Fitted, it would
+        // pull every cost down.
+        let mut pts = grid();
+        let mut short = synthetic(Strategy::Relay, 4, 2, 300, 40.0, 0.0);
+        short.saturated = true;
+        short.cpu_cores.ws_nodes *= 0.5;
+        short.cpu_cores.redis *= 0.5;
+        pts.push(short);
+        let clean = fit(&grid());
+        let model = fit(&pts);
+        for t in ["ws_node_cpu", "redis_cpu"] {
+            let (a, b) = (clean.fit(Strategy::Relay, t), model.fit(Strategy::Relay, t));
+            assert_eq!(a.map(|f| &f.costs), b.map(|f| &f.costs), "{t}");
+            assert_eq!(b.map(|f| f.points), a.map(|f| f.points), "{t}");
+        }
+        // Redis's curve keeps it: its commands are what Redis ran, and the
+        // busiest runs are where the curve learns how a command's cost
+        // falls with load.
+        assert!(
+            model.redis_curves["relay"].max_commands > clean.redis_curves["relay"].max_commands
+        );
+        // And out of the planner's own error.
+        assert_eq!(
+            plan::figure_errors(&grid())["relay"],
+            plan::figure_errors(&pts)["relay"]
+        );
+    }
+
+    #[test]
     fn predictions_follow_the_workload() {
         let sweep = build(grid(), assumptions(), "test");
         let a = assumptions();
@@ -514,11 +545,12 @@ mod tests {
     }
 
     #[test]
-    fn the_redis_curve_recovers_a_power_of_commands_and_its_fanout_and_node_costs() {
+    fn the_redis_curve_recovers_a_power_of_commands_and_its_fanout_join_and_node_costs() {
         let mut pts = grid();
         for p in &mut pts {
             p.cpu_cores.redis = 2e-4 * p.redis_commands_per_sec.powf(0.6)
                 + 5e-6 * p.fanouts_per_sec
+                + 3e-4 * p.joins_per_sec
                 + 1e-3 * p.nodes as f64;
         }
         let of = |s: Strategy| -> Vec<&Point> { pts.iter().filter(|p| p.strategy == s).collect() };
@@ -526,19 +558,24 @@ mod tests {
         let c = redis_curve(&of(Strategy::Pubsub)).expect("a curve");
         assert!((c.commands_exp - 0.6).abs() < 1e-9, "{c:?}");
         assert!(
-            close(c.scale, 2e-4) && close(c.fanout_cores, 5e-6) && close(c.node_cores, 1e-3),
+            close(c.scale, 2e-4)
+                && close(c.fanout_cores, 5e-6)
+                && close(c.join_cores, 3e-4)
+                && close(c.node_cores, 1e-3),
             "{c:?}"
         );
         // Sticky fans nothing out: no fan-out term.
         let s = redis_curve(&of(Strategy::Sticky)).expect("a curve");
         assert_eq!(s.fanout_cores, 0.0);
         assert!(
-            (s.commands_exp - 0.6).abs() < 1e-9 && close(s.node_cores, 1e-3),
+            (s.commands_exp - 0.6).abs() < 1e-9
+                && close(s.join_cores, 3e-4)
+                && close(s.node_cores, 1e-3),
             "{s:?}"
         );
         // Past the most commands measured, the commands' cores grow in
         // proportion.
-        let own = |k: f64| c.cores(k * c.max_commands, 0.0, 0.0);
+        let own = |k: f64| c.cores(k * c.max_commands, &Load::default());
         assert!(close(own(10.0), 10.0 * own(1.0)));
         // Too few points make no curve.
         assert!(redis_curve(&of(Strategy::Sticky)[..3]).is_none());

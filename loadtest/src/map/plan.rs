@@ -121,14 +121,14 @@ pub struct Plan {
 pub fn figure_errors(points: &[Point]) -> BTreeMap<String, BTreeMap<String, f64>> {
     let mut errs: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for (i, p) in points.iter().enumerate() {
-        if hops_missing(p) || p.deliveries_per_sec <= 0.0 {
+        if !fitted(p) || p.deliveries_per_sec <= 0.0 {
             continue;
         }
         let s = p.strategy;
         let rest: Vec<Point> = points
             .iter()
             .enumerate()
-            .filter(|(j, q)| *j != i && q.strategy == s && !hops_missing(q))
+            .filter(|(j, q)| *j != i && q.strategy == s && fitted(q))
             .map(|(_, q)| q.clone())
             .collect();
         let m = fit_with(&rest, false);

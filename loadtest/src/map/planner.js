@@ -71,7 +71,7 @@
         const x = Math.min(commands, c.max_commands);
         own = c.scale * Math.pow(x, c.commands_exp) * (commands / x);
       }
-      return own + c.fanout_cores * l.fanouts + c.node_cores * l.nodes;
+      return own + c.fanout_cores * l.fanouts + (c.join_cores || 0) * l.joins + c.node_cores * l.nodes;
     }
     const per = M.redis_commands_per_core_second[s];
     if (per > 0) return commands / per + l.fanouts * cost(s, "redis_cpu", "fanout") / 1e6;

@@ -127,7 +127,7 @@ pub fn local_delivered_share(m: f64, n: f64) -> f64 {
 pub fn redis_cores(model: &Model, strategy: Strategy, l: &Load) -> f64 {
     let commands = model.eval(strategy, "redis_commands", l);
     if let Some(curve) = model.redis_curves.get(strategy.as_str()) {
-        return curve.cores(commands, l.fanouts, l.nodes);
+        return curve.cores(commands, l);
     }
     match model.redis_commands_per_core_second.get(strategy.as_str()) {
         Some(per_core) if *per_core > 0.0 => {
