@@ -19,10 +19,12 @@
 # Default (full): 4 strategies x nodes {1,2,4} x room sizes {2,10,100,1000}
 #   x two loads (10,000 and 40,000 deliveries/s offered), plus membership
 #   churn (100 and 400 joins/s) at 2 and 4 nodes and a crowd of 4,000
-#   connections at the same 10,000 deliveries/s: 124 runs of 10 s (about 37
-#   minutes here). The room of 1,000 is the hot room: one room, ten publishers.
+#   connections at the same 10,000 deliveries/s, and an idle run (15,000
+#   connections in rooms of 10, nothing sent) on the most nodes: 128 runs of
+#   10 s (about 38 minutes here). The room of 1,000 is the hot room: one
+#   room, ten publishers.
 # Environment: STRATEGIES (default "local sticky pubsub relay"), NODE_COUNTS,
-# ROOM_SIZES, LOADS, CHURN, CROWD, DURATION to change the grid; the ports of
+# ROOM_SIZES, LOADS, CHURN, CROWD, IDLE, DURATION to change the grid; the ports of
 # deploy/cluster.sh (REDIS_PORT, GATEWAY_PORT, NODE_PORT_BASE, RUN_DIR).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,6 +43,7 @@ if [ $grid = quick ]; then
   LOADS=${LOADS:-"10000"}
   CHURN=${CHURN:-"200"}
   CROWD=${CROWD-}
+  IDLE=${IDLE-}
   EXTRA_LOAD=${EXTRA_LOAD:-30000}
   DURATION=${DURATION:-6}
   warmup=2
@@ -51,6 +54,7 @@ else
   LOADS=${LOADS:-"10000 40000"}
   CHURN=${CHURN:-"100 400"}
   CROWD=${CROWD-4000}
+  IDLE=${IDLE-15000}
   EXTRA_LOAD=${EXTRA_LOAD:-}
   DURATION=${DURATION:-10}
   warmup=3
@@ -81,7 +85,10 @@ point() {
 # the grid proper: churn runs (rooms of 10); a crowd run (4,000 connections,
 # the same deliveries/s) so the cost of a held connection can be told apart;
 # with EXTRA_LOAD, one run at that load on the most nodes and the largest
-# rooms, so the cost of a delivery can be told from the fixed costs.
+# rooms, so the cost of a delivery can be told from the fixed costs; with
+# IDLE, that many connections held with nothing sent (load 0), so what
+# holding a connection costs is measured, not left to the fit to split
+# from the costs of messages.
 max_nodes=0; for n in $NODE_COUNTS; do [ "$n" -gt "$max_nodes" ] && max_nodes=$n; done
 last_size=0; for m in $ROOM_SIZES; do last_size=$m; done
 plan=()
@@ -96,6 +103,9 @@ for strategy in $strategies; do
     [ -n "$CROWD" ] && plan+=("$strategy $nodes 10 10000 0 $CROWD")
     if [ -n "$EXTRA_LOAD" ] && [ "$nodes" = "$max_nodes" ]; then
       plan+=("$strategy $nodes $last_size $EXTRA_LOAD 0 1000")
+    fi
+    if [ -n "$IDLE" ] && [ "$nodes" = "$max_nodes" ]; then
+      plan+=("$strategy $nodes 10 0 0 $IDLE")
     fi
   done
 done
@@ -134,6 +144,16 @@ for entry in "${plan[@]}"; do
     "$bar" $(( done_runs + 1 )) "$total" "$strategy" "$nodes" "$size" "$rooms" "$rate" "$publishers" \
     "$( [ "$churn" != 0 ] && echo ", $churn joins/s")" "$(fmt $elapsed)" "$(fmt $left)"
   file=$out/runs/$strategy-n$nodes-m$size-d$load-c$churn-k$conns.json
+  if [ "$load" = 0 ]; then
+    "$bench" run --scenario idle --connections "$conns" --ramp 3000 --duration "$DURATION" \
+      --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$file" || {
+        echo "sweep.sh: the run failed: $entry" >&2
+        exit 1
+      }
+    done_runs=$(( done_runs + 1 ))
+    continue
+  fi
   "$bench" run --scenario chat --rooms "$rooms" --members "$size" --publishers "$publishers" \
     --rate "$rate" --churn "$churn" --warmup $warmup --duration "$DURATION" --drain $drain \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \

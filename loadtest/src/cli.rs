@@ -268,12 +268,14 @@ pub struct ReportOpts {
 
 #[derive(Args, Debug, Clone)]
 pub struct MapOpts {
-    /// Results files from `turnout-bench run` (a sweep's runs).
+    /// Results files from `turnout-bench run` (a sweep's runs; with
+    /// --points-from, runs added to the earlier sweep's points, each
+    /// replacing a point of the same file name).
     #[arg(required_unless_present = "points_from")]
     pub results: Vec<PathBuf>,
     /// Map the points of an earlier sweep.json again (with this version's
-    /// model) instead of results files.
-    #[arg(long, conflicts_with = "results")]
+    /// model), with any results files given added to them.
+    #[arg(long)]
     pub points_from: Option<PathBuf>,
     /// Directory for sweep.json and report.html.
     #[arg(long)]

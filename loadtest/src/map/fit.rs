@@ -336,7 +336,7 @@ pub fn fit_with(points: &[Point], held_out: bool) -> Model {
         .filter_map(|s| {
             let busiest = points
                 .iter()
-                .filter(|p| p.strategy == *s && fitted(p) && p.cpu_cores.redis > 0.0)
+                .filter(|p| p.strategy == *s && fitted(p) && !p.idle() && p.cpu_cores.redis > 0.0)
                 .max_by(|a, b| a.cpu_cores.redis.total_cmp(&b.cpu_cores.redis))?;
             // Less what the fan-out (pubsub's, not commands) cost.
             let fanout = fits
@@ -351,7 +351,13 @@ pub fn fit_with(points: &[Point], held_out: bool) -> Model {
     let redis_curves = SHARED
         .iter()
         .filter_map(|s| {
-            let ps: Vec<&Point> = points.iter().filter(|p| p.strategy == *s).collect();
+            // Not idle runs: their commands are renewals, cheaper than a
+            // publish's script, and commands are the curve's one measure
+            // of load.
+            let ps: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.strategy == *s && !p.idle())
+                .collect();
             Some((s.to_string(), redis_curve(&ps)?))
         })
         .collect();

@@ -28,7 +28,7 @@ pub(super) fn measured_series(
             let mut pts: Vec<(f64, f64)> = sweep
                 .points
                 .iter()
-                .filter(|p| p.strategy == *s && p.churn == 0.0 && keep(p))
+                .filter(|p| p.strategy == *s && p.churn == 0.0 && !p.idle() && keep(p))
                 .map(|p| (x(p), y(p)))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -409,7 +409,13 @@ pub fn report(sweep: &Sweep) -> String {
             fmt_num(p.rate),
             fmt_num(p.joins_per_sec),
             fmt_num(p.deliveries_per_sec),
-            if p.saturated { " (saturated)" } else { "" },
+            if p.saturated {
+                " (saturated)".to_owned()
+            } else if p.idle() {
+                format!(" (idle: {} connections held)", p.connections)
+            } else {
+                String::new()
+            },
             fmt_num(p.p99_ms),
             fmt_num(p.cpu_us_per_delivery),
             fmt_num(p.redis_commands_per_delivery),

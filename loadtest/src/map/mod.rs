@@ -112,26 +112,39 @@ pub fn build(points: Vec<Point>, a: Assumptions, grid: &str) -> Sweep {
     }
 }
 
+/// `earlier` with `runs` added, each replacing a point of the same file
+/// name.
+pub(crate) fn merge(earlier: Vec<Point>, runs: Vec<Point>) -> Vec<Point> {
+    let mut points: Vec<Point> = earlier
+        .into_iter()
+        .filter(|p| runs.iter().all(|r| r.file != p.file))
+        .collect();
+    points.extend(runs);
+    points
+}
+
 pub(crate) fn write(o: &MapOpts) -> Result<()> {
+    let runs: Vec<Point> = crate::report::read_results(&o.results)?
+        .iter()
+        .zip(&o.results)
+        .map(|(r, p)| Point::from_run(&p.file_name().unwrap_or_default().to_string_lossy(), r))
+        .collect::<Result<_>>()?;
     let (points, grid, command) = match &o.points_from {
         Some(f) => {
             let raw =
                 std::fs::read(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
             let earlier: Sweep = serde_json::from_slice(&raw)
                 .map_err(|e| anyhow::anyhow!("{} is not a sweep.json: {e}", f.display()))?;
-            (earlier.points, earlier.grid, Some(earlier.command))
+            let mut command = earlier.command;
+            if !runs.is_empty() {
+                command = format!(
+                    "{command}; then {}",
+                    std::env::args().collect::<Vec<_>>().join(" ")
+                );
+            }
+            (merge(earlier.points, runs), earlier.grid, Some(command))
         }
-        None => (
-            crate::report::read_results(&o.results)?
-                .iter()
-                .zip(&o.results)
-                .map(|(r, p)| {
-                    Point::from_run(&p.file_name().unwrap_or_default().to_string_lossy(), r)
-                })
-                .collect::<Result<_>>()?,
-            "custom".to_owned(),
-            None,
-        ),
+        None => (runs, "custom".to_owned(), None),
     };
     let grid = o.grid.clone().unwrap_or(grid);
     if points.is_empty() {
@@ -458,6 +471,55 @@ mod tests {
         assert_eq!(
             plan::figure_errors(&grid())["relay"],
             plan::figure_errors(&pts)["relay"]
+        );
+    }
+
+    #[test]
+    fn idle_runs_enter_the_fits_but_not_the_measured_traffic() {
+        // A run holding connections with nothing sent: CPU for holding them
+        // only. The traffic runs put it on rooms or connections as their
+        // noise falls; the idle run pins it.
+        let mut idle = synthetic(Strategy::Pubsub, 3, 10, 1500, 0.0, 0.0);
+        assert_eq!(idle.connections, 15_000);
+        idle.offered_deliveries_per_sec = 0.0;
+        idle.file = "pubsub-idle.json".into();
+        assert!(idle.idle() && !idle.saturated);
+        assert!(grid().iter().all(|p| !p.idle()));
+        let pts = merge(grid(), vec![idle.clone()]);
+        assert_eq!(pts.len(), grid().len() + 1);
+        let with = fit(&pts);
+        let without = fit(&grid());
+        let f = |m: &Model| m.fit(Strategy::Pubsub, "ws_node_cpu").map(|f| f.points);
+        assert_eq!(f(&with), f(&without).map(|n| n + 1));
+        // Neither the planner's edges of what was measured nor the charts
+        // of cost per delivery take it.
+        let a = build(grid(), assumptions(), "test");
+        let b = build(pts.clone(), assumptions(), "test");
+        assert_eq!(
+            plan::page_model(&a)["measured"],
+            plan::page_model(&b)["measured"]
+        );
+        let charted = |s: &Sweep| {
+            html::measured_series(
+                s,
+                |_| true,
+                |p| p.connections as f64,
+                |p| p.cpu_us_per_delivery,
+            )
+            .iter()
+            .map(|x| x.pts.len())
+            .sum::<usize>()
+        };
+        assert_eq!(charted(&a), charted(&b));
+        assert!(html::report(&b).contains("(idle: 15000 connections held)"));
+        // A run mapped again replaces its point of the same file name.
+        let mut again = idle.clone();
+        again.cpu_cores.ws_nodes *= 2.0;
+        let twice = merge(pts, vec![again]);
+        assert_eq!(twice.len(), grid().len() + 1);
+        assert_eq!(
+            twice.last().map(|p| p.cpu_cores.ws_nodes),
+            Some(2.0 * idle.cpu_cores.ws_nodes)
         );
     }
 

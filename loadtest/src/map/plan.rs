@@ -191,7 +191,10 @@ struct Measured {
 }
 
 fn measured(points: &[Point], s: Strategy) -> Option<Measured> {
-    let ps: Vec<&Point> = points.iter().filter(|p| p.strategy == s).collect();
+    let ps: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.strategy == s && !p.idle())
+        .collect();
     if ps.is_empty() {
         return None;
     }

@@ -74,6 +74,15 @@ pub struct Cores {
 }
 
 impl Point {
+    /// A run that offered no traffic (the `idle` scenario): connections
+    /// held and rooms joined, nothing published. Its CPU is what holding
+    /// them costs, which the traffic runs cannot tell apart from their
+    /// per-message costs; it enters the fits, not the measured ranges of
+    /// traffic or the charts of cost per delivery.
+    pub fn idle(&self) -> bool {
+        self.offered_deliveries_per_sec == 0.0 && self.deliveries_per_sec == 0.0
+    }
+
     /// The point of run `r` (from results file `file`); an error for a run
     /// that is not of a turnout strategy (the floor, or another label).
     pub fn from_run(file: &str, r: &RunResult) -> Result<Point> {

@@ -137,7 +137,7 @@ pub(super) fn measured(
 ) -> Vec<&Point> {
     points
         .iter()
-        .filter(|p| p.strategy == strategy && f(p))
+        .filter(|p| p.strategy == strategy && !p.idle() && f(p))
         .collect()
 }
 
