@@ -477,8 +477,7 @@ mod tests {
     #[test]
     fn idle_runs_enter_the_fits_but_not_the_measured_traffic() {
         // A run holding connections with nothing sent: CPU for holding them
-        // only. The traffic runs put it on rooms or connections as their
-        // noise falls; the idle run pins it.
+        // only, which the traffic runs cannot tell from their messages.
         let mut idle = synthetic(Strategy::Pubsub, 3, 10, 1500, 0.0, 0.0);
         assert_eq!(idle.connections, 15_000);
         idle.offered_deliveries_per_sec = 0.0;
@@ -489,8 +488,30 @@ mod tests {
         assert_eq!(pts.len(), grid().len() + 1);
         let with = fit(&pts);
         let without = fit(&grid());
-        let f = |m: &Model| m.fit(Strategy::Pubsub, "ws_node_cpu").map(|f| f.points);
-        assert_eq!(f(&with), f(&without).map(|n| n + 1));
+        // A node's CPU: holding a connection costs what the idle run
+        // measured (its node's upkeep put on the connections too), and the
+        // traffic runs are fitted for the rest, without a cost per room.
+        let f = with.fit(Strategy::Pubsub, "ws_node_cpu").expect("fitted");
+        let held = (0.5 * 15_000.0 + 2000.0 * 3.0) / 15_000.0;
+        assert!((f.costs["connection"] - held).abs() < 1e-9, "{:?}", f.costs);
+        assert!(!f.costs.contains_key("room"), "{:?}", f.costs);
+        assert!((f.costs["delivery"] - 5.0).abs() < 0.05, "{:?}", f.costs);
+        assert_eq!(
+            Some(f.points),
+            without
+                .fit(Strategy::Pubsub, "ws_node_cpu")
+                .map(|f| f.points)
+        );
+        assert!(
+            without
+                .fit(Strategy::Pubsub, "ws_node_cpu")
+                .unwrap()
+                .costs
+                .contains_key("room")
+        );
+        // The other fits take it as one more point.
+        let n = |m: &Model| m.fit(Strategy::Pubsub, "redis_commands").map(|f| f.points);
+        assert_eq!(n(&with), n(&without).map(|n| n + 1));
         // Neither the planner's edges of what was measured nor the charts
         // of cost per delivery take it.
         let a = build(grid(), assumptions(), "test");
