@@ -47,7 +47,7 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// How often a follower checks that each room it follows is attached at
 /// the owner Redis names (a lost `MOVED`, a detach that raced a rejoin).
-const RECHECK: Duration = Duration::from_secs(5);
+pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// A gRPC client of a room owner's `Relay` service, with the internal token.
 pub type Client = RelayClient<InterceptedService<Channel, InternalToken>>;
@@ -829,5 +829,29 @@ mod tests {
         let e = publishing.await.unwrap().unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
         assert!(link.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_port_nothing_listens_on_is_told_from_an_owner_that_does_not_answer() {
+        // A port bound and let go: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let mut client = RelayClient::with_interceptor(channel, InternalToken::default());
+        let e = client
+            .publish(RelayPublishRequest::default())
+            .await
+            .unwrap_err();
+        assert!(refused(&e), "{e:?}");
+        // Unavailable, but not for want of a listener: a stalled or cut-off
+        // owner keeps its rooms.
+        assert!(!refused(&tonic::Status::unavailable("no answer in time")));
+        assert!(!refused(&tonic::Status::from_error(Box::new(
+            std::io::Error::from(std::io::ErrorKind::TimedOut)
+        ))));
     }
 }

@@ -140,22 +140,19 @@ for entry in "${plan[@]}"; do
   left=$(( per * (total - done_runs) ))
   width=30 filled=$(( 30 * done_runs / total ))
   bar=$(printf '%*s' "$filled" '' | tr ' ' '#')$(printf '%*s' $(( width - filled )) '' | tr ' ' '.')
-  printf '[%s] %d/%d  %s, %d nodes, rooms of %d (%d rooms, %s msg/s x %d publishers)%s  elapsed %s, about %s left\n' \
-    "$bar" $(( done_runs + 1 )) "$total" "$strategy" "$nodes" "$size" "$rooms" "$rate" "$publishers" \
+  what="rooms of $size ($rooms rooms, $rate msg/s x $publishers publishers)"
+  [ "$load" = 0 ] && what="idle ($conns connections, nothing sent)"
+  printf '[%s] %d/%d  %s, %d nodes, %s%s  elapsed %s, about %s left\n' \
+    "$bar" $(( done_runs + 1 )) "$total" "$strategy" "$nodes" "$what" \
     "$( [ "$churn" != 0 ] && echo ", $churn joins/s")" "$(fmt $elapsed)" "$(fmt $left)"
   file=$out/runs/$strategy-n$nodes-m$size-d$load-c$churn-k$conns.json
   if [ "$load" = 0 ]; then
-    "$bench" run --scenario idle --connections "$conns" --ramp 3000 --duration "$DURATION" \
-      --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
-      --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$file" || {
-        echo "sweep.sh: the run failed: $entry" >&2
-        exit 1
-      }
-    done_runs=$(( done_runs + 1 ))
-    continue
+    workload=(--scenario idle --connections "$conns" --ramp 3000 --duration "$DURATION")
+  else
+    workload=(--scenario chat --rooms "$rooms" --members "$size" --publishers "$publishers"
+      --rate "$rate" --churn "$churn" --warmup $warmup --duration "$DURATION" --drain $drain)
   fi
-  "$bench" run --scenario chat --rooms "$rooms" --members "$size" --publishers "$publishers" \
-    --rate "$rate" --churn "$churn" --warmup $warmup --duration "$DURATION" --drain $drain \
+  "$bench" run "${workload[@]}" \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" --run-dir "$RUN_DIR" \
     --redis-url "redis://127.0.0.1:$REDIS_PORT" --out "$file" || {
       echo "sweep.sh: the run failed: $entry" >&2
