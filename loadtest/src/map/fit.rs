@@ -327,7 +327,8 @@ pub(super) fn hops_missing(p: &Point) -> bool {
 /// load generator on the same cores) ran out, so its CPU is what the
 /// machine had, not what the work cost; fitted, it pulls every cost down
 /// towards the busiest runs' batching and misses the rest (relay's node
-/// CPU held out: 23 % with them, 14 % without). Nor one whose hops were
+/// CPU held out, before the idle runs: 23 % with them, 15 % without). Nor
+/// one whose hops were
 /// not counted. Redis's curve (`redis_curve`) keeps saturated runs: its
 /// commands are what Redis ran, and the busiest runs are where it learns
 /// how a command's cost falls with load.
