@@ -52,9 +52,17 @@ pub(crate) struct Member {
     /// Highest seq queued to this member.
     pub(crate) after: u64,
     /// While joining: live messages held back until the reply and replay
-    /// are queued, and their bytes (bounded like the send queue).
-    pub(crate) buffer: Option<Vec<(u64, Utf8Bytes)>>,
-    pub(crate) buffer_bytes: usize,
+    /// are queued (boxed: a member is in every room's map, and most are
+    /// not joining).
+    pub(crate) buffer: Option<Box<Held>>,
+}
+
+/// Live messages held back from a joining member, and their bytes (bounded
+/// like the send queue).
+#[derive(Default)]
+pub(crate) struct Held {
+    pub(crate) frames: Vec<(u64, Utf8Bytes)>,
+    pub(crate) bytes: usize,
 }
 
 /// What the hub holds per connection and sends per join, at most.
@@ -264,11 +272,11 @@ impl Hub {
         let (mut n, mut in_place) = (0, 0);
         for m in r.members.values_mut() {
             if let Some(buf) = &mut m.buffer {
-                let fits = buf.len() < self.bounds.send_queue
-                    && m.buffer_bytes + frame.len() <= self.bounds.send_queue_bytes;
+                let fits = buf.frames.len() < self.bounds.send_queue
+                    && buf.bytes + frame.len() <= self.bounds.send_queue_bytes;
                 if fits {
-                    m.buffer_bytes += frame.len();
-                    buf.push((seq, frame.clone()));
+                    buf.bytes += frame.len();
+                    buf.frames.push((seq, frame.clone()));
                 } else {
                     m.conn.kill(close::SLOW_CONSUMER);
                 }

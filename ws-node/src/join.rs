@@ -264,8 +264,7 @@ impl Hub {
             Member {
                 conn: conn.clone(),
                 after: 0,
-                buffer: Some(Vec::new()),
-                buffer_bytes: 0,
+                buffer: Some(Box::default()),
             },
         );
         stale
@@ -298,7 +297,7 @@ impl Hub {
                 return Some(Vec::new());
             };
             match &m.buffer {
-                Some(buffer) if !covers(buffer, seq, last) => last,
+                Some(held) if !covers(&held.frames, seq, last) => last,
                 _ => return Some(Vec::new()),
             }
         };
@@ -344,7 +343,7 @@ impl Hub {
         };
         m.after = seq;
         let (mut n, mut in_place) = (0, 0);
-        let buffer = m.buffer.take().unwrap_or_default();
+        let buffer = m.buffer.take().map(|held| held.frames).unwrap_or_default();
         let frames = if missed.is_empty() {
             buffer
         } else {

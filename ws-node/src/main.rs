@@ -1,5 +1,7 @@
 // mimalloc: about 7 % more deliveries per CPU-second than glibc's malloc in
 // the chat benchmark, for ~10 MB more baseline RSS (docs/BENCHMARKS.md).
+// `--features system-alloc` leaves the system's, for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

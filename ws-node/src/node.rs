@@ -484,46 +484,120 @@ async fn ws_handler(
     };
     let max = state.settings.read_ceiling();
     let queue = (state.settings.send_queue, state.settings.send_queue_bytes);
-    let st = state.clone();
+    // What the connection's task starts from, in one box: the task keeps
+    // the room its largest state takes for as long as the connection lives,
+    // and after the upgrade that should be the session alone
+    // (docs/BENCHMARKS.md, idle).
+    let upgrade = Box::new(Upgrade {
+        state: state.clone(),
+        id,
+        label,
+        user,
+        named,
+        claims,
+        queue,
+        permit,
+        ip_slot,
+    });
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let tracker = st.sessions.clone();
-            tracker.track_future(async move {
-                // The backend's connect hook decides before `welcome`.
-                let (user, mut start, refused) = admit(&st, &label, user).await;
-                start.named |= named;
-                let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
-                conn.set_hook_expiry(start.expire_at);
-                if let Some((code, reason)) = refused {
-                    if code != turnout_proto::codes::close::REFUSED {
-                        conn.send_frame(
-                            &turnout_proto::frames::ServerFrame::error(
-                                turnout_proto::codes::ErrorCode::Unavailable,
-                                reason.clone(),
-                            ),
-                            &st.hub.metrics,
-                        );
-                    }
-                    conn.kill_with(code, &reason);
-                    session::close_refused(&conn).await;
-                    drop(permit);
-                    drop(ip_slot);
+            let tracker = upgrade.state.sessions.clone();
+            let opening = Box::pin(upgrade.open(socket));
+            let task = async move {
+                let Some(Opened {
+                    state,
+                    conn,
+                    start,
+                    permit,
+                    ip_slot,
+                }) = opening.await
+                else {
                     return;
-                }
-                let session = session::run(st.clone(), conn.clone(), start);
-                tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
-                session.await;
+                };
+                // Awaited where it is made: a future held in a variable first
+                // takes its room twice in this one.
+                session::run(state.clone(), conn.clone(), start).await;
                 if conn.close_code() == turnout_proto::codes::close::POLICY {
                     ip_slot.penalize();
-                    st.hub.metrics.abusive_closed.inc();
+                    state.hub.metrics.abusive_closed.inc();
                 }
                 drop(permit);
                 drop(ip_slot);
-            })
+            };
+            tracing::trace!(bytes = std::mem::size_of_val(&task), "connection future");
+            tracker.track_future(task)
         })
+}
+
+/// A connection accepted, before its upgrade.
+struct Upgrade {
+    state: Arc<NodeState>,
+    id: ConnId,
+    label: String,
+    user: UserId,
+    /// A token or the `user` parameter named the user.
+    named: bool,
+    claims: Option<turnout_common::auth::Claims>,
+    queue: (usize, usize),
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ip_slot: turnout_common::net::IpSlot,
+}
+
+/// A connection the backend let in, ready for its session.
+struct Opened {
+    state: Arc<NodeState>,
+    conn: Arc<Conn>,
+    start: session::Start,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ip_slot: turnout_common::net::IpSlot,
+}
+
+impl Upgrade {
+    /// Asks the backend's connect hook (before `welcome`) and makes the
+    /// connection; None when the hook refused it (closed here).
+    async fn open(self: Box<Self>, socket: axum::extract::ws::WebSocket) -> Option<Opened> {
+        let Upgrade {
+            state,
+            id,
+            label,
+            user,
+            named,
+            claims,
+            queue,
+            permit,
+            ip_slot,
+        } = *self;
+        let (user, mut start, refused) = admit(&state, &label, user).await;
+        start.named |= named;
+        let conn = Arc::new(Conn::new(id, label, user, queue, claims, socket));
+        conn.set_hook_expiry(start.expire_at);
+        if let Some((code, reason)) = refused {
+            if code != turnout_proto::codes::close::REFUSED {
+                conn.send_frame(
+                    &turnout_proto::frames::ServerFrame::error(
+                        turnout_proto::codes::ErrorCode::Unavailable,
+                        reason.clone(),
+                    ),
+                    &state.hub.metrics,
+                );
+            }
+            conn.kill_with(code, &reason);
+            session::close_refused(&conn).await;
+            drop(permit);
+            drop(ip_slot);
+            return None;
+        }
+        Some(Opened {
+            state,
+            conn,
+            start,
+            permit,
+            ip_slot,
+        })
+    }
 }
 
 /// Asks the backend's connect hook, when there is one, about a new
