@@ -95,6 +95,8 @@ pub enum AttachError {
 pub struct LinkMetrics {
     pub items_received: Option<prometheus::IntCounter>,
     pub reattached: Option<prometheus::IntCounter>,
+    /// Periodic checks of the followed rooms done ([`RECHECK`]).
+    pub rechecks: Option<prometheus::IntCounter>,
     pub links: Option<prometheus::IntGauge>,
 }
 
@@ -175,6 +177,9 @@ impl Links {
                 }
                 let Some(links) = links.upgrade() else { return };
                 links.recheck().await;
+                if let Some(c) = &links.metrics.rechecks {
+                    c.inc();
+                }
             }
         });
     }

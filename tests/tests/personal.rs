@@ -120,7 +120,8 @@ async fn check(strategy: Strategy) -> Result<()> {
     assert_eq!(got, [(2, json!("over grpc"))], "{s:?}");
 
     // Sticky: a client sent through the gateway with its personal room as
-    // the hint lands on a node, and nothing claims the room.
+    // the hint lands on a node. Sticky and relay: nothing claims the room,
+    // published to and joined on two nodes (it goes over its channel).
     if s == Strategy::Sticky {
         let url = format!("{}?room=%23ann&user=ann", c.gateway.ws_url());
         let mut hinted = Client::connect(&url).await?;
@@ -128,6 +129,25 @@ async fn check(strategy: Strategy) -> Result<()> {
         hinted
             .expect("pong", |f| matches!(f, ServerFrame::Pong))
             .await?;
+    }
+    if s == Strategy::Relay {
+        // Nor does a follower's periodic check of the rooms it holds
+        // (it attaches a room that is not attached): two checks from now,
+        // one has run from start to end since.
+        for n in &c.nodes {
+            let from = metric(n, "turnout_relay_rechecks_total").await?;
+            wait_for(
+                "two rechecks",
+                turnout_common::relay::RECHECK * 3,
+                || async {
+                    let now = metric(n, "turnout_relay_rechecks_total").await.ok()?;
+                    (now >= from + 2.0).then_some(())
+                },
+            )
+            .await?;
+        }
+    }
+    if matches!(s, Strategy::Sticky | Strategy::Relay) {
         let mut con = c.redis.con().await?;
         let owner: Option<String> = redis::cmd("HGET")
             .arg(turnout_proto::keys::room_owner("#ann"))

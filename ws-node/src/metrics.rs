@@ -33,6 +33,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) relay_items_sent: IntCounter,
     pub(crate) relay_items_received: IntCounter,
     pub(crate) relay_reattached: IntCounter,
+    pub(crate) relay_rechecks: IntCounter,
     pub(crate) relay_owned: IntGauge,
     pub(crate) relay_links: IntGauge,
     pub(crate) relay_streams: IntGauge,
@@ -211,6 +212,10 @@ impl NodeMetrics {
             relay_reattached: c(
                 "relay_reattached_total",
                 "Rooms attached again after their owner moved, died or dropped this node's stream (relay)",
+            ),
+            relay_rechecks: c(
+                "relay_rechecks_total",
+                "Periodic checks of every followed room against its owner in Redis (relay)",
             ),
             relay_owned: g("relay_owned_rooms", "Rooms this node owns (relay)"),
             relay_links: g(

@@ -101,6 +101,9 @@ impl Store {
         RoomConfig {
             history_size: o.history_size,
             room_ttl: o.room_ttl,
+            // Personal rooms go over their channel in every strategy that
+            // uses Redis (relay's owners stream the other rooms).
+            bus: cfg.bus || turnout_proto::names::is_personal(room),
             ..cfg
         }
     }

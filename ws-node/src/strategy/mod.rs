@@ -13,7 +13,10 @@
 //!
 //! Personal rooms (`#user`) hold one user's connections wherever they are,
 //! so in sticky, where a room's members meet on its owner, they are rooms
-//! of the pubsub kind: no owner, reached over their Redis channel.
+//! of the pubsub kind: no owner, reached over their Redis channel. So they
+//! are in relay too: a room of one connection gains nothing from an owner
+//! that relays it, and would cost every idle connection an owner's claim,
+//! a follow and their periodic checks (docs/BENCHMARKS.md, idle).
 
 pub(crate) mod local;
 pub(crate) mod pubsub;
@@ -120,6 +123,7 @@ pub(crate) async fn start(
         turnout_common::relay::LinkMetrics {
             items_received: Some(metrics.relay_items_received.clone()),
             reattached: Some(metrics.relay_reattached.clone()),
+            rechecks: Some(metrics.relay_rechecks.clone()),
             links: Some(metrics.relay_links.clone()),
         },
         stop.clone(),
@@ -142,6 +146,9 @@ pub(crate) async fn start(
                 weak.clone(),
                 metrics,
                 links.clone(),
+                pubsub::Pubsub {
+                    channels: bus.channels(weak.clone(), metrics, stop.clone()),
+                },
             )),
             turnout_proto::Strategy::Local => unreachable!("strategy local returned above"),
         };
@@ -182,6 +189,7 @@ impl Strategy {
     pub(crate) async fn open(&self, room: &str) -> Result<(), RoomError> {
         match self {
             Strategy::Pubsub(p) => p.open(room).await,
+            Strategy::Relay(r) if is_personal(room) => r.personal().open(room).await,
             Strategy::Relay(r) => r.open(room).await,
             Strategy::Sticky(s) if is_personal(room) => s.personal.open(room).await,
             Strategy::Local(_) | Strategy::Sticky(_) => Ok(()),
@@ -192,6 +200,7 @@ impl Strategy {
     pub(crate) fn close(&self, room: &str) {
         match self {
             Strategy::Pubsub(p) => p.close(room),
+            Strategy::Relay(r) if is_personal(room) => r.personal().close(room),
             Strategy::Relay(r) => r.close(room),
             Strategy::Sticky(s) if is_personal(room) => s.personal.close(room),
             Strategy::Local(_) | Strategy::Sticky(_) => {}
@@ -209,7 +218,7 @@ impl Strategy {
     ) -> Result<Published, RoomError> {
         match self {
             Strategy::Local(_) => local::publish(hub, room, parts, origin, id).await,
-            Strategy::Sticky(_) if room.personal_user().is_some() => {
+            Strategy::Sticky(_) | Strategy::Relay(_) if room.personal_user().is_some() => {
                 pubsub::publish(hub, room, parts, origin, id).await
             }
             Strategy::Sticky(s) => s.publish(hub, room, parts, origin, id).await,
@@ -234,6 +243,9 @@ impl Strategy {
     pub(crate) async fn announce(&self, hub: &Hub, room: &str, origin: &str, frame: String) {
         match self {
             Strategy::Pubsub(p) => p.announce(hub, room, origin, frame).await,
+            Strategy::Relay(r) if is_personal(room) => {
+                r.personal().announce(hub, room, origin, frame).await
+            }
             Strategy::Relay(r) => r.announce(hub, room, origin, frame),
             Strategy::Sticky(s) if is_personal(room) => {
                 s.personal.announce(hub, room, origin, frame).await
@@ -282,7 +294,7 @@ impl Strategy {
         match self {
             // A personal room has no owner to lose (a stray claim of one
             // moves nobody).
-            Strategy::Sticky(_) if is_personal(room) => {}
+            Strategy::Sticky(_) | Strategy::Relay(_) if is_personal(room) => {}
             Strategy::Sticky(_) => sticky::Sticky::lost(hub, room, how, new_owner),
             Strategy::Relay(r) => r.lost(
                 room,
@@ -296,12 +308,13 @@ impl Strategy {
     }
 
     /// Redis moved a room's channel to another shard (pubsub on a cluster;
-    /// sticky's personal rooms).
+    /// personal rooms in sticky and relay).
     pub(crate) fn channel_lost(&self, hub: &Hub, room: &str) {
         let channels = match self {
             Strategy::Pubsub(p) => &p.channels,
             Strategy::Sticky(s) => &s.personal.channels,
-            Strategy::Local(_) | Strategy::Relay(_) => return,
+            Strategy::Relay(r) => &r.personal().channels,
+            Strategy::Local(_) => return,
         };
         hub.metrics.channels_moved.inc();
         channels.lost(room);

@@ -11,7 +11,8 @@
 //!   ([`turnout_common::relay::Links`]); what it receives goes through the
 //!   hub's sequencer like a pubsub node's bus messages.
 //! - Redis keeps seq, history, presence and ownership; no room message goes
-//!   over Redis pub/sub.
+//!   over Redis pub/sub, personal rooms aside: they are of the pubsub kind,
+//!   as in sticky (`super`).
 //!
 //! An owner that loses a room (a claim took it, its publish was fenced, its
 //! periodic check found another owner, it drains) tells the room's
@@ -53,6 +54,8 @@ pub(crate) struct Relay(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     me: String,
+    /// Personal rooms (`#user`): no owner; their channels, as in pubsub.
+    personal: super::pubsub::Pubsub,
     /// How long an unused placement stays pinned.
     pin: Duration,
     /// A follow stream's queue, in items and bytes (`bus_buffer`,
@@ -159,9 +162,11 @@ impl Relay {
         hub: Weak<Hub>,
         metrics: &NodeMetrics,
         links: Arc<Links>,
+        personal: super::pubsub::Pubsub,
     ) -> Relay {
         Relay(Arc::new(Inner {
             me: me.to_owned(),
+            personal,
             pin,
             buffer,
             hub,
@@ -173,6 +178,11 @@ impl Relay {
             next_stream: AtomicU64::new(1),
             draining: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Personal rooms' channels.
+    pub(crate) fn personal(&self) -> &super::pubsub::Pubsub {
+        &self.0.personal
     }
 
     /// Hands what owners send this node to `follower` (the hub).
@@ -817,12 +827,19 @@ impl Follower for ToHub {
         }
     }
 
+    // Personal rooms go over their channel: never followed.
     fn wanted(&self, room: &str) -> bool {
-        self.0.upgrade().is_some_and(|h| h.has_room(room))
+        !turnout_proto::names::is_personal(room)
+            && self.0.upgrade().is_some_and(|h| h.has_room(room))
     }
 
     fn rooms(&self) -> Vec<String> {
-        self.0.upgrade().map(|h| h.room_names()).unwrap_or_default()
+        let Some(hub) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let mut rooms = hub.room_names();
+        rooms.retain(|r| !turnout_proto::names::is_personal(r));
+        rooms
     }
 
     fn owned_here(&self, room: &str, epoch: u64) {
