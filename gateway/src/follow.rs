@@ -105,8 +105,12 @@ pub(crate) struct FollowMetrics {
 enum Source {
     /// The room's Redis channel (sticky, pubsub).
     Bus(turnout_common::redis::Channels),
-    /// A follow stream from the room's owner node (relay).
-    Relay(Arc<turnout_common::relay::Links>),
+    /// A follow stream from the room's owner node (relay); personal rooms,
+    /// which have no owner in relay, on their Redis channel as in sticky.
+    Relay(
+        Arc<turnout_common::relay::Links>,
+        turnout_common::redis::Channels,
+    ),
 }
 
 /// Follows rooms for the streams of one gateway.
@@ -130,53 +134,20 @@ pub(crate) struct Open {
 }
 
 impl Follower {
-    /// Strategy relay: follows rooms at their owners, with no pub/sub
-    /// connection (`me`: the gateway's id).
-    pub(crate) fn start_relay(
-        me: &str,
-        token: turnout_common::auth::InternalToken,
-        redis: Con,
-        bounds: Bounds,
-        book: Arc<crate::streams::Book>,
-        metrics: FollowMetrics,
-        stop: CancellationToken,
-    ) -> Arc<Self> {
-        let links = turnout_common::relay::Links::new(
-            turnout_common::relay::Settings {
-                me: me.to_owned(),
-                token,
-                pin: crate::strategy::RELAY_PIN,
-                load_factor: turnout_common::placement::LOAD_FACTOR,
-            },
-            redis.clone(),
-            turnout_common::relay::LinkMetrics::default(),
-            stop.clone(),
-        );
-        let follower = Arc::new(Follower {
-            feeds: Mutex::new(HashMap::new()),
-            channels: Source::Relay(links.clone()),
-            redis,
-            bounds,
-            book,
-            metrics,
-            stop,
-        });
-        let weak: std::sync::Weak<dyn turnout_common::relay::Follower> =
-            Arc::downgrade(&follower) as _;
-        links.set_follower(weak);
-        follower
-    }
-
     /// Relay: a client of `owner`'s `Relay` service (None in the other
     /// strategies).
     pub(crate) async fn relay_client(&self, owner: &str) -> Option<turnout_common::relay::Client> {
         match &self.channels {
-            Source::Relay(links) => links.client(owner).await.ok(),
+            Source::Relay(links, _) => links.client(owner).await.ok(),
             Source::Bus(_) => None,
         }
     }
 
-    /// Connects the pub/sub connection and starts its tasks.
+    /// Connects the pub/sub connection and starts its tasks. `relay`
+    /// (strategy relay: the gateway's id and the internal token): rooms are
+    /// followed at their owners, personal rooms (which have no owner there)
+    /// on their channel.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         client: &turnout_common::redis::Redis,
         redis: Con,
@@ -185,6 +156,7 @@ impl Follower {
         metrics: FollowMetrics,
         readiness: turnout_common::readiness::Readiness,
         stop: CancellationToken,
+        relay: Option<(&str, turnout_common::auth::InternalToken)>,
     ) -> redis::RedisResult<Arc<Self>> {
         let (con, push_rx) = turnout_common::redis::pubsub_bounded(
             client,
@@ -193,17 +165,37 @@ impl Follower {
             metrics.push_dropped.clone(),
         )
         .await?;
+        let links = relay.map(|(me, token)| {
+            turnout_common::relay::Links::new(
+                turnout_common::relay::Settings {
+                    me: me.to_owned(),
+                    token,
+                    pin: crate::strategy::RELAY_PIN,
+                    load_factor: turnout_common::placement::LOAD_FACTOR,
+                },
+                redis.clone(),
+                turnout_common::relay::LinkMetrics::default(),
+                stop.clone(),
+            )
+        });
         let follower = Arc::new_cyclic(|me: &std::sync::Weak<Follower>| {
             let me = me.clone();
-            let wanted = move |room: &str| me.upgrade().is_some_and(|f| f.wanted(room));
+            let wanted = move |room: &str| {
+                me.upgrade()
+                    .is_some_and(|f| f.wanted(room) && f.on_channel(room))
+            };
+            let channels = turnout_common::redis::Channels::start(
+                con.clone(),
+                wanted,
+                metrics.redis_errors.clone(),
+                stop.clone(),
+            );
             Follower {
                 feeds: Mutex::new(HashMap::new()),
-                channels: Source::Bus(turnout_common::redis::Channels::start(
-                    con.clone(),
-                    wanted,
-                    metrics.redis_errors.clone(),
-                    stop.clone(),
-                )),
+                channels: match &links {
+                    Some(links) => Source::Relay(links.clone(), channels),
+                    None => Source::Bus(channels),
+                },
                 redis,
                 bounds,
                 book,
@@ -211,6 +203,11 @@ impl Follower {
                 stop: stop.clone(),
             }
         });
+        if let Some(links) = &links {
+            let weak: std::sync::Weak<dyn turnout_common::relay::Follower> =
+                Arc::downgrade(&follower) as _;
+            links.set_follower(weak);
+        }
         tokio::spawn(turnout_common::redis::read_room_pushes(
             push_rx,
             follower.clone(),
@@ -223,6 +220,14 @@ impl Follower {
             stop,
         ));
         Ok(follower)
+    }
+
+    /// Whether `room` is heard on its Redis channel (not at an owner).
+    fn on_channel(&self, room: &str) -> bool {
+        match &self.channels {
+            Source::Bus(_) => true,
+            Source::Relay(..) => turnout_proto::names::is_personal(room),
+        }
     }
 
     fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
@@ -264,12 +269,12 @@ impl Follower {
         };
         // Subscribed before history is read: nothing falls between the two.
         let ensured = match &self.channels {
-            Source::Bus(c) => c.ensure(room).await,
-            Source::Relay(links) => links
+            Source::Relay(links, _) if !self.on_channel(room) => links
                 .attach(room)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            Source::Bus(c) | Source::Relay(_, c) => c.ensure(room).await,
         };
         if let Err(e) = ensured {
             tracing::warn!(room, error = %e, "cannot subscribe to the room's channel");
@@ -373,9 +378,8 @@ impl RoomPushes for Follower {
     }
 
     fn unsubscribed(&self, room: &str) {
-        if let Source::Bus(c) = &self.channels {
-            c.lost(room);
-        }
+        let (Source::Bus(c) | Source::Relay(_, c)) = &self.channels;
+        c.lost(room);
     }
 
     fn disconnected(&self) {
@@ -403,14 +407,16 @@ impl turnout_common::relay::Follower for Follower {
     }
 
     fn wanted(&self, room: &str) -> bool {
-        Follower::wanted(self, room)
+        !self.on_channel(room) && Follower::wanted(self, room)
     }
 
     // A gateway owns no room.
     fn owned_here(&self, _room: &str, _epoch: u64) {}
 
     fn rooms(&self) -> Vec<String> {
-        self.feeds().keys().cloned().collect()
+        let mut rooms: Vec<String> = self.feeds().keys().cloned().collect();
+        rooms.retain(|r| !self.on_channel(r));
+        rooms
     }
 }
 
@@ -431,8 +437,10 @@ impl Drop for StreamGuard {
                 feeds.remove(&self.room);
                 f.metrics.rooms.dec();
                 match &f.channels {
-                    Source::Bus(c) => c.release(&self.room),
-                    Source::Relay(links) => links.detach(&self.room),
+                    Source::Relay(links, _) if !f.on_channel(&self.room) => {
+                        links.detach(&self.room)
+                    }
+                    Source::Bus(c) | Source::Relay(_, c) => c.release(&self.room),
                 }
             }
         }

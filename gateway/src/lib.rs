@@ -209,28 +209,19 @@ pub async fn run(
         readiness.clone(),
     ));
     // Streams end when shutdown starts, so graceful shutdown does not wait on them.
-    let follower = if strategy::follows_rooms_at_owners(gw.strategy()) {
-        follow::Follower::start_relay(
-            &id,
-            gw.internal.clone(),
-            redis,
-            bounds,
-            book,
-            gw.metrics.follow.clone(),
-            shutdown.child_token(),
-        )
-    } else {
-        follow::Follower::start(
-            &client,
-            redis,
-            bounds,
-            book,
-            gw.metrics.follow.clone(),
-            readiness,
-            shutdown.child_token(),
-        )
-        .await?
-    };
+    let relay = strategy::follows_rooms_at_owners(gw.strategy())
+        .then(|| (id.as_str(), gw.internal.clone()));
+    let follower = follow::Follower::start(
+        &client,
+        redis,
+        bounds,
+        book,
+        gw.metrics.follow.clone(),
+        readiness,
+        shutdown.child_token(),
+        relay,
+    )
+    .await?;
     let _ = gw.follower.set(follower);
     tokio::spawn(links::watch(gw.clone(), stop.clone()));
 

@@ -169,6 +169,18 @@ async fn check(strategy: Strategy) -> Result<()> {
         .await?;
     let got = personal_until(&mut back, "ann", &json!("while away")).await?;
     assert_eq!(got, [(3, json!("while away"))], "{s:?}");
+
+    // A server's stream of the room at the gateway (SSE) hears what is
+    // published to the user (in relay, on the room's channel: it has no
+    // owner to follow). Local's rooms are each node's own.
+    if s != Strategy::Local {
+        let url = format!("{}/api/rooms/%23ann/events", c.gateway.http());
+        let mut sse = Sse::open(&url, &[]).await?;
+        assert_eq!(sse.status, 200, "{s:?}");
+        let reply = publish_to(&c, "ann", json!("streamed")).await?;
+        assert_eq!(reply["seq"], 4, "{s:?}: {reply}");
+        assert_eq!(sse.seqs_until(4).await?, [4], "{s:?}");
+    }
     Ok(())
 }
 
